@@ -1,1 +1,1 @@
-"""Importable logic of the DP3 batch workflow (used by rules/common.smk, the scripts and the tests)."""
+"""Importable logic of the DP3 batch workflow, used by the rules, the scripts and the tests."""

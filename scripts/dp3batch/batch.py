@@ -1,0 +1,317 @@
+"""The fan-out: one dask task per pending MS, results as they arrive, a clear end report.
+
+Runs in the central Snakemake job. It holds a lock on the output directory for the whole
+batch, cleans leftovers of killed runs, checks the cluster before submitting anything, and
+stops every DP3 when it is interrupted or its parent (Snakemake) disappears.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dp3batch.cluster import (
+    ClusterError,
+    available_cores,
+    connect,
+    describe_workers,
+    embedded_cluster,
+    local_cluster_size,
+    wait_for_process_workers,
+)
+from dp3batch.execution import process_measurement_set, remove_leftovers
+
+log = logging.getLogger("dp3batch")
+
+LOCK_NAME = ".dp3batch.lock"
+LOCK_WAIT_SECONDS = 30
+FAILURES_NAME = "failed.txt"
+
+
+class BatchError(RuntimeError):
+    """The batch cannot start; the message says why and what to do."""
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: Path, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+    """One batch at a time per output directory. The kernel drops the lock when its holder
+    dies, so a killed run never blocks the next one."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = output_dir / LOCK_NAME
+    with open(lock_path, "a+") as handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    raise BatchError(
+                        f"{output_dir} is being processed by another run ({holder}); wait for "
+                        "it to finish or stop it, then run again"
+                    ) from None
+                time.sleep(0.5)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class _Interrupted(KeyboardInterrupt):
+    pass
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt, and interrupt too when our parent process
+    (Snakemake) dies: a killed Snakemake must not leave DP3s running."""
+    parent = os.getppid()
+    stop = threading.Event()
+
+    def watch_parent() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                log.error("Snakemake (pid %d) has gone: stopping the batch", parent)
+                _thread.interrupt_main()
+                return
+
+    def on_sigterm(signum, frame):
+        raise _Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    watcher = threading.Thread(target=watch_parent, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _package_zip(directory: Path) -> Path:
+    """This package as a zip, for workers of an external cluster that do not have it."""
+    package = Path(__file__).resolve().parent
+    archive = directory / "dp3batch.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for source in sorted(package.glob("*.py")):
+            bundle.write(source, f"dp3batch/{source.name}")
+    return archive
+
+
+@contextlib.contextmanager
+def cluster_client(batch: dict[str, Any]) -> Iterator:
+    scheduler = batch.get("scheduler")
+    if scheduler:
+        with connect(scheduler) as client:
+            yield client
+        return
+    local = batch.get("local_cluster") or {}
+    n_workers, threads = local_cluster_size(
+        available_cores(),
+        len(batch["measurement_sets"]),
+        local.get("n_workers"),
+        local.get("threads_per_worker"),
+    )
+    log.info("starting an embedded dask cluster: %d worker(s) x %d thread(s)", n_workers, threads)
+    with embedded_cluster(n_workers, threads) as client:
+        yield client
+
+
+def _task(batch: dict[str, Any], ms: dict[str, Any]) -> dict[str, Any]:
+    shared = (
+        "dp3_executable",
+        "dp3_version",
+        "parameters",
+        "parameters_fingerprint",
+        "extra_inputs_fingerprint",
+        "time_factor",
+        "freq_factor",
+        "rows_may_change",
+    )
+    return {
+        **{key: batch[key] for key in shared},
+        "name": ms["name"],
+        "input": ms["input"],
+        "output": ms["output"],
+        "log": str(Path(batch["log_dir"]) / f"{ms['name']}.log"),
+    }
+
+
+def _preflight(client, batch: dict[str, Any]) -> None:
+    address = batch.get("scheduler") or client.scheduler.address
+    workers = wait_for_process_workers(client, address)
+    all_workers = describe_workers(client)
+    for worker in all_workers:
+        slots = f"{worker.process_slots:g} DP3 slot(s)" if worker.process_slots else "NO process"
+        log.info("  worker %s: %d thread(s), %s", worker.address, worker.threads, slots)
+    ignored = len(all_workers) - len(workers)
+    if ignored:
+        log.warning('%d worker(s) without the "process" resource will get no DP3 task', ignored)
+    if any(worker.process_slots > 1 for worker in workers):
+        log.warning(
+            'a worker holds "process" > 1: it may run several DP3s at once, each with all of '
+            'its threads (oversubscription); start workers with --resources "process=1"'
+        )
+    dashboard = getattr(client, "dashboard_link", None)
+    log.info(
+        "%d worker(s) can run DP3, %d thread(s) in all; dashboard: %s",
+        len(workers),
+        sum(worker.threads for worker in workers),
+        dashboard,
+    )
+
+
+def _report_line(done: int, total: int, result: dict[str, Any]) -> str:
+    duration = result.get("duration_seconds", 0.0)
+    where = f"on {result.get('worker')} ({result.get('numthreads')} thread(s))"
+    if result["status"] == "done":
+        return f"[{done}/{total}] {result['name']}: done in {duration:.1f} s {where}"
+    return (
+        f"[{done}/{total}] {result['name']}: FAILED after {duration:.1f} s {where}: "
+        f"{result.get('reason')}; DP3 said: {result.get('error')}; log: {result['log']}"
+    )
+
+
+def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Process every MS of the batch; return one result per MS (status done/failed)."""
+    output_dir = Path(batch["output_dir"])
+    Path(batch["log_dir"]).mkdir(parents=True, exist_ok=True)
+    with output_dir_lock(output_dir), interruptible():
+        for leftover in remove_leftovers(output_dir):
+            log.info("removed %s, left behind by an interrupted run", leftover)
+        with cluster_client(batch) as client, tempfile.TemporaryDirectory() as scratch:
+            _preflight(client, batch)
+            if batch.get("scheduler"):
+                client.upload_file(str(_package_zip(Path(scratch))), load=True)
+            return _fan_out(client, batch)
+
+
+def _fan_out(client, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    from distributed import as_completed
+
+    measurement_sets = batch["measurement_sets"]
+    total = len(measurement_sets)
+    futures = {}
+    for ms in measurement_sets:
+        future = client.submit(
+            process_measurement_set,
+            _task(batch, ms),
+            key=f"dp3-{ms['name']}-{batch['batch_id']}",
+            resources={"process": 1},
+            pure=False,
+        )
+        futures[future] = ms
+    log.info("submitted %d DP3 task(s)", total)
+    results = []
+    try:
+        for future in as_completed(list(futures), loop=client.loop):
+            ms = futures[future]
+            try:
+                result = future.result()
+            except Exception as error:  # a lost worker (KilledWorker) or an internal error
+                result = {
+                    "name": ms["name"],
+                    "input": ms["input"],
+                    "output": ms["output"],
+                    "log": str(Path(batch["log_dir"]) / f"{ms['name']}.log"),
+                    "status": "failed",
+                    "reason": f"{type(error).__name__}: {error}",
+                    "error": "the task was lost with its worker too many times"
+                    if type(error).__name__ == "KilledWorker"
+                    else str(error),
+                }
+            results.append(result)
+            line = _report_line(len(results), total, result)
+            (log.info if result["status"] == "done" else log.error)(line)
+    except KeyboardInterrupt:
+        log.error("interrupted: stopping %d running DP3 task(s)", total - len(results))
+        client.cancel(list(futures), force=True)
+        time.sleep(1.0)  # workers poll for cancellation twice a second
+        raise
+    return results
+
+
+def failure_report(results: list[dict[str, Any]]) -> str:
+    failed = [result for result in results if result["status"] != "done"]
+    lines = [f"{len(failed)} of {len(results)} MS(s) failed:"]
+    for result in failed:
+        lines.append(f"  {result['name']} ({result['input']}): {result.get('reason')}")
+        lines.append(f"      DP3: {result.get('error')}")
+        lines.append(f"      log: {result['log']}")
+    lines.append("Fix the cause and run again: only the failed MSs will be processed.")
+    return "\n".join(lines)
+
+
+def write_batch_result(path: Path, results: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(results, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def _configure_logging(log_file: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    log.handlers[:] = handlers
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    # dask's own chatter (worker start-up, lost connections) adds nothing to our report.
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
+def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int:
+    """Entry point of the central job; returns the process exit code."""
+    _configure_logging(log_file)
+    total = len(batch["measurement_sets"])
+    log.info("batch %s: %d MS(s), output in %s", batch["batch_id"], total, batch["output_dir"])
+    started = time.monotonic()
+    try:
+        results = run_batch(batch)
+    except (ClusterError, BatchError) as error:
+        log.error("Error: %s", error)
+        return 2
+    except KeyboardInterrupt:
+        log.error(
+            "Interrupted: no partial output was kept; run again to process the remaining MSs."
+        )
+        return 130
+    done = sum(1 for result in results if result["status"] == "done")
+    log.info(
+        "%d of %d MS(s) done in %.1f s; outputs in %s",
+        done,
+        total,
+        time.monotonic() - started,
+        batch["output_dir"],
+    )
+    failures = Path(batch["log_dir"]) / FAILURES_NAME
+    if done < total:
+        report = failure_report(results)
+        log.error(report)
+        failures.write_text(report + "\n")
+        return 1
+    failures.unlink(missing_ok=True)
+    write_batch_result(Path(marker), results)
+    return 0

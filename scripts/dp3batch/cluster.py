@@ -1,0 +1,157 @@
+"""Dask clusters: the embedded local one, connecting to an existing one, and the pre-flight
+check that some worker can run DP3 tasks (a task whose resource no worker holds would wait
+forever)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+PROCESS_RESOURCE = "process"
+CONNECT_TIMEOUT_SECONDS = 10
+WORKER_WAIT_SECONDS = 20
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run the batch; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    address: str
+    threads: int
+    process_slots: float
+    memory_limit: int | None
+    host: str
+
+
+def worker_command(address: str) -> str:
+    plain = address.removeprefix("tcp://")
+    return f'dask worker {plain} --nworkers N --nthreads T --resources "process=1"'
+
+
+def local_cluster_size(
+    cores: int,
+    pending: int,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+) -> tuple[int, int]:
+    """Workers and threads for the embedded cluster: every core busy, none oversubscribed.
+
+    One DP3 per worker; DP3 scales less than linearly with threads, so prefer more workers
+    with fewer threads, but never more workers than MSs to process."""
+    cores = max(1, cores)
+    if n_workers is None:
+        if threads_per_worker is not None:
+            n_workers = max(1, cores // threads_per_worker)
+        else:
+            n_workers = max(1, min(cores, pending))
+    if threads_per_worker is None:
+        threads_per_worker = max(1, cores // n_workers)
+    return n_workers, threads_per_worker
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def describe_workers(client) -> list[WorkerInfo]:
+    info = client.scheduler_info(n_workers=-1)
+    workers = []
+    for address, worker in info.get("workers", {}).items():
+        workers.append(
+            WorkerInfo(
+                address=address,
+                threads=int(worker.get("nthreads", 0)),
+                process_slots=float(worker.get("resources", {}).get(PROCESS_RESOURCE, 0)),
+                memory_limit=worker.get("memory_limit") or None,
+                host=worker.get("host", ""),
+            )
+        )
+    return workers
+
+
+def wait_for_process_workers(
+    client, address: str, timeout: float = WORKER_WAIT_SECONDS
+) -> list[WorkerInfo]:
+    """Workers holding the `process` resource, waiting up to `timeout` for the first one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = describe_workers(client)
+        usable = [worker for worker in workers if worker.process_slots >= 1]
+        if usable:
+            return usable
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    if not workers:
+        problem = f"the dask scheduler at {address} has no workers"
+    else:
+        problem = (
+            f"none of the {len(workers)} worker(s) of the dask scheduler at {address} holds "
+            f'the "{PROCESS_RESOURCE}" resource, so no DP3 task could ever start'
+        )
+    raise ClusterError(
+        f"{problem} (waited {timeout:.0f} s). Start workers with:\n    {worker_command(address)}\n"
+        'The "process=1" resource makes each worker run one DP3 at a time.'
+    )
+
+
+@contextlib.contextmanager
+def connect(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Iterator:
+    """A client of an existing scheduler; a clear error if it does not answer in time."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=f"{timeout}s", set_as_default=False)
+    except (OSError, TimeoutError) as error:
+        plain = address.removeprefix("tcp://")
+        raise ClusterError(
+            f"cannot reach the dask scheduler at {plain} within {timeout:.0f} s ({error}).\n"
+            "Start one with `dask scheduler` (it listens on port 8786) and its workers with\n"
+            f"    {worker_command(address)}\n"
+            "or leave `scheduler` empty to use an embedded local cluster."
+        ) from error
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
+    """A local cluster on 127.0.0.1 whose workers each hold process=1, and its client."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    memory_per_worker = _total_memory() // n_workers if _total_memory() else "auto"
+    with dask.config.set(
+        {"distributed.scheduler.allowed-failures": 2, "distributed.worker.daemon": False}
+    ):
+        with (
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:8787",
+                resources={PROCESS_RESOURCE: 1},
+                memory_limit=memory_per_worker,
+                silence_logs=40,
+            ) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
+            yield client
+
+
+def _total_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,125 @@
+"""Completion records and pending reasons: when is an output done, and why is it not.
+
+An output `<name>.ms` is complete only when it holds a valid completion record
+(`RECORD_NAME`). The record is written into the temporary output as the last step, and the
+temporary directory is renamed to the final path afterwards, so the final path never holds a
+partial MS (DP3 creates its output before processing; its existence proves nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RECORD_NAME = "dp3_completion.json"
+PARSET_NAME = "dp3.parset"
+RECORD_FORMAT = 1
+
+# casacore rewrites lock files when a table is merely opened: they say nothing about content.
+_VOLATILE_FILES = {"table.lock"}
+
+
+def input_fingerprint(path: Path) -> str:
+    """A cheap fingerprint of an MS: names, sizes and modification times of all its files.
+
+    Hashing the data would cost minutes per large MS; any rewrite of a casacore table
+    changes its files' mtimes, which is what this catches."""
+    digest = hashlib.sha256()
+    root = str(path)
+    entries = []
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories.sort()
+        relative = os.path.relpath(directory, root)
+        for file_name in files:
+            if file_name in _VOLATILE_FILES:
+                continue
+            stat = os.stat(os.path.join(directory, file_name))
+            entries.append(f"{relative}/{file_name}:{stat.st_size}:{stat.st_mtime_ns}")
+    for entry in sorted(entries):
+        digest.update(entry.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """Content hash of a small extra input (H5Parm, sky model, strategy)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parameters_fingerprint(
+    parameters: list[tuple[str, str]], file_keys: set[str] | frozenset[str] = frozenset()
+) -> str:
+    """Fingerprint of the result-defining parameters. Files count by content (see
+    `extra_inputs_fingerprint`), not by path, so moving them changes nothing."""
+    text = "\n".join(
+        f"{key}=<file>" if key in file_keys else f"{key}={value}" for key, value in parameters
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a completion record must agree with for its output to count as up to date."""
+
+    parameters_fingerprint: str
+    extra_inputs_fingerprint: str
+    dp3_version: str
+
+
+def extra_inputs_fingerprint(files: list[tuple[str, str]]) -> str:
+    """One fingerprint over the contents of every extra input file (missing ones included)."""
+    digest = hashlib.sha256()
+    for key, path in files:
+        content = file_fingerprint(path) if os.path.isfile(path) else "missing"
+        digest.update(f"{key}:{content}\n".encode())
+    return digest.hexdigest()
+
+
+def read_record(output: Path) -> dict[str, Any] | None:
+    """The completion record of an output, or None if there is none or it is unreadable."""
+    try:
+        with open(output / RECORD_NAME) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        return None
+    return record
+
+
+def write_record(output: Path, record: dict[str, Any]) -> None:
+    """Write the record durably: to a temporary name, fsync, then rename into place."""
+    record = {"format": RECORD_FORMAT, **record}
+    temporary = output / f".{RECORD_NAME}.tmp"
+    with open(temporary, "w") as handle:
+        json.dump(record, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, output / RECORD_NAME)
+
+
+def pending_reason(input_ms: Path, output: Path, expected: Expectation) -> str | None:
+    """Why an MS must be (re)processed, or None when its output is complete and up to date."""
+    if not output.exists():
+        return "missing"
+    record = read_record(output)
+    if record is None:
+        return "incomplete"
+    if record.get("parameters_fingerprint") != expected.parameters_fingerprint:
+        return "steps changed"
+    if record.get("extra_inputs_fingerprint") != expected.extra_inputs_fingerprint:
+        return "calibration or sky model file changed"
+    if record.get("dp3_version") != expected.dp3_version:
+        return "DP3 changed"
+    if record.get("input_fingerprint") != input_fingerprint(input_ms):
+        return "input changed"
+    return None

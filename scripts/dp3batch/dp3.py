@@ -1,0 +1,239 @@
+"""DP3 itself: finding the executable, the environment it needs, and the steps → parameters
+translation.
+
+The translation yields an ordered list of (key, value) pairs. Result-defining parameters
+(`chain_parameters`) are kept apart from the per-run ones (input and output paths, thread
+count, memory bound) so that a completion record can be compared with the current config
+without tripping over things that do not change the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dp3batch.config import Chain
+
+# Parameters that name a file, per step type: relative values resolve against extra_inputs_dir.
+FILE_PARAMETERS = {
+    "applycal": ("parmdb",),
+    "demixer": ("skymodel",),
+    "predict": ("sourcedb",),
+    "aoflagger": ("strategy",),
+}
+
+
+class DP3Error(RuntimeError):
+    """DP3 cannot be found or does not run; the message says how to fix it."""
+
+
+def find_dp3_executable(configured: str | None = None) -> str:
+    """Absolute path of the DP3 program: the configured one, else `DP3`, else the wheel's
+    `DP3.py` (on PATH or beside this Python interpreter)."""
+    if configured:
+        found = shutil.which(configured) or (
+            str(Path(configured).resolve()) if Path(configured).is_file() else None
+        )
+        if not found or not os.access(found, os.X_OK):
+            raise DP3Error(
+                f"dp3_executable: {configured!r} is not an executable file or a program on PATH"
+            )
+        return str(Path(found).absolute())
+    interpreter_bin = str(Path(sys.executable).parent)
+    search_path = os.environ.get("PATH", "") + os.pathsep + interpreter_bin
+    for name in ("DP3", "DP3.py"):
+        found = shutil.which(name, path=search_path)
+        if found:
+            return str(Path(found).absolute())
+    raise DP3Error(
+        "DP3 not found: neither `DP3` nor `DP3.py` is on PATH. Install it with "
+        "`pip install -r requirements.txt` (the dp3 wheel), or set `dp3_executable` in the "
+        "config to the DP3 program or a wrapper script"
+    )
+
+
+def casacore_measures_directory() -> Path | None:
+    """The measures data python-casacore ships (the dp3 wheel has none of its own)."""
+    spec = importlib.util.find_spec("casacore")
+    if spec is None or not spec.origin:
+        return None
+    data = Path(spec.origin).parent / "data"
+    return data if (data / "geodetic").is_dir() else None
+
+
+def _casarc_file(measures: Path) -> Path:
+    """A casarc naming the measures directory, written once per user and measures path."""
+    text = f"measures.directory: {measures}\n"
+    path = (
+        Path(tempfile.gettempdir())
+        / f"dp3batch-casarc-{os.getuid()}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    )
+    if not path.is_file() or path.read_text() != text:
+        temporary = path.with_suffix(f".{os.getpid()}")
+        temporary.write_text(text)
+        temporary.replace(path)
+    return path
+
+
+def dp3_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment DP3 runs in: one OpenBLAS thread (the wheel refuses to start
+    otherwise, and DP3 does its own threading) and, unless the user configured casacore
+    already, the measures data shipped with python-casacore."""
+    environment = dict(os.environ if base is None else base)
+    environment["OPENBLAS_NUM_THREADS"] = "1"
+    environment.setdefault("OMP_NUM_THREADS", "1")
+    user_has_casarc = "CASARCFILES" in environment or Path("~/.casarc").expanduser().is_file()
+    measures = casacore_measures_directory()
+    if not user_has_casarc and measures is not None:
+        environment["CASARCFILES"] = str(_casarc_file(measures))
+    return environment
+
+
+def dp3_version(executable: str, environment: dict[str, str] | None = None) -> str:
+    """`DP3 --version`, e.g. "6.6.0"; raises DP3Error with DP3's own words if it does not run."""
+    environment = environment or dp3_environment()
+    try:
+        completed = subprocess.run(
+            [executable, "--version"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise DP3Error(f"DP3 ({executable}) does not run: {error}") from error
+    output = (completed.stdout + completed.stderr).strip()
+    match = re.search(r"DP3\s+v?(\d+(?:\.\d+)+\S*)", output)
+    if completed.returncode != 0 or not match:
+        last_line = output.splitlines()[-1] if output else "(no output)"
+        raise DP3Error(
+            f"DP3 ({executable}) does not run: `--version` exited {completed.returncode}: "
+            f"{last_line}"
+        )
+    return match.group(1)
+
+
+def wheel_aoflagger_strategy(executable: str) -> str | None:
+    """The dp3 wheel's AOFlagger cannot find its default strategy: name one explicitly.
+
+    Only for the wheel's own `DP3.py`; a system DP3 or a wrapper finds its own."""
+    if Path(executable).name != "DP3.py":
+        return None
+    spec = importlib.util.find_spec("dp3")
+    if spec is None or not spec.origin:
+        return None
+    strategy = (
+        Path(spec.origin).parent.parent
+        / "DP3.libs"
+        / "aoflagger"
+        / "strategies"
+        / "generic-default.lua"
+    )
+    return str(strategy) if strategy.is_file() else None
+
+
+def format_value(value: Any) -> str:
+    """A config value as DP3 reads it: true/false, [a,b], plain numbers and strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(item) for item in value) + "]"
+    return str(value)
+
+
+def resolve_file_parameter(value: str, extra_inputs_dir: str | None) -> str:
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path(extra_inputs_dir or ".") / path
+    return str(path.absolute())
+
+
+def step_names(chain: Chain) -> list[str]:
+    """Unique DP3 step names: the type, then type2, type3, ... for repeats."""
+    seen: dict[str, int] = {}
+    names = []
+    for step in chain.steps:
+        seen[step.type] = seen.get(step.type, 0) + 1
+        count = seen[step.type]
+        names.append(step.type if count == 1 else f"{step.type}{count}")
+    return names
+
+
+def file_parameters(parameters: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(key, absolute path) of every parameter that names a file the chain reads."""
+    step_types = {key[: -len(".type")]: value for key, value in parameters if key.endswith(".type")}
+    files = []
+    for key, value in parameters:
+        step, _, parameter = key.rpartition(".")
+        if parameter in FILE_PARAMETERS.get(step_types.get(step, ""), ()):
+            files.append((key, value))
+    return files
+
+
+def chain_parameters(
+    chain: Chain,
+    extra_inputs_dir: str | None = None,
+    aoflagger_strategy: str | None = None,
+) -> list[tuple[str, str]]:
+    """The result-defining DP3 parameters of a chain, in order (no paths of the MS, no threads).
+
+    File parameters become absolute paths, so the list means the same on every worker.
+    """
+    parameters: list[tuple[str, str]] = [("checkparset", "1")]
+    for prefix, params in (("msin", chain.msin), ("msout", chain.msout)):
+        for key, value in params.items():
+            parameters.append((f"{prefix}.{key}", format_value(value)))
+    names = step_names(chain)
+    parameters.append(("steps", format_value(names)))
+    for name, step in zip(names, chain.steps, strict=True):
+        parameters.append((f"{name}.type", step.type))
+        params = dict(step.params)
+        if step.type == "aoflagger" and "strategy" not in params and aoflagger_strategy:
+            params["strategy"] = aoflagger_strategy
+        for key, value in params.items():
+            if key in FILE_PARAMETERS.get(step.type, ()):
+                value = resolve_file_parameter(str(value), extra_inputs_dir)
+            parameters.append((f"{name}.{key}", format_value(value)))
+    return parameters
+
+
+def run_parameters(
+    parameters: list[tuple[str, str]],
+    msin: str,
+    msout: str,
+    numthreads: int,
+    memory_gb: float | None = None,
+) -> list[tuple[str, str]]:
+    """Add what belongs to one run: paths, threads, and an AOFlagger memory bound.
+
+    AOFlagger's memory grows with its time window and dask's nanny cannot see it (DP3 is a
+    child process), so unless the user bounded it, bound it by the worker's memory share."""
+    keys = {key for key, _ in parameters}
+    run = [("msin", msin), ("msout", msout), ("numthreads", str(numthreads))]
+    if memory_gb:
+        for key, value in parameters:
+            if key.endswith(".type") and value == "aoflagger":
+                step = key[: -len(".type")]
+                if f"{step}.memorymax" not in keys and f"{step}.memoryperc" not in keys:
+                    run.append((f"{step}.memorymax", f"{memory_gb:.2f}"))
+    return run + list(parameters)
+
+
+def as_arguments(parameters: list[tuple[str, str]]) -> list[str]:
+    """DP3's command-line form: one `key=value` argument each (never through a shell)."""
+    return [f"{key}={value}" for key, value in parameters]
+
+
+def as_parset(parameters: list[tuple[str, str]], header: str = "") -> str:
+    """A parset file that `DP3 <file>` runs as is."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"{key}={value}" for key, value in parameters]
+    return "\n".join(lines) + "\n"

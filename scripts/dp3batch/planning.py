@@ -1,0 +1,166 @@
+"""The rule layer's view: from the config to the batch of pending MSs and why each is pending.
+
+Everything here runs when Snakemake reads the workflow (also for `snakemake -n`), so it is
+cheap for MSs that are up to date: a stat walk of each input and one small JSON per output.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dp3batch.completion import (
+    Expectation,
+    extra_inputs_fingerprint,
+    parameters_fingerprint,
+    pending_reason,
+)
+from dp3batch.config import Chain, ConfigError, validate_config
+from dp3batch.discovery import MeasurementSet, check_readable, discover_measurement_sets
+from dp3batch.dp3 import (
+    chain_parameters,
+    dp3_version,
+    file_parameters,
+    find_dp3_executable,
+    wheel_aoflagger_strategy,
+)
+from dp3batch.measurement_set import averaging_factors
+
+DEMO_INPUTS = ["demo_data/*.ms"]
+DEMO_DIR = "demo_data"
+DEMO_COUNT = 4
+
+
+def ensure_demo_data(config: dict[str, Any], base_dir: str | Path = ".") -> list[Path]:
+    """Generate the demo data set when the configured inputs are the demo ones and it is
+    missing, so that a fresh clone runs end to end with no data of its own."""
+    if config.get("inputs") != DEMO_INPUTS:
+        return []
+    directory = Path(base_dir) / DEMO_DIR
+    if list(directory.glob("*.ms")):
+        return []
+    from dp3batch.synthetic_ms import SyntheticMSSpec, generate_measurement_set
+
+    paths = []
+    for index in range(DEMO_COUNT):
+        path = directory / f"demo_{index}.ms"
+        generate_measurement_set(path, SyntheticMSSpec(n_times=40, n_channels=32, seed=index))
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Plan:
+    scheduler: str | None
+    chain: Chain
+    output_dir: Path
+    dp3_executable: str
+    dp3_version: str
+    parameters: list[tuple[str, str]]
+    expectation: Expectation
+    measurement_sets: list[MeasurementSet]
+    pending: list[tuple[MeasurementSet, str]] = field(default_factory=list)
+
+
+def check_extra_inputs(files: list[tuple[str, str]]) -> None:
+    """Every file a step reads must exist and be readable, before any DP3 runs."""
+    for key, path in files:
+        step, _, parameter = key.rpartition(".")
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"steps: {step} {parameter} {path} does not exist (relative paths are resolved "
+                "against `extra_inputs_dir`)"
+            )
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"steps: {step} {parameter} {path} is not readable")
+
+
+def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
+    """Validate the config, discover the inputs, and find the pending MSs."""
+    scheduler, chain = validate_config(config)
+    base = Path(base_dir).absolute()
+    extra_dir = config.get("extra_inputs_dir")
+    extra_dir = str(base / extra_dir) if extra_dir else str(base)
+    executable = find_dp3_executable(config.get("dp3_executable"))
+    parameters = chain_parameters(chain, extra_dir, wheel_aoflagger_strategy(executable))
+    files = file_parameters(parameters)
+    check_extra_inputs(files)
+    measurement_sets = discover_measurement_sets(
+        config["inputs"], config.get("output_dir", "results"), base
+    )
+    version = dp3_version(executable)
+    expectation = Expectation(
+        parameters_fingerprint=parameters_fingerprint(parameters, {key for key, _ in files}),
+        extra_inputs_fingerprint=extra_inputs_fingerprint(files),
+        dp3_version=version,
+    )
+    plan = Plan(
+        scheduler=scheduler,
+        chain=chain,
+        output_dir=Path(os.path.normpath(base / config.get("output_dir", "results"))),
+        dp3_executable=executable,
+        dp3_version=version,
+        parameters=parameters,
+        expectation=expectation,
+        measurement_sets=measurement_sets,
+    )
+    for ms in measurement_sets:
+        reason = pending_reason(ms.input, ms.output, expectation)
+        if reason is not None:
+            plan.pending.append((ms, reason))
+    # Opening a table costs milliseconds: only for the MSs about to be processed.
+    for ms, _ in plan.pending:
+        check_readable(ms.input)
+    return plan
+
+
+def batch_id(plan: Plan, now: datetime.datetime | None = None) -> str:
+    """A name for this batch: its start time and a digest of what it processes.
+
+    Unique per run, so the central job's marker never looks done for a later batch."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    digest = hashlib.sha256(
+        "\n".join(f"{ms.name}:{reason}" for ms, reason in plan.pending).encode()
+    ).hexdigest()[:8]
+    return f"{now:%Y%m%dT%H%M%S}-{digest}"
+
+
+def describe_pending(plan: Plan, limit: int = 50) -> str:
+    """The dry-run listing: which MSs will be (re)processed, and why."""
+    total = len(plan.measurement_sets)
+    if not plan.pending:
+        return f"All {total} MS(s) in {plan.output_dir} are complete and up to date."
+    lines = [f"{len(plan.pending)} of {total} MS(s) to process (DP3 {plan.dp3_version}):"]
+    for ms, reason in plan.pending[:limit]:
+        lines.append(f"  {ms.name}: {reason}")
+    if len(plan.pending) > limit:
+        lines.append(f"  ... and {len(plan.pending) - limit} more")
+    return "\n".join(lines)
+
+
+def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[str, Any]:
+    """Everything the central job needs, as plain data (it travels through Snakemake)."""
+    time_factor, freq_factor = averaging_factors(plan.chain)
+    return {
+        "batch_id": batch,
+        "scheduler": plan.scheduler,
+        "local_cluster": dict(config.get("local_cluster") or {}),
+        "output_dir": str(plan.output_dir),
+        "log_dir": str(plan.output_dir / "logs"),
+        "dp3_executable": plan.dp3_executable,
+        "dp3_version": plan.dp3_version,
+        "parameters": [list(pair) for pair in plan.parameters],
+        "parameters_fingerprint": plan.expectation.parameters_fingerprint,
+        "extra_inputs_fingerprint": plan.expectation.extra_inputs_fingerprint,
+        "time_factor": time_factor,
+        "freq_factor": freq_factor,
+        "rows_may_change": "baseline" in plan.chain.msin,
+        "measurement_sets": [
+            {"name": ms.name, "input": str(ms.input), "output": str(ms.output), "reason": reason}
+            for ms, reason in plan.pending
+        ],
+    }
