@@ -1,0 +1,271 @@
+"""Tests of the synthetic MeasurementSet generator, including DP3 reading and flagging it."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import casacore
+import numpy as np
+import pytest
+from casacore import tables
+from dp3batch.synthetic_ms import (
+    CORR_TYPES,
+    SyntheticMSSpec,
+    disk_size,
+    generate_measurement_set,
+    main,
+    measurement_set_size_spec,
+)
+
+SUBTABLES = (
+    "ANTENNA",
+    "DATA_DESCRIPTION",
+    "FEED",
+    "FIELD",
+    "HISTORY",
+    "OBSERVATION",
+    "POINTING",
+    "POLARIZATION",
+    "PROCESSOR",
+    "SPECTRAL_WINDOW",
+    "STATE",
+)
+
+# --- self-contained DP3 runner (to be replaced by the project's own) -----------------------
+
+SITE_PACKAGES = pathlib.Path(casacore.__file__).resolve().parent.parent
+AOFLAGGER_STRATEGY = SITE_PACKAGES / "DP3.libs/aoflagger/strategies/generic-default.lua"
+
+
+def _find_dp3() -> str | None:
+    venv_dp3 = pathlib.Path(sys.executable).parent / "DP3.py"
+    return str(venv_dp3) if venv_dp3.exists() else shutil.which("DP3.py")
+
+
+DP3 = _find_dp3()
+needs_dp3 = pytest.mark.skipif(DP3 is None, reason="DP3.py not found")
+
+
+@pytest.fixture(scope="session")
+def casarc(tmp_path_factory) -> pathlib.Path:
+    """A casarc pointing DP3's casacore at the measures data shipped with python-casacore."""
+    path = tmp_path_factory.mktemp("casarc") / "casarc"
+    path.write_text(f"measures.directory: {SITE_PACKAGES / 'casacore' / 'data'}\n")
+    return path
+
+
+def run_dp3(casarc: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    """Run DP3 single-threaded; DP3 reports errors on stdout, so show that on failure."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", CASARCFILES=str(casarc))
+    cmd = [DP3, "checkparset=1", "numthreads=1", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+# --- fixtures and helpers ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def default_ms(tmp_path_factory) -> pathlib.Path:
+    """The default-spec MS, written once and only read by the tests."""
+    return generate_measurement_set(tmp_path_factory.mktemp("ms") / "default.ms")
+
+
+def getcol(ms: pathlib.Path, column: str, subtable: str = "") -> np.ndarray:
+    with tables.table(str(ms / subtable) if subtable else str(ms), ack=False) as t:
+        return t.getcol(column)
+
+
+def flags_cube(ms: pathlib.Path, spec: SyntheticMSSpec) -> np.ndarray:
+    """FLAG as (time, baseline, channel, correlation)."""
+    flags = getcol(ms, "FLAG")
+    return flags.reshape(spec.n_times, spec.n_baselines, spec.n_channels, -1)
+
+
+# --- structure and content ----------------------------------------------------------------
+
+
+def test_structure(default_ms):
+    spec = SyntheticMSSpec()
+    with tables.table(str(default_ms), ack=False) as ms:
+        assert ms.nrows() == spec.n_times * 15 == spec.n_rows
+        assert ms.getcell("DATA", 0).shape == (spec.n_channels, 4)
+        assert ms.getcol("DATA").dtype == np.complex64
+        subtables = {pathlib.Path(s).name for s in ms.getsubtables()}
+        assert set(SUBTABLES) <= subtables
+        np.testing.assert_allclose(ms.getcol("INTERVAL"), spec.interval)
+        np.testing.assert_allclose(ms.getcol("EXPOSURE"), spec.interval)
+        time = ms.getcol("TIME")
+        a1, a2 = ms.getcol("ANTENNA1"), ms.getcol("ANTENNA2")
+        assert ms.getcolkeyword("UVW", "MEASINFO")["Ref"] == "J2000"
+    # Time-major, then baselines a1 < a2 in the same order for every time slot.
+    assert np.all(np.diff(time) >= 0)
+    assert len(np.unique(time)) == spec.n_times
+    np.testing.assert_allclose(np.diff(np.unique(time)), spec.interval)
+    assert 4.8e9 < time[0] < 5.0e9  # MJD seconds
+    assert np.all(a1 < a2)
+    pairs = np.stack([a1, a2], axis=1).reshape(spec.n_times, 15, 2)
+    assert np.all(pairs == pairs[0])
+    assert len({tuple(p) for p in pairs[0]}) == 15
+
+    assert list(getcol(default_ms, "CORR_TYPE", "POLARIZATION")[0]) == list(CORR_TYPES)
+    assert getcol(default_ms, "NUM_CHAN", "SPECTRAL_WINDOW")[0] == spec.n_channels
+    freqs = getcol(default_ms, "CHAN_FREQ", "SPECTRAL_WINDOW")[0]
+    np.testing.assert_allclose(np.diff(freqs), spec.channel_width)
+    assert freqs[0] == spec.start_frequency
+    assert getcol(default_ms, "TELESCOPE_NAME", "OBSERVATION") == ["LOFAR"]
+    np.testing.assert_allclose(getcol(default_ms, "PHASE_DIR", "FIELD")[0, 0], [2.0, 0.9])
+    positions = getcol(default_ms, "POSITION", "ANTENNA")
+    assert positions.shape == (spec.n_antennas, 3)
+    # Within a few hundred metres of the LOFAR core, on the Earth's surface.
+    lon = np.degrees(np.arctan2(positions[:, 1], positions[:, 0]))
+    np.testing.assert_allclose(lon, 6.87, atol=0.02)
+    np.testing.assert_allclose(np.linalg.norm(positions, axis=1), 6.3648e6, rtol=1e-3)
+    spread = np.linalg.norm(positions - positions.mean(axis=0), axis=1)
+    assert 50 < spread.max() < 1000
+
+
+def test_data_noise_and_rfi(default_ms):
+    spec = SyntheticMSSpec()
+    data = getcol(default_ms, "DATA").reshape(spec.n_times, 15, spec.n_channels, 4)
+    assert not getcol(default_ms, "FLAG").any()
+    clean = np.delete(np.delete(data, spec.rfi_times, axis=0), spec.rfi_channels, axis=2)
+    assert np.std(clean.real) == pytest.approx(spec.noise_sigma, rel=0.05)
+    assert np.std(clean.imag) == pytest.approx(spec.noise_sigma, rel=0.05)
+    assert abs(np.mean(clean)) < 0.05
+    for rfi in (data[:, :, spec.rfi_channels], data[spec.rfi_times]):
+        assert np.abs(rfi).min() > 0.9 * spec.rfi_amplitude * spec.noise_sigma
+
+
+def test_uvw_is_physical(default_ms):
+    """|UVW| equals the baseline length and matches casacore's own UVW conversion."""
+    from casacore.measures import measures
+    from casacore.quanta import quantity
+
+    positions = getcol(default_ms, "POSITION", "ANTENNA")
+    uvw, time = getcol(default_ms, "UVW"), getcol(default_ms, "TIME")
+    a1, a2 = getcol(default_ms, "ANTENNA1"), getcol(default_ms, "ANTENNA2")
+    lengths = np.linalg.norm(positions[a2] - positions[a1], axis=1)
+    np.testing.assert_allclose(np.linalg.norm(uvw, axis=1), lengths, rtol=1e-9)
+
+    dm = measures()
+    dm.do_frame(dm.position("ITRF", *[quantity(x, "m") for x in positions[0]]))
+    dm.do_frame(dm.direction("J2000", quantity(2.0, "rad"), quantity(0.9, "rad")))
+    for row in (0, len(time) - 1):
+        dm.do_frame(dm.epoch("UTC", quantity(time[row], "s")))
+        baseline = positions[a2[row]] - positions[a1[row]]  # MS convention: ant2 - ant1
+        expected = dm.to_uvw(dm.baseline("ITRF", *[quantity(x, "m") for x in baseline]))
+        expected = np.array(expected["xyz"].get_value("m"))
+        # Nutation and UT1-UTC are not modelled: allow 1e-3 of the baseline length.
+        np.testing.assert_allclose(uvw[row], expected, atol=1e-3 * lengths[row])
+
+
+def test_deterministic_per_seed(tmp_path):
+    spec = SyntheticMSSpec(n_antennas=3, n_times=8, n_channels=8, seed=1)
+    first = generate_measurement_set(tmp_path / "a.ms", spec)
+    again = generate_measurement_set(tmp_path / "b.ms", spec)
+    other = generate_measurement_set(tmp_path / "c.ms", replace(spec, seed=2))
+    assert np.array_equal(getcol(first, "DATA"), getcol(again, "DATA"))
+    assert not np.array_equal(getcol(first, "DATA"), getcol(other, "DATA"))
+    # Only the noise depends on the seed, not the array or the sampling.
+    for column in ("UVW", "TIME", "ANTENNA1", "ANTENNA2"):
+        assert np.array_equal(getcol(first, column), getcol(other, column))
+
+
+def test_autocorrelations(tmp_path):
+    spec = SyntheticMSSpec(n_antennas=4, n_times=8, n_channels=8, include_autocorrelations=True)
+    ms = generate_measurement_set(tmp_path / "auto.ms", spec)
+    a1, a2 = getcol(ms, "ANTENNA1"), getcol(ms, "ANTENNA2")
+    assert len(a1) == 8 * 10 == spec.n_rows
+    assert np.all(a1 <= a2) and np.sum(a1 == a2) == 8 * 4
+
+
+def test_invalid_spec_and_existing_path(tmp_path):
+    with pytest.raises(ValueError, match="rfi_channels"):
+        SyntheticMSSpec(n_channels=4)  # default RFI channel 5 does not exist
+    with pytest.raises(ValueError, match="rfi_times"):
+        SyntheticMSSpec(n_times=5)
+    spec = SyntheticMSSpec(n_antennas=2, n_times=1, n_channels=1, rfi_channels=(), rfi_times=())
+    path = generate_measurement_set(tmp_path / "x.ms", spec)
+    with pytest.raises(FileExistsError):
+        generate_measurement_set(path, spec)
+    assert generate_measurement_set(path, spec, overwrite=True) == path
+
+
+def test_size_spec(tmp_path):
+    target = 20_000_000
+    spec = measurement_set_size_spec(target, seed=3)
+    assert spec.seed == 3 and spec.rfi_times == SyntheticMSSpec().rfi_times
+    ms = generate_measurement_set(tmp_path / "sized.ms", spec)
+    assert 0.7 * target < disk_size(ms) < 1.3 * target
+    # Too small for the default RFI slot: it is dropped rather than failing.
+    assert measurement_set_size_spec(100_000, n_antennas=3, n_channels=4).rfi_times == ()
+
+
+def test_cli_writes_count_ms(tmp_path, capsys):
+    outdir = tmp_path / "out"
+    args = [str(outdir), "--count", "3", "--prefix", "demo", "--antennas", "3"]
+    assert main([*args, "--times", "10", "--channels", "8"]) == 0
+    written = sorted(p.name for p in outdir.iterdir())
+    assert written == ["demo_0.ms", "demo_1.ms", "demo_2.ms"]
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    data = [getcol(outdir / name, "DATA") for name in written]
+    assert data[0].shape == (10 * 3, 8, 4)
+    assert not np.array_equal(data[0], data[1])  # seeds differ per MS
+    with pytest.raises(SystemExit):  # refuses to overwrite without --overwrite
+        main(args)
+    assert main([*args, "--size-mb", "1", "--overwrite"]) == 0
+    assert 0.7e6 < disk_size(outdir / "demo_0.ms") < 1.3e6
+
+
+# --- DP3 ----------------------------------------------------------------------------------
+
+
+@needs_dp3
+def test_dp3_copies_ms(default_ms, tmp_path, casarc):
+    out = tmp_path / "copy.ms"
+    run_dp3(casarc, f"msin={default_ms}", f"msout={out}", "steps=[]")
+    for column in ("DATA", "UVW", "TIME", "ANTENNA1", "ANTENNA2", "FLAG"):
+        assert np.array_equal(getcol(out, column), getcol(default_ms, column)), column
+
+
+@needs_dp3
+def test_dp3_aoflagger_flags_injected_rfi(default_ms, tmp_path, casarc):
+    spec = SyntheticMSSpec()
+    out = tmp_path / "flagged.ms"
+    strategy = f"aoflagger.strategy={AOFLAGGER_STRATEGY}"
+    run_dp3(casarc, f"msin={default_ms}", f"msout={out}", "steps=[aoflagger]", strategy)
+    flags = flags_cube(out, spec)
+    assert flags[:, :, spec.rfi_channels].mean() > 0.9
+    assert flags[spec.rfi_times].mean() > 0.9
+    clean = np.delete(np.delete(flags, spec.rfi_times, axis=0), spec.rfi_channels, axis=2)
+    assert clean.mean() < 0.2
+
+
+@needs_dp3
+def test_dp3_flag_and_average_pipeline(default_ms, tmp_path, casarc):
+    """The workflow's step chain runs on the synthetic MS and averages it 2x2."""
+    spec = SyntheticMSSpec()
+    out = tmp_path / "averaged.ms"
+    run_dp3(
+        casarc,
+        f"msin={default_ms}",
+        f"msout={out}",
+        "steps=[preflagger,aoflagger,averager]",
+        "preflagger.type=preflagger",
+        "aoflagger.type=aoflagger",
+        f"aoflagger.strategy={AOFLAGGER_STRATEGY}",
+        "averager.type=averager",
+        "averager.timestep=2",
+        "averager.freqstep=2",
+    )
+    with tables.table(str(out), ack=False) as ms:
+        assert ms.nrows() == spec.n_times // 2 * spec.n_baselines
+        assert ms.getcell("DATA", 0).shape == (spec.n_channels // 2, 4)
+        np.testing.assert_allclose(ms.getcol("INTERVAL"), 2 * spec.interval)
