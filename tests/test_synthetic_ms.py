@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
 import subprocess
-import sys
 from dataclasses import replace
 
-import casacore
 import numpy as np
 import pytest
 from casacore import tables
+from dp3batch.dp3 import dp3_environment, find_dp3_executable, wheel_aoflagger_strategy
 from dp3batch.synthetic_ms import (
     CORR_TYPES,
     SyntheticMSSpec,
@@ -36,34 +33,16 @@ SUBTABLES = (
     "STATE",
 )
 
-# --- self-contained DP3 runner (to be replaced by the project's own) -----------------------
+# --- DP3, found and set up as the workflow does it -------------------------------------------
 
-SITE_PACKAGES = pathlib.Path(casacore.__file__).resolve().parent.parent
-AOFLAGGER_STRATEGY = SITE_PACKAGES / "DP3.libs/aoflagger/strategies/generic-default.lua"
-
-
-def _find_dp3() -> str | None:
-    venv_dp3 = pathlib.Path(sys.executable).parent / "DP3.py"
-    return str(venv_dp3) if venv_dp3.exists() else shutil.which("DP3.py")
+DP3 = find_dp3_executable()
+AOFLAGGER_STRATEGY = wheel_aoflagger_strategy(DP3)
 
 
-DP3 = _find_dp3()
-needs_dp3 = pytest.mark.skipif(DP3 is None, reason="DP3.py not found")
-
-
-@pytest.fixture(scope="session")
-def casarc(tmp_path_factory) -> pathlib.Path:
-    """A casarc pointing DP3's casacore at the measures data shipped with python-casacore."""
-    path = tmp_path_factory.mktemp("casarc") / "casarc"
-    path.write_text(f"measures.directory: {SITE_PACKAGES / 'casacore' / 'data'}\n")
-    return path
-
-
-def run_dp3(casarc: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+def run_dp3(*args: str) -> subprocess.CompletedProcess:
     """Run DP3 single-threaded; DP3 reports errors on stdout, so show that on failure."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", CASARCFILES=str(casarc))
     cmd = [DP3, "checkparset=1", "numthreads=1", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=dp3_environment(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -227,20 +206,18 @@ def test_cli_writes_count_ms(tmp_path, capsys):
 # --- DP3 ----------------------------------------------------------------------------------
 
 
-@needs_dp3
-def test_dp3_copies_ms(default_ms, tmp_path, casarc):
+def test_dp3_copies_ms(default_ms, tmp_path):
     out = tmp_path / "copy.ms"
-    run_dp3(casarc, f"msin={default_ms}", f"msout={out}", "steps=[]")
+    run_dp3(f"msin={default_ms}", f"msout={out}", "steps=[]")
     for column in ("DATA", "UVW", "TIME", "ANTENNA1", "ANTENNA2", "FLAG"):
         assert np.array_equal(getcol(out, column), getcol(default_ms, column)), column
 
 
-@needs_dp3
-def test_dp3_aoflagger_flags_injected_rfi(default_ms, tmp_path, casarc):
+def test_dp3_aoflagger_flags_injected_rfi(default_ms, tmp_path):
     spec = SyntheticMSSpec()
     out = tmp_path / "flagged.ms"
     strategy = f"aoflagger.strategy={AOFLAGGER_STRATEGY}"
-    run_dp3(casarc, f"msin={default_ms}", f"msout={out}", "steps=[aoflagger]", strategy)
+    run_dp3(f"msin={default_ms}", f"msout={out}", "steps=[aoflagger]", strategy)
     flags = flags_cube(out, spec)
     assert flags[:, :, spec.rfi_channels].mean() > 0.9
     assert flags[spec.rfi_times].mean() > 0.9
@@ -248,13 +225,11 @@ def test_dp3_aoflagger_flags_injected_rfi(default_ms, tmp_path, casarc):
     assert clean.mean() < 0.2
 
 
-@needs_dp3
-def test_dp3_flag_and_average_pipeline(default_ms, tmp_path, casarc):
+def test_dp3_flag_and_average_pipeline(default_ms, tmp_path):
     """The workflow's step chain runs on the synthetic MS and averages it 2x2."""
     spec = SyntheticMSSpec()
     out = tmp_path / "averaged.ms"
     run_dp3(
-        casarc,
         f"msin={default_ms}",
         f"msout={out}",
         "steps=[preflagger,aoflagger,averager]",

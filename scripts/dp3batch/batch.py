@@ -7,7 +7,6 @@ stops every DP3 when it is interrupted or its parent (Snakemake) disappears.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import fcntl
 import json
@@ -80,17 +79,18 @@ class _Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, and interrupt too when our parent process
-    (Snakemake) dies: a killed Snakemake must not leave DP3s running."""
+def interruptible() -> Iterator[threading.Event]:
+    """Turn SIGTERM into KeyboardInterrupt, and yield an event that is set when our parent
+    process (Snakemake) dies: a killed Snakemake must not leave DP3s running."""
     parent = os.getppid()
+    orphaned = threading.Event()
     stop = threading.Event()
 
     def watch_parent() -> None:
-        while not stop.wait(1.0):
+        while not stop.wait(0.5):
             if os.getppid() != parent:
                 log.error("Snakemake (pid %d) has gone: stopping the batch", parent)
-                _thread.interrupt_main()
+                orphaned.set()
                 return
 
     def on_sigterm(signum, frame):
@@ -100,7 +100,7 @@ def interruptible() -> Iterator[None]:
     watcher = threading.Thread(target=watch_parent, daemon=True)
     watcher.start()
     try:
-        yield
+        yield orphaned
     finally:
         stop.set()
         signal.signal(signal.SIGTERM, previous)
@@ -194,17 +194,17 @@ def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
     """Process every MS of the batch; return one result per MS (status done/failed)."""
     output_dir = Path(batch["output_dir"])
     Path(batch["log_dir"]).mkdir(parents=True, exist_ok=True)
-    with output_dir_lock(output_dir), interruptible():
+    with output_dir_lock(output_dir), interruptible() as orphaned:
         for leftover in remove_leftovers(output_dir):
             log.info("removed %s, left behind by an interrupted run", leftover)
         with cluster_client(batch) as client, tempfile.TemporaryDirectory() as scratch:
             _preflight(client, batch)
             if batch.get("scheduler"):
                 client.upload_file(str(_package_zip(Path(scratch))), load=True)
-            return _fan_out(client, batch)
+            return _fan_out(client, batch, orphaned)
 
 
-def _fan_out(client, batch: dict[str, Any]) -> list[dict[str, Any]]:
+def _fan_out(client, batch: dict[str, Any], orphaned: threading.Event) -> list[dict[str, Any]]:
     from distributed import as_completed
 
     measurement_sets = batch["measurement_sets"]
@@ -220,33 +220,43 @@ def _fan_out(client, batch: dict[str, Any]) -> list[dict[str, Any]]:
         )
         futures[future] = ms
     log.info("submitted %d DP3 task(s)", total)
-    results = []
+    results: list[dict[str, Any]] = []
     try:
-        for future in as_completed(list(futures), loop=client.loop):
-            ms = futures[future]
-            try:
-                result = future.result()
-            except Exception as error:  # a lost worker (KilledWorker) or an internal error
-                result = {
-                    "name": ms["name"],
-                    "input": ms["input"],
-                    "output": ms["output"],
-                    "log": str(Path(batch["log_dir"]) / f"{ms['name']}.log"),
-                    "status": "failed",
-                    "reason": f"{type(error).__name__}: {error}",
-                    "error": "the task was lost with its worker too many times"
-                    if type(error).__name__ == "KilledWorker"
-                    else str(error),
-                }
-            results.append(result)
-            line = _report_line(len(results), total, result)
-            (log.info if result["status"] == "done" else log.error)(line)
+        # Poll rather than block, so that an orphaned batch notices within a second.
+        arrivals = as_completed(list(futures), loop=client.loop)
+        while not arrivals.is_empty():
+            if orphaned.is_set():
+                raise KeyboardInterrupt
+            if not arrivals.has_ready():
+                time.sleep(0.2)
+                continue
+            for future in arrivals.next_batch(block=False):
+                result = _result_of(future, futures[future], batch)
+                results.append(result)
+                line = _report_line(len(results), total, result)
+                (log.info if result["status"] == "done" else log.error)(line)
     except KeyboardInterrupt:
         log.error("interrupted: stopping %d running DP3 task(s)", total - len(results))
         client.cancel(list(futures), force=True)
         time.sleep(1.0)  # workers poll for cancellation twice a second
         raise
     return results
+
+
+def _result_of(future, ms: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return future.result()
+    except Exception as error:  # a lost worker (KilledWorker) or an internal error
+        lost = type(error).__name__ == "KilledWorker"
+        return {
+            "name": ms["name"],
+            "input": ms["input"],
+            "output": ms["output"],
+            "log": str(Path(batch["log_dir"]) / f"{ms['name']}.log"),
+            "status": "failed",
+            "reason": "its worker died during every attempt" if lost else type(error).__name__,
+            "error": str(error),
+        }
 
 
 def failure_report(results: list[dict[str, Any]]) -> str:

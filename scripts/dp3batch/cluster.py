@@ -39,10 +39,11 @@ def local_cluster_size(
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
 ) -> tuple[int, int]:
-    """Workers and threads for the embedded cluster: every core busy, none oversubscribed.
+    """Workers and threads for the embedded cluster: never more threads than cores.
 
     One DP3 per worker; DP3 scales less than linearly with threads, so prefer more workers
-    with fewer threads, but never more workers than MSs to process."""
+    with fewer threads, but never more workers than MSs to process (with fewer MSs than
+    cores, each worker gets an equal share of the cores)."""
     cores = max(1, cores)
     if n_workers is None:
         if threads_per_worker is not None:

@@ -30,7 +30,7 @@ IO_STEP_TYPES = ("msin", "msout")
 
 # DP3 parameter names are dotted identifiers; anything else could not be a DP3 key and is
 # refused rather than passed on.
-PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 # Parameters whose values the workflow sets itself, per step type ("*" = every step).
 MANAGED_PARAMETERS = {
@@ -89,6 +89,16 @@ def coerce_scheduler(value: Any) -> str | None:
     return f"tcp://{without_protocol}"
 
 
+# JSON Schema counts 2.0 as an integer, but DP3 rejects `timestep=2.0`: require a real int.
+_StrictIntegerValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer",
+        lambda checker, instance: isinstance(instance, int) and not isinstance(instance, bool),
+    ),
+)
+
+
 def _schema_error_message(error: jsonschema.ValidationError, config: dict) -> str:
     location = _describe_location(list(error.absolute_path), config)
     return f"{location}: {error.message}" if location else error.message
@@ -110,7 +120,7 @@ def _describe_location(path: list, config: dict) -> str:
 def check_config_against_schema(config: dict, schema: dict | None = None) -> None:
     """Raise ConfigError for the first schema violation, worded for a person."""
     schema = schema or load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _StrictIntegerValidator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError(_schema_error_message(jsonschema.exceptions.best_match(errors), config))
@@ -163,7 +173,7 @@ def parse_steps(steps: Any) -> Chain:
         if not isinstance(params, dict):
             raise ConfigError(f"{where}: parameters must be a mapping, got {params!r}")
         for name, value in params.items():
-            if not isinstance(name, str) or not PARAMETER_NAME.match(name):
+            if not isinstance(name, str) or not PARAMETER_NAME.fullmatch(name):
                 raise ConfigError(
                     f"{where}: {name!r} is not a DP3 parameter name (letters, digits, '.' "
                     "and '_' only)"

@@ -69,7 +69,8 @@ def expand_inputs(patterns: list[str], base_dir: Path) -> list[Path]:
     for pattern in patterns:
         absolute_pattern = os.path.join(base_dir, os.path.expanduser(pattern))
         if _has_glob(pattern):
-            matches = sorted(glob.glob(absolute_pattern))
+            escaped_base = glob.escape(str(base_dir))
+            matches = sorted(glob.glob(os.path.join(escaped_base, os.path.expanduser(pattern))))
             if not matches:
                 raise ConfigError(f"inputs: the pattern {pattern!r} matches nothing")
             found.extend(Path(match) for match in matches)

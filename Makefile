@@ -1,0 +1,27 @@
+# Two commands: `make run` (set up, then run the workflow on the demo data with an embedded
+# dask cluster) and `make test` (set up, then run the test suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint benchmark
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+run: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 1
+
+test: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check scripts tests benchmarks
+	$(BIN)/ruff format --check scripts tests benchmarks
+	$(BIN)/snakefmt --check .
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint

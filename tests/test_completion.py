@@ -1,0 +1,308 @@
+"""Unit tests of completion records, fingerprints and pending reasons."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from dp3batch.completion import (
+    RECORD_FORMAT,
+    RECORD_NAME,
+    Expectation,
+    extra_inputs_fingerprint,
+    input_fingerprint,
+    parameters_fingerprint,
+    pending_reason,
+    read_record,
+    write_record,
+)
+
+PARAMETERS = [
+    ("checkparset", "1"),
+    ("steps", "[applycal,averager]"),
+    ("applycal.type", "applycal"),
+    ("applycal.parmdb", "/data/cal/solutions.h5"),
+    ("averager.type", "averager"),
+    ("averager.timestep", "2"),
+]
+FILE_KEYS = {"applycal.parmdb"}
+
+
+def fake_ms(path: Path) -> Path:
+    """A directory tree shaped like an MS: table files and a subtable."""
+    path.mkdir(parents=True)
+    (path / "table.dat").write_bytes(b"main table")
+    (path / "table.f0").write_bytes(b"0123456789")
+    (path / "table.lock").write_bytes(b"lock")
+    (path / "ANTENNA").mkdir()
+    (path / "ANTENNA" / "table.dat").write_bytes(b"antennas")
+    (path / "ANTENNA" / "table.lock").write_bytes(b"lock")
+    return path
+
+
+def bump_mtime(path: Path, seconds: int = 10) -> None:
+    status = path.stat()
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + seconds * 1_000_000_000))
+
+
+# --- input_fingerprint --------------------------------------------------------------------
+
+
+def test_input_fingerprint_is_stable(tmp_path):
+    ms = fake_ms(tmp_path / "a.ms")
+    assert input_fingerprint(ms) == input_fingerprint(ms)
+
+
+def test_input_fingerprint_changes_with_size(tmp_path):
+    ms = fake_ms(tmp_path / "a.ms")
+    before = input_fingerprint(ms)
+    status = (ms / "table.f0").stat()
+    (ms / "table.f0").write_bytes(b"0123456789 and more")
+    os.utime(ms / "table.f0", ns=(status.st_atime_ns, status.st_mtime_ns))  # same mtime
+    assert input_fingerprint(ms) != before
+
+
+def test_input_fingerprint_changes_with_rewritten_content(tmp_path):
+    # Same size; a rewrite moves the mtime (made explicit: timestamps may be coarse).
+    ms = fake_ms(tmp_path / "a.ms")
+    before = input_fingerprint(ms)
+    (ms / "ANTENNA" / "table.dat").write_bytes(b"ANTENNAS")
+    bump_mtime(ms / "ANTENNA" / "table.dat")
+    assert input_fingerprint(ms) != before
+
+
+def test_input_fingerprint_changes_with_mtime_alone(tmp_path):
+    ms = fake_ms(tmp_path / "a.ms")
+    before = input_fingerprint(ms)
+    bump_mtime(ms / "table.dat", seconds=1)
+    assert input_fingerprint(ms) != before
+
+
+def test_input_fingerprint_changes_with_a_new_file(tmp_path):
+    ms = fake_ms(tmp_path / "a.ms")
+    before = input_fingerprint(ms)
+    (ms / "table.f1").write_bytes(b"")
+    assert input_fingerprint(ms) != before
+
+
+def test_input_fingerprint_ignores_table_lock(tmp_path):
+    ms = fake_ms(tmp_path / "a.ms")
+    before = input_fingerprint(ms)
+    for lock in (ms / "table.lock", ms / "ANTENNA" / "table.lock"):
+        lock.write_bytes(b"a longer lock content")
+        bump_mtime(lock)
+    assert input_fingerprint(ms) == before
+    (ms / "table.lock").unlink()
+    assert input_fingerprint(ms) == before
+
+
+def test_input_fingerprint_differs_between_ms(tmp_path):
+    first = fake_ms(tmp_path / "a.ms")
+    second = fake_ms(tmp_path / "b.ms")
+    (second / "table.f0").write_bytes(b"01234567890")
+    assert input_fingerprint(first) != input_fingerprint(second)
+
+
+# --- parameters_fingerprint / extra_inputs_fingerprint ------------------------------------
+
+
+def replaced(parameters, key, value):
+    return [(k, value if k == key else v) for k, v in parameters]
+
+
+def test_parameters_fingerprint_ignores_paths_of_file_parameters():
+    moved = replaced(PARAMETERS, "applycal.parmdb", "/elsewhere/solutions.h5")
+    assert parameters_fingerprint(moved, FILE_KEYS) == parameters_fingerprint(PARAMETERS, FILE_KEYS)
+
+
+def test_parameters_fingerprint_sees_paths_of_other_keys():
+    moved = replaced(PARAMETERS, "applycal.parmdb", "/elsewhere/solutions.h5")
+    assert parameters_fingerprint(moved) != parameters_fingerprint(PARAMETERS)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        replaced(PARAMETERS, "averager.timestep", "4"),
+        [*PARAMETERS, ("averager.freqstep", "2")],
+        PARAMETERS[:-1],
+        replaced(PARAMETERS, "steps", "[averager,applycal]"),
+    ],
+    ids=["value", "added", "removed", "steps"],
+)
+def test_parameters_fingerprint_sees_other_changes(changed):
+    assert parameters_fingerprint(changed, FILE_KEYS) != parameters_fingerprint(
+        PARAMETERS, FILE_KEYS
+    )
+
+
+def test_parameters_fingerprint_sees_a_file_parameter_appearing():
+    without = [pair for pair in PARAMETERS if pair[0] != "applycal.parmdb"]
+    assert parameters_fingerprint(without, FILE_KEYS) != parameters_fingerprint(
+        PARAMETERS, FILE_KEYS
+    )
+
+
+def test_extra_inputs_fingerprint_changes_with_content(tmp_path):
+    solutions = tmp_path / "solutions.h5"
+    solutions.write_bytes(b"gains v1")
+    files = [("applycal.parmdb", str(solutions))]
+    before = extra_inputs_fingerprint(files)
+    assert extra_inputs_fingerprint(files) == before
+    solutions.write_bytes(b"gains v2")
+    assert extra_inputs_fingerprint(files) != before
+
+
+def test_extra_inputs_fingerprint_ignores_the_path(tmp_path):
+    first = tmp_path / "a" / "solutions.h5"
+    second = tmp_path / "b" / "renamed.h5"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(b"gains")
+    assert extra_inputs_fingerprint([("applycal.parmdb", str(first))]) == extra_inputs_fingerprint(
+        [("applycal.parmdb", str(second))]
+    )
+
+
+def test_extra_inputs_fingerprint_sees_a_missing_file(tmp_path):
+    solutions = tmp_path / "solutions.h5"
+    solutions.write_bytes(b"")
+    files = [("applycal.parmdb", str(solutions))]
+    before = extra_inputs_fingerprint(files)
+    solutions.unlink()
+    assert extra_inputs_fingerprint(files) != before
+
+
+def test_extra_inputs_fingerprint_of_no_files_is_constant():
+    assert extra_inputs_fingerprint([]) == extra_inputs_fingerprint([])
+
+
+# --- records and pending_reason -----------------------------------------------------------
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """An input MS, its complete output with a matching record, and the expectation."""
+    input_ms = fake_ms(tmp_path / "data" / "a.ms")
+    output = fake_ms(tmp_path / "results" / "a.ms")
+    expected = Expectation(
+        parameters_fingerprint=parameters_fingerprint(PARAMETERS, FILE_KEYS),
+        extra_inputs_fingerprint="extra-1",
+        dp3_version="6.6.0",
+    )
+    write_record(
+        output,
+        {
+            "parameters_fingerprint": expected.parameters_fingerprint,
+            "extra_inputs_fingerprint": expected.extra_inputs_fingerprint,
+            "dp3_version": expected.dp3_version,
+            "input_fingerprint": input_fingerprint(input_ms),
+            "worker": "tcp://127.0.0.1:40000",
+        },
+    )
+    return input_ms, output, expected
+
+
+def test_write_record_then_read_record(setup):
+    _, output, _ = setup
+    record = read_record(output)
+    assert record["format"] == RECORD_FORMAT
+    assert record["dp3_version"] == "6.6.0"
+    assert record["worker"] == "tcp://127.0.0.1:40000"
+    assert [path.name for path in output.iterdir() if path.name.startswith(".")] == []
+
+
+def test_up_to_date_output_is_not_pending(setup):
+    assert pending_reason(*setup) is None
+
+
+def test_missing_output_is_pending(tmp_path, setup):
+    input_ms, _, expected = setup
+    assert pending_reason(input_ms, tmp_path / "results" / "b.ms", expected) == "missing"
+
+
+def test_output_without_record_is_incomplete(setup):
+    input_ms, output, expected = setup
+    (output / RECORD_NAME).unlink()
+    assert pending_reason(input_ms, output, expected) == "incomplete"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "{not json",
+        "[1, 2]",
+        '"a string"',
+        json.dumps({"format": RECORD_FORMAT + 1, "dp3_version": "6.6.0"}),
+        json.dumps({"dp3_version": "6.6.0"}),
+    ],
+    ids=["empty", "garbage", "list", "string", "newer-format", "no-format"],
+)
+def test_unreadable_or_foreign_record_is_incomplete(setup, content):
+    input_ms, output, expected = setup
+    (output / RECORD_NAME).write_text(content)
+    assert read_record(output) is None
+    assert pending_reason(input_ms, output, expected) == "incomplete"
+
+
+def test_binary_garbage_record_is_incomplete(setup):
+    input_ms, output, expected = setup
+    (output / RECORD_NAME).write_bytes(b"\xff\xfe\x00garbage")
+    assert pending_reason(input_ms, output, expected) == "incomplete"
+
+
+def test_output_that_is_a_file_is_incomplete(tmp_path, setup):
+    input_ms, _, expected = setup
+    output = tmp_path / "results" / "file.ms"
+    output.write_text("")
+    assert pending_reason(input_ms, output, expected) == "incomplete"
+
+
+def test_changed_steps_are_pending(setup):
+    input_ms, output, expected = setup
+    changed = Expectation(
+        parameters_fingerprint=parameters_fingerprint(
+            replaced(PARAMETERS, "averager.timestep", "4"), FILE_KEYS
+        ),
+        extra_inputs_fingerprint=expected.extra_inputs_fingerprint,
+        dp3_version=expected.dp3_version,
+    )
+    assert pending_reason(input_ms, output, changed) == "steps changed"
+
+
+def test_changed_extra_inputs_are_pending(setup):
+    input_ms, output, expected = setup
+    changed = Expectation(expected.parameters_fingerprint, "extra-2", expected.dp3_version)
+    assert pending_reason(input_ms, output, changed) == "calibration or sky model file changed"
+
+
+def test_changed_dp3_version_is_pending(setup):
+    input_ms, output, expected = setup
+    changed = Expectation(
+        expected.parameters_fingerprint, expected.extra_inputs_fingerprint, "6.7.0"
+    )
+    assert pending_reason(input_ms, output, changed) == "DP3 changed"
+
+
+def test_changed_input_is_pending(setup):
+    input_ms, output, expected = setup
+    bump_mtime(input_ms / "table.f0")
+    assert pending_reason(input_ms, output, expected) == "input changed"
+
+
+def test_input_lock_file_change_is_not_pending(setup):
+    input_ms, output, expected = setup
+    (input_ms / "table.lock").write_bytes(b"opened by someone")
+    bump_mtime(input_ms / "table.lock")
+    assert pending_reason(input_ms, output, expected) is None
+
+
+def test_record_missing_a_field_is_pending(setup):
+    input_ms, output, expected = setup
+    record = read_record(output)
+    del record["input_fingerprint"]
+    write_record(output, record)
+    assert pending_reason(input_ms, output, expected) == "input changed"

@@ -1,0 +1,202 @@
+"""Unit tests of input discovery on fake MeasurementSets (a directory holding `table.dat`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dp3batch.config import ConfigError
+from dp3batch.discovery import (
+    MeasurementSet,
+    check_is_measurement_set,
+    check_output_dir,
+    discover_measurement_sets,
+    expand_inputs,
+    output_name,
+)
+
+
+def fake_ms(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "table.dat").touch()
+    return path
+
+
+def discovery_error(patterns, output_dir, base_dir) -> str:
+    with pytest.raises(ConfigError) as caught:
+        discover_measurement_sets(patterns, output_dir, base_dir)
+    return str(caught.value)
+
+
+# --- output_name --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("obs_SB001.ms", "obs_SB001"),
+        ("obs.MS", "obs"),
+        ("obs", "obs"),
+        ("obs.ms.bak", "obs.ms.bak"),
+        ("a.b.ms", "a.b"),
+    ],
+)
+def test_output_name(name, expected):
+    assert output_name(Path("/data") / name) == expected
+
+
+# --- expansion ----------------------------------------------------------------------------
+
+
+def test_glob_expansion_is_sorted_and_keeps_pattern_order(tmp_path):
+    for name in ("b.ms", "a.ms", "c.ms"):
+        fake_ms(tmp_path / "late" / name)
+    fake_ms(tmp_path / "early" / "z.ms")
+    found = expand_inputs(["late/*.ms", "early/z.ms"], tmp_path)
+    assert found == [
+        tmp_path / "late" / "a.ms",
+        tmp_path / "late" / "b.ms",
+        tmp_path / "late" / "c.ms",
+        tmp_path / "early" / "z.ms",
+    ]
+
+
+def test_expansion_removes_duplicates_and_normalises(tmp_path):
+    fake_ms(tmp_path / "d" / "a.ms")
+    fake_ms(tmp_path / "d" / "b.ms")
+    found = expand_inputs(["d/b.ms", "d/*.ms", "./d/../d/a.ms"], tmp_path)
+    assert found == [tmp_path / "d" / "b.ms", tmp_path / "d" / "a.ms"]
+
+
+def test_absolute_patterns_ignore_the_base_directory(tmp_path):
+    fake_ms(tmp_path / "abs" / "a.ms")
+    found = expand_inputs([str(tmp_path / "abs" / "*.ms")], tmp_path / "elsewhere")
+    assert found == [tmp_path / "abs" / "a.ms"]
+
+
+def test_discovery_pairs_inputs_with_outputs(tmp_path):
+    fake_ms(tmp_path / "data" / "obs_SB001.ms")
+    fake_ms(tmp_path / "data" / "obs_SB000.MS")
+    found = discover_measurement_sets(["data/*"], "results", tmp_path)
+    assert found == [
+        MeasurementSet(
+            "obs_SB000", tmp_path / "data" / "obs_SB000.MS", tmp_path / "results" / "obs_SB000.ms"
+        ),
+        MeasurementSet(
+            "obs_SB001", tmp_path / "data" / "obs_SB001.ms", tmp_path / "results" / "obs_SB001.ms"
+        ),
+    ]
+
+
+def test_glob_relative_to_a_base_directory_with_glob_characters(tmp_path):
+    base = tmp_path / "run[1]"
+    fake_ms(base / "a.ms")
+    assert expand_inputs(["*.ms"], base) == [base / "a.ms"]
+
+
+# --- inputs that are not MeasurementSets --------------------------------------------------
+
+
+def test_pattern_matching_nothing_is_named(tmp_path):
+    fake_ms(tmp_path / "data" / "a.ms")
+    message = discovery_error(["data/*.ms", "other/*.ms"], "results", tmp_path)
+    assert "'other/*.ms'" in message
+    assert "matches nothing" in message
+
+
+def test_missing_path_is_named(tmp_path):
+    fake_ms(tmp_path / "data" / "a.ms")
+    message = discovery_error(["data/a.ms", "data/missing.ms"], "results", tmp_path)
+    assert str(tmp_path / "data" / "missing.ms") in message
+    assert "does not exist" in message
+
+
+def test_file_is_named(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.ms").write_text("not a table")
+    message = discovery_error(["data/*.ms"], "results", tmp_path)
+    assert str(tmp_path / "data" / "x.ms") in message
+    assert "is a file" in message
+
+
+def test_directory_without_table_dat_is_named(tmp_path):
+    (tmp_path / "data" / "x.ms").mkdir(parents=True)
+    (tmp_path / "data" / "x.ms" / "table.f0").touch()
+    message = discovery_error(["data/x.ms"], "results", tmp_path)
+    assert str(tmp_path / "data" / "x.ms") in message
+    assert "table.dat" in message
+
+
+def test_table_dat_that_is_a_directory_is_not_a_measurement_set(tmp_path):
+    (tmp_path / "x.ms" / "table.dat").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="not a MeasurementSet"):
+        check_is_measurement_set(tmp_path / "x.ms")
+
+
+def test_fake_measurement_set_passes_the_structural_check(tmp_path):
+    check_is_measurement_set(fake_ms(tmp_path / "x.ms"))
+
+
+# --- names and the output directory -------------------------------------------------------
+
+
+def test_duplicate_output_names_name_both_paths(tmp_path):
+    first = fake_ms(tmp_path / "night1" / "obs.ms")
+    second = fake_ms(tmp_path / "night2" / "obs.ms")
+    message = discovery_error(["night1/*.ms", "night2/*.ms"], "results", tmp_path)
+    assert str(first) in message
+    assert str(second) in message
+    assert "obs.ms" in message
+
+
+def test_names_differing_only_in_the_ms_suffix_collide(tmp_path):
+    fake_ms(tmp_path / "a" / "obs.MS")
+    fake_ms(tmp_path / "b" / "obs")
+    message = discovery_error(["a/obs.MS", "b/obs"], "results", tmp_path)
+    assert str(tmp_path / "a" / "obs.MS") in message
+    assert str(tmp_path / "b" / "obs") in message
+
+
+def test_output_dir_equal_to_an_input_is_rejected(tmp_path):
+    fake_ms(tmp_path / "data" / "a.ms")
+    message = discovery_error(["data/a.ms"], "data/a.ms", tmp_path)
+    assert message.startswith("output_dir:")
+    assert str(tmp_path / "data" / "a.ms") in message
+
+
+def test_output_dir_inside_an_input_is_rejected(tmp_path):
+    fake_ms(tmp_path / "data" / "a.ms")
+    message = discovery_error(["data/a.ms"], "data/a.ms/results", tmp_path)
+    assert message.startswith("output_dir:")
+    assert "inside the input" in message
+
+
+def test_output_dir_holding_an_input_is_rejected(tmp_path):
+    fake_ms(tmp_path / "data" / "a.ms")
+    fake_ms(tmp_path / "other" / "b.ms")
+    message = discovery_error(["other/b.ms", "data/a.ms"], "data", tmp_path)
+    assert message.startswith("output_dir:")
+    assert "holds the input" in message
+    assert str(tmp_path / "data" / "a.ms") in message
+
+
+def test_output_dir_given_as_the_working_directory_holding_inputs_is_rejected(tmp_path):
+    fake_ms(tmp_path / "a.ms")
+    assert "holds the input" in discovery_error(["*.ms"], ".", tmp_path)
+
+
+def test_output_dir_through_a_symlink_to_the_input_directory_is_rejected(tmp_path):
+    fake_ms(tmp_path / "data" / "a.ms")
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    with pytest.raises(ConfigError, match="holds the input"):
+        check_output_dir(tmp_path / "link", [tmp_path / "data" / "a.ms"])
+
+
+@pytest.mark.parametrize("output_dir", ["results", "data/results", "../elsewhere"])
+def test_good_output_dir_is_accepted(tmp_path, output_dir):
+    base = tmp_path / "work"
+    fake_ms(base / "data" / "a.ms")
+    found = discover_measurement_sets(["data/*.ms"], output_dir, base)
+    expected_dir = (base / output_dir).resolve()
+    assert [ms.output for ms in found] == [expected_dir / "a.ms"]
+    assert not expected_dir.exists()  # discovery checks, it creates nothing

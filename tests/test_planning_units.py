@@ -1,0 +1,271 @@
+"""Unit tests of cluster sizing, the dry-run listing, batch ids, extra input checks and the
+shape expectations of an output."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from pathlib import Path
+
+import pytest
+from dp3batch.cluster import local_cluster_size, worker_command
+from dp3batch.completion import Expectation
+from dp3batch.config import ConfigError, parse_steps
+from dp3batch.discovery import MeasurementSet
+from dp3batch.measurement_set import Shape, averaging_factors, shape_problems
+from dp3batch.planning import Plan, batch_id, check_extra_inputs, describe_pending
+
+NOW = datetime.datetime(2025, 3, 4, 5, 6, 7, tzinfo=datetime.UTC)
+
+
+# --- local_cluster_size -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cores", "pending", "expected"),
+    [
+        (2, 10, (2, 1)),
+        (2, 1, (1, 2)),
+        (2, 2, (2, 1)),
+        (8, 2, (2, 4)),
+        (1, 5, (1, 1)),
+        (2, 0, (1, 2)),
+        (0, 3, (1, 1)),
+    ],
+)
+def test_local_cluster_size_fits_the_machine(cores, pending, expected):
+    assert local_cluster_size(cores, pending) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"n_workers": 3}, (3, 1)),
+        ({"n_workers": 1}, (1, 4)),
+        ({"threads_per_worker": 2}, (2, 2)),
+        ({"threads_per_worker": 8}, (1, 8)),
+        ({"n_workers": 3, "threads_per_worker": 3}, (3, 3)),
+    ],
+)
+def test_local_cluster_size_respects_explicit_values(kwargs, expected):
+    assert local_cluster_size(4, 10, **kwargs) == expected
+
+
+@pytest.mark.parametrize("cores", [0, 1, 2, 3, 4, 16])
+@pytest.mark.parametrize("pending", [0, 1, 2, 5, 100])
+def test_local_cluster_size_is_never_zero_nor_oversubscribed(cores, pending):
+    workers, threads = local_cluster_size(cores, pending)
+    assert workers >= 1 and threads >= 1
+    assert workers * threads <= max(1, cores)
+    assert workers <= max(1, pending)
+
+
+# --- worker_command -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["tcp://10.0.0.5:8786", "10.0.0.5:8786"])
+def test_worker_command_gives_the_process_resource(address):
+    command = worker_command(address)
+    assert command.startswith("dask worker 10.0.0.5:8786 ")
+    assert '--resources "process=1"' in command
+    assert "tcp://" not in command
+
+
+# --- describe_pending / batch_id ----------------------------------------------------------
+
+
+def make_plan(tmp_path: Path, names: list[str], pending: dict[str, str]) -> Plan:
+    output_dir = tmp_path / "results"
+    measurement_sets = [
+        MeasurementSet(name, tmp_path / "data" / f"{name}.ms", output_dir / f"{name}.ms")
+        for name in names
+    ]
+    return Plan(
+        scheduler=None,
+        chain=parse_steps([]),
+        output_dir=output_dir,
+        dp3_executable="/usr/bin/DP3",
+        dp3_version="6.6.0",
+        parameters=[("checkparset", "1"), ("steps", "[]")],
+        expectation=Expectation("p", "e", "6.6.0"),
+        measurement_sets=measurement_sets,
+        pending=[(ms, pending[ms.name]) for ms in measurement_sets if ms.name in pending],
+    )
+
+
+def test_describe_pending_when_nothing_is_pending(tmp_path):
+    text = describe_pending(make_plan(tmp_path, ["a", "b", "c"], {}))
+    assert "All 3 MS(s)" in text
+    assert str(tmp_path / "results") in text
+    assert "complete and up to date" in text
+
+
+def test_describe_pending_lists_each_pending_ms_with_its_reason(tmp_path):
+    plan = make_plan(tmp_path, ["a", "b", "c"], {"a": "missing", "c": "steps changed"})
+    lines = describe_pending(plan).splitlines()
+    assert "2 of 3 MS(s) to process" in lines[0]
+    assert "6.6.0" in lines[0]
+    assert lines[1:] == ["  a: missing", "  c: steps changed"]
+
+
+def test_describe_pending_limits_a_long_listing(tmp_path):
+    names = [f"ms{index:03d}" for index in range(12)]
+    plan = make_plan(tmp_path, names, dict.fromkeys(names, "missing"))
+    lines = describe_pending(plan, limit=5).splitlines()
+    assert len(lines) == 1 + 5 + 1
+    assert lines[-1] == "  ... and 7 more"
+
+
+def test_batch_id_format(tmp_path):
+    plan = make_plan(tmp_path, ["a"], {"a": "missing"})
+    assert re.fullmatch(r"20250304T050607-[0-9a-f]{8}", batch_id(plan, NOW))
+
+
+def test_batch_id_uses_the_current_time_by_default(tmp_path):
+    plan = make_plan(tmp_path, ["a"], {"a": "missing"})
+    assert re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{8}", batch_id(plan))
+
+
+def test_batch_id_depends_on_the_pending_set(tmp_path):
+    ids = {
+        batch_id(make_plan(tmp_path, ["a", "b"], pending), NOW)
+        for pending in (
+            {"a": "missing"},
+            {"b": "missing"},
+            {"a": "missing", "b": "missing"},
+            {"a": "input changed"},
+        )
+    }
+    assert len(ids) == 4
+
+
+def test_batch_id_is_reproducible_for_the_same_batch(tmp_path):
+    first = batch_id(make_plan(tmp_path, ["a", "b"], {"a": "missing"}), NOW)
+    assert batch_id(make_plan(tmp_path, ["a", "b"], {"a": "missing"}), NOW) == first
+
+
+def test_batch_id_differs_in_time(tmp_path):
+    plan = make_plan(tmp_path, ["a"], {"a": "missing"})
+    later = NOW + datetime.timedelta(seconds=1)
+    assert batch_id(plan, NOW) != batch_id(plan, later)
+
+
+# --- check_extra_inputs -------------------------------------------------------------------
+
+
+def test_check_extra_inputs_accepts_existing_files(tmp_path):
+    (tmp_path / "solutions.h5").write_bytes(b"gains")
+    check_extra_inputs([("applycal.parmdb", str(tmp_path / "solutions.h5"))])
+    check_extra_inputs([])
+
+
+def test_check_extra_inputs_names_step_and_missing_path(tmp_path):
+    (tmp_path / "solutions.h5").write_bytes(b"gains")
+    missing = tmp_path / "sky.skymodel"
+    with pytest.raises(ConfigError) as caught:
+        check_extra_inputs(
+            [
+                ("applycal.parmdb", str(tmp_path / "solutions.h5")),
+                ("predict2.sourcedb", str(missing)),
+            ]
+        )
+    message = str(caught.value)
+    assert "predict2" in message
+    assert "sourcedb" in message
+    assert str(missing) in message
+    assert "extra_inputs_dir" in message
+
+
+def test_check_extra_inputs_rejects_a_directory(tmp_path):
+    with pytest.raises(ConfigError, match="applycal parmdb"):
+        check_extra_inputs([("applycal.parmdb", str(tmp_path))])
+
+
+def test_check_extra_inputs_names_an_unreadable_file(tmp_path, monkeypatch):
+    solutions = tmp_path / "solutions.h5"
+    solutions.write_bytes(b"gains")
+    real_access = os.access
+    # Root may read any file: simulate the permission check failing for this one.
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: mode != os.R_OK and real_access(path, mode)
+    )
+    with pytest.raises(ConfigError, match="not readable") as caught:
+        check_extra_inputs([("applycal.parmdb", str(solutions))])
+    assert "applycal parmdb" in str(caught.value)
+    assert str(solutions) in str(caught.value)
+
+
+# --- averaging_factors --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        ([], (1, 1)),
+        ([{"PreFlagger": None}, {"AOFlagger": None}], (1, 1)),
+        ([{"Averager": {"timestep": 2, "freqstep": 4}}], (2, 4)),
+        ([{"Averager": {"timestep": 3}}], (3, 1)),
+        ([{"Averager": {"timestep": 2}}, {"Averager": {"timestep": 3, "freqstep": 2}}], (6, 2)),
+        ([{"Demixer": {"skymodel": "s", "timestep": 2, "freqstep": 8}}], (2, 8)),
+        ([{"Averager": {"timeresolution": 10.0, "freqstep": 2}}], (None, 2)),
+        ([{"Averager": {"timestep": 2, "freqresolution": "100kHz"}}], (2, None)),
+        (
+            [{"Averager": {"timeresolution": 4}}, {"Averager": {"timestep": 2, "freqstep": 2}}],
+            (None, 2),
+        ),
+        ([{"MsIn": None}, {"PreFlagger": {"timestep": 5}}], (1, 1)),
+    ],
+)
+def test_averaging_factors(steps, expected):
+    assert averaging_factors(parse_steps(steps)) == expected
+
+
+# --- shape_problems -----------------------------------------------------------------------
+
+BEFORE = Shape(rows=100 * 10, times=100, channels=64, interval=1.0, channel_width=1e5)
+
+
+def test_shape_as_expected_has_no_problems():
+    after = Shape(rows=50 * 10, times=50, channels=16, interval=2.0, channel_width=4e5)
+    assert shape_problems(BEFORE, after, 2, 4) == []
+
+
+def test_shape_with_uneven_time_averaging_rounds_up():
+    after = Shape(rows=34 * 10, times=34, channels=64, interval=3.0, channel_width=1e5)
+    assert shape_problems(BEFORE, after, 3, 1) == []
+
+
+def test_output_without_rows_is_a_problem():
+    after = Shape(rows=0, times=0, channels=64, interval=0.0, channel_width=1e5)
+    assert shape_problems(BEFORE, after, None, None) == ["the output has no rows"]
+
+
+def test_partial_output_is_a_problem():
+    after = Shape(rows=20 * 10, times=20, channels=16, interval=2.0, channel_width=4e5)
+    problems = shape_problems(BEFORE, after, 2, 4)
+    assert "20 time slots, expected 50" in problems
+    assert "200 rows, expected 500" in problems
+
+
+def test_wrong_interval_is_a_problem():
+    after = Shape(rows=50 * 10, times=50, channels=64, interval=1.0, channel_width=1e5)
+    problems = shape_problems(BEFORE, after, 2, 1)
+    assert problems == ["time interval 1.0 s, expected 2.0 s"]
+
+
+def test_wrong_channel_count_is_a_problem():
+    after = Shape(rows=1000, times=100, channels=64, interval=1.0, channel_width=1e5)
+    assert shape_problems(BEFORE, after, 1, 4) == ["64 channels, expected 16"]
+
+
+def test_rows_may_change_with_a_baseline_selection():
+    after = Shape(rows=100 * 6, times=100, channels=64, interval=1.0, channel_width=1e5)
+    assert shape_problems(BEFORE, after, 1, 1) == ["600 rows, expected 1000"]
+    assert shape_problems(BEFORE, after, 1, 1, rows_may_change=True) == []
+
+
+def test_unknown_factors_skip_those_checks():
+    after = Shape(rows=37, times=7, channels=5, interval=9.0, channel_width=1.0)
+    assert shape_problems(BEFORE, after, None, None) == []
+    assert shape_problems(BEFORE, after, None, 1) == ["5 channels, expected 64"]

@@ -1,0 +1,168 @@
+"""Resumable batches: reruns process exactly the pending MSs and never lose a finished one.
+
+Real snakemake, real DP3, embedded dask cluster.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from casacore import tables
+from conftest import make_inputs, make_ms
+
+
+def _snapshot(workflow, names):
+    """Record contents and modification times: proof that an output was not redone."""
+    snapshot = {}
+    for name in names:
+        record = workflow.output(name) / "dp3_completion.json"
+        snapshot[name] = (record.read_bytes(), record.stat().st_mtime_ns)
+    return snapshot
+
+
+def _processed(result) -> list[str]:
+    """Names of the MSs the central job reported as done."""
+    return sorted(
+        line.split("] ", 1)[1].split(":", 1)[0]
+        for line in result.output.splitlines()
+        if "] " in line and ": done in " in line
+    )
+
+
+@pytest.fixture
+def completed(workflow):
+    """A workflow whose three MSs were all processed once."""
+    make_inputs(workflow.directory / "inputs", 3)
+    first = workflow.run()
+    assert first.returncode == 0, first.output
+    assert _processed(first) == ["obs_0", "obs_1", "obs_2"]
+    return workflow
+
+
+NAMES = ["obs_0", "obs_1", "obs_2"]
+
+
+def test_noop_rerun_runs_no_dp3_and_touches_nothing(completed):
+    before = _snapshot(completed, NAMES)
+    tables_before = {
+        name: (completed.output(name) / "table.f1").stat().st_mtime_ns for name in NAMES
+    }
+    rerun = completed.run()
+    assert rerun.returncode == 0, rerun.output
+    assert "All 3 MS(s)" in rerun.output and "complete and up to date" in rerun.output
+    assert "Nothing to be done" in rerun.output
+    assert _processed(rerun) == []
+    assert _snapshot(completed, NAMES) == before
+    assert {
+        name: (completed.output(name) / "table.f1").stat().st_mtime_ns for name in NAMES
+    } == tables_before
+
+
+def test_deleted_output_is_the_only_one_redone(completed):
+    before = _snapshot(completed, ["obs_0", "obs_2"])
+    shutil.rmtree(completed.output("obs_1"))
+    rerun = completed.run()
+    assert rerun.returncode == 0, rerun.output
+    assert "obs_1: missing" in rerun.output
+    assert _processed(rerun) == ["obs_1"]
+    assert _snapshot(completed, ["obs_0", "obs_2"]) == before
+    assert completed.record("obs_1") is not None
+
+
+def test_changed_step_parameter_redoes_all(completed):
+    completed.config["steps"] = [{"PreFlagger": None}, {"Averager": {"timestep": 4}}]
+    dry = completed.run("-n")
+    assert dry.returncode == 0, dry.output
+    assert all(f"{name}: steps changed" in dry.output for name in NAMES)
+    rerun = completed.run()
+    assert rerun.returncode == 0, rerun.output
+    assert _processed(rerun) == NAMES
+    for name in NAMES:
+        with tables.table(str(completed.output(name)), ack=False) as table:
+            assert table.getcell("INTERVAL", 0) == 4 * 2.0
+        assert "averager.timestep=4" in (completed.output(name) / "dp3.parset").read_text()
+
+
+def test_modified_input_redoes_only_it(completed):
+    before = _snapshot(completed, ["obs_0", "obs_1"])
+    with tables.table(
+        str(completed.directory / "inputs" / "obs_2.ms"), readonly=False, ack=False
+    ) as table:
+        data = table.getcol("DATA")
+        table.putcol("DATA", data * np.complex64(2))
+    rerun = completed.run()
+    assert rerun.returncode == 0, rerun.output
+    assert "obs_2: input changed" in rerun.output
+    assert _processed(rerun) == ["obs_2"]
+    assert _snapshot(completed, ["obs_0", "obs_1"]) == before
+
+
+def test_dry_run_lists_pending_with_reasons_and_changes_nothing(completed):
+    shutil.rmtree(completed.output("obs_0"))
+    (completed.output("obs_1") / "dp3_completion.json").unlink()
+    dry = completed.run("-n")
+    assert dry.returncode == 0, dry.output
+    assert "2 of 3 MS(s) to process" in dry.output
+    assert "obs_0: missing" in dry.output
+    assert "obs_1: incomplete" in dry.output
+    assert "obs_2" not in dry.output.split("to process")[1].split("\n\n")[0]
+    assert not completed.output("obs_0").exists()
+    assert completed.record("obs_1") is None
+
+
+def test_output_without_record_is_never_taken_for_done(workflow):
+    """DP3 creates its output before processing: an MS at the final path without a
+    completion record (a crash, a copy by hand) is redone."""
+    make_inputs(workflow.directory / "inputs", 1)
+    workflow.output_dir.mkdir()
+    shutil.copytree(workflow.directory / "inputs" / "obs_0.ms", workflow.output("obs_0"))
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    assert "obs_0: incomplete" in result.output
+    assert workflow.record("obs_0") is not None
+
+
+def _damage(ms_path):
+    """Truncate the biggest data file: casacore still opens the MS, DP3 fails reading it."""
+    biggest = max(
+        (path for path in ms_path.iterdir() if path.is_file()), key=lambda path: path.stat().st_size
+    )
+    with open(biggest, "r+b") as handle:
+        handle.truncate(biggest.stat().st_size // 10)
+
+
+def test_failing_ms_keeps_the_good_ones_and_rerun_does_only_it(workflow):
+    inputs = make_inputs(workflow.directory / "inputs", 3)
+    _damage(inputs[1])
+    result = workflow.run()
+    assert result.returncode != 0
+    assert _processed(result) == ["obs_0", "obs_2"]
+    assert "1 of 3 MS(s) failed" in result.output
+    failed_log = workflow.output_dir / "logs" / "obs_1.log"
+    assert f"log: {failed_log}" in result.output
+    assert not workflow.output("obs_1").exists()  # no partial MS at the final path
+    assert not list(workflow.output_dir.glob(".obs_1.ms.*"))  # nor a temporary one
+    good = _snapshot(workflow, ["obs_0", "obs_2"])
+
+    shutil.rmtree(inputs[1])
+    make_ms(inputs[1], seed=1)
+    rerun = workflow.run()
+    assert rerun.returncode == 0, rerun.output
+    assert "1 of 3 MS(s) to process" in rerun.output
+    assert _processed(rerun) == ["obs_1"]
+    assert _snapshot(workflow, ["obs_0", "obs_2"]) == good
+
+
+def test_leftovers_of_killed_runs_are_removed(completed):
+    temporary = completed.output_dir / ".obs_0.ms.tmp-0123456789ab"
+    replaced = completed.output_dir / ".obs_1.ms.old-0123456789ab"
+    for leftover in (temporary, replaced):
+        leftover.mkdir()
+        (leftover / "table.dat").write_text("partial")
+    shutil.rmtree(completed.output("obs_2"))
+    result = completed.run()
+    assert result.returncode == 0, result.output
+    assert not temporary.exists() and not replaced.exists()
+    assert "left behind by an interrupted run" in result.output
