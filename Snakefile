@@ -17,3 +17,11 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+
+
+onstart:
+    forward_sigterm_to_batch()
+
+
+onerror:
+    report_failure()

@@ -5,6 +5,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
+from dp3batch.batch import forward_sigterm_to_batch
 from dp3batch.config import ConfigError
 from dp3batch.dp3 import DP3Error
 from dp3batch.planning import (
@@ -50,3 +51,10 @@ def get_final_output():
     if PLAN.pending:
         return [batch_marker(BATCH_ID)]
     return [str(ms.output / "dp3_completion.json") for ms in PLAN.measurement_sets]
+
+
+def report_failure():
+    """Repeat the batch's own error report last, below Snakemake's messages."""
+    failure_report = PLAN.output_dir / "logs" / "failed.txt"
+    if failure_report.is_file():
+        print(f"\n{failure_report.read_text()}", file=sys.stderr)

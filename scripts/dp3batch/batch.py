@@ -298,10 +298,13 @@ def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int
     total = len(batch["measurement_sets"])
     log.info("batch %s: %d MS(s), output in %s", batch["batch_id"], total, batch["output_dir"])
     started = time.monotonic()
+    failures = Path(batch["log_dir"]) / FAILURES_NAME
+    failures.unlink(missing_ok=True)
     try:
         results = run_batch(batch)
     except (ClusterError, BatchError) as error:
         log.error("Error: %s", error)
+        failures.write_text(f"Error: {error}\n")
         return 2
     except KeyboardInterrupt:
         log.error(
@@ -316,12 +319,31 @@ def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int
         time.monotonic() - started,
         batch["output_dir"],
     )
-    failures = Path(batch["log_dir"]) / FAILURES_NAME
     if done < total:
         report = failure_report(results)
         log.error(report)
         failures.write_text(report + "\n")
         return 1
-    failures.unlink(missing_ok=True)
     write_batch_result(Path(marker), results)
     return 0
+
+
+CENTRAL_SCRIPT = "process_batch.py"
+
+
+def forward_sigterm_to_batch() -> None:
+    """In the Snakemake process: pass SIGTERM on to the central job before Snakemake's own
+    handler, which would otherwise wait for the whole batch to finish."""
+    import psutil
+
+    snakemake_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if any(CENTRAL_SCRIPT in part for part in child.cmdline()):
+                    child.terminate()
+        if callable(snakemake_handler):
+            snakemake_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

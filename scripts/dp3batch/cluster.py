@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 PROCESS_RESOURCE = "process"
 CONNECT_TIMEOUT_SECONDS = 10
 WORKER_WAIT_SECONDS = 20
+JOINING_GRACE_SECONDS = 3
 
 
 class ClusterError(RuntimeError):
@@ -83,12 +85,18 @@ def wait_for_process_workers(
 ) -> list[WorkerInfo]:
     """Workers holding the `process` resource, waiting up to `timeout` for the first one."""
     deadline = time.monotonic() + timeout
+    # Workers that are up will not grow a resource: once some are seen, wait only briefly
+    # for others that may still be joining.
+    grace_deadline = None
     while True:
         workers = describe_workers(client)
         usable = [worker for worker in workers if worker.process_slots >= 1]
         if usable:
             return usable
-        if time.monotonic() >= deadline:
+        if workers and grace_deadline is None:
+            grace_deadline = time.monotonic() + JOINING_GRACE_SECONDS
+        now = time.monotonic()
+        if now >= deadline or (grace_deadline is not None and now >= grace_deadline):
             break
         time.sleep(0.5)
     if not workers:
@@ -99,7 +107,7 @@ def wait_for_process_workers(
             f'the "{PROCESS_RESOURCE}" resource, so no DP3 task could ever start'
         )
     raise ClusterError(
-        f"{problem} (waited {timeout:.0f} s). Start workers with:\n    {worker_command(address)}\n"
+        f"{problem}. Start workers with:\n    {worker_command(address)}\n"
         'The "process=1" resource makes each worker run one DP3 at a time.'
     )
 
@@ -109,12 +117,16 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Iterator:
     """A client of an existing scheduler; a clear error if it does not answer in time."""
     from distributed import Client
 
+    plain = address.removeprefix("tcp://")
     try:
+        # A refused connection is known at once; dask's client would retry until its timeout.
+        host, _, port = plain.rpartition(":")
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
         client = Client(address, timeout=f"{timeout}s", set_as_default=False)
     except (OSError, TimeoutError) as error:
-        plain = address.removeprefix("tcp://")
+        cause = str(error) or f"no answer within {timeout:.0f} s"
         raise ClusterError(
-            f"cannot reach the dask scheduler at {plain} within {timeout:.0f} s ({error}).\n"
+            f"cannot reach the dask scheduler at {plain} ({cause}).\n"
             "Start one with `dask scheduler` (it listens on port 8786) and its workers with\n"
             f"    {worker_command(address)}\n"
             "or leave `scheduler` empty to use an embedded local cluster."

@@ -100,7 +100,7 @@ def last_error_line(log_path: Path) -> str:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
 def _commit(temporary: Path, output: Path) -> None:

@@ -1,0 +1,168 @@
+"""The dask execution stage against real `dask scheduler` / `dask worker` processes:
+pre-flight errors, failure isolation, lost workers, thread discipline."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import time
+
+import psutil
+from conftest import dp3_processes, free_port, make_inputs, wait_until
+
+# DP3 takes about two seconds on each of these, long enough to kill something mid-task.
+SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
+
+
+def _complete(workflow, names) -> list[str]:
+    return [name for name in names if workflow.record(name) is not None]
+
+
+def test_unreachable_scheduler_is_a_quick_clear_error(workflow):
+    make_inputs(workflow.directory / "inputs", 1)
+    address = f"127.0.0.1:{free_port()}"
+    workflow.config["scheduler"] = address
+    started = time.monotonic()
+    result = workflow.run(timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < 25, elapsed
+    assert f"cannot reach the dask scheduler at {address}" in result.output
+    assert "dask scheduler" in result.output and "process=1" in result.output
+    assert workflow.record("obs_0") is None
+
+
+def test_workers_without_the_process_resource_are_a_clear_error(workflow, dask_cluster):
+    make_inputs(workflow.directory / "inputs", 1)
+    dask_cluster.start_scheduler()
+    dask_cluster.start_workers(count=1, resources=None)
+    dask_cluster.wait_for_workers(1)
+    workflow.config["scheduler"] = dask_cluster.address
+    started = time.monotonic()
+    result = workflow.run(timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < 40, elapsed
+    assert 'holds the "process" resource' in result.output
+    assert (
+        f'dask worker {dask_cluster.address} --nworkers N --nthreads T --resources "process=1"'
+        in (result.output)
+    )
+    assert workflow.record("obs_0") is None
+
+
+def test_scheduler_without_workers_is_a_clear_error(workflow, dask_cluster):
+    make_inputs(workflow.directory / "inputs", 1)
+    dask_cluster.start_scheduler()
+    workflow.config["scheduler"] = dask_cluster.address
+    result = workflow.run(timeout=120)
+    assert result.returncode != 0
+    assert "has no workers" in result.output
+    assert '--resources "process=1"' in result.output
+
+
+def _damage(ms_path):
+    biggest = max(
+        (path for path in ms_path.iterdir() if path.is_file()), key=lambda path: path.stat().st_size
+    )
+    with open(biggest, "r+b") as handle:
+        handle.truncate(biggest.stat().st_size // 10)
+
+
+def test_damaged_ms_fails_alone_with_its_log_and_dp3_error(workflow, dask_cluster):
+    inputs = make_inputs(workflow.directory / "inputs", 4)
+    _damage(inputs[2])
+    dask_cluster.start_scheduler()
+    dask_cluster.start_workers(count=2, threads=1)
+    dask_cluster.wait_for_workers(2)
+    workflow.config["scheduler"] = dask_cluster.address
+    result = workflow.run()
+    assert result.returncode != 0
+    assert _complete(workflow, ["obs_0", "obs_1", "obs_2", "obs_3"]) == ["obs_0", "obs_1", "obs_3"]
+    log_file = workflow.output_dir / "logs" / "obs_2.log"
+    assert "1 of 4 MS(s) failed" in result.output
+    assert f"log: {log_file}" in result.output
+    # DP3's own last error line is quoted, and the log holds DP3's full output.
+    dp3_line = next(line for line in result.output.splitlines() if "DP3: " in line)
+    assert dp3_line.split("DP3: ", 1)[1].strip() in log_file.read_text()
+    assert "MsReader" in log_file.read_text() or "Error" in log_file.read_text()
+    assert not workflow.output("obs_2").exists()
+
+
+def test_two_thread_workers_run_one_dp3_each_with_two_threads(workflow, dask_cluster):
+    make_inputs(workflow.directory / "inputs", 4)
+    dask_cluster.start_scheduler()
+    dask_cluster.start_workers(count=2, threads=2)
+    dask_cluster.wait_for_workers(2)
+    workflow.config["scheduler"] = dask_cluster.address
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    records = [workflow.record(f"obs_{index}") for index in range(4)]
+    for record in records:
+        assert record["numthreads"] == 2
+        assert "numthreads=2" in record["dp3_arguments"]
+    # One DP3 at a time per worker: the runs recorded by each worker never overlap.
+    by_worker: dict[str, list] = {}
+    for record in records:
+        span = (
+            datetime.datetime.fromisoformat(record["started"]),
+            datetime.datetime.fromisoformat(record["finished"]),
+        )
+        by_worker.setdefault(record["worker"], []).append(span)
+    for spans in by_worker.values():
+        spans.sort()
+        for (_, first_end), (second_start, _) in zip(spans, spans[1:], strict=False):
+            assert first_end <= second_start
+
+
+def test_killed_worker_loses_its_dp3_and_the_task_is_retried(workflow, dask_cluster):
+    make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
+    dask_cluster.start_scheduler()
+    dask_cluster.start_workers(count=2, threads=1)
+    dask_cluster.wait_for_workers(2)
+    workflow.config["scheduler"] = dask_cluster.address
+    marker = str(workflow.directory)
+    snakemake = workflow.start()
+    try:
+        running = wait_until(lambda: dp3_processes(marker), timeout=60, interval=0.05)
+        assert running, "no DP3 process started"
+        victim = running[0]
+        worker = victim.parent()
+        assert "DP3" not in " ".join(worker.cmdline())
+        os.kill(worker.pid, signal.SIGKILL)
+        assert wait_until(
+            lambda: not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE,
+            timeout=5,
+        )
+        assert snakemake.wait(timeout=240) == 0, (workflow.directory / "snakemake.out").read_text()
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    names = [f"obs_{index}" for index in range(4)]
+    assert _complete(workflow, names) == names
+    assert not dp3_processes(marker)
+    assert not list(workflow.output_dir.glob(".*.ms.tmp-*"))
+
+
+def test_interrupting_the_client_stops_dp3_on_external_workers(workflow, dask_cluster):
+    make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
+    dask_cluster.start_scheduler()
+    dask_cluster.start_workers(count=2, threads=1)
+    dask_cluster.wait_for_workers(2)
+    workflow.config["scheduler"] = dask_cluster.address
+    marker = str(workflow.directory)
+    snakemake = workflow.start()
+    try:
+        assert wait_until(lambda: dp3_processes(marker), timeout=60, interval=0.05)
+        os.killpg(snakemake.pid, signal.SIGINT)  # Ctrl-C
+        snakemake.wait(timeout=60)
+        # The workers are external (they live on), but their DP3s stop within seconds.
+        assert wait_until(lambda: not dp3_processes(marker), timeout=10)
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    assert snakemake.returncode != 0
+    for index in range(4):
+        output = workflow.output(f"obs_{index}")
+        assert not output.exists() or workflow.record(f"obs_{index}") is not None

@@ -1,0 +1,68 @@
+"""Interrupted runs (embedded cluster): Ctrl-C, SIGTERM and `kill -9` of Snakemake mid-batch.
+
+Whatever the interruption: DP3 stops within seconds, no partial MS sits at a final path, and
+the rerun processes only what was not finished, leaving finished outputs untouched."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from conftest import dp3_processes, make_inputs, wait_until
+
+SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
+COUNT = 6
+NAMES = [f"obs_{index}" for index in range(COUNT)]
+
+
+def _records(workflow) -> dict[str, bytes]:
+    return {
+        name: (workflow.output(name) / "dp3_completion.json").read_bytes()
+        for name in NAMES
+        if (workflow.output(name) / "dp3_completion.json").is_file()
+    }
+
+
+def _interrupt_mid_batch(workflow, interrupt) -> dict[str, bytes]:
+    """Start a batch, interrupt it once the first MS is complete; return the records then."""
+    make_inputs(workflow.directory / "inputs", COUNT, **SLOW_MS)
+    workflow.config["local_cluster"] = {"n_workers": 2, "threads_per_worker": 1}
+    marker = str(workflow.directory)
+    snakemake = workflow.start()
+    try:
+        assert wait_until(lambda: _records(workflow), timeout=120, interval=0.05)
+        interrupt(snakemake)
+        assert wait_until(lambda: not dp3_processes(marker), timeout=15), "DP3 still running"
+        wait_until(lambda: snakemake.poll() is not None, timeout=30)
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    # Whatever was interrupted left no partial MS at a final path.
+    for name in NAMES:
+        assert not workflow.output(name).exists() or workflow.record(name) is not None
+    finished = _records(workflow)
+    assert 0 < len(finished) < COUNT, "the interruption did not land mid-batch"
+    return finished
+
+
+def _rerun_completes_only_the_rest(workflow, finished: dict[str, bytes]) -> None:
+    rerun = workflow.run()
+    assert rerun.returncode == 0, rerun.output
+    assert f"{COUNT - len(finished)} of {COUNT} MS(s) to process" in rerun.output
+    after = _records(workflow)
+    assert sorted(after) == NAMES
+    assert {name: after[name] for name in finished} == finished
+
+
+@pytest.mark.parametrize(
+    "interrupt",
+    [
+        pytest.param(lambda process: os.killpg(process.pid, signal.SIGINT), id="ctrl-c"),
+        pytest.param(lambda process: os.kill(process.pid, signal.SIGKILL), id="kill-9"),
+        pytest.param(lambda process: os.kill(process.pid, signal.SIGTERM), id="sigterm"),
+    ],
+)
+def test_interrupted_batch_resumes_without_redoing_finished_outputs(workflow, interrupt):
+    finished = _interrupt_mid_batch(workflow, interrupt)
+    _rerun_completes_only_the_rest(workflow, finished)
