@@ -17,11 +17,11 @@ $(VENV)/.installed: requirements.txt
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 1
 
-test: setup
+test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check scripts tests benchmarks
-	$(BIN)/ruff format --check scripts tests benchmarks
+	$(BIN)/ruff check scripts tests
+	$(BIN)/ruff format --check scripts tests
 	$(BIN)/snakefmt --check .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint
