@@ -107,12 +107,21 @@ def write_record(output: Path, record: dict[str, Any]) -> None:
     os.replace(temporary, output / RECORD_NAME)
 
 
+def missing_required_files(output: Path, record: dict[str, Any]) -> list[str]:
+    """Files the record says belong to the output (e.g. a demixer's instrument model) that are
+    gone: an output without them is not complete."""
+    required = record.get("required_files") or []
+    if not isinstance(required, list):
+        return ["(unreadable required_files)"]
+    return [name for name in required if not (output / str(name)).exists()]
+
+
 def pending_reason(input_ms: Path, output: Path, expected: Expectation) -> str | None:
     """Why an MS must be (re)processed, or None when its output is complete and up to date."""
     if not output.exists():
         return "missing"
     record = read_record(output)
-    if record is None:
+    if record is None or missing_required_files(output, record):
         return "incomplete"
     if record.get("parameters_fingerprint") != expected.parameters_fingerprint:
         return "steps changed"

@@ -36,6 +36,9 @@ PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 MANAGED_PARAMETERS = {
     "msin": {"name": "the input path comes from the `inputs` config key"},
     "msout": {"name": "the output path is `<output_dir>/<input name>.ms`"},
+    "demixer": {
+        "instrumentmodel": "each output MS holds its own, as `<output>/instrument`",
+    },
     "*": {
         "numthreads": "DP3 runs with as many threads as the dask worker has",
         "type": "the step type is the key of the step mapping",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dp3batch.config import Chain
+from dp3batch.h5parm import H5ParmError, applycal_parameters, read_h5parm
 
 # Parameters that name a file, per step type: relative values resolve against extra_inputs_dir.
 FILE_PARAMETERS = {
@@ -29,6 +30,12 @@ FILE_PARAMETERS = {
     "predict": ("sourcedb",),
     "aoflagger": ("strategy",),
 }
+
+
+# Where a demixer step's instrument model (a ParmDB table DP3 writes on every run; default
+# `instrument` in the working directory, shared by every task) goes inside the output MS: the
+# commit of the output moves it along, and no two runs ever write the same one.
+INSTRUMENT_MODEL_NAME = "instrument"
 
 
 class DP3Error(RuntimeError):
@@ -201,8 +208,33 @@ def chain_parameters(
         for key, value in params.items():
             if key in FILE_PARAMETERS.get(step.type, ()):
                 value = resolve_file_parameter(str(value), extra_inputs_dir)
+                params[key] = value
             parameters.append((f"{name}.{key}", format_value(value)))
+        if step.type == "applycal":
+            for key, value in applycal_expansion(name, params).items():
+                parameters.append((f"{name}.{key}", format_value(value)))
     return parameters
+
+
+def applycal_expansion(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The ApplyCal parameters that apply the step's H5Parm (see `h5parm.applycal_parameters`).
+
+    `params` holds the step's parameters with `parmdb` resolved. A missing or unreadable file
+    is not inspected here: `planning.check_extra_inputs` reports it, naming the step."""
+    path = str(params.get("parmdb", ""))
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        return {}
+    if ".h5" not in path:
+        # DP3 takes a parmdb for an H5Parm only when its path contains ".h5".
+        raise H5ParmError(
+            f"steps: {name} parmdb {path}: DP3 reads an H5Parm only from a file whose name "
+            "contains '.h5'; rename it (for example to solutions.h5)"
+        )
+    try:
+        h5parm = read_h5parm(path, params.get("solset"))
+        return applycal_parameters(h5parm, params)
+    except H5ParmError as error:
+        raise H5ParmError(f"steps: {name} parmdb {error}") from None
 
 
 def run_parameters(
@@ -212,12 +244,15 @@ def run_parameters(
     numthreads: int,
     memory_gb: float | None = None,
 ) -> list[tuple[str, str]]:
-    """Add what belongs to one run: paths, threads, and an AOFlagger memory bound.
+    """Add what belongs to one run: paths, threads, demixer instrument models inside the
+    output, and an AOFlagger memory bound.
 
     AOFlagger's memory grows with its time window and dask's nanny cannot see it (DP3 is a
     child process), so unless the user bounded it, bound it by the worker's memory share."""
     keys = {key for key, _ in parameters}
     run = [("msin", msin), ("msout", msout), ("numthreads", str(numthreads))]
+    for key, name in instrument_models(parameters):
+        run.append((key, f"{msout}/{name}"))
     if memory_gb:
         for key, value in parameters:
             if key.endswith(".type") and value == "aoflagger":
@@ -225,6 +260,32 @@ def run_parameters(
                 if f"{step}.memorymax" not in keys and f"{step}.memoryperc" not in keys:
                     run.append((f"{step}.memorymax", f"{memory_gb:.2f}"))
     return run + list(parameters)
+
+
+def steps_of_type(parameters: list[tuple[str, str]], step_type: str) -> list[str]:
+    """Names of the chain's steps of one type, in order."""
+    return [
+        key[: -len(".type")]
+        for key, value in parameters
+        if key.endswith(".type") and value == step_type
+    ]
+
+
+def instrument_models(parameters: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(parameter key, name inside the output MS) of each demixer step's instrument model."""
+    return [
+        (
+            f"{step}.instrumentmodel",
+            INSTRUMENT_MODEL_NAME if step == "demixer" else f"{INSTRUMENT_MODEL_NAME}_{step}",
+        )
+        for step in steps_of_type(parameters, "demixer")
+    ]
+
+
+def required_output_files(parameters: list[tuple[str, str]]) -> list[str]:
+    """What DP3 writes into the output MS besides the MS itself: without these, an output is
+    not complete."""
+    return [name for _, name in instrument_models(parameters)]
 
 
 def as_arguments(parameters: list[tuple[str, str]]) -> list[str]:
