@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +17,8 @@ PROCESS_RESOURCE = "process"
 CONNECT_TIMEOUT_SECONDS = 10
 WORKER_WAIT_SECONDS = 20
 JOINING_GRACE_SECONDS = 3
+PATH_CHECK_SECONDS = 30
+PROBE_PREFIX = ".dp3batch-probe-"
 
 
 class ClusterError(RuntimeError):
@@ -168,3 +172,110 @@ def _total_memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def check_worker_paths(
+    client,
+    workers: list[str],
+    paths: list[tuple[str, str, str]],
+    timeout: float = PATH_CHECK_SECONDS,
+) -> None:
+    """Every worker must see `paths` as this machine does, before anything is submitted.
+
+    `paths` are (what, absolute path, need) with need "read", "run" or "write" (a directory
+    that the worker must be able to write, and that must be the same directory as here: a
+    probe file written here must be visible there). Raises ClusterError naming each worker
+    and path it cannot use, or if the workers do not answer within `timeout` (a hung
+    filesystem blocks a worker)."""
+    token = f"{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
+    probes = []
+    try:
+        for _, path, need in paths:
+            if need == "write":
+                probe = os.path.join(path, token)
+                with open(probe, "w"):
+                    probes.append(probe)
+        checks = [(what, path, need, token) for what, path, need in paths]
+        answers = _run_on_workers(client, _path_problems_function(), workers, checks, timeout)
+    finally:
+        for probe in probes:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    names = {
+        address: worker.get("name")
+        for address, worker in client.scheduler_info(n_workers=-1).get("workers", {}).items()
+    }
+    lines = []
+    bad = 0
+    for address in sorted(answers):
+        answer = answers[address]
+        name = names.get(address)
+        who = f"worker {address}" + (f" ({name})" if name not in (None, address) else "")
+        if isinstance(answer, BaseException):
+            answer = [("the check", "", f"failed: {type(answer).__name__}: {answer}")]
+        bad += bool(answer)
+        lines += [f"  {who}: " + " ".join(filter(None, problem)) for problem in answer]
+    if lines:
+        raise ClusterError(
+            f"{bad} worker(s) cannot use the paths of this batch:\n"
+            + "\n".join(lines)
+            + "\nEvery worker must see the inputs, the output directory and DP3 at the same "
+            "absolute paths as this machine (a shared filesystem, mounted at the same place on "
+            "every host). Fix the mounts on those hosts, or stop those workers."
+        )
+
+
+def _run_on_workers(client, function, workers: list[str], checks, timeout: float) -> dict:
+    """`client.run` with a deadline: a worker stuck on a hung filesystem must not hang us."""
+    outcome: dict = {}
+
+    def call() -> None:
+        try:
+            outcome["answers"] = client.run(function, checks, workers=workers, on_error="return")
+        except BaseException as error:  # reported below, in this thread's caller
+            outcome["error"] = error
+
+    caller = threading.Thread(target=call, name="dp3batch-path-check", daemon=True)
+    caller.start()
+    caller.join(timeout)
+    if caller.is_alive():
+        raise ClusterError(
+            f"the workers did not finish checking the input and output paths within "
+            f"{timeout:.0f} s: is the shared filesystem hanging on one of their hosts?"
+        )
+    if "error" in outcome:
+        raise ClusterError(f"cannot check the paths on the workers: {outcome['error']}")
+    return outcome["answers"]
+
+
+def _path_problems_function():
+    """The check that runs on each worker, as a function defined here so that dask pickles it
+    by value: workers of an external cluster cannot import dp3batch before it is uploaded."""
+
+    def path_problems(checks):
+        import os
+        import tempfile
+
+        problems = []
+        for what, path, need, token in checks:
+            if not os.path.exists(path):
+                problems.append((what, path, "does not exist there"))
+            elif need == "read" and not os.access(path, os.R_OK):
+                problems.append((what, path, "is not readable there"))
+            elif need == "run" and not os.access(path, os.X_OK):
+                problems.append((what, path, "is not executable there"))
+            elif need == "write":
+                if not os.path.exists(os.path.join(path, token)):
+                    problems.append(
+                        (what, path, "is another directory there (not the shared filesystem)")
+                    )
+                    continue
+                try:
+                    handle, probe = tempfile.mkstemp(dir=path, prefix=token)
+                    os.close(handle)
+                    os.unlink(probe)
+                except OSError as error:
+                    problems.append((what, path, f"is not writable there ({error.strerror})"))
+        return problems
+
+    return path_problems

@@ -1,0 +1,36 @@
+"""DP3 run through a wrapper script (a container, an environment module): what to warn about.
+
+The dp3 pip wheel's AOFlagger has no default strategy ("cannot open" at the end of every
+run), so the workflow names the wheel's `generic-default.lua` when DP3 is the wheel's own
+`DP3.py`. Behind a wrapper it cannot know which DP3 runs: a DP3 built from source or in a
+container finds its own default, the wheel does not. So it leaves the strategy alone and
+says how to set it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dp3batch.dp3 import wheel_aoflagger_strategy
+
+REAL_DP3_NAMES = ("DP3", "DP3.py")
+
+
+def aoflagger_strategy_warning(
+    configured_executable: str | None, parameters: list[tuple[str, str]]
+) -> str | None:
+    """A warning when a configured DP3 wrapper runs AOFlagger steps without a strategy."""
+    if not configured_executable or Path(configured_executable).name in REAL_DP3_NAMES:
+        return None
+    steps = [key[: -len(".type")] for key, value in parameters if key.endswith(".type")]
+    flaggers = [step for step in steps if dict(parameters).get(f"{step}.type") == "aoflagger"]
+    missing = [step for step in flaggers if f"{step}.strategy" not in dict(parameters)]
+    if not missing:
+        return None
+    example = wheel_aoflagger_strategy("DP3.py") or "/path/to/strategy.lua"
+    return (
+        f"AOFlagger step(s) {', '.join(missing)} name no `strategy` and DP3 runs through "
+        f"{configured_executable}, so DP3 uses its own default strategy. If that is the dp3 pip "
+        'wheel, it has none and every MS fails at the end with "cannot open": set one, e.g.\n'
+        f"    - AOFlagger:\n        strategy: {example}"
+    )

@@ -1,0 +1,75 @@
+"""`dp3_executable` naming a wrapper script, as sites run DP3 from a container or a module."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from conftest import BIN, make_inputs
+from dp3batch.dp3 import wheel_aoflagger_strategy
+from dp3batch.dp3_wrapper import aoflagger_strategy_warning
+
+REAL_DP3 = str(BIN / "DP3.py")
+WHEEL_STRATEGY = wheel_aoflagger_strategy(REAL_DP3)
+
+
+def make_wrapper(directory: Path) -> tuple[Path, Path]:
+    """A wrapper that logs each call and execs the real DP3 (exec: signals reach DP3)."""
+    calls = directory / "wrapper-calls.log"
+    wrapper = directory / "site-dp3.sh"
+    wrapper.write_text(f'#!/bin/bash\necho "$$ $*" >> "{calls}"\nexec "{REAL_DP3}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return wrapper, calls
+
+
+def test_a_wrapper_script_runs_every_dp3_of_the_workflow(workflow):
+    assert WHEEL_STRATEGY, "the dp3 wheel's AOFlagger strategy is missing"
+    make_inputs(workflow.directory / "inputs", 2)
+    wrapper, calls = make_wrapper(workflow.directory)
+    workflow.config["dp3_executable"] = str(wrapper)
+    # A wrapper around the wheel needs the wheel's strategy named (see dp3_wrapper).
+    workflow.config["steps"] = [
+        {"PreFlagger": None},
+        {"AOFlagger": {"strategy": WHEEL_STRATEGY}},
+        {"Averager": {"timestep": 2, "freqstep": 2}},
+    ]
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    assert "Warning:" not in result.output
+    lines = calls.read_text().splitlines()
+    assert any(line.endswith(" --version") for line in lines)
+    for name in ("obs_0", "obs_1"):
+        record = workflow.record(name)
+        assert record is not None, name
+        assert record["dp3_executable"] == str(wrapper)
+        assert f"aoflagger.strategy={WHEEL_STRATEGY}" in record["dp3_arguments"]
+        # The wrapper saw exactly the arguments of this MS's DP3 run.
+        assert " ".join(record["dp3_arguments"]).split(" msout=")[0] in " ".join(lines)
+        assert record["shape_after"]["channels"] == record["shape_before"]["channels"] // 2
+        assert str(wrapper) in (workflow.output(name) / "dp3.parset").read_text()
+    runs = [line for line in lines if "msin=" in line]
+    assert len(runs) == 2
+
+
+def test_a_wrapper_without_aoflagger_strategy_is_warned_about(workflow):
+    make_inputs(workflow.directory / "inputs", 1)
+    wrapper, _ = make_wrapper(workflow.directory)
+    workflow.config["dp3_executable"] = str(wrapper)
+    result = workflow.run("-n")
+    assert result.returncode == 0, result.output
+    assert "Warning: AOFlagger step(s) aoflagger name no `strategy`" in result.output
+    assert f"strategy: {WHEEL_STRATEGY}" in result.output
+
+
+def test_the_warning_is_only_for_wrappers_with_an_aoflagger_step_lacking_a_strategy():
+    flagging = [("steps", "[aoflagger]"), ("aoflagger.type", "aoflagger")]
+    assert aoflagger_strategy_warning("/site/dp3-in-apptainer.sh", flagging)
+    assert aoflagger_strategy_warning(None, flagging) is None
+    assert aoflagger_strategy_warning("/opt/dp3/bin/DP3", flagging) is None
+    assert aoflagger_strategy_warning("/venv/bin/DP3.py", flagging) is None
+    with_strategy = [*flagging, ("aoflagger.strategy", "/s.lua")]
+    assert aoflagger_strategy_warning("/site/dp3.sh", with_strategy) is None
+    averaging = [("steps", "[averager]"), ("averager.type", "averager")]
+    assert aoflagger_strategy_warning("/site/dp3.sh", averaging) is None
+    two = [*with_strategy, ("aoflagger2.type", "aoflagger")]
+    assert "aoflagger2 name" in aoflagger_strategy_warning("/site/dp3.sh", two)

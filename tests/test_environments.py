@@ -1,0 +1,153 @@
+"""The conda environment files, requirements.txt and the running environment agree.
+
+conda cannot reach its channels on the test machines, so these are static checks: every
+rule has a conda environment, every version pinned there is the one requirements.txt pins,
+and the environment the tests run in has exactly requirements.txt's versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
+RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
+
+# conda-forge names of packages that pip knows under another name.
+CONDA_TO_PIP = {"snakemake-minimal": "snakemake", "matplotlib-base": "matplotlib"}
+# In the environment files but pinned by nothing in requirements.txt.
+UNPINNED_TOOLS = {"python", "pip"}
+# In requirements.txt only: the test and style tools do not belong in a rule's environment.
+DEVELOPMENT_ONLY = {"pytest", "pytest-timeout", "ruff", "snakefmt"}
+# Not on conda-forge: installed by pip inside the conda environment.
+PIP_ONLY = {"dp3"}
+JOB_DIRECTIVES = ("script", "shell", "run", "wrapper", "notebook", "cwl")
+
+
+def requirements() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement = Requirement(line)
+        specifiers = list(requirement.specifier)
+        assert len(specifiers) == 1 and specifiers[0].operator == "==", (
+            f"requirements.txt: {line!r} is not pinned with =="
+        )
+        pins[canonicalize_name(requirement.name)] = specifiers[0].version
+    return pins
+
+
+def environment_packages(path: Path) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """(conda packages, pip packages) of an environment file, as {pip name: version}."""
+    document = yaml.safe_load(path.read_text())
+    conda: dict[str, str | None] = {}
+    pip: dict[str, str | None] = {}
+    for entry in document["dependencies"]:
+        if isinstance(entry, dict):
+            for line in entry["pip"]:
+                assert not line.startswith("-"), f"{path.name}: pip option {line!r}"
+                requirement = Requirement(line)
+                specifiers = list(requirement.specifier)
+                assert len(specifiers) == 1 and specifiers[0].operator == "==", (
+                    f"{path.name}: pip package {line!r} is not pinned with =="
+                )
+                pip[canonicalize_name(requirement.name)] = specifiers[0].version
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(?:==?\s*([^\s=<>!,*|]+))?", entry)
+        assert match, f"{path.name}: {entry!r} is not `name` or `name=version`"
+        name, version = match.groups()
+        conda[canonicalize_name(CONDA_TO_PIP.get(name, name))] = version
+    return conda, pip
+
+
+def rules_of(path: Path) -> dict[str, str]:
+    """{rule name: its text} of a Snakefile or .smk file."""
+    text = path.read_text()
+    starts = list(re.finditer(r"^(?:rule|checkpoint)\s+(\w+)\s*:", text, re.MULTILINE))
+    rules = {}
+    for index, start in enumerate(starts):
+        end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
+        body = text[start.end() : end]
+        # The rule ends at the next line that is not indented.
+        lines = []
+        for line in body.splitlines()[1:]:
+            if line and not line[0].isspace():
+                break
+            lines.append(line)
+        rules[start.group(1)] = "\n".join(lines)
+    return rules
+
+
+def test_there_are_environment_files_and_rules():
+    assert ENV_FILES
+    assert any(rules_of(path) for path in RULE_FILES)
+
+
+@pytest.mark.parametrize("rule_file", RULE_FILES, ids=lambda path: path.name)
+def test_every_rule_with_a_job_has_an_existing_conda_environment(rule_file):
+    for name, body in rules_of(rule_file).items():
+        has_job = any(re.search(rf"^\s+{word}:", body, re.MULTILINE) for word in JOB_DIRECTIVES)
+        if rule_file.suffix != ".smk" and not has_job:
+            continue  # a target-only rule such as `all` runs nothing
+        match = re.search(r"^\s+conda:\s*\n\s+[\"']([^\"']+)[\"']", body, re.MULTILINE)
+        assert match, f"{rule_file.name}: rule {name} has no conda: directive"
+        # Snakemake resolves the path against the file that defines the rule.
+        environment = (rule_file.parent / match.group(1)).resolve()
+        assert environment.is_file(), f"rule {name}: {environment} does not exist"
+        assert environment in ENV_FILES, f"rule {name}: {environment} is not in envs/"
+
+
+@pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda path: path.name)
+def test_environment_file_pins_the_versions_of_requirements(env_file):
+    pins = requirements()
+    document = yaml.safe_load(env_file.read_text())
+    assert document["channels"] == ["conda-forge", "nodefaults"]
+    conda, pip = environment_packages(env_file)
+    for name, version in conda.items():
+        if name in UNPINNED_TOOLS:
+            continue
+        assert name in pins, f"{env_file.name}: {name} is not in requirements.txt"
+        assert version == pins[name], f"{env_file.name}: {name} {version} != {pins[name]}"
+    for name, version in pip.items():
+        assert name in PIP_ONLY, f"{env_file.name}: {name} is on conda-forge: take it from there"
+        assert version == pins[name], f"{env_file.name}: {name} {version} != {pins[name]}"
+    # Everything the workflow needs at run time is in the environment, nothing is forgotten.
+    assert set(conda) - UNPINNED_TOOLS | set(pip) == set(pins) - DEVELOPMENT_ONLY
+    python = conda["python"]
+    assert python == f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def test_installed_versions_are_the_pinned_ones():
+    wrong = {}
+    for name, version in requirements().items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            wrong[name] = (version, installed)
+    assert not wrong, f"(pinned, installed) differ: {wrong}; run pip install -r requirements.txt"
+
+
+def test_pins_meet_what_the_code_expects():
+    pins = requirements()
+    snakefile = (REPO / "Snakefile").read_text()
+    minimum = re.search(r'min_version\("([^"]+)"\)', snakefile).group(1)
+    assert Version(pins["snakemake"]) >= Version(minimum)
+    # snakemake 9.27.1 refuses to run with packaging 26 or later.
+    assert Version(pins["packaging"]) < Version("26")
+    # dask and distributed are released together and must match.
+    assert pins["dask"] == pins["distributed"]
+    pyproject = (REPO / "pyproject.toml").read_text()
+    target = re.search(r'target-version\s*=\s*"py(\d)(\d+)"', pyproject).groups()
+    assert (sys.version_info.major, sys.version_info.minor) == tuple(map(int, target))
