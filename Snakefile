@@ -11,6 +11,7 @@ configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/process.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -23,5 +24,10 @@ onstart:
     forward_sigterm_to_batch()
 
 
+onsuccess:
+    write_run_summary()
+
+
 onerror:
+    write_run_summary()
     report_failure()

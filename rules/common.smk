@@ -1,3 +1,4 @@
+import json
 import sys
 from pathlib import Path
 
@@ -8,6 +9,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from dp3batch.batch import forward_sigterm_to_batch
 from dp3batch.config import ConfigError
 from dp3batch.dp3 import DP3Error
+from dp3batch.dp3_wrapper import aoflagger_strategy_warning
+from dp3batch.report import collect_rows, write_summary
 from dp3batch.planning import (
     batch_id,
     batch_specification,
@@ -26,31 +29,86 @@ def plan_or_exit():
     except (ConfigError, DP3Error) as error:
         sys.exit(f"Error: {error}")
     print(describe_pending(plan), file=sys.stderr)
+    warning = aoflagger_strategy_warning(config.get("dp3_executable"), plan.parameters)
+    if warning:
+        print(f"Warning: {warning}", file=sys.stderr)
     return plan
 
 
 PLAN = plan_or_exit()
-BATCH_ID = batch_id(PLAN) if PLAN.pending else None
+# `snakemake --report` describes the last batch that ran, whatever is pending now.
+REPORT_ONLY = any(arg == "--report" or arg.startswith("--report=") for arg in sys.argv)
+BATCH_ID = batch_id(PLAN) if PLAN.pending and not REPORT_ONLY else None
+
+
+wildcard_constraints:
+    # Only this run's batch is made by the rules; earlier batches' files are plain inputs.
+    batch=BATCH_ID or "no batch to process",
 
 
 def batch_marker(batch):
-    """The central job's output: the results of one batch, written when all MSs succeeded."""
+    """The central job's output: the result of every MS of one batch (failures included)."""
     return str(PLAN.output_dir / "logs" / "batches" / f"{batch}.json")
 
 
-def batch_log(batch):
-    return str(PLAN.output_dir / "logs" / "batches" / f"{batch}.log")
+def batch_log(batch, step="process"):
+    return str(PLAN.output_dir / "logs" / "batches" / f"{batch}.{step}.log")
 
 
 def get_batch_specification(wildcards):
     return batch_specification(PLAN, config, wildcards.batch)
 
 
+def batch_checked(batch):
+    return str(PLAN.output_dir / "logs" / "batches" / f"{batch}.checked")
+
+
+def report_files(batch):
+    """The report of one batch (its own directory, so that no two runs share a file)."""
+    directory = PLAN.output_dir / "report" / batch
+    return {
+        "table": str(directory / "summary.tsv"),
+        "flagged": str(directory / "flagged_fraction.png"),
+        "durations": str(directory / "duration.png"),
+        "step_times": str(directory / "dp3_step_time.png"),
+    }
+
+
+def latest_batch():
+    """The batch the report describes: this run's, else the last one that ran."""
+    if BATCH_ID:
+        return BATCH_ID
+    markers = sorted((PLAN.output_dir / "logs" / "batches").glob("*.json"))
+    return markers[-1].stem if markers else None
+
+
+def all_measurement_sets():
+    return [
+        {"name": ms.name, "input": str(ms.input), "output": str(ms.output)}
+        for ms in PLAN.measurement_sets
+    ]
+
+
 def get_final_output():
-    """The current batch's marker if any MS is pending, else the completion records (present)."""
-    if PLAN.pending:
-        return [batch_marker(BATCH_ID)]
-    return [str(ms.output / "dp3_completion.json") for ms in PLAN.measurement_sets]
+    """This run's batch (checked) and its report; with nothing pending, the completion
+    records, which exist, so that Snakemake has nothing to do."""
+    batch = latest_batch()
+    if REPORT_ONLY:
+        return list(report_files(batch).values()) if batch else []
+    if BATCH_ID:
+        return [batch_checked(BATCH_ID), *report_files(BATCH_ID).values()]
+    records = [str(ms.output / "dp3_completion.json") for ms in PLAN.measurement_sets]
+    return records + (list(report_files(batch).values()) if batch else [])
+
+
+def write_run_summary():
+    """After every run (also a failed or no-op one): the status of every MS."""
+    marker = Path(batch_marker(BATCH_ID)) if BATCH_ID else None
+    results = json.loads(marker.read_text()) if marker and marker.is_file() else []
+    rows = collect_rows(all_measurement_sets(), results, PLAN.output_dir / "logs")
+    write_summary(
+        rows, PLAN.output_dir / "summary.json", PLAN.output_dir / "summary.tsv"
+    )
 
 
 def report_failure():

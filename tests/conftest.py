@@ -37,6 +37,15 @@ def make_inputs(directory: Path, count: int, prefix: str = "obs", **fields) -> l
     ]
 
 
+def damage_ms(ms_path: Path) -> None:
+    """Truncate the biggest data file: casacore still opens the MS, DP3 fails reading it."""
+    biggest = max(
+        (path for path in ms_path.iterdir() if path.is_file()), key=lambda path: path.stat().st_size
+    )
+    with open(biggest, "r+b") as handle:
+        handle.truncate(biggest.stat().st_size // 10)
+
+
 class Workflow:
     """A working directory with its own config, and the real `snakemake` command run in it."""
 

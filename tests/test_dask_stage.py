@@ -9,7 +9,8 @@ import signal
 import time
 
 import psutil
-from conftest import dp3_processes, free_port, make_inputs, wait_until
+import pytest
+from conftest import damage_ms, dp3_processes, free_port, make_inputs, wait_until
 
 # DP3 takes about two seconds on each of these, long enough to kill something mid-task.
 SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
@@ -62,17 +63,9 @@ def test_scheduler_without_workers_is_a_clear_error(workflow, dask_cluster):
     assert '--resources "process=1"' in result.output
 
 
-def _damage(ms_path):
-    biggest = max(
-        (path for path in ms_path.iterdir() if path.is_file()), key=lambda path: path.stat().st_size
-    )
-    with open(biggest, "r+b") as handle:
-        handle.truncate(biggest.stat().st_size // 10)
-
-
 def test_damaged_ms_fails_alone_with_its_log_and_dp3_error(workflow, dask_cluster):
     inputs = make_inputs(workflow.directory / "inputs", 4)
-    _damage(inputs[2])
+    damage_ms(inputs[2])
     dask_cluster.start_scheduler()
     dask_cluster.start_workers(count=2, threads=1)
     dask_cluster.wait_for_workers(2)
@@ -116,52 +109,48 @@ def test_two_thread_workers_run_one_dp3_each_with_two_threads(workflow, dask_clu
             assert first_end <= second_start
 
 
-def test_killed_worker_loses_its_dp3_and_the_task_is_retried(workflow, dask_cluster):
+@pytest.fixture
+def slow_batch_on_external_cluster(workflow, dask_cluster):
+    """Snakemake started on 4 slow MSs against 2 external workers, killed if still running."""
     make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
     dask_cluster.start_scheduler()
     dask_cluster.start_workers(count=2, threads=1)
     dask_cluster.wait_for_workers(2)
     workflow.config["scheduler"] = dask_cluster.address
-    marker = str(workflow.directory)
     snakemake = workflow.start()
     try:
-        running = wait_until(lambda: dp3_processes(marker), timeout=60, interval=0.05)
-        assert running, "no DP3 process started"
-        victim = running[0]
-        worker = victim.parent()
-        assert "DP3" not in " ".join(worker.cmdline())
-        os.kill(worker.pid, signal.SIGKILL)
-        assert wait_until(
-            lambda: not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE,
-            timeout=5,
-        )
-        assert snakemake.wait(timeout=240) == 0, (workflow.directory / "snakemake.out").read_text()
+        yield workflow, snakemake, str(workflow.directory)
     finally:
         if snakemake.poll() is None:
             os.killpg(snakemake.pid, signal.SIGKILL)
+
+
+def test_killed_worker_loses_its_dp3_and_the_task_is_retried(slow_batch_on_external_cluster):
+    workflow, snakemake, marker = slow_batch_on_external_cluster
+    running = wait_until(lambda: dp3_processes(marker), timeout=60, interval=0.05)
+    assert running, "no DP3 process started"
+    victim = running[0]
+    worker = victim.parent()
+    assert "DP3" not in " ".join(worker.cmdline())
+    os.kill(worker.pid, signal.SIGKILL)
+    assert wait_until(
+        lambda: not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE,
+        timeout=5,
+    )
+    assert snakemake.wait(timeout=240) == 0, (workflow.directory / "snakemake.out").read_text()
     names = [f"obs_{index}" for index in range(4)]
     assert _complete(workflow, names) == names
     assert not dp3_processes(marker)
     assert not list(workflow.output_dir.glob(".*.ms.tmp-*"))
 
 
-def test_interrupting_the_client_stops_dp3_on_external_workers(workflow, dask_cluster):
-    make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
-    dask_cluster.start_scheduler()
-    dask_cluster.start_workers(count=2, threads=1)
-    dask_cluster.wait_for_workers(2)
-    workflow.config["scheduler"] = dask_cluster.address
-    marker = str(workflow.directory)
-    snakemake = workflow.start()
-    try:
-        assert wait_until(lambda: dp3_processes(marker), timeout=60, interval=0.05)
-        os.killpg(snakemake.pid, signal.SIGINT)  # Ctrl-C
-        snakemake.wait(timeout=60)
-        # The workers are external (they live on), but their DP3s stop within seconds.
-        assert wait_until(lambda: not dp3_processes(marker), timeout=10)
-    finally:
-        if snakemake.poll() is None:
-            os.killpg(snakemake.pid, signal.SIGKILL)
+def test_interrupting_the_client_stops_dp3_on_external_workers(slow_batch_on_external_cluster):
+    workflow, snakemake, marker = slow_batch_on_external_cluster
+    assert wait_until(lambda: dp3_processes(marker), timeout=60, interval=0.05)
+    os.killpg(snakemake.pid, signal.SIGINT)  # Ctrl-C
+    snakemake.wait(timeout=60)
+    # The workers are external (they live on), but their DP3s stop within seconds.
+    assert wait_until(lambda: not dp3_processes(marker), timeout=10)
     assert snakemake.returncode != 0
     for index in range(4):
         output = workflow.output(f"obs_{index}")

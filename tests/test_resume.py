@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from casacore import tables
-from conftest import make_inputs, make_ms
+from conftest import damage_ms, make_inputs, make_ms
 
 
 def _snapshot(workflow, names):
@@ -124,18 +124,9 @@ def test_output_without_record_is_never_taken_for_done(workflow):
     assert workflow.record("obs_0") is not None
 
 
-def _damage(ms_path):
-    """Truncate the biggest data file: casacore still opens the MS, DP3 fails reading it."""
-    biggest = max(
-        (path for path in ms_path.iterdir() if path.is_file()), key=lambda path: path.stat().st_size
-    )
-    with open(biggest, "r+b") as handle:
-        handle.truncate(biggest.stat().st_size // 10)
-
-
 def test_failing_ms_keeps_the_good_ones_and_rerun_does_only_it(workflow):
     inputs = make_inputs(workflow.directory / "inputs", 3)
-    _damage(inputs[1])
+    damage_ms(inputs[1])
     result = workflow.run()
     assert result.returncode != 0
     assert _processed(result) == ["obs_0", "obs_2"]

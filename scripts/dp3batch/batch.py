@@ -8,11 +8,13 @@ stops every DP3 when it is interrupted or its parent (Snakemake) disappears.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -22,14 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from dp3batch.cluster import (
+    PROBE_PREFIX,
     ClusterError,
     available_cores,
+    check_worker_paths,
     connect,
     describe_workers,
     embedded_cluster,
     local_cluster_size,
     wait_for_process_workers,
 )
+from dp3batch.dp3 import file_parameters
 from dp3batch.execution import process_measurement_set, remove_leftovers
 
 log = logging.getLogger("dp3batch")
@@ -155,6 +160,20 @@ def _task(batch: dict[str, Any], ms: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def shared_paths(batch: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """What every worker must see at the same absolute path as this machine, as (what, path,
+    need) for `check_worker_paths`: a sample of the inputs (the first and the last), the
+    files the steps read, DP3, and the output and log directories."""
+    inputs = [ms["input"] for ms in batch["measurement_sets"]]
+    paths = [("input MS", path, "read") for path in dict.fromkeys(inputs[:1] + inputs[-1:])]
+    parameters = [(key, value) for key, value in batch["parameters"]]
+    paths += [(f"{key} file", path, "read") for key, path in file_parameters(parameters)]
+    paths.append(("DP3 executable", batch["dp3_executable"], "run"))
+    paths.append(("output directory", batch["output_dir"], "write"))
+    paths.append(("log directory", batch["log_dir"], "write"))
+    return paths
+
+
 def _preflight(client, batch: dict[str, Any]) -> None:
     address = batch.get("scheduler") or client.scheduler.address
     workers = wait_for_process_workers(client, address)
@@ -177,15 +196,29 @@ def _preflight(client, batch: dict[str, Any]) -> None:
         sum(worker.threads for worker in workers),
         dashboard,
     )
+    # Workers on other hosts must see the same files at the same paths (a shared filesystem).
+    check_worker_paths(client, [worker.address for worker in workers], shared_paths(batch))
 
 
-def _report_line(done: int, total: int, result: dict[str, Any]) -> str:
+def _progress(done: int, total: int, elapsed: float) -> str:
+    """`[n/N]`, an ETA from the pace so far, and a bar when a person is watching."""
+    remaining = (total - done) * elapsed / done if done else 0.0
+    eta = f"ETA {datetime.timedelta(seconds=round(remaining))}" if done < total else "last"
+    bar = ""
+    if sys.stderr.isatty():
+        filled = round(20 * done / total)
+        bar = "|" + "#" * filled + "." * (20 - filled) + "| "
+    return f"{bar}[{done}/{total}, {eta}]"
+
+
+def _report_line(done: int, total: int, elapsed: float, result: dict[str, Any]) -> str:
     duration = result.get("duration_seconds", 0.0)
     where = f"on {result.get('worker')} ({result.get('numthreads')} thread(s))"
+    progress = _progress(done, total, elapsed)
     if result["status"] == "done":
-        return f"[{done}/{total}] {result['name']}: done in {duration:.1f} s {where}"
+        return f"{progress} {result['name']}: done in {duration:.1f} s {where}"
     return (
-        f"[{done}/{total}] {result['name']}: FAILED after {duration:.1f} s {where}: "
+        f"{progress} {result['name']}: FAILED after {duration:.1f} s {where}: "
         f"{result.get('reason')}; DP3 said: {result.get('error')}; log: {result['log']}"
     )
 
@@ -197,6 +230,9 @@ def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
     with output_dir_lock(output_dir), interruptible() as orphaned:
         for leftover in remove_leftovers(output_dir):
             log.info("removed %s, left behind by an interrupted run", leftover)
+        for directory in (output_dir, Path(batch["log_dir"])):
+            for probe in directory.glob(f"{PROBE_PREFIX}*"):  # of a path check cut short
+                probe.unlink(missing_ok=True)
         with cluster_client(batch) as client, tempfile.TemporaryDirectory() as scratch:
             _preflight(client, batch)
             if batch.get("scheduler"):
@@ -220,6 +256,7 @@ def _fan_out(client, batch: dict[str, Any], orphaned: threading.Event) -> list[d
         )
         futures[future] = ms
     log.info("submitted %d DP3 task(s)", total)
+    started = time.monotonic()
     results: list[dict[str, Any]] = []
     try:
         # Poll rather than block, so that an orphaned batch notices within a second.
@@ -233,7 +270,7 @@ def _fan_out(client, batch: dict[str, Any], orphaned: threading.Event) -> list[d
             for future in arrivals.next_batch(block=False):
                 result = _result_of(future, futures[future], batch)
                 results.append(result)
-                line = _report_line(len(results), total, result)
+                line = _report_line(len(results), total, time.monotonic() - started, result)
                 (log.info if result["status"] == "done" else log.error)(line)
     except KeyboardInterrupt:
         log.error("interrupted: stopping %d running DP3 task(s)", total - len(results))
@@ -293,7 +330,10 @@ def _configure_logging(log_file: str | None) -> None:
 
 
 def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int:
-    """Entry point of the central job; returns the process exit code."""
+    """Entry point of the central job; returns the process exit code.
+
+    Failed MSs do not fail this job: their results go into the marker with the others, so
+    that the report covers them; the `check_batch` rule then fails the run."""
     _configure_logging(log_file)
     total = len(batch["measurement_sets"])
     log.info("batch %s: %d MS(s), output in %s", batch["batch_id"], total, batch["output_dir"])
@@ -323,9 +363,17 @@ def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int
         report = failure_report(results)
         log.error(report)
         failures.write_text(report + "\n")
-        return 1
     write_batch_result(Path(marker), results)
     return 0
+
+
+def check_batch(marker: str) -> int:
+    """Exit code of the run: non-zero, with the failure report, if any MS of the batch failed."""
+    results = json.loads(Path(marker).read_text())
+    if all(result["status"] == "done" for result in results):
+        return 0
+    print(failure_report(results), file=sys.stderr)
+    return 1
 
 
 CENTRAL_SCRIPT = "process_batch.py"

@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from dp3batch.completion import PARSET_NAME, RECORD_NAME, input_fingerprint, write_record
-from dp3batch.dp3 import as_arguments, as_parset, dp3_environment, run_parameters
+from dp3batch.dp3 import (
+    as_arguments,
+    as_parset,
+    dp3_environment,
+    required_output_files,
+    run_parameters,
+)
 from dp3batch.measurement_set import Shape, read_shape, shape_problems
+from dp3batch.report import parse_step_times
 
 TEMPORARY_MARK = ".tmp-"
 REPLACED_MARK = ".old-"
@@ -125,6 +132,8 @@ def _run_dp3(arguments: list[str], log_path: Path, worker: Any, key: Any) -> int
             stdin=subprocess.DEVNULL,
             env=environment,
             preexec_fn=_die_with_parent,
+            # Its own process group: stopping it also stops what a wrapper script started.
+            start_new_session=True,
         )
     try:
         while True:
@@ -135,12 +144,19 @@ def _run_dp3(arguments: list[str], log_path: Path, worker: Any, key: Any) -> int
                     raise TaskCancelled(f"task {key} was cancelled") from None
     finally:
         if process.poll() is None:
-            process.terminate()
+            _signal_group(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
@@ -179,11 +195,11 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         log.write(f"# {task['name']}: DP3 on {worker_address} with {threads} thread(s)\n")
         log.write(f"# started {result['started']}\n# command: {' '.join(arguments)}\n")
     try:
-        shape_in = read_shape(task["input"])
+        shape_in = read_shape(task["input"], with_flags=True)
         exit_code = _run_dp3(arguments, log_path, worker, key)
         if exit_code != 0:
             return _failed(result, started, log_path, f"DP3 exited with code {exit_code}")
-        shape_out = read_shape(str(temporary))
+        shape_out = read_shape(str(temporary), with_flags=True)
         problems = shape_problems(
             shape_in,
             shape_out,
@@ -191,6 +207,12 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             task["freq_factor"],
             task.get("rows_may_change", False),
         )
+        required_files = required_output_files(parameters)
+        problems += [
+            f"DP3 wrote no {name} into the output"
+            for name in required_files
+            if not (temporary / name).exists()
+        ]
         if problems:
             return _failed(result, started, log_path, "output check failed: " + "; ".join(problems))
         finished = _now()
@@ -219,6 +241,10 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             "duration_seconds": round(time.time() - started, 3),
             "shape_before": shape_in.as_dict(),
             "shape_after": shape_out.as_dict(),
+            # What must sit beside the MS for the output to count as complete.
+            "required_files": required_files,
+            "output_bytes": _disk_usage(temporary),
+            "step_seconds": parse_step_times(log_path.read_text(errors="replace")),
         }
         write_record(temporary, record)
         _commit(temporary, output)
@@ -236,8 +262,15 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         duration_seconds=record["duration_seconds"],
         shape_before=record["shape_before"],
         shape_after=record["shape_after"],
+        output_bytes=record["output_bytes"],
+        step_seconds=record["step_seconds"],
+        dp3_version=record["dp3_version"],
     )
     return result
+
+
+def _disk_usage(path: Path) -> int:
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
 
 
 def _failed(result: dict, started: float, log_path: Path, reason: str) -> dict:

@@ -1,0 +1,226 @@
+"""The run report: a status row per MS (TSV and JSON) and plots for `snakemake --report`.
+
+Rows come from the completion records of the outputs and from the results of the batch
+that ran (which also carry the failures, which have no record)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from dp3batch.completion import read_record
+
+DONE = "done"
+UP_TO_DATE = "up to date"
+FAILED = "failed"
+NOT_PROCESSED = "not processed"
+
+COLUMNS = [
+    "name",
+    "status",
+    "duration_seconds",
+    "worker",
+    "numthreads",
+    "dp3_version",
+    "rows_before",
+    "rows_after",
+    "channels_before",
+    "channels_after",
+    "time_resolution_before",
+    "time_resolution_after",
+    "freq_resolution_before",
+    "freq_resolution_after",
+    "flagged_before",
+    "flagged_after",
+    "output_bytes",
+    "finished",
+    "log",
+    "error",
+    "input",
+    "output",
+]
+
+# A top-level line of DP3's timing table: the '%' sits in column 8, e.g.
+# "   30.6% (   39 ms) AOFlaggerStep aoflagger." (sub-step lines are indented further).
+_STEP_TIME = re.compile(r"^(?=.{7}%)\s*(\d+(?:\.\d+)?)% \(.*?\) (.+?)\.?\s*$")
+_TOTAL_TIME = re.compile(r"^Total DP3 time\s+([\d.]+) real")
+
+
+def parse_step_times(log_text: str) -> dict[str, float]:
+    """Seconds per DP3 step from the timing table DP3 prints at the end of a run."""
+    total = None
+    steps: dict[str, float] = {}
+    for line in log_text.splitlines():
+        match = _TOTAL_TIME.match(line)
+        if match:
+            total = float(match.group(1))
+            steps = {}
+            continue
+        if total is None:
+            continue
+        match = _STEP_TIME.match(line)
+        if match:
+            name = match.group(2).split()[-1]
+            steps[name] = steps.get(name, 0.0) + float(match.group(1)) / 100 * total
+    return steps
+
+
+def _row_from(source: dict[str, Any], status: str) -> dict[str, Any]:
+    before = source.get("shape_before") or {}
+    after = source.get("shape_after") or {}
+    return {
+        "name": source["name"],
+        "status": status,
+        "duration_seconds": source.get("duration_seconds"),
+        "worker": source.get("worker"),
+        "numthreads": source.get("numthreads"),
+        "dp3_version": source.get("dp3_version"),
+        "rows_before": before.get("rows"),
+        "rows_after": after.get("rows"),
+        "channels_before": before.get("channels"),
+        "channels_after": after.get("channels"),
+        "time_resolution_before": before.get("interval"),
+        "time_resolution_after": after.get("interval"),
+        "freq_resolution_before": before.get("channel_width"),
+        "freq_resolution_after": after.get("channel_width"),
+        "flagged_before": before.get("flagged_fraction"),
+        "flagged_after": after.get("flagged_fraction"),
+        "output_bytes": source.get("output_bytes"),
+        "finished": source.get("finished"),
+        "log": source.get("log"),
+        "error": source.get("error") if status == FAILED else None,
+        "input": source.get("input"),
+        "output": source.get("output"),
+        "step_seconds": source.get("step_seconds") or {},
+    }
+
+
+def collect_rows(
+    measurement_sets: list[dict[str, str]],
+    batch_results: list[dict[str, Any]] | None,
+    log_dir: str | Path,
+) -> list[dict[str, Any]]:
+    """One row per MS: its result in this batch if it was in it, else its completion record.
+
+    `measurement_sets` are {name, input, output} of every input of the workflow."""
+    in_batch = {result["name"]: result for result in batch_results or []}
+    rows = []
+    for ms in measurement_sets:
+        result = in_batch.get(ms["name"])
+        if result is not None and result.get("status") == FAILED:
+            rows.append(_row_from(result, FAILED))
+            continue
+        record = read_record(Path(ms["output"]))
+        if record is None:
+            rows.append(
+                _row_from({**ms, "log": str(Path(log_dir) / f"{ms['name']}.log")}, NOT_PROCESSED)
+            )
+            continue
+        status = DONE if result is not None else UP_TO_DATE
+        rows.append(_row_from({**record, "log": str(Path(log_dir) / f"{ms['name']}.log")}, status))
+    return rows
+
+
+def write_summary(rows: list[dict[str, Any]], json_path: str | Path, tsv_path: str | Path):
+    """The machine-readable summary: JSON (with per-step times) and TSV (one line per MS)."""
+    json_path, tsv_path = Path(json_path), Path(tsv_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    temporary = json_path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps({"counts": counts, "measurement_sets": rows}, indent=2))
+    temporary.replace(json_path)
+    temporary = tsv_path.with_suffix(".tsv.tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=COLUMNS, delimiter="\t", extrasaction="ignore", lineterminator="\n"
+        )
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if row.get(key) is None else row[key] for key in COLUMNS})
+    temporary.replace(tsv_path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _height(count: int) -> float:
+    return min(40.0, 1.5 + 0.25 * count)
+
+
+def plot_flagged_fractions(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Flagged fraction per MS, before and after the chain."""
+    plt = _pyplot()
+    shown = [row for row in rows if row["flagged_after"] is not None]
+    names = [row["name"] for row in shown]
+    positions = range(len(shown))
+    figure, axes = plt.subplots(figsize=(8, _height(len(shown))))
+    axes.barh(
+        [p - 0.2 for p in positions],
+        [100 * (r["flagged_before"] or 0) for r in shown],
+        height=0.4,
+        label="before",
+    )
+    axes.barh(
+        [p + 0.2 for p in positions],
+        [100 * r["flagged_after"] for r in shown],
+        height=0.4,
+        label="after",
+    )
+    axes.set_yticks(list(positions), names)
+    axes.invert_yaxis()
+    axes.set_xlabel("flagged visibilities (%)")
+    axes.set_title("Flagged fraction per MS")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_durations(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """DP3 run time per MS (from the completion records), coloured by status."""
+    plt = _pyplot()
+    shown = [row for row in rows if row["duration_seconds"] is not None]
+    colours = {DONE: "tab:blue", UP_TO_DATE: "tab:gray", FAILED: "tab:red"}
+    figure, axes = plt.subplots(figsize=(8, _height(len(shown))))
+    axes.barh(
+        [row["name"] for row in shown],
+        [row["duration_seconds"] for row in shown],
+        color=[colours.get(row["status"], "tab:gray") for row in shown],
+    )
+    axes.invert_yaxis()
+    axes.set_xlabel("seconds")
+    axes.set_title("Duration per MS (blue: this batch, grey: earlier, red: failed)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_step_times(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Share of DP3's time per step, summed over all MSs (from DP3's timing output)."""
+    plt = _pyplot()
+    totals: dict[str, float] = {}
+    for row in rows:
+        for step, seconds in (row.get("step_seconds") or {}).items():
+            totals[step] = totals.get(step, 0.0) + seconds
+    figure, axes = plt.subplots(figsize=(8, 4))
+    if totals:
+        everything = sum(totals.values()) or 1.0
+        steps = sorted(totals, key=totals.get, reverse=True)
+        axes.barh(steps, [100 * totals[step] / everything for step in steps])
+        axes.invert_yaxis()
+    axes.set_xlabel("share of DP3 time (%)")
+    axes.set_title("Time per DP3 step, all MSs")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

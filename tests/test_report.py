@@ -1,0 +1,118 @@
+"""The run report: summary of every MS after each run, and `snakemake --report`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from casacore import tables
+from conftest import damage_ms, make_inputs
+from dp3batch.report import parse_step_times
+
+
+def _flagged_fraction(path) -> float:
+    with tables.table(str(path), ack=False) as table:
+        return float(np.mean(table.getcol("FLAG")))
+
+
+@pytest.fixture
+def run_with_one_failure(workflow):
+    inputs = make_inputs(workflow.directory / "inputs", 3)
+    # Pre-flag part of one input, so that "before" is not trivially zero.
+    with tables.table(str(inputs[0]), readonly=False, ack=False) as table:
+        flags = table.getcol("FLAG")
+        flags[: len(flags) // 4] = True
+        table.putcol("FLAG", flags)
+    damage_ms(inputs[2])
+    result = workflow.run()
+    assert result.returncode != 0
+    return workflow, inputs, result
+
+
+def test_summary_lists_every_ms_with_its_status(run_with_one_failure):
+    workflow, inputs, _ = run_with_one_failure
+    summary = json.loads((workflow.output_dir / "summary.json").read_text())
+    rows = {row["name"]: row for row in summary["measurement_sets"]}
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "obs_0": "done",
+        "obs_1": "done",
+        "obs_2": "failed",
+    }
+    assert summary["counts"] == {"done": 2, "failed": 1}
+    assert rows["obs_2"]["error"] and rows["obs_2"]["log"].endswith("logs/obs_2.log")
+    for name in ("obs_0", "obs_1"):
+        row = rows[name]
+        assert row["rows_after"] == row["rows_before"] // 2
+        assert row["channels_after"] == row["channels_before"] // 2
+        assert row["time_resolution_after"] == 2 * row["time_resolution_before"]
+        assert row["freq_resolution_after"] == 2 * row["freq_resolution_before"]
+        assert row["output_bytes"] > 0 and row["dp3_version"] and row["worker"]
+        assert row["duration_seconds"] > 0
+    with open(workflow.output_dir / "summary.tsv") as handle:
+        tsv = list(csv.DictReader(handle, delimiter="\t"))
+    assert [row["name"] for row in tsv] == ["obs_0", "obs_1", "obs_2"]
+    assert [row["status"] for row in tsv] == ["done", "done", "failed"]
+
+    # With the broken input removed, the rerun has nothing to do: the summary is written all
+    # the same, and reports the earlier outputs as up to date.
+    shutil.rmtree(inputs[2])
+    rerun = workflow.run()
+    assert rerun.returncode == 0, rerun.output
+    rows = json.loads((workflow.output_dir / "summary.json").read_text())["measurement_sets"]
+    assert {row["name"]: row["status"] for row in rows} == {
+        "obs_0": "up to date",
+        "obs_1": "up to date",
+    }
+
+
+def test_flagged_fractions_are_what_casacore_reads(run_with_one_failure):
+    workflow, inputs, _ = run_with_one_failure
+    rows = json.loads((workflow.output_dir / "summary.json").read_text())["measurement_sets"]
+    by_name = {row["name"]: row for row in rows}
+    for index in (0, 1):
+        row = by_name[f"obs_{index}"]
+        assert row["flagged_before"] == pytest.approx(_flagged_fraction(inputs[index]))
+        assert row["flagged_after"] == pytest.approx(
+            _flagged_fraction(workflow.output(f"obs_{index}"))
+        )
+    assert by_name["obs_0"]["flagged_before"] == pytest.approx(0.25)
+
+
+def test_report_builds_with_table_and_plots(run_with_one_failure):
+    workflow, _, _ = run_with_one_failure
+    (report_dir,) = (workflow.output_dir / "report").iterdir()  # one batch so far
+    for plot in ("flagged_fraction.png", "duration.png", "dp3_step_time.png"):
+        assert (report_dir / plot).read_bytes().startswith(b"\x89PNG")
+    result = workflow.run("--report", "report.html")
+    assert result.returncode == 0, result.output
+    html = (workflow.directory / "report.html").read_text()
+    for name in ("summary.tsv", "flagged_fraction.png", "duration.png", "dp3_step_time.png"):
+        assert name in html
+    assert "obs_2" in html  # the failed MS is in the table
+
+
+def test_progress_lines_show_count_and_eta(run_with_one_failure):
+    _, _, result = run_with_one_failure
+    progress = re.findall(r"\[(\d)/3, (ETA \d+:\d\d:\d\d|last)\] obs_\d", result.output)
+    assert sorted(count for count, _ in progress) == ["1", "2", "3"]
+    assert "|" not in result.output.split("submitted")[1].split("\n")[1]  # no bar: not a tty
+
+
+def test_step_times_are_parsed_from_dp3_timing_table():
+    log = """
+Total DP3 time       2.00 real        0.05 user        0.04 system
+    7.2% (    8 ms) MsReader
+    0.0% (    0 ms) PreFlagger preflagger.
+   30.0% (   36 ms) AOFlaggerStep aoflagger.
+            1.7% (    0 ms) of it spent in shuffling data
+   62.8% (   79 ms) MSWriter msout.
+     16.3% (   12 ms) Creating task
+"""
+    times = parse_step_times(log)
+    assert times == pytest.approx(
+        {"MsReader": 0.144, "preflagger": 0.0, "aoflagger": 0.6, "msout": 1.256}
+    )
