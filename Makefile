@@ -21,7 +21,10 @@ test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check scripts tests
-	$(BIN)/ruff format --check scripts tests
+	$(BIN)/ruff check scripts tests benchmarks
+	$(BIN)/ruff format --check scripts tests benchmarks
 	$(BIN)/snakefmt --check .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint
+
+benchmark: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/benchmark.py all

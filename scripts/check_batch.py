@@ -5,4 +5,4 @@ import sys
 from dp3batch.batch import check_batch
 
 if __name__ == "__main__":
-    sys.exit(check_batch(snakemake.input.batch))  # noqa: F821
+    sys.exit(check_batch(snakemake.input.batch, snakemake.log[0]))  # noqa: F821

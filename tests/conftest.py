@@ -141,7 +141,7 @@ class DaskCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
 
-    def _start(self, arguments: list[str], name: str) -> subprocess.Popen:
+    def _start(self, arguments: list[str], name: str, **environment: str) -> subprocess.Popen:
         log = open(self.directory / f"{name}-{len(self.processes)}.log", "w")
         process = subprocess.Popen(
             arguments,
@@ -149,12 +149,16 @@ class DaskCluster:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"},
+            env={**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False", **environment},
         )
         self.processes.append(process)
         return process
 
-    def start_scheduler(self) -> None:
+    def start_scheduler(self, allowed_failures: int | None = None) -> None:
+        """`allowed_failures`: how many lost workers a task survives (dask's default is 3)."""
+        environment = {}
+        if allowed_failures is not None:
+            environment["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(allowed_failures)
         self._start(
             [
                 DASK,
@@ -167,6 +171,7 @@ class DaskCluster:
                 f"127.0.0.1:{free_port()}",
             ],
             "scheduler",
+            **environment,
         )
         wait_until(lambda: _port_open(self.port), 30)
 

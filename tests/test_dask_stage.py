@@ -7,6 +7,7 @@ import datetime
 import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -95,6 +96,9 @@ def test_two_thread_workers_run_one_dp3_each_with_two_threads(workflow, dask_clu
     for record in records:
         assert record["numthreads"] == 2
         assert "numthreads=2" in record["dp3_arguments"]
+        # DP3's memory is invisible to the nanny: AOFlagger is bounded by the worker's
+        # memory limit (the fixture starts workers with --memory-limit 4GB).
+        assert "aoflagger.memorymax=4.00" in record["dp3_arguments"]
     # One DP3 at a time per worker: the runs recorded by each worker never overlap.
     by_worker: dict[str, list] = {}
     for record in records:
@@ -110,10 +114,12 @@ def test_two_thread_workers_run_one_dp3_each_with_two_threads(workflow, dask_clu
 
 
 @pytest.fixture
-def slow_batch_on_external_cluster(workflow, dask_cluster):
-    """Snakemake started on 4 slow MSs against 2 external workers, killed if still running."""
+def slow_batch_on_external_cluster(workflow, dask_cluster, request):
+    """Snakemake started on 4 slow MSs against 2 external workers, killed if still running.
+
+    Parametrize indirectly with how many lost workers a task survives (default: dask's)."""
     make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
-    dask_cluster.start_scheduler()
+    dask_cluster.start_scheduler(allowed_failures=getattr(request, "param", None))
     dask_cluster.start_workers(count=2, threads=1)
     dask_cluster.wait_for_workers(2)
     workflow.config["scheduler"] = dask_cluster.address
@@ -155,3 +161,30 @@ def test_interrupting_the_client_stops_dp3_on_external_workers(slow_batch_on_ext
     for index in range(4):
         output = workflow.output(f"obs_{index}")
         assert not output.exists() or workflow.record(f"obs_{index}") is not None
+
+
+@pytest.mark.parametrize("slow_batch_on_external_cluster", [0], indirect=True)
+def test_ms_whose_retries_run_out_is_reported_failed_and_the_others_finish(
+    slow_batch_on_external_cluster,
+):
+    """With no lost worker allowed (the scheduler's allowed-failures = 0), the MS whose
+    worker is killed fails at once (with any task dask had queued on that worker); every
+    other MS is completed by the surviving worker."""
+    workflow, snakemake, marker = slow_batch_on_external_cluster
+    running = wait_until(lambda: dp3_processes(marker), timeout=60, interval=0.05)
+    assert running, "no DP3 process started"
+    victim = running[0]
+    lost = next(arg.split("=", 1)[1] for arg in victim.cmdline() if arg.startswith("msin="))
+    os.kill(victim.parent().pid, signal.SIGKILL)
+    assert snakemake.wait(timeout=240) != 0
+    output = (workflow.directory / "snakemake.out").read_text()
+    lost_name = Path(lost).name.removesuffix(".ms")
+    assert f"{lost_name} ({lost}): its worker died during every attempt" in output
+    names = [f"obs_{index}" for index in range(4)]
+    complete = _complete(workflow, names)
+    failed = [name for name in names if name not in complete]
+    assert len(complete) >= 2 and lost_name in failed
+    assert f"{len(failed)} of 4 MS(s) failed" in output
+    for name in failed:
+        assert f"{name} ({workflow.directory / 'inputs' / name}.ms): its worker died" in output
+    assert not dp3_processes(marker)

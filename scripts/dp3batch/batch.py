@@ -367,13 +367,16 @@ def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int
     return 0
 
 
-def check_batch(marker: str) -> int:
+def check_batch(marker: str, log_file: str | None = None) -> int:
     """Exit code of the run: non-zero, with the failure report, if any MS of the batch failed."""
     results = json.loads(Path(marker).read_text())
-    if all(result["status"] == "done" for result in results):
-        return 0
-    print(failure_report(results), file=sys.stderr)
-    return 1
+    report = "" if all(r["status"] == "done" for r in results) else failure_report(results)
+    if log_file:
+        Path(log_file).write_text(report + "\n" if report else "all MSs done\n")
+    if report:
+        print(report, file=sys.stderr)
+        return 1
+    return 0
 
 
 CENTRAL_SCRIPT = "process_batch.py"

@@ -154,37 +154,54 @@ def _pyplot():
     return plt
 
 
-def _height(count: int) -> float:
-    return min(40.0, 1.5 + 0.25 * count)
+# Up to this many MSs a plot has one labelled bar per MS; beyond, one point per MS.
+LABELLED_LIMIT = 60
+
+
+def _per_ms_axes(plt, count: int):
+    height = 1.5 + 0.25 * count if count <= LABELLED_LIMIT else 4.5
+    return plt.subplots(figsize=(8, height))
+
+
+def _plot_per_ms(axes, rows, values, offset=0.0, **style) -> None:
+    """Bars with the MS names for a readable count; for hundreds of MSs, points (by MS
+    index), which stay legible and cost no time to draw."""
+    if len(rows) <= LABELLED_LIMIT:
+        axes.barh([index + offset for index in range(len(rows))], values, height=0.4, **style)
+        axes.set_yticks(range(len(rows)), [row["name"] for row in rows])
+    else:
+        colour = style.pop("color", None)
+        axes.scatter(range(len(rows)), values, s=6, c=colour, **style)
+
+
+def _label_per_ms(axes, count: int, value_label: str) -> None:
+    if count <= LABELLED_LIMIT:
+        axes.invert_yaxis()  # the first MS on top, as in the table
+        axes.set_xlabel(value_label)
+    else:
+        axes.set_xlabel(f"MS (index in the summary table, {count} MSs)")
+        axes.set_ylabel(value_label)
+
+
+def _save(plt, figure, path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def plot_flagged_fractions(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Flagged fraction per MS, before and after the chain."""
     plt = _pyplot()
     shown = [row for row in rows if row["flagged_after"] is not None]
-    names = [row["name"] for row in shown]
-    positions = range(len(shown))
-    figure, axes = plt.subplots(figsize=(8, _height(len(shown))))
-    axes.barh(
-        [p - 0.2 for p in positions],
-        [100 * (r["flagged_before"] or 0) for r in shown],
-        height=0.4,
-        label="before",
-    )
-    axes.barh(
-        [p + 0.2 for p in positions],
-        [100 * r["flagged_after"] for r in shown],
-        height=0.4,
-        label="after",
-    )
-    axes.set_yticks(list(positions), names)
-    axes.invert_yaxis()
-    axes.set_xlabel("flagged visibilities (%)")
+    figure, axes = _per_ms_axes(plt, len(shown))
+    before = [100 * (row["flagged_before"] or 0) for row in shown]
+    after = [100 * row["flagged_after"] for row in shown]
+    _plot_per_ms(axes, shown, before, offset=-0.2, label="before")
+    _plot_per_ms(axes, shown, after, offset=0.2, label="after")
+    _label_per_ms(axes, len(shown), "flagged visibilities (%)")
     axes.set_title("Flagged fraction per MS")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(plt, figure, path)
 
 
 def plot_durations(rows: list[dict[str, Any]], path: str | Path) -> None:
@@ -192,18 +209,16 @@ def plot_durations(rows: list[dict[str, Any]], path: str | Path) -> None:
     plt = _pyplot()
     shown = [row for row in rows if row["duration_seconds"] is not None]
     colours = {DONE: "tab:blue", UP_TO_DATE: "tab:gray", FAILED: "tab:red"}
-    figure, axes = plt.subplots(figsize=(8, _height(len(shown))))
-    axes.barh(
-        [row["name"] for row in shown],
+    figure, axes = _per_ms_axes(plt, len(shown))
+    _plot_per_ms(
+        axes,
+        shown,
         [row["duration_seconds"] for row in shown],
         color=[colours.get(row["status"], "tab:gray") for row in shown],
     )
-    axes.invert_yaxis()
-    axes.set_xlabel("seconds")
+    _label_per_ms(axes, len(shown), "seconds")
     axes.set_title("Duration per MS (blue: this batch, grey: earlier, red: failed)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(plt, figure, path)
 
 
 def plot_step_times(rows: list[dict[str, Any]], path: str | Path) -> None:
@@ -221,6 +236,4 @@ def plot_step_times(rows: list[dict[str, Any]], path: str | Path) -> None:
         axes.invert_yaxis()
     axes.set_xlabel("share of DP3 time (%)")
     axes.set_title("Time per DP3 step, all MSs")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(plt, figure, path)
