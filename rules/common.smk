@@ -90,15 +90,19 @@ def all_measurement_sets():
 
 
 def get_final_output():
-    """This run's batch (checked) and its report; with nothing pending, the completion
-    records, which exist, so that Snakemake has nothing to do."""
+    """This run's batch (checked) and its report; with nothing pending, files that exist
+    (the last report, else the completion records), so that Snakemake has nothing to do.
+    """
     batch = latest_batch()
     if REPORT_ONLY:
         return list(report_files(batch).values()) if batch else []
     if BATCH_ID:
         return [batch_checked(BATCH_ID), *report_files(BATCH_ID).values()]
-    records = [str(ms.output / "dp3_completion.json") for ms in PLAN.measurement_sets]
-    return records + (list(report_files(batch).values()) if batch else [])
+    if batch:
+        # Every record exists (nothing is pending): the last report stands for them, and
+        # Snakemake need not check thousands of files.
+        return list(report_files(batch).values())
+    return [str(ms.output / "dp3_completion.json") for ms in PLAN.measurement_sets]
 
 
 def write_run_summary():
@@ -108,6 +112,13 @@ def write_run_summary():
     rows = collect_rows(all_measurement_sets(), results, PLAN.output_dir / "logs")
     write_summary(
         rows, PLAN.output_dir / "summary.json", PLAN.output_dir / "summary.tsv"
+    )
+    done = sum(1 for row in rows if row["status"] in ("done", "up to date"))
+    print(
+        f"\n{done} of {len(rows)} MS(s) complete in {PLAN.output_dir}/"
+        f" (status of each: {PLAN.output_dir / 'summary.tsv'};"
+        " HTML report: snakemake --cores 1 --report report.html)",
+        file=sys.stderr,
     )
 
 
