@@ -154,6 +154,13 @@ class DaskCluster:
         self.processes.append(process)
         return process
 
+    def start(self, workers: int = 2, threads: int = 1, allowed_failures=None) -> str:
+        """A scheduler and `workers` workers holding process=1; returns the address."""
+        self.start_scheduler(allowed_failures)
+        self.start_workers(count=workers, threads=threads)
+        self.wait_for_workers(workers)
+        return self.address
+
     def start_scheduler(self, allowed_failures: int | None = None) -> None:
         """`allowed_failures`: how many lost workers a task survives (dask's default is 3)."""
         environment = {}

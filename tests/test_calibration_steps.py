@@ -15,21 +15,11 @@ from calibration_data import (
 )
 from casacore import tables
 from conftest import make_ms
+from dp3batch.batch import task_for
 from dp3batch.completion import PARSET_NAME
 from dp3batch.execution import process_measurement_set
 from dp3batch.h5parm import SoltabData, identity_soltabs, write_h5parm
 from dp3batch.planning import batch_specification, make_plan
-
-TASK_KEYS = (
-    "dp3_executable",
-    "dp3_version",
-    "parameters",
-    "parameters_fingerprint",
-    "extra_inputs_fingerprint",
-    "time_factor",
-    "freq_factor",
-    "rows_may_change",
-)
 
 
 def workflow_config(inputs: str, output_dir: str, steps: list, extra_inputs_dir: str) -> dict:
@@ -47,13 +37,7 @@ def process(directory: Path, config: dict) -> list[dict]:
     batch = batch_specification(plan, config, "test")
     results = []
     for ms in batch["measurement_sets"]:
-        task = {
-            **{key: batch[key] for key in TASK_KEYS},
-            "name": ms["name"],
-            "input": ms["input"],
-            "output": ms["output"],
-            "log": str(Path(batch["log_dir"]) / f"{ms['name']}.log"),
-        }
+        task = task_for(batch, ms)
         result = process_measurement_set(task)
         assert result["status"] == "done", (result, Path(task["log"]).read_text()[-3000:])
         results.append(result)

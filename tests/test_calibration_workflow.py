@@ -95,10 +95,7 @@ def test_bpp_calibration_config_runs_on_the_embedded_cluster(workflow):
 
 def test_bpp_calibration_config_runs_on_an_external_cluster(workflow, dask_cluster):
     inputs = prepare_calibration_run(workflow, 2)
-    dask_cluster.start_scheduler()
-    dask_cluster.start_workers(count=2, threads=1)
-    dask_cluster.wait_for_workers(2)
-    workflow.config["scheduler"] = dask_cluster.address
+    workflow.config["scheduler"] = dask_cluster.start(workers=2, threads=1)
     result = workflow.run()
     assert result.returncode == 0, result.output
     assert "embedded" not in result.output

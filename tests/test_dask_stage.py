@@ -67,10 +67,7 @@ def test_scheduler_without_workers_is_a_clear_error(workflow, dask_cluster):
 def test_damaged_ms_fails_alone_with_its_log_and_dp3_error(workflow, dask_cluster):
     inputs = make_inputs(workflow.directory / "inputs", 4)
     damage_ms(inputs[2])
-    dask_cluster.start_scheduler()
-    dask_cluster.start_workers(count=2, threads=1)
-    dask_cluster.wait_for_workers(2)
-    workflow.config["scheduler"] = dask_cluster.address
+    workflow.config["scheduler"] = dask_cluster.start(workers=2, threads=1)
     result = workflow.run()
     assert result.returncode != 0
     assert _complete(workflow, ["obs_0", "obs_1", "obs_2", "obs_3"]) == ["obs_0", "obs_1", "obs_3"]
@@ -86,10 +83,7 @@ def test_damaged_ms_fails_alone_with_its_log_and_dp3_error(workflow, dask_cluste
 
 def test_two_thread_workers_run_one_dp3_each_with_two_threads(workflow, dask_cluster):
     make_inputs(workflow.directory / "inputs", 4)
-    dask_cluster.start_scheduler()
-    dask_cluster.start_workers(count=2, threads=2)
-    dask_cluster.wait_for_workers(2)
-    workflow.config["scheduler"] = dask_cluster.address
+    workflow.config["scheduler"] = dask_cluster.start(workers=2, threads=2)
     result = workflow.run()
     assert result.returncode == 0, result.output
     records = [workflow.record(f"obs_{index}") for index in range(4)]

@@ -54,10 +54,7 @@ def test_embedded_cluster_runs_the_chain_on_every_ms(workflow):
 
 def test_external_cluster_is_used_when_a_scheduler_is_given(workflow, dask_cluster):
     make_inputs(workflow.directory / "inputs", 2)
-    dask_cluster.start_scheduler()
-    dask_cluster.start_workers(count=2, threads=1)
-    dask_cluster.wait_for_workers(2)
-    workflow.config["scheduler"] = dask_cluster.address
+    workflow.config["scheduler"] = dask_cluster.start(workers=2, threads=1)
     result = workflow.run()
     assert result.returncode == 0, result.output
     assert "embedded" not in result.output

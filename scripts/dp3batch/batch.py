@@ -140,19 +140,23 @@ def cluster_client(batch: dict[str, Any]) -> Iterator:
         yield client
 
 
-def _task(batch: dict[str, Any], ms: dict[str, Any]) -> dict[str, Any]:
-    shared = (
-        "dp3_executable",
-        "dp3_version",
-        "parameters",
-        "parameters_fingerprint",
-        "extra_inputs_fingerprint",
-        "time_factor",
-        "freq_factor",
-        "rows_may_change",
-    )
+# What every task of a batch shares (see execution.process_measurement_set).
+SHARED_TASK_KEYS = (
+    "dp3_executable",
+    "dp3_version",
+    "parameters",
+    "parameters_fingerprint",
+    "extra_inputs_fingerprint",
+    "time_factor",
+    "freq_factor",
+    "rows_may_change",
+)
+
+
+def task_for(batch: dict[str, Any], ms: dict[str, Any]) -> dict[str, Any]:
+    """The plain-data task of one MS of a batch (what a worker receives)."""
     return {
-        **{key: batch[key] for key in shared},
+        **{key: batch[key] for key in SHARED_TASK_KEYS},
         "name": ms["name"],
         "input": ms["input"],
         "output": ms["output"],
@@ -249,7 +253,7 @@ def _fan_out(client, batch: dict[str, Any], orphaned: threading.Event) -> list[d
     for ms in measurement_sets:
         future = client.submit(
             process_measurement_set,
-            _task(batch, ms),
+            task_for(batch, ms),
             key=f"dp3-{ms['name']}-{batch['batch_id']}",
             resources={"process": 1},
             pure=False,
