@@ -115,3 +115,13 @@ def test_missing_input_is_named(workflow):
     assert result.returncode != 0
     assert "nothing_here.ms does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+def test_corrupt_input_is_named_before_anything_runs(workflow):
+    inputs = make_inputs(workflow.directory / "inputs", 2)
+    (inputs[1] / "table.dat").write_bytes(b"not a casacore table")
+    result = workflow.run()
+    assert result.returncode != 0
+    assert f"inputs: {inputs[1]} cannot be read as a MeasurementSet" in result.output
+    assert "Traceback" not in result.output
+    assert not workflow.output_dir.exists()  # the good MS was not processed either
