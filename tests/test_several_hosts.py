@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, DASK, make_inputs, wait_until
-from dp3batch.batch import _task, shared_paths
+from dp3batch.batch import shared_paths, task_for
 from dp3batch.planning import batch_specification, make_plan
 
 SCHEDULER_PORT = 8786  # each host is its own network namespace: the default port is free
@@ -225,7 +225,7 @@ def test_every_path_sent_to_workers_is_absolute(tmp_path, monkeypatch):
     plan = make_plan(config, ".")
     batch = batch_specification(plan, config, "batch-1")
     for ms in batch["measurement_sets"]:
-        task = _task(batch, ms)
+        task = task_for(batch, ms)
         for key in ("input", "output", "log", "dp3_executable"):
             assert Path(task[key]).is_absolute(), (key, task[key])
         assert task["input"].startswith(str(tmp_path / "data"))
