@@ -132,6 +132,22 @@ def wait_until(condition, timeout: float, interval: float = 0.1):
     return condition()
 
 
+def wait_for_dask_workers(address: str, count: int, timeout: float = 60) -> None:
+    """Wait in a child process: a dask client inside the test process was seen to hang in its
+    connection pool, and a child can be killed when it does."""
+    script = (
+        "import sys; from distributed import Client\n"
+        "with Client(sys.argv[1], timeout='10s') as client:\n"
+        "    client.wait_for_workers(int(sys.argv[2]), timeout=float(sys.argv[3]))\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, address, str(count), str(timeout)],
+        check=True,
+        timeout=timeout + 30,
+        capture_output=True,
+    )
+
+
 class DaskCluster:
     """A real `dask scheduler` and `dask worker` processes, stopped by the fixture."""
 
@@ -200,10 +216,7 @@ class DaskCluster:
         return self._start(arguments, "worker")
 
     def wait_for_workers(self, count: int, timeout: float = 60) -> None:
-        from distributed import Client
-
-        with Client(self.address, timeout="10s") as client:
-            client.wait_for_workers(count, timeout=timeout)
+        wait_for_dask_workers(self.address, count, timeout)
 
     def worker_processes(self) -> list[psutil.Process]:
         """The worker processes proper (children of the nannies)."""

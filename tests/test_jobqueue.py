@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, make_inputs, wait_until
+from conftest import REPO, free_port, make_inputs, wait_for_dask_workers, wait_until
 from dp3batch.cluster import ClusterError
 from dp3batch.jobqueue import cluster_class, job_options, jobqueue_cluster
 
@@ -159,10 +159,7 @@ def test_workflow_on_workers_started_as_batch_jobs(workflow, tmp_path):
         assert command, out.read_text()
         scheduler = command.group(1)
         assert scheduler == f"tcp://127.0.0.1:{port}"
-        from distributed import Client
-
-        with Client(scheduler, timeout="10s") as client:
-            client.wait_for_workers(2, timeout=60)
+        wait_for_dask_workers(scheduler, 2)
         workflow.config["scheduler"] = scheduler
         result = workflow.run()
         assert result.returncode == 0, result.output
