@@ -46,13 +46,16 @@ wildcard_constraints:
     batch=BATCH_ID or "no batch to process",
 
 
+BATCHES_DIR = PLAN.output_dir / "logs" / "batches"
+
+
 def batch_marker(batch):
     """The central job's output: the result of every MS of one batch (failures included)."""
-    return str(PLAN.output_dir / "logs" / "batches" / f"{batch}.json")
+    return str(BATCHES_DIR / f"{batch}.json")
 
 
 def batch_log(batch, step="process"):
-    return str(PLAN.output_dir / "logs" / "batches" / f"{batch}.{step}.log")
+    return str(BATCHES_DIR / f"{batch}.{step}.log")
 
 
 def get_batch_specification(wildcards):
@@ -60,7 +63,7 @@ def get_batch_specification(wildcards):
 
 
 def batch_checked(batch):
-    return str(PLAN.output_dir / "logs" / "batches" / f"{batch}.checked")
+    return str(BATCHES_DIR / f"{batch}.checked")
 
 
 def report_files(batch):
@@ -78,7 +81,7 @@ def latest_batch():
     """The batch the report describes: this run's, else the last one that ran."""
     if BATCH_ID:
         return BATCH_ID
-    markers = sorted((PLAN.output_dir / "logs" / "batches").glob("*.json"))
+    markers = sorted(BATCHES_DIR.glob("*.json"))
     return markers[-1].stem if markers else None
 
 

@@ -196,7 +196,7 @@ class DaskCluster:
             "scheduler",
             **environment,
         )
-        wait_until(lambda: _port_open(self.port), 30)
+        wait_until(lambda: port_open(self.port), 30)
 
     def start_workers(self, count: int = 1, threads: int = 1, resources: str | None = "process=1"):
         arguments = [
@@ -239,9 +239,10 @@ class DaskCluster:
             process.wait(timeout=10)
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+        probe.settimeout(1)
+        return probe.connect_ex((host, port)) == 0
 
 
 @pytest.fixture

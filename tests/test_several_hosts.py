@@ -13,13 +13,12 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, DASK, make_inputs, wait_until
+from conftest import BIN, DASK, make_inputs, port_open, wait_until
 from dp3batch.batch import shared_paths, task_for
 from dp3batch.planning import batch_specification, make_plan
 
@@ -110,12 +109,6 @@ def hosts(tmp_path):
         topology.remove()
 
 
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(1)
-        return probe.connect_ex((host, port)) == 0
-
-
 def test_workflow_with_the_scheduler_and_a_worker_on_other_hosts(workflow, hosts):
     make_inputs(workflow.directory / "inputs", 2)
     scheduler_ip, worker_ip = hosts.address["scheduler"], hosts.address["worker"]
@@ -136,10 +129,10 @@ def test_workflow_with_the_scheduler_and_a_worker_on_other_hosts(workflow, hosts
         + ["--memory-limit", "2GB"],
         cwd=worker_home,
     )
-    assert wait_until(lambda: _port_open(scheduler_ip, SCHEDULER_PORT), 30)
+    assert wait_until(lambda: port_open(SCHEDULER_PORT, scheduler_ip), 30)
     # (No dask client in this process: the workflow's own pre-flight waits for the worker.)
     # Nothing answers on this host's loopback: only the namespaces' own addresses work.
-    assert not _port_open("127.0.0.1", SCHEDULER_PORT)
+    assert not port_open(SCHEDULER_PORT)
 
     workflow.config["scheduler"] = scheduler
     result = workflow.run()

@@ -29,11 +29,11 @@ from dp3batch.cluster import (
     available_cores,
     check_worker_paths,
     connect,
-    describe_workers,
     embedded_cluster,
     local_cluster_size,
     wait_for_process_workers,
 )
+from dp3batch.completion import ms_log_file
 from dp3batch.dp3 import file_parameters
 from dp3batch.execution import process_measurement_set, remove_leftovers
 
@@ -160,7 +160,7 @@ def task_for(batch: dict[str, Any], ms: dict[str, Any]) -> dict[str, Any]:
         "name": ms["name"],
         "input": ms["input"],
         "output": ms["output"],
-        "log": str(Path(batch["log_dir"]) / f"{ms['name']}.log"),
+        "log": ms_log_file(batch["log_dir"], ms["name"]),
     }
 
 
@@ -170,8 +170,7 @@ def shared_paths(batch: dict[str, Any]) -> list[tuple[str, str, str]]:
     files the steps read, DP3, and the output and log directories."""
     inputs = [ms["input"] for ms in batch["measurement_sets"]]
     paths = [("input MS", path, "read") for path in dict.fromkeys(inputs[:1] + inputs[-1:])]
-    parameters = [(key, value) for key, value in batch["parameters"]]
-    paths += [(f"{key} file", path, "read") for key, path in file_parameters(parameters)]
+    paths += [(f"{key} file", path, "read") for key, path in file_parameters(batch["parameters"])]
     paths.append(("DP3 executable", batch["dp3_executable"], "run"))
     paths.append(("output directory", batch["output_dir"], "write"))
     paths.append(("log directory", batch["log_dir"], "write"))
@@ -180,8 +179,8 @@ def shared_paths(batch: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def _preflight(client, batch: dict[str, Any]) -> None:
     address = batch.get("scheduler") or client.scheduler.address
-    workers = wait_for_process_workers(client, address)
-    all_workers = describe_workers(client)
+    all_workers = wait_for_process_workers(client, address)
+    workers = [worker for worker in all_workers if worker.process_slots >= 1]
     for worker in all_workers:
         slots = f"{worker.process_slots:g} DP3 slot(s)" if worker.process_slots else "NO process"
         log.info("  worker %s: %d thread(s), %s", worker.address, worker.threads, slots)
@@ -293,7 +292,7 @@ def _result_of(future, ms: dict[str, Any], batch: dict[str, Any]) -> dict[str, A
             "name": ms["name"],
             "input": ms["input"],
             "output": ms["output"],
-            "log": str(Path(batch["log_dir"]) / f"{ms['name']}.log"),
+            "log": ms_log_file(batch["log_dir"], ms["name"]),
             "status": "failed",
             "reason": "its worker died during every attempt" if lost else type(error).__name__,
             "error": str(error),

@@ -87,16 +87,16 @@ def describe_workers(client) -> list[WorkerInfo]:
 def wait_for_process_workers(
     client, address: str, timeout: float = WORKER_WAIT_SECONDS
 ) -> list[WorkerInfo]:
-    """Workers holding the `process` resource, waiting up to `timeout` for the first one."""
+    """Every worker of the scheduler, once one holds the `process` resource (waiting up to
+    `timeout` for it)."""
     deadline = time.monotonic() + timeout
     # Workers that are up will not grow a resource: once some are seen, wait only briefly
     # for others that may still be joining.
     grace_deadline = None
     while True:
         workers = describe_workers(client)
-        usable = [worker for worker in workers if worker.process_slots >= 1]
-        if usable:
-            return usable
+        if any(worker.process_slots >= 1 for worker in workers):
+            return workers
         if workers and grace_deadline is None:
             grace_deadline = time.monotonic() + JOINING_GRACE_SECONDS
         now = time.monotonic()

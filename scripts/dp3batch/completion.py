@@ -23,6 +23,11 @@ RECORD_FORMAT = 1
 _VOLATILE_FILES = {"table.lock"}
 
 
+def ms_log_file(log_dir: str | Path, name: str) -> str:
+    """Where DP3's full output for the MS `name` goes."""
+    return str(Path(log_dir) / f"{name}.log")
+
+
 def input_fingerprint(path: Path) -> str:
     """A cheap fingerprint of an MS: names, sizes and modification times of all its files.
 

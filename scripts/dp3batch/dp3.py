@@ -254,11 +254,9 @@ def run_parameters(
     for key, name in instrument_models(parameters):
         run.append((key, f"{msout}/{name}"))
     if memory_gb:
-        for key, value in parameters:
-            if key.endswith(".type") and value == "aoflagger":
-                step = key[: -len(".type")]
-                if f"{step}.memorymax" not in keys and f"{step}.memoryperc" not in keys:
-                    run.append((f"{step}.memorymax", f"{memory_gb:.2f}"))
+        for step in steps_of_type(parameters, "aoflagger"):
+            if f"{step}.memorymax" not in keys and f"{step}.memoryperc" not in keys:
+                run.append((f"{step}.memorymax", f"{memory_gb:.2f}"))
     return run + list(parameters)
 
 

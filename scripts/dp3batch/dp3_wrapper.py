@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dp3batch.dp3 import wheel_aoflagger_strategy
+from dp3batch.dp3 import steps_of_type, wheel_aoflagger_strategy
 
 REAL_DP3_NAMES = ("DP3", "DP3.py")
 
@@ -22,9 +22,10 @@ def aoflagger_strategy_warning(
     """A warning when a configured DP3 wrapper runs AOFlagger steps without a strategy."""
     if not configured_executable or Path(configured_executable).name in REAL_DP3_NAMES:
         return None
-    steps = [key[: -len(".type")] for key, value in parameters if key.endswith(".type")]
-    flaggers = [step for step in steps if dict(parameters).get(f"{step}.type") == "aoflagger"]
-    missing = [step for step in flaggers if f"{step}.strategy" not in dict(parameters)]
+    keys = {key for key, _ in parameters}
+    missing = [
+        step for step in steps_of_type(parameters, "aoflagger") if f"{step}.strategy" not in keys
+    ]
     if not missing:
         return None
     example = wheel_aoflagger_strategy("DP3.py") or "/path/to/strategy.lua"

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from dp3batch.completion import PARSET_NAME, RECORD_NAME, input_fingerprint, write_record
+from dp3batch.completion import PARSET_NAME, input_fingerprint, write_record
 from dp3batch.dp3 import (
     as_arguments,
     as_parset,
@@ -28,7 +28,7 @@ from dp3batch.dp3 import (
     required_output_files,
     run_parameters,
 )
-from dp3batch.measurement_set import Shape, read_shape, shape_problems
+from dp3batch.measurement_set import read_shape, shape_problems
 from dp3batch.report import parse_step_times
 
 TEMPORARY_MARK = ".tmp-"
@@ -45,23 +45,24 @@ def temporary_path(output: Path) -> Path:
     return output.parent / f".{output.name}{TEMPORARY_MARK}{uuid.uuid4().hex[:12]}"
 
 
-def leftover_paths(output: Path) -> list[Path]:
-    """Temporary or replaced copies of this output left behind by killed runs."""
-    prefixes = (f".{output.name}{TEMPORARY_MARK}", f".{output.name}{REPLACED_MARK}")
-    if not output.parent.is_dir():
-        return []
-    return [path for path in output.parent.iterdir() if path.name.startswith(prefixes)]
+def _leftover_owner(file_name: str) -> str | None:
+    """The output a leftover belongs to (`.X.ms.tmp-0a1b` → `X.ms`), or None."""
+    if file_name.startswith("."):
+        for mark in (TEMPORARY_MARK, REPLACED_MARK):
+            if mark in file_name:
+                return file_name[1 : file_name.rindex(mark)]
+    return None
 
 
-def remove_leftovers(output_dir: Path) -> list[Path]:
-    """Remove every leftover in an output directory (the caller holds the batch lock)."""
-    removed = []
+def remove_leftovers(output_dir: Path, name: str | None = None) -> list[Path]:
+    """Remove the temporary or replaced copies that killed runs left in `output_dir`: of the
+    output `name` only, or of every output (the caller then holds the batch lock)."""
     if not output_dir.is_dir():
-        return removed
+        return []
+    removed = []
     for path in output_dir.iterdir():
-        if path.name.startswith(".") and (
-            TEMPORARY_MARK in path.name or REPLACED_MARK in path.name
-        ):
+        owner = _leftover_owner(path.name)
+        if owner is not None and name in (None, owner):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -124,7 +125,6 @@ def _commit(temporary: Path, output: Path) -> None:
 def _run_dp3(arguments: list[str], log_path: Path, worker: Any, key: Any) -> int:
     environment = dp3_environment()
     with open(log_path, "a") as log:
-        log.flush()
         process = subprocess.Popen(
             arguments,
             stdout=log,
@@ -173,8 +173,7 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
     log_path = Path(task["log"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     output.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in leftover_paths(output):
-        shutil.rmtree(leftover, ignore_errors=True)
+    remove_leftovers(output.parent, output.name)
     started = time.time()
     result: dict[str, Any] = {
         "name": task["name"],
@@ -249,8 +248,7 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         write_record(temporary, record)
         _commit(temporary, output)
     except TaskCancelled:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        raise  # the temporary output goes in `finally`
     except Exception as error:
         return _failed(result, started, log_path, f"{type(error).__name__}: {error}")
     finally:
@@ -285,11 +283,3 @@ def _failed(result: dict, started: float, log_path: Path, reason: str) -> dict:
         duration_seconds=round(time.time() - started, 3),
     )
     return result
-
-
-def record_file(output: str) -> Path:
-    return Path(output) / RECORD_NAME
-
-
-def shape_summary(shape: Shape) -> str:
-    return f"{shape.rows} rows, {shape.channels} channels, {shape.interval:g} s"

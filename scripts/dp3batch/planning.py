@@ -108,9 +108,8 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
     parameters = chain_parameters(chain, extra_dir, wheel_aoflagger_strategy(executable))
     files = file_parameters(parameters)
     check_extra_inputs(files)
-    measurement_sets = discover_measurement_sets(
-        config["inputs"], config.get("output_dir", "results"), base
-    )
+    output_dir = Path(os.path.normpath(base / config.get("output_dir", "results")))
+    measurement_sets = discover_measurement_sets(config["inputs"], output_dir, base)
     version = dp3_version(executable)
     expectation = Expectation(
         parameters_fingerprint=parameters_fingerprint(parameters, {key for key, _ in files}),
@@ -120,7 +119,7 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
     plan = Plan(
         scheduler=scheduler,
         chain=chain,
-        output_dir=Path(os.path.normpath(base / config.get("output_dir", "results"))),
+        output_dir=output_dir,
         dp3_executable=executable,
         dp3_version=version,
         parameters=parameters,

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dp3batch.completion import read_record
+from dp3batch.completion import ms_log_file, read_record
 
 DONE = "done"
 UP_TO_DATE = "up to date"
@@ -115,12 +115,10 @@ def collect_rows(
             continue
         record = read_record(Path(ms["output"]))
         if record is None:
-            rows.append(
-                _row_from({**ms, "log": str(Path(log_dir) / f"{ms['name']}.log")}, NOT_PROCESSED)
-            )
+            rows.append(_row_from({**ms, "log": ms_log_file(log_dir, ms["name"])}, NOT_PROCESSED))
             continue
         status = DONE if result is not None else UP_TO_DATE
-        rows.append(_row_from({**record, "log": str(Path(log_dir) / f"{ms['name']}.log")}, status))
+        rows.append(_row_from({**record, "log": ms_log_file(log_dir, ms["name"])}, status))
     return rows
 
 
