@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint benchmark
+.PHONY: setup run test test-unit lint benchmark
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ run: setup
 
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
+
+# Seconds, no DP3 and no dask processes: the pure functions only.
+test-unit: setup
+	$(BIN)/pytest -m "not e2e"
 
 lint: setup
 	$(BIN)/ruff check scripts tests benchmarks

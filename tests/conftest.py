@@ -24,6 +24,27 @@ DASK = str(BIN / "dask")
 SMALL_MS = {"n_antennas": 6, "n_times": 20, "n_channels": 16}
 
 
+# Tests that run the real snakemake, DP3 or dask processes; `make test-unit` leaves them out.
+E2E_FIXTURES = {"workflow", "dask_cluster"}
+E2E_MODULES = {
+    "test_calibration_steps",
+    "test_calibration_workflow",
+    "test_dask_stage",
+    "test_interruptions",
+    "test_report",
+    "test_resume",
+    "test_several_hosts",
+    "test_workflow_e2e",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        if module in E2E_MODULES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 def make_ms(path: Path, seed: int = 0, **fields) -> Path:
     from dp3batch.synthetic_ms import generate_measurement_set, spec_with_default_rfi
 

@@ -206,6 +206,7 @@ def test_cli_writes_count_ms(tmp_path, capsys):
 # --- DP3 ----------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_dp3_copies_ms(default_ms, tmp_path):
     out = tmp_path / "copy.ms"
     run_dp3(f"msin={default_ms}", f"msout={out}", "steps=[]")
@@ -213,6 +214,7 @@ def test_dp3_copies_ms(default_ms, tmp_path):
         assert np.array_equal(getcol(out, column), getcol(default_ms, column)), column
 
 
+@pytest.mark.e2e
 def test_dp3_aoflagger_flags_injected_rfi(default_ms, tmp_path):
     spec = SyntheticMSSpec()
     out = tmp_path / "flagged.ms"
@@ -225,6 +227,7 @@ def test_dp3_aoflagger_flags_injected_rfi(default_ms, tmp_path):
     assert clean.mean() < 0.2
 
 
+@pytest.mark.e2e
 def test_dp3_flag_and_average_pipeline(default_ms, tmp_path):
     """The workflow's step chain runs on the synthetic MS and averages it 2x2."""
     spec = SyntheticMSSpec()
