@@ -21,11 +21,11 @@ rule all:
 
 
 onstart:
-    forward_sigterm_to_batch()
+    forward_interrupts()
 
 
 onsuccess:
-    write_run_summary()
+    finish_run()
 
 
 onerror:

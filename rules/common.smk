@@ -6,7 +6,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from dp3batch.batch import forward_sigterm_to_batch
+from dp3batch.batch import forward_interrupts_to_batch
+from dp3batch.layout import OutputLayout
 from dp3batch.config import ConfigError
 from dp3batch.dp3 import DP3Error
 from dp3batch.dp3_wrapper import aoflagger_strategy_warning
@@ -46,29 +47,32 @@ wildcard_constraints:
     batch=BATCH_ID or "no batch to process",
 
 
-BATCHES_DIR = PLAN.output_dir / "logs" / "batches"
+LAYOUT = OutputLayout(PLAN.output_dir)
+BATCHES_DIR = LAYOUT.batches_dir
 
 
 def batch_marker(batch):
     """The central job's output: the result of every MS of one batch (failures included)."""
-    return str(BATCHES_DIR / f"{batch}.json")
+    return str(LAYOUT.batch_result(batch))
 
 
 def batch_log(batch, step="process"):
-    return str(BATCHES_DIR / f"{batch}.{step}.log")
+    return str(LAYOUT.batch_log(batch, step))
+
+
+def forward_interrupts():
+    """Ctrl-C, SIGTERM and SIGHUP stop the central job (and its DP3s) before Snakemake ends."""
+    if BATCH_ID:
+        forward_interrupts_to_batch(LAYOUT.batch_pid(BATCH_ID))
 
 
 def get_batch_specification(wildcards):
     return batch_specification(PLAN, config, wildcards.batch)
 
 
-def batch_checked(batch):
-    return str(BATCHES_DIR / f"{batch}.checked")
-
-
 def report_files(batch):
     """The report of one batch (its own directory, so that no two runs share a file)."""
-    directory = PLAN.output_dir / "report" / batch
+    directory = LAYOUT.report_dir(batch)
     return {
         "table": str(directory / "summary.tsv"),
         "flagged": str(directory / "flagged_fraction.png"),
@@ -100,7 +104,7 @@ def get_final_output():
     if REPORT_ONLY:
         return list(report_files(batch).values()) if batch else []
     if BATCH_ID:
-        return [batch_checked(BATCH_ID), *report_files(BATCH_ID).values()]
+        return [batch_marker(BATCH_ID), *report_files(BATCH_ID).values()]
     if batch:
         # Every record exists (nothing is pending): the last report stands for them, and
         # Snakemake need not check thousands of files.
@@ -108,25 +112,47 @@ def get_final_output():
     return [str(ms.output / "dp3_completion.json") for ms in PLAN.measurement_sets]
 
 
-def write_run_summary():
-    """After every run (also a failed or no-op one): the status of every MS."""
+def write_run_summary(announce=True):
+    """After every run (also a failed, interrupted or no-op one): the status of every MS,
+    from the completion records on disk and this run's batch result."""
     marker = Path(batch_marker(BATCH_ID)) if BATCH_ID else None
     results = json.loads(marker.read_text()) if marker and marker.is_file() else []
-    rows = collect_rows(all_measurement_sets(), results, PLAN.output_dir / "logs")
-    write_summary(
-        rows, PLAN.output_dir / "summary.json", PLAN.output_dir / "summary.tsv"
+    batch_names = {ms.name for ms, _ in PLAN.pending} if BATCH_ID else set()
+    rows = collect_rows(
+        all_measurement_sets(), results, LAYOUT.log_dir, batch_names, PLAN.planned_at
     )
-    done = sum(1 for row in rows if row["status"] in ("done", "up to date"))
-    print(
-        f"\n{done} of {len(rows)} MS(s) complete in {PLAN.output_dir}/"
-        f" (status of each: {PLAN.output_dir / 'summary.tsv'};"
-        " HTML report: snakemake --cores 1 --report report.html)",
-        file=sys.stderr,
-    )
+    problem = write_summary(rows, LAYOUT.summary_json, LAYOUT.summary_tsv)
+    if problem:
+        print(f"Error: {problem}", file=sys.stderr)
+    if announce:
+        done = sum(1 for row in rows if row["status"] in ("done", "up to date"))
+        print(
+            f"\n{done} of {len(rows)} MS(s) complete in {PLAN.output_dir}/"
+            f" (status of each: {LAYOUT.summary_tsv};"
+            " HTML report: snakemake --cores 1 --report report.html)",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def finish_run():
+    """`onsuccess`: the summary, then the run's verdict: non-zero with the failure report
+    (once, last) if any MS of the batch was not done."""
+    rows = write_run_summary()
+    if any(row["status"] in ("failed", "not processed") for row in rows):
+        report_failure()
+        sys.exit(1)
 
 
 def report_failure():
-    """Repeat the batch's own error report last, below Snakemake's messages."""
-    failure_report = PLAN.output_dir / "logs" / "failed.txt"
+    """The batch's failure report, printed once, below Snakemake's own messages."""
+    failure_report = LAYOUT.failures
     if failure_report.is_file():
         print(f"\n{failure_report.read_text()}", file=sys.stderr)
+
+
+if not PLAN.pending and not REPORT_ONLY:
+    # No job will run, so no `onsuccess` either: the summary is refreshed here (it is
+    # written only when it no longer matches the records, so a dry run changes nothing
+    # that is true).
+    write_run_summary(announce=False)

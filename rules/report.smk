@@ -30,17 +30,3 @@ rule make_report:
         measurement_sets=all_measurement_sets(),
     script:
         "../scripts/make_report.py"
-
-
-rule check_batch:
-    input:
-        batch=batch_marker("{batch}"),
-        report=list(report_files("{batch}").values()),
-    output:
-        touch(batch_checked("{batch}")),
-    log:
-        batch_log("{batch}", "check"),
-    conda:
-        "../envs/dp3.yaml"
-    script:
-        "../scripts/check_batch.py"

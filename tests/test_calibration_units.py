@@ -10,6 +10,7 @@ from dp3batch.completion import (
     Expectation,
     input_fingerprint,
     missing_required_files,
+    output_fingerprint,
     pending_reason,
     write_record,
 )
@@ -72,6 +73,7 @@ def completed_output(tmp_path):
             "extra_inputs_fingerprint": "extra",
             "dp3_version": "6.6.0",
             "input_fingerprint": input_fingerprint(input_ms),
+            "output_fingerprint": output_fingerprint(output),
             "required_files": ["instrument"],
         },
     )

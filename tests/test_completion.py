@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from dp3batch.completion import (
     Expectation,
     extra_inputs_fingerprint,
     input_fingerprint,
+    output_fingerprint,
     parameters_fingerprint,
     pending_reason,
     read_record,
@@ -199,6 +201,7 @@ def setup(tmp_path):
             "extra_inputs_fingerprint": expected.extra_inputs_fingerprint,
             "dp3_version": expected.dp3_version,
             "input_fingerprint": input_fingerprint(input_ms),
+            "output_fingerprint": output_fingerprint(output),
             "worker": "tcp://127.0.0.1:40000",
         },
     )
@@ -306,3 +309,27 @@ def test_record_missing_a_field_is_pending(setup):
     del record["input_fingerprint"]
     write_record(output, record)
     assert pending_reason(input_ms, output, expected) == "input changed"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda output: (output / "table.f0").unlink(),
+        lambda output: os.truncate(output / "table.f0", 1),
+        lambda output: shutil.rmtree(output / "ANTENNA"),
+        lambda output: (output / "table.f9").write_bytes(b"extra"),
+    ],
+    ids=["file deleted", "file truncated", "subtable removed", "file added"],
+)
+def test_damaged_output_is_pending_as_output_changed(setup, damage):
+    input_ms, output, expected = setup
+    damage(output)
+    assert pending_reason(input_ms, output, expected) == "output changed"
+
+
+def test_output_record_and_parset_do_not_count_as_output_content(setup):
+    input_ms, output, expected = setup
+    (output / "dp3.parset").write_text("msin=x\n")
+    record = read_record(output)
+    write_record(output, {**record, "worker": "elsewhere"})
+    assert pending_reason(input_ms, output, expected) is None

@@ -99,7 +99,7 @@ def test_progress_lines_show_count_and_eta(run_with_one_failure):
     _, _, result = run_with_one_failure
     progress = re.findall(r"\[(\d)/3, (ETA \d+:\d\d:\d\d|last)\] obs_\d", result.output)
     assert sorted(count for count, _ in progress) == ["1", "2", "3"]
-    assert "|" not in result.output.split("submitted")[1].split("\n")[1]  # no bar: not a tty
+    assert "|" not in result.output.split("largest first")[1].split("\n")[1]  # no bar: not a tty
 
 
 def test_step_times_are_parsed_from_dp3_timing_table():

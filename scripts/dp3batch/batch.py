@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -33,15 +32,24 @@ from dp3batch.cluster import (
     local_cluster_size,
     wait_for_process_workers,
 )
-from dp3batch.completion import ms_log_file
+from dp3batch.completion import Expectation, pending_reason, read_record
+from dp3batch.dispatch import (
+    Dispatch,
+    SchedulerLost,
+    WorkersLost,
+    fan_out,
+    lost_result,
+    stop_running,
+)
 from dp3batch.dp3 import file_parameters
-from dp3batch.execution import process_measurement_set, remove_leftovers
+from dp3batch.execution import remove_leftovers, stop_commits
+from dp3batch.interrupts import Interrupted, ignore_interrupts, interruptible
+from dp3batch.layout import OutputLayout, leftover_owner, ms_log_file
 
 log = logging.getLogger("dp3batch")
 
-LOCK_NAME = ".dp3batch.lock"
 LOCK_WAIT_SECONDS = 30
-FAILURES_NAME = "failed.txt"
+DEFAULT_WORKER_WAIT_SECONDS = 60
 
 
 class BatchError(RuntimeError):
@@ -53,7 +61,7 @@ def output_dir_lock(output_dir: Path, wait: float = LOCK_WAIT_SECONDS) -> Iterat
     """One batch at a time per output directory. The kernel drops the lock when its holder
     dies, so a killed run never blocks the next one."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = output_dir / LOCK_NAME
+    lock_path = OutputLayout(output_dir).lock
     with open(lock_path, "a+") as handle:
         deadline = time.monotonic() + wait
         while True:
@@ -77,38 +85,6 @@ def output_dir_lock(output_dir: Path, wait: float = LOCK_WAIT_SECONDS) -> Iterat
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-class _Interrupted(KeyboardInterrupt):
-    pass
-
-
-@contextlib.contextmanager
-def interruptible() -> Iterator[threading.Event]:
-    """Turn SIGTERM into KeyboardInterrupt, and yield an event that is set when our parent
-    process (Snakemake) dies: a killed Snakemake must not leave DP3s running."""
-    parent = os.getppid()
-    orphaned = threading.Event()
-    stop = threading.Event()
-
-    def watch_parent() -> None:
-        while not stop.wait(0.5):
-            if os.getppid() != parent:
-                log.error("Snakemake (pid %d) has gone: stopping the batch", parent)
-                orphaned.set()
-                return
-
-    def on_sigterm(signum, frame):
-        raise _Interrupted()
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    watcher = threading.Thread(target=watch_parent, daemon=True)
-    watcher.start()
-    try:
-        yield orphaned
-    finally:
-        stop.set()
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _package_zip(directory: Path) -> Path:
@@ -155,12 +131,15 @@ SHARED_TASK_KEYS = (
 
 def task_for(batch: dict[str, Any], ms: dict[str, Any]) -> dict[str, Any]:
     """The plain-data task of one MS of a batch (what a worker receives)."""
+    layout = OutputLayout(Path(batch["output_dir"]))
     return {
         **{key: batch[key] for key in SHARED_TASK_KEYS},
         "name": ms["name"],
         "input": ms["input"],
         "output": ms["output"],
+        "size": ms.get("size", 0),
         "log": ms_log_file(batch["log_dir"], ms["name"]),
+        "guard": str(layout.batch_guard(batch["batch_id"])) if "batch_id" in batch else None,
     }
 
 
@@ -226,87 +205,130 @@ def _report_line(done: int, total: int, elapsed: float, result: dict[str, Any]) 
     )
 
 
-def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Process every MS of the batch; return one result per MS (status done/failed)."""
-    output_dir = Path(batch["output_dir"])
-    Path(batch["log_dir"]).mkdir(parents=True, exist_ok=True)
-    with output_dir_lock(output_dir), interruptible() as orphaned:
-        for leftover in remove_leftovers(output_dir):
-            log.info("removed %s, left behind by an interrupted run", leftover)
-        for directory in (output_dir, Path(batch["log_dir"])):
-            for probe in directory.glob(f"{PROBE_PREFIX}*"):  # of a path check cut short
-                probe.unlink(missing_ok=True)
-        with cluster_client(batch) as client, tempfile.TemporaryDirectory() as scratch:
-            _preflight(client, batch)
-            if batch.get("scheduler"):
-                client.upload_file(str(_package_zip(Path(scratch))), load=True)
-            return _fan_out(client, batch, orphaned)
+def _worker_wait(batch: dict[str, Any]) -> float:
+    value = batch.get("worker_wait_seconds")
+    return float(DEFAULT_WORKER_WAIT_SECONDS if value is None else value)
 
 
-def _fan_out(client, batch: dict[str, Any], orphaned: threading.Event) -> list[dict[str, Any]]:
-    from distributed import as_completed
-
-    measurement_sets = batch["measurement_sets"]
-    total = len(measurement_sets)
-    futures = {}
-    for ms in measurement_sets:
-        future = client.submit(
-            process_measurement_set,
-            task_for(batch, ms),
-            key=f"dp3-{ms['name']}-{batch['batch_id']}",
-            resources={"process": 1},
-            pure=False,
-        )
-        futures[future] = ms
-    log.info("submitted %d DP3 task(s)", total)
-    started = time.monotonic()
-    results: list[dict[str, Any]] = []
-    try:
-        # Poll rather than block, so that an orphaned batch notices within a second.
-        arrivals = as_completed(list(futures), loop=client.loop)
-        while not arrivals.is_empty():
-            if orphaned.is_set():
-                raise KeyboardInterrupt
-            if not arrivals.has_ready():
-                time.sleep(0.2)
-                continue
-            for future in arrivals.next_batch(block=False):
-                result = _result_of(future, futures[future], batch)
-                results.append(result)
-                line = _report_line(len(results), total, time.monotonic() - started, result)
-                (log.info if result["status"] == "done" else log.error)(line)
-    except KeyboardInterrupt:
-        log.error("interrupted: stopping %d running DP3 task(s)", total - len(results))
-        client.cancel(list(futures), force=True)
-        time.sleep(1.0)  # workers poll for cancellation twice a second
-        raise
-    return results
+def _known_outputs(batch: dict[str, Any]) -> set[str]:
+    """Names of every output of the workflow (`X.ms`), this batch's and the up-to-date ones."""
+    names = set(batch.get("known_outputs") or ())
+    return names | {Path(ms["output"]).name for ms in batch["measurement_sets"]}
 
 
-def _result_of(future, ms: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return future.result()
-    except Exception as error:  # a lost worker (KilledWorker) or an internal error
-        lost = type(error).__name__ == "KilledWorker"
-        return {
-            "name": ms["name"],
-            "input": ms["input"],
-            "output": ms["output"],
-            "log": ms_log_file(batch["log_dir"], ms["name"]),
-            "status": "failed",
-            "reason": "its worker died during every attempt" if lost else type(error).__name__,
-            "error": str(error),
-        }
+def still_pending(batch: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The batch's MSs that are still pending now that the lock is held (another run may
+    have completed some while this one waited), and the names of those it completed."""
+    expected = Expectation(
+        parameters_fingerprint=batch["parameters_fingerprint"],
+        extra_inputs_fingerprint=batch["extra_inputs_fingerprint"],
+        dp3_version=batch["dp3_version"],
+    )
+    pending, completed = [], []
+    for ms in batch["measurement_sets"]:
+        if pending_reason(Path(ms["input"]), Path(ms["output"]), expected) is None:
+            completed.append(ms["name"])
+        else:
+            pending.append(ms)
+    return pending, completed
+
+
+class BatchRun:
+    """One batch, from the lock to the last result; `results` holds one entry per MS."""
+
+    def __init__(self, batch: dict[str, Any]):
+        self.batch = batch
+        self.layout = OutputLayout(Path(batch["output_dir"]))
+        self.results: dict[str, dict[str, Any]] = {}
+        self.total = len(batch["measurement_sets"])
+        self.started = time.monotonic()
+        self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+    def record_result(self, result: dict[str, Any]) -> None:
+        self.results[result["name"]] = result
+        line = _report_line(len(self.results), self.total, time.monotonic() - self.started, result)
+        (log.info if result["status"] == "done" else log.error)(line)
+
+    def run(self) -> None:
+        batch, layout = self.batch, self.layout
+        Path(batch["log_dir"]).mkdir(parents=True, exist_ok=True)
+        with output_dir_lock(layout.output_dir), interruptible() as orphaned:
+            # Shared files are touched only while the lock is held.
+            layout.failures.unlink(missing_ok=True)
+            for leftover in remove_leftovers(layout.output_dir, _known_outputs(batch)):
+                log.info("removed %s, left behind by an interrupted run", leftover)
+            for directory in (layout.output_dir, Path(batch["log_dir"])):
+                for probe in directory.glob(f"{PROBE_PREFIX}*"):  # of a path check cut short
+                    probe.unlink(missing_ok=True)
+            pending, completed = still_pending(batch)
+            for name in completed:
+                log.info("%s: completed by another run meanwhile; not processed again", name)
+            if not pending:
+                return
+            guard = layout.batch_guard(batch["batch_id"])
+            guard.write_text("running\n")
+            tasks = [task_for(batch, ms) for ms in pending]
+            with cluster_client(batch) as client, tempfile.TemporaryDirectory() as scratch:
+                _preflight(client, batch)
+                if batch.get("scheduler"):
+                    client.upload_file(str(_package_zip(Path(scratch))), load=True)
+                dispatch = Dispatch(
+                    tasks=tasks,
+                    batch_id=batch["batch_id"],
+                    scheduler_address=batch.get("scheduler") or client.scheduler.address,
+                    worker_grace=_worker_wait(batch),
+                    on_result=self.record_result,
+                    orphaned=orphaned,
+                )
+                log.info("%d DP3 task(s) to run, largest first", len(tasks))
+                try:
+                    fan_out(client, dispatch)
+                except (Interrupted, ClusterError):
+                    ignore_interrupts()
+                    stop_commits(guard)  # nothing is committed from here on
+                    stop_running(client, dispatch)
+                    raise
+
+    def final_results(self, why_unfinished: str) -> list[dict[str, Any]]:
+        """One result per MS of the batch. An MS without a result may still have been
+        committed (its result lost with the scheduler): its completion record says so."""
+        results = []
+        for ms in self.batch["measurement_sets"]:
+            result = self.results.get(ms["name"])
+            if result is None:
+                result = self._from_record(ms) or lost_result(
+                    {**ms, "log": ms_log_file(self.batch["log_dir"], ms["name"])},
+                    why_unfinished,
+                )
+                if result["status"] != "done":
+                    result["status"] = "not processed"
+            results.append(result)
+        return results
+
+    def _from_record(self, ms: dict[str, Any]) -> dict[str, Any] | None:
+        record = read_record(Path(ms["output"]))
+        if not record or str(record.get("finished", "")) < self.started_at:
+            return None
+        return {**record, "log": ms_log_file(self.batch["log_dir"], ms["name"]), "status": "done"}
 
 
 def failure_report(results: list[dict[str, Any]]) -> str:
-    failed = [result for result in results if result["status"] != "done"]
-    lines = [f"{len(failed)} of {len(results)} MS(s) failed:"]
-    for result in failed:
-        lines.append(f"  {result['name']} ({result['input']}): {result.get('reason')}")
-        lines.append(f"      DP3: {result.get('error')}")
-        lines.append(f"      log: {result['log']}")
-    lines.append("Fix the cause and run again: only the failed MSs will be processed.")
+    """Every MS of the batch that is not done, with why, DP3's words and its log."""
+    failed = [result for result in results if result["status"] == "failed"]
+    skipped = [result for result in results if result["status"] == "not processed"]
+    lines = []
+    if failed:
+        lines.append(f"{len(failed)} of {len(results)} MS(s) failed:")
+        for result in failed:
+            lines.append(f"  {result['name']} ({result['input']}): {result.get('reason')}")
+            if result.get("error") and result.get("error") != result.get("reason"):
+                lines.append(f"      DP3: {result.get('error')}")
+            lines.append(f"      log: {result['log']}")
+    if skipped:
+        lines.append(f"{len(skipped)} of {len(results)} MS(s) not processed:")
+        reasons = dict.fromkeys(str(result.get("reason")) for result in skipped)
+        lines += [f"  {', '.join(r['name'] for r in skipped)}", *(f"  ({r})" for r in reasons)]
+    lines.append("Fix the cause and run again: only the MSs not done will be processed.")
     return "\n".join(lines)
 
 
@@ -329,75 +351,116 @@ def _configure_logging(log_file: str | None) -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
     # dask's own chatter (worker start-up, lost connections) adds nothing to our report.
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def _leftovers_after_stop(run: BatchRun) -> str:
+    """Remove this batch's temporary outputs, and say truthfully what remains."""
+    names = {Path(ms["output"]).name for ms in run.batch["measurement_sets"]}
+    remove_leftovers(run.layout.output_dir, names)
+    remaining = [
+        entry.name
+        for entry in run.layout.output_dir.iterdir()
+        if leftover_owner(entry.name) in names
+    ]
+    if remaining:
+        return f"{len(remaining)} temporary output(s) could not be removed yet: {remaining}"
+    return "no partial output was kept"
 
 
 def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int:
     """Entry point of the central job; returns the process exit code.
 
     Failed MSs do not fail this job: their results go into the marker with the others, so
-    that the report covers them; the `check_batch` rule then fails the run."""
+    that the report covers them; the workflow's `onsuccess` then fails the run."""
     _configure_logging(log_file)
+    layout = OutputLayout(Path(batch["output_dir"]))
+    pid_file = layout.batch_pid(batch["batch_id"])
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
     total = len(batch["measurement_sets"])
     log.info("batch %s: %d MS(s), output in %s", batch["batch_id"], total, batch["output_dir"])
-    started = time.monotonic()
-    failures = Path(batch["log_dir"]) / FAILURES_NAME
-    failures.unlink(missing_ok=True)
+    run = BatchRun(batch)
     try:
-        results = run_batch(batch)
+        run.run()
+        results = run.final_results("not run")
+    except (WorkersLost, SchedulerLost) as error:
+        log.error("Error: %s", error)
+        results = run.final_results(str(error).splitlines()[0])
     except (ClusterError, BatchError) as error:
         log.error("Error: %s", error)
-        failures.write_text(f"Error: {error}\n")
+        with contextlib.suppress(OSError):
+            layout.failures.write_text(f"Error: {error}\n")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        cause = getattr(interrupt, "cause", "an interrupt")
+        done = sum(1 for result in run.results.values() if result["status"] == "done")
         log.error(
-            "Interrupted: no partial output was kept; run again to process the remaining MSs."
+            "Interrupted (%s): %d of %d MS(s) finished before it and are kept; %s; run again "
+            "to process the remaining MSs.",
+            cause,
+            done,
+            total,
+            _leftovers_after_stop(run),
         )
         return 130
+    finally:
+        pid_file.unlink(missing_ok=True)
     done = sum(1 for result in results if result["status"] == "done")
     log.info(
         "%d of %d MS(s) done in %.1f s; outputs in %s",
         done,
         total,
-        time.monotonic() - started,
+        time.monotonic() - run.started,
         batch["output_dir"],
     )
     if done < total:
+        # Shown once, at the very end of the run (Snakefile `onerror`), not here too.
         report = failure_report(results)
-        log.error(report)
-        failures.write_text(report + "\n")
+        with contextlib.suppress(OSError):
+            layout.failures.write_text(report + "\n")
     write_batch_result(Path(marker), results)
     return 0
 
 
-def check_batch(marker: str, log_file: str | None = None) -> int:
-    """Exit code of the run: non-zero, with the failure report, if any MS of the batch failed."""
-    results = json.loads(Path(marker).read_text())
-    report = "" if all(r["status"] == "done" for r in results) else failure_report(results)
-    if log_file:
-        Path(log_file).write_text(report + "\n" if report else "all MSs done\n")
-    if report:
-        print(report, file=sys.stderr)
-        return 1
-    return 0
+FORWARD_WAIT_SECONDS = 30
 
 
-CENTRAL_SCRIPT = "process_batch.py"
+def forward_interrupts_to_batch(pid_file: Path) -> None:
+    """In the Snakemake process: on SIGINT, SIGTERM or SIGHUP, stop the central job and wait
+    (at most FORWARD_WAIT_SECONDS) until it has stopped every DP3, before Snakemake's own
+    handler runs. Without this, Snakemake returns to the shell while DP3s still run (Ctrl-C),
+    or waits for the whole batch (SIGTERM)."""
+    from dp3batch.interrupts import HANDLED_SIGNALS
+
+    handlers = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+
+    def on_signal(signum, frame):
+        _stop_central_job(pid_file)
+        handler = handlers.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, on_signal)
 
 
-def forward_sigterm_to_batch() -> None:
-    """In the Snakemake process: pass SIGTERM on to the central job before Snakemake's own
-    handler, which would otherwise wait for the whole batch to finish."""
+def _stop_central_job(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError, IndexError):
+        return  # not started yet, or already gone
     import psutil
 
-    snakemake_handler = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum, frame):
-        for child in psutil.Process().children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if any(CENTRAL_SCRIPT in part for part in child.cmdline()):
-                    child.terminate()
-        if callable(snakemake_handler):
-            snakemake_handler(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    deadline = time.monotonic() + FORWARD_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            # An exited child stays a zombie until Snakemake reaps it; that is stopped enough.
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.1)

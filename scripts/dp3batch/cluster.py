@@ -18,11 +18,39 @@ CONNECT_TIMEOUT_SECONDS = 10
 WORKER_WAIT_SECONDS = 15
 JOINING_GRACE_SECONDS = 3
 PATH_CHECK_SECONDS = 30
+# How long one request to the scheduler may take before it counts as not answering.
+SCHEDULER_ANSWER_SECONDS = 15
+CLOSE_SECONDS = 10
 PROBE_PREFIX = ".dp3batch-probe-"
 
 
 class ClusterError(RuntimeError):
     """The cluster cannot run the batch; the message says what to do."""
+
+
+class SchedulerUnresponsive(ClusterError):
+    """A request to the scheduler got no answer in time (a stopped or overloaded scheduler)."""
+
+
+def call_with_deadline(function, seconds: float, what: str):
+    """`function()`, or SchedulerUnresponsive after `seconds`: dask's synchronous calls wait
+    for a scheduler that stopped answering as long as its TCP connection stays open."""
+    outcome: dict = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+
+    caller = threading.Thread(target=call, name=f"dp3batch-{what}", daemon=True)
+    caller.start()
+    caller.join(seconds)
+    if caller.is_alive():
+        raise SchedulerUnresponsive(f"no answer to {what} within {seconds:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 @dataclass(frozen=True)
@@ -68,8 +96,10 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def describe_workers(client) -> list[WorkerInfo]:
-    info = client.scheduler_info(n_workers=-1)
+def describe_workers(client, deadline: float = SCHEDULER_ANSWER_SECONDS) -> list[WorkerInfo]:
+    info = call_with_deadline(
+        lambda: client.scheduler_info(n_workers=-1), deadline, "a request for the workers"
+    )
     workers = []
     for address, worker in info.get("workers", {}).items():
         workers.append(
@@ -126,8 +156,14 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Iterator:
         # A refused connection is known at once; dask's client would retry until its timeout.
         host, _, port = plain.rpartition(":")
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-        client = Client(address, timeout=f"{timeout}s", set_as_default=False)
-    except (OSError, TimeoutError) as error:
+        # Client(timeout=) does not bound the handshake with a scheduler that accepts the
+        # connection and then says nothing (a stopped one, or another program on the port).
+        client = call_with_deadline(
+            lambda: Client(address, timeout=f"{timeout}s", set_as_default=False),
+            timeout + 5,
+            "the connection handshake",
+        )
+    except (OSError, TimeoutError, SchedulerUnresponsive) as error:
         cause = str(error) or f"no answer within {timeout:.0f} s"
         raise ClusterError(
             f"cannot reach the dask scheduler at {plain} ({cause}).\n"
@@ -138,33 +174,46 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Iterator:
     try:
         yield client
     finally:
-        client.close()
+        close_quietly(client)
+
+
+def close_quietly(closable) -> None:
+    """Close a client or cluster within CLOSE_SECONDS, whatever state its scheduler is in."""
+    with contextlib.suppress(Exception):
+        call_with_deadline(
+            lambda: closable.close(timeout=CLOSE_SECONDS), CLOSE_SECONDS + 5, "closing"
+        )
 
 
 @contextlib.contextmanager
 def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
-    """A local cluster on 127.0.0.1 whose workers each hold process=1, and its client."""
+    """A local cluster whose workers each hold process=1, and its client.
+
+    The workers are threads of this process, not processes with nannies: DP3 runs as a child
+    process anyway (the GIL is not in its way), and worker processes cost start-up time and
+    CPU beside every DP3. When this process ends, every DP3 it started ends with it."""
     import dask
     from distributed import Client, LocalCluster
 
     memory_per_worker = _total_memory() // n_workers if _total_memory() else "auto"
-    with dask.config.set(
-        {"distributed.scheduler.allowed-failures": 2, "distributed.worker.daemon": False}
-    ):
-        with (
-            LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=threads_per_worker,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:8787",
-                resources={PROCESS_RESOURCE: 1},
-                memory_limit=memory_per_worker,
-                silence_logs=40,
-            ) as cluster,
-            Client(cluster, set_as_default=False) as client,
-        ):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 2}):
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=False,
+            dashboard_address="127.0.0.1:8787",
+            resources={PROCESS_RESOURCE: 1},
+            memory_limit=memory_per_worker,
+            silence_logs=40,
+        )
+    try:
+        client = Client(cluster, set_as_default=False)
+        try:
             yield client
+        finally:
+            close_quietly(client)
+    finally:
+        close_quietly(cluster)
 
 
 def _total_memory() -> int | None:
@@ -201,10 +250,12 @@ def check_worker_paths(
         for probe in probes:
             with contextlib.suppress(OSError):
                 os.unlink(probe)
-    names = {
-        address: worker.get("name")
-        for address, worker in client.scheduler_info(n_workers=-1).get("workers", {}).items()
-    }
+    info = call_with_deadline(
+        lambda: client.scheduler_info(n_workers=-1),
+        SCHEDULER_ANSWER_SECONDS,
+        "a request for the workers",
+    )
+    names = {address: worker.get("name") for address, worker in info.get("workers", {}).items()}
     lines = []
     bad = 0
     for address in sorted(answers):
@@ -227,25 +278,19 @@ def check_worker_paths(
 
 def _run_on_workers(client, function, workers: list[str], checks, timeout: float) -> dict:
     """`client.run` with a deadline: a worker stuck on a hung filesystem must not hang us."""
-    outcome: dict = {}
-
-    def call() -> None:
-        try:
-            outcome["answers"] = client.run(function, checks, workers=workers, on_error="return")
-        except BaseException as error:  # reported below, in this thread's caller
-            outcome["error"] = error
-
-    caller = threading.Thread(target=call, name="dp3batch-path-check", daemon=True)
-    caller.start()
-    caller.join(timeout)
-    if caller.is_alive():
+    try:
+        return call_with_deadline(
+            lambda: client.run(function, checks, workers=workers, on_error="return"),
+            timeout,
+            "the path check",
+        )
+    except SchedulerUnresponsive:
         raise ClusterError(
             f"the workers did not finish checking the input and output paths within "
             f"{timeout:.0f} s: is the shared filesystem hanging on one of their hosts?"
-        )
-    if "error" in outcome:
-        raise ClusterError(f"cannot check the paths on the workers: {outcome['error']}")
-    return outcome["answers"]
+        ) from None
+    except Exception as error:
+        raise ClusterError(f"cannot check the paths on the workers: {error}") from error
 
 
 def _path_problems_function():

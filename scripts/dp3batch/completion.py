@@ -15,17 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RECORD_NAME = "dp3_completion.json"
-PARSET_NAME = "dp3.parset"
+from dp3batch.layout import PARSET_NAME, RECORD_NAME, ms_log_file
+
+__all__ = ["PARSET_NAME", "RECORD_NAME", "ms_log_file"]
+
 RECORD_FORMAT = 1
 
 # casacore rewrites lock files when a table is merely opened: they say nothing about content.
 _VOLATILE_FILES = {"table.lock"}
 
 
-def ms_log_file(log_dir: str | Path, name: str) -> str:
-    """Where DP3's full output for the MS `name` goes."""
-    return str(Path(log_dir) / f"{name}.log")
+# Files of an output that are not DP3's: written after the fingerprint, or by a hand rerun.
+_OUTPUT_OWN_FILES = {RECORD_NAME, PARSET_NAME, f".{RECORD_NAME}.tmp"}
 
 
 def input_fingerprint(path: Path) -> str:
@@ -34,18 +35,30 @@ def input_fingerprint(path: Path) -> str:
     Hashing the data would cost minutes per large MS; any rewrite of a casacore table
     changes its files' mtimes, which is what this catches. (os.scandir: a no-op rerun over
     thousands of MSs spends most of its time here.)"""
+    return _tree_fingerprint(path, frozenset())
+
+
+def output_fingerprint(path: Path) -> str:
+    """The same walk over an output's own MS files: a deleted, truncated or rewritten table
+    file, or a removed subtable, changes it (the record and parset beside them do not count)."""
+    return _tree_fingerprint(path, _OUTPUT_OWN_FILES)
+
+
+def _tree_fingerprint(path: Path, skipped_top_level: frozenset[str] | set[str]) -> str:
     entries: list[str] = []
-    _collect_file_stats(str(path), "", entries)
+    _collect_file_stats(str(path), "", entries, skipped_top_level)
     entries.sort()
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
-def _collect_file_stats(directory: str, relative: str, entries: list[str]) -> None:
+def _collect_file_stats(
+    directory: str, relative: str, entries: list[str], skipped: frozenset[str] | set[str]
+) -> None:
     with os.scandir(directory) as scan:
         for entry in scan:
             if entry.is_dir(follow_symlinks=False):
-                _collect_file_stats(entry.path, f"{relative}{entry.name}/", entries)
-            elif entry.name not in _VOLATILE_FILES:
+                _collect_file_stats(entry.path, f"{relative}{entry.name}/", entries, frozenset())
+            elif entry.name not in _VOLATILE_FILES and entry.name not in skipped:
                 stat = entry.stat()
                 entries.append(f"{relative}{entry.name}:{stat.st_size}:{stat.st_mtime_ns}")
 
@@ -128,6 +141,8 @@ def pending_reason(input_ms: Path, output: Path, expected: Expectation) -> str |
     record = read_record(output)
     if record is None or missing_required_files(output, record):
         return "incomplete"
+    if record.get("output_fingerprint") != output_fingerprint(output):
+        return "output changed"
     if record.get("parameters_fingerprint") != expected.parameters_fingerprint:
         return "steps changed"
     if record.get("extra_inputs_fingerprint") != expected.extra_inputs_fingerprint:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dp3batch.config import ConfigError
+from dp3batch.layout import RECORD_NAME
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class MeasurementSet:
     output: Path
 
 
+GLOB_CHARACTERS = "*?[]"
+
+
 def _has_glob(pattern: str) -> bool:
     return any(character in pattern for character in "*?[")
 
@@ -27,6 +31,13 @@ def output_name(path: Path) -> str:
     """`obs_SB001.ms` → `obs_SB001` (the output is `<output_dir>/obs_SB001.ms`)."""
     name = path.name
     return name[: -len(".ms")] if name.lower().endswith(".ms") else name
+
+
+def data_size(path: Path) -> int:
+    """Bytes of the main table's files: a cheap estimate of what DP3 must read (its run time
+    grows with it), for dispatching the largest MSs first."""
+    with os.scandir(path) as scan:
+        return sum(entry.stat().st_size for entry in scan if entry.is_file())
 
 
 def check_is_measurement_set(path: Path) -> None:
@@ -42,7 +53,9 @@ def check_is_measurement_set(path: Path) -> None:
 
 
 def check_readable(path: Path) -> None:
-    """Open the MS with casacore: the definitive check, for the MSs about to be processed."""
+    """Open the MS with casacore: the definitive check, for the MSs about to be processed.
+
+    The caller checks first that no other process holds it locked (casacore would wait)."""
     from casacore import tables
 
     try:
@@ -63,23 +76,38 @@ def check_readable(path: Path) -> None:
         )
 
 
-def expand_inputs(patterns: list[str], base_dir: Path) -> list[Path]:
-    """Expand paths and glob patterns (relative to base_dir) into absolute paths, in order."""
+def expand_inputs(
+    patterns: list[str], base_dir: Path, output_dir: Path | None = None
+) -> list[Path]:
+    """Expand paths and glob patterns (relative to base_dir; `**` matches any depth) into
+    absolute paths, in order. A pattern's matches that are this workflow's outputs (inside
+    `output_dir`, with a completion record) are not inputs: they are left out."""
     found: list[Path] = []
     for pattern in patterns:
         absolute_pattern = os.path.join(base_dir, os.path.expanduser(pattern))
-        if _has_glob(pattern):
+        if _has_glob(pattern) and not os.path.exists(absolute_pattern):
             escaped_base = glob.escape(str(base_dir))
-            matches = sorted(glob.glob(os.path.join(escaped_base, os.path.expanduser(pattern))))
+            full_pattern = os.path.join(escaped_base, os.path.expanduser(pattern))
+            matches = [
+                Path(match)
+                for match in sorted(glob.glob(full_pattern, recursive=True))
+                if not _is_output(Path(match), output_dir)
+            ]
             if not matches:
                 raise ConfigError(f"inputs: the pattern {pattern!r} matches nothing")
-            found.extend(Path(match) for match in matches)
+            found.extend(matches)
         else:
             found.append(Path(absolute_pattern))
     unique: dict[Path, None] = {}
     for path in found:
         unique.setdefault(Path(os.path.normpath(path.absolute())), None)
     return list(unique)
+
+
+def _is_output(path: Path, output_dir: Path | None) -> bool:
+    return (
+        output_dir is not None and _is_within(path, output_dir) and (path / RECORD_NAME).is_file()
+    )
 
 
 def _is_within(path: Path, directory: Path) -> bool:
@@ -90,22 +118,56 @@ def _is_within(path: Path, directory: Path) -> bool:
     return True
 
 
+def _home_directories() -> set[Path]:
+    import pwd
+
+    # People's homes (root's and uid >= 1000), not the service directories of system users.
+    homes = {Path.home()}
+    homes.update(
+        Path(entry.pw_dir)
+        for entry in pwd.getpwall()
+        if (entry.pw_uid == 0 or entry.pw_uid >= 1000) and entry.pw_dir not in ("", "/")
+    )
+    return {Path(os.path.realpath(home)) for home in homes}
+
+
 def check_output_dir(output_dir: Path, inputs: list[Path]) -> None:
-    """DP3 must never write into an input: refuse an output_dir that is, is inside, or holds
-    an input."""
+    """DP3 must never write into an input, and the workflow never writes loose into `/` or a
+    home directory: refuse an output_dir that is one of those, or is, is inside, or holds an
+    input (by the path as given or as resolved through links)."""
     resolved_output = output_dir.resolve()
+    if resolved_output == Path("/") or resolved_output in _home_directories():
+        what = "the root directory" if resolved_output == Path("/") else "a home directory"
+        raise ConfigError(
+            f"output_dir: {output_dir} is {what}; choose a directory of its own for the "
+            "outputs (e.g. results)"
+        )
     for path in inputs:
-        resolved_input = path.resolve()
-        if _is_within(resolved_output, resolved_input):
+        for given, directory in ((path.resolve(), resolved_output), (path, output_dir)):
+            if _is_within(directory, given):
+                raise ConfigError(
+                    f"output_dir: {output_dir} is inside the input {path}; choose a directory "
+                    "outside every input"
+                )
+            if given.parent == directory:
+                raise ConfigError(
+                    f"output_dir: {output_dir} is the directory that holds the input {path}; "
+                    "outputs have the same names as inputs, so choose another directory"
+                )
+        if _is_within(path, output_dir):
             raise ConfigError(
-                f"output_dir: {output_dir} is inside the input {path}; choose a directory "
-                "outside every input"
+                f"inputs: {path} is inside output_dir {output_dir}; move it out, or choose "
+                "another output_dir"
             )
-        if resolved_input.parent == resolved_output:
-            raise ConfigError(
-                f"output_dir: {output_dir} is the directory that holds the input {path}; "
-                "outputs have the same names as inputs, so choose another directory"
-            )
+
+
+def check_name(path: Path) -> None:
+    """DP3 reads `msin` as a pattern: a name with glob characters would select other MSs."""
+    if any(character in path.name for character in GLOB_CHARACTERS):
+        raise ConfigError(
+            f"inputs: {path} has a name with one of {GLOB_CHARACTERS!r}, which DP3 reads as a "
+            "pattern; rename it, or link it under a plain name and give that"
+        )
 
 
 def discover_measurement_sets(
@@ -113,10 +175,20 @@ def discover_measurement_sets(
 ) -> list[MeasurementSet]:
     """All inputs as MeasurementSet records, after the checks that need no table opened."""
     base = Path(base_dir).absolute()
-    inputs = expand_inputs(patterns, base)
+    output = Path(os.path.normpath(base / Path(output_dir).expanduser()))
+    inputs = expand_inputs(patterns, base, output)
     by_name: dict[str, Path] = {}
+    by_target: dict[Path, Path] = {}
     for path in inputs:
         check_is_measurement_set(path)
+        check_name(path)
+        target = path.resolve()
+        if target in by_target:
+            raise ConfigError(
+                f"inputs: {by_target[target]} and {path} are the same MS (through a link); "
+                "give it once"
+            )
+        by_target[target] = path
         name = output_name(path)
         if name in by_name:
             raise ConfigError(
@@ -124,6 +196,14 @@ def discover_measurement_sets(
                 "rename one or process them in separate output directories"
             )
         by_name[name] = path
-    output = Path(os.path.normpath(base / Path(output_dir).expanduser()))
     check_output_dir(output, inputs)
-    return [MeasurementSet(name, path, output / f"{name}.ms") for name, path in by_name.items()]
+    measurement_sets = [
+        MeasurementSet(name, path, output / f"{name}.ms") for name, path in by_name.items()
+    ]
+    for ms in measurement_sets:
+        if ms.output.is_symlink():
+            raise ConfigError(
+                f"output_dir: {ms.output} is a link, not an output of this workflow; move it "
+                "away or choose another output_dir"
+            )
+    return measurement_sets

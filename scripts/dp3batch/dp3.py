@@ -294,5 +294,13 @@ def as_arguments(parameters: list[tuple[str, str]]) -> list[str]:
 def as_parset(parameters: list[tuple[str, str]], header: str = "") -> str:
     """A parset file that `DP3 <file>` runs as is."""
     lines = [f"# {line}" for line in header.splitlines()]
-    lines += [f"{key}={value}" for key, value in parameters]
+    lines += [f"{key}={_parset_value(value)}" for key, value in parameters]
     return "\n".join(lines) + "\n"
+
+
+def _parset_value(value: str) -> str:
+    """A parset line ends at `#` (a comment) unless the value is quoted."""
+    if "#" not in value:
+        return value
+    quote = "'" if '"' in value else '"'
+    return f"{quote}{value}{quote}"

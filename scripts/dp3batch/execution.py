@@ -8,19 +8,20 @@ orphan keeps running or holding an output.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from dp3batch.completion import PARSET_NAME, input_fingerprint, write_record
+from dp3batch.completion import input_fingerprint, output_fingerprint, write_record
 from dp3batch.dp3 import (
     as_arguments,
     as_parset,
@@ -28,12 +29,16 @@ from dp3batch.dp3 import (
     required_output_files,
     run_parameters,
 )
-from dp3batch.measurement_set import read_shape, shape_problems
+from dp3batch.layout import PARSET_NAME, leftover_owner, replaced_path, temporary_path
+from dp3batch.measurement_set import lock_message, read_shape, shape_problems, write_lock_holder
 from dp3batch.report import parse_step_times
 
-TEMPORARY_MARK = ".tmp-"
-REPLACED_MARK = ".old-"
 POLL_SECONDS = 0.5
+# casacore waits forever for a lock; DP3 then prints this and nothing more.
+LOCK_WAIT_TEXT = "waiting for"
+LOCK_GRACE_SECONDS = 10.0
+# Less free space than this on the output's filesystem after a failure: the disk was full.
+DISK_FULL_BYTES = 16 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
@@ -41,30 +46,25 @@ class TaskCancelled(RuntimeError):
     """The client no longer wants this task (it went away or was interrupted)."""
 
 
-def temporary_path(output: Path) -> Path:
-    return output.parent / f".{output.name}{TEMPORARY_MARK}{uuid.uuid4().hex[:12]}"
+class InputLocked(RuntimeError):
+    """Another process holds the input MS locked for writing."""
 
 
-def _leftover_owner(file_name: str) -> str | None:
-    """The output a leftover belongs to (`.X.ms.tmp-0a1b` → `X.ms`), or None."""
-    if file_name.startswith("."):
-        for mark in (TEMPORARY_MARK, REPLACED_MARK):
-            if mark in file_name:
-                return file_name[1 : file_name.rindex(mark)]
-    return None
-
-
-def remove_leftovers(output_dir: Path, name: str | None = None) -> list[Path]:
-    """Remove the temporary or replaced copies that killed runs left in `output_dir`: of the
-    output `name` only, or of every output (the caller then holds the batch lock)."""
+def remove_leftovers(output_dir: Path, names: set[str] | frozenset[str]) -> list[Path]:
+    """Remove the temporary or replaced copies of the outputs `names` (`X.ms`) that killed
+    runs left in `output_dir`, and nothing else: not another hidden entry, not a link."""
     if not output_dir.is_dir():
         return []
     removed = []
-    for path in output_dir.iterdir():
-        owner = _leftover_owner(path.name)
-        if owner is not None and name in (None, owner):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    for entry in os.scandir(output_dir):
+        if entry.is_symlink() or leftover_owner(entry.name) not in names:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        removed.append(Path(entry.path))
     return removed
 
 
@@ -111,15 +111,42 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def _commit(temporary: Path, output: Path) -> None:
-    """Put the finished output in place; an older output is moved aside first, then removed."""
-    replaced = None
-    if output.exists():
-        replaced = output.parent / f".{output.name}{REPLACED_MARK}{uuid.uuid4().hex[:12]}"
-        os.rename(output, replaced)
-    os.rename(temporary, output)
+BATCH_STOPPED = "stopped"
+
+
+def commit(temporary: Path, output: Path, guard: str | None) -> None:
+    """Put the finished output in place; an older output is moved aside first, then removed.
+
+    Only while the batch goes on: the central job writes BATCH_STOPPED into the guard file
+    under an exclusive lock when it is interrupted or loses its scheduler, so no output is
+    committed after that (a commit holds the shared lock from its check to its rename)."""
+    if not guard or not os.path.exists(guard):  # a task run on its own, outside a batch
+        guard = os.devnull
+    with open(guard) as guard_file:
+        if guard != os.devnull:
+            fcntl.flock(guard_file, fcntl.LOCK_SH)
+            if guard_file.read().strip() == BATCH_STOPPED:
+                raise TaskCancelled("the batch was stopped before this output was committed")
+        replaced = None
+        if output.is_symlink():
+            raise RuntimeError(f"{output} is a link: not replacing it")
+        if output.exists():
+            replaced = replaced_path(output)
+            os.rename(output, replaced)
+        os.rename(temporary, output)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
+
+
+def stop_commits(guard: Path) -> None:
+    """In the central job: no task of this batch commits an output after this returns."""
+    with open(guard, "a+") as guard_file:
+        fcntl.flock(guard_file, fcntl.LOCK_EX)
+        guard_file.seek(0)
+        guard_file.truncate()
+        guard_file.write(BATCH_STOPPED + "\n")
+        guard_file.flush()
+        os.fsync(guard_file.fileno())
 
 
 def _run_dp3(arguments: list[str], log_path: Path, worker: Any, key: Any) -> int:
@@ -135,6 +162,7 @@ def _run_dp3(arguments: list[str], log_path: Path, worker: Any, key: Any) -> int
             # Its own process group: stopping it also stops what a wrapper script started.
             start_new_session=True,
         )
+    lock_wait_seen = None
     try:
         while True:
             try:
@@ -142,6 +170,12 @@ def _run_dp3(arguments: list[str], log_path: Path, worker: Any, key: Any) -> int
             except subprocess.TimeoutExpired:
                 if _cancelled(worker, key):
                     raise TaskCancelled(f"task {key} was cancelled") from None
+                if lock_wait_seen is None and _waits_for_lock(log_path):
+                    lock_wait_seen = time.monotonic()
+                if lock_wait_seen and time.monotonic() - lock_wait_seen > LOCK_GRACE_SECONDS:
+                    raise InputLocked(
+                        "DP3 waited for a table lock held by another process"
+                    ) from None
     finally:
         if process.poll() is None:
             _signal_group(process.pid, signal.SIGTERM)
@@ -150,6 +184,43 @@ def _run_dp3(arguments: list[str], log_path: Path, worker: Any, key: Any) -> int
             except subprocess.TimeoutExpired:
                 _signal_group(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def _waits_for_lock(log_path: Path) -> bool:
+    """casacore's "waiting for read-lock" (or write-lock) at the end of DP3's output."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log_path.stat().st_size - 4096))
+            tail = log.read().decode(errors="replace").lower()
+    except OSError:
+        return False
+    return LOCK_WAIT_TEXT in tail and "lock" in tail
+
+
+def exit_description(exit_code: int) -> str:
+    """`DP3 exited with code 1`, or the signal that killed it, by name."""
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        crash = " (DP3 crashed)" if name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE") else ""
+        return f"DP3 was killed by {name}{crash}"
+    return f"DP3 exited with code {exit_code}"
+
+
+def disk_full_problem(directory: Path) -> str | None:
+    """A failure with (almost) no space left where the output goes: say so plainly."""
+    try:
+        usage = shutil.disk_usage(directory)
+    except OSError:
+        return None
+    if usage.free < DISK_FULL_BYTES:
+        return (
+            f"the filesystem of {directory} is full ({usage.free // 1024} KiB free): free "
+            "space or choose another output_dir, then run again"
+        )
+    return None
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -173,7 +244,7 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
     log_path = Path(task["log"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     output.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(output.parent, output.name)
+    remove_leftovers(output.parent, {output.name})
     started = time.time()
     result: dict[str, Any] = {
         "name": task["name"],
@@ -194,10 +265,14 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         log.write(f"# {task['name']}: DP3 on {worker_address} with {threads} thread(s)\n")
         log.write(f"# started {result['started']}\n# command: {' '.join(arguments)}\n")
     try:
+        holder = write_lock_holder(task["input"])
+        if holder is not None:
+            return _failed(result, started, log_path, lock_message(task["input"], holder), "")
         shape_in = read_shape(task["input"], with_flags=True)
         exit_code = _run_dp3(arguments, log_path, worker, key)
         if exit_code != 0:
-            return _failed(result, started, log_path, f"DP3 exited with code {exit_code}")
+            reason = disk_full_problem(output.parent) or exit_description(exit_code)
+            return _failed(result, started, log_path, reason)
         shape_out = read_shape(str(temporary), with_flags=True)
         problems = shape_problems(
             shape_in,
@@ -213,7 +288,8 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             if not (temporary / name).exists()
         ]
         if problems:
-            return _failed(result, started, log_path, "output check failed: " + "; ".join(problems))
+            problem = "output check failed: " + "; ".join(problems)
+            return _failed(result, started, log_path, problem, problem)
         finished = _now()
         final_run = run_parameters(parameters, task["input"], task["output"], threads, memory_gb)
         header = (
@@ -244,13 +320,19 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             "required_files": required_files,
             "output_bytes": _disk_usage(temporary),
             "step_seconds": parse_step_times(log_path.read_text(errors="replace")),
+            # Last, after every read of the output: a damaged output no longer matches it.
+            "output_fingerprint": output_fingerprint(temporary),
         }
         write_record(temporary, record)
-        _commit(temporary, output)
+        commit(temporary, output, task.get("guard"))
     except TaskCancelled:
         raise  # the temporary output goes in `finally`
+    except InputLocked as error:
+        reason = lock_message(task["input"], write_lock_holder(task["input"]) or 0)
+        return _failed(result, started, log_path, reason, str(error))
     except Exception as error:
-        return _failed(result, started, log_path, f"{type(error).__name__}: {error}")
+        reason = disk_full_problem(output.parent) or f"{type(error).__name__}: {error}"
+        return _failed(result, started, log_path, reason)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
@@ -271,10 +353,15 @@ def _disk_usage(path: Path) -> int:
     return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
 
 
-def _failed(result: dict, started: float, log_path: Path, reason: str) -> dict:
-    error_line = last_error_line(log_path)
-    with open(log_path, "a") as log:
-        log.write(f"# FAILED: {reason}\n")
+def _failed(
+    result: dict, started: float, log_path: Path, reason: str, error: str | None = None
+) -> dict:
+    """A failed result. `error` is the line to show beside the reason; by default DP3's most
+    telling line (not for failures DP3 had no part in, such as the output check)."""
+    error_line = last_error_line(log_path) if error is None else error
+    with contextlib.suppress(OSError):  # a full disk must not hide the failure itself
+        with open(log_path, "a") as log:
+            log.write(f"# FAILED: {reason}\n")
     result.update(
         status="failed",
         reason=reason,

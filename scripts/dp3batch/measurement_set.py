@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
+import struct
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from dp3batch.config import Chain
 
@@ -19,6 +23,42 @@ class Shape:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# struct flock on Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid (pid_t).
+_FLOCK = "hhqqi4x"
+
+
+def write_lock_holder(ms: str | Path) -> int | None:
+    """The process that holds a write lock on the MS or one of its subtables, or None.
+
+    casacore waits forever for a table another process holds locked for writing
+    ("waiting for read-lock"); asking the kernel first (F_GETLK takes no lock) lets a run
+    name the lock instead of hanging on it."""
+    for lock_file in [Path(ms) / "table.lock", *Path(ms).glob("*/table.lock")]:
+        try:
+            descriptor = os.open(lock_file, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            query = struct.pack(_FLOCK, fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
+            lock_type, _, _, _, pid = struct.unpack(
+                _FLOCK, fcntl.fcntl(descriptor, fcntl.F_GETLK, query)
+            )
+        except OSError:
+            continue
+        finally:
+            os.close(descriptor)
+        if lock_type != fcntl.F_UNLCK:
+            return pid
+    return None
+
+
+def lock_message(ms: str | Path, pid: int) -> str:
+    return (
+        f"{ms} is locked by another process (pid {pid}) that holds it open for writing; "
+        "close it there (or stop that process), then run again"
+    )
 
 
 def read_shape(path: str, with_flags: bool = False) -> Shape:

@@ -20,7 +20,12 @@ from dp3batch.completion import (
     pending_reason,
 )
 from dp3batch.config import Chain, ConfigError, validate_config
-from dp3batch.discovery import MeasurementSet, check_readable, discover_measurement_sets
+from dp3batch.discovery import (
+    MeasurementSet,
+    check_readable,
+    data_size,
+    discover_measurement_sets,
+)
 from dp3batch.dp3 import (
     chain_parameters,
     dp3_version,
@@ -28,7 +33,7 @@ from dp3batch.dp3 import (
     find_dp3_executable,
     wheel_aoflagger_strategy,
 )
-from dp3batch.measurement_set import averaging_factors
+from dp3batch.measurement_set import averaging_factors, write_lock_holder
 
 DEMO_INPUTS = ["demo_data/*.ms"]
 DEMO_DIR = "demo_data"
@@ -64,6 +69,12 @@ class Plan:
     expectation: Expectation
     measurement_sets: list[MeasurementSet]
     pending: list[tuple[MeasurementSet, str]] = field(default_factory=list)
+    # When the pending set was taken: a record finished later was made by this run.
+    planned_at: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(
+            timespec="milliseconds"
+        )
+    )
 
 
 # DP3 (>= 6) reads sky models only in the text format, and takes a file for one only when its
@@ -108,7 +119,9 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
     parameters = chain_parameters(chain, extra_dir, wheel_aoflagger_strategy(executable))
     files = file_parameters(parameters)
     check_extra_inputs(files)
-    output_dir = Path(os.path.normpath(base / config.get("output_dir", "results")))
+    output_dir = Path(
+        os.path.normpath(base / Path(config.get("output_dir") or "results").expanduser())
+    )
     measurement_sets = discover_measurement_sets(config["inputs"], output_dir, base)
     version = dp3_version(executable)
     expectation = Expectation(
@@ -130,9 +143,15 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
         reason = pending_reason(ms.input, ms.output, expectation)
         if reason is not None:
             plan.pending.append((ms, reason))
-    # Opening a table costs milliseconds: only for the MSs about to be processed.
-    for ms, _ in plan.pending:
-        check_readable(ms.input)
+    # Opening a table costs milliseconds: only for the MSs about to be processed. A table
+    # another process holds for writing would make casacore wait forever: it is named, and
+    # its task fails alone unless the lock goes.
+    for index, (ms, reason) in enumerate(plan.pending):
+        holder = write_lock_holder(ms.input)
+        if holder is None:
+            check_readable(ms.input)
+        else:
+            plan.pending[index] = (ms, f"{reason}; LOCKED by another process (pid {holder})")
     return plan
 
 
@@ -177,8 +196,17 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[
         "time_factor": time_factor,
         "freq_factor": freq_factor,
         "rows_may_change": "baseline" in plan.chain.msin,
+        "worker_wait_seconds": config.get("worker_wait_seconds"),
+        # Every output this workflow knows: only their temporary copies may be removed.
+        "known_outputs": [ms.output.name for ms in plan.measurement_sets],
         "measurement_sets": [
-            {"name": ms.name, "input": str(ms.input), "output": str(ms.output), "reason": reason}
+            {
+                "name": ms.name,
+                "input": str(ms.input),
+                "output": str(ms.output),
+                "reason": reason,
+                "size": data_size(ms.input),
+            }
             for ms, reason in plan.pending
         ],
     }

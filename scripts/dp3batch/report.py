@@ -5,7 +5,9 @@ that ran (which also carry the failures, which have no record)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -102,45 +104,88 @@ def collect_rows(
     measurement_sets: list[dict[str, str]],
     batch_results: list[dict[str, Any]] | None,
     log_dir: str | Path,
+    batch_names: set[str] | None = None,
+    batch_started: str = "",
 ) -> list[dict[str, Any]]:
-    """One row per MS: its result in this batch if it was in it, else its completion record.
+    """One row per MS, built from the completion records on disk, so that it is true after
+    any fault: an MS of this run's batch (`batch_names`) whose record was finished after
+    `batch_started` is done, even if its result was lost with the scheduler or an interrupt;
+    a failed result without such a record is failed.
 
     `measurement_sets` are {name, input, output} of every input of the workflow."""
     in_batch = {result["name"]: result for result in batch_results or []}
+    batch_names = set(batch_names or ()) | set(in_batch)
     rows = []
     for ms in measurement_sets:
-        result = in_batch.get(ms["name"])
-        if result is not None and result.get("status") == FAILED:
-            rows.append(_row_from(result, FAILED))
-            continue
+        name = ms["name"]
+        result = in_batch.get(name)
+        log = ms_log_file(log_dir, name)
         record = read_record(Path(ms["output"]))
-        if record is None:
-            rows.append(_row_from({**ms, "log": ms_log_file(log_dir, ms["name"])}, NOT_PROCESSED))
-            continue
-        status = DONE if result is not None else UP_TO_DATE
-        rows.append(_row_from({**record, "log": ms_log_file(log_dir, ms["name"])}, status))
+        made_now = record is not None and str(record.get("finished", "")) >= batch_started
+        if record is not None and name in batch_names and made_now:
+            rows.append(_row_from({**record, "log": log}, DONE))
+        elif result is not None and result.get("status") in (FAILED, NOT_PROCESSED):
+            rows.append(_row_from(result, result["status"]))
+        elif record is not None and name not in batch_names:
+            rows.append(_row_from({**record, "log": log}, UP_TO_DATE))
+        else:
+            rows.append(_row_from({**ms, "log": log}, NOT_PROCESSED))
     return rows
 
 
-def write_summary(rows: list[dict[str, Any]], json_path: str | Path, tsv_path: str | Path):
-    """The machine-readable summary: JSON (with per-step times) and TSV (one line per MS)."""
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _tsv_cell(value: Any) -> str:
+    """One line per MS: line breaks and tabs in a value (DP3's error lines) become spaces."""
+    return "" if value is None else " ".join(str(value).split())
+
+
+def write_summary(
+    rows: list[dict[str, Any]], json_path: str | Path, tsv_path: str | Path
+) -> str | None:
+    """The machine-readable summary: JSON (with per-step times) and TSV (one line per MS).
+
+    Returns a problem (e.g. a full disk) instead of raising: the run's own outcome matters
+    more than its summary, and no half-written file is left behind."""
     json_path, tsv_path = Path(json_path), Path(tsv_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    temporary = json_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps({"counts": counts, "measurement_sets": rows}, indent=2))
-    temporary.replace(json_path)
-    temporary = tsv_path.with_suffix(".tsv.tmp")
-    with open(temporary, "w", newline="") as handle:
+    temporaries = (json_path.with_suffix(".json.tmp"), tsv_path.with_suffix(".tsv.tmp"))
+    try:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        table = io.StringIO()
         writer = csv.DictWriter(
-            handle, fieldnames=COLUMNS, delimiter="\t", extrasaction="ignore", lineterminator="\n"
+            table,
+            fieldnames=COLUMNS,
+            delimiter="\t",
+            extrasaction="ignore",
+            lineterminator="\n",
+            quoting=csv.QUOTE_NONE,
+            escapechar="\\",
         )
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: "" if row.get(key) is None else row[key] for key in COLUMNS})
-    temporary.replace(tsv_path)
+            writer.writerow({key: _tsv_cell(row.get(key)) for key in COLUMNS})
+        contents = {
+            json_path: json.dumps({"counts": counts, "measurement_sets": rows}, indent=2),
+            tsv_path: table.getvalue(),
+        }
+        for (path, text), temporary in zip(contents.items(), temporaries, strict=True):
+            if _read_text(path) != text:  # unchanged files are left alone (no-op reruns)
+                temporary.write_text(text)
+                temporary.replace(path)
+    except OSError as error:
+        for temporary in temporaries:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+        return f"could not write the summary {tsv_path}: {error.strerror or error}"
+    return None
 
 
 def _pyplot():

@@ -1,0 +1,63 @@
+"""Interrupts of the central job: signals become one exception, and a lost parent is noticed.
+
+Ctrl-C reaches every process of the terminal's process group (Snakemake, this job, the
+embedded workers); SIGTERM and SIGHUP come from a batch system or a closed terminal. All of
+them mean the same here: stop every DP3, commit nothing more, say so in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+log = logging.getLogger("dp3batch")
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PARENT_POLL_SECONDS = 0.5
+
+
+class Interrupted(KeyboardInterrupt):
+    """The batch was asked to stop (a signal, or Snakemake went away)."""
+
+    def __init__(self, cause: str):
+        super().__init__(cause)
+        self.cause = cause
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[threading.Event]:
+    """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted` in the main thread, and yield an
+    event that is set when our parent process (Snakemake) dies: a killed Snakemake must not
+    leave DP3s running."""
+    parent = os.getppid()
+    orphaned = threading.Event()
+    stop = threading.Event()
+
+    def watch_parent() -> None:
+        while not stop.wait(PARENT_POLL_SECONDS):
+            if os.getppid() != parent:
+                orphaned.set()
+                return
+
+    def on_signal(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in HANDLED_SIGNALS}
+    watcher = threading.Thread(target=watch_parent, name="dp3batch-parent-watch", daemon=True)
+    watcher.start()
+    try:
+        yield orphaned
+    finally:
+        stop.set()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def ignore_interrupts() -> None:
+    """While the batch cleans up after an interrupt, a second Ctrl-C must not cut it short."""
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

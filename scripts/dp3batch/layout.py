@@ -1,0 +1,115 @@
+"""Every path the workflow writes, in one place.
+
+    <output_dir>/
+        NAME.ms/                    an output: the DP3 MS, its completion record and parset
+        .NAME.ms.tmp-<12 hex>       an output being written (renamed to NAME.ms when checked)
+        .NAME.ms.old-<12 hex>       an output being replaced (removed right after)
+        .dp3batch.lock              held (flock) by the batch that writes here
+        summary.tsv, summary.json   the status of every MS, after every run
+        logs/NAME.log               DP3's output for one MS
+        logs/failed.txt             the failures of the last batch
+        logs/batches/<batch>.*      one batch's result, log, guard and pid files
+        report/<batch>/             one batch's plots
+
+The workflow deletes nothing in `output_dir` but its own temporary and replaced copies of
+the outputs it knows (`is_leftover_of`): never another hidden entry, never through a link.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+RECORD_NAME = "dp3_completion.json"
+PARSET_NAME = "dp3.parset"
+LOCK_NAME = ".dp3batch.lock"
+FAILURES_NAME = "failed.txt"
+SUMMARY_TSV = "summary.tsv"
+SUMMARY_JSON = "summary.json"
+
+TEMPORARY_MARK = "tmp"
+REPLACED_MARK = "old"
+_LEFTOVER = re.compile(r"^\.(?P<owner>.+)\.(?:tmp|old)-[0-9a-f]{12}$")
+
+
+def _suffix() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def temporary_path(output: Path) -> Path:
+    """A fresh name beside `output` for one attempt at writing it."""
+    return output.parent / f".{output.name}.{TEMPORARY_MARK}-{_suffix()}"
+
+
+def replaced_path(output: Path) -> Path:
+    """A fresh name beside `output` for the older output while the new one takes its place."""
+    return output.parent / f".{output.name}.{REPLACED_MARK}-{_suffix()}"
+
+
+def leftover_owner(file_name: str) -> str | None:
+    """The output a temporary or replaced copy belongs to (`.X.ms.tmp-0a1b2c3d4e5f` → `X.ms`),
+    or None for any other name."""
+    match = _LEFTOVER.match(file_name)
+    return match.group("owner") if match else None
+
+
+def ms_log_file(log_dir: str | Path, name: str) -> str:
+    """Where DP3's full output for the MS `name` goes."""
+    return str(Path(log_dir) / f"{name}.log")
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """The files of one output directory."""
+
+    output_dir: Path
+
+    @property
+    def log_dir(self) -> Path:
+        return self.output_dir / "logs"
+
+    @property
+    def batches_dir(self) -> Path:
+        return self.log_dir / "batches"
+
+    @property
+    def lock(self) -> Path:
+        return self.output_dir / LOCK_NAME
+
+    @property
+    def failures(self) -> Path:
+        return self.log_dir / FAILURES_NAME
+
+    @property
+    def summary_tsv(self) -> Path:
+        return self.output_dir / SUMMARY_TSV
+
+    @property
+    def summary_json(self) -> Path:
+        return self.output_dir / SUMMARY_JSON
+
+    def output(self, name: str) -> Path:
+        return self.output_dir / f"{name}.ms"
+
+    def ms_log(self, name: str) -> str:
+        return ms_log_file(self.log_dir, name)
+
+    def batch_result(self, batch: str) -> Path:
+        """The central job's output: the result of every MS of one batch."""
+        return self.batches_dir / f"{batch}.json"
+
+    def batch_log(self, batch: str, step: str = "process") -> Path:
+        return self.batches_dir / f"{batch}.{step}.log"
+
+    def batch_guard(self, batch: str) -> Path:
+        """Tasks commit only while this file says the batch goes on (see execution.commit)."""
+        return self.batches_dir / f"{batch}.guard"
+
+    def batch_pid(self, batch: str) -> Path:
+        """The central job's process id, for Snakemake to pass an interrupt on to it."""
+        return self.batches_dir / f"{batch}.pid"
+
+    def report_dir(self, batch: str) -> Path:
+        return self.output_dir / "report" / batch

@@ -1,0 +1,270 @@
+"""Faults inflicted on real processes: every one ends in bounded time with a clear message,
+no DP3 left running, nothing lost that finished, and a summary that tells the truth.
+
+Real `snakemake`, real DP3, real `dask scheduler` / `dask worker` processes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+from conftest import dp3_processes, make_inputs, wait_until
+
+# DP3 takes a few seconds on each of these: long enough to inflict a fault mid-task.
+SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
+
+
+def _summary(workflow) -> dict[str, dict[str, str]]:
+    with open(workflow.output_dir / "summary.tsv") as handle:
+        return {row["name"]: row for row in csv.DictReader(handle, delimiter="\t")}
+
+
+def _complete(workflow, names) -> list[str]:
+    return [name for name in names if workflow.record(name) is not None]
+
+
+def _finish(process: subprocess.Popen, timeout: float) -> float:
+    """Wait for `process`; return how long it took. Kill its group if it overruns."""
+    started = time.monotonic()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail(f"the run did not end within {timeout} s")
+    return time.monotonic() - started
+
+
+def _output(workflow) -> str:
+    return (workflow.directory / "snakemake.out").read_text()
+
+
+def test_losing_every_worker_ends_the_run_keeping_what_finished(workflow, dask_cluster):
+    names = [f"obs_{index}" for index in range(4)]
+    make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
+    dask_cluster.start(workers=2, threads=1)
+    workflow.config.update(scheduler=dask_cluster.address, worker_wait_seconds=3)
+    snakemake = workflow.start()
+    try:
+        assert wait_until(lambda: dp3_processes(str(workflow.directory)), 120, 0.05)
+        for worker in dask_cluster.processes[1:]:  # the whole `dask worker` process tree
+            os.killpg(worker.pid, signal.SIGKILL)
+        elapsed = _finish(snakemake, 90)
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    output = _output(workflow)
+    assert snakemake.returncode != 0
+    assert elapsed < 60, elapsed
+    assert "no dask worker holding the process resource was left for 3 s" in output
+    assert not dp3_processes(str(workflow.directory))
+    summary = _summary(workflow)
+    assert sorted(summary) == names
+    for name in names:
+        expected = "done" if workflow.record(name) else "not processed"
+        assert summary[name]["status"] == expected, (name, summary[name])
+    assert any(row["status"] == "not processed" for row in summary.values())
+
+
+def _silent_listener() -> tuple[socket.socket, int]:
+    """A TCP port that accepts connections and never says a word (a stopped scheduler)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+def test_a_scheduler_that_never_answers_is_a_clear_error_within_seconds(workflow):
+    make_inputs(workflow.directory / "inputs", 1)
+    listener, port = _silent_listener()
+    try:
+        workflow.config["scheduler"] = f"127.0.0.1:{port}"
+        started = time.monotonic()
+        result = workflow.run(timeout=120)
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+    assert result.returncode != 0
+    assert elapsed < 40, elapsed
+    assert f"cannot reach the dask scheduler at 127.0.0.1:{port}" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_scheduler_stopped_mid_batch_ends_the_run_and_the_report_stays_true(
+    workflow, dask_cluster
+):
+    names = [f"obs_{index}" for index in range(4)]
+    make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
+    dask_cluster.start(workers=2, threads=1)
+    workflow.config["scheduler"] = dask_cluster.address
+    scheduler = psutil.Process(dask_cluster.processes[0].pid)
+    snakemake = workflow.start()
+    try:
+        assert wait_until(lambda: _complete(workflow, names), 120, 0.05)
+        scheduler.suspend()
+        elapsed = _finish(snakemake, 120)
+    finally:
+        scheduler.resume()
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    output = _output(workflow)
+    assert snakemake.returncode != 0
+    assert elapsed < 90, elapsed
+    assert f"the dask scheduler at tcp://{dask_cluster.address} stopped answering" in output
+    summary = _summary(workflow)
+    complete = _complete(workflow, names)
+    assert complete, "nothing finished before the scheduler stopped"
+    for name in names:
+        assert summary[name]["status"] == ("done" if name in complete else "not processed")
+
+
+def _hold_write_lock(ms) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom casacore import tables\n"
+            "t = tables.table(sys.argv[1], readonly=False, lockoptions='permanent', ack=False)\n"
+            "print('locked', flush=True)\ntime.sleep(600)\n",
+            str(ms),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_locked_input_fails_alone_and_a_dry_run_never_blocks(workflow):
+    inputs = make_inputs(workflow.directory / "inputs", 3)
+    holder = _hold_write_lock(inputs[1])
+    try:
+        dry = workflow.run("-n", timeout=60)
+        assert dry.returncode == 0, dry.output
+        assert f"obs_1: missing; LOCKED by another process (pid {holder.pid})" in dry.output
+        result = workflow.run(timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0
+    assert f"locked by another process (pid {holder.pid})" in result.output
+    assert _complete(workflow, ["obs_0", "obs_1", "obs_2"]) == ["obs_0", "obs_2"]
+    rerun = workflow.run(timeout=120)
+    assert rerun.returncode == 0, rerun.output
+    assert "1 of 3 MS(s) to process" in rerun.output
+
+
+def test_a_damaged_output_is_reprocessed(workflow):
+    make_inputs(workflow.directory / "inputs", 2)
+    assert workflow.run().returncode == 0
+    untouched = (workflow.output("obs_1") / "dp3_completion.json").read_bytes()
+    damaged = workflow.output("obs_0")
+    biggest = max(damaged.glob("table.f*"), key=lambda path: path.stat().st_size)
+    os.truncate(biggest, biggest.stat().st_size // 2)
+    dry = workflow.run("-n")
+    assert "1 of 2 MS(s) to process" in dry.output and "obs_0: output changed" in dry.output
+    rerun = workflow.run()
+    assert rerun.returncode == 0, rerun.output
+    from casacore import tables
+
+    with tables.table(str(damaged), ack=False) as table:
+        assert table.nrows() == workflow.record("obs_0")["shape_after"]["rows"]
+    assert (workflow.output("obs_1") / "dp3_completion.json").read_bytes() == untouched
+
+
+def test_two_runs_on_one_output_dir_process_each_ms_once(workflow, tmp_path):
+    names = [f"obs_{index}" for index in range(3)]
+    make_inputs(workflow.directory / "inputs", 3, **SLOW_MS)
+    workflow.config["inputs"] = [str(workflow.directory / "inputs" / "*.ms")]
+    workflow.config["output_dir"] = str(workflow.directory / "results")
+    first = workflow.start()
+    time.sleep(0.3)
+    other_directory = tmp_path / "elsewhere"
+    other_directory.mkdir()
+    second = subprocess.run(
+        [*workflow.command(), "--directory", str(other_directory)],
+        cwd=other_directory,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    _finish(first, 300)
+    assert first.returncode == 0, _output(workflow)
+    assert second.returncode == 0, second.stdout + second.stderr
+    records = {name: workflow.record(name) for name in names}
+    assert all(records.values())
+    # Each MS ran once: the second run found them done once it held the lock.
+    assert "completed by another run meanwhile" in second.stdout + second.stderr
+    for name in names:
+        assert (workflow.directory / "results" / "logs" / f"{name}.log").read_text().count(
+            "# started"
+        ) == 1
+
+
+def test_unrelated_hidden_entries_in_output_dir_are_never_touched(workflow):
+    make_inputs(workflow.directory / "inputs", 1)
+    results = workflow.output_dir
+    unrelated = [results / ".config.old-2023" / "app", results / ".git.old-backup"]
+    unrelated.append(results / ".cache.tmp-abc")
+    for path in unrelated:
+        path.mkdir(parents=True)
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    assert all(path.is_dir() for path in unrelated)
+    assert "left behind" not in result.output
+
+
+def test_ctrl_c_returns_only_when_every_dp3_has_stopped(workflow):
+    names = [f"obs_{index}" for index in range(6)]
+    make_inputs(workflow.directory / "inputs", 6, **SLOW_MS)
+    workflow.config["local_cluster"] = {"n_workers": 2, "threads_per_worker": 1}
+    snakemake = workflow.start()
+    try:
+        assert wait_until(lambda: _complete(workflow, names), 120, 0.05)
+        assert wait_until(lambda: dp3_processes(str(workflow.directory)), 30, 0.02)
+        os.killpg(snakemake.pid, signal.SIGINT)
+        _finish(snakemake, 60)
+        # Control is back: nothing may run or be committed any more.
+        assert not dp3_processes(str(workflow.directory))
+        committed = _complete(workflow, names)
+        time.sleep(3)
+        assert _complete(workflow, names) == committed
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    output = _output(workflow)
+    assert "Traceback" not in output, output
+    assert "Interrupted (SIGINT)" in output
+    leftovers = [entry.name for entry in workflow.output_dir.iterdir() if ".tmp-" in entry.name]
+    assert not leftovers
+    assert "no partial output was kept" in output
+    summary = _summary(workflow)
+    assert {name for name, row in summary.items() if row["status"] == "done"} == set(committed)
+
+
+def test_a_no_op_run_rewrites_the_summary(workflow):
+    make_inputs(workflow.directory / "inputs", 1)
+    assert workflow.run().returncode == 0
+    summary = workflow.output_dir / "summary.tsv"
+    summary.unlink()
+    rerun = workflow.run()
+    assert rerun.returncode == 0
+    assert _summary(workflow)["obs_0"]["status"] == "up to date"

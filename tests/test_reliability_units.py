@@ -1,0 +1,197 @@
+"""Unit tests of the reliability rules: what may be deleted, which paths are refused, how
+failures are named, the summary's format, and the order of dispatch."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dp3batch.config import ConfigError
+from dp3batch.discovery import discover_measurement_sets
+from dp3batch.dispatch import largest_first
+from dp3batch.dp3 import as_parset
+from dp3batch.execution import exit_description, remove_leftovers
+from dp3batch.layout import leftover_owner, replaced_path, temporary_path
+from dp3batch.measurement_set import write_lock_holder
+from dp3batch.report import write_summary
+
+
+def fake_ms(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "table.dat").write_bytes(b"main")
+    return path
+
+
+# --- what the workflow deletes -------------------------------------------------------------
+
+
+def test_leftover_names_are_exactly_the_workflows_own(tmp_path):
+    output = tmp_path / "obs_1.ms"
+    assert leftover_owner(temporary_path(output).name) == "obs_1.ms"
+    assert leftover_owner(replaced_path(output).name) == "obs_1.ms"
+    for name in (".config.old-2023", ".git.old-backup", ".cache.tmp-abc", ".x.ms.tmp-XYZ"):
+        assert leftover_owner(name) is None
+
+
+def test_only_leftovers_of_known_outputs_are_removed(tmp_path):
+    ours = temporary_path(tmp_path / "obs_1.ms")
+    ours.mkdir()
+    (ours / "table.dat").write_bytes(b"partial")
+    replaced = replaced_path(tmp_path / "obs_1.ms")
+    replaced.mkdir()
+    unknown_output = temporary_path(tmp_path / "someone_else.ms")
+    unknown_output.mkdir()
+    unrelated = [tmp_path / ".config.old-2023" / "app", tmp_path / ".git.old-backup"]
+    unrelated.append(tmp_path / ".cache.tmp-abc")
+    for path in unrelated:
+        path.mkdir(parents=True)
+    removed = remove_leftovers(tmp_path, {"obs_1.ms"})
+    assert sorted(removed) == sorted([ours, replaced])
+    assert not ours.exists() and not replaced.exists()
+    assert unknown_output.is_dir()
+    assert all(path.exists() for path in unrelated)
+
+
+def test_a_leftover_name_that_is_a_link_is_not_followed(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data").write_bytes(b"keep me")
+    output_dir = tmp_path / "results"
+    output_dir.mkdir()
+    link = temporary_path(output_dir / "obs_1.ms")
+    link.symlink_to(precious)
+    assert remove_leftovers(output_dir, {"obs_1.ms"}) == []
+    assert (precious / "data").read_bytes() == b"keep me"
+
+
+# --- paths -----------------------------------------------------------------------------------
+
+
+def test_double_star_matches_any_depth(tmp_path):
+    fake_ms(tmp_path / "data" / "night1" / "a.ms")
+    fake_ms(tmp_path / "data" / "night2" / "deep" / "b.ms")
+    found = discover_measurement_sets(["data/**/*.ms"], "results", tmp_path)
+    assert [ms.name for ms in found] == ["a", "b"]
+
+
+def test_outputs_matched_by_an_input_pattern_are_left_out(tmp_path):
+    fake_ms(tmp_path / "data" / "a.ms")
+    output = fake_ms(tmp_path / "data" / "results" / "a.ms")
+    (output / "dp3_completion.json").write_text("{}")
+    found = discover_measurement_sets(["data/**/*.ms"], "data/results", tmp_path)
+    assert [ms.input for ms in found] == [tmp_path / "data" / "a.ms"]
+
+
+def test_output_dir_with_a_tilde_is_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    fake_ms(tmp_path / "data" / "a.ms")
+    found = discover_measurement_sets(["data/a.ms"], "~/out", tmp_path)
+    assert found[0].output == tmp_path / "home" / "out" / "a.ms"
+
+
+@pytest.mark.parametrize("output_dir", ["/", "~"])
+def test_root_and_home_are_refused_as_output_dir(tmp_path, output_dir):
+    fake_ms(tmp_path / "data" / "a.ms")
+    with pytest.raises(ConfigError, match="output_dir: .* is (the root|a home) directory"):
+        discover_measurement_sets(["data/a.ms"], output_dir, tmp_path)
+
+
+def test_an_input_link_inside_output_dir_is_refused(tmp_path):
+    real = fake_ms(tmp_path / "data" / "a.ms")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "a.ms").symlink_to(real)
+    with pytest.raises(ConfigError, match="output_dir"):
+        discover_measurement_sets(["results/a.ms"], "results", tmp_path)
+
+
+def test_an_output_path_that_is_a_link_is_refused(tmp_path):
+    fake_ms(tmp_path / "data" / "a.ms")
+    elsewhere = fake_ms(tmp_path / "elsewhere" / "a.ms")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "a.ms").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="is a link"):
+        discover_measurement_sets(["data/a.ms"], "results", tmp_path)
+
+
+def test_the_same_ms_through_a_link_is_refused(tmp_path):
+    real = fake_ms(tmp_path / "data" / "a.ms")
+    (tmp_path / "data" / "alias.ms").symlink_to(real)
+    with pytest.raises(ConfigError, match="are the same MS"):
+        discover_measurement_sets(["data/*.ms"], "results", tmp_path)
+
+
+def test_a_name_with_glob_characters_is_refused(tmp_path):
+    fake_ms(tmp_path / "data" / "[x].ms")
+    with pytest.raises(ConfigError, match="reads as a pattern"):
+        discover_measurement_sets([str(tmp_path / "data" / "[x].ms")], "results", tmp_path)
+
+
+def test_a_hash_in_a_path_is_quoted_in_the_parset():
+    parset = as_parset([("msin", "/data/run#2/a.ms"), ("steps", "[]")])
+    assert 'msin="/data/run#2/a.ms"' in parset.splitlines()
+
+
+# --- failures named, summary format, dispatch order --------------------------------------
+
+
+def test_a_signal_is_named():
+    assert exit_description(-signal.SIGSEGV) == "DP3 was killed by SIGSEGV (DP3 crashed)"
+    assert exit_description(-signal.SIGKILL) == "DP3 was killed by SIGKILL"
+    assert exit_description(1) == "DP3 exited with code 1"
+
+
+def test_summary_cells_hold_no_line_breaks(tmp_path):
+    rows = [{"name": "a", "status": "failed", "error": "line one\nline two\tend"}]
+    assert write_summary(rows, tmp_path / "s.json", tmp_path / "s.tsv") is None
+    lines = (tmp_path / "s.tsv").read_text().splitlines()
+    assert len(lines) == 2
+    row = next(csv.DictReader(lines, delimiter="\t"))
+    assert row["error"] == "line one line two end"
+
+
+def test_a_summary_that_cannot_be_written_leaves_no_partial_file(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    problem = write_summary([], blocker / "s.json", blocker / "s.tsv")
+    assert problem and "could not write the summary" in problem
+    assert sorted(os.listdir(tmp_path)) == ["not-a-directory"]
+
+
+def test_largest_first_is_stable_for_equal_sizes():
+    tasks = [{"name": n, "size": s} for n, s in [("a", 1), ("b", 8), ("c", 8), ("d", 2)]]
+    assert [task["name"] for task in largest_first(tasks)] == ["b", "c", "d", "a"]
+
+
+# --- locks ----------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_write_lock_held_by_another_process_is_seen_without_waiting(tmp_path):
+    from dp3batch.synthetic_ms import SyntheticMSSpec, generate_measurement_set
+
+    ms = generate_measurement_set(tmp_path / "a.ms", SyntheticMSSpec(n_times=10, n_channels=8))
+    assert write_lock_holder(ms) is None
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom casacore import tables\n"
+            "t = tables.table(sys.argv[1], readonly=False, lockoptions='permanent', ack=False)\n"
+            "print('locked', flush=True)\ntime.sleep(60)\n",
+            str(ms),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert write_lock_holder(ms) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert write_lock_holder(ms) is None
