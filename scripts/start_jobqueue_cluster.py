@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run(cluster, arguments, threads, stop)
         except (ClusterError, slurm.SlurmError) as error:
-            print(f"Error: {error}\nstopping: cancelling the jobs", file=sys.stderr, flush=True)
+            print(f"Error: {error}\nstopping: cancelling any submitted jobs", file=sys.stderr)
             return 2
         print("stopping: cancelling the jobs", flush=True)
     return 0

@@ -8,6 +8,7 @@ SLURM_CONF and waits for Ctrl-C."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import shutil
@@ -25,6 +26,15 @@ PARTITION = "debug"
 SHORT_PARTITION = "short"
 SHORT_PARTITION_MINUTES = 5
 START_SECONDS = 60
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a daemon's child process: SIGTERM when the test process dies, even by SIGKILL, so
+    that no daemon outlives an aborted test session."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class SlurmUnavailable(RuntimeError):
@@ -151,6 +161,7 @@ class SlurmCluster:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **self.environment},
+            preexec_fn=_die_with_parent,
             **options,
         )
 
@@ -198,6 +209,12 @@ class SlurmCluster:
         """Cancel every job, then stop exactly the daemons this object started."""
         if "slurmctld" in self.daemons and self.daemons["slurmctld"].poll() is None:
             self.command("scancel", "--full", "--user=root", timeout=10)
+            # Let the jobs' slurmstepd processes finish while slurmd is still there.
+            deadline = time.monotonic() + 15
+            while self.command("squeue", "-h", timeout=10).stdout.strip():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
         for name in reversed(DAEMONS):
             daemon = self.daemons.get(name)
             if daemon is None or daemon.poll() is not None:
@@ -221,7 +238,10 @@ if __name__ == "__main__":
     cluster = make_cluster()
     try:
         cluster.start()
+        signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         print(f"export SLURM_CONF={cluster.conf}  # Ctrl-C stops the daemons", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(signals)
     finally:
         cluster.stop()
+        shutil.rmtree(cluster.directory, ignore_errors=True)
