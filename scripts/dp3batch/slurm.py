@@ -121,7 +121,10 @@ def check_submission(job_script: str) -> None:
 
 
 def job_states() -> list[JobState]:
-    """This user's jobs, including those that ended recently; [] if squeue fails (it is
-    asked again at the next poll)."""
-    result = _run(["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r"])
+    """This user's jobs, including those that ended recently; [] if squeue fails or is slow
+    (it is asked again at the next poll: a busy slurmctld must not end a running batch)."""
+    try:
+        result = _run(["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r"])
+    except SlurmError:
+        return []
     return parse_squeue(result.stdout) if result.returncode == 0 else []
