@@ -4,7 +4,9 @@
         --memory 64GB --queue normal --account myproject --walltime 08:00:00
 
 prints the scheduler's address and the `snakemake --config scheduler=...` command to run in
-another terminal, then keeps the scheduler up until Ctrl-C (which cancels the jobs). Each job
+another terminal, then keeps the scheduler up until Ctrl-C (which cancels the jobs). With
+Slurm, a job that Slurm refuses or will never start (unknown partition, walltime above the
+partition's limit, ...) ends it at once with Slurm's reason and what to change. Each job
 runs PROCESSES dask workers of CORES/PROCESSES threads, each holding `process=1` (one DP3 at
 a time per worker). `--print-job-script` shows the job script and submits nothing.
 """
@@ -15,12 +17,19 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dp3batch import slurm  # noqa: E402
 from dp3batch.cluster import ClusterError  # noqa: E402
 from dp3batch.jobqueue import SYSTEMS, jobqueue_cluster, worker_threads  # noqa: E402
+
+# How long dask-jobqueue may take to submit the jobs, and how often Slurm is asked about them.
+SUBMIT_SECONDS = 60
+WATCH_SECONDS = 5
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +73,38 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def submitted_job_ids(cluster: Any, jobs: int, stop: threading.Event) -> list[str]:
+    """The batch system's ids of the `jobs` jobs, once all are submitted. dask-jobqueue
+    submits in the background and only logs a refused submission, so wait for the ids (with
+    a deadline) instead of announcing workers that will never come."""
+    deadline = time.monotonic() + SUBMIT_SECONDS
+    while True:
+        ids = [job.job_id for job in list(cluster.workers.values()) if job.job_id]
+        if len(ids) >= jobs or stop.is_set():
+            return ids
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"only {len(ids)} of {jobs} job(s) were submitted within {SUBMIT_SECONDS} s: "
+                "the submission command's error is above; fix the options it names"
+            )
+        time.sleep(0.2)
+
+
+def watch_slurm_jobs(job_ids: list[str], stop: threading.Event) -> None:
+    """Until `stop`: raise as soon as a job pends for a reason that never clears (instead of
+    waiting for it forever), and say when a job ends (walltime, scancel): its workers are
+    gone and their running MSs are retried on the others."""
+    reported: set[str] = set()
+    while not stop.wait(WATCH_SECONDS):
+        states = slurm.job_states()
+        blocked = slurm.blocked_jobs_error(states, set(job_ids))
+        if blocked:
+            raise slurm.SlurmError(blocked)
+        for job_id, state in slurm.ended_jobs(states, set(job_ids) - reported).items():
+            print(f"Slurm job {job_id} ended ({state}); its workers are gone", flush=True)
+            reported.add(job_id)
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     try:
@@ -94,19 +135,35 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        cluster.scale(jobs=arguments.jobs)
-        print(
-            f"dask scheduler: {cluster.scheduler_address} (dashboard {cluster.dashboard_link})\n"
-            f"{arguments.jobs} {arguments.system} job(s) requested, each running "
-            f"{arguments.processes} worker(s) x {threads} thread(s) holding process=1.\n"
-            "Run the workflow (from a host that reaches the scheduler) with:\n"
-            f"    snakemake --cores 1 --config scheduler={cluster.scheduler_address}\n"
-            "Ctrl-C here stops the scheduler and cancels the jobs.",
-            flush=True,
-        )
-        stop.wait()
+        try:
+            run(cluster, arguments, threads, stop)
+        except (ClusterError, slurm.SlurmError) as error:
+            print(f"Error: {error}\nstopping: cancelling any submitted jobs", file=sys.stderr)
+            return 2
         print("stopping: cancelling the jobs", flush=True)
     return 0
+
+
+def run(cluster: Any, arguments: argparse.Namespace, threads: int, stop: threading.Event) -> None:
+    """Submit the jobs, print the command to run, and watch the jobs until `stop`."""
+    is_slurm = arguments.system == "slurm"
+    if is_slurm:
+        slurm.check_submission(cluster.job_script())
+    cluster.scale(jobs=arguments.jobs)
+    job_ids = submitted_job_ids(cluster, arguments.jobs, stop)
+    print(
+        f"dask scheduler: {cluster.scheduler_address} (dashboard {cluster.dashboard_link})\n"
+        f"{arguments.jobs} {arguments.system} job(s) submitted ({', '.join(job_ids)}), each "
+        f"running {arguments.processes} worker(s) x {threads} thread(s) holding process=1.\n"
+        "Run the workflow (from a host that reaches the scheduler) with:\n"
+        f"    snakemake --cores 1 --config scheduler={cluster.scheduler_address}\n"
+        "Ctrl-C here stops the scheduler and cancels the jobs.",
+        flush=True,
+    )
+    if is_slurm:
+        watch_slurm_jobs(job_ids, stop)
+    else:
+        stop.wait()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ SMALL_MS = {"n_antennas": 6, "n_times": 20, "n_channels": 16}
 
 
 # Tests that run the real snakemake, DP3 or dask processes; `make test-unit` leaves them out.
-E2E_FIXTURES = {"workflow", "dask_cluster"}
+E2E_FIXTURES = {"workflow", "dask_cluster", "slurm"}
 E2E_MODULES = {
     "test_calibration_steps",
     "test_calibration_workflow",
@@ -43,6 +43,8 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__.rpartition(".")[2]
         if module in E2E_MODULES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
 
 
 def make_ms(path: Path, seed: int = 0, **fields) -> Path:
@@ -275,3 +277,26 @@ def dask_cluster(tmp_path):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A real single-node Slurm (tests/slurm_cluster.py) for the whole session: started on
+    first use, its daemons stopped by PID at the end. Skipped only where it cannot run (not
+    root, slurm-wlm not installed); in CI (CI=true) that is a failure, never a skip."""
+    import shutil
+
+    from slurm_cluster import make_cluster, missing_requirements
+
+    problem = missing_requirements()
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(f"CI needs a real Slurm: {problem} (.ci/run installs it)")
+    if problem:
+        pytest.skip(f"no Slurm here: {problem}")
+    cluster = make_cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.directory, ignore_errors=True)

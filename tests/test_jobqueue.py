@@ -1,23 +1,24 @@
-"""Workers as Slurm/PBS jobs through dask-jobqueue (scripts/start_jobqueue_cluster.py).
-
-There is no Slurm here: the job scripts are checked as dask-jobqueue writes them, and one
-test replaces `sbatch`/`scancel` with stand-ins that run the job script on this machine, so
-that the workflow runs on workers started exactly as the job script says."""
+"""Workers as Slurm/PBS jobs through dask-jobqueue (scripts/start_jobqueue_cluster.py): the
+job scripts dask-jobqueue writes, and how Slurm's answers about the jobs are read. The runs
+on a real Slurm are in test_slurm.py."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, make_inputs, wait_for_dask_workers, wait_until
+from conftest import REPO
 from dp3batch.cluster import ClusterError
 from dp3batch.jobqueue import cluster_class, job_options, jobqueue_cluster
+from dp3batch.slurm import (
+    JobState,
+    blocked_jobs_error,
+    ended_jobs,
+    never_clearing_hint,
+    parse_squeue,
+)
 
 SCRIPT = str(REPO / "scripts" / "start_jobqueue_cluster.py")
 SCHEDULER = "tcp://10.0.0.1:8786"
@@ -92,90 +93,36 @@ def test_the_recipe_script_prints_the_job_script(system):
     assert "--resources process=1" in worker and "--nthreads 2" in worker
 
 
-FAKE_SBATCH = """#!{python}
-# Stand-in for Slurm's sbatch: run the job script here, in its own session (= the job id).
-import os, shutil, subprocess, sys
-jobs = os.environ["FAKE_SLURM_DIR"]
-copy = shutil.copy(sys.argv[-1], os.path.join(jobs, f"job-{{len(os.listdir(jobs))}}.sh"))
-with open(copy + ".out", "w") as out:
-    job = subprocess.Popen(["bash", copy], stdout=out, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, start_new_session=True)
-with open(os.path.join(jobs, "ids"), "a") as ids:
-    ids.write(f"{{job.pid}}\\n")
-print(f"Submitted batch job {{job.pid}}")
-"""
-FAKE_SCANCEL = """#!{python}
-# Stand-in for Slurm's scancel: stop the job's session.
-import os, signal, sys
-for job in sys.argv[1:]:
-    try:
-        os.killpg(int(job), signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+SQUEUE = """\
+101|RUNNING|None
+102|PENDING|Resources
+103|PENDING|PartitionTimeLimit
+104|PENDING|QOSMaxWallDurationPerJobLimit
+105|TIMEOUT|TimeLimit
+garbage line
 """
 
 
-def _job_ids(jobs: Path) -> list[int]:
-    ids = jobs / "ids"
-    return [int(line) for line in ids.read_text().split()] if ids.is_file() else []
+def test_squeue_lines_become_job_states():
+    states = parse_squeue(SQUEUE)
+    assert [job.job_id for job in states] == ["101", "102", "103", "104", "105"]
+    assert states[2] == JobState("103", "PENDING", "PartitionTimeLimit")
 
 
-def _gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def test_only_pending_reasons_that_never_clear_are_an_error():
+    states = parse_squeue(SQUEUE)
+    # A busy cluster (Resources) is a wait, not an error.
+    assert blocked_jobs_error(states, {"101", "102"}) is None
+    message = blocked_jobs_error(states, {"102", "103", "104"})
+    assert message.splitlines()[0] == "Slurm will never start these worker job(s):"
+    assert "Slurm job 103 pends with reason PartitionTimeLimit: --walltime exceeds" in message
+    assert "Slurm job 104 pends with reason QOSMaxWallDurationPerJobLimit" in message
+    assert "102" not in message
+    # Other users' jobs are none of our business.
+    assert blocked_jobs_error(states, {"999"}) is None
+    assert never_clearing_hint("AssocGrpCpuLimit") is None  # clears when other jobs end
+    assert "--account" in never_clearing_hint("InvalidAccount")
 
 
-def test_workflow_on_workers_started_as_batch_jobs(workflow, tmp_path):
-    make_inputs(workflow.directory / "inputs", 2)
-    fake_bin, jobs = tmp_path / "fake-slurm-bin", tmp_path / "fake-slurm-jobs"
-    fake_bin.mkdir()
-    jobs.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
-        (fake_bin / name).write_text(text.format(python=sys.executable))
-        (fake_bin / name).chmod(0o755)
-    port = free_port()
-    out = tmp_path / "start_jobqueue_cluster.out"
-    starter = subprocess.Popen(
-        [sys.executable, SCRIPT, "slurm", "--jobs", "1", "--cores", "2", "--processes", "2"]
-        + ["--memory", "4GB", "--interface", "lo", "--port", str(port)]
-        + ["--dashboard-port", str(free_port()), "--walltime", "00:10:00"],
-        stdout=open(out, "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={
-            **os.environ,
-            "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
-            "FAKE_SLURM_DIR": str(jobs),
-        },
-    )
-    try:
-        command = wait_until(
-            lambda: re.search(r"snakemake --cores 1 --config scheduler=(\S+)", out.read_text()),
-            timeout=30,
-        )
-        assert command, out.read_text()
-        scheduler = command.group(1)
-        assert scheduler == f"tcp://127.0.0.1:{port}"
-        wait_for_dask_workers(scheduler, 2)
-        workflow.config["scheduler"] = scheduler
-        result = workflow.run()
-        assert result.returncode == 0, result.output
-        for name in ("obs_0", "obs_1"):
-            record = workflow.record(name)
-            assert record is not None and record["numthreads"] == 1, name
-        (job,) = _job_ids(jobs)
-        # Ctrl-C on the starter cancels the job (through scancel) and stops the scheduler.
-        starter.send_signal(signal.SIGINT)
-        assert starter.wait(timeout=30) == 0, out.read_text()
-        assert "stopping: cancelling the jobs" in out.read_text()
-        assert wait_until(lambda: _gone(job), timeout=30)
-    finally:
-        for job in _job_ids(jobs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(job, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(starter.pid, signal.SIGKILL)
-        starter.wait(timeout=10)
+def test_ended_jobs_are_those_no_longer_pending_or_running():
+    assert ended_jobs(parse_squeue(SQUEUE), {"101", "102", "105"}) == {"105": "TIMEOUT"}
