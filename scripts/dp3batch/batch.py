@@ -156,7 +156,8 @@ SHARED_TASK_KEYS = (
 def task_for(batch: dict[str, Any], ms: dict[str, Any]) -> dict[str, Any]:
     """The plain-data task of one MS of a batch (what a worker receives)."""
     return {
-        **{key: batch[key] for key in SHARED_TASK_KEYS},
+        # An MS may carry values of its own (its parameters: see planning._own_parameters).
+        **{key: ms.get(key, batch[key]) for key in SHARED_TASK_KEYS},
         "name": ms["name"],
         "input": ms["input"],
         "output": ms["output"],

@@ -27,8 +27,9 @@ from dp3batch.dp3 import (
     dp3_environment,
     required_output_files,
     run_parameters,
+    steps_of_type,
 )
-from dp3batch.measurement_set import read_shape, shape_problems
+from dp3batch.measurement_set import read_shape, read_telescope_name, shape_problems
 from dp3batch.report import parse_step_times
 
 TEMPORARY_MARK = ".tmp-"
@@ -231,6 +232,9 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             "parameters_fingerprint": task["parameters_fingerprint"],
             "extra_inputs_fingerprint": task["extra_inputs_fingerprint"],
             "dp3_version": task["dp3_version"],
+            # The telescope decides AOFlagger's default strategy (see ms_parameters).
+            "telescope": read_telescope_name(task["input"]),
+            "aoflagger_strategies": aoflagger_strategies(parameters),
             "dp3_executable": task["dp3_executable"],
             "dp3_arguments": arguments[1:],
             "worker": worker_address,
@@ -265,6 +269,12 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         dp3_version=record["dp3_version"],
     )
     return result
+
+
+def aoflagger_strategies(parameters: list[tuple[str, str]]) -> dict[str, str | None]:
+    """The strategy of each AOFlagger step (None: DP3's own choice, through a wrapper)."""
+    values = dict(parameters)
+    return {step: values.get(f"{step}.strategy") for step in steps_of_type(parameters, "aoflagger")}
 
 
 def _disk_usage(path: Path) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from dp3batch.config import Chain
 
@@ -92,3 +93,17 @@ def shape_problems(
         if after.channels != expected_channels:
             problems.append(f"{after.channels} channels, expected {expected_channels}")
     return problems
+
+
+def read_telescope_name(path: str | Path) -> str:
+    """OBSERVATION::TELESCOPE_NAME of the MS's first observation, as DP3 and AOFlagger read
+    it ("" when the MS has none)."""
+    from casacore import tables
+
+    try:
+        with tables.table(f"{path}::OBSERVATION", ack=False, readonly=True) as observation:
+            if observation.nrows() == 0 or "TELESCOPE_NAME" not in observation.colnames():
+                return ""
+            return str(observation.getcell("TELESCOPE_NAME", 0)).strip()
+    except RuntimeError:  # no OBSERVATION table: AOFlagger then knows no telescope either
+        return ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from dp3batch.completion import (
     extra_inputs_fingerprint,
     parameters_fingerprint,
     pending_reason,
+    read_record,
 )
 from dp3batch.config import Chain, ConfigError, validate_config
 from dp3batch.discovery import MeasurementSet, check_readable, discover_measurement_sets
@@ -26,9 +27,9 @@ from dp3batch.dp3 import (
     dp3_version,
     file_parameters,
     find_dp3_executable,
-    wheel_aoflagger_strategy,
 )
-from dp3batch.measurement_set import averaging_factors
+from dp3batch.measurement_set import averaging_factors, read_telescope_name
+from dp3batch.ms_parameters import MSParameters, PerMSParameters
 
 DEMO_INPUTS = ["demo_data/*.ms"]
 DEMO_DIR = "demo_data"
@@ -64,6 +65,8 @@ class Plan:
     expectation: Expectation
     measurement_sets: list[MeasurementSet]
     pending: list[tuple[MeasurementSet, str]] = field(default_factory=list)
+    # Of each pending MS: its own parameters (AOFlagger's strategy for its telescope).
+    ms_parameters: dict[str, MSParameters] = field(default_factory=dict)
 
 
 # DP3 (>= 6) reads sky models only in the text format, and takes a file for one only when its
@@ -105,7 +108,7 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
     extra_dir = config.get("extra_inputs_dir")
     extra_dir = str(base / extra_dir) if extra_dir else str(base)
     executable = find_dp3_executable(config.get("dp3_executable"))
-    parameters = chain_parameters(chain, extra_dir, wheel_aoflagger_strategy(executable))
+    parameters = chain_parameters(chain, extra_dir)
     files = file_parameters(parameters)
     check_extra_inputs(files)
     output_dir = Path(os.path.normpath(base / config.get("output_dir", "results")))
@@ -126,14 +129,35 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
         expectation=expectation,
         measurement_sets=measurement_sets,
     )
+    per_ms = PerMSParameters(chain, extra_dir, executable, parameters, {key for key, _ in files})
     for ms in measurement_sets:
-        reason = pending_reason(ms.input, ms.output, expectation)
+        expected = expectation
+        if per_ms.varies:
+            expected = replace(
+                expectation, parameters_fingerprint=per_ms.for_telescope(_telescope(ms)).fingerprint
+            )
+        reason = pending_reason(ms.input, ms.output, expected)
         if reason is not None:
             plan.pending.append((ms, reason))
     # Opening a table costs milliseconds: only for the MSs about to be processed.
     for ms, _ in plan.pending:
         check_readable(ms.input)
+        if per_ms.varies:
+            plan.ms_parameters[ms.name] = per_ms.for_telescope(read_telescope_name(ms.input))
     return plan
+
+
+def _telescope(ms: MeasurementSet) -> str:
+    """The telescope of an MS for the up-to-date check, without opening it when possible.
+
+    The completion record names the telescope of the input it was made from; if the input
+    changed since, the MS is pending anyway (and its telescope is read then)."""
+    if not ms.output.exists():
+        return ""  # missing: pending whatever its parameters
+    record = read_record(ms.output)
+    if record is not None and isinstance(record.get("telescope"), str):
+        return record["telescope"]
+    return read_telescope_name(ms.input)
 
 
 def batch_id(plan: Plan, now: datetime.datetime | None = None) -> str:
@@ -178,7 +202,23 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[
         "freq_factor": freq_factor,
         "rows_may_change": "baseline" in plan.chain.msin,
         "measurement_sets": [
-            {"name": ms.name, "input": str(ms.input), "output": str(ms.output), "reason": reason}
+            {
+                "name": ms.name,
+                "input": str(ms.input),
+                "output": str(ms.output),
+                "reason": reason,
+                **_own_parameters(plan.ms_parameters.get(ms.name)),
+            }
             for ms, reason in plan.pending
         ],
+    }
+
+
+def _own_parameters(own: MSParameters | None) -> dict[str, Any]:
+    """What an MS's task takes instead of the batch's shared values (`batch.task_for`)."""
+    if own is None:
+        return {}
+    return {
+        "parameters": [list(pair) for pair in own.parameters],
+        "parameters_fingerprint": own.fingerprint,
     }

@@ -58,6 +58,8 @@ class SyntheticMSSpec:
     noise_sigma: float = 1.0
     seed: int = 0
     include_autocorrelations: bool = False
+    # OBSERVATION::TELESCOPE_NAME: AOFlagger picks its default strategy by it.
+    telescope_name: str = "LOFAR"
 
     def __post_init__(self) -> None:
         if self.n_antennas < 2 or self.n_times < 1 or self.n_channels < 1:
@@ -272,7 +274,7 @@ def _fill_subtables(ms_path: pathlib.Path, spec: SyntheticMSSpec) -> None:
 
     with sub("OBSERVATION") as t:
         t.addrows(1)
-        t.putcell("TELESCOPE_NAME", 0, "LOFAR")
+        t.putcell("TELESCOPE_NAME", 0, spec.telescope_name)
         t.putcell("TIME_RANGE", 0, np.array([start, end]))
         t.putcell("OBSERVER", 0, "dp3batch")
         t.putcell("PROJECT", 0, "synthetic")
@@ -481,6 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, help="number of channels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first MS (default 0)")
     parser.add_argument("--autocorrelations", action="store_true", help="add auto-correlations")
+    parser.add_argument(
+        "--telescope", default="LOFAR", help="OBSERVATION::TELESCOPE_NAME (default LOFAR)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing MSs")
     args = parser.parse_args(argv)
     if args.count < 1:
@@ -496,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None
     }
     fields["include_autocorrelations"] = args.autocorrelations
+    fields["telescope_name"] = args.telescope
     try:
         if args.size_mb is not None:
             spec = measurement_set_size_spec(int(args.size_mb * 1e6), **fields)
