@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from casacore import tables
 from conftest import make_ms
 from dp3batch.dp3 import dp3_environment, find_dp3_executable, wheel_strategies_directory
@@ -65,3 +67,80 @@ def test_aoflagger_uses_the_strategy_aoflagger_picks_for_the_telescope(workflow)
     # The choice is remembered: a rerun has nothing to do.
     again = workflow.run("-n")
     assert "All 2 MS(s)" in again.output, again.output
+
+
+def _column(path: Path, column: str, subtable: str = "") -> np.ndarray:
+    with tables.table(f"{path}::{subtable}" if subtable else str(path), ack=False) as table:
+        return table.getcol(column)
+
+
+def test_the_output_check_follows_the_input_as_dp3_reads_it(workflow):
+    """A window of a two-window MS (`msin.band`), with two time slots missing (DP3 fills
+    them in), read from CORRECTED_DATA and averaged to a time and frequency resolution: the
+    output passes the check, and it is what was asked for."""
+    inputs = workflow.directory / "inputs"
+    source = make_ms(inputs / "gaps.ms", missing_times=(3, 4), n_windows=2, corrected_data=True)
+    workflow.config["steps"] = [
+        {"MsIn": {"band": 1, "datacolumn": "CORRECTED_DATA"}},
+        {"Averager": {"timeresolution": 4.0, "freqresolution": "400kHz"}},
+    ]
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    output = workflow.output("gaps")
+    record = workflow.record("gaps")
+    assert record["shape_expected"] == {
+        "times": 10,
+        "baselines": 15,
+        "channels": 8,
+        "interval": 4.0,
+    }
+    assert record["shape_after"]["rows"] == 10 * 15
+    window_1 = _column(source, "CHAN_FREQ", "SPECTRAL_WINDOW")[1]
+    assert np.allclose(
+        _column(output, "CHAN_FREQ", "SPECTRAL_WINDOW")[0], window_1.reshape(8, 2).mean(1)
+    )
+    # The first output slot averages window 1's CORRECTED_DATA over slots 0-1 and channel
+    # pairs (nothing flagged, equal weights).
+    rows = _column(source, "DATA_DESC_ID") == 1
+    corrected = _column(source, "CORRECTED_DATA")[rows][: 2 * 15].reshape(2, 15, 8, 2, 4)
+    expected = corrected.mean(axis=(0, 3))
+    assert np.allclose(_column(output, "DATA")[:15], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_missing_time_slots_pass_the_check_of_the_default_chain(workflow):
+    make_ms(workflow.directory / "inputs" / "gaps.ms", missing_times=(3, 4))
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    assert workflow.record("gaps")["shape_after"]["times"] == 10
+
+
+def test_an_ms_without_the_data_column_dp3_needs_is_refused_up_front(tmp_path):
+    from dp3batch.config import ConfigError
+    from dp3batch.discovery import check_readable
+
+    corrected_only = make_ms(tmp_path / "c.ms", data_column="CORRECTED_DATA")
+    with pytest.raises(ConfigError, match="has CORRECTED_DATA but no DATA column"):
+        check_readable(corrected_only, "CORRECTED_DATA")
+    check_readable(make_ms(tmp_path / "both.ms", corrected_data=True), "CORRECTED_DATA")
+
+
+def test_a_misspelled_dp3_key_is_named_before_anything_runs(workflow):
+    make_ms(workflow.directory / "inputs" / "obs.ms")
+    workflow.config["steps"] = [{"Averager": {"timestpe": 2}}]
+    started = time.monotonic()
+    result = workflow.run()
+    assert result.returncode != 0
+    assert time.monotonic() - started < 30
+    assert "Error: steps: DP3 does not know the parameter(s) averager.timestpe" in result.output
+    assert not workflow.output_dir.exists() or not list(workflow.output_dir.glob("*.ms"))
+    assert not (workflow.output_dir / "logs" / "obs.log").exists()
+
+
+def test_a_chain_too_long_for_an_argument_list_runs_from_a_parset(workflow):
+    make_ms(workflow.directory / "inputs" / "obs.ms", n_times=4, n_channels=4)
+    workflow.config["steps"] = [{"PreFlagger": None}] * 1_000  # ~45 KB of arguments
+    result = workflow.run(timeout=600)
+    assert result.returncode == 0, result.output[-3000:]
+    record = workflow.record("obs")
+    assert record["dp3_arguments"] == [str(workflow.output_dir / "logs" / "obs.parset")]
+    assert record["parameters"][1][0] == "steps"

@@ -29,7 +29,8 @@ from dp3batch.dp3 import (
     run_parameters,
     steps_of_type,
 )
-from dp3batch.measurement_set import read_shape, read_telescope_name, shape_problems
+from dp3batch.measurement_set import read_shape, read_telescope_name
+from dp3batch.output_check import check_output
 from dp3batch.report import parse_step_times
 
 TEMPORARY_MARK = ".tmp-"
@@ -164,9 +165,10 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
     """Run the chain on one MS and commit its output; returns a result for the report.
 
     `task` holds: name, input, output, log, dp3_executable, dp3_version, parameters,
-    parameters_fingerprint, extra_inputs_fingerprint, time_factor, freq_factor,
-    rows_may_change. A DP3 failure is a result (status "failed"), not an exception, so dask
-    does not retry it; lost workers are retried by the scheduler.
+    parameters_fingerprint, extra_inputs_fingerprint (the output's expected shape is derived
+    from the input and the parameters: see output_check). A DP3 failure is a result (status
+    "failed"), not an exception, so dask does not retry it; lost workers are retried by
+    the scheduler.
     """
     worker, key, threads, memory_limit = _current_dask_task()
     worker_address = getattr(worker, "address", None) or socket.gethostname()
@@ -190,7 +192,7 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
     memory_gb = memory_limit / 1e9 if memory_limit else None
     parameters = [tuple(pair) for pair in task["parameters"]]
     run = run_parameters(parameters, task["input"], str(temporary), threads, memory_gb)
-    arguments = [task["dp3_executable"], *as_arguments(run)]
+    arguments = dp3_command(task["dp3_executable"], run, log_path.with_suffix(".parset"))
     with open(log_path, "w") as log:
         log.write(f"# {task['name']}: DP3 on {worker_address} with {threads} thread(s)\n")
         log.write(f"# started {result['started']}\n# command: {' '.join(arguments)}\n")
@@ -200,12 +202,8 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         if exit_code != 0:
             return _failed(result, started, log_path, f"DP3 exited with code {exit_code}")
         shape_out = read_shape(str(temporary), with_flags=True)
-        problems = shape_problems(
-            shape_in,
-            shape_out,
-            task["time_factor"],
-            task["freq_factor"],
-            task.get("rows_may_change", False),
+        expected, problems = check_output(
+            task["input"], parameters, log_path.read_text(errors="replace"), shape_out
         )
         required_files = required_output_files(parameters)
         problems += [
@@ -244,6 +242,8 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             "duration_seconds": round(time.time() - started, 3),
             "shape_before": shape_in.as_dict(),
             "shape_after": shape_out.as_dict(),
+            # What the output was checked against (see output_check).
+            "shape_expected": expected.as_dict() if expected else None,
             # What must sit beside the MS for the output to count as complete.
             "required_files": required_files,
             "output_bytes": _disk_usage(temporary),
@@ -275,6 +275,21 @@ def aoflagger_strategies(parameters: list[tuple[str, str]]) -> dict[str, str | N
     """The strategy of each AOFlagger step (None: DP3's own choice, through a wrapper)."""
     values = dict(parameters)
     return {step: values.get(f"{step}.strategy") for step in steps_of_type(parameters, "aoflagger")}
+
+
+# Above this many bytes of arguments, DP3 gets a parset file instead: Linux refuses an argument
+# list over ~2 MB, or a single argument over 128 KiB ("Argument list too long").
+ARGUMENTS_LIMIT_BYTES = 32 * 1024
+
+
+def dp3_command(executable: str, run: list[tuple[str, str]], parset_path: Path) -> list[str]:
+    """DP3's command line: `key=value` arguments, or for a long chain `DP3 <parset>` with the
+    run's parset written to `parset_path` (beside the MS's log)."""
+    arguments = as_arguments(run)
+    if sum(len(argument) + 1 for argument in arguments) <= ARGUMENTS_LIMIT_BYTES:
+        return [executable, *arguments]
+    parset_path.write_text(as_parset(run, "The DP3 run of this MS (too long for arguments)."))
+    return [executable, str(parset_path)]
 
 
 def _disk_usage(path: Path) -> int:

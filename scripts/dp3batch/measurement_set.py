@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,34 +64,6 @@ def averaging_factors(chain: Chain) -> tuple[int | None, int | None]:
         elif freq_factor is not None:
             freq_factor *= int(params.get("freqstep", 1))
     return time_factor, freq_factor
-
-
-def shape_problems(
-    before: Shape,
-    after: Shape,
-    time_factor: int | None,
-    freq_factor: int | None,
-    rows_may_change: bool = False,
-) -> list[str]:
-    """What is wrong with an output, compared with its input and the averaging asked for."""
-    problems = []
-    if after.rows == 0:
-        return ["the output has no rows"]
-    if time_factor is not None:
-        expected_times = math.ceil(before.times / time_factor)
-        if after.times != expected_times:
-            problems.append(f"{after.times} time slots, expected {expected_times}")
-        expected_interval = before.interval * time_factor
-        if not math.isclose(after.interval, expected_interval, rel_tol=1e-6):
-            problems.append(f"time interval {after.interval} s, expected {expected_interval} s")
-        baselines = before.rows // max(before.times, 1)
-        if not rows_may_change and after.rows != expected_times * baselines:
-            problems.append(f"{after.rows} rows, expected {expected_times * baselines}")
-    if freq_factor is not None:
-        expected_channels = math.ceil(before.channels / freq_factor)
-        if after.channels != expected_channels:
-            problems.append(f"{after.channels} channels, expected {expected_channels}")
-    return problems
 
 
 def read_telescope_name(path: str | Path) -> str:

@@ -30,6 +30,7 @@ from dp3batch.dp3 import (
 )
 from dp3batch.measurement_set import averaging_factors, read_telescope_name
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
+from dp3batch.parset_check import check_parameters_with_dp3
 
 DEMO_INPUTS = ["demo_data/*.ms"]
 DEMO_DIR = "demo_data"
@@ -141,9 +142,13 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
             plan.pending.append((ms, reason))
     # Opening a table costs milliseconds: only for the MSs about to be processed.
     for ms, _ in plan.pending:
-        check_readable(ms.input)
+        check_readable(ms.input, str(chain.msin.get("datacolumn", "DATA")))
         if per_ms.varies:
             plan.ms_parameters[ms.name] = per_ms.for_telescope(read_telescope_name(ms.input))
+    if plan.pending:
+        first, _ = plan.pending[0]
+        own = plan.ms_parameters.get(first.name)
+        check_parameters_with_dp3(executable, own.parameters if own else parameters, first.input)
     return plan
 
 
