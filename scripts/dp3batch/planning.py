@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dp3batch.calibration_check import check_calibration_inputs
 from dp3batch.completion import (
     Expectation,
     extra_inputs_fingerprint,
@@ -146,6 +147,7 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
         if per_ms.varies:
             plan.ms_parameters[ms.name] = per_ms.for_telescope(read_telescope_name(ms.input))
     if plan.pending:
+        check_calibration_inputs(parameters, [(ms.name, ms.input) for ms, _ in plan.pending])
         first, _ = plan.pending[0]
         own = plan.ms_parameters.get(first.name)
         check_parameters_with_dp3(executable, own.parameters if own else parameters, first.input)
