@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -112,6 +113,17 @@ def test_missing_time_slots_pass_the_check_of_the_default_chain(workflow):
     result = workflow.run()
     assert result.returncode == 0, result.output
     assert workflow.record("gaps")["shape_after"]["times"] == 10
+    # The summary's AOFlagger percentage is the one DP3 printed in the MS's log.
+    log = (workflow.output_dir / "logs" / "gaps.log").read_text()
+    printed = log.split("Flags set by AOFlaggerStep aoflagger.")[1].split("Total flagged:")[1]
+    percent = float(printed.split("%")[0])
+    assert percent > 1.0  # the injected RFI channel alone is 1/16 of the data
+    summary = json.loads((workflow.output_dir / "summary.json").read_text())
+    (row,) = summary["measurement_sets"]
+    assert row["flagged_aoflagger"] == percent
+    assert row["flagged_preflagger"] == 0.0
+    header = (workflow.output_dir / "summary.tsv").read_text().splitlines()[0].split("\t")
+    assert {"flagged_aoflagger", "flagged_preflagger"} <= set(header)
 
 
 def test_an_ms_without_the_data_column_dp3_needs_is_refused_up_front(tmp_path):

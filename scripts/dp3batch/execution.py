@@ -31,7 +31,7 @@ from dp3batch.dp3 import (
 )
 from dp3batch.measurement_set import read_shape, read_telescope_name
 from dp3batch.output_check import check_output
-from dp3batch.report import parse_step_times
+from dp3batch.report import parse_flag_counts, parse_step_times
 
 TEMPORARY_MARK = ".tmp-"
 REPLACED_MARK = ".old-"
@@ -248,6 +248,8 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             "required_files": required_files,
             "output_bytes": _disk_usage(temporary),
             "step_seconds": parse_step_times(log_path.read_text(errors="replace")),
+            # What each flagging step flagged, as DP3 counted it (see report.parse_flag_counts).
+            "flags_by_step": parse_flag_counts(log_path.read_text(errors="replace")),
         }
         write_record(temporary, record)
         _commit(temporary, output)
@@ -266,6 +268,7 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         shape_after=record["shape_after"],
         output_bytes=record["output_bytes"],
         step_seconds=record["step_seconds"],
+        flags_by_step=record["flags_by_step"],
         dp3_version=record["dp3_version"],
     )
     return result
