@@ -30,6 +30,7 @@ E2E_MODULES = {
     "test_calibration_steps",
     "test_calibration_workflow",
     "test_dask_stage",
+    "test_fidelity",
     "test_interruptions",
     "test_report",
     "test_resume",

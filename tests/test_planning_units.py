@@ -13,7 +13,6 @@ from dp3batch.cluster import local_cluster_size, worker_command
 from dp3batch.completion import Expectation
 from dp3batch.config import ConfigError, parse_steps
 from dp3batch.discovery import MeasurementSet
-from dp3batch.measurement_set import Shape, averaging_factors, shape_problems
 from dp3batch.planning import Plan, batch_id, check_extra_inputs, describe_pending
 
 NOW = datetime.datetime(2025, 3, 4, 5, 6, 7, tzinfo=datetime.UTC)
@@ -194,78 +193,3 @@ def test_check_extra_inputs_names_an_unreadable_file(tmp_path, monkeypatch):
         check_extra_inputs([("applycal.parmdb", str(solutions))])
     assert "applycal parmdb" in str(caught.value)
     assert str(solutions) in str(caught.value)
-
-
-# --- averaging_factors --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("steps", "expected"),
-    [
-        ([], (1, 1)),
-        ([{"PreFlagger": None}, {"AOFlagger": None}], (1, 1)),
-        ([{"Averager": {"timestep": 2, "freqstep": 4}}], (2, 4)),
-        ([{"Averager": {"timestep": 3}}], (3, 1)),
-        ([{"Averager": {"timestep": 2}}, {"Averager": {"timestep": 3, "freqstep": 2}}], (6, 2)),
-        ([{"Demixer": {"skymodel": "s", "timestep": 2, "freqstep": 8}}], (2, 8)),
-        ([{"Averager": {"timeresolution": 10.0, "freqstep": 2}}], (None, 2)),
-        ([{"Averager": {"timestep": 2, "freqresolution": "100kHz"}}], (2, None)),
-        (
-            [{"Averager": {"timeresolution": 4}}, {"Averager": {"timestep": 2, "freqstep": 2}}],
-            (None, 2),
-        ),
-        ([{"MsIn": None}, {"PreFlagger": {"timestep": 5}}], (1, 1)),
-    ],
-)
-def test_averaging_factors(steps, expected):
-    assert averaging_factors(parse_steps(steps)) == expected
-
-
-# --- shape_problems -----------------------------------------------------------------------
-
-BEFORE = Shape(rows=100 * 10, times=100, channels=64, interval=1.0, channel_width=1e5)
-
-
-def test_shape_as_expected_has_no_problems():
-    after = Shape(rows=50 * 10, times=50, channels=16, interval=2.0, channel_width=4e5)
-    assert shape_problems(BEFORE, after, 2, 4) == []
-
-
-def test_shape_with_uneven_time_averaging_rounds_up():
-    after = Shape(rows=34 * 10, times=34, channels=64, interval=3.0, channel_width=1e5)
-    assert shape_problems(BEFORE, after, 3, 1) == []
-
-
-def test_output_without_rows_is_a_problem():
-    after = Shape(rows=0, times=0, channels=64, interval=0.0, channel_width=1e5)
-    assert shape_problems(BEFORE, after, None, None) == ["the output has no rows"]
-
-
-def test_partial_output_is_a_problem():
-    after = Shape(rows=20 * 10, times=20, channels=16, interval=2.0, channel_width=4e5)
-    problems = shape_problems(BEFORE, after, 2, 4)
-    assert "20 time slots, expected 50" in problems
-    assert "200 rows, expected 500" in problems
-
-
-def test_wrong_interval_is_a_problem():
-    after = Shape(rows=50 * 10, times=50, channels=64, interval=1.0, channel_width=1e5)
-    problems = shape_problems(BEFORE, after, 2, 1)
-    assert problems == ["time interval 1.0 s, expected 2.0 s"]
-
-
-def test_wrong_channel_count_is_a_problem():
-    after = Shape(rows=1000, times=100, channels=64, interval=1.0, channel_width=1e5)
-    assert shape_problems(BEFORE, after, 1, 4) == ["64 channels, expected 16"]
-
-
-def test_rows_may_change_with_a_baseline_selection():
-    after = Shape(rows=100 * 6, times=100, channels=64, interval=1.0, channel_width=1e5)
-    assert shape_problems(BEFORE, after, 1, 1) == ["600 rows, expected 1000"]
-    assert shape_problems(BEFORE, after, 1, 1, rows_may_change=True) == []
-
-
-def test_unknown_factors_skip_those_checks():
-    after = Shape(rows=37, times=7, channels=5, interval=9.0, channel_width=1.0)
-    assert shape_problems(BEFORE, after, None, None) == []
-    assert shape_problems(BEFORE, after, None, 1) == ["5 channels, expected 64"]

@@ -19,6 +19,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,6 @@ SHARED_TASK_KEYS = (
     "parameters",
     "parameters_fingerprint",
     "extra_inputs_fingerprint",
-    "time_factor",
-    "freq_factor",
-    "rows_may_change",
 )
 
 
@@ -133,11 +131,13 @@ def task_for(batch: dict[str, Any], ms: dict[str, Any]) -> dict[str, Any]:
     """The plain-data task of one MS of a batch (what a worker receives)."""
     layout = OutputLayout(Path(batch["output_dir"]))
     return {
-        **{key: batch[key] for key in SHARED_TASK_KEYS},
+        # An MS may carry values of its own (its parameters: see planning._own_parameters).
+        **{key: ms.get(key, batch[key]) for key in SHARED_TASK_KEYS},
         "name": ms["name"],
         "input": ms["input"],
         "output": ms["output"],
         "size": ms.get("size", 0),
+        "locked_by": ms.get("locked_by"),
         "log": ms_log_file(batch["log_dir"], ms["name"]),
         "guard": str(layout.batch_guard(batch["batch_id"])) if "batch_id" in batch else None,
     }
@@ -226,7 +226,13 @@ def still_pending(batch: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str
     )
     pending, completed = [], []
     for ms in batch["measurement_sets"]:
-        if pending_reason(Path(ms["input"]), Path(ms["output"]), expected) is None:
+        own = replace(
+            expected,
+            parameters_fingerprint=ms.get(
+                "parameters_fingerprint", batch["parameters_fingerprint"]
+            ),
+        )
+        if pending_reason(Path(ms["input"]), Path(ms["output"]), own) is None:
             completed.append(ms["name"])
         else:
             pending.append(ms)

@@ -140,6 +140,9 @@ def _check_value(where: str, value: Any) -> None:
         raise ConfigError(f"{where}: a mapping is not a DP3 value; use a scalar or a list")
     if isinstance(value, str) and ("\n" in value or "\r" in value):
         raise ConfigError(f"{where}: values may not contain a line break")
+    if isinstance(value, str) and "\0" in value:
+        # A NUL byte ends a C string: DP3 would see a cut value (and exec refuses it).
+        raise ConfigError(f"{where}: values may not contain a NUL byte")
 
 
 def parse_steps(steps: Any) -> Chain:

@@ -52,16 +52,19 @@ def check_is_measurement_set(path: Path) -> None:
         )
 
 
-def check_readable(path: Path) -> None:
+def check_readable(path: Path, data_column: str = "DATA") -> None:
     """Open the MS with casacore: the definitive check, for the MSs about to be processed.
 
-    The caller checks first that no other process holds it locked (casacore would wait)."""
+    `data_column` is the column DP3 is told to read (`msin.datacolumn`). The caller checks
+    first that no other process holds the MS locked (casacore would wait)."""
     from casacore import tables
 
     try:
         with tables.table(str(path), ack=False, readonly=True) as table:
             table.nrows()
-            required = {"DATA", "FLAG", "TIME", "ANTENNA1", "ANTENNA2"}
+            # DP3 (6.6) stops with "Table column DATA is unknown" on an MS without DATA even
+            # when it is told to read another column (measured): both must be there.
+            required = {data_column, "DATA", "FLAG", "TIME", "ANTENNA1", "ANTENNA2"}
             missing = required - set(table.colnames())
         with tables.table(f"{path}::SPECTRAL_WINDOW", ack=False, readonly=True) as spw:
             spw.getcol("NUM_CHAN")
@@ -69,10 +72,16 @@ def check_readable(path: Path) -> None:
         raise ConfigError(
             f"inputs: {path} cannot be read as a MeasurementSet: {str(error).strip()}"
         ) from error
+    if missing == {"DATA"} and data_column != "DATA":
+        raise ConfigError(
+            f"inputs: {path} has {data_column} but no DATA column, and DP3 refuses an MS "
+            'without DATA even when it reads another column ("Table column DATA is '
+            'unknown"); add a DATA column (e.g. a copy of it) to the MS'
+        )
     if missing:
         raise ConfigError(
             f"inputs: {path} lacks the column(s) {', '.join(sorted(missing))}; "
-            "it is not a usable MeasurementSet"
+            "it is not a usable MeasurementSet (the data column read is `msin.datacolumn`)"
         )
 
 

@@ -128,23 +128,62 @@ def dp3_version(executable: str, environment: dict[str, str] | None = None) -> s
     return match.group(1)
 
 
-def wheel_aoflagger_strategy(executable: str) -> str | None:
-    """The dp3 wheel's AOFlagger cannot find its default strategy: name one explicitly.
+# AOFlagger's own rule (TelescopeFile::TelescopeIdFromName, aoflagger 3.4): the MS's
+# OBSERVATION::TELESCOPE_NAME, upper-cased, must equal one of these names exactly; any other
+# telescope gets the generic strategy. The value is the stem of `<stem>-default.lua`.
+AOFLAGGER_TELESCOPES = {
+    "AARTFAAC": "aartfaac",
+    "APERTIF": "apertif",
+    "ARECIBO": "arecibo",
+    "ARECIBO 305M": "arecibo",
+    "ATCA": "atca",
+    "BIGHORNS": "bighorns",
+    "EVLA": "jvla",
+    "JVLA": "jvla",
+    "LOFAR": "lofar",
+    "MWA": "mwa",
+    "NENUFAR": "nenufar",
+    "PARKES": "parkes",
+    "PKS": "parkes",
+    "ATPKSMB": "parkes",
+    "WSRT": "wsrt",
+}
 
-    Only for the wheel's own `DP3.py`; a system DP3 or a wrapper finds its own."""
+
+def aoflagger_default_strategy_name(telescope: str | None) -> str:
+    """The strategy file AOFlagger picks for a telescope when none is named."""
+    stem = AOFLAGGER_TELESCOPES.get((telescope or "").upper(), "generic")
+    return f"{stem}-default.lua"
+
+
+def wheel_strategies_directory(executable: str) -> Path | None:
+    """Where the dp3 wheel keeps AOFlagger's strategies, when DP3 is the wheel's `DP3.py`.
+
+    The wheel's AOFlagger cannot find them itself; a system DP3 or a wrapper finds its own."""
     if Path(executable).name != "DP3.py":
         return None
     spec = importlib.util.find_spec("dp3")
     if spec is None or not spec.origin:
         return None
-    strategy = (
-        Path(spec.origin).parent.parent
-        / "DP3.libs"
-        / "aoflagger"
-        / "strategies"
-        / "generic-default.lua"
-    )
+    directory = Path(spec.origin).parent.parent / "DP3.libs" / "aoflagger" / "strategies"
+    return directory if directory.is_dir() else None
+
+
+def wheel_aoflagger_strategy(executable: str, telescope: str | None = None) -> str | None:
+    """The strategy the wheel's DP3 must be given for an MS of `telescope`: the one AOFlagger
+    itself would pick (None unless DP3 is the wheel's `DP3.py`)."""
+    directory = wheel_strategies_directory(executable)
+    if directory is None:
+        return None
+    strategy = directory / aoflagger_default_strategy_name(telescope)
+    if not strategy.is_file():
+        strategy = directory / aoflagger_default_strategy_name(None)
     return str(strategy) if strategy.is_file() else None
+
+
+def aoflagger_steps_without_strategy(chain: Chain) -> bool:
+    """Whether some AOFlagger step leaves its strategy to AOFlagger's per-telescope default."""
+    return any(step.type == "aoflagger" and "strategy" not in step.params for step in chain.steps)
 
 
 def format_value(value: Any) -> str:

@@ -28,10 +28,17 @@ from dp3batch.dp3 import (
     dp3_environment,
     required_output_files,
     run_parameters,
+    steps_of_type,
 )
 from dp3batch.layout import PARSET_NAME, leftover_owner, replaced_path, temporary_path
-from dp3batch.measurement_set import lock_message, read_shape, shape_problems, write_lock_holder
-from dp3batch.report import parse_step_times
+from dp3batch.measurement_set import (
+    lock_message,
+    read_shape,
+    read_telescope_name,
+    write_lock_holder,
+)
+from dp3batch.output_check import check_output
+from dp3batch.report import parse_flag_counts, parse_step_times
 
 POLL_SECONDS = 0.5
 # casacore waits forever for a lock; DP3 then prints this and nothing more.
@@ -234,9 +241,10 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
     """Run the chain on one MS and commit its output; returns a result for the report.
 
     `task` holds: name, input, output, log, dp3_executable, dp3_version, parameters,
-    parameters_fingerprint, extra_inputs_fingerprint, time_factor, freq_factor,
-    rows_may_change. A DP3 failure is a result (status "failed"), not an exception, so dask
-    does not retry it; lost workers are retried by the scheduler.
+    parameters_fingerprint, extra_inputs_fingerprint (the output's expected shape is derived
+    from the input and the parameters: see output_check). A DP3 failure is a result (status
+    "failed"), not an exception, so dask does not retry it; lost workers are retried by
+    the scheduler.
     """
     worker, key, threads, memory_limit = _current_dask_task()
     worker_address = getattr(worker, "address", None) or socket.gethostname()
@@ -260,13 +268,14 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
     memory_gb = memory_limit / 1e9 if memory_limit else None
     parameters = [tuple(pair) for pair in task["parameters"]]
     run = run_parameters(parameters, task["input"], str(temporary), threads, memory_gb)
-    arguments = [task["dp3_executable"], *as_arguments(run)]
+    arguments = dp3_command(task["dp3_executable"], run, log_path.with_suffix(".parset"))
     with open(log_path, "w") as log:
         log.write(f"# {task['name']}: DP3 on {worker_address} with {threads} thread(s)\n")
         log.write(f"# started {result['started']}\n# command: {' '.join(arguments)}\n")
     try:
-        holder = write_lock_holder(task["input"])
+        holder = write_lock_holder(task["input"]) or task.get("locked_by")
         if holder is not None:
+            # Also when the lock went after planning: the MS was not inspected then.
             return _failed(result, started, log_path, lock_message(task["input"], holder), "")
         shape_in = read_shape(task["input"], with_flags=True)
         exit_code = _run_dp3(arguments, log_path, worker, key)
@@ -274,12 +283,8 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             reason = disk_full_problem(output.parent) or exit_description(exit_code)
             return _failed(result, started, log_path, reason)
         shape_out = read_shape(str(temporary), with_flags=True)
-        problems = shape_problems(
-            shape_in,
-            shape_out,
-            task["time_factor"],
-            task["freq_factor"],
-            task.get("rows_may_change", False),
+        expected, problems = check_output(
+            task["input"], parameters, log_path.read_text(errors="replace"), shape_out
         )
         required_files = required_output_files(parameters)
         problems += [
@@ -307,6 +312,9 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             "parameters_fingerprint": task["parameters_fingerprint"],
             "extra_inputs_fingerprint": task["extra_inputs_fingerprint"],
             "dp3_version": task["dp3_version"],
+            # The telescope decides AOFlagger's default strategy (see ms_parameters).
+            "telescope": read_telescope_name(task["input"]),
+            "aoflagger_strategies": aoflagger_strategies(parameters),
             "dp3_executable": task["dp3_executable"],
             "dp3_arguments": arguments[1:],
             "worker": worker_address,
@@ -316,10 +324,14 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             "duration_seconds": round(time.time() - started, 3),
             "shape_before": shape_in.as_dict(),
             "shape_after": shape_out.as_dict(),
+            # What the output was checked against (see output_check).
+            "shape_expected": expected.as_dict() if expected else None,
             # What must sit beside the MS for the output to count as complete.
             "required_files": required_files,
             "output_bytes": _disk_usage(temporary),
             "step_seconds": parse_step_times(log_path.read_text(errors="replace")),
+            # What each flagging step flagged, as DP3 counted it (see report.parse_flag_counts).
+            "flags_by_step": parse_flag_counts(log_path.read_text(errors="replace")),
             # Last, after every read of the output: a damaged output no longer matches it.
             "output_fingerprint": output_fingerprint(temporary),
         }
@@ -344,9 +356,31 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         shape_after=record["shape_after"],
         output_bytes=record["output_bytes"],
         step_seconds=record["step_seconds"],
+        flags_by_step=record["flags_by_step"],
         dp3_version=record["dp3_version"],
     )
     return result
+
+
+def aoflagger_strategies(parameters: list[tuple[str, str]]) -> dict[str, str | None]:
+    """The strategy of each AOFlagger step (None: DP3's own choice, through a wrapper)."""
+    values = dict(parameters)
+    return {step: values.get(f"{step}.strategy") for step in steps_of_type(parameters, "aoflagger")}
+
+
+# Above this many bytes of arguments, DP3 gets a parset file instead: Linux refuses an argument
+# list over ~2 MB, or a single argument over 128 KiB ("Argument list too long").
+ARGUMENTS_LIMIT_BYTES = 32 * 1024
+
+
+def dp3_command(executable: str, run: list[tuple[str, str]], parset_path: Path) -> list[str]:
+    """DP3's command line: `key=value` arguments, or for a long chain `DP3 <parset>` with the
+    run's parset written to `parset_path` (beside the MS's log)."""
+    arguments = as_arguments(run)
+    if sum(len(argument) + 1 for argument in arguments) <= ARGUMENTS_LIMIT_BYTES:
+        return [executable, *arguments]
+    parset_path.write_text(as_parset(run, "The DP3 run of this MS (too long for arguments)."))
+    return [executable, str(parset_path)]
 
 
 def _disk_usage(path: Path) -> int:

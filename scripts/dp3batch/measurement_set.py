@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from dp3batch.config import Chain
 
 
 @dataclass(frozen=True)
@@ -86,49 +83,15 @@ def read_shape(path: str, with_flags: bool = False) -> Shape:
     return Shape(rows, times, channels, interval, channel_width, flagged)
 
 
-def averaging_factors(chain: Chain) -> tuple[int | None, int | None]:
-    """Total time and frequency averaging of the chain; None where it cannot be known from
-    the config alone (averaging given as a resolution)."""
-    time_factor: int | None = 1
-    freq_factor: int | None = 1
-    for step in chain.steps:
-        if step.type not in ("averager", "demixer"):
-            continue
-        params = step.params
-        if "timeresolution" in params:
-            time_factor = None
-        elif time_factor is not None:
-            time_factor *= int(params.get("timestep", 1))
-        if "freqresolution" in params:
-            freq_factor = None
-        elif freq_factor is not None:
-            freq_factor *= int(params.get("freqstep", 1))
-    return time_factor, freq_factor
+def read_telescope_name(path: str | Path) -> str:
+    """OBSERVATION::TELESCOPE_NAME of the MS's first observation, as DP3 and AOFlagger read
+    it ("" when the MS has none)."""
+    from casacore import tables
 
-
-def shape_problems(
-    before: Shape,
-    after: Shape,
-    time_factor: int | None,
-    freq_factor: int | None,
-    rows_may_change: bool = False,
-) -> list[str]:
-    """What is wrong with an output, compared with its input and the averaging asked for."""
-    problems = []
-    if after.rows == 0:
-        return ["the output has no rows"]
-    if time_factor is not None:
-        expected_times = math.ceil(before.times / time_factor)
-        if after.times != expected_times:
-            problems.append(f"{after.times} time slots, expected {expected_times}")
-        expected_interval = before.interval * time_factor
-        if not math.isclose(after.interval, expected_interval, rel_tol=1e-6):
-            problems.append(f"time interval {after.interval} s, expected {expected_interval} s")
-        baselines = before.rows // max(before.times, 1)
-        if not rows_may_change and after.rows != expected_times * baselines:
-            problems.append(f"{after.rows} rows, expected {expected_times * baselines}")
-    if freq_factor is not None:
-        expected_channels = math.ceil(before.channels / freq_factor)
-        if after.channels != expected_channels:
-            problems.append(f"{after.channels} channels, expected {expected_channels}")
-    return problems
+    try:
+        with tables.table(f"{path}::OBSERVATION", ack=False, readonly=True) as observation:
+            if observation.nrows() == 0 or "TELESCOPE_NAME" not in observation.colnames():
+                return ""
+            return str(observation.getcell("TELESCOPE_NAME", 0)).strip()
+    except RuntimeError:  # no OBSERVATION table: AOFlagger then knows no telescope either
+        return ""

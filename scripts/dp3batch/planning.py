@@ -9,15 +9,17 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dp3batch.calibration_check import check_calibration_inputs
 from dp3batch.completion import (
     Expectation,
     extra_inputs_fingerprint,
     parameters_fingerprint,
     pending_reason,
+    read_record,
 )
 from dp3batch.config import Chain, ConfigError, validate_config
 from dp3batch.discovery import (
@@ -31,9 +33,10 @@ from dp3batch.dp3 import (
     dp3_version,
     file_parameters,
     find_dp3_executable,
-    wheel_aoflagger_strategy,
 )
-from dp3batch.measurement_set import averaging_factors, write_lock_holder
+from dp3batch.measurement_set import read_telescope_name, write_lock_holder
+from dp3batch.ms_parameters import MSParameters, PerMSParameters
+from dp3batch.parset_check import check_parameters_with_dp3
 
 DEMO_INPUTS = ["demo_data/*.ms"]
 DEMO_DIR = "demo_data"
@@ -75,6 +78,10 @@ class Plan:
             timespec="milliseconds"
         )
     )
+    # Of each pending MS: its own parameters (AOFlagger's strategy for its telescope).
+    ms_parameters: dict[str, MSParameters] = field(default_factory=dict)
+    # Pending MSs another process held locked for writing at planning: name → its pid.
+    locked: dict[str, int] = field(default_factory=dict)
 
 
 # DP3 (>= 6) reads sky models only in the text format, and takes a file for one only when its
@@ -116,7 +123,7 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
     extra_dir = config.get("extra_inputs_dir")
     extra_dir = str(base / extra_dir) if extra_dir else str(base)
     executable = find_dp3_executable(config.get("dp3_executable"))
-    parameters = chain_parameters(chain, extra_dir, wheel_aoflagger_strategy(executable))
+    parameters = chain_parameters(chain, extra_dir)
     files = file_parameters(parameters)
     check_extra_inputs(files)
     output_dir = Path(
@@ -139,20 +146,50 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
         expectation=expectation,
         measurement_sets=measurement_sets,
     )
+    per_ms = PerMSParameters(chain, extra_dir, executable, parameters, {key for key, _ in files})
     for ms in measurement_sets:
-        reason = pending_reason(ms.input, ms.output, expectation)
+        expected = expectation
+        if per_ms.varies:
+            expected = replace(
+                expectation, parameters_fingerprint=per_ms.for_telescope(_telescope(ms)).fingerprint
+            )
+        reason = pending_reason(ms.input, ms.output, expected)
         if reason is not None:
             plan.pending.append((ms, reason))
     # Opening a table costs milliseconds: only for the MSs about to be processed. A table
-    # another process holds for writing would make casacore wait forever: it is named, and
-    # its task fails alone unless the lock goes.
+    # another process holds for writing would make casacore wait forever: it is named, its
+    # task fails alone, and nothing here opens it.
+    unlocked = []
     for index, (ms, reason) in enumerate(plan.pending):
         holder = write_lock_holder(ms.input)
-        if holder is None:
-            check_readable(ms.input)
-        else:
+        if holder is not None:
             plan.pending[index] = (ms, f"{reason}; LOCKED by another process (pid {holder})")
+            plan.locked[ms.name] = holder
+            continue
+        unlocked.append(ms)
+        check_readable(ms.input, str(chain.msin.get("datacolumn", "DATA")))
+        if per_ms.varies:
+            plan.ms_parameters[ms.name] = per_ms.for_telescope(read_telescope_name(ms.input))
+    if unlocked:
+        check_calibration_inputs(parameters, [(ms.name, ms.input) for ms in unlocked])
+        own = plan.ms_parameters.get(unlocked[0].name)
+        check_parameters_with_dp3(
+            executable, own.parameters if own else parameters, unlocked[0].input
+        )
     return plan
+
+
+def _telescope(ms: MeasurementSet) -> str:
+    """The telescope of an MS for the up-to-date check, without opening it when possible.
+
+    The completion record names the telescope of the input it was made from; if the input
+    changed since, the MS is pending anyway (and its telescope is read then)."""
+    if not ms.output.exists():
+        return ""  # missing: pending whatever its parameters
+    record = read_record(ms.output)
+    if record is not None and isinstance(record.get("telescope"), str):
+        return record["telescope"]
+    return read_telescope_name(ms.input)
 
 
 def batch_id(plan: Plan, now: datetime.datetime | None = None) -> str:
@@ -181,7 +218,6 @@ def describe_pending(plan: Plan, limit: int = 50) -> str:
 
 def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[str, Any]:
     """Everything the central job needs, as plain data (it travels through Snakemake)."""
-    time_factor, freq_factor = averaging_factors(plan.chain)
     return {
         "batch_id": batch,
         "scheduler": plan.scheduler,
@@ -193,9 +229,6 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[
         "parameters": [list(pair) for pair in plan.parameters],
         "parameters_fingerprint": plan.expectation.parameters_fingerprint,
         "extra_inputs_fingerprint": plan.expectation.extra_inputs_fingerprint,
-        "time_factor": time_factor,
-        "freq_factor": freq_factor,
-        "rows_may_change": "baseline" in plan.chain.msin,
         "worker_wait_seconds": config.get("worker_wait_seconds"),
         # Every output this workflow knows: only their temporary copies may be removed.
         "known_outputs": [ms.output.name for ms in plan.measurement_sets],
@@ -206,7 +239,19 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[
                 "output": str(ms.output),
                 "reason": reason,
                 "size": data_size(ms.input),
+                **_own_parameters(plan.ms_parameters.get(ms.name)),
+                "locked_by": plan.locked.get(ms.name),
             }
             for ms, reason in plan.pending
         ],
+    }
+
+
+def _own_parameters(own: MSParameters | None) -> dict[str, Any]:
+    """What an MS's task takes instead of the batch's shared values (`batch.task_for`)."""
+    if own is None:
+        return {}
+    return {
+        "parameters": [list(pair) for pair in own.parameters],
+        "parameters_fingerprint": own.fingerprint,
     }

@@ -70,6 +70,33 @@ def parse_step_times(log_text: str) -> dict[str, float]:
     return steps
 
 
+# DP3's count per flagging step, printed at the end of a run:
+# "Flags set by AOFlaggerStep aoflagger." ... "Total flagged:    11.917%   (572 out of 4800 ...".
+_FLAGS_SET_BY = re.compile(r"^Flags set by \S+ (\S+?)\.?\s*$")
+_TOTAL_FLAGGED = re.compile(r"^Total flagged:\s+([\d.]+)%\s+\((\d+) out of (\d+) visibilities\)")
+
+
+def parse_flag_counts(log_text: str) -> dict[str, dict[str, float]]:
+    """What each PreFlagger and AOFlagger step flagged, as DP3 itself counted it (before any
+    averaging): {step: {percent, flagged, visibilities}}."""
+    counts: dict[str, dict[str, float]] = {}
+    step = None
+    for line in log_text.splitlines():
+        match = _FLAGS_SET_BY.match(line)
+        if match:
+            step = match.group(1)
+            continue
+        match = _TOTAL_FLAGGED.match(line) if step else None
+        if match:
+            counts[step] = {
+                "percent": float(match.group(1)),
+                "flagged": int(match.group(2)),
+                "visibilities": int(match.group(3)),
+            }
+            step = None
+    return counts
+
+
 def _row_from(source: dict[str, Any], status: str) -> dict[str, Any]:
     before = source.get("shape_before") or {}
     after = source.get("shape_after") or {}
@@ -97,6 +124,12 @@ def _row_from(source: dict[str, Any], status: str) -> dict[str, Any]:
         "input": source.get("input"),
         "output": source.get("output"),
         "step_seconds": source.get("step_seconds") or {},
+        # Per flagging step, DP3's own percentage; `flagged_after` is read from the averaged
+        # output, where a sample is flagged only if all its inputs were.
+        **{
+            f"flagged_{step}": count.get("percent")
+            for step, count in (source.get("flags_by_step") or {}).items()
+        },
     }
 
 
@@ -160,9 +193,11 @@ def write_summary(
     try:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         table = io.StringIO()
+        step_columns = sorted({key for row in rows for key in row if key.startswith("flagged_")})
+        columns = COLUMNS + [key for key in step_columns if key not in COLUMNS]
         writer = csv.DictWriter(
             table,
-            fieldnames=COLUMNS,
+            fieldnames=columns,
             delimiter="\t",
             extrasaction="ignore",
             lineterminator="\n",
@@ -171,7 +206,7 @@ def write_summary(
         )
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: _tsv_cell(row.get(key)) for key in COLUMNS})
+            writer.writerow({key: _tsv_cell(row.get(key)) for key in columns})
         contents = {
             json_path: json.dumps({"counts": counts, "measurement_sets": rows}, indent=2),
             tsv_path: table.getvalue(),
@@ -240,7 +275,7 @@ def plot_flagged_fractions(rows: list[dict[str, Any]], path: str | Path) -> None
     before = [100 * (row["flagged_before"] or 0) for row in shown]
     after = [100 * row["flagged_after"] for row in shown]
     _plot_per_ms(axes, shown, before, offset=-0.2, label="before")
-    _plot_per_ms(axes, shown, after, offset=0.2, label="after")
+    _plot_per_ms(axes, shown, after, offset=0.2, label="after averaging (output)")
     _label_per_ms(axes, len(shown), "flagged visibilities (%)")
     axes.set_title("Flagged fraction per MS")
     axes.legend()

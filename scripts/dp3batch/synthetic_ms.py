@@ -58,6 +58,18 @@ class SyntheticMSSpec:
     noise_sigma: float = 1.0
     seed: int = 0
     include_autocorrelations: bool = False
+    # OBSERVATION::TELESCOPE_NAME: AOFlagger picks its default strategy by it.
+    telescope_name: str = "LOFAR"
+    # Time slots whose rows are left out (a gap in the time grid; DP3 fills it in).
+    missing_times: tuple[int, ...] = ()
+    # The visibility column's name (e.g. CORRECTED_DATA for an MS without DATA).
+    data_column: str = "DATA"
+    # Also a CORRECTED_DATA column, holding DATA / 2 (so that a test can tell them apart).
+    corrected_data: bool = False
+    # Spectral windows (each its own channels, every baseline and time), and the row order:
+    # "window" (all rows of window 0, then window 1, ...) or "time" (sorted by time).
+    n_windows: int = 1
+    window_order: str = "window"
 
     def __post_init__(self) -> None:
         if self.n_antennas < 2 or self.n_times < 1 or self.n_channels < 1:
@@ -272,7 +284,7 @@ def _fill_subtables(ms_path: pathlib.Path, spec: SyntheticMSSpec) -> None:
 
     with sub("OBSERVATION") as t:
         t.addrows(1)
-        t.putcell("TELESCOPE_NAME", 0, "LOFAR")
+        t.putcell("TELESCOPE_NAME", 0, spec.telescope_name)
         t.putcell("TIME_RANGE", 0, np.array([start, end]))
         t.putcell("OBSERVER", 0, "dp3batch")
         t.putcell("PROJECT", 0, "synthetic")
@@ -430,7 +442,74 @@ def generate_measurement_set(
     finally:
         ms.close()
     _fill_subtables(path, spec)
+    if spec.corrected_data:
+        _add_corrected_data(path)
+    if spec.missing_times:
+        _remove_time_slots(path, spec)
+    if spec.n_windows > 1:
+        _add_windows(path, spec)
+    if spec.data_column != "DATA":
+        with tables.table(str(path), readonly=False, ack=False) as ms:
+            ms.renamecol("DATA", spec.data_column)
     return path
+
+
+def _add_corrected_data(path: pathlib.Path) -> None:
+    with tables.table(str(path), readonly=False, ack=False) as ms:
+        description = ms.getcoldesc("DATA")
+        ms.addcols(tables.maketabdesc(tables.makecoldesc("CORRECTED_DATA", description)))
+        ms.putcol("CORRECTED_DATA", ms.getcol("DATA") / 2)
+
+
+def _remove_time_slots(path: pathlib.Path, spec: SyntheticMSSpec) -> None:
+    """Leave the rows of `spec.missing_times` out (the tiled storage managers cannot remove
+    rows: copy the others into a new MS, subtables included)."""
+    missing = set(spec.missing_times)
+    keep = [
+        t * spec.n_baselines + b
+        for t in range(spec.n_times)
+        if t not in missing
+        for b in range(spec.n_baselines)
+    ]
+    full = path.with_name(path.name + ".full")
+    path.rename(full)
+    with tables.table(str(full), ack=False) as ms, ms.selectrows(keep) as selection:
+        selection.copy(str(path), deep=True).close()
+    shutil.rmtree(full)
+
+
+def _add_windows(path: pathlib.Path, spec: SyntheticMSSpec) -> None:
+    """Copy every row once per further window (same data, its own DATA_DESC_ID), in the
+    chosen row order, and describe each window in SPECTRAL_WINDOW and DATA_DESCRIPTION."""
+    count = spec.n_windows
+    with tables.table(str(path / "SPECTRAL_WINDOW"), readonly=False, ack=False) as spw:
+        for window in range(1, count):
+            spw.copyrows(spw, startrowin=0, startrowout=-1, nrow=1)
+            shift = window * spec.n_channels * spec.channel_width
+            spw.putcell("CHAN_FREQ", window, spec.channel_frequencies + shift)
+            spw.putcell("REF_FREQUENCY", window, float(spec.channel_frequencies.mean() + shift))
+            spw.putcell("NAME", window, f"SB-{window:03d}")
+    with tables.table(str(path / "DATA_DESCRIPTION"), readonly=False, ack=False) as description:
+        for window in range(1, count):
+            description.copyrows(description, startrowin=0, startrowout=-1, nrow=1)
+            description.putcell("SPECTRAL_WINDOW_ID", window, window)
+    with tables.table(str(path), readonly=False, ack=False) as ms:
+        n_rows = ms.nrows()
+        columns = {
+            name: ms.getcol(name) for name in ms.colnames() if n_rows and ms.iscelldefined(name, 0)
+        }
+        columns["DATA_DESC_ID"] = np.zeros(n_rows, dtype=np.int32)
+        ms.addrows(n_rows * (count - 1))
+        for name, values in columns.items():
+            copies = [values] * count
+            if name == "DATA_DESC_ID":
+                copies = [np.full(n_rows, window, dtype=np.int32) for window in range(count)]
+            if spec.window_order == "time":
+                per_time = [copy.reshape(-1, spec.n_baselines, *copy.shape[1:]) for copy in copies]
+                combined = np.stack(per_time, axis=1).reshape(-1, *values.shape[1:])
+            else:
+                combined = np.concatenate(copies)
+            ms.putcol(name, combined)
 
 
 def spec_with_default_rfi(**fields) -> SyntheticMSSpec:
@@ -481,6 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, help="number of channels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first MS (default 0)")
     parser.add_argument("--autocorrelations", action="store_true", help="add auto-correlations")
+    parser.add_argument(
+        "--telescope", default="LOFAR", help="OBSERVATION::TELESCOPE_NAME (default LOFAR)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing MSs")
     args = parser.parse_args(argv)
     if args.count < 1:
@@ -496,6 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None
     }
     fields["include_autocorrelations"] = args.autocorrelations
+    fields["telescope_name"] = args.telescope
     try:
         if args.size_mb is not None:
             spec = measurement_set_size_spec(int(args.size_mb * 1e6), **fields)
