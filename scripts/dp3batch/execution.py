@@ -28,6 +28,7 @@ from dp3batch.dp3 import (
     required_output_files,
     run_parameters,
 )
+from dp3batch.dp3_command import hand_rerun_command
 from dp3batch.measurement_set import read_shape, shape_problems
 from dp3batch.report import parse_step_times
 
@@ -216,10 +217,15 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             return _failed(result, started, log_path, "output check failed: " + "; ".join(problems))
         finished = _now()
         final_run = run_parameters(parameters, task["input"], task["output"], threads, memory_gb)
+        rerun = hand_rerun_command(
+            task["dp3_executable"], task["output"], str(output / PARSET_NAME), parameters
+        )
         header = (
             f"DP3 parset of {task['output']}, made {finished} by DP3 {task['dp3_version']}.\n"
-            f"Rerun by hand with: {task['dp3_executable']} {output / PARSET_NAME}\n"
-            "(The run itself wrote to a temporary path that was renamed to msout on success.)"
+            "Rerun by hand (with the environment activated) into a new MS, keeping this one:\n"
+            f"  {rerun}\n"
+            "(Writing msout itself would replace this output and its completion record. The "
+            "run itself wrote to a temporary path that was renamed to msout on success.)"
         )
         (temporary / PARSET_NAME).write_text(as_parset(final_run, header))
         record = {
