@@ -36,6 +36,7 @@ from dp3batch.cluster import (
 from dp3batch.completion import ms_log_file
 from dp3batch.dp3 import file_parameters
 from dp3batch.execution import process_measurement_set, remove_leftovers
+from dp3batch.report import dask_performance_report, dask_report_path
 
 log = logging.getLogger("dp3batch")
 
@@ -240,7 +241,9 @@ def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
             _preflight(client, batch)
             if batch.get("scheduler"):
                 client.upload_file(str(_package_zip(Path(scratch))), load=True)
-            return _fan_out(client, batch, orphaned)
+            report = dask_report_path(batch["output_dir"], batch["batch_id"])
+            with dask_performance_report(client, report):
+                return _fan_out(client, batch, orphaned)
 
 
 def _fan_out(client, batch: dict[str, Any], orphaned: threading.Event) -> list[dict[str, Any]]:
