@@ -37,6 +37,7 @@ from dp3batch.completion import ms_log_file
 from dp3batch.dp3 import file_parameters
 from dp3batch.execution import process_measurement_set, remove_leftovers
 from dp3batch.report import dask_performance_report, dask_report_path
+from dp3batch.task_keys import task_keys
 
 log = logging.getLogger("dp3batch")
 
@@ -252,11 +253,12 @@ def _fan_out(client, batch: dict[str, Any], orphaned: threading.Event) -> list[d
     measurement_sets = batch["measurement_sets"]
     total = len(measurement_sets)
     futures = {}
+    keys = task_keys([ms["name"] for ms in measurement_sets], batch["batch_id"])
     for ms in measurement_sets:
         future = client.submit(
             process_measurement_set,
             task_for(batch, ms),
-            key=f"dp3-{ms['name']}-{batch['batch_id']}",
+            key=keys[ms["name"]],
             resources={"process": 1},
             pure=False,
         )
