@@ -12,6 +12,12 @@ from dp3batch.config import ConfigError
 from dp3batch.dp3 import DP3Error
 from dp3batch.dp3_wrapper import aoflagger_strategy_warning
 from dp3batch.report import collect_rows, write_summary
+from dp3batch.snakemake_flags import (
+    all_forced,
+    changed_outputs,
+    command_line_flags,
+    force_every_ms,
+)
 from dp3batch.planning import (
     batch_id,
     batch_specification,
@@ -20,12 +26,17 @@ from dp3batch.planning import (
     make_plan,
 )
 
+# -F, -R, --list-changes (the workflow is read before Snakemake hands it its settings).
+FLAGS = command_line_flags(sys.argv)
+
 
 def plan_or_exit():
     """Validate the config and find the pending MSs; a problem ends the run with one message."""
     try:
         ensure_demo_data(config)
         plan = make_plan(config)
+        if all_forced(FLAGS.forceall, FLAGS.forcerun):
+            force_every_ms(plan)  # -F, -R process_measurement_sets
         validate(config, schema="../config/schema.yaml")
     except (ConfigError, DP3Error) as error:
         sys.exit(f"Error: {error}")
@@ -39,7 +50,13 @@ def plan_or_exit():
 PLAN = plan_or_exit()
 # `snakemake --report` describes the last batch that ran, whatever is pending now.
 REPORT_ONLY = any(arg == "--report" or arg.startswith("--report=") for arg in sys.argv)
-BATCH_ID = batch_id(PLAN) if PLAN.pending and not REPORT_ONLY else None
+# `--list-changes KIND`: the MS outputs pending for that kind of change, and no jobs.
+LIST_CHANGES = FLAGS.list_changes
+for changed in changed_outputs(PLAN, LIST_CHANGES) if LIST_CHANGES else []:
+    print(changed)
+BATCH_ID = (
+    batch_id(PLAN) if PLAN.pending and not REPORT_ONLY and not LIST_CHANGES else None
+)
 
 
 wildcard_constraints:
@@ -101,6 +118,8 @@ def get_final_output():
     (the last report, else the completion records), so that Snakemake has nothing to do.
     """
     batch = latest_batch()
+    if LIST_CHANGES:
+        return []
     if REPORT_ONLY:
         return list(report_files(batch).values()) if batch else []
     if BATCH_ID:

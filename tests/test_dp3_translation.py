@@ -293,12 +293,15 @@ def test_as_parset_without_header():
 
 @pytest.fixture
 def clean_home(tmp_path, monkeypatch):
-    """A HOME without ~/.casarc and a private temporary directory for the casarc file."""
+    """A HOME without ~/.casarc and private directories (environment, cache, temporary) for
+    the casarc file."""
     home = tmp_path / "home"
     home.mkdir()
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     return home
 
@@ -332,6 +335,23 @@ def test_dp3_environment_points_casarcfiles_at_the_measures_data(clean_home):
     assert text.strip() == f"measures.directory: {measures}"
     # The same file is reused, not rewritten with another name.
     assert dp3_environment({})["CASARCFILES"] == str(casarc)
+
+
+def test_casarc_lives_in_the_environment_not_in_the_temporary_directory(clean_home):
+    casarc = Path(dp3_environment({})["CASARCFILES"])
+    assert casarc.parent == Path(sys.prefix) / "etc" / "dp3batch"
+    assert not list(Path(tempfile.gettempdir()).iterdir())
+
+
+def test_casarc_falls_back_to_the_cache_when_the_environment_is_not_writable(
+    clean_home, tmp_path, monkeypatch
+):
+    blocker = tmp_path / "read-only-prefix"
+    blocker.write_text("a file: no directory can be made under it")
+    monkeypatch.setattr(sys, "prefix", str(blocker))
+    casarc = Path(dp3_environment({})["CASARCFILES"])
+    assert casarc.parent == clean_home / ".cache" / "dp3batch"
+    assert casarc.is_file()
 
 
 def test_dp3_environment_keeps_the_users_casarcfiles(clean_home):

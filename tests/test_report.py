@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from casacore import tables
 from conftest import damage_ms, make_inputs
-from dp3batch.report import parse_step_times
+from dp3batch.report import STATUS_COLOURS, parse_step_times
 
 
 def _flagged_fraction(path) -> float:
@@ -82,6 +83,17 @@ def test_flagged_fractions_are_what_casacore_reads(run_with_one_failure):
     assert by_name["obs_0"]["flagged_before"] == pytest.approx(0.25)
 
 
+def embedded_results(report_html: str) -> dict[str, dict]:
+    """The results a Snakemake report embeds, by file name: {caption, data (decoded)}."""
+    match = re.search(r"var results = (\{.*?\});\s*</script>", report_html, re.DOTALL)
+    assert match, "no results in the report"
+    results = {}
+    for entry in json.loads(match.group(1)).values():
+        data = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
+        results[entry["filename"]] = {"caption": entry["caption"], "data": data}
+    return results
+
+
 def test_report_builds_with_table_and_plots(run_with_one_failure):
     workflow, _, _ = run_with_one_failure
     (report_dir,) = (workflow.output_dir / "report").iterdir()  # one batch so far
@@ -90,9 +102,35 @@ def test_report_builds_with_table_and_plots(run_with_one_failure):
     result = workflow.run("--report", "report.html")
     assert result.returncode == 0, result.output
     html = (workflow.directory / "report.html").read_text()
-    for name in ("summary.tsv", "flagged_fraction.png", "duration.png", "dp3_step_time.png"):
-        assert name in html
-    assert "obs_2" in html  # the failed MS is in the table
+    assert "DP3 batch pre-processing of the MeasurementSets" in html  # the workflow page
+    results = embedded_results(html)
+    assert set(results) == {
+        "summary.tsv",
+        "summary.html",
+        "flagged_fraction.png",
+        "duration.png",
+        "dp3_step_time.png",
+        "dask-report.html",
+    }
+    assert all(result["caption"] for result in results.values())
+
+    # The summary is a table in the report itself: one row per MS, status coloured, with
+    # the paths of its log and (for an output) its parset.
+    table = results["summary.html"]["data"].decode()
+    rows = dict(re.findall(r'<tr id="ms-(\w+)">(.*?)</tr>', table))
+    assert sorted(rows) == ["obs_0", "obs_1", "obs_2"]
+    for name, status in (("obs_0", "done"), ("obs_1", "done"), ("obs_2", "failed")):
+        assert f'style="background:{STATUS_COLOURS[status]}">{status}</td>' in rows[name]
+        assert str(workflow.output_dir / "logs" / f"{name}.log") in rows[name]
+    assert str(workflow.output("obs_0") / "dp3.parset") in rows["obs_0"]
+    assert "dp3.parset" not in rows["obs_2"] and "BucketCache" in rows["obs_2"]
+    assert "addEventListener" in table  # sortable
+
+    # dask's own performance report of the batch, moved beside the plots.
+    dask_report = results["dask-report.html"]["data"].decode()
+    assert "Dask Performance Report" in dask_report
+    assert (report_dir / "dask-report.html").is_file()
+    assert not list((workflow.output_dir / "logs" / "batches").glob("*.dask-report.html"))
 
 
 def test_progress_lines_show_count_and_eta(run_with_one_failure):

@@ -46,6 +46,7 @@ from dp3batch.dp3 import file_parameters
 from dp3batch.execution import remove_leftovers, stop_commits
 from dp3batch.interrupts import Interrupted, ignore_interrupts, interruptible
 from dp3batch.layout import OutputLayout, leftover_owner, ms_log_file
+from dp3batch.report import dask_performance_report, dask_report_path
 
 log = logging.getLogger("dp3batch")
 
@@ -287,8 +288,10 @@ class BatchRun:
                     orphaned=orphaned,
                 )
                 log.info("%d DP3 task(s) to run, largest first", len(tasks))
+                report = dask_report_path(batch["output_dir"], batch["batch_id"])
                 try:
-                    fan_out(client, dispatch)
+                    with dask_performance_report(client, report):
+                        fan_out(client, dispatch)
                 except (Interrupted, ClusterError):
                     ignore_interrupts()
                     stop_commits(guard)  # nothing is committed from here on

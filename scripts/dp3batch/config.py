@@ -14,6 +14,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from dp3batch.errors import ConfigError
+from dp3batch.reference_format import is_reference_entry, translate_entry
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
 STEP_TYPES = (
@@ -44,10 +47,6 @@ MANAGED_PARAMETERS = {
         "type": "the step type is the key of the step mapping",
     },
 }
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message meant for the user."""
 
 
 @dataclass(frozen=True)
@@ -113,11 +112,19 @@ def _describe_location(path: list, config: dict) -> str:
     for index, element in enumerate(path):
         if isinstance(element, int):
             parts[-1] += f"[{element}]"
+        elif index == 2 and path[0] == "steps" and _is_reference_item(config, path[1]):
+            parts[-1] += f" (step: {config['steps'][path[1]].get('step')})"
+            parts.append(str(element))
         elif index == 2 and path[0] == "steps":
             parts[-1] += f" ({element})"
         else:
             parts.append(str(element))
     return ".".join(parts)
+
+
+def _is_reference_item(config: dict, index: Any) -> bool:
+    steps = config.get("steps")
+    return isinstance(steps, list) and isinstance(index, int) and is_reference_entry(steps[index])
 
 
 def check_config_against_schema(config: dict, schema: dict | None = None) -> None:
@@ -148,6 +155,9 @@ def _check_value(where: str, value: Any) -> None:
 def parse_steps(steps: Any) -> Chain:
     """Check a `steps:` list in the batch pre-processing format and return the chain.
 
+    Each item is either a one-key mapping `{StepType: {DP3 parameters}}` (releases 2.x) or a
+    `step: <type>` mapping with the reference pipeline's own fields (see `reference_format`).
+
     Structural problems (unknown types, several keys, repeated msin/msout, bad parameter
     names, managed parameters, line breaks) are found here, with messages naming the step.
     """
@@ -160,6 +170,9 @@ def parse_steps(steps: Any) -> Chain:
     io_params: dict[str, dict[str, Any]] = {}
     processing: list[Step] = []
     for index, entry in enumerate(steps):
+        if is_reference_entry(entry):
+            # The reference pipeline's `step: <type>` format, as the one-key entry it means.
+            entry = translate_entry(index, entry)
         if not isinstance(entry, dict) or len(entry) != 1:
             keys = list(entry) if isinstance(entry, dict) else entry
             raise ConfigError(

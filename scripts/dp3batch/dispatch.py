@@ -28,6 +28,7 @@ from dp3batch.cluster import (
 )
 from dp3batch.execution import process_measurement_set
 from dp3batch.interrupts import Interrupted
+from dp3batch.task_keys import task_keys
 
 log = logging.getLogger("dp3batch")
 
@@ -58,10 +59,6 @@ class Dispatch:
     in_flight: dict[Any, dict[str, Any]] = field(default_factory=dict)
 
 
-def task_key(name: str, batch_id: str) -> str:
-    return f"dp3-{name}-{batch_id}"
-
-
 def largest_first(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The order of submission: by estimated cost (`size`), largest first; stable."""
     return sorted(tasks, key=lambda task: -(task.get("size") or 0))
@@ -85,6 +82,7 @@ def fan_out(client, dispatch: Dispatch) -> None:
     Raises Interrupted (signal or lost parent), WorkersLost or SchedulerLost; the caller
     then stops what runs (`stop_running`)."""
     queue = largest_first(dispatch.tasks)
+    keys = task_keys([task["name"] for task in dispatch.tasks], dispatch.batch_id)
     finished = threading.Event()  # set by a future's callback when it completes
     in_flight = dispatch.in_flight
     slots = 0
@@ -117,7 +115,7 @@ def fan_out(client, dispatch: Dispatch) -> None:
             future = client.submit(
                 process_measurement_set,
                 task,
-                key=task_key(task["name"], dispatch.batch_id),
+                key=keys[task["name"]],
                 resources={"process": 1},
                 priority=int(task.get("size") or 0),
                 pure=False,

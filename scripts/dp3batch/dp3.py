@@ -42,6 +42,25 @@ class DP3Error(RuntimeError):
     """DP3 cannot be found or does not run; the message says how to fix it."""
 
 
+# What marks the `DP3` command this package installs (pyproject.toml, `dp3_command.main`).
+OWN_COMMAND_MARKER = b"dp3batch.dp3_command"
+
+
+def unwrap_own_command(executable: str) -> str:
+    """This package's `DP3` command runs the wheel's `DP3.py` beside it in `dp3_environment`:
+    the workflow runs that `DP3.py` itself, so that it behaves exactly as with `DP3.py`
+    (the wheel's AOFlagger strategy, the recorded command line)."""
+    try:
+        with open(executable, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return executable
+    wheel = Path(executable).parent / "DP3.py"
+    if OWN_COMMAND_MARKER in head and os.access(wheel, os.X_OK):
+        return str(wheel)
+    return executable
+
+
 def find_dp3_executable(configured: str | None = None) -> str:
     """Absolute path of the DP3 program: the configured one, else `DP3`, else the wheel's
     `DP3.py` (on PATH or beside this Python interpreter)."""
@@ -53,13 +72,13 @@ def find_dp3_executable(configured: str | None = None) -> str:
             raise DP3Error(
                 f"dp3_executable: {configured!r} is not an executable file or a program on PATH"
             )
-        return str(Path(found).absolute())
+        return unwrap_own_command(str(Path(found).absolute()))
     interpreter_bin = str(Path(sys.executable).parent)
     search_path = os.environ.get("PATH", "") + os.pathsep + interpreter_bin
     for name in ("DP3", "DP3.py"):
         found = shutil.which(name, path=search_path)
         if found:
-            return str(Path(found).absolute())
+            return unwrap_own_command(str(Path(found).absolute()))
     raise DP3Error(
         "DP3 not found: neither `DP3` nor `DP3.py` is on PATH. Install it with "
         "`pip install -r requirements.txt` (the dp3 wheel), or set `dp3_executable` in the "
@@ -76,11 +95,30 @@ def casacore_measures_directory() -> Path | None:
     return data if (data / "geodetic").is_dir() else None
 
 
+def casarc_directories() -> list[Path]:
+    """Where the casarc may live, most stable first: inside the environment (beside the
+    measures data it names, so a hand-run `DP3` finds it for as long as the venv exists),
+    else the user's cache, else the temporary directory."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser())
+    return [Path(sys.prefix) / "etc" / "dp3batch", cache / "dp3batch", Path(tempfile.gettempdir())]
+
+
+def _writable_directory(candidates: list[Path]) -> Path:
+    for directory in candidates:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(directory, os.W_OK):
+            return directory
+    return candidates[-1]
+
+
 def _casarc_file(measures: Path) -> Path:
     """A casarc naming the measures directory, written once per user and measures path."""
     text = f"measures.directory: {measures}\n"
     path = (
-        Path(tempfile.gettempdir())
+        _writable_directory(casarc_directories())
         / f"dp3batch-casarc-{os.getuid()}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     )
     if not path.is_file() or path.read_text() != text:

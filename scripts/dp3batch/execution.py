@@ -30,6 +30,7 @@ from dp3batch.dp3 import (
     run_parameters,
     steps_of_type,
 )
+from dp3batch.dp3_command import hand_rerun_command
 from dp3batch.layout import PARSET_NAME, leftover_owner, replaced_path, temporary_path
 from dp3batch.measurement_set import (
     lock_message,
@@ -297,10 +298,15 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             return _failed(result, started, log_path, problem, problem)
         finished = _now()
         final_run = run_parameters(parameters, task["input"], task["output"], threads, memory_gb)
+        rerun = hand_rerun_command(
+            task["dp3_executable"], task["output"], str(output / PARSET_NAME), parameters
+        )
         header = (
             f"DP3 parset of {task['output']}, made {finished} by DP3 {task['dp3_version']}.\n"
-            f"Rerun by hand with: {task['dp3_executable']} {output / PARSET_NAME}\n"
-            "(The run itself wrote to a temporary path that was renamed to msout on success.)"
+            "Rerun by hand (with the environment activated) into a new MS, keeping this one:\n"
+            f"  {rerun}\n"
+            "(Writing msout itself would replace this output and its completion record. The "
+            "run itself wrote to a temporary path that was renamed to msout on success.)"
         )
         (temporary / PARSET_NAME).write_text(as_parset(final_run, header))
         record = {

@@ -1,0 +1,110 @@
+"""Unit tests of the report's HTML summary table and of publishing dask's report."""
+
+from __future__ import annotations
+
+import re
+
+from dp3batch.report import (
+    DONE,
+    FAILED,
+    NOT_PROCESSED,
+    STATUS_COLOURS,
+    UP_TO_DATE,
+    dask_report_path,
+    publish_dask_report,
+    write_summary_html,
+)
+
+
+def row(name: str, status: str, **fields) -> dict:
+    base = {
+        "name": name,
+        "status": status,
+        "duration_seconds": 12.34,
+        "worker": "tcp://10.0.0.7:40125",
+        "numthreads": 4,
+        "rows_before": 300,
+        "rows_after": 150,
+        "channels_before": 16,
+        "channels_after": 8,
+        "flagged_before": 0.25,
+        "flagged_after": 0.3125,
+        "output_bytes": 2_500_000,
+        "finished": "2026-11-28T01:00:00+00:00",
+        "log": f"/data/results/logs/{name}.log",
+        "error": None,
+        "output": f"/data/results/{name}.ms",
+    }
+    return {**base, **fields}
+
+
+def table_rows(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<tr id="ms-([^"]+)">(.*?)</tr>', html))
+
+
+def test_one_row_per_ms_in_order_with_coloured_status(tmp_path):
+    rows = [row("a", DONE), row("b", UP_TO_DATE), row("c", FAILED), row("d", NOT_PROCESSED)]
+    write_summary_html(rows, tmp_path / "s.html", "Batch X")
+    html = (tmp_path / "s.html").read_text()
+    assert list(table_rows(html)) == ["a", "b", "c", "d"]
+    for ms in rows:
+        colour = STATUS_COLOURS[ms["status"]]
+        assert f'style="background:{colour}">{ms["status"]}</td>' in table_rows(html)[ms["name"]]
+    assert "4 MS(s), 1 done, 1 up to date, 1 failed, 1 not processed" in html
+
+
+def test_cells_show_before_after_and_sort_keys(tmp_path):
+    write_summary_html([row("a", DONE)], tmp_path / "s.html", "t")
+    cells = table_rows((tmp_path / "s.html").read_text())["a"]
+    assert '<td data-sort="150">300 → 150</td>' in cells
+    assert '<td data-sort="0.3125">25.0 → 31.2</td>' in cells
+    assert '<td data-sort="12.34" class="number">12.3</td>' in cells
+    assert '<td data-sort="2500000" class="number">2.5</td>' in cells
+
+
+def test_log_and_parset_paths_are_links_and_a_failed_ms_has_no_parset(tmp_path):
+    write_summary_html([row("a", DONE), row("b", FAILED, error="x")], tmp_path / "s.html", "t")
+    rows = table_rows((tmp_path / "s.html").read_text())
+    assert 'href="file:///data/results/logs/a.log"' in rows["a"]
+    assert 'href="file:///data/results/a.ms/dp3.parset"' in rows["a"]
+    assert "dp3.parset" not in rows["b"] and "/data/results/logs/b.log" in rows["b"]
+
+
+def test_text_is_escaped(tmp_path):
+    failed = row("a", FAILED, error='<script>alert("x")</script> & more')
+    write_summary_html([failed], tmp_path / "s.html", "<b>t</b>")
+    html = (tmp_path / "s.html").read_text()
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in html
+    assert "<title>&lt;b&gt;t&lt;/b&gt;</title>" in html
+
+
+def test_missing_values_give_empty_cells(tmp_path):
+    empty = {"name": "a", "status": NOT_PROCESSED, "output": "/r/a.ms", "log": None}
+    write_summary_html([empty], tmp_path / "s.html", "t")
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", table_rows((tmp_path / "s.html").read_text())["a"])
+    assert cells[:2] == ["a", NOT_PROCESSED]
+    assert set(cells[2:]) == {""}
+
+
+def test_every_column_is_sortable(tmp_path):
+    write_summary_html([row("a", DONE)], tmp_path / "s.html", "t")
+    html = (tmp_path / "s.html").read_text()
+    headers = len(re.findall("<th>", html))
+    assert headers == len(re.findall("<td ", table_rows(html)["a"]))
+    assert 'querySelectorAll("th")' in html and "data-sort" in html
+
+
+def test_dask_report_is_moved_into_the_report(tmp_path):
+    source = dask_report_path(tmp_path, "B1")
+    assert source == tmp_path / "logs" / "batches" / "B1.dask-report.html"
+    source.parent.mkdir(parents=True)
+    source.write_text("<html>dask</html>")
+    publish_dask_report(source, tmp_path / "dask-report.html")
+    assert (tmp_path / "dask-report.html").read_text() == "<html>dask</html>"
+    assert not source.exists()
+
+
+def test_without_a_dask_report_the_page_says_why(tmp_path):
+    publish_dask_report(tmp_path / "none.html", tmp_path / "dask-report.html")
+    assert "No dask performance report" in (tmp_path / "dask-report.html").read_text()

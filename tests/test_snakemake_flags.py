@@ -1,0 +1,121 @@
+"""Unit tests of Snakemake's flags in terms of MSs: forcing, and `--list-changes`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import make_ms
+from dp3batch.completion import Expectation
+from dp3batch.config import Chain, ConfigError
+from dp3batch.discovery import MeasurementSet
+from dp3batch.planning import Plan
+from dp3batch.snakemake_flags import (
+    FORCED,
+    CommandLineFlags,
+    all_forced,
+    changed_outputs,
+    command_line_flags,
+    force_every_ms,
+)
+
+SNAKEMAKE = "/venv/bin/snakemake"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--cores", "1"], CommandLineFlags()),
+        (["--cores", "1", "-F"], CommandLineFlags(forceall=True)),
+        (["--forceall", "--cores", "1"], CommandLineFlags(forceall=True)),
+        (["-nF", "--cores", "1"], CommandLineFlags(forceall=True)),
+        (
+            ["--cores", "1", "-R", "process_measurement_sets"],
+            CommandLineFlags(forcerun=frozenset({"process_measurement_sets"})),
+        ),
+        (
+            ["--forcerun", "make_report", "process_measurement_sets", "--cores", "1"],
+            CommandLineFlags(forcerun=frozenset({"make_report", "process_measurement_sets"})),
+        ),
+        (["--cores", "1", "-R"], CommandLineFlags()),
+        (["--lc", "params"], CommandLineFlags(list_changes="params")),
+        (["--list-changes", "input", "-n"], CommandLineFlags(list_changes="input")),
+        (["--list-changes=code"], CommandLineFlags(list_changes="code")),
+    ],
+)
+def test_flags_are_read_with_snakemakes_own_parser(arguments, expected):
+    assert command_line_flags([SNAKEMAKE, *arguments]) == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["pytest", "-x", "tests/"], [SNAKEMAKE, "--lc", "nonsense"], [SNAKEMAKE, "--cores"]],
+)
+def test_a_command_line_snakemake_does_not_take_gives_no_flags(argv, capsys):
+    assert command_line_flags(argv) == CommandLineFlags()
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("forceall", "forcerun", "expected"),
+    [
+        (False, set(), False),
+        (True, set(), True),
+        (False, {"process_measurement_sets"}, True),
+        (False, {"make_report", "check_batch", "all"}, False),
+        (False, None, False),
+    ],
+)
+def test_all_forced(forceall, forcerun, expected):
+    assert all_forced(forceall, forcerun) is expected
+
+
+def plan_of(directory: Path, pending: dict[str, str], names=("a", "b", "c")) -> Plan:
+    sets = [
+        MeasurementSet(name, make_ms(directory / "in" / f"{name}.ms"), directory / f"{name}.ms")
+        for name in names
+    ]
+    return Plan(
+        scheduler=None,
+        chain=Chain({}, {}, ()),
+        output_dir=directory,
+        dp3_executable="DP3.py",
+        dp3_version="6.6.0",
+        parameters=[],
+        expectation=Expectation("p", "e", "6.6.0"),
+        measurement_sets=sets,
+        pending=[(ms, pending[ms.name]) for ms in sets if ms.name in pending],
+    )
+
+
+def test_forcing_makes_every_ms_pending_keeping_known_reasons(tmp_path):
+    plan = plan_of(tmp_path, {"b": "missing"})
+    force_every_ms(plan)
+    assert [(ms.name, reason) for ms, reason in plan.pending] == [
+        ("a", FORCED),
+        ("b", "missing"),
+        ("c", FORCED),
+    ]
+
+
+def test_forcing_checks_the_inputs_it_adds(tmp_path):
+    plan = plan_of(tmp_path, {})
+    (plan.measurement_sets[1].input / "table.dat").unlink()
+    with pytest.raises(ConfigError, match="b.ms"):
+        force_every_ms(plan)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("params", ["a"]), ("input", ["b", "c"]), ("code", ["d"]), ("nonsense", [])],
+)
+def test_list_changes_names_the_outputs_pending_for_that_kind(tmp_path, kind, expected):
+    reasons = {
+        "a": "steps changed",
+        "b": "input changed",
+        "c": "calibration or sky model file changed",
+        "d": "DP3 changed",
+        "e": "missing",
+    }
+    plan = plan_of(tmp_path, reasons, names=tuple(reasons))
+    assert changed_outputs(plan, kind) == [str(tmp_path / f"{name}.ms") for name in expected]
