@@ -14,7 +14,6 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/process.smk"
-include: "rules/report.smk"
 
 
 rule all:

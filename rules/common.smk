@@ -8,21 +8,22 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from dp3batch.batch import forward_interrupts_to_batch
 from dp3batch.layout import OutputLayout
-from dp3batch.config import ConfigError
+from dp3batch.status import Status
+from dp3batch.report import ReportFiles
+from dp3batch.config import ConfigError, validate_config
+from dp3batch.demo_data import ensure_demo_data
 from dp3batch.dp3 import DP3Error
 from dp3batch.dp3_wrapper import aoflagger_strategy_warning
-from dp3batch.report import collect_rows, write_summary
+from dp3batch.summary import collect_rows, write_summary
 from dp3batch.snakemake_flags import (
     all_forced,
     changed_outputs,
     command_line_flags,
-    force_every_ms,
 )
 from dp3batch.planning import (
     batch_id,
     batch_specification,
     describe_pending,
-    ensure_demo_data,
     make_plan,
 )
 
@@ -33,10 +34,10 @@ FLAGS = command_line_flags(sys.argv)
 def plan_or_exit():
     """Validate the config and find the pending MSs; a problem ends the run with one message."""
     try:
+        validate_config(config)  # first: one message naming the offending key
         ensure_demo_data(config)
-        plan = make_plan(config)
-        if all_forced(FLAGS.forceall, FLAGS.forcerun):
-            force_every_ms(plan)  # -F, -R process_measurement_sets
+        # -F, -R process_measurement_sets: every MS is processed again.
+        plan = make_plan(config, force=all_forced(FLAGS.forceall, FLAGS.forcerun))
         validate(config, schema="../config/schema.yaml")
     except (ConfigError, DP3Error) as error:
         sys.exit(f"Error: {error}")
@@ -49,7 +50,7 @@ def plan_or_exit():
 
 PLAN = plan_or_exit()
 # `snakemake --report` describes the last batch that ran, whatever is pending now.
-REPORT_ONLY = any(arg == "--report" or arg.startswith("--report=") for arg in sys.argv)
+REPORT_ONLY = FLAGS.report
 # `--list-changes KIND`: the MS outputs pending for that kind of change, and no jobs.
 LIST_CHANGES = FLAGS.list_changes
 for changed in changed_outputs(PLAN, LIST_CHANGES) if LIST_CHANGES else []:
@@ -59,13 +60,22 @@ BATCH_ID = (
 )
 
 
-wildcard_constraints:
-    # Only this run's batch is made by the rules; earlier batches' files are plain inputs.
-    batch=BATCH_ID or "no batch to process",
-
-
 LAYOUT = OutputLayout(PLAN.output_dir)
 BATCHES_DIR = LAYOUT.batches_dir
+
+
+def latest_batch():
+    """The batch the report describes: this run's, else the last one that ran."""
+    if BATCH_ID:
+        return BATCH_ID
+    markers = sorted(BATCHES_DIR.glob("*.json"))
+    return markers[-1].stem if markers else None
+
+
+wildcard_constraints:
+    # Only this run's batch is made by the central rule; for `--report`, the last batch's
+    # files are its outputs (so that the report finds them), and are never remade.
+    batch=BATCH_ID or (REPORT_ONLY and latest_batch()) or "no batch to process",
 
 
 def batch_marker(batch):
@@ -89,21 +99,7 @@ def get_batch_specification(wildcards):
 
 def report_files(batch):
     """The report of one batch (its own directory, so that no two runs share a file)."""
-    directory = LAYOUT.report_dir(batch)
-    return {
-        "table": str(directory / "summary.tsv"),
-        "flagged": str(directory / "flagged_fraction.png"),
-        "durations": str(directory / "duration.png"),
-        "step_times": str(directory / "dp3_step_time.png"),
-    }
-
-
-def latest_batch():
-    """The batch the report describes: this run's, else the last one that ran."""
-    if BATCH_ID:
-        return BATCH_ID
-    markers = sorted(BATCHES_DIR.glob("*.json"))
-    return markers[-1].stem if markers else None
+    return ReportFiles(LAYOUT.report_dir(batch)).as_dict()
 
 
 def all_measurement_sets():
@@ -144,7 +140,7 @@ def write_run_summary(announce=True):
     if problem:
         print(f"Error: {problem}", file=sys.stderr)
     if announce:
-        done = sum(1 for row in rows if row["status"] in ("done", "up to date"))
+        done = sum(1 for row in rows if Status(row["status"]).complete)
         print(
             f"\n{done} of {len(rows)} MS(s) complete in {PLAN.output_dir}/"
             f" (status of each: {LAYOUT.summary_tsv};"
@@ -158,7 +154,7 @@ def finish_run():
     """`onsuccess`: the summary, then the run's verdict: non-zero with the failure report
     (once, last) if any MS of the batch was not done."""
     rows = write_run_summary()
-    if any(row["status"] in ("failed", "not processed") for row in rows):
+    if not all(Status(row["status"]).complete for row in rows):
         report_failure()
         sys.exit(1)
 

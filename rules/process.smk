@@ -1,6 +1,42 @@
 rule process_measurement_sets:
     output:
         batch=batch_marker("{batch}"),
+        table=report(
+            report_files("{batch}")["table"],
+            caption="../report/summary_tsv.rst",
+            category="Summary",
+            labels={"table": "all MSs (TSV download)"},
+        ),
+        html=report(
+            report_files("{batch}")["html"],
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"table": "all MSs"},
+        ),
+        flagged=report(
+            report_files("{batch}")["flagged"],
+            caption="../report/flagged_fraction.rst",
+            category="Plots",
+            labels={"plot": "flagged fraction"},
+        ),
+        durations=report(
+            report_files("{batch}")["durations"],
+            caption="../report/duration.rst",
+            category="Plots",
+            labels={"plot": "duration"},
+        ),
+        step_times=report(
+            report_files("{batch}")["step_times"],
+            caption="../report/step_time.rst",
+            category="Plots",
+            labels={"plot": "DP3 step time"},
+        ),
+        dask=report(
+            report_files("{batch}")["dask"],
+            caption="../report/dask.rst",
+            category="dask",
+            labels={"report": "dask performance report"},
+        ),
     log:
         batch_log("{batch}"),
     conda:

@@ -16,7 +16,7 @@ from dp3batch.completion import (
 )
 from dp3batch.config import ConfigError, parse_steps
 from dp3batch.dp3 import chain_parameters, required_output_files, run_parameters
-from dp3batch.planning import check_extra_inputs
+from dp3batch.extra_inputs import check_extra_inputs
 
 DEMIX = {"Demixer": {"skymodel": "/sky/a.skymodel", "subtractsources": ["CasA"]}}
 

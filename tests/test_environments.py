@@ -22,7 +22,7 @@ ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
 RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
 
 # conda-forge names of packages that pip knows under another name.
-CONDA_TO_PIP = {"snakemake-minimal": "snakemake", "matplotlib-base": "matplotlib"}
+CONDA_TO_PIP = {"snakemake-minimal": "snakemake"}
 # In the environment files but pinned by nothing in requirements.txt.
 UNPINNED_TOOLS = {"python", "pip"}
 # In requirements.txt only: the test and style tools do not belong in a rule's environment.

@@ -13,7 +13,8 @@ from dp3batch.cluster import local_cluster_size, worker_command
 from dp3batch.completion import Expectation
 from dp3batch.config import ConfigError, parse_steps
 from dp3batch.discovery import MeasurementSet
-from dp3batch.planning import Plan, batch_id, check_extra_inputs, describe_pending
+from dp3batch.extra_inputs import check_extra_inputs
+from dp3batch.planning import Plan, batch_id, describe_pending
 
 NOW = datetime.datetime(2025, 3, 4, 5, 6, 7, tzinfo=datetime.UTC)
 

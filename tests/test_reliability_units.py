@@ -18,7 +18,7 @@ from dp3batch.dp3 import as_parset
 from dp3batch.execution import exit_description, remove_leftovers
 from dp3batch.layout import leftover_owner, replaced_path, temporary_path
 from dp3batch.measurement_set import write_lock_holder
-from dp3batch.report import write_summary
+from dp3batch.summary import write_summary
 
 
 def fake_ms(path: Path) -> Path:

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import re
 
-from dp3batch.report import (
-    DONE,
-    FAILED,
-    NOT_PROCESSED,
-    STATUS_COLOURS,
-    UP_TO_DATE,
-    dask_report_path,
-    publish_dask_report,
-    write_summary_html,
-)
+from dp3batch.report_html import STATUS_COLOURS, write_summary_html
+from dp3batch.summary import DONE, FAILED, NOT_PROCESSED, UP_TO_DATE
 
 
 def row(name: str, status: str, **fields) -> dict:
@@ -93,18 +85,3 @@ def test_every_column_is_sortable(tmp_path):
     headers = len(re.findall("<th>", html))
     assert headers == len(re.findall("<td ", table_rows(html)["a"]))
     assert 'querySelectorAll("th")' in html and "data-sort" in html
-
-
-def test_dask_report_is_moved_into_the_report(tmp_path):
-    source = dask_report_path(tmp_path, "B1")
-    assert source == tmp_path / "logs" / "batches" / "B1.dask-report.html"
-    source.parent.mkdir(parents=True)
-    source.write_text("<html>dask</html>")
-    publish_dask_report(source, tmp_path / "dask-report.html")
-    assert (tmp_path / "dask-report.html").read_text() == "<html>dask</html>"
-    assert not source.exists()
-
-
-def test_without_a_dask_report_the_page_says_why(tmp_path):
-    publish_dask_report(tmp_path / "none.html", tmp_path / "dask-report.html")
-    assert "No dask performance report" in (tmp_path / "dask-report.html").read_text()

@@ -7,16 +7,14 @@ from pathlib import Path
 import pytest
 from conftest import make_ms
 from dp3batch.completion import Expectation
-from dp3batch.config import Chain, ConfigError
+from dp3batch.config import Chain
 from dp3batch.discovery import MeasurementSet
 from dp3batch.planning import Plan
 from dp3batch.snakemake_flags import (
-    FORCED,
     CommandLineFlags,
     all_forced,
     changed_outputs,
     command_line_flags,
-    force_every_ms,
 )
 
 SNAKEMAKE = "/venv/bin/snakemake"
@@ -88,23 +86,6 @@ def plan_of(directory: Path, pending: dict[str, str], names=("a", "b", "c")) -> 
     )
 
 
-def test_forcing_makes_every_ms_pending_keeping_known_reasons(tmp_path):
-    plan = plan_of(tmp_path, {"b": "missing"})
-    force_every_ms(plan)
-    assert [(ms.name, reason) for ms, reason in plan.pending] == [
-        ("a", FORCED),
-        ("b", "missing"),
-        ("c", FORCED),
-    ]
-
-
-def test_forcing_checks_the_inputs_it_adds(tmp_path):
-    plan = plan_of(tmp_path, {})
-    (plan.measurement_sets[1].input / "table.dat").unlink()
-    with pytest.raises(ConfigError, match="b.ms"):
-        force_every_ms(plan)
-
-
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [("params", ["a"]), ("input", ["b", "c"]), ("code", ["d"]), ("nonsense", [])],
@@ -119,3 +100,15 @@ def test_list_changes_names_the_outputs_pending_for_that_kind(tmp_path, kind, ex
     }
     plan = plan_of(tmp_path, reasons, names=tuple(reasons))
     assert changed_outputs(plan, kind) == [str(tmp_path / f"{name}.ms") for name in expected]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["snakemake", "--cores", "1", "--report", "report.html"], True),
+        (["snakemake", "--cores", "1", "--report=report.html"], True),
+        (["snakemake", "--cores", "1", "-n"], False),
+    ],
+)
+def test_report_mode_is_read_with_snakemakes_own_parser(argv, expected):
+    assert command_line_flags(argv).report is expected

@@ -34,6 +34,7 @@ from dp3batch.cluster import (
     wait_for_process_workers,
 )
 from dp3batch.completion import Expectation, pending_reason, read_record
+from dp3batch.dask_report import DEFAULT_MIN_SECONDS, DaskPerformanceReport, write_no_report
 from dp3batch.dispatch import (
     Dispatch,
     SchedulerLost,
@@ -46,7 +47,9 @@ from dp3batch.dp3 import file_parameters
 from dp3batch.execution import remove_leftovers, stop_commits
 from dp3batch.interrupts import Interrupted, ignore_interrupts, interruptible
 from dp3batch.layout import OutputLayout, leftover_owner, ms_log_file
-from dp3batch.report import dask_performance_report, dask_report_path
+from dp3batch.report import ReportFiles, write_batch_report
+from dp3batch.status import Status
+from dp3batch.summary import collect_rows, write_summary
 
 log = logging.getLogger("dp3batch")
 
@@ -198,7 +201,7 @@ def _report_line(done: int, total: int, elapsed: float, result: dict[str, Any]) 
     duration = result.get("duration_seconds", 0.0)
     where = f"on {result.get('worker')} ({result.get('numthreads')} thread(s))"
     progress = _progress(done, total, elapsed)
-    if result["status"] == "done":
+    if result["status"] == Status.DONE:
         return f"{progress} {result['name']}: done in {duration:.1f} s {where}"
     return (
         f"{progress} {result['name']}: FAILED after {duration:.1f} s {where}: "
@@ -211,29 +214,35 @@ def _worker_wait(batch: dict[str, Any]) -> float:
     return float(DEFAULT_WORKER_WAIT_SECONDS if value is None else value)
 
 
+def _dask_report_min_seconds(batch: dict[str, Any]) -> float:
+    value = batch.get("dask_report_min_seconds")
+    return float(DEFAULT_MIN_SECONDS if value is None else value)
+
+
 def _known_outputs(batch: dict[str, Any]) -> set[str]:
     """Names of every output of the workflow (`X.ms`), this batch's and the up-to-date ones."""
-    names = set(batch.get("known_outputs") or ())
+    names = {Path(ms["output"]).name for ms in batch.get("all_measurement_sets") or ()}
     return names | {Path(ms["output"]).name for ms in batch["measurement_sets"]}
 
 
 def still_pending(batch: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The batch's MSs that are still pending now that the lock is held (another run may
-    have completed some while this one waited), and the names of those it completed."""
+    """The batch's MSs that are still pending now that the lock is held, and the names of
+    those another run completed while this one waited (an up-to-date record finished after
+    this batch was planned: an MS forced with -F is not dropped for its older record)."""
     expected = Expectation(
         parameters_fingerprint=batch["parameters_fingerprint"],
         extra_inputs_fingerprint=batch["extra_inputs_fingerprint"],
         dp3_version=batch["dp3_version"],
     )
+    planned_at = batch.get("planned_at", "")
     pending, completed = [], []
     for ms in batch["measurement_sets"]:
-        own = replace(
-            expected,
-            parameters_fingerprint=ms.get(
-                "parameters_fingerprint", batch["parameters_fingerprint"]
-            ),
-        )
-        if pending_reason(Path(ms["input"]), Path(ms["output"]), own) is None:
+        fingerprint = ms.get("parameters_fingerprint", batch["parameters_fingerprint"])
+        own = replace(expected, parameters_fingerprint=fingerprint)
+        record = read_record(Path(ms["output"])) or {}
+        if str(record.get("finished", "")) >= planned_at and (
+            pending_reason(Path(ms["input"]), Path(ms["output"]), own) is None
+        ):
             completed.append(ms["name"])
         else:
             pending.append(ms)
@@ -250,11 +259,13 @@ class BatchRun:
         self.total = len(batch["measurement_sets"])
         self.started = time.monotonic()
         self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        self.report_files = ReportFiles(self.layout.report_dir(batch["batch_id"]))
+        self.dask_report: DaskPerformanceReport | None = None
 
     def record_result(self, result: dict[str, Any]) -> None:
         self.results[result["name"]] = result
         line = _report_line(len(self.results), self.total, time.monotonic() - self.started, result)
-        (log.info if result["status"] == "done" else log.error)(line)
+        (log.info if result["status"] == Status.DONE else log.error)(line)
 
     def run(self) -> None:
         batch, layout = self.batch, self.layout
@@ -288,10 +299,13 @@ class BatchRun:
                     orphaned=orphaned,
                 )
                 log.info("%d DP3 task(s) to run, largest first", len(tasks))
-                report = dask_report_path(batch["output_dir"], batch["batch_id"])
+                self.dask_report = DaskPerformanceReport(
+                    client, self.report_files.dask, _dask_report_min_seconds(batch)
+                )
+                self.dask_report.start()
                 try:
-                    with dask_performance_report(client, report):
-                        fan_out(client, dispatch)
+                    fan_out(client, dispatch)
+                    self.dask_report.finish()
                 except (Interrupted, ClusterError):
                     ignore_interrupts()
                     stop_commits(guard)  # nothing is committed from here on
@@ -309,22 +323,45 @@ class BatchRun:
                     {**ms, "log": ms_log_file(self.batch["log_dir"], ms["name"])},
                     why_unfinished,
                 )
-                if result["status"] != "done":
-                    result["status"] = "not processed"
+                if result["status"] != Status.DONE:
+                    result["status"] = Status.NOT_PROCESSED
             results.append(result)
         return results
 
     def _from_record(self, ms: dict[str, Any]) -> dict[str, Any] | None:
         record = read_record(Path(ms["output"]))
-        if not record or str(record.get("finished", "")) < self.started_at:
+        if not record or str(record.get("finished", "")) < self.batch.get("planned_at", ""):
             return None
-        return {**record, "log": ms_log_file(self.batch["log_dir"], ms["name"]), "status": "done"}
+        return {
+            **record,
+            "log": ms_log_file(self.batch["log_dir"], ms["name"]),
+            "status": Status.DONE,
+        }
+
+    def write_reports(self, results: list[dict[str, Any]]) -> None:
+        """The summary of every MS (from the records on disk) and this batch's report."""
+        rows = collect_rows(
+            self.batch.get("all_measurement_sets") or self.batch["measurement_sets"],
+            results,
+            self.layout.log_dir,
+            {ms["name"] for ms in self.batch["measurement_sets"]},
+            self.batch.get("planned_at", self.started_at),
+        )
+        problem = write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)
+        if problem:
+            log.error("Error: %s", problem)
+        try:
+            write_batch_report(rows, self.report_files, f"Batch {self.batch['batch_id']}")
+            if not self.report_files.dask.exists():
+                write_no_report(self.report_files.dask, "the batch ended before its tasks did")
+        except OSError as error:
+            log.error("Error: could not write the report of the batch: %s", error)
 
 
 def failure_report(results: list[dict[str, Any]]) -> str:
     """Every MS of the batch that is not done, with why, DP3's words and its log."""
-    failed = [result for result in results if result["status"] == "failed"]
-    skipped = [result for result in results if result["status"] == "not processed"]
+    failed = [result for result in results if result["status"] == Status.FAILED]
+    skipped = [result for result in results if result["status"] == Status.NOT_PROCESSED]
     lines = []
     if failed:
         lines.append(f"{len(failed)} of {len(results)} MS(s) failed:")
@@ -403,7 +440,7 @@ def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int
         return 2
     except KeyboardInterrupt as interrupt:
         cause = getattr(interrupt, "cause", "an interrupt")
-        done = sum(1 for result in run.results.values() if result["status"] == "done")
+        done = sum(1 for result in run.results.values() if result["status"] == Status.DONE)
         log.error(
             "Interrupted (%s): %d of %d MS(s) finished before it and are kept; %s; run again "
             "to process the remaining MSs.",
@@ -415,7 +452,7 @@ def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int
         return 130
     finally:
         pid_file.unlink(missing_ok=True)
-    done = sum(1 for result in results if result["status"] == "done")
+    done = sum(1 for result in results if result["status"] == Status.DONE)
     log.info(
         "%d of %d MS(s) done in %.1f s; outputs in %s",
         done,
@@ -429,6 +466,7 @@ def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int
         with contextlib.suppress(OSError):
             layout.failures.write_text(report + "\n")
     write_batch_result(Path(marker), results)
+    run.write_reports(results)
     return 0
 
 

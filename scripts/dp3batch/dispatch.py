@@ -28,6 +28,7 @@ from dp3batch.cluster import (
 )
 from dp3batch.execution import process_measurement_set
 from dp3batch.interrupts import Interrupted
+from dp3batch.status import Status
 from dp3batch.task_keys import task_keys
 
 log = logging.getLogger("dp3batch")
@@ -70,7 +71,7 @@ def lost_result(task: dict[str, Any], reason: str, error: str = "") -> dict[str,
         "input": task["input"],
         "output": task["output"],
         "log": task["log"],
-        "status": "failed",
+        "status": Status.FAILED,
         "reason": reason,
         "error": error,
     }

@@ -297,7 +297,7 @@ def applycal_expansion(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """The ApplyCal parameters that apply the step's H5Parm (see `h5parm.applycal_parameters`).
 
     `params` holds the step's parameters with `parmdb` resolved. A missing or unreadable file
-    is not inspected here: `planning.check_extra_inputs` reports it, naming the step."""
+    is not inspected here: `extra_inputs.check_extra_inputs` reports it, naming the step."""
     path = str(params.get("parmdb", ""))
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         return {}

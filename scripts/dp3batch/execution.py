@@ -31,6 +31,7 @@ from dp3batch.dp3 import (
     steps_of_type,
 )
 from dp3batch.dp3_command import hand_rerun_command
+from dp3batch.dp3_log import parse_flag_counts, parse_step_times
 from dp3batch.layout import PARSET_NAME, leftover_owner, replaced_path, temporary_path
 from dp3batch.measurement_set import (
     lock_message,
@@ -39,7 +40,7 @@ from dp3batch.measurement_set import (
     write_lock_holder,
 )
 from dp3batch.output_check import check_output
-from dp3batch.report import parse_flag_counts, parse_step_times
+from dp3batch.status import Status
 
 POLL_SECONDS = 0.5
 # casacore waits forever for a lock; DP3 then prints this and nothing more.
@@ -355,7 +356,7 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
     result.update(
-        status="done",
+        status=Status.DONE,
         finished=record["finished"],
         duration_seconds=record["duration_seconds"],
         shape_before=record["shape_before"],
@@ -403,7 +404,7 @@ def _failed(
         with open(log_path, "a") as log:
             log.write(f"# FAILED: {reason}\n")
     result.update(
-        status="failed",
+        status=Status.FAILED,
         reason=reason,
         error=error_line,
         finished=_now(),

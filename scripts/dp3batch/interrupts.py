@@ -43,7 +43,14 @@ def interruptible() -> Iterator[threading.Event]:
                 orphaned.set()
                 return
 
+    interrupted = threading.Event()
+
     def on_signal(signum, frame):
+        # Once only: Ctrl-C reaches this job directly and again through Snakemake (SIGTERM);
+        # a second exception raised while the first unwinds would break its clean-up.
+        if interrupted.is_set():
+            return
+        interrupted.set()
         raise Interrupted(signal.Signals(signum).name)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in HANDLED_SIGNALS}

@@ -21,7 +21,7 @@ from dp3batch.completion import (
     pending_reason,
     read_record,
 )
-from dp3batch.config import Chain, ConfigError, validate_config
+from dp3batch.config import Chain, validate_config
 from dp3batch.discovery import (
     MeasurementSet,
     check_readable,
@@ -34,31 +34,10 @@ from dp3batch.dp3 import (
     file_parameters,
     find_dp3_executable,
 )
+from dp3batch.extra_inputs import check_extra_inputs
 from dp3batch.measurement_set import read_telescope_name, write_lock_holder
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
 from dp3batch.parset_check import check_parameters_with_dp3
-
-DEMO_INPUTS = ["demo_data/*.ms"]
-DEMO_DIR = "demo_data"
-DEMO_COUNT = 4
-
-
-def ensure_demo_data(config: dict[str, Any], base_dir: str | Path = ".") -> list[Path]:
-    """Generate the demo data set when the configured inputs are the demo ones and it is
-    missing, so that a fresh clone runs end to end with no data of its own."""
-    if config.get("inputs") != DEMO_INPUTS:
-        return []
-    directory = Path(base_dir) / DEMO_DIR
-    if list(directory.glob("*.ms")):
-        return []
-    from dp3batch.synthetic_ms import SyntheticMSSpec, generate_measurement_set
-
-    paths = []
-    for index in range(DEMO_COUNT):
-        path = directory / f"demo_{index}.ms"
-        generate_measurement_set(path, SyntheticMSSpec(n_times=40, n_channels=32, seed=index))
-        paths.append(path)
-    return paths
 
 
 @dataclass
@@ -84,40 +63,13 @@ class Plan:
     locked: dict[str, int] = field(default_factory=dict)
 
 
-# DP3 (>= 6) reads sky models only in the text format, and takes a file for one only when its
-# name ends like this; any other name is taken for a makesourcedb "sourcedb", which it refuses.
-SKY_MODEL_SUFFIXES = (".skymodel", ".txt")
-SKY_MODEL_PARAMETERS = ("skymodel", "sourcedb")
+# The reason of an MS that is processed again only because Snakemake's -F or -R said so.
+FORCED = "forced"
 
 
-def check_extra_inputs(files: list[tuple[str, str]]) -> None:
-    """Every file a step reads must exist and be readable, before any DP3 runs."""
-    for key, path in files:
-        step, _, parameter = key.rpartition(".")
-        if os.path.isdir(path):
-            hint = (
-                " (a makesourcedb sourcedb? DP3 now reads the text sky model itself: give "
-                "that file, or convert the sourcedb back with showsourcedb)"
-                if parameter in SKY_MODEL_PARAMETERS
-                else ""
-            )
-            raise ConfigError(f"steps: {step} {parameter} {path} is a directory, not a file{hint}")
-        if not os.path.isfile(path):
-            raise ConfigError(
-                f"steps: {step} {parameter} {path} does not exist (relative paths are resolved "
-                "against `extra_inputs_dir`)"
-            )
-        if not os.access(path, os.R_OK):
-            raise ConfigError(f"steps: {step} {parameter} {path} is not readable")
-        if parameter in SKY_MODEL_PARAMETERS and not path.endswith(SKY_MODEL_SUFFIXES):
-            raise ConfigError(
-                f"steps: {step} {parameter} {path}: DP3 reads a text sky model only from a file "
-                "whose name ends in .skymodel or .txt; rename the file"
-            )
-
-
-def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
-    """Validate the config, discover the inputs, and find the pending MSs."""
+def make_plan(config: dict[str, Any], base_dir: str | Path = ".", force: bool = False) -> Plan:
+    """Validate the config, discover the inputs, and find the pending MSs (every MS when
+    `force`: those pending anyway keep their reason, the others are `forced`)."""
     scheduler, chain = validate_config(config)
     base = Path(base_dir).absolute()
     extra_dir = config.get("extra_inputs_dir")
@@ -153,7 +105,7 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
             expected = replace(
                 expectation, parameters_fingerprint=per_ms.for_telescope(_telescope(ms)).fingerprint
             )
-        reason = pending_reason(ms.input, ms.output, expected)
+        reason = pending_reason(ms.input, ms.output, expected) or (FORCED if force else None)
         if reason is not None:
             plan.pending.append((ms, reason))
     # Opening a table costs milliseconds: only for the MSs about to be processed. A table
@@ -230,8 +182,14 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[
         "parameters_fingerprint": plan.expectation.parameters_fingerprint,
         "extra_inputs_fingerprint": plan.expectation.extra_inputs_fingerprint,
         "worker_wait_seconds": config.get("worker_wait_seconds"),
-        # Every output this workflow knows: only their temporary copies may be removed.
-        "known_outputs": [ms.output.name for ms in plan.measurement_sets],
+        # Every MS of the workflow: the summary lists them all, and only the temporary
+        # copies of their outputs may be removed.
+        "all_measurement_sets": [
+            {"name": ms.name, "input": str(ms.input), "output": str(ms.output)}
+            for ms in plan.measurement_sets
+        ],
+        "dask_report_min_seconds": config.get("dask_report_min_seconds"),
+        "planned_at": plan.planned_at,
         "measurement_sets": [
             {
                 "name": ms.name,

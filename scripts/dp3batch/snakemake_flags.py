@@ -15,10 +15,8 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from dp3batch.discovery import check_readable
 from dp3batch.planning import Plan
 
-FORCED = "forced"
 PROCESS_RULE = "process_measurement_sets"
 
 # Pending reasons (see completion.pending_reason) per `--list-changes` kind.
@@ -34,6 +32,8 @@ class CommandLineFlags:
     forceall: bool = False
     forcerun: frozenset[str] = field(default_factory=frozenset)
     list_changes: str | None = None
+    # `--report FILE`: build the report of the last batch, process nothing.
+    report: bool = False
 
 
 def command_line_flags(argv: Sequence[str]) -> CommandLineFlags:
@@ -54,22 +54,13 @@ def command_line_flags(argv: Sequence[str]) -> CommandLineFlags:
         forceall=bool(args.forceall),
         forcerun=frozenset(args.forcerun or ()),
         list_changes=str(args.list_changes) if args.list_changes else None,
+        report=bool(getattr(args, "report", None)),
     )
 
 
 def all_forced(forceall: bool, forcerun: Iterable[str], rule: str = PROCESS_RULE) -> bool:
     """Whether Snakemake's flags ask for every MS to be processed again."""
     return bool(forceall) or rule in set(forcerun or ())
-
-
-def force_every_ms(plan: Plan) -> None:
-    """Make every MS pending: those pending already keep their reason, the others are
-    `forced` (and their inputs are checked, as for any MS about to be processed)."""
-    pending = {ms.name: reason for ms, reason in plan.pending}
-    for ms in plan.measurement_sets:
-        if ms.name not in pending:
-            check_readable(ms.input)
-    plan.pending = [(ms, pending.get(ms.name, FORCED)) for ms in plan.measurement_sets]
 
 
 def changed_outputs(plan: Plan, kind: str) -> list[str]:

@@ -1,0 +1,170 @@
+"""The run summary: one row per MS (`summary.tsv`, `summary.json`), built from the completion
+records on disk and the results of the batch that ran (which also carry the failures)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from dp3batch.completion import ms_log_file, read_record
+from dp3batch.status import Status
+
+DONE = Status.DONE
+UP_TO_DATE = Status.UP_TO_DATE
+FAILED = Status.FAILED
+NOT_PROCESSED = Status.NOT_PROCESSED
+
+COLUMNS = [
+    "name",
+    "status",
+    "duration_seconds",
+    "worker",
+    "numthreads",
+    "dp3_version",
+    "rows_before",
+    "rows_after",
+    "channels_before",
+    "channels_after",
+    "time_resolution_before",
+    "time_resolution_after",
+    "freq_resolution_before",
+    "freq_resolution_after",
+    "flagged_before",
+    "flagged_after",
+    "output_bytes",
+    "finished",
+    "log",
+    "error",
+    "input",
+    "output",
+]
+
+
+def _row_from(source: dict[str, Any], status: str) -> dict[str, Any]:
+    before = source.get("shape_before") or {}
+    after = source.get("shape_after") or {}
+    return {
+        "name": source["name"],
+        "status": status,
+        "duration_seconds": source.get("duration_seconds"),
+        "worker": source.get("worker"),
+        "numthreads": source.get("numthreads"),
+        "dp3_version": source.get("dp3_version"),
+        "rows_before": before.get("rows"),
+        "rows_after": after.get("rows"),
+        "channels_before": before.get("channels"),
+        "channels_after": after.get("channels"),
+        "time_resolution_before": before.get("interval"),
+        "time_resolution_after": after.get("interval"),
+        "freq_resolution_before": before.get("channel_width"),
+        "freq_resolution_after": after.get("channel_width"),
+        "flagged_before": before.get("flagged_fraction"),
+        "flagged_after": after.get("flagged_fraction"),
+        "output_bytes": source.get("output_bytes"),
+        "finished": source.get("finished"),
+        "log": source.get("log"),
+        "error": source.get("error") if status == FAILED else None,
+        "input": source.get("input"),
+        "output": source.get("output"),
+        "step_seconds": source.get("step_seconds") or {},
+        # Per flagging step, DP3's own percentage; `flagged_after` is read from the averaged
+        # output, where a sample is flagged only if all its inputs were.
+        **{
+            f"flagged_{step}": count.get("percent")
+            for step, count in (source.get("flags_by_step") or {}).items()
+        },
+    }
+
+
+def collect_rows(
+    measurement_sets: list[dict[str, str]],
+    batch_results: list[dict[str, Any]] | None,
+    log_dir: str | Path,
+    batch_names: set[str] | None = None,
+    batch_started: str = "",
+) -> list[dict[str, Any]]:
+    """One row per MS, built from the completion records on disk, so that it is true after
+    any fault: an MS of this run's batch (`batch_names`) whose record was finished after
+    `batch_started` is done, even if its result was lost with the scheduler or an interrupt;
+    a failed result without such a record is failed.
+
+    `measurement_sets` are {name, input, output} of every input of the workflow."""
+    in_batch = {result["name"]: result for result in batch_results or []}
+    batch_names = set(batch_names or ()) | set(in_batch)
+    rows = []
+    for ms in measurement_sets:
+        name = ms["name"]
+        result = in_batch.get(name)
+        log = ms_log_file(log_dir, name)
+        record = read_record(Path(ms["output"]))
+        made_now = record is not None and str(record.get("finished", "")) >= batch_started
+        if record is not None and name in batch_names and made_now:
+            rows.append(_row_from({**record, "log": log}, DONE))
+        elif result is not None and result.get("status") in (FAILED, NOT_PROCESSED):
+            rows.append(_row_from(result, result["status"]))
+        elif record is not None and name not in batch_names:
+            rows.append(_row_from({**record, "log": log}, UP_TO_DATE))
+        else:
+            rows.append(_row_from({**ms, "log": log}, NOT_PROCESSED))
+    return rows
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _tsv_cell(value: Any) -> str:
+    """One line per MS: line breaks and tabs in a value (DP3's error lines) become spaces."""
+    return "" if value is None else " ".join(str(value).split())
+
+
+def write_summary(
+    rows: list[dict[str, Any]], json_path: str | Path, tsv_path: str | Path
+) -> str | None:
+    """The machine-readable summary: JSON (with per-step times) and TSV (one line per MS).
+
+    Returns a problem (e.g. a full disk) instead of raising: the run's own outcome matters
+    more than its summary, and no half-written file is left behind."""
+    json_path, tsv_path = Path(json_path), Path(tsv_path)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    temporaries = (json_path.with_suffix(".json.tmp"), tsv_path.with_suffix(".tsv.tmp"))
+    try:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        table = io.StringIO()
+        step_columns = sorted({key for row in rows for key in row if key.startswith("flagged_")})
+        columns = COLUMNS + [key for key in step_columns if key not in COLUMNS]
+        writer = csv.DictWriter(
+            table,
+            fieldnames=columns,
+            delimiter="\t",
+            extrasaction="ignore",
+            lineterminator="\n",
+            quoting=csv.QUOTE_NONE,
+            escapechar="\\",
+        )
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _tsv_cell(row.get(key)) for key in columns})
+        contents = {
+            json_path: json.dumps({"counts": counts, "measurement_sets": rows}, indent=2),
+            tsv_path: table.getvalue(),
+        }
+        for (path, text), temporary in zip(contents.items(), temporaries, strict=True):
+            if _read_text(path) != text:  # unchanged files are left alone (no-op reruns)
+                temporary.write_text(text)
+                temporary.replace(path)
+    except OSError as error:
+        for temporary in temporaries:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+        return f"could not write the summary {tsv_path}: {error.strerror or error}"
+    return None

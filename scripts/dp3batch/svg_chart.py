@@ -1,0 +1,106 @@
+"""Horizontal bar charts as plain SVG, for the run report.
+
+Written by hand rather than with a plotting library: the central job draws them at the end of
+every batch, and importing matplotlib alone would cost a second of every run. Snakemake's
+HTML report embeds SVG as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+WIDTH = 760
+LABEL_WIDTH = 190
+ROW_HEIGHT = 18
+TOP = 46
+BOTTOM = 44
+FONT = 'font-family="sans-serif" font-size="11"'
+
+
+@dataclass(frozen=True)
+class Series:
+    """One set of bars: a value per row (None: no bar), and its colour(s)."""
+
+    name: str
+    values: Sequence[float | None]
+    colour: str | Sequence[str] = "#4477aa"
+
+
+def _nice_maximum(value: float) -> float:
+    """A round upper end for the axis (1, 2, 2.5 or 5 times a power of ten)."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** len(str(int(value))) / 10 if value >= 1 else 1.0
+    while power > value:
+        power /= 10
+    for step in (1, 2, 2.5, 5, 10):
+        if step * power >= value:
+            return step * power
+    return 10 * power
+
+
+def bar_chart(
+    path: str | Path,
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[Series],
+    value_label: str,
+    maximum: float | None = None,
+) -> None:
+    """Write one chart: a row per label, one bar per series in each row."""
+    rows = max(1, len(labels))
+    per_row = max(1, len(series))
+    bar_height = (ROW_HEIGHT - 4) / per_row
+    height = TOP + rows * ROW_HEIGHT + BOTTOM
+    plot_width = WIDTH - LABEL_WIDTH - 20
+    values = [value for one in series for value in one.values if value is not None]
+    top = maximum or _nice_maximum(max(values, default=0.0))
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}">',
+        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
+        f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-family="sans-serif" '
+        f'font-size="14">{escape(title)}</text>',
+    ]
+    for tick in range(5):
+        value = top * tick / 4
+        x = LABEL_WIDTH + plot_width * tick / 4
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{TOP - 4}" x2="{x:.1f}" y2="{TOP + rows * ROW_HEIGHT}" '
+            'stroke="#dddddd"/>'
+        )
+        parts.append(
+            f'<text x="{x:.1f}" y="{TOP + rows * ROW_HEIGHT + 14}" text-anchor="middle" '
+            f"{FONT}>{value:g}</text>"
+        )
+    parts.append(
+        f'<text x="{LABEL_WIDTH + plot_width / 2}" y="{height - 8}" text-anchor="middle" '
+        f"{FONT}>{escape(value_label)}</text>"
+    )
+    for row, label in enumerate(labels):
+        y = TOP + row * ROW_HEIGHT
+        parts.append(
+            f'<text x="{LABEL_WIDTH - 6}" y="{y + ROW_HEIGHT / 2 + 4:.1f}" text-anchor="end" '
+            f"{FONT}>{escape(label)}</text>"
+        )
+        for index, one in enumerate(series):
+            value = one.values[row] if row < len(one.values) else None
+            if value is None:
+                continue
+            colour = one.colour if isinstance(one.colour, str) else one.colour[row]
+            width = plot_width * min(max(value, 0.0), top) / top
+            parts.append(
+                f'<rect x="{LABEL_WIDTH}" y="{y + 2 + index * bar_height:.1f}" '
+                f'width="{width:.1f}" height="{bar_height:.1f}" fill="{colour}">'
+                f"<title>{escape(label)} {escape(one.name)}: {value:g}</title></rect>"
+            )
+    for index, one in enumerate(series):
+        if len(series) > 1 and isinstance(one.colour, str):
+            x = 20 + index * 180
+            parts.append(f'<rect x="{x}" y="26" width="10" height="10" fill="{one.colour}"/>')
+            parts.append(f'<text x="{x + 14}" y="35" {FONT}>{escape(one.name)}</text>')
+    parts.append("</svg>")
+    Path(path).write_text("\n".join(parts) + "\n")
