@@ -12,6 +12,7 @@ from dp3batch.completion import input_fingerprint, write_record
 from dp3batch.config import ConfigError
 from dp3batch.discovery import (
     MeasurementSet,
+    check_selected_band,
     discover_measurement_sets,
     per_window_items,
     window_items,
@@ -160,3 +161,14 @@ def test_the_output_check_reads_one_band_of_rows_sorted_by_time(inputs):
     grid = read_input_grid(str(inputs / "two.ms"), [("msin.band", "1")])
     assert (grid.times, grid.baselines, grid.channels, grid.windows_in_rows) == (20, 15, 16, 1)
     assert read_input_grid(str(inputs / "two.ms"), []).windows_in_rows == 2
+
+
+def test_a_band_the_steps_select_must_have_rows_in_every_ms(inputs):
+    found = discover_measurement_sets(["inputs/*.ms"], "results", inputs.parent)
+    with pytest.raises(ConfigError) as raised:
+        check_selected_band(found, 1, inputs.parent / "results")
+    assert str(raised.value) == (
+        f"steps: MsIn band 1 selects no data of {inputs / 'one.ms'}: its rows are of band(s) "
+        "0 (DATA_DESC_ID); choose one of those, or leave `band` out to process every window"
+    )
+    check_selected_band(found, 0, inputs.parent / "results")

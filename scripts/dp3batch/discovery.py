@@ -318,3 +318,20 @@ def _known_windows(ms: MeasurementSet, outputs: list[Path]) -> Windows | None:
         raise ConfigError(
             f"inputs: {ms.input} cannot be read as a MeasurementSet: {str(error).strip()}"
         ) from error
+
+
+def check_selected_band(
+    measurement_sets: list[MeasurementSet], band: int, output_dir: Path
+) -> None:
+    """Steps that choose a window (`msin.band`): every MS must have rows of it (DP3 would
+    stop with "Band k not found"). Cheap on a rerun: the records know the windows."""
+    existing = _outputs_by_name(output_dir, {ms.name for ms in measurement_sets})
+    for ms in measurement_sets:
+        windows = _known_windows(ms, existing.get(ms.name, []))
+        if windows is not None and band not in windows.bands:
+            bands = ", ".join(str(known) for known in windows.bands) or "none"
+            raise ConfigError(
+                f"steps: MsIn band {band} selects no data of {ms.input}: its rows are of "
+                f"band(s) {bands} (DATA_DESC_ID); choose one of those, or leave `band` out "
+                "to process every window"
+            )

@@ -25,6 +25,7 @@ from dp3batch.config import Chain, ConfigError, validate_config
 from dp3batch.discovery import (
     MeasurementSet,
     check_readable,
+    check_selected_band,
     data_size,
     discover_measurement_sets,
     per_window_items,
@@ -38,7 +39,7 @@ from dp3batch.dp3 import (
 from dp3batch.measurement_set import read_telescope_name, write_lock_holder
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
 from dp3batch.parset_check import check_parameters_with_dp3
-from dp3batch.windows import with_band
+from dp3batch.windows import selected_band, with_band
 
 DEMO_INPUTS = ["demo_data/*.ms"]
 DEMO_DIR = "demo_data"
@@ -136,6 +137,8 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".") -> Plan:
     measurement_sets = discover_measurement_sets(config["inputs"], output_dir, base)
     if "band" not in chain.msin:
         measurement_sets = per_window_items(measurement_sets, output_dir)
+    elif (band := selected_band([("msin.band", str(chain.msin["band"]))])) is not None:
+        check_selected_band(measurement_sets, band, output_dir)
     version = dp3_version(executable)
     expectation = Expectation(
         parameters_fingerprint=parameters_fingerprint(parameters, {key for key, _ in files}),
