@@ -37,6 +37,7 @@ E2E_MODULES = {
     "test_report",
     "test_resume",
     "test_several_hosts",
+    "test_windows",
     "test_workflow_e2e",
 }
 

@@ -140,6 +140,7 @@ def task_for(batch: dict[str, Any], ms: dict[str, Any]) -> dict[str, Any]:
         "name": ms["name"],
         "input": ms["input"],
         "output": ms["output"],
+        "band": ms.get("band"),  # the spectral window this item reads (see windows)
         "size": ms.get("size", 0),
         "locked_by": ms.get("locked_by"),
         "log": ms_log_file(batch["log_dir"], ms["name"]),

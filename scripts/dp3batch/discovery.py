@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from dp3batch.completion import read_record
 from dp3batch.config import ConfigError
 from dp3batch.layout import RECORD_NAME
+from dp3batch.measurement_set import write_lock_holder
+from dp3batch.windows import WINDOW_SUFFIX, Windows, read_windows, window_name, windows_from_record
 
 
 @dataclass(frozen=True)
 class MeasurementSet:
-    """One input MS and where its output goes; all paths absolute."""
+    """One work item: an input MS (or one spectral window of it, `band`) and where its
+    output goes; all paths absolute."""
 
     name: str
     input: Path
     output: Path
+    # The `msin.band` this item's DP3 run reads; None: the steps' own choice (or the MS has
+    # a single DATA_DESCRIPTION row).
+    band: int | None = None
 
 
 GLOB_CHARACTERS = "*?[]"
@@ -182,7 +190,8 @@ def check_name(path: Path) -> None:
 def discover_measurement_sets(
     patterns: list[str], output_dir: str | Path, base_dir: str | Path = "."
 ) -> list[MeasurementSet]:
-    """All inputs as MeasurementSet records, after the checks that need no table opened."""
+    """All inputs as MeasurementSet records, after the checks that need no table opened
+    (`per_window_items` then makes an item of each window of an MS of several)."""
     base = Path(base_dir).absolute()
     output = Path(os.path.normpath(base / Path(output_dir).expanduser()))
     inputs = expand_inputs(patterns, base, output)
@@ -210,9 +219,119 @@ def discover_measurement_sets(
         MeasurementSet(name, path, output / f"{name}.ms") for name, path in by_name.items()
     ]
     for ms in measurement_sets:
-        if ms.output.is_symlink():
-            raise ConfigError(
-                f"output_dir: {ms.output} is a link, not an output of this workflow; move it "
-                "away or choose another output_dir"
-            )
+        check_output_not_link(ms)
     return measurement_sets
+
+
+def check_output_not_link(ms: MeasurementSet) -> None:
+    if ms.output.is_symlink():
+        raise ConfigError(
+            f"output_dir: {ms.output} is a link, not an output of this workflow; move it "
+            "away or choose another output_dir"
+        )
+
+
+_WINDOW_OUTPUT = re.compile(rf"^(?P<name>.+){WINDOW_SUFFIX}[0-9]+\.ms$")
+
+
+def window_items(ms: MeasurementSet, windows: Windows) -> list[MeasurementSet]:
+    """The work items of one MS: itself when it has one band, else one per band, named
+    `NAME_spw<band>` with the output `NAME_spw<band>.ms` beside where `NAME.ms` would be."""
+    if not windows.several:
+        return [replace(ms, band=windows.band_of_single())]
+    return [
+        MeasurementSet(
+            window_name(ms.name, band),
+            ms.input,
+            ms.output.with_name(f"{window_name(ms.name, band)}.ms"),
+            band,
+        )
+        for band in windows.bands
+    ]
+
+
+def per_window_items(
+    measurement_sets: list[MeasurementSet], output_dir: Path
+) -> list[MeasurementSet]:
+    """Every MS as its window items (for steps that select no `msin.band` themselves); a
+    name two items would share is refused. Opens the MSs whose windows no completion record
+    knows (see windows)."""
+    existing = _outputs_by_name(output_dir, {ms.name for ms in measurement_sets})
+    items: list[MeasurementSet] = []
+    owners: dict[str, MeasurementSet] = {}
+    for ms in measurement_sets:
+        windows = _known_windows(ms, existing.get(ms.name, []))
+        for item in [ms] if windows is None else window_items(ms, windows):
+            if item.name in owners:
+                raise ConfigError(_collision_message(owners[item.name], item))
+            owners[item.name] = item
+            if item.output != ms.output:
+                check_output_not_link(item)
+            items.append(item)
+    return items
+
+
+def _collision_message(first: MeasurementSet, second: MeasurementSet) -> str:
+    def described(item: MeasurementSet) -> str:
+        if item.name == output_name(item.input):
+            return str(item.input)
+        return f"{item.input} (spectral window {item.band})"
+
+    return (
+        f"inputs: {described(first)} and {described(second)} would both be written to "
+        f"{second.name}.ms (an MS of several spectral windows gives one output per window, "
+        f"NAME{WINDOW_SUFFIX}<band>.ms); rename one, or process them in separate output "
+        "directories"
+    )
+
+
+def _outputs_by_name(output_dir: Path, names: set[str]) -> dict[str, list[Path]]:
+    """The outputs already in `output_dir` of each MS name, `NAME.ms` first: one listing of
+    the directory, so that a rerun over thousands of MSs stays cheap."""
+    try:
+        entries = sorted(os.listdir(output_dir))
+    except OSError:
+        return {}
+    found: dict[str, list[Path]] = {}
+    for entry in entries:
+        if entry.endswith(".ms") and entry[: -len(".ms")] in names:
+            found.setdefault(entry[: -len(".ms")], []).insert(0, output_dir / entry)
+        match = _WINDOW_OUTPUT.match(entry)
+        if match and match.group("name") in names:
+            found.setdefault(match.group("name"), []).append(output_dir / entry)
+    return found
+
+
+def _known_windows(ms: MeasurementSet, outputs: list[Path]) -> Windows | None:
+    """The windows of an MS: from a completion record of one of its outputs while it holds,
+    else read from the MS (None when another process holds it locked for writing: it stays
+    one item, whose task then fails alone, naming the lock)."""
+    for output in outputs:
+        windows = windows_from_record(read_record(output), ms.input)
+        if windows is not None:
+            return windows
+    if write_lock_holder(ms.input) is not None:
+        return None
+    try:
+        return read_windows(ms.input)
+    except Exception as error:  # casacore raises RuntimeError and friends: all mean unreadable
+        raise ConfigError(
+            f"inputs: {ms.input} cannot be read as a MeasurementSet: {str(error).strip()}"
+        ) from error
+
+
+def check_selected_band(
+    measurement_sets: list[MeasurementSet], band: int, output_dir: Path
+) -> None:
+    """Steps that choose a window (`msin.band`): every MS must have rows of it (DP3 would
+    stop with "Band k not found"). Cheap on a rerun: the records know the windows."""
+    existing = _outputs_by_name(output_dir, {ms.name for ms in measurement_sets})
+    for ms in measurement_sets:
+        windows = _known_windows(ms, existing.get(ms.name, []))
+        if windows is not None and band not in windows.bands:
+            bands = ", ".join(str(known) for known in windows.bands) or "none"
+            raise ConfigError(
+                f"steps: MsIn band {band} selects no data of {ms.input}: its rows are of "
+                f"band(s) {bands} (DATA_DESC_ID); choose one of those, or leave `band` out "
+                "to process every window"
+            )

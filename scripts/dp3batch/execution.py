@@ -41,6 +41,7 @@ from dp3batch.measurement_set import (
 )
 from dp3batch.output_check import check_output
 from dp3batch.status import Status
+from dp3batch.windows import selected_band, windows_record, with_band
 
 POLL_SECONDS = 0.5
 # casacore waits forever for a lock; DP3 then prints this and nothing more.
@@ -269,7 +270,10 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
     fingerprint = input_fingerprint(Path(task["input"]))
     memory_gb = memory_limit / 1e9 if memory_limit else None
     parameters = [tuple(pair) for pair in task["parameters"]]
-    run = run_parameters(parameters, task["input"], str(temporary), threads, memory_gb)
+    # One spectral window per run: the item's band (an MS of several windows is several
+    # items), else the steps' own `msin.band`, if any.
+    reading = with_band(parameters, task.get("band"))
+    run = run_parameters(reading, task["input"], str(temporary), threads, memory_gb)
     arguments = dp3_command(task["dp3_executable"], run, log_path.with_suffix(".parset"))
     with open(log_path, "w") as log:
         log.write(f"# {task['name']}: DP3 on {worker_address} with {threads} thread(s)\n")
@@ -279,14 +283,14 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.
             return _failed(result, started, log_path, lock_message(task["input"], holder), "")
-        shape_in = read_shape(task["input"], with_flags=True)
+        shape_in = read_shape(task["input"], with_flags=True, band=selected_band(reading))
         exit_code = _run_dp3(arguments, log_path, worker, key)
         if exit_code != 0:
             reason = disk_full_problem(output.parent) or exit_description(exit_code)
             return _failed(result, started, log_path, reason)
         shape_out = read_shape(str(temporary), with_flags=True)
         expected, problems = check_output(
-            task["input"], parameters, log_path.read_text(errors="replace"), shape_out
+            task["input"], reading, log_path.read_text(errors="replace"), shape_out
         )
         required_files = required_output_files(parameters)
         problems += [
@@ -298,9 +302,9 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             problem = "output check failed: " + "; ".join(problems)
             return _failed(result, started, log_path, problem, problem)
         finished = _now()
-        final_run = run_parameters(parameters, task["input"], task["output"], threads, memory_gb)
+        final_run = run_parameters(reading, task["input"], task["output"], threads, memory_gb)
         rerun = hand_rerun_command(
-            task["dp3_executable"], task["output"], str(output / PARSET_NAME), parameters
+            task["dp3_executable"], task["output"], str(output / PARSET_NAME), reading
         )
         header = (
             f"DP3 parset of {task['output']}, made {finished} by DP3 {task['dp3_version']}.\n"
@@ -315,6 +319,9 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             "input": task["input"],
             "output": task["output"],
             "input_fingerprint": fingerprint,
+            # The window this output holds, and the MS's windows (a rerun reads them here).
+            "band": task.get("band"),
+            "windows": windows_record(task["input"]),
             "parameters": [list(pair) for pair in parameters],
             "parameters_fingerprint": task["parameters_fingerprint"],
             "extra_inputs_fingerprint": task["extra_inputs_fingerprint"],

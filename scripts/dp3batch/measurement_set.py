@@ -58,29 +58,46 @@ def lock_message(ms: str | Path, pid: int) -> str:
     )
 
 
-def read_shape(path: str, with_flags: bool = False) -> Shape:
-    """Rows, time slots, channels and resolutions of an MS (and, if asked, its flagged fraction)."""
+def read_shape(path: str, with_flags: bool = False, band: int | None = None) -> Shape:
+    """Rows, time slots, channels and resolutions of an MS (and, if asked, its flagged
+    fraction); of the rows and window of one band (DATA_DESC_ID, as `msin.band`) if given."""
     import numpy as np
     from casacore import tables
 
-    with tables.table(str(path), ack=False, readonly=True) as table:
-        rows = table.nrows()
-        times = len(np.unique(table.getcol("TIME"))) if rows else 0
-        interval = float(table.getcell("INTERVAL", 0)) if rows else 0.0
-        flagged = None
-        if with_flags and rows:
-            flagged_count = 0
-            total = 0
-            step = 10_000
-            for start in range(0, rows, step):
-                flags = table.getcol("FLAG", startrow=start, nrow=min(step, rows - start))
-                flagged_count += int(np.count_nonzero(flags))
-                total += flags.size
-            flagged = flagged_count / total if total else 0.0
+    with tables.table(str(path), ack=False, readonly=True) as whole:
+        table = whole if band is None else whole.query(f"DATA_DESC_ID=={int(band)}")
+        try:
+            rows, times, interval, flagged = _row_shape(table, with_flags)
+        finally:
+            if band is not None:
+                table.close()
+    window = 0
+    if band is not None:
+        with tables.table(f"{path}::DATA_DESCRIPTION", ack=False, readonly=True) as description:
+            window = int(description.getcell("SPECTRAL_WINDOW_ID", band))
     with tables.table(f"{path}::SPECTRAL_WINDOW", ack=False, readonly=True) as spw:
-        channels = int(spw.getcell("NUM_CHAN", 0))
-        channel_width = float(np.abs(spw.getcell("CHAN_WIDTH", 0)).mean())
+        channels = int(spw.getcell("NUM_CHAN", window))
+        channel_width = float(np.abs(spw.getcell("CHAN_WIDTH", window)).mean())
     return Shape(rows, times, channels, interval, channel_width, flagged)
+
+
+def _row_shape(table, with_flags: bool) -> tuple[int, int, float, float | None]:
+    import numpy as np
+
+    rows = table.nrows()
+    times = len(np.unique(table.getcol("TIME"))) if rows else 0
+    interval = float(table.getcell("INTERVAL", 0)) if rows else 0.0
+    flagged = None
+    if with_flags and rows:
+        flagged_count = 0
+        total = 0
+        step = 10_000
+        for start in range(0, rows, step):
+            flags = table.getcol("FLAG", startrow=start, nrow=min(step, rows - start))
+            flagged_count += int(np.count_nonzero(flags))
+            total += flags.size
+        flagged = flagged_count / total if total else 0.0
+    return rows, times, interval, flagged
 
 
 def read_telescope_name(path: str | Path) -> str:

@@ -108,7 +108,8 @@ def derive_expected_shape(grid: InputGrid, parameters: list[tuple[str, str]]) ->
     if grid.windows_in_rows > 1:
         raise CannotDerive(
             f"the input has rows of {grid.windows_in_rows} spectral windows and DP3 reads one "
-            "per run: select one with `MsIn: {band: N}`"
+            "per run: run again (each window then becomes an output of its own, "
+            "NAME_spw<k>.ms), or select one with `MsIn: {band: N}`"
         )
     shape = ExpectedShape(grid.times, grid.baselines, grid.channels, grid.interval)
     values = dict(parameters)

@@ -25,8 +25,10 @@ from dp3batch.config import Chain, validate_config
 from dp3batch.discovery import (
     MeasurementSet,
     check_readable,
+    check_selected_band,
     data_size,
     discover_measurement_sets,
+    per_window_items,
 )
 from dp3batch.dp3 import (
     chain_parameters,
@@ -38,6 +40,7 @@ from dp3batch.extra_inputs import check_extra_inputs
 from dp3batch.measurement_set import read_telescope_name, write_lock_holder
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
 from dp3batch.parset_check import check_parameters_with_dp3
+from dp3batch.windows import selected_band, with_band
 
 
 @dataclass
@@ -81,7 +84,13 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".", force: bool = 
     output_dir = Path(
         os.path.normpath(base / Path(config.get("output_dir") or "results").expanduser())
     )
+    # Steps that choose a window themselves (`msin.band`) read one window of every MS; else
+    # each window of an MS of several is an item of its own (see windows).
     measurement_sets = discover_measurement_sets(config["inputs"], output_dir, base)
+    if "band" not in chain.msin:
+        measurement_sets = per_window_items(measurement_sets, output_dir)
+    elif (band := selected_band([("msin.band", str(chain.msin["band"]))])) is not None:
+        check_selected_band(measurement_sets, band, output_dir)
     version = dp3_version(executable)
     expectation = Expectation(
         parameters_fingerprint=parameters_fingerprint(parameters, {key for key, _ in files}),
@@ -126,7 +135,9 @@ def make_plan(config: dict[str, Any], base_dir: str | Path = ".", force: bool = 
         check_calibration_inputs(parameters, [(ms.name, ms.input) for ms in unlocked])
         own = plan.ms_parameters.get(unlocked[0].name)
         check_parameters_with_dp3(
-            executable, own.parameters if own else parameters, unlocked[0].input
+            executable,
+            with_band(own.parameters if own else parameters, unlocked[0].band),
+            unlocked[0].input,
         )
     return plan
 
@@ -195,6 +206,7 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[
                 "name": ms.name,
                 "input": str(ms.input),
                 "output": str(ms.output),
+                "band": ms.band,
                 "reason": reason,
                 "size": data_size(ms.input),
                 **_own_parameters(plan.ms_parameters.get(ms.name)),

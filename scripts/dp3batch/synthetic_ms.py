@@ -479,8 +479,9 @@ def _remove_time_slots(path: pathlib.Path, spec: SyntheticMSSpec) -> None:
 
 
 def _add_windows(path: pathlib.Path, spec: SyntheticMSSpec) -> None:
-    """Copy every row once per further window (same data, its own DATA_DESC_ID), in the
-    chosen row order, and describe each window in SPECTRAL_WINDOW and DATA_DESCRIPTION."""
+    """Copy every row once per further window (its own DATA_DESC_ID, the visibilities times
+    1 + window so that a test can tell the windows apart), in the chosen row order, and
+    describe each window in SPECTRAL_WINDOW and DATA_DESCRIPTION."""
     count = spec.n_windows
     with tables.table(str(path / "SPECTRAL_WINDOW"), readonly=False, ack=False) as spw:
         for window in range(1, count):
@@ -502,6 +503,8 @@ def _add_windows(path: pathlib.Path, spec: SyntheticMSSpec) -> None:
         ms.addrows(n_rows * (count - 1))
         for name, values in columns.items():
             copies = [values] * count
+            if name in ("DATA", "CORRECTED_DATA"):
+                copies = [values * (1 + window) for window in range(count)]
             if name == "DATA_DESC_ID":
                 copies = [np.full(n_rows, window, dtype=np.int32) for window in range(count)]
             if spec.window_order == "time":

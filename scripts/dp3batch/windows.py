@@ -1,0 +1,122 @@
+"""Spectral windows: DP3 reads one per run (`msin.band`), so an MS of several is several items.
+
+A band is what DP3's `msin.band` selects: the rows with that DATA_DESC_ID (DP3 says "Band k
+not found" when there are none, and refuses rows of several bands read together: "The MS
+appears to have multiple subbands"). The bands of an MS are the DATA_DESC_IDs its rows use.
+
+Naming: an MS with one band keeps `NAME.ms`; one with bands 0 and 1 gives `NAME_spw0.ms`
+and `NAME_spw1.ms`, each its own work item (pending reason, task, log, record, summary row).
+An explicit `msin.band` in the steps selects that band only, and the output is `NAME.ms`.
+
+Finding the bands means opening tables, too slow for a no-op rerun over thousands of MSs,
+so a completion record keeps them (`windows`) with a fingerprint of what they were read
+from; a rerun trusts the record while that fingerprint holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dp3batch.completion import input_fingerprint
+
+WINDOW_SUFFIX = "_spw"
+BAND_KEY = "msin.band"
+DESCRIPTION_TABLE = "DATA_DESCRIPTION"
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The spectral windows of an MS as DP3 numbers them."""
+
+    descriptions: int  # rows of DATA_DESCRIPTION
+    bands: tuple[int, ...]  # the DATA_DESC_IDs the main table's rows use, ascending
+
+    @property
+    def several(self) -> bool:
+        return len(self.bands) > 1
+
+    def band_of_single(self) -> int | None:
+        """The `msin.band` a one-band MS needs: none when DATA_DESCRIPTION has one row (DP3
+        reads it by default), else its band (DP3 would take row 0's window for its data)."""
+        if self.descriptions <= 1 or len(self.bands) != 1:
+            return None
+        return self.bands[0]
+
+
+def window_name(name: str, band: int) -> str:
+    """`obs` and band 1 → `obs_spw1` (the output `obs_spw1.ms`, the log `obs_spw1.log`)."""
+    return f"{name}{WINDOW_SUFFIX}{band}"
+
+
+def read_windows(path: str | Path) -> Windows:
+    """Open the MS: DATA_DESCRIPTION's rows, and (only if there are several) which the main
+    table's rows use. The caller checks first that no other process holds it locked."""
+    import numpy as np
+    from casacore import tables
+
+    with tables.table(f"{path}::{DESCRIPTION_TABLE}", ack=False, readonly=True) as description:
+        descriptions = description.nrows()
+    if descriptions <= 1:
+        return Windows(descriptions, (0,) if descriptions else ())
+    with tables.table(str(path), ack=False, readonly=True) as table:
+        used = np.unique(table.getcol("DATA_DESC_ID")) if table.nrows() else []
+    return Windows(descriptions, tuple(int(band) for band in used))
+
+
+def description_fingerprint(path: str | Path) -> str:
+    """What the bands of a one-description MS depend on: DATA_DESCRIPTION's files."""
+    return input_fingerprint(Path(path) / DESCRIPTION_TABLE)
+
+
+def windows_record(path: str | Path) -> dict[str, Any]:
+    """The `windows` entry of a completion record: the bands and what they were read from."""
+    windows = read_windows(path)
+    return {
+        "descriptions": windows.descriptions,
+        "bands": list(windows.bands),
+        "description_fingerprint": description_fingerprint(path),
+    }
+
+
+def windows_from_record(record: dict[str, Any] | None, input_path: Path) -> Windows | None:
+    """The bands a completion record of this input knows, if they still hold, else None.
+
+    One DATA_DESCRIPTION row means one band whatever the rows say: its files' fingerprint
+    suffices (a stat of a few files). With several, the rows decide: the whole input must be
+    unchanged (its fingerprint equals the record's)."""
+    if record is None or record.get("input") != str(input_path):
+        return None
+    entry = record.get("windows")
+    if not isinstance(entry, dict):
+        return None
+    descriptions, bands = entry.get("descriptions"), entry.get("bands")
+    if not isinstance(descriptions, int) or not isinstance(bands, list):
+        return None
+    if not all(isinstance(band, int) for band in bands):
+        return None
+    try:
+        if entry.get("description_fingerprint") != description_fingerprint(input_path):
+            return None
+    except OSError:
+        return None
+    if descriptions > 1 and record.get("input_fingerprint") != input_fingerprint(input_path):
+        return None
+    return Windows(descriptions, tuple(bands))
+
+
+def with_band(parameters: list[tuple[str, str]], band: int | None) -> list[tuple[str, str]]:
+    """The chain's parameters for one band (unchanged when the item has none of its own)."""
+    if band is None:
+        return list(parameters)
+    return [(key, value) for key, value in parameters if key != BAND_KEY] + [(BAND_KEY, str(band))]
+
+
+def selected_band(parameters: list[tuple[str, str]]) -> int | None:
+    """The band the parameters select (`msin.band`), or None."""
+    value = dict(parameters).get(BAND_KEY)
+    try:
+        return None if value is None else int(str(value).strip())
+    except ValueError:
+        return None

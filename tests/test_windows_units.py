@@ -1,0 +1,174 @@
+"""Spectral windows as work items: expansion, naming, the record cache, the band's shape
+(generated MSs opened with casacore; no DP3, no snakemake)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import make_ms
+from dp3batch.completion import input_fingerprint, write_record
+from dp3batch.config import ConfigError
+from dp3batch.discovery import (
+    MeasurementSet,
+    check_selected_band,
+    discover_measurement_sets,
+    per_window_items,
+    window_items,
+)
+from dp3batch.measurement_set import read_shape
+from dp3batch.output_check import read_input_grid
+from dp3batch.windows import (
+    Windows,
+    read_windows,
+    selected_band,
+    windows_from_record,
+    windows_record,
+    with_band,
+)
+
+OBS = MeasurementSet("obs", Path("/in/obs.ms"), Path("/out/obs.ms"))
+
+
+def test_one_window_keeps_its_name_and_reads_dp3s_default():
+    assert window_items(OBS, Windows(1, (0,))) == [OBS]
+
+
+def test_one_used_window_of_several_descriptions_keeps_its_name_and_names_its_band():
+    # DP3 without msin.band would describe the data with DATA_DESCRIPTION row 0's window.
+    assert window_items(OBS, Windows(3, (2,))) == [
+        MeasurementSet("obs", OBS.input, OBS.output, band=2)
+    ]
+
+
+def test_several_windows_give_one_item_per_band_named_after_it():
+    assert window_items(OBS, Windows(3, (0, 2))) == [
+        MeasurementSet("obs_spw0", OBS.input, Path("/out/obs_spw0.ms"), band=0),
+        MeasurementSet("obs_spw2", OBS.input, Path("/out/obs_spw2.ms"), band=2),
+    ]
+
+
+def test_band_parameters():
+    chain = [("steps", "[averager]"), ("msin.band", "0")]
+    assert with_band(chain, None) == chain
+    assert with_band(chain, 3) == [("steps", "[averager]"), ("msin.band", "3")]
+    assert selected_band(with_band(chain, 3)) == 3
+    assert selected_band([("steps", "[]")]) is None
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("windows") / "inputs"
+    make_ms(directory / "two.ms", n_windows=2, window_order="time")
+    make_ms(directory / "one.ms")
+    return directory
+
+
+def _items(base: Path, patterns: list[str]) -> list[MeasurementSet]:
+    output_dir = base / "results"
+    return per_window_items(discover_measurement_sets(patterns, output_dir, base), output_dir)
+
+
+def test_each_window_of_an_ms_of_several_is_an_item(inputs):
+    items = _items(inputs.parent, ["inputs/*.ms"])
+    assert [(item.name, item.output.name, item.band) for item in items] == [
+        ("one", "one.ms", None),
+        ("two_spw0", "two_spw0.ms", 0),
+        ("two_spw1", "two_spw1.ms", 1),
+    ]
+    assert read_windows(inputs / "two.ms") == Windows(2, (0, 1))
+
+
+def test_a_window_output_name_that_another_input_has_is_refused(inputs, tmp_path):
+    make_ms(tmp_path / "two_spw1.ms")
+    patterns = [str(inputs / "two.ms"), str(tmp_path / "two_spw1.ms")]
+    with pytest.raises(ConfigError) as raised:
+        _items(tmp_path.parent, patterns)
+    message = str(raised.value)
+    assert f"{inputs / 'two.ms'} (spectral window 1) and {tmp_path / 'two_spw1.ms'}" in message
+    assert "would both be written to two_spw1.ms" in message
+
+
+def test_a_window_output_that_is_a_link_is_refused(inputs, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "two_spw0.ms").symlink_to(tmp_path)
+    with pytest.raises(ConfigError, match="two_spw0.ms is a link"):
+        per_window_items(
+            discover_measurement_sets([str(inputs / "two.ms")], results, tmp_path), results
+        )
+
+
+def _record(ms: Path, windows: dict, fingerprint: str | None = None) -> dict:
+    return {
+        "input": str(ms),
+        "input_fingerprint": fingerprint or input_fingerprint(ms),
+        "windows": windows,
+    }
+
+
+def test_a_rerun_takes_the_windows_from_the_record_while_the_input_is_unchanged(inputs, tmp_path):
+    """The record's windows are trusted without opening the MS (here it claims a third
+    window, which the MS does not have, so the items show where they came from); a changed
+    input, or a record of another input, is not trusted."""
+    two = inputs / "two.ms"
+    results = tmp_path / "results"
+    claimed = {**windows_record(two), "bands": [0, 1, 2], "descriptions": 3}
+    (results / "two_spw0.ms").mkdir(parents=True)
+    write_record(results / "two_spw0.ms", _record(two, claimed))
+    items = per_window_items(discover_measurement_sets([str(two)], results, tmp_path), results)
+    assert [item.name for item in items] == ["two_spw0", "two_spw1", "two_spw2"]
+
+    write_record(results / "two_spw0.ms", _record(two, claimed, fingerprint="older"))
+    items = per_window_items(discover_measurement_sets([str(two)], results, tmp_path), results)
+    assert [item.name for item in items] == ["two_spw0", "two_spw1"]
+
+    other = {**_record(two, claimed), "input": str(inputs / "one.ms")}
+    assert windows_from_record(other, two) is None
+
+
+def test_one_description_is_trusted_on_data_description_alone(inputs, tmp_path):
+    """A single-window MS: the record holds while DATA_DESCRIPTION's files are unchanged
+    (the whole input need not be walked); a rewritten DATA_DESCRIPTION is read again."""
+    one = tmp_path / "one.ms"
+    make_ms(one)
+    entry = windows_record(one)
+    assert entry["bands"] == [0] and entry["descriptions"] == 1
+    record = _record(one, {**entry, "bands": [7]}, fingerprint="not checked")
+    assert windows_from_record(record, one) == Windows(1, (7,))
+    table_file = one / "DATA_DESCRIPTION" / "table.dat"
+    stat = table_file.stat()
+    os.utime(table_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert windows_from_record(record, one) is None
+
+
+def test_a_record_without_windows_is_not_trusted(inputs):
+    assert windows_from_record({"input": str(inputs / "one.ms")}, inputs / "one.ms") is None
+    assert windows_from_record(None, inputs / "one.ms") is None
+
+
+def test_the_shape_before_is_the_bands_own(inputs):
+    two = inputs / "two.ms"
+    whole = read_shape(str(two))
+    band = read_shape(str(two), with_flags=True, band=1)
+    assert whole.rows == 2 * band.rows
+    assert (band.rows, band.times, band.channels) == (20 * 15, 20, 16)
+    assert band.flagged_fraction is not None
+
+
+def test_the_output_check_reads_one_band_of_rows_sorted_by_time(inputs):
+    grid = read_input_grid(str(inputs / "two.ms"), [("msin.band", "1")])
+    assert (grid.times, grid.baselines, grid.channels, grid.windows_in_rows) == (20, 15, 16, 1)
+    assert read_input_grid(str(inputs / "two.ms"), []).windows_in_rows == 2
+
+
+def test_a_band_the_steps_select_must_have_rows_in_every_ms(inputs):
+    found = discover_measurement_sets(["inputs/*.ms"], "results", inputs.parent)
+    with pytest.raises(ConfigError) as raised:
+        check_selected_band(found, 1, inputs.parent / "results")
+    assert str(raised.value) == (
+        f"steps: MsIn band 1 selects no data of {inputs / 'one.ms'}: its rows are of band(s) "
+        "0 (DATA_DESC_ID); choose one of those, or leave `band` out to process every window"
+    )
+    check_selected_band(found, 0, inputs.parent / "results")
