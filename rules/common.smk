@@ -144,7 +144,7 @@ def write_run_summary(announce=True):
         print(
             f"\n{done} of {len(rows)} MS(s) complete in {PLAN.output_dir}/"
             f" (status of each: {LAYOUT.summary_tsv};"
-            " HTML report: snakemake --cores 1 --report report.html)",
+            f" HTML report: {FLAGS.command('--report', 'report.html')})",
             file=sys.stderr,
         )
     return rows

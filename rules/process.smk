@@ -19,6 +19,18 @@ rule process_measurement_sets:
             category="Plots",
             labels={"plot": "flagged fraction"},
         ),
+        spectrum=report(
+            report_files("{batch}")["spectrum"],
+            caption="../report/rfi_spectrum.rst",
+            category="Plots",
+            labels={"plot": "RFI spectrum"},
+        ),
+        stations=report(
+            report_files("{batch}")["stations"],
+            caption="../report/flagged_per_station.rst",
+            category="Plots",
+            labels={"plot": "flagged per station"},
+        ),
         durations=report(
             report_files("{batch}")["durations"],
             caption="../report/duration.rst",

@@ -110,6 +110,8 @@ def test_report_builds_with_table_and_plots(run_with_one_failure):
         "summary.tsv",
         "summary.html",
         "flagged_fraction.svg",
+        "rfi_spectrum.svg",
+        "flagged_per_station.svg",
         "duration.svg",
         "dp3_step_time.svg",
         "dask-report.html",

@@ -18,6 +18,10 @@ def _row(name: str, status: str, **fields) -> dict:
         "flagged_before": 0.01,
         "flagged_after": fields.get("flagged_after", 0.02),
         "step_seconds": {"AOFlaggerStep": 3.0, "MSReader": 1.0},
+        "flags_by_step": {
+            "aoflagger": {"percent": 5.0, "per_channel": [2, 100, 4], "per_antenna": [5, 7]}
+        },
+        "stations": ["CS001", "CS002"],
         "log": f"/logs/{name}.log",
         "output": f"/results/{name}.ms",
     }
@@ -52,3 +56,47 @@ def test_a_short_batch_gets_a_page_instead_of_a_dask_report(tmp_path):
     report.finish()
     text = (tmp_path / "dask.html").read_text()
     assert "less than dask_report_min_seconds (60 s)" in text
+
+
+def test_rfi_spectrum_and_stations_average_dps_counts_over_the_batch(tmp_path):
+    rows = [_row("a", DONE), _row("b", DONE), _row("c", UP_TO_DATE)]
+    rows[1]["flags_by_step"] = {
+        "aoflagger": {"percent": 7.0, "per_channel": [4, 100, 6], "per_antenna": [9, 5]}
+    }
+    rows[1]["stations"] = ["CS002", "CS001"]  # another antenna order: matched by name
+    files = ReportFiles(tmp_path)
+    write_batch_report(rows, files, "Batch")
+    stations = _bars(files.stations)
+    assert stations == {"CS001 aoflagger": 5.0, "CS002 aoflagger": 8.0}
+    root = ElementTree.parse(files.spectrum).getroot()
+    (line,) = root.iter("{http://www.w3.org/2000/svg}polyline")
+    heights = [float(point.split(",")[1]) for point in line.get("points").split()]
+    assert len(heights) == 3  # one point per channel
+    # Means of the two MSs of this batch (the up-to-date one is not in it): 3, 100, 5 %.
+    ratio = (heights[0] - heights[1]) / (heights[2] - heights[1])
+    assert abs(ratio - (100 - 3) / (100 - 5)) < 0.01
+
+
+def test_dp3_per_channel_and_per_antenna_tables_are_parsed():
+    from dp3batch.dp3_log import parse_flag_counts
+
+    log = """Flags set by AOFlaggerStep aoflagger.
+=======================
+
+Percentage of visibilities flagged per baseline (antenna pair):
+ ant    0    1    2
+   0         6%   7%
+   1    6%        6%
+   2    7%   6%
+TOTAL   6%   6%   7%
+
+Percentage of visibilities flagged per channel:
+ channels    0    1    2    3    4    5    6    7    8    9
+   0-   9:       3%   4%   3%   3%   6% 100%   5%   3%   3%   3%
+  10-  11:       3%   2%
+Total flagged:     6.323%   (1214 out of 19200 visibilities)
+"""
+    counts = parse_flag_counts(log)["aoflagger"]
+    assert counts["per_channel"] == [3, 4, 3, 3, 6, 100, 5, 3, 3, 3, 3, 2]
+    assert counts["per_antenna"] == [6, 6, 7]
+    assert counts["percent"] == 6.323 and counts["flagged"] == 1214

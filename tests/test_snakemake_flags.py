@@ -112,3 +112,17 @@ def test_list_changes_names_the_outputs_pending_for_that_kind(tmp_path, kind, ex
 )
 def test_report_mode_is_read_with_snakemakes_own_parser(argv, expected):
     assert command_line_flags(argv).report is expected
+
+
+def test_the_report_command_repeats_the_runs_workflow_arguments():
+    flags = command_line_flags(
+        ["snakemake", "--cores", "1", "-s", "/w/Snakefile", "--configfile", "my.yaml", "-n"]
+        + ["--config", "output_dir=out dir", "scheduler=host:8786"]
+    )
+    assert flags.command("--report", "report.html") == (
+        "snakemake --cores 1 -s /w/Snakefile --configfile my.yaml "
+        "--config 'output_dir=out dir' scheduler=host:8786 --report report.html"
+    )
+    assert command_line_flags(["snakemake", "--cores", "1"]).command("--report", "r.html") == (
+        "snakemake --cores 1 --report r.html"
+    )

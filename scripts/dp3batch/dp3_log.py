@@ -38,22 +38,39 @@ _FLAGS_SET_BY = re.compile(r"^Flags set by \S+ (\S+?)\.?\s*$")
 _TOTAL_FLAGGED = re.compile(r"^Total flagged:\s+([\d.]+)%\s+\((\d+) out of (\d+) visibilities\)")
 
 
-def parse_flag_counts(log_text: str) -> dict[str, dict[str, float]]:
+# Inside a step's section: its per-channel table ("   0-   9:    3%   4% ...") and the TOTAL
+# row of its per-baseline table, which is the percentage per antenna (DP3's own rounding).
+_CHANNEL_ROW = re.compile(r"^\s*\d+-\s*\d+:((?:\s+\d+%)+)\s*$")
+_TOTAL_ROW = re.compile(r"^TOTAL((?:\s+\d+%)+)\s*$")
+_PERCENT = re.compile(r"(\d+)%")
+
+
+def parse_flag_counts(log_text: str) -> dict[str, dict]:
     """What each PreFlagger and AOFlagger step flagged, as DP3 itself counted it (before any
-    averaging): {step: {percent, flagged, visibilities}}."""
-    counts: dict[str, dict[str, float]] = {}
+    averaging): {step: {percent, flagged, visibilities, per_channel, per_antenna}}, the last
+    two in whole percent, by channel and by antenna index."""
+    counts: dict[str, dict] = {}
     step = None
+    channels: list[int] = []
+    antennas: list[int] = []
     for line in log_text.splitlines():
         match = _FLAGS_SET_BY.match(line)
         if match:
-            step = match.group(1)
+            step, channels, antennas = match.group(1), [], []
             continue
-        match = _TOTAL_FLAGGED.match(line) if step else None
-        if match:
+        if step is None:
+            continue
+        if row := _CHANNEL_ROW.match(line):
+            channels += [int(value) for value in _PERCENT.findall(row.group(1))]
+        elif row := _TOTAL_ROW.match(line):
+            antennas = [int(value) for value in _PERCENT.findall(row.group(1))]
+        elif match := _TOTAL_FLAGGED.match(line):
             counts[step] = {
                 "percent": float(match.group(1)),
                 "flagged": int(match.group(2)),
                 "visibilities": int(match.group(3)),
+                "per_channel": channels,
+                "per_antenna": antennas,
             }
             step = None
     return counts

@@ -36,6 +36,7 @@ from dp3batch.layout import PARSET_NAME, leftover_owner, replaced_path, temporar
 from dp3batch.measurement_set import (
     lock_message,
     read_shape,
+    read_station_names,
     read_telescope_name,
     write_lock_holder,
 )
@@ -328,6 +329,8 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             "dp3_version": task["dp3_version"],
             # The telescope decides AOFlagger's default strategy (see ms_parameters).
             "telescope": read_telescope_name(task["input"]),
+            # For the flagged fraction per station (DP3 counts per antenna index).
+            "stations": read_station_names(task["input"]),
             "aoflagger_strategies": aoflagger_strategies(parameters),
             "dp3_executable": task["dp3_executable"],
             "dp3_arguments": arguments[1:],
@@ -371,6 +374,7 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         output_bytes=record["output_bytes"],
         step_seconds=record["step_seconds"],
         flags_by_step=record["flags_by_step"],
+        stations=record["stations"],
         dp3_version=record["dp3_version"],
     )
     return result

@@ -112,3 +112,15 @@ def read_telescope_name(path: str | Path) -> str:
             return str(observation.getcell("TELESCOPE_NAME", 0)).strip()
     except RuntimeError:  # no OBSERVATION table: AOFlagger then knows no telescope either
         return ""
+
+
+def read_station_names(path: str | Path) -> list[str]:
+    """ANTENNA::NAME of the MS, in antenna index order (DP3's per-antenna flag counts use
+    the index); [] when it cannot be read."""
+    from casacore import tables
+
+    try:
+        with tables.table(f"{path}::ANTENNA", ack=False, readonly=True) as antennas:
+            return [str(name) for name in antennas.getcol("NAME")]
+    except RuntimeError:
+        return []

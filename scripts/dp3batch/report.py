@@ -14,7 +14,7 @@ from typing import Any
 
 from dp3batch.report_html import write_summary_html
 from dp3batch.summary import DONE, FAILED, UP_TO_DATE, write_summary
-from dp3batch.svg_chart import Series, bar_chart
+from dp3batch.svg_chart import Series, bar_chart, line_chart
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,28 @@ class ReportFiles:
         return self.directory / "dp3_step_time.svg"
 
     @property
+    def spectrum(self) -> Path:
+        return self.directory / "rfi_spectrum.svg"
+
+    @property
+    def stations(self) -> Path:
+        return self.directory / "flagged_per_station.svg"
+
+    @property
     def dask(self) -> Path:
         return self.directory / "dask-report.html"
 
     def as_dict(self) -> dict[str, str]:
-        names = ("table", "html", "flagged", "durations", "step_times", "dask")
+        names = (
+            "table",
+            "html",
+            "flagged",
+            "spectrum",
+            "stations",
+            "durations",
+            "step_times",
+            "dask",
+        )
         return {name: str(getattr(self, name)) for name in names}
 
 
@@ -58,6 +75,8 @@ def write_batch_report(rows: list[dict[str, Any]], files: ReportFiles, title: st
     write_summary(rows, files.table.with_suffix(".json"), files.table)
     write_summary_html(rows, files.html, title)
     plot_flagged_fractions(rows, files.flagged)
+    plot_rfi_spectrum(rows, files.spectrum)
+    plot_flagged_per_station(rows, files.stations)
     plot_durations(rows, files.durations)
     plot_step_times(rows, files.step_times)
 
@@ -94,6 +113,85 @@ def plot_flagged_fractions(rows: list[dict[str, Any]], path: str | Path) -> None
             ),
         ],
         "flagged visibilities (%)",
+    )
+
+
+STEP_COLOURS = ["#cc6677", "#332288", "#117733", "#aa4499"]
+
+
+def _complete_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The MSs the flag statistics describe: this batch's, else every complete one."""
+    done = [row for row in rows if row["status"] == DONE]
+    return done or [row for row in rows if row["status"] == UP_TO_DATE]
+
+
+def _mean_by_key(samples: list[dict[Any, float]]) -> dict[Any, float]:
+    totals: dict[Any, list[float]] = {}
+    for sample in samples:
+        for key, value in sample.items():
+            totals.setdefault(key, []).append(value)
+    return {key: sum(values) / len(values) for key, values in totals.items()}
+
+
+def _flag_steps(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(step for row in rows for step in row.get("flags_by_step") or {}))
+
+
+def plot_rfi_spectrum(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """The RFI spectrum: per flagging step, the percentage of visibilities it flagged per
+    channel (DP3's own count), averaged over the MSs of the batch."""
+    rows = _complete_rows(rows)
+    series = []
+    for index, step in enumerate(_flag_steps(rows)):
+        mean = _mean_by_key(
+            [
+                dict(enumerate((row["flags_by_step"].get(step) or {}).get("per_channel") or []))
+                for row in rows
+            ]
+        )
+        values = [mean.get(channel) for channel in range(max(mean, default=-1) + 1)]
+        series.append(Series(step, values, STEP_COLOURS[index % len(STEP_COLOURS)]))
+    line_chart(
+        path,
+        f"RFI spectrum: flagged per channel, mean over {len(rows)} MS(s)",
+        series,
+        "channel (of the input)",
+        "flagged visibilities (%)",
+        maximum=100.0,
+    )
+
+
+def plot_flagged_per_station(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Per flagging step, the percentage of each station's visibilities it flagged (DP3's
+    own count per antenna), averaged over the MSs of the batch: a bad station stands out."""
+    rows = _complete_rows(rows)
+    steps = _flag_steps(rows)
+    means = {
+        step: _mean_by_key(
+            [
+                dict(
+                    zip(
+                        row.get("stations") or [],
+                        (row["flags_by_step"].get(step) or {}).get("per_antenna") or [],
+                        strict=False,
+                    )
+                )
+                for row in rows
+            ]
+        )
+        for step in steps
+    }
+    stations = list(dict.fromkeys(name for mean in means.values() for name in mean))
+    bar_chart(
+        path,
+        f"Flagged per station, mean over {len(rows)} MS(s)",
+        stations,
+        [
+            Series(step, [means[step].get(name) for name in stations], STEP_COLOURS[index % 4])
+            for index, step in enumerate(steps)
+        ],
+        "flagged visibilities (%)",
+        maximum=100.0,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +35,13 @@ class CommandLineFlags:
     list_changes: str | None = None
     # `--report FILE`: build the report of the last batch, process nothing.
     report: bool = False
+    # The arguments that say which workflow, directory and config a run used: a command
+    # the user copies from our messages must name them again.
+    workflow_arguments: tuple[str, ...] = ()
+
+    def command(self, *extra: str) -> str:
+        """`snakemake --cores 1` with this run's workflow arguments and `extra`."""
+        return shlex.join(["snakemake", "--cores", "1", *self.workflow_arguments, *extra])
 
 
 def command_line_flags(argv: Sequence[str]) -> CommandLineFlags:
@@ -55,7 +63,21 @@ def command_line_flags(argv: Sequence[str]) -> CommandLineFlags:
         forcerun=frozenset(args.forcerun or ()),
         list_changes=str(args.list_changes) if args.list_changes else None,
         report=bool(getattr(args, "report", None)),
+        workflow_arguments=_workflow_arguments(args),
     )
+
+
+def _workflow_arguments(args) -> tuple[str, ...]:
+    arguments: list[str] = []
+    if getattr(args, "snakefile", None):
+        arguments += ["-s", str(args.snakefile)]
+    if getattr(args, "directory", None):
+        arguments += ["--directory", str(args.directory)]
+    if getattr(args, "configfile", None):
+        arguments += ["--configfile", *(str(path) for path in args.configfile)]
+    if getattr(args, "config", None):
+        arguments += ["--config", *(str(item) for item in args.config)]
+    return tuple(arguments)
 
 
 def all_forced(forceall: bool, forcerun: Iterable[str], rule: str = PROCESS_RULE) -> bool:

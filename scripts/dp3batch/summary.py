@@ -71,6 +71,9 @@ def _row_from(source: dict[str, Any], status: str) -> dict[str, Any]:
         "input": source.get("input"),
         "output": source.get("output"),
         "step_seconds": source.get("step_seconds") or {},
+        # For the report's RFI spectrum and per-station plots (JSON only).
+        "flags_by_step": source.get("flags_by_step") or {},
+        "stations": source.get("stations") or [],
         # Per flagging step, DP3's own percentage; `flagged_after` is read from the averaged
         # output, where a sample is flagged only if all its inputs were.
         **{

@@ -104,3 +104,75 @@ def bar_chart(
             parts.append(f'<text x="{x + 14}" y="35" {FONT}>{escape(one.name)}</text>')
     parts.append("</svg>")
     Path(path).write_text("\n".join(parts) + "\n")
+
+
+def line_chart(
+    path: str | Path,
+    title: str,
+    series: Sequence[Series],
+    x_label: str,
+    value_label: str,
+    maximum: float | None = None,
+) -> None:
+    """Write one chart of lines: point i of each series at x = i (e.g. a spectrum by channel)."""
+    height = 300
+    left, right, top_margin, bottom = 60, 20, TOP, BOTTOM
+    plot_width = WIDTH - left - right
+    plot_height = height - top_margin - bottom
+    points = max((len(one.values) for one in series), default=0)
+    values = [value for one in series for value in one.values if value is not None]
+    top = maximum or _nice_maximum(max(values, default=0.0))
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}">',
+        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
+        f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-family="sans-serif" '
+        f'font-size="14">{escape(title)}</text>',
+    ]
+
+    def x_of(index: float) -> float:
+        return left + plot_width * (index / max(points - 1, 1))
+
+    def y_of(value: float) -> float:
+        return top_margin + plot_height * (1 - min(max(value, 0.0), top) / top)
+
+    for tick in range(5):
+        value = top * tick / 4
+        parts.append(
+            f'<line x1="{left}" y1="{y_of(value):.1f}" x2="{WIDTH - right}" '
+            f'y2="{y_of(value):.1f}" stroke="#dddddd"/>'
+        )
+        parts.append(
+            f'<text x="{left - 6}" y="{y_of(value) + 4:.1f}" text-anchor="end" {FONT}>'
+            f"{value:g}</text>"
+        )
+    for tick in range(5):
+        index = round((points - 1) * tick / 4) if points > 1 else 0
+        parts.append(
+            f'<text x="{x_of(index):.1f}" y="{height - BOTTOM + 16}" text-anchor="middle" '
+            f"{FONT}>{index}</text>"
+        )
+    parts.append(
+        f'<text x="{left + plot_width / 2}" y="{height - 8}" text-anchor="middle" {FONT}>'
+        f"{escape(x_label)}</text>"
+    )
+    parts.append(
+        f'<text x="14" y="{top_margin + plot_height / 2}" text-anchor="middle" {FONT} '
+        f'transform="rotate(-90 14 {top_margin + plot_height / 2})">{escape(value_label)}</text>'
+    )
+    for index, one in enumerate(series):
+        colour = one.colour if isinstance(one.colour, str) else "#4477aa"
+        coordinates = " ".join(
+            f"{x_of(i):.1f},{y_of(value):.1f}"
+            for i, value in enumerate(one.values)
+            if value is not None
+        )
+        parts.append(
+            f'<polyline points="{coordinates}" fill="none" stroke="{colour}" '
+            f'stroke-width="1.5"><title>{escape(one.name)}</title></polyline>'
+        )
+        x = 20 + index * 180
+        parts.append(f'<rect x="{x}" y="26" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 14}" y="35" {FONT}>{escape(one.name)}</text>')
+    parts.append("</svg>")
+    Path(path).write_text("\n".join(parts) + "\n")
