@@ -12,7 +12,7 @@ from dp3batch.status import Status
 from dp3batch.report import ReportFiles
 from dp3batch.config import ConfigError, validate_config
 from dp3batch.demo_data import ensure_demo_data
-from dp3batch.dp3 import DP3Error
+from dp3batch.dp3_install import DP3Error
 from dp3batch.dp3_wrapper import aoflagger_strategy_warning
 from dp3batch.summary import collect_rows, write_summary
 from dp3batch.snakemake_flags import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from casacore import tables
-from dp3batch.dp3 import dp3_environment, find_dp3_executable
+from dp3batch.dp3_install import dp3_environment, find_dp3_executable
 from dp3batch.h5parm import identity_soltabs, write_h5parm
 from dp3batch.synthetic_ms import PHASE_CENTRE
 

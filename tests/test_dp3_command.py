@@ -7,8 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from dp3batch.dp3 import find_dp3_executable, unwrap_own_command, wheel_aoflagger_strategy
 from dp3batch.dp3_command import hand_rerun_command, wheel_dp3_script
+from dp3batch.dp3_install import find_dp3_executable, unwrap_own_command, wheel_aoflagger_strategy
 
 CONSOLE_SCRIPT = """#!/usr/bin/python3
 # -*- coding: utf-8 -*-

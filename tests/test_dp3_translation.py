@@ -11,17 +11,19 @@ from pathlib import Path
 import pytest
 from dp3batch.config import parse_steps
 from dp3batch.dp3 import (
-    DP3Error,
     as_arguments,
     as_parset,
-    casacore_measures_directory,
     chain_parameters,
-    dp3_environment,
     file_parameters,
-    find_dp3_executable,
     format_value,
     run_parameters,
     step_names,
+)
+from dp3batch.dp3_install import (
+    DP3Error,
+    casacore_measures_directory,
+    dp3_environment,
+    find_dp3_executable,
     wheel_aoflagger_strategy,
 )
 

@@ -6,7 +6,7 @@ import stat
 from pathlib import Path
 
 from conftest import BIN, make_inputs
-from dp3batch.dp3 import wheel_aoflagger_strategy
+from dp3batch.dp3_install import wheel_aoflagger_strategy
 from dp3batch.dp3_wrapper import aoflagger_strategy_warning
 
 REAL_DP3 = str(BIN / "DP3.py")

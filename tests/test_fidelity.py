@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from casacore import tables
 from conftest import make_ms
-from dp3batch.dp3 import dp3_environment, find_dp3_executable, wheel_strategies_directory
+from dp3batch.dp3_install import dp3_environment, find_dp3_executable, wheel_strategies_directory
 
 DP3 = find_dp3_executable()
 STRATEGIES = wheel_strategies_directory(DP3)

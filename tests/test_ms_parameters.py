@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from dp3batch.config import parse_steps
-from dp3batch.dp3 import aoflagger_default_strategy_name, chain_parameters, file_parameters
+from dp3batch.dp3 import chain_parameters, file_parameters
+from dp3batch.dp3_install import aoflagger_default_strategy_name
 from dp3batch.ms_parameters import PerMSParameters
 
 WHEEL_DP3 = str(Path(sys.executable).parent / "DP3.py")

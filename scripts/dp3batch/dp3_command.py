@@ -15,7 +15,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from dp3batch.dp3 import dp3_environment, instrument_models
+from dp3batch.dp3 import instrument_models
+from dp3batch.dp3_install import dp3_environment
 
 
 def wheel_dp3_script() -> Path | None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dp3batch.dp3 import steps_of_type, wheel_aoflagger_strategy
+from dp3batch.dp3 import steps_of_type
+from dp3batch.dp3_install import wheel_aoflagger_strategy
 
 REAL_DP3_NAMES = ("DP3", "DP3.py")
 

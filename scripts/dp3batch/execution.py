@@ -25,12 +25,12 @@ from dp3batch.completion import input_fingerprint, output_fingerprint, write_rec
 from dp3batch.dp3 import (
     as_arguments,
     as_parset,
-    dp3_environment,
     required_output_files,
     run_parameters,
     steps_of_type,
 )
 from dp3batch.dp3_command import hand_rerun_command
+from dp3batch.dp3_install import dp3_environment
 from dp3batch.dp3_log import parse_flag_counts, parse_step_times
 from dp3batch.layout import PARSET_NAME, leftover_owner, replaced_path, temporary_path
 from dp3batch.measurement_set import (

@@ -13,12 +13,8 @@ from pathlib import Path
 
 from dp3batch.completion import parameters_fingerprint
 from dp3batch.config import Chain
-from dp3batch.dp3 import (
-    aoflagger_steps_without_strategy,
-    chain_parameters,
-    steps_of_type,
-    wheel_aoflagger_strategy,
-)
+from dp3batch.dp3 import aoflagger_steps_without_strategy, chain_parameters, steps_of_type
+from dp3batch.dp3_install import wheel_aoflagger_strategy
 
 
 @dataclass(frozen=True)

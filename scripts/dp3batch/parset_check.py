@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from dp3batch.config import ConfigError
-from dp3batch.dp3 import as_parset, dp3_environment, run_parameters
+from dp3batch.dp3 import as_parset, run_parameters
+from dp3batch.dp3_install import dp3_environment
 
 CHECK_TIMEOUT_SECONDS = 30
 # DP3's warning, then one "    - key" line per unused key.

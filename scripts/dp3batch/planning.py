@@ -30,12 +30,8 @@ from dp3batch.discovery import (
     discover_measurement_sets,
     per_window_items,
 )
-from dp3batch.dp3 import (
-    chain_parameters,
-    dp3_version,
-    file_parameters,
-    find_dp3_executable,
-)
+from dp3batch.dp3 import chain_parameters, file_parameters
+from dp3batch.dp3_install import dp3_version, find_dp3_executable
 from dp3batch.extra_inputs import check_extra_inputs
 from dp3batch.measurement_set import read_telescope_name, write_lock_holder
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
