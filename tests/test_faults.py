@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -268,3 +269,67 @@ def test_a_no_op_run_rewrites_the_summary(workflow):
     rerun = workflow.run()
     assert rerun.returncode == 0
     assert _summary(workflow)["obs_0"]["status"] == "up to date"
+
+
+def _mount_tmpfs(mount_point, size_bytes: int) -> None:
+    mount_point.mkdir()
+    size = f"size={size_bytes // 1024 + 1}k"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(mount_point)], check=True)
+
+
+def test_a_full_disk_is_named_and_loses_nothing(workflow):
+    from dp3batch.dp3_install import dp3_environment, find_dp3_executable
+
+    inputs = make_inputs(workflow.directory / "inputs", 5)
+    copy = workflow.directory / "copy.ms"  # what one output weighs: DP3's copy of an input
+    subprocess.run(
+        [find_dp3_executable(), f"msin={inputs[0]}", f"msout={copy}", "steps=[]"],
+        env=dp3_environment(),
+        capture_output=True,
+        check=True,
+    )
+    size = sum(path.stat().st_size for path in copy.rglob("*") if path.is_file())
+    # Room for two outputs (a copy each: no steps) and the logs, not for five.
+    small_tmpfs = workflow.directory / "small"
+    _mount_tmpfs(small_tmpfs, int(2.6 * size))
+    workflow.config.update(output_dir=str(small_tmpfs / "results"), steps=[])
+    workflow.config["local_cluster"] = {"n_workers": 1, "threads_per_worker": 1}
+    try:
+        result = workflow.run(timeout=240)
+        _check_full_disk_run(workflow, result, small_tmpfs)
+    finally:
+        subprocess.run(["umount", "-l", str(small_tmpfs)], check=False)
+
+
+def _check_full_disk_run(workflow, result, small_tmpfs) -> None:
+    names = [f"obs_{index}" for index in range(5)]
+    complete = _complete(workflow, names)
+    assert result.returncode != 0
+    assert 0 < len(complete) < 5, result.output
+    assert f"the filesystem of {small_tmpfs / 'results'} is full" in result.output
+    assert "Traceback" not in result.output
+    # No partial MS anywhere, and nothing left half-written.
+    leftovers = [path.name for path in (small_tmpfs / "results").iterdir() if ".tmp" in path.name]
+    assert not leftovers
+    for name in complete:
+        from casacore import tables
+
+        with tables.table(str(small_tmpfs / "results" / f"{name}.ms"), ack=False) as table:
+            assert table.nrows() == workflow.record(name)["shape_after"]["rows"]
+
+
+def test_an_empty_input_fails_alone_with_a_clear_reason(workflow):
+    from casacore import tables
+
+    inputs = make_inputs(workflow.directory / "inputs", 2)
+    full = inputs[1].with_name("full.ms")
+    inputs[1].rename(full)
+    with tables.table(str(full), ack=False) as table:  # a 0-row MS: DP3 crashes on it
+        table.copy(str(inputs[1]), deep=True, copynorows=True).close()
+    shutil.rmtree(full)
+    result = workflow.run(timeout=120)
+    assert result.returncode != 0
+    assert workflow.record("obs_0") is not None
+    assert "obs_1" in result.output
+    assert "obs_1" in result.output and "the input MS has no rows" in result.output
+    assert "Traceback" not in result.output

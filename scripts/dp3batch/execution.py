@@ -38,6 +38,7 @@ from dp3batch.measurement_set import (
     read_shape,
     read_station_names,
     read_telescope_name,
+    row_count,
     write_lock_holder,
 )
 from dp3batch.output_check import check_output
@@ -284,6 +285,9 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.
             return _failed(result, started, log_path, lock_message(task["input"], holder), "")
+        if row_count(task["input"]) == 0:  # DP3 crashes on it (SIGSEGV)
+            problem = "the input MS has no rows: there is nothing to process"
+            return _failed(result, started, log_path, problem, problem)
         shape_in = read_shape(task["input"], with_flags=True, band=selected_band(reading))
         exit_code = _run_dp3(arguments, log_path, worker, key)
         if exit_code != 0:

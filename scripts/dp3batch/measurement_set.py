@@ -124,3 +124,10 @@ def read_station_names(path: str | Path) -> list[str]:
             return [str(name) for name in antennas.getcol("NAME")]
     except RuntimeError:
         return []
+
+
+def row_count(path: str | Path) -> int:
+    from casacore import tables
+
+    with tables.table(str(path), ack=False, readonly=True) as table:
+        return table.nrows()
