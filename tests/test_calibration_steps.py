@@ -39,7 +39,7 @@ def process(directory: Path, config: dict) -> list[dict]:
     for ms in batch["measurement_sets"]:
         task = task_for(batch, ms)
         result = process_measurement_set(task)
-        assert result["status"] == "done", (result, Path(task["log"]).read_text()[-3000:])
+        assert result["status"] == "done", (result, Path(task.log).read_text()[-3000:])
         results.append(result)
     return results
 

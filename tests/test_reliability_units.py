@@ -19,6 +19,7 @@ from dp3batch.execution import exit_description, remove_leftovers
 from dp3batch.layout import leftover_owner, replaced_path, temporary_path
 from dp3batch.measurement_set import write_lock_holder
 from dp3batch.summary import write_summary
+from dp3batch.task import Task
 
 
 def fake_ms(path: Path) -> Path:
@@ -163,8 +164,19 @@ def test_a_summary_that_cannot_be_written_leaves_no_partial_file(tmp_path):
 
 
 def test_largest_first_is_stable_for_equal_sizes():
-    tasks = [{"name": n, "size": s} for n, s in [("a", 1), ("b", 8), ("c", 8), ("d", 2)]]
-    assert [task["name"] for task in largest_first(tasks)] == ["b", "c", "d", "a"]
+    batch = {
+        "log_dir": "/logs",
+        "dp3_executable": "DP3",
+        "dp3_version": "6.6.0",
+        "parameters": [],
+        "parameters_fingerprint": "p",
+        "extra_inputs_fingerprint": "e",
+    }
+    tasks = [
+        Task.of(batch, {"name": name, "input": "/i", "output": "/o", "size": size})
+        for name, size in [("a", 1), ("b", 8), ("c", 8), ("d", 2)]
+    ]
+    assert [task.name for task in largest_first(tasks)] == ["b", "c", "d", "a"]
 
 
 # --- locks ----------------------------------------------------------------------------------

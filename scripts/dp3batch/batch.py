@@ -50,6 +50,7 @@ from dp3batch.layout import OutputLayout, leftover_owner, ms_log_file
 from dp3batch.report import ReportFiles, write_batch_report
 from dp3batch.status import Status
 from dp3batch.summary import collect_rows, write_summary
+from dp3batch.task import Task
 
 log = logging.getLogger("dp3batch")
 
@@ -121,31 +122,9 @@ def cluster_client(batch: dict[str, Any]) -> Iterator:
         yield client
 
 
-# What every task of a batch shares (see execution.process_measurement_set).
-SHARED_TASK_KEYS = (
-    "dp3_executable",
-    "dp3_version",
-    "parameters",
-    "parameters_fingerprint",
-    "extra_inputs_fingerprint",
-)
-
-
-def task_for(batch: dict[str, Any], ms: dict[str, Any]) -> dict[str, Any]:
-    """The plain-data task of one MS of a batch (what a worker receives)."""
-    layout = OutputLayout(Path(batch["output_dir"]))
-    return {
-        # An MS may carry values of its own (its parameters: see planning._own_parameters).
-        **{key: ms.get(key, batch[key]) for key in SHARED_TASK_KEYS},
-        "name": ms["name"],
-        "input": ms["input"],
-        "output": ms["output"],
-        "band": ms.get("band"),  # the spectral window this item reads (see windows)
-        "size": ms.get("size", 0),
-        "locked_by": ms.get("locked_by"),
-        "log": ms_log_file(batch["log_dir"], ms["name"]),
-        "guard": str(layout.batch_guard(batch["batch_id"])) if "batch_id" in batch else None,
-    }
+def task_for(batch: dict[str, Any], ms: dict[str, Any]) -> Task:
+    """The task of one MS of a batch (what a worker receives)."""
+    return Task.of(batch, ms)
 
 
 def shared_paths(batch: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -321,8 +300,7 @@ class BatchRun:
             result = self.results.get(ms["name"])
             if result is None:
                 result = self._from_record(ms) or lost_result(
-                    {**ms, "log": ms_log_file(self.batch["log_dir"], ms["name"])},
-                    why_unfinished,
+                    task_for(self.batch, ms), why_unfinished
                 )
                 if result["status"] != Status.DONE:
                     result["status"] = Status.NOT_PROCESSED

@@ -29,6 +29,7 @@ from dp3batch.cluster import (
 from dp3batch.execution import process_measurement_set
 from dp3batch.interrupts import Interrupted
 from dp3batch.status import Status
+from dp3batch.task import Task
 from dp3batch.task_keys import task_keys
 
 log = logging.getLogger("dp3batch")
@@ -50,27 +51,28 @@ class SchedulerLost(ClusterError):
 class Dispatch:
     """What the fan-out needs besides the client: the tasks, how to name and size them."""
 
-    tasks: list[dict[str, Any]]
+    tasks: list[Task]
     batch_id: str
     scheduler_address: str
     worker_grace: float
     on_result: Callable[[dict[str, Any]], None]
     orphaned: threading.Event = field(default_factory=threading.Event)
     # Submitted and not finished: what to stop when the batch ends early.
-    in_flight: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    in_flight: dict[Any, Task] = field(default_factory=dict)
 
 
-def largest_first(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def largest_first(tasks: list[Task]) -> list[Task]:
     """The order of submission: by estimated cost (`size`), largest first; stable."""
-    return sorted(tasks, key=lambda task: -(task.get("size") or 0))
+    return sorted(tasks, key=lambda task: -task.size)
 
 
-def lost_result(task: dict[str, Any], reason: str, error: str = "") -> dict[str, Any]:
+def lost_result(task: Task, reason: str, error: str = "") -> dict[str, Any]:
+    """The result of a task that returned none (its worker died, the batch ended)."""
     return {
-        "name": task["name"],
-        "input": task["input"],
-        "output": task["output"],
-        "log": task["log"],
+        "name": task.name,
+        "input": task.input,
+        "output": task.output,
+        "log": task.log,
         "status": Status.FAILED,
         "reason": reason,
         "error": error,
@@ -83,7 +85,7 @@ def fan_out(client, dispatch: Dispatch) -> None:
     Raises Interrupted (signal or lost parent), WorkersLost or SchedulerLost; the caller
     then stops what runs (`stop_running`)."""
     queue = largest_first(dispatch.tasks)
-    keys = task_keys([task["name"] for task in dispatch.tasks], dispatch.batch_id)
+    keys = task_keys([task.name for task in dispatch.tasks], dispatch.batch_id)
     finished = threading.Event()  # set by a future's callback when it completes
     in_flight = dispatch.in_flight
     slots = 0
@@ -116,9 +118,9 @@ def fan_out(client, dispatch: Dispatch) -> None:
             future = client.submit(
                 process_measurement_set,
                 task,
-                key=keys[task["name"]],
+                key=keys[task.name],
                 resources={"process": 1},
-                priority=int(task.get("size") or 0),
+                priority=task.size,
                 pure=False,
             )
             in_flight[future] = task
@@ -143,7 +145,7 @@ def _process_slots(client, address: str) -> int:
     return sum(int(worker.process_slots) for worker in workers)
 
 
-def _result_of(future, task: dict[str, Any]) -> dict[str, Any]:
+def _result_of(future, task: Task) -> dict[str, Any]:
     try:
         return future.result(timeout=SCHEDULER_ANSWER_SECONDS)
     except Exception as error:  # a lost worker (KilledWorker) or an internal error

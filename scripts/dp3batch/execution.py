@@ -43,6 +43,7 @@ from dp3batch.measurement_set import (
 )
 from dp3batch.output_check import check_output
 from dp3batch.status import Status
+from dp3batch.task import Task
 from dp3batch.windows import selected_band, windows_record, with_band
 
 POLL_SECONDS = 0.5
@@ -242,60 +243,58 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
-def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
+def process_measurement_set(task: Task) -> dict[str, Any]:
     """Run the chain on one MS and commit its output; returns a result for the report.
 
-    `task` holds: name, input, output, log, dp3_executable, dp3_version, parameters,
-    parameters_fingerprint, extra_inputs_fingerprint (the output's expected shape is derived
-    from the input and the parameters: see output_check). A DP3 failure is a result (status
-    "failed"), not an exception, so dask does not retry it; lost workers are retried by
-    the scheduler.
+    The output's expected shape is derived from the input and the parameters (see
+    output_check). A DP3 failure is a result (status "failed"), not an exception, so dask
+    does not retry it; lost workers are retried by the scheduler.
     """
     worker, key, threads, memory_limit = _current_dask_task()
     worker_address = getattr(worker, "address", None) or socket.gethostname()
-    output = Path(task["output"])
-    log_path = Path(task["log"])
+    output = Path(task.output)
+    log_path = Path(task.log)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(output.parent, {output.name})
     started = time.time()
     result: dict[str, Any] = {
-        "name": task["name"],
-        "input": task["input"],
-        "output": task["output"],
+        "name": task.name,
+        "input": task.input,
+        "output": task.output,
         "log": str(log_path),
         "worker": worker_address,
         "numthreads": threads,
         "started": _now(),
     }
     temporary = temporary_path(output)
-    fingerprint = input_fingerprint(Path(task["input"]))
+    fingerprint = input_fingerprint(Path(task.input))
     memory_gb = memory_limit / 1e9 if memory_limit else None
-    parameters = [tuple(pair) for pair in task["parameters"]]
+    parameters = [tuple(pair) for pair in task.parameters]
     # One spectral window per run: the item's band (an MS of several windows is several
     # items), else the steps' own `msin.band`, if any.
-    reading = with_band(parameters, task.get("band"))
-    run = run_parameters(reading, task["input"], str(temporary), threads, memory_gb)
-    arguments = dp3_command(task["dp3_executable"], run, log_path.with_suffix(".parset"))
+    reading = with_band(parameters, task.band)
+    run = run_parameters(reading, task.input, str(temporary), threads, memory_gb)
+    arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
     with open(log_path, "w") as log:
-        log.write(f"# {task['name']}: DP3 on {worker_address} with {threads} thread(s)\n")
+        log.write(f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n")
         log.write(f"# started {result['started']}\n# command: {' '.join(arguments)}\n")
     try:
-        holder = write_lock_holder(task["input"]) or task.get("locked_by")
+        holder = write_lock_holder(task.input) or task.locked_by
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.
-            return _failed(result, started, log_path, lock_message(task["input"], holder), "")
-        if row_count(task["input"]) == 0:  # DP3 crashes on it (SIGSEGV)
+            return _failed(result, started, log_path, lock_message(task.input, holder), "")
+        if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV)
             problem = "the input MS has no rows: there is nothing to process"
             return _failed(result, started, log_path, problem, problem)
-        shape_in = read_shape(task["input"], with_flags=True, band=selected_band(reading))
+        shape_in = read_shape(task.input, with_flags=True, band=selected_band(reading))
         exit_code = _run_dp3(arguments, log_path, worker, key)
         if exit_code != 0:
             reason = disk_full_problem(output.parent) or exit_description(exit_code)
             return _failed(result, started, log_path, reason)
         shape_out = read_shape(str(temporary), with_flags=True)
         expected, problems = check_output(
-            task["input"], reading, log_path.read_text(errors="replace"), shape_out
+            task.input, reading, log_path.read_text(errors="replace"), shape_out
         )
         required_files = required_output_files(parameters)
         problems += [
@@ -307,12 +306,12 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             problem = "output check failed: " + "; ".join(problems)
             return _failed(result, started, log_path, problem, problem)
         finished = _now()
-        final_run = run_parameters(reading, task["input"], task["output"], threads, memory_gb)
+        final_run = run_parameters(reading, task.input, task.output, threads, memory_gb)
         rerun = hand_rerun_command(
-            task["dp3_executable"], task["output"], str(output / PARSET_NAME), reading
+            task.dp3_executable, task.output, str(output / PARSET_NAME), reading
         )
         header = (
-            f"DP3 parset of {task['output']}, made {finished} by DP3 {task['dp3_version']}.\n"
+            f"DP3 parset of {task.output}, made {finished} by DP3 {task.dp3_version}.\n"
             "Rerun by hand (with the environment activated) into a new MS, keeping this one:\n"
             f"  {rerun}\n"
             "(Writing msout itself would replace this output and its completion record. The "
@@ -320,23 +319,23 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
         )
         (temporary / PARSET_NAME).write_text(as_parset(final_run, header))
         record = {
-            "name": task["name"],
-            "input": task["input"],
-            "output": task["output"],
+            "name": task.name,
+            "input": task.input,
+            "output": task.output,
             "input_fingerprint": fingerprint,
             # The window this output holds, and the MS's windows (a rerun reads them here).
-            "band": task.get("band"),
-            "windows": windows_record(task["input"]),
+            "band": task.band,
+            "windows": windows_record(task.input),
             "parameters": [list(pair) for pair in parameters],
-            "parameters_fingerprint": task["parameters_fingerprint"],
-            "extra_inputs_fingerprint": task["extra_inputs_fingerprint"],
-            "dp3_version": task["dp3_version"],
+            "parameters_fingerprint": task.parameters_fingerprint,
+            "extra_inputs_fingerprint": task.extra_inputs_fingerprint,
+            "dp3_version": task.dp3_version,
             # The telescope decides AOFlagger's default strategy (see ms_parameters).
-            "telescope": read_telescope_name(task["input"]),
+            "telescope": read_telescope_name(task.input),
             # For the flagged fraction per station (DP3 counts per antenna index).
-            "stations": read_station_names(task["input"]),
+            "stations": read_station_names(task.input),
             "aoflagger_strategies": aoflagger_strategies(parameters),
-            "dp3_executable": task["dp3_executable"],
+            "dp3_executable": task.dp3_executable,
             "dp3_arguments": arguments[1:],
             "worker": worker_address,
             "numthreads": threads,
@@ -357,11 +356,11 @@ def process_measurement_set(task: dict[str, Any]) -> dict[str, Any]:
             "output_fingerprint": output_fingerprint(temporary),
         }
         write_record(temporary, record)
-        commit(temporary, output, task.get("guard"))
+        commit(temporary, output, task.guard)
     except TaskCancelled:
         raise  # the temporary output goes in `finally`
     except InputLocked as error:
-        reason = lock_message(task["input"], write_lock_holder(task["input"]) or 0)
+        reason = lock_message(task.input, write_lock_holder(task.input) or 0)
         return _failed(result, started, log_path, reason, str(error))
     except Exception as error:
         reason = disk_full_problem(output.parent) or f"{type(error).__name__}: {error}"
