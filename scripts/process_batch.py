@@ -2,7 +2,11 @@
 
 import sys
 
-from dp3batch.batch import main
+# This workflow's own package first: Snakemake appends the script's directory to the path,
+# after any dp3batch installed from another checkout.
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+
+from dp3batch.batch import main  # noqa: E402
 
 # The guard matters: dask's worker processes start by re-importing this file.
 if __name__ == "__main__":
