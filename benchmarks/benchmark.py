@@ -542,6 +542,10 @@ def bookkeeping(scratch: Path, counts: tuple[int, ...] = (1000, 10000)) -> dict:
 def link_copies(template: Workflow, directory: Path, count: int) -> None:
     source_in = template.directory / "inputs" / "obs_00000.ms"
     source_out = template.output("obs_00000")
+    # The last batch's files (marker, logs, report), as after a real run.
+    for kept in ("logs", "report"):
+        if (template.output_dir / kept).is_dir():
+            shutil.copytree(template.output_dir / kept, directory / "results" / kept)
     record_text = (source_out / "dp3_completion.json").read_text()
     for index in range(count):
         name = f"obs_{index:05d}"
