@@ -112,12 +112,38 @@ def ms_bytes(path: Path) -> int:
 
 
 def run_workflow(workflow: Workflow, *extra: str) -> tuple[float, str]:
+    workflow.directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     completed = workflow.run(*extra, timeout=1800)
     elapsed = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(f"snakemake failed:\n{completed.output[-3000:]}")
     return elapsed, completed.output
+
+
+def run_with_timeline(workflow: Workflow, *extra: str) -> tuple[float, str, list[str]]:
+    """Run snakemake and note when each line of its output arrived (seconds from the
+    start), for the breakdown of a run's fixed cost."""
+    workflow.directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        workflow.command(*extra),
+        cwd=workflow.directory,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    timeline, lines = [], []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if line.strip():
+            timeline.append(f"{time.perf_counter() - started:7.2f} {line.rstrip()[:140]}")
+    process.wait(timeout=1800)
+    elapsed = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"snakemake failed:\n{''.join(lines)[-3000:]}")
+    return elapsed, "".join(lines), timeline
 
 
 def central_job_seconds(output: str) -> float | None:
@@ -246,8 +272,8 @@ def throughput_and_rerun(scratch: Path, reference_venv: Path | None) -> dict[str
     pattern = str(scratch / "inputs" / "*.ms")
     embedded = Workflow(scratch / "embedded")
     embedded.config.update({"inputs": [pattern], "steps": STEPS})
-    with ThreadSampler(str(scratch)) as sampler:
-        embedded_seconds, embedded_output = run_workflow(embedded)
+    # No process-table sampling here: on 2 cores the sampler's own CPU would tip the scales.
+    embedded_seconds, embedded_output = run_workflow(embedded)
     commands = dp3_commands(embedded.output_dir, scratch / "pool")
     pool_seconds, _ = run_pool(list(commands.values()), slots=2)
     shutil.rmtree(scratch / "pool")
@@ -255,8 +281,7 @@ def throughput_and_rerun(scratch: Path, reference_venv: Path | None) -> dict[str
     try:
         external = Workflow(scratch / "external")
         external.config.update({"inputs": [pattern], "steps": STEPS, "scheduler": cluster.address})
-        with ThreadSampler(str(scratch)) as external_sampler:
-            external_seconds, external_output = run_workflow(external)
+        external_seconds, external_output = run_workflow(external)
     finally:
         cluster.stop()
     shutil.rmtree(external.output_dir)
@@ -273,8 +298,6 @@ def throughput_and_rerun(scratch: Path, reference_venv: Path | None) -> dict[str
         "external_central_job_seconds": central_job_seconds(external_output),
         "embedded_over_pool": round(embedded_seconds / pool_seconds, 3),
         "external_over_pool": round(external_seconds / pool_seconds, 3),
-        "threads_embedded": sampler.summary(),
-        "threads_external": external_sampler.summary(),
         "target": "embedded / pool <= 1.05 and external / pool <= 1.05",
     }
     if reference_venv:
@@ -284,12 +307,22 @@ def throughput_and_rerun(scratch: Path, reference_venv: Path | None) -> dict[str
     return {"throughput": throughput, "rerun": rerun(embedded, commands, scratch)}
 
 
+def rerun_alone(scratch: Path) -> dict[str, Any]:
+    """P2 on its own: the 8 MSs of the throughput case, a full run, then the reruns."""
+    copies_of(scratch / "inputs", measurement_set_size_spec(int(0.2e9)), 8)
+    workflow = Workflow(scratch / "embedded")
+    workflow.config.update({"inputs": [str(scratch / "inputs" / "*.ms")], "steps": STEPS})
+    run_workflow(workflow)
+    commands = dp3_commands(workflow.output_dir, scratch / "unused")
+    return rerun(workflow, commands, scratch)
+
+
 def rerun(workflow: Workflow, commands: dict[str, list[str]], scratch: Path) -> dict[str, Any]:
     """One output lost: the rerun against its DP3 alone (with the threads the rerun gave it)."""
     name = "obs_03.ms"
     shutil.rmtree(workflow.output(name.removesuffix(".ms")))
     dry_seconds, _ = run_workflow(workflow, "-n")
-    rerun_seconds, output = run_workflow(workflow, "--verbose")
+    rerun_seconds, output, timeline = run_with_timeline(workflow)
     threads = records(workflow.output_dir)[name]["numthreads"]
     (scratch / "alone").mkdir(exist_ok=True)
     alone = [
@@ -307,6 +340,7 @@ def rerun(workflow: Workflow, commands: dict[str, list[str]], scratch: Path) -> 
         "rerun_seconds": round(rerun_seconds, 2),
         "rerun_minus_dp3_seconds": round(rerun_seconds - dp3_seconds, 2),
         "breakdown": rerun_breakdown(workflow, output, rerun_seconds, dry_seconds),
+        "timeline": timeline,
         "noop_rerun_seconds": round(noop_seconds, 2),
         "target": "rerun <= DP3 alone + 1.5 s; no-op <= 1 s",
     }
@@ -324,9 +358,6 @@ def rerun_breakdown(
         "task_seconds (record: started to finished)": record.get("duration_seconds"),
         "snakemake_outside_central_job_seconds": round(total - central, 2) if central else None,
     }
-    logs = sorted((workflow.output_dir / "logs" / "batches").glob("*.log"))
-    if logs:
-        breakdown["batch_log"] = logs[-1].read_text()[-4000:]
     return breakdown
 
 
@@ -415,8 +446,7 @@ def uneven(scratch: Path, count: int = 12, smallest: float = 25e6, spread: float
     settle(inputs)
     workflow = Workflow(scratch / "uneven_wf")
     workflow.config.update({"inputs": [str(directory / "*.ms")], "steps": STEPS})
-    with ThreadSampler(str(scratch)) as sampler:
-        workflow_seconds, output = run_workflow(workflow)
+    workflow_seconds, output = run_workflow(workflow)
     made = records(workflow.output_dir)
     commands = dp3_commands(workflow.output_dir, scratch / "uneven_pool")
     by_size = sorted(commands, key=lambda name: -ms_bytes(directory / name))
@@ -440,7 +470,6 @@ def uneven(scratch: Path, count: int = 12, smallest: float = 25e6, spread: float
         "largest_first_pool_seconds": round(pool_seconds, 2),
         "submit_all_at_once_listed_order": submit_all,
         "submit_all_over_lower_bound": round(submit_all["seconds"] / lower_bound, 3),
-        "threads": sampler.summary(),
         "target": "workflow <= 1.05 x max(total DP3 / 2, longest DP3)",
     }
 
@@ -517,7 +546,7 @@ def bookkeeping(scratch: Path, counts: tuple[int, ...] = (1000, 10000)) -> dict:
     workflow = Workflow(directory)
     for count in counts:
         # obs_00000 ... : a pattern with as many leading zeros selects the first `count`.
-        digits = len(str(max(counts) - 1)) - len(str(count - 1))
+        digits = 5 - len(str(count - 1))  # names are obs_00000 ...
         workflow.config.update({"inputs": [f"inputs/obs_{'0' * digits}*.ms"], "steps": []})
         dry_noop, _ = run_workflow(workflow, "-n")
         noop, noop_output = run_workflow(workflow)
@@ -580,7 +609,15 @@ def threads(scratch: Path, count: int = 6) -> dict:
     workflow.config.update({"inputs": [str(scratch / "threads_inputs" / "*.ms")], "steps": STEPS})
     with ThreadSampler(str(scratch)) as sampler:
         seconds, _ = run_workflow(workflow)
-    return {"seconds": round(seconds, 2), **sampler.summary()}
+    # The same DP3 commands in a 2-slot pool: what DP3 itself does with `numthreads`.
+    commands = dp3_commands(workflow.output_dir, scratch / "threads_pool")
+    with ThreadSampler(str(scratch)) as pool_sampler:
+        run_pool(list(commands.values()), slots=2)
+    return {
+        "seconds": round(seconds, 2),
+        "workflow": sampler.summary(),
+        "pool_of_the_same_commands": pool_sampler.summary(),
+    }
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -602,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     scratch_root = Path(tempfile.mkdtemp(prefix="dp3batch-bench-", dir=args.scratch))
-    cases = CASES if args.case == "all" else ["throughput" if args.case == "rerun" else args.case]
+    cases = CASES if args.case == "all" else [args.case]
     try:
         for case in cases:
             started = time.perf_counter()
@@ -611,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
             host = machine()
             if case == "throughput":
                 results = throughput_and_rerun(scratch, args.reference_venv)
+            elif case == "rerun":
+                results = {"rerun": rerun_alone(scratch)}
             elif case == "uneven":
                 results = {"uneven": uneven(scratch)}
             elif case == "bookkeeping":
