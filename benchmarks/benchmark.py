@@ -1,21 +1,30 @@
-"""Benchmarks, measured side by side in one run (the machines are shared and noisy: compare
-ratios, not absolute times).
+"""Benchmarks of issue 14, each measured side by side in one run (the machines are shared and
+noisy: compare the ratios, not the absolute times).
 
-    python benchmarks/benchmark.py all            # every case (about 10 minutes on 2 cores)
-    python benchmarks/benchmark.py throughput     # or one case: throughput, resume, scale, threads
+    python benchmarks/benchmark.py all              # every case (about 15 minutes on 2 cores)
+    python benchmarks/benchmark.py throughput       # or one case (list below)
 
-Results are printed and written to benchmarks/results/<case>.json.
+Each case prints its figures and writes benchmarks/results/<case>.json.
 
-- throughput: the workflow on 8 MSs of ~0.25 GB (embedded cluster, 2 workers x 1 thread)
-  against an ideal 2-slot process pool running exactly the same DP3 commands, and a
-  sequential DP3 loop (one DP3 at a time with 2 threads). Target: workflow / pool <= 1.05.
-- resume: the full batch of 8 against the rerun after 7 of 8 completed (one failed, then
-  fixed). Target: rerun <= full / 8 + 5% of full.
-- scale: 10, 100 and 1000 tiny MSs: full run, no-op rerun and dry run; the Snakemake time
-  before and after the central job. Targets: no-op(1000) <= 1.5 x no-op(10); finishing
-  1000 at most ~2 s more than 10.
-- threads: workers of 2 threads each on an external cluster; the process table is sampled
-  during the run: DP3 processes at once <= workers, each with numthreads = 2.
+- throughput (P1): 8 MSs of 0.2 GB, PreFlagger + AOFlagger + Averager (timestep 2, freqstep
+  4): the workflow on its default embedded cluster, the workflow on an external 2 x 1 dask
+  cluster, and an ideal 2-slot pool running exactly the DP3 commands the workflow ran.
+  Targets: each workflow / pool <= 1.05. With `--reference-venv`, also SKA's batch
+  pre-processing pipeline (installed there) on a 2 x 1 cluster of its own dask version.
+  The process table is sampled throughout (P4).
+- rerun (P2, after throughput, same data): one output deleted, then the rerun against that
+  MS's DP3 command run alone; then a no-op rerun. Targets: rerun <= DP3 alone + 1.5 s;
+  no-op <= 1 s.
+- uneven (P5): 12 MSs whose sizes spread 1:8, listed smallest first (the largest last): the
+  workflow (embedded, 2 x 1), and every `process_measurement_set` task submitted at once in
+  the listed order on a 2 x 1 dask cluster (what the reference pipeline does). Lower bound
+  = max(total DP3 time / 2, longest DP3 time), from the DP3 times measured in a 2-slot pool.
+  Target: workflow <= 1.05 x lower bound.
+- bookkeeping (P3): 1,000 and 10,000 tiny MSs with up-to-date outputs: no-op rerun, dry run
+  with nothing pending, dry run with everything pending. Targets at 10,000: no-op <= 3 s,
+  dry run all pending <= 5 s.
+- threads (P4): the default embedded cluster; every 50 ms the running DP3 threads (state R
+  in /proc) are counted. Target: never more than the cores.
 """
 
 from __future__ import annotations
@@ -27,85 +36,56 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "tests"))
 
-from dp3batch.dp3 import dp3_environment  # noqa: E402
+from dp3batch.dp3 import dp3_environment, find_dp3_executable  # noqa: E402
 from dp3batch.synthetic_ms import (  # noqa: E402
     SyntheticMSSpec,
     generate_measurement_set,
     measurement_set_size_spec,
 )
+from harness import DaskCluster, Workflow  # noqa: E402
 
-BIN = Path(sys.executable).parent
-SNAKEMAKE = str(BIN / "snakemake")
-DASK = str(BIN / "dask")
 RESULTS = REPO / "benchmarks" / "results"
+CORES = os.cpu_count() or 1
+
+# The chain of issue 14.
+STEPS = [{"PreFlagger": {}}, {"AOFlagger": {}}, {"Averager": {"timestep": 2, "freqstep": 4}}]
 
 
-def machine() -> dict:
+def machine() -> dict[str, Any]:
     return {
-        "cpus": os.cpu_count(),
+        "cpus": CORES,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
+        # Shared machine: the load when the case started says how far to trust it.
+        "load_average": [round(value, 2) for value in os.getloadavg()],
     }
 
 
-class Workdir:
-    """A working directory with a config, where the real `snakemake` command runs."""
-
-    def __init__(self, path: Path, config: dict):
-        self.path = path
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.config = {"output_dir": "results", **config}
-
-    def snakemake(self, *extra: str, check: bool = True) -> tuple[float, str]:
-        (self.path / "config.yaml").write_text(yaml.safe_dump(self.config))
-        command = [
-            SNAKEMAKE,
-            "-s",
-            str(REPO / "Snakefile"),
-            "--cores",
-            "1",
-            "--configfile",
-            str(self.path / "config.yaml"),
-            *extra,
-        ]
-        started = time.perf_counter()
-        completed = subprocess.run(command, cwd=self.path, capture_output=True, text=True)
-        elapsed = time.perf_counter() - started
-        output = completed.stdout + completed.stderr
-        if check and completed.returncode != 0:
-            raise RuntimeError(f"snakemake failed:\n{output[-3000:]}")
-        return elapsed, output
+# --- data ---------------------------------------------------------------------------------
 
 
-def central_job_seconds(output: str) -> float:
-    """The central job's own wall time, from its closing line."""
-    match = re.search(r"MS\(s\) done in ([\d.]+) s", output)
-    return float(match.group(1)) if match else float("nan")
-
-
-def make_inputs(directory: Path, count: int, spec: SyntheticMSSpec) -> list[Path]:
+def copies_of(directory: Path, spec: SyntheticMSSpec, count: int) -> list[Path]:
+    """`count` MSs: one generated, the others full copies (as good for timing, much faster)."""
     directory.mkdir(parents=True, exist_ok=True)
-    first = generate_measurement_set(directory / "obs_0000.ms", spec)
+    first = generate_measurement_set(directory / "obs_00.ms", spec)
     paths = [first]
     for index in range(1, count):
-        # Copies are much faster than new MSs and just as good for timing.
-        path = directory / f"obs_{index:04d}.ms"
+        path = directory / f"obs_{index:02d}.ms"
         shutil.copytree(first, path)
         paths.append(path)
     settle(paths)
@@ -124,265 +104,568 @@ def settle(paths: list[Path]) -> None:
                         pass
 
 
-def dp3_commands(workdir: Workdir, output_dir: Path) -> list[list[str]]:
-    """The exact DP3 command lines the workflow ran, with msout moved to `output_dir`."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    commands = []
-    for record_path in sorted((workdir.path / "results").glob("*.ms/dp3_completion.json")):
-        record = json.loads(record_path.read_text())
+def ms_bytes(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+# --- contenders ---------------------------------------------------------------------------
+
+
+def run_workflow(workflow: Workflow, *extra: str) -> tuple[float, str]:
+    workflow.directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    completed = workflow.run(*extra, timeout=1800)
+    elapsed = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"snakemake failed:\n{completed.output[-3000:]}")
+    return elapsed, completed.output
+
+
+def run_with_timeline(workflow: Workflow, *extra: str) -> tuple[float, str, list[str]]:
+    """Run snakemake and note when each line of its output arrived (seconds from the
+    start), for the breakdown of a run's fixed cost."""
+    workflow.directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        workflow.command(*extra),
+        cwd=workflow.directory,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    timeline, lines = [], []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if line.strip():
+            timeline.append(f"{time.perf_counter() - started:7.2f} {line.rstrip()[:140]}")
+    process.wait(timeout=1800)
+    elapsed = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"snakemake failed:\n{''.join(lines)[-3000:]}")
+    return elapsed, "".join(lines), timeline
+
+
+def central_job_seconds(output: str) -> float | None:
+    """The central job's own wall time, from its closing line."""
+    match = re.search(r"MS\(s\) done in ([\d.]+) s", output)
+    return float(match.group(1)) if match else None
+
+
+def records(output_dir: Path) -> dict[str, dict]:
+    return {
+        path.parent.name: json.loads(path.read_text())
+        for path in sorted(output_dir.glob("*.ms/dp3_completion.json"))
+    }
+
+
+def dp3_commands(output_dir: Path, new_output_dir: Path) -> dict[str, list[str]]:
+    """The exact DP3 command lines the workflow ran, by output name, writing elsewhere."""
+    new_output_dir.mkdir(parents=True, exist_ok=True)
+    commands = {}
+    for name, record in records(output_dir).items():
         arguments = [
-            f"msout={output_dir / Path(record['output']).name}" if a.startswith("msout=") else a
-            for a in record["dp3_arguments"]
+            f"msout={new_output_dir / name}" if argument.startswith("msout=") else argument
+            for argument in record["dp3_arguments"]
         ]
-        commands.append([record["dp3_executable"], *arguments])
+        commands[name] = [record["dp3_executable"], *arguments]
     return commands
 
 
-def run_pool(commands: list[list[str]], slots: int) -> float:
+def with_threads(command: list[str], threads: int) -> list[str]:
+    return [f"numthreads={threads}" if a.startswith("numthreads=") else a for a in command]
+
+
+def run_pool(commands: list[list[str]], slots: int) -> tuple[float, list[float]]:
+    """An ideal pool: `slots` DP3 processes at a time, no other work. Returns the makespan
+    and each command's own DP3 time."""
     environment = dp3_environment()
 
-    def run(command):
+    def run(command: list[str]) -> float:
+        started = time.perf_counter()
         completed = subprocess.run(command, env=environment, capture_output=True, text=True)
         if completed.returncode != 0:
             raise RuntimeError(f"{command} failed:\n{completed.stdout[-2000:]}")
+        return time.perf_counter() - started
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(slots) as pool:
-        list(pool.map(run, commands))
-    return time.perf_counter() - started
+        durations = list(pool.map(run, commands))
+    return time.perf_counter() - started, durations
 
 
-def with_threads(commands: list[list[str]], threads: int) -> list[list[str]]:
-    return [
-        [f"numthreads={threads}" if a.startswith("numthreads=") else a for a in command]
-        for command in commands
-    ]
+class ThreadSampler:
+    """Samples the process table every 50 ms: DP3 processes whose command line mentions
+    `marker`, their `numthreads`, and how many of their threads are running (state R)."""
 
+    def __init__(self, marker: str, interval: float = 0.05):
+        self.marker = marker
+        self.interval = interval
+        self.samples: list[tuple[int, int, int]] = []  # (processes, numthreads sum, running)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-def throughput_and_resume(scratch: Path, count: int = 8, size: float = 0.25e9) -> dict:
-    spec = measurement_set_size_spec(int(size))
-    inputs = make_inputs(scratch / "inputs", count, spec)
-    cluster = {"n_workers": 2, "threads_per_worker": 1}
-    workflow = Workdir(
-        scratch / "wf", {"inputs": [str(scratch / "inputs" / "*.ms")], "local_cluster": cluster}
-    )
-    full, output = workflow.snakemake()
-    commands = dp3_commands(workflow, scratch / "pool")
-    pool = run_pool(commands, slots=2)
-    shutil.rmtree(scratch / "pool")
-    (scratch / "pool").mkdir()
-    sequential = run_pool(with_threads(commands, 2), slots=1)
-    shutil.rmtree(scratch / "pool")
-    throughput = {
-        "ms_count": count,
-        "ms_bytes": sum(p.stat().st_size for p in inputs[0].rglob("*") if p.is_file()),
-        "workflow_seconds": round(full, 2),
-        "central_job_seconds": central_job_seconds(output),
-        "pool_seconds": round(pool, 2),
-        "sequential_seconds": round(sequential, 2),
-        "workflow_over_pool": round(full / pool, 3),
-        "workflow_over_sequential": round(full / sequential, 3),
-        "target": "workflow / pool <= 1.05",
-    }
-    # Resume: one MS fails (its input is replaced by a broken copy), then is fixed.
-    shutil.rmtree(workflow.path / "results")
-    broken = inputs[3]
-    backup = scratch / "backup.ms"
-    shutil.move(broken, backup)
-    shutil.copytree(backup, broken)
-    biggest = max((p for p in broken.iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
-    with open(biggest, "r+b") as handle:
-        handle.truncate(biggest.stat().st_size // 10)
-    failed, _ = workflow.snakemake(check=False)
-    shutil.rmtree(broken)
-    shutil.move(backup, broken)
-    rerun, _ = workflow.snakemake()
-    resume = {
-        "full_seconds": round(full, 2),
-        "first_run_with_one_failure_seconds": round(failed, 2),
-        "rerun_seconds": round(rerun, 2),
-        "rerun_over_full": round(rerun / full, 3),
-        "target_rerun_over_full": round(1 / count + 0.05, 3),
-        "target": "rerun <= full / 8 + 5% of full",
-    }
-    return {"throughput": throughput, "resume": resume}
+    def __enter__(self) -> ThreadSampler:
+        self._thread.start()
+        return self
 
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
-def scale(scratch: Path, counts=(10, 100, 1000)) -> dict:
-    tiny = SyntheticMSSpec(n_antennas=2, n_times=2, n_channels=2, rfi_channels=(), rfi_times=())
-    results = {}
-    for count in counts:
-        directory = scratch / f"scale_{count}"
-        make_inputs(directory / "inputs", count, tiny)
-        # A copy (no steps) keeps DP3's part small, so Snakemake's part shows.
-        workflow = Workdir(
-            directory,
-            {
-                "inputs": ["inputs/*.ms"],
-                "steps": [],
-                "local_cluster": {"n_workers": 2, "threads_per_worker": 1},
-            },
-        )
-        dry_first, _ = workflow.snakemake("-n")
-        full, output = workflow.snakemake()
-        noop, noop_output = workflow.snakemake()
-        assert "Nothing to be done" in noop_output, noop_output[-2000:]
-        dry_noop, _ = workflow.snakemake("-n")
-        job = central_job_seconds(output)
-        results[count] = {
-            "dry_run_all_pending_seconds": round(dry_first, 2),
-            "full_run_seconds": round(full, 2),
-            "central_job_seconds": job,
-            "snakemake_outside_central_job_seconds": round(full - job, 2),
-            "noop_rerun_seconds": round(noop, 2),
-            "dry_run_noop_seconds": round(dry_noop, 2),
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            processes = numthreads = running = 0
+            for process in psutil.process_iter(["cmdline"]):
+                cmdline = process.info.get("cmdline") or []
+                if not (any("DP3" in part for part in cmdline[:2]) and self.marker in str(cmdline)):
+                    continue
+                processes += 1
+                numthreads += next(
+                    (int(a.split("=")[1]) for a in cmdline if a.startswith("numthreads=")), 0
+                )
+                running += _running_threads(process.pid)
+            self.samples.append((processes, numthreads, running))
+            time.sleep(self.interval)
+
+    def summary(self) -> dict[str, Any]:
+        busy = [sample for sample in self.samples if sample[0]]
+        return {
+            "samples": len(self.samples),
+            "samples_with_dp3": len(busy),
+            "max_dp3_processes": max((s[0] for s in busy), default=0),
+            "max_numthreads_sum": max((s[1] for s in busy), default=0),
+            "max_running_dp3_threads": max((s[2] for s in busy), default=0),
+            "cores": CORES,
+            "ok": all(s[1] <= CORES and s[2] <= CORES for s in busy),
         }
-        shutil.rmtree(directory)
-    low, high = results[counts[0]], results[counts[-1]]
-    results["noop_ratio_1000_over_10"] = round(
-        high["noop_rerun_seconds"] / low["noop_rerun_seconds"], 3
+
+
+def _running_threads(pid: int) -> int:
+    count = 0
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            try:
+                with open(f"{task.path}/stat") as handle:
+                    # "pid (comm) S ...": the state follows the last ')'.
+                    if handle.read().rpartition(")")[2].split()[0] == "R":
+                        count += 1
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return count
+
+
+def external_cluster(directory: Path, workers: int = 2, threads: int = 1, **kwargs) -> DaskCluster:
+    directory.mkdir(parents=True, exist_ok=True)
+    cluster = DaskCluster(directory, **kwargs)
+    cluster.start(workers=workers, threads=threads)
+    return cluster
+
+
+# --- P1 and P2 ----------------------------------------------------------------------------
+
+
+def throughput_and_rerun(scratch: Path, reference_venv: Path | None) -> dict[str, dict]:
+    inputs = copies_of(scratch / "inputs", measurement_set_size_spec(int(0.2e9)), 8)
+    pattern = str(scratch / "inputs" / "*.ms")
+    embedded = Workflow(scratch / "embedded")
+    embedded.config.update({"inputs": [pattern], "steps": STEPS})
+    # No process-table sampling here: on 2 cores the sampler's own CPU would tip the scales.
+    embedded_seconds, embedded_output = run_workflow(embedded)
+    commands = dp3_commands(embedded.output_dir, scratch / "pool")
+    pool_seconds, _ = run_pool(list(commands.values()), slots=2)
+    shutil.rmtree(scratch / "pool")
+    cluster = external_cluster(scratch / "cluster")
+    try:
+        external = Workflow(scratch / "external")
+        external.config.update({"inputs": [pattern], "steps": STEPS, "scheduler": cluster.address})
+        external_seconds, external_output = run_workflow(external)
+    finally:
+        cluster.stop()
+    shutil.rmtree(external.output_dir)
+    throughput = {
+        "ms_count": len(inputs),
+        "ms_bytes": ms_bytes(inputs[0]),
+        "embedded_numthreads": sorted(
+            {r["numthreads"] for r in records(embedded.output_dir).values()}
+        ),
+        "pool_seconds": round(pool_seconds, 2),
+        "embedded_seconds": round(embedded_seconds, 2),
+        "embedded_central_job_seconds": central_job_seconds(embedded_output),
+        "external_2x1_seconds": round(external_seconds, 2),
+        "external_central_job_seconds": central_job_seconds(external_output),
+        "embedded_over_pool": round(embedded_seconds / pool_seconds, 3),
+        "external_over_pool": round(external_seconds / pool_seconds, 3),
+        "target": "embedded / pool <= 1.05 and external / pool <= 1.05",
+    }
+    if reference_venv:
+        reference = reference_pipeline(scratch, reference_venv, inputs)
+        reference["reference_over_pool"] = round(reference["seconds"] / pool_seconds, 3)
+        throughput["reference_pipeline"] = reference
+    return {"throughput": throughput, "rerun": rerun(embedded, commands, scratch)}
+
+
+def rerun_alone(scratch: Path) -> dict[str, Any]:
+    """P2 on its own: the 8 MSs of the throughput case, a full run, then the reruns."""
+    copies_of(scratch / "inputs", measurement_set_size_spec(int(0.2e9)), 8)
+    workflow = Workflow(scratch / "embedded")
+    workflow.config.update({"inputs": [str(scratch / "inputs" / "*.ms")], "steps": STEPS})
+    run_workflow(workflow)
+    commands = dp3_commands(workflow.output_dir, scratch / "unused")
+    return rerun(workflow, commands, scratch)
+
+
+def rerun(workflow: Workflow, commands: dict[str, list[str]], scratch: Path) -> dict[str, Any]:
+    """One output lost: the rerun against its DP3 alone (with the threads the rerun gave it)."""
+    name = "obs_03.ms"
+    shutil.rmtree(workflow.output(name.removesuffix(".ms")))
+    dry_seconds, _ = run_workflow(workflow, "-n")
+    rerun_seconds, output, timeline = run_with_timeline(workflow)
+    threads = records(workflow.output_dir)[name]["numthreads"]
+    (scratch / "alone").mkdir(exist_ok=True)
+    alone = [
+        f"msout={scratch / 'alone' / name}" if argument.startswith("msout=") else argument
+        for argument in with_threads(commands[name], threads)
+    ]
+    dp3_seconds, _ = run_pool([alone], slots=1)
+    shutil.rmtree(scratch / "alone")
+    noop_seconds, noop_output = run_workflow(workflow)
+    assert "Nothing to be done" in noop_output, noop_output[-2000:]
+    return {
+        "ms": name,
+        "numthreads": threads,
+        "dp3_alone_seconds": round(dp3_seconds, 2),
+        "rerun_seconds": round(rerun_seconds, 2),
+        "rerun_minus_dp3_seconds": round(rerun_seconds - dp3_seconds, 2),
+        "breakdown": rerun_breakdown(workflow, output, rerun_seconds, dry_seconds),
+        "timeline": timeline,
+        "noop_rerun_seconds": round(noop_seconds, 2),
+        "target": "rerun <= DP3 alone + 1.5 s; no-op <= 1 s",
+    }
+
+
+def rerun_breakdown(
+    workflow: Workflow, output: str, total: float, dry_seconds: float
+) -> dict[str, Any]:
+    """Where a one-MS rerun's time goes, from the batch log's timestamps and the record."""
+    record = records(workflow.output_dir)["obs_03.ms"]
+    central = central_job_seconds(output)
+    breakdown = {
+        "snakemake_dry_run_seconds (start, plan, DAG)": round(dry_seconds, 2),
+        "central_job_seconds": central,
+        "task_seconds (record: started to finished)": record.get("duration_seconds"),
+        "snakemake_outside_central_job_seconds": round(total - central, 2) if central else None,
+    }
+    return breakdown
+
+
+def reference_pipeline(scratch: Path, venv: Path, inputs: list[Path]) -> dict[str, Any]:
+    """SKA's batch pre-processing pipeline on a 2 x 1 cluster of its own dask version. Its
+    workers call `DP3` from PATH: a wrapper runs the wheel's DP3 with the environment it
+    needs, and the config names the AOFlagger strategy the workflow chose (same commands)."""
+    dp3 = find_dp3_executable(None)
+    environment = dp3_environment()
+    bin_dir = scratch / "reference_bin"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / "DP3"
+    wrapper.write_text(
+        "#!/bin/sh\nexec env OPENBLAS_NUM_THREADS=1 "
+        f'CASARCFILES={environment.get("CASARCFILES", "")} {dp3} "$@"\n'
     )
-    results["extra_outside_central_job_1000_minus_10_seconds"] = round(
-        high["snakemake_outside_central_job_seconds"]
-        - low["snakemake_outside_central_job_seconds"],
-        2,
+    wrapper.chmod(0o755)
+    strategy = next(
+        (
+            a.split("=", 1)[1]
+            for a in records(scratch / "embedded" / "results")["obs_00.ms"]["dp3_arguments"]
+            if a.startswith("aoflagger.strategy=")
+        ),
+        None,
     )
-    results["targets"] = "noop ratio <= 1.5; extra outside the central job <= ~2 s"
+    steps = [
+        {"PreFlagger": None},
+        {"AOFlagger": {"strategy": strategy} if strategy else None},
+        {"Averager": {"timestep": 2, "freqstep": 4}},
+    ]
+    config = scratch / "reference.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump({"steps": steps}))
+    output_dir = scratch / "reference_out"
+    output_dir.mkdir(exist_ok=True)
+    path = f"{bin_dir}:{venv / 'bin'}:{os.environ['PATH']}"
+    cluster = external_cluster(
+        scratch / "reference_cluster",
+        dask_executable=str(venv / "bin" / "dask"),
+        environment={"PATH": path, "PYTHONPATH": ""},
+    )
+    try:
+        started = time.perf_counter()
+        completed = subprocess.run(
+            [
+                str(venv / "bin" / "ska-sdp-batch-preprocess"),
+                "--config",
+                str(config),
+                "--output-dir",
+                str(output_dir),
+                "--dask-scheduler",
+                cluster.address,
+                *map(str, inputs),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PATH": path, "PYTHONPATH": ""},
+            timeout=1800,
+        )
+        seconds = time.perf_counter() - started
+    finally:
+        cluster.stop()
+    # Its dask mode exits 0 even when DP3 failed: count the outputs it really wrote.
+    written = [p for p in output_dir.glob("*.ms") if (p / "table.dat").is_file()]
+    shutil.rmtree(output_dir)
+    return {
+        "seconds": round(seconds, 2),
+        "exit_code": completed.returncode,
+        "outputs_written": len(written),
+        "stderr_tail": completed.stderr[-1500:] if len(written) != len(inputs) else "",
+    }
+
+
+# --- P5 -----------------------------------------------------------------------------------
+
+
+def uneven(scratch: Path, count: int = 12, smallest: float = 25e6, spread: float = 8) -> dict:
+    directory = scratch / "uneven_inputs"
+    directory.mkdir(parents=True)
+    inputs = []
+    for index in range(count):
+        size = smallest * (1 + (spread - 1) * index / (count - 1))  # listed: largest last
+        spec = measurement_set_size_spec(int(size), seed=index)
+        inputs.append(generate_measurement_set(directory / f"obs_{index:02d}.ms", spec))
+    settle(inputs)
+    workflow = Workflow(scratch / "uneven_wf")
+    workflow.config.update({"inputs": [str(directory / "*.ms")], "steps": STEPS})
+    workflow_seconds, output = run_workflow(workflow)
+    made = records(workflow.output_dir)
+    commands = dp3_commands(workflow.output_dir, scratch / "uneven_pool")
+    by_size = sorted(commands, key=lambda name: -ms_bytes(directory / name))
+    pool_seconds, durations = run_pool([commands[name] for name in by_size], slots=2)
+    shutil.rmtree(scratch / "uneven_pool")
+    dp3_seconds = dict(zip(by_size, durations, strict=True))
+    lower_bound = max(sum(durations) / 2, max(durations))
+    shutil.rmtree(workflow.output_dir)
+    submit_all = submit_all_at_once(scratch, workflow)
+    span = dp3_span(made)
+    return {
+        "ms_count": count,
+        "ms_bytes": {path.name: ms_bytes(path) for path in inputs},
+        "dp3_seconds_in_2_slot_pool": {k: round(v, 2) for k, v in dp3_seconds.items()},
+        "lower_bound_seconds": round(lower_bound, 2),
+        "workflow_seconds": round(workflow_seconds, 2),
+        "workflow_central_job_seconds": central_job_seconds(output),
+        "workflow_dp3_span_seconds": round(span, 2),
+        "workflow_over_lower_bound": round(workflow_seconds / lower_bound, 3),
+        "workflow_dp3_span_over_lower_bound": round(span / lower_bound, 3),
+        "largest_first_pool_seconds": round(pool_seconds, 2),
+        "submit_all_at_once_listed_order": submit_all,
+        "submit_all_over_lower_bound": round(submit_all["seconds"] / lower_bound, 3),
+        "target": "workflow <= 1.05 x max(total DP3 / 2, longest DP3)",
+    }
+
+
+def dp3_span(made: dict[str, dict]) -> float:
+    """From the first task's start to the last task's end (the batch's DP3 phase)."""
+    import datetime
+
+    def parse(text: str) -> float:
+        return datetime.datetime.fromisoformat(text).timestamp()
+
+    starts = [parse(record["started"]) for record in made.values()]
+    ends = [parse(record["finished"]) for record in made.values()]
+    return max(ends) - min(starts)
+
+
+def submit_all_at_once(scratch: Path, workflow: Workflow) -> dict[str, Any]:
+    """The same `process_measurement_set` tasks the workflow builds, all submitted at once
+    in the listed order with `resources={"process": 1}` on a 2 x 1 cluster."""
+    import yaml
+    from distributed import Client, as_completed
+    from dp3batch.batch import task_for
+    from dp3batch.execution import process_measurement_set
+    from dp3batch.planning import batch_specification, make_plan
+
+    config = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text()), **workflow.config}
+    plan = make_plan(config, workflow.directory)
+    batch = batch_specification(plan, config, "submit-all")
+    tasks = [task_for(batch, ms) for ms in batch["measurement_sets"]]
+    cluster = external_cluster(
+        scratch / "uneven_cluster", environment={"PYTHONPATH": str(REPO / "scripts")}
+    )
+    try:
+        with Client(cluster.address, timeout="20s") as client:
+            started = time.perf_counter()
+            futures = [
+                client.submit(
+                    process_measurement_set,
+                    task,
+                    resources={"process": 1},
+                    key=f"dp3-{task['name']}",
+                    pure=False,
+                )
+                for task in tasks
+            ]
+            order = []
+            for future in as_completed(futures):
+                result = future.result()
+                if result["status"] != "done":
+                    raise RuntimeError(f"{result['name']}: {result.get('error')}")
+                order.append(result["name"])
+            seconds = time.perf_counter() - started
+    finally:
+        cluster.stop()
+    return {"seconds": round(seconds, 2), "finish_order": order}
+
+
+# --- P3 -----------------------------------------------------------------------------------
+
+
+def bookkeeping(scratch: Path, counts: tuple[int, ...] = (1000, 10000)) -> dict:
+    """Tiny MSs with up-to-date outputs, made by linking the files of one real input and one
+    real output (the workflow's copy of it), each with its own completion record: a copy's
+    files share their size and modification time, so the record's fingerprints hold."""
+    template = Workflow(scratch / "template")
+    tiny = SyntheticMSSpec(n_antennas=2, n_times=2, n_channels=2, rfi_channels=(), rfi_times=())
+    generate_measurement_set(template.directory / "inputs" / "obs_00000.ms", tiny)
+    template.config["steps"] = []
+    run_workflow(template)
+    directory = scratch / "bookkeeping"
+    started = time.perf_counter()
+    link_copies(template, directory, max(counts))
+    results: dict[str, Any] = {"build_seconds": round(time.perf_counter() - started, 1)}
+    workflow = Workflow(directory)
+    for count in counts:
+        # obs_00000 ... : a pattern with as many leading zeros selects the first `count`.
+        digits = 5 - len(str(count - 1))  # names are obs_00000 ...
+        workflow.config.update({"inputs": [f"inputs/obs_{'0' * digits}*.ms"], "steps": []})
+        dry_noop, _ = run_workflow(workflow, "-n")
+        noop, noop_output = run_workflow(workflow)
+        assert "Nothing to be done" in noop_output, noop_output[-2000:]
+        aside = directory / "results_aside"
+        (directory / "results").rename(aside)
+        try:
+            dry_pending, dry_output = run_workflow(workflow, "-n")
+            assert f"{count} of {count} MS(s) to process" in dry_output, dry_output[-2000:]
+        finally:
+            shutil.rmtree(directory / "results", ignore_errors=True)
+            aside.rename(directory / "results")
+        results[str(count)] = {
+            "dry_run_noop_seconds": round(dry_noop, 2),
+            "noop_rerun_seconds": round(noop, 2),
+            "dry_run_all_pending_seconds": round(dry_pending, 2),
+        }
+    results["target"] = "at 10,000: no-op rerun <= 3 s, dry run all pending <= 5 s"
     return results
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def threads(scratch: Path, workers: int = 2, threads_per_worker: int = 2, count: int = 6) -> dict:
-    spec = measurement_set_size_spec(int(60e6))
-    make_inputs(scratch / "threads_inputs", count, spec)
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    processes = [
-        subprocess.Popen(
-            [
-                DASK,
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dashboard-address",
-                f"127.0.0.1:{_free_port()}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+def link_copies(template: Workflow, directory: Path, count: int) -> None:
+    source_in = template.directory / "inputs" / "obs_00000.ms"
+    source_out = template.output("obs_00000")
+    # The last batch's files (marker, logs, report), as after a real run.
+    for kept in ("logs", "report"):
+        if (template.output_dir / kept).is_dir():
+            shutil.copytree(template.output_dir / kept, directory / "results" / kept)
+    record_text = (source_out / "dp3_completion.json").read_text()
+    for index in range(count):
+        name = f"obs_{index:05d}"
+        new_in = directory / "inputs" / f"{name}.ms"
+        new_out = directory / "results" / f"{name}.ms"
+        link_tree(source_in, new_in)
+        link_tree(source_out, new_out, skip={"dp3_completion.json"})
+        text = record_text.replace(str(source_out), str(new_out)).replace(
+            str(source_in), str(new_in)
         )
-    ]
-    try:
-        time.sleep(2)
-        processes.append(
-            subprocess.Popen(
-                [
-                    DASK,
-                    "worker",
-                    address,
-                    "--nworkers",
-                    str(workers),
-                    "--nthreads",
-                    str(threads_per_worker),
-                    "--resources",
-                    "process=1",
-                    "--no-dashboard",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
-        from distributed import Client
+        text = text.replace('"obs_00000"', f'"{name}"')
+        (new_out / "dp3_completion.json").write_text(text)
 
-        with Client(address, timeout="20s") as client:
-            client.wait_for_workers(workers, timeout=60)
-        workflow = Workdir(
-            scratch / "threads_wf",
-            {"inputs": [str(scratch / "threads_inputs" / "*.ms")], "scheduler": address},
-        )
-        samples: list[list[str]] = []
-        stop = threading.Event()
 
-        def sample():
-            while not stop.is_set():
-                running = []
-                for process in psutil.process_iter(["cmdline"]):
-                    cmdline = process.info.get("cmdline") or []
-                    if any("DP3" in part for part in cmdline[:2]) and any(
-                        str(scratch) in part for part in cmdline
-                    ):
-                        running.append(
-                            next(
-                                (a for a in cmdline if a.startswith("numthreads=")), "numthreads=?"
-                            )
-                        )
-                samples.append(running)
-                time.sleep(0.05)
+def link_tree(source: Path, target: Path, skip: frozenset[str] | set[str] = frozenset()) -> None:
+    for root, _, files in os.walk(source):
+        relative = os.path.relpath(root, source)
+        destination = target / relative
+        destination.mkdir(parents=True, exist_ok=True)
+        for file in files:
+            if relative == "." and file in skip:
+                continue
+            os.link(os.path.join(root, file), destination / file)
 
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            elapsed, _ = workflow.snakemake()
-        finally:
-            stop.set()
-            sampler.join()
-    finally:
-        for process in processes:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    most = max((len(sample) for sample in samples), default=0)
-    thread_settings = sorted({setting for sample in samples for setting in sample})
+
+# --- P4 -----------------------------------------------------------------------------------
+
+
+def threads(scratch: Path, count: int = 6) -> dict:
+    copies_of(scratch / "threads_inputs", measurement_set_size_spec(int(60e6)), count)
+    workflow = Workflow(scratch / "threads_wf")
+    workflow.config.update({"inputs": [str(scratch / "threads_inputs" / "*.ms")], "steps": STEPS})
+    with ThreadSampler(str(scratch)) as sampler:
+        seconds, _ = run_workflow(workflow)
+    # The same DP3 commands in a 2-slot pool: what DP3 itself does with `numthreads`.
+    commands = dp3_commands(workflow.output_dir, scratch / "threads_pool")
+    with ThreadSampler(str(scratch)) as pool_sampler:
+        run_pool(list(commands.values()), slots=2)
     return {
-        "workers": workers,
-        "threads_per_worker": threads_per_worker,
-        "samples": len(samples),
-        "max_dp3_at_once": most,
-        "numthreads_seen": thread_settings,
-        "seconds": round(elapsed, 2),
-        "ok": most <= workers and thread_settings == [f"numthreads={threads_per_worker}"],
+        "seconds": round(seconds, 2),
+        "workflow": sampler.summary(),
+        "pool_of_the_same_commands": pool_sampler.summary(),
     }
 
 
-def main(argv=None) -> int:
+# --- main ---------------------------------------------------------------------------------
+
+CASES = ("throughput", "uneven", "bookkeeping", "threads")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("case", choices=["all", "throughput", "resume", "scale", "threads"])
+    parser.add_argument("case", choices=["all", *CASES, "rerun"])
+    parser.add_argument("--scratch", type=Path, default=None, help="where the data goes")
     parser.add_argument(
-        "--scratch",
+        "--reference-venv",
         type=Path,
         default=None,
-        help="where to put the generated data (default: a temporary directory)",
+        help="a venv with ska-sdp-batch-preprocess installed: run it beside the workflow",
     )
+    parser.add_argument("--counts", default="1000,10000", help="MS counts of the bookkeeping case")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     scratch_root = Path(tempfile.mkdtemp(prefix="dp3batch-bench-", dir=args.scratch))
-    cases = ["throughput", "scale", "threads"] if args.case == "all" else [args.case]
+    cases = CASES if args.case == "all" else [args.case]
     try:
         for case in cases:
             started = time.perf_counter()
-            if case in ("throughput", "resume"):
-                result = throughput_and_resume(scratch_root / "throughput")
-            elif case == "scale":
-                result = scale(scratch_root)
+            scratch = scratch_root / case
+            scratch.mkdir()
+            host = machine()
+            if case == "throughput":
+                results = throughput_and_rerun(scratch, args.reference_venv)
+            elif case == "rerun":
+                results = {"rerun": rerun_alone(scratch)}
+            elif case == "uneven":
+                results = {"uneven": uneven(scratch)}
+            elif case == "bookkeeping":
+                counts = tuple(int(value) for value in args.counts.split(","))
+                results = {"bookkeeping": bookkeeping(scratch, counts)}
             else:
-                result = threads(scratch_root)
-            result = {
-                "machine": machine(),
-                "case_seconds": round(time.perf_counter() - started, 1),
-                **result,
-            }
-            name = "throughput_resume" if case in ("throughput", "resume") else case
-            (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-            print(json.dumps(result, indent=2), flush=True)
+                results = {"threads": threads(scratch)}
+            for name, result in results.items():
+                result = {
+                    "machine": host,
+                    "case_seconds": round(time.perf_counter() - started, 1),
+                    **result,
+                }
+                (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+                print(json.dumps(result, indent=2), flush=True)
+            shutil.rmtree(scratch, ignore_errors=True)
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
     return 0

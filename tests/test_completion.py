@@ -107,6 +107,65 @@ def test_input_fingerprint_differs_between_ms(tmp_path):
     assert input_fingerprint(first) != input_fingerprint(second)
 
 
+def _plain_fingerprint(path: Path, skipped: set[str]) -> str:
+    """The fingerprint as the records written so far define it, computed the plain way."""
+    import hashlib
+
+    entries = []
+    for root, _, files in os.walk(path):
+        relative = os.path.relpath(root, path)
+        for name in files:
+            if name == "table.lock" or (relative == "." and name in skipped):
+                continue
+            status = os.stat(os.path.join(root, name))
+            prefix = "" if relative == "." else f"{relative}/"
+            entries.append(f"{prefix}{name}:{status.st_size}:{status.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
+
+
+def test_fingerprints_match_the_records_already_written(tmp_path):
+    """The fast walk (directory descriptors) gives the same value as before, so outputs made
+    by earlier versions stay up to date."""
+    ms = fake_ms(tmp_path / "a.ms")
+    (ms / "ANTENNA" / "sub").mkdir()
+    (ms / "ANTENNA" / "sub" / "table.f1").write_bytes(b"nested")
+    (ms / RECORD_NAME).write_text("{}")
+    assert input_fingerprint(ms) == _plain_fingerprint(ms, set())
+    assert output_fingerprint(ms) == _plain_fingerprint(ms, {RECORD_NAME, "dp3.parset"})
+
+
+def _settled(path: Path) -> None:
+    """Date a file a minute back, as a record from an earlier run is."""
+    status = path.stat()
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns - 60_000_000_000))
+
+
+def test_read_record_sees_a_record_edited_in_place(tmp_path):
+    output = tmp_path / "out.ms"
+    output.mkdir()
+    path = output / RECORD_NAME
+    path.write_text(json.dumps({"format": RECORD_FORMAT, "dp3_version": "6.6.0"}))
+    _settled(path)
+    assert read_record(output)["dp3_version"] == "6.6.0"
+    with open(path, "r+") as handle:  # same inode, same size, only the content differs
+        handle.write(json.dumps({"format": RECORD_FORMAT, "dp3_version": "6.7.0"}))
+    assert read_record(output)["dp3_version"] == "6.7.0"
+
+
+def test_read_record_sees_a_replaced_record_and_returns_copies(tmp_path):
+    output = tmp_path / "out.ms"
+    output.mkdir()
+    write_record(output, {"dp3_version": "6.6.0"})
+    _settled(output / RECORD_NAME)
+    first = read_record(output)
+    first["dp3_version"] = "changed by a caller"
+    assert read_record(output)["dp3_version"] == "6.6.0"
+    write_record(output, {"dp3_version": "6.7.0"})
+    assert read_record(output)["dp3_version"] == "6.7.0"
+    (output / RECORD_NAME).unlink()
+    assert read_record(output) is None
+
+
 # --- parameters_fingerprint / extra_inputs_fingerprint ------------------------------------
 
 

@@ -200,3 +200,25 @@ def test_good_output_dir_is_accepted(tmp_path, output_dir):
     expected_dir = (base / output_dir).resolve()
     assert [ms.output for ms in found] == [expected_dir / "a.ms"]
     assert not expected_dir.exists()  # discovery checks, it creates nothing
+
+
+def test_resolve_all_agrees_with_path_resolve(tmp_path):
+    """Parents resolved once per directory give what a full resolve of each path gives: links
+    in a parent directory, an input that is itself a link, a dangling link."""
+    from dp3batch.discovery import resolve_all
+
+    real = tmp_path / "real"
+    (real / "a.ms").mkdir(parents=True)
+    (real / "b.ms").mkdir()
+    (tmp_path / "via").symlink_to(real)
+    (tmp_path / "link.ms").symlink_to(real / "b.ms")
+    (tmp_path / "dangling.ms").symlink_to(tmp_path / "nowhere.ms")
+    paths = [
+        tmp_path / "via" / "a.ms",
+        tmp_path / "via" / "b.ms",
+        real / "a.ms",
+        tmp_path / "link.ms",
+        tmp_path / "dangling.ms",
+        tmp_path / "via" / "missing.ms",
+    ]
+    assert resolve_all(paths) == {path: path.resolve() for path in paths}

@@ -50,6 +50,8 @@ def data_size(path: Path) -> int:
 
 def check_is_measurement_set(path: Path) -> None:
     """A cheap structural check (no table is opened): a directory holding a casacore table."""
+    if os.path.isfile(os.path.join(path, "table.dat")):
+        return  # the usual case, in one stat; the others are told apart below
     if not path.exists():
         raise ConfigError(f"inputs: {path} does not exist")
     if not path.is_dir():
@@ -148,10 +150,31 @@ def _home_directories() -> set[Path]:
     return {Path(os.path.realpath(home)) for home in homes}
 
 
-def check_output_dir(output_dir: Path, inputs: list[Path]) -> None:
+def resolve_all(paths: list[Path]) -> dict[Path, Path]:
+    """Each path resolved through links, as `Path.resolve` would, resolving each parent
+    directory once: thousands of inputs usually share a few directories, and a full resolve
+    costs a stat per path component."""
+    parents: dict[Path, Path] = {}
+    resolved: dict[Path, Path] = {}
+    for path in paths:
+        if os.path.islink(path) or path.name in ("", ".", ".."):
+            resolved[path] = path.resolve()
+            continue
+        parent = parents.get(path.parent)
+        if parent is None:
+            parent = parents[path.parent] = path.parent.resolve()
+        resolved[path] = parent / path.name
+    return resolved
+
+
+def check_output_dir(
+    output_dir: Path, inputs: list[Path], resolved: dict[Path, Path] | None = None
+) -> None:
     """DP3 must never write into an input, and the workflow never writes loose into `/` or a
     home directory: refuse an output_dir that is one of those, or is, is inside, or holds an
-    input (by the path as given or as resolved through links)."""
+    input (by the path as given or as resolved through links). `resolved`: the inputs
+    resolved already (`resolve_all`)."""
+    resolved = resolved if resolved is not None else resolve_all(inputs)
     resolved_output = output_dir.resolve()
     if resolved_output == Path("/") or resolved_output in _home_directories():
         what = "the root directory" if resolved_output == Path("/") else "a home directory"
@@ -160,7 +183,7 @@ def check_output_dir(output_dir: Path, inputs: list[Path]) -> None:
             "outputs (e.g. results)"
         )
     for path in inputs:
-        for given, directory in ((path.resolve(), resolved_output), (path, output_dir)):
+        for given, directory in ((resolved[path], resolved_output), (path, output_dir)):
             if _is_within(directory, given):
                 raise ConfigError(
                     f"output_dir: {output_dir} is inside the input {path}; choose a directory "
@@ -200,7 +223,9 @@ def discover_measurement_sets(
     for path in inputs:
         check_is_measurement_set(path)
         check_name(path)
-        target = path.resolve()
+    resolved = resolve_all(inputs)
+    for path in inputs:
+        target = resolved[path]
         if target in by_target:
             raise ConfigError(
                 f"inputs: {by_target[target]} and {path} are the same MS (through a link); "
@@ -214,7 +239,7 @@ def discover_measurement_sets(
                 "rename one or process them in separate output directories"
             )
         by_name[name] = path
-    check_output_dir(output, inputs)
+    check_output_dir(output, inputs, resolved)
     measurement_sets = [
         MeasurementSet(name, path, output / f"{name}.ms") for name, path in by_name.items()
     ]
