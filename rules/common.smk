@@ -14,7 +14,7 @@ from dp3batch.config import ConfigError, validate_config
 from dp3batch.demo_data import ensure_demo_data
 from dp3batch.dp3_install import DP3Error
 from dp3batch.dp3_wrapper import aoflagger_strategy_warning
-from dp3batch.summary import collect_rows, write_summary
+from dp3batch.summary import collect_rows, refresh_summary, write_summary
 from dp3batch.snakemake_flags import (
     all_forced,
     changed_outputs,
@@ -167,7 +167,10 @@ def report_failure():
 
 
 if not PLAN.pending and not REPORT_ONLY:
-    # No job will run, so no `onsuccess` either: the summary is refreshed here (it is
-    # written only when it no longer matches the records, so a dry run changes nothing
-    # that is true).
-    write_run_summary(announce=False)
+    # No job will run, so no `onsuccess` either: the summary is refreshed here, only when
+    # the records changed since it was written (so a dry run changes nothing that is true).
+    problem = refresh_summary(
+        all_measurement_sets(), LAYOUT.log_dir, LAYOUT.summary_json, LAYOUT.summary_tsv
+    )
+    if problem:
+        print(f"Error: {problem}", file=sys.stderr)

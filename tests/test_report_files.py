@@ -100,3 +100,21 @@ Total flagged:     6.323%   (1214 out of 19200 visibilities)
     assert counts["per_channel"] == [3, 4, 3, 3, 6, 100, 5, 3, 3, 3, 3, 2]
     assert counts["per_antenna"] == [6, 6, 7]
     assert counts["percent"] == 6.323 and counts["flagged"] == 1214
+
+
+def test_a_no_op_summary_is_rebuilt_only_when_a_record_changed(tmp_path):
+    from dp3batch.summary import refresh_summary
+
+    output = tmp_path / "results" / "a.ms"
+    output.mkdir(parents=True)
+    (output / "dp3_completion.json").write_text('{"format": 1, "name": "a", "finished": "x"}')
+    sets = [{"name": "a", "input": "/in/a.ms", "output": str(output)}]
+    paths = (tmp_path / "results" / "summary.json", tmp_path / "results" / "summary.tsv")
+    assert refresh_summary(sets, tmp_path / "logs", *paths) is None
+    assert "up to date" in paths[1].read_text()
+    paths[1].write_text("stale")  # not rebuilt while nothing changed...
+    refresh_summary(sets, tmp_path / "logs", *paths)
+    assert paths[1].read_text() == "stale"
+    (output / "dp3_completion.json").unlink()  # ...and rebuilt when a record changed
+    refresh_summary(sets, tmp_path / "logs", *paths)
+    assert "not processed" in paths[1].read_text()

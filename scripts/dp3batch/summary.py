@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from dp3batch.completion import ms_log_file, read_record
+from dp3batch.completion import RECORD_NAME, ms_log_file, read_record
 from dp3batch.status import Status
 
 DONE = Status.DONE
@@ -136,6 +138,9 @@ def write_summary(
     Returns a problem (e.g. a full disk) instead of raising: the run's own outcome matters
     more than its summary, and no half-written file is left behind."""
     json_path, tsv_path = Path(json_path), Path(tsv_path)
+    # Only refresh_summary vouches for a summary with its digest: any other write drops it.
+    with contextlib.suppress(OSError):
+        _digest_path(json_path).unlink()
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -171,3 +176,37 @@ def write_summary(
                 temporary.unlink()
         return f"could not write the summary {tsv_path}: {error.strerror or error}"
     return None
+
+
+def _digest_path(json_path: Path) -> Path:
+    return json_path.parent / f".{json_path.stem}.digest"
+
+
+def records_digest(measurement_sets: list[dict[str, str]]) -> str:
+    """What a no-op run's summary depends on: every MS and the state of its completion
+    record (one stat each). Equal digests mean an equal summary, so it need not be rebuilt."""
+    digest = hashlib.sha256()
+    for ms in measurement_sets:
+        try:
+            stat = os.stat(Path(ms["output"]) / RECORD_NAME)
+            state = f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            state = "none"
+        digest.update(f"{ms['name']}\t{ms['input']}\t{ms['output']}\t{state}\n".encode())
+    return digest.hexdigest()
+
+
+def refresh_summary(
+    measurement_sets: list[dict[str, str]], log_dir: Path, json_path: Path, tsv_path: Path
+) -> str | None:
+    """The summary of a run with nothing to do, rebuilt only when the records changed since
+    it was last written (a digest beside it says which records it was built from)."""
+    digest_path = _digest_path(json_path)
+    digest = records_digest(measurement_sets)
+    if _read_text(digest_path) == digest and json_path.is_file() and tsv_path.is_file():
+        return None
+    problem = write_summary(collect_rows(measurement_sets, [], log_dir), json_path, tsv_path)
+    if problem is None:
+        with contextlib.suppress(OSError):
+            digest_path.write_text(digest)
+    return problem
