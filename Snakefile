@@ -32,4 +32,5 @@ onsuccess:
 
 onerror:
     write_run_summary()
+    release_snakemake_timers()
     report_failure()
