@@ -157,19 +157,3 @@ Total DP3 time       2.00 real        0.05 user        0.04 system
     assert times == pytest.approx(
         {"MsReader": 0.144, "preflagger": 0.0, "aoflagger": 0.6, "msout": 1.256}
     )
-
-
-def test_flag_counts_per_step_are_read_from_dp3s_tables():
-    from dp3batch.dp3_log import parse_flag_counts
-
-    log = (
-        "Flags set by PreFlagger preflagger.\n=====\n"
-        "Total flagged:     0.000%   (0 out of 4800 visibilities)\n\n"
-        "Flags set by AOFlaggerStep aoflagger.\n===========================\n"
-        " ant    0    1\n"
-        "Total flagged:    11.917%   (572 out of 4800 visibilities)\n"
-    )
-    assert parse_flag_counts(log) == {
-        "preflagger": {"percent": 0.0, "flagged": 0, "visibilities": 4800},
-        "aoflagger": {"percent": 11.917, "flagged": 572, "visibilities": 4800},
-    }

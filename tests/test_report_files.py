@@ -118,3 +118,31 @@ def test_a_no_op_summary_is_rebuilt_only_when_a_record_changed(tmp_path):
     (output / "dp3_completion.json").unlink()  # ...and rebuilt when a record changed
     refresh_summary(sets, tmp_path / "logs", *paths)
     assert "not processed" in paths[1].read_text()
+
+
+def test_flag_counts_per_step_are_read_from_dp3s_tables():
+    from dp3batch.dp3_log import parse_flag_counts
+
+    log = (
+        "Flags set by PreFlagger preflagger.\n=====\n"
+        "Total flagged:     0.000%   (0 out of 4800 visibilities)\n\n"
+        "Flags set by AOFlaggerStep aoflagger.\n===========================\n"
+        " ant    0    1\n"
+        "Total flagged:    11.917%   (572 out of 4800 visibilities)\n"
+    )
+    assert parse_flag_counts(log) == {
+        "preflagger": {
+            "percent": 0.0,
+            "flagged": 0,
+            "visibilities": 4800,
+            "per_channel": [],
+            "per_antenna": [],
+        },
+        "aoflagger": {
+            "percent": 11.917,
+            "flagged": 572,
+            "visibilities": 4800,
+            "per_channel": [],
+            "per_antenna": [],
+        },
+    }
