@@ -42,6 +42,22 @@ def _nice_maximum(value: float) -> float:
     return 10 * power
 
 
+def _axis_maximum(series: Sequence[Series]) -> float:
+    values = [value for one in series for value in one.values if value is not None]
+    return _nice_maximum(max(values, default=0.0))
+
+
+def _opening(height: int, title: str) -> list[str]:
+    """The start of a chart: the canvas, a white background and the title."""
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}">',
+        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
+        f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-family="sans-serif" '
+        f'font-size="14">{escape(title)}</text>',
+    ]
+
+
 def bar_chart(
     path: str | Path,
     title: str,
@@ -56,15 +72,8 @@ def bar_chart(
     bar_height = (ROW_HEIGHT - 4) / per_row
     height = TOP + rows * ROW_HEIGHT + BOTTOM
     plot_width = WIDTH - LABEL_WIDTH - 20
-    values = [value for one in series for value in one.values if value is not None]
-    top = maximum or _nice_maximum(max(values, default=0.0))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}">',
-        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
-        f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-family="sans-serif" '
-        f'font-size="14">{escape(title)}</text>',
-    ]
+    top = maximum or _axis_maximum(series)
+    parts = _opening(height, title)
     for tick in range(5):
         value = top * tick / 4
         x = LABEL_WIDTH + plot_width * tick / 4
@@ -120,15 +129,8 @@ def line_chart(
     plot_width = WIDTH - left - right
     plot_height = height - top_margin - bottom
     points = max((len(one.values) for one in series), default=0)
-    values = [value for one in series for value in one.values if value is not None]
-    top = maximum or _nice_maximum(max(values, default=0.0))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}">',
-        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
-        f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-family="sans-serif" '
-        f'font-size="14">{escape(title)}</text>',
-    ]
+    top = maximum or _axis_maximum(series)
+    parts = _opening(height, title)
 
     def x_of(index: float) -> float:
         return left + plot_width * (index / max(points - 1, 1))
