@@ -20,6 +20,11 @@ import time
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+
+# Debian installs the daemons in /usr/sbin, which a non-login PATH may lack.
+for _directory in ("/usr/local/sbin", "/usr/sbin", "/sbin"):
+    if _directory not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + _directory
 PARTITION = "debug"
 # A partition whose time limit is shorter than what the tests ask for: jobs sent there pend
 # forever with reason PartitionTimeLimit.
