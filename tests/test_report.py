@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from casacore import tables
 from conftest import damage_ms, make_inputs
-from dp3batch.dp3_log import parse_step_times
 from dp3batch.report_html import STATUS_COLOURS
 
 
@@ -141,19 +140,3 @@ def test_progress_lines_show_count_and_eta(run_with_one_failure):
     progress = re.findall(r"\[(\d)/3, (ETA \d+:\d\d:\d\d|last)\] obs_\d", result.output)
     assert sorted(count for count, _ in progress) == ["1", "2", "3"]
     assert "|" not in result.output.split("largest first")[1].split("\n")[1]  # no bar: not a tty
-
-
-def test_step_times_are_parsed_from_dp3_timing_table():
-    log = """
-Total DP3 time       2.00 real        0.05 user        0.04 system
-    7.2% (    8 ms) MsReader
-    0.0% (    0 ms) PreFlagger preflagger.
-   30.0% (   36 ms) AOFlaggerStep aoflagger.
-            1.7% (    0 ms) of it spent in shuffling data
-   62.8% (   79 ms) MSWriter msout.
-     16.3% (   12 ms) Creating task
-"""
-    times = parse_step_times(log)
-    assert times == pytest.approx(
-        {"MsReader": 0.144, "preflagger": 0.0, "aoflagger": 0.6, "msout": 1.256}
-    )

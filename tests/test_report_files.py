@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
 
+import pytest
 from dp3batch.dask_report import DaskPerformanceReport
+from dp3batch.dp3_log import parse_step_times
 from dp3batch.report import ReportFiles, write_batch_report
 from dp3batch.summary import DONE, FAILED, UP_TO_DATE
 
@@ -146,3 +148,19 @@ def test_flag_counts_per_step_are_read_from_dp3s_tables():
             "per_antenna": [],
         },
     }
+
+
+def test_step_times_are_parsed_from_dp3_timing_table():
+    log = """
+Total DP3 time       2.00 real        0.05 user        0.04 system
+    7.2% (    8 ms) MsReader
+    0.0% (    0 ms) PreFlagger preflagger.
+   30.0% (   36 ms) AOFlaggerStep aoflagger.
+            1.7% (    0 ms) of it spent in shuffling data
+   62.8% (   79 ms) MSWriter msout.
+     16.3% (   12 ms) Creating task
+"""
+    times = parse_step_times(log)
+    assert times == pytest.approx(
+        {"MsReader": 0.144, "preflagger": 0.0, "aoflagger": 0.6, "msout": 1.256}
+    )
