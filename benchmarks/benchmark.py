@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from dp3batch.dp3 import dp3_environment, find_dp3_executable  # noqa: E402
+from dp3batch.dp3_install import dp3_environment, find_dp3_executable  # noqa: E402
 from dp3batch.synthetic_ms import (  # noqa: E402
     SyntheticMSSpec,
     generate_measurement_set,
