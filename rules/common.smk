@@ -35,10 +35,12 @@ FLAGS = command_line_flags(sys.argv)
 def plan_or_exit():
     """Validate the config and find the pending MSs; a problem ends the run with one message."""
     try:
-        validate_config(config)  # first: one message naming the offending key
+        # First: one message naming the offending key, before any work.
+        validated = validate_config(config)
         ensure_demo_data(config)
         # -F, -R process_measurement_sets: every MS is processed again.
-        plan = make_plan(config, force=all_forced(FLAGS.forceall, FLAGS.forcerun))
+        forced = all_forced(FLAGS.forceall, FLAGS.forcerun)
+        plan = make_plan(config, force=forced, validated=validated)
         validate(config, schema="../config/schema.yaml")
     except (ConfigError, DP3Error) as error:
         sys.exit(f"Error: {error}")

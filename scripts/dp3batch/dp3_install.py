@@ -4,8 +4,10 @@ measures data), its version, and the AOFlagger strategies the dp3 wheel ships bu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -119,8 +121,44 @@ def dp3_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return environment
 
 
+def _wheel_version_key(executable: str) -> str | None:
+    """What identifies the dp3 wheel's installed version without running it: its `DP3.py`
+    and its package file (both rewritten by any reinstall). None for any other DP3 (a
+    wrapper may run another DP3 tomorrow: it is always asked)."""
+    if Path(executable).name != "DP3.py":
+        return None
+    spec = importlib.util.find_spec("dp3")
+    if spec is None or not spec.origin:
+        return None
+    parts = []
+    for path in (executable, spec.origin):
+        stat = os.stat(path)
+        parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
+
+
 def dp3_version(executable: str, environment: dict[str, str] | None = None) -> str:
-    """`DP3 --version`, e.g. "6.6.0"; raises DP3Error with DP3's own words if it does not run."""
+    """`DP3 --version`, e.g. "6.6.0"; raises DP3Error with DP3's own words if it does not run.
+
+    The wheel's answer is kept beside the casarc, keyed by its files: asking costs a DP3
+    start (0.1 s) on every run, a tenth of a no-op rerun."""
+    key = _wheel_version_key(executable)
+    cache = _writable_directory(casarc_directories()) / "dp3-version.json"
+    if key is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            known = json.loads(cache.read_text())
+            if known["key"] == key:
+                return str(known["version"])
+    version = _ask_dp3_version(executable, environment)
+    if key is not None:
+        with contextlib.suppress(OSError):
+            temporary = cache.with_suffix(f".{os.getpid()}")
+            temporary.write_text(json.dumps({"key": key, "version": version}))
+            temporary.replace(cache)
+    return version
+
+
+def _ask_dp3_version(executable: str, environment: dict[str, str] | None = None) -> str:
     environment = environment or dp3_environment()
     try:
         completed = subprocess.run(

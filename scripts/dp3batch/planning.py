@@ -66,10 +66,16 @@ class Plan:
 FORCED = "forced"
 
 
-def make_plan(config: dict[str, Any], base_dir: str | Path = ".", force: bool = False) -> Plan:
-    """Validate the config, discover the inputs, and find the pending MSs (every MS when
-    `force`: those pending anyway keep their reason, the others are `forced`)."""
-    scheduler, chain = validate_config(config)
+def make_plan(
+    config: dict[str, Any],
+    base_dir: str | Path = ".",
+    force: bool = False,
+    validated: tuple[str | None, Chain] | None = None,
+) -> Plan:
+    """Validate the config (unless `validated` holds `validate_config`'s answer already),
+    discover the inputs, and find the pending MSs (every MS when `force`: those pending
+    anyway keep their reason, the others are `forced`)."""
+    scheduler, chain = validated or validate_config(config)
     base = Path(base_dir).absolute()
     extra_dir = config.get("extra_inputs_dir")
     extra_dir = str(base / extra_dir) if extra_dir else str(base)
