@@ -207,3 +207,53 @@ def test_a_write_lock_held_by_another_process_is_seen_without_waiting(tmp_path):
         holder.kill()
         holder.wait()
     assert write_lock_holder(ms) is None
+
+
+# --- the batch guard ------------------------------------------------------------------------
+
+
+def test_no_output_is_committed_once_the_batch_stopped(tmp_path):
+    from dp3batch.execution import TaskCancelled, commit, stop_commits
+
+    guard = tmp_path / "batch.guard"
+    guard.write_text("running\n")
+    first, second = temporary_path(tmp_path / "a.ms"), temporary_path(tmp_path / "b.ms")
+    first.mkdir()
+    second.mkdir()
+    commit(first, tmp_path / "a.ms", str(guard))
+    assert (tmp_path / "a.ms").is_dir()
+    stop_commits(guard)
+    with pytest.raises(TaskCancelled):
+        commit(second, tmp_path / "b.ms", str(guard))
+    assert not (tmp_path / "b.ms").exists()
+
+
+def test_a_guard_locked_elsewhere_is_a_clear_error_within_its_deadline(tmp_path):
+    import time
+
+    from dp3batch.execution import GuardLockTimeout, lock_guard
+
+    guard = tmp_path / "batch.guard"
+    guard.write_text("running\n")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\nhandle = open(sys.argv[1])\n"
+            "fcntl.flock(handle, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)\n",
+            str(guard),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with open(guard) as handle, pytest.raises(GuardLockTimeout, match="stayed locked"):
+            import fcntl
+
+            lock_guard(handle, fcntl.LOCK_SH, seconds=0.3)
+        assert time.monotonic() - started < 2
+    finally:
+        holder.kill()
+        holder.wait()

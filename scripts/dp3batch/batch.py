@@ -44,7 +44,7 @@ from dp3batch.dispatch import (
     stop_running,
 )
 from dp3batch.dp3 import file_parameters
-from dp3batch.execution import remove_leftovers, stop_commits
+from dp3batch.execution import GuardLockTimeout, remove_leftovers, stop_commits
 from dp3batch.interrupts import Interrupted, ignore_interrupts, interruptible
 from dp3batch.layout import OutputLayout, leftover_owner, ms_log_file
 from dp3batch.report import ReportFiles, write_batch_report
@@ -288,7 +288,10 @@ class BatchRun:
                     self.dask_report.finish()
                 except (Interrupted, ClusterError):
                     ignore_interrupts()
-                    stop_commits(guard)  # nothing is committed from here on
+                    try:
+                        stop_commits(guard)  # nothing is committed from here on
+                    except GuardLockTimeout as error:
+                        log.error("Error: %s", error)
                     stop_running(client, dispatch)
                     raise
 

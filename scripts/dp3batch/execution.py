@@ -127,6 +127,31 @@ def _now() -> str:
 BATCH_STOPPED = "stopped"
 
 
+# A commit holds the guard's shared lock for a rename, the central job its exclusive lock for
+# a write: milliseconds. Longer means a lock stuck on a shared filesystem.
+GUARD_LOCK_SECONDS = 30.0
+
+
+class GuardLockTimeout(RuntimeError):
+    """The batch's guard file could not be locked in time."""
+
+
+def lock_guard(handle, mode: int, seconds: float = GUARD_LOCK_SECONDS) -> None:
+    """`flock(handle, mode)` with a deadline."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise GuardLockTimeout(
+                    f"the batch guard {handle.name} stayed locked for {seconds:.0f} s (a lock "
+                    "stuck on a shared filesystem?)"
+                ) from None
+            time.sleep(0.01)
+
+
 def commit(temporary: Path, output: Path, guard: str | None) -> None:
     """Put the finished output in place; an older output is moved aside first, then removed.
 
@@ -137,7 +162,7 @@ def commit(temporary: Path, output: Path, guard: str | None) -> None:
         guard = os.devnull
     with open(guard) as guard_file:
         if guard != os.devnull:
-            fcntl.flock(guard_file, fcntl.LOCK_SH)
+            lock_guard(guard_file, fcntl.LOCK_SH)
             if guard_file.read().strip() == BATCH_STOPPED:
                 raise TaskCancelled("the batch was stopped before this output was committed")
         replaced = None
@@ -154,7 +179,7 @@ def commit(temporary: Path, output: Path, guard: str | None) -> None:
 def stop_commits(guard: Path) -> None:
     """In the central job: no task of this batch commits an output after this returns."""
     with open(guard, "a+") as guard_file:
-        fcntl.flock(guard_file, fcntl.LOCK_EX)
+        lock_guard(guard_file, fcntl.LOCK_EX)
         guard_file.seek(0)
         guard_file.truncate()
         guard_file.write(BATCH_STOPPED + "\n")
