@@ -383,8 +383,9 @@ def _configure_logging(log_file: str | None) -> None:
 
 
 def _leftovers_after_stop(run: BatchRun) -> str:
-    """Remove this batch's temporary outputs, and say truthfully what remains."""
-    names = {Path(ms["output"]).name for ms in run.batch["measurement_sets"]}
+    """Remove the temporary outputs of this batch (and of any output the workflow knows), and
+    say truthfully what remains."""
+    names = _known_outputs(run.batch)
     remove_leftovers(run.layout.output_dir, names)
     remaining = [
         entry.name

@@ -318,9 +318,8 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
             reason = disk_full_problem(output.parent) or exit_description(exit_code)
             return _failed(result, started, log_path, reason)
         shape_out = read_shape(str(temporary), with_flags=True)
-        expected, problems = check_output(
-            task.input, reading, log_path.read_text(errors="replace"), shape_out
-        )
+        dp3_output = log_path.read_text(errors="replace")  # read once, parsed three times
+        expected, problems = check_output(task.input, reading, dp3_output, shape_out)
         required_files = required_output_files(parameters)
         problems += [
             f"DP3 wrote no {name} into the output"
@@ -374,9 +373,9 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
             # What must sit beside the MS for the output to count as complete.
             "required_files": required_files,
             "output_bytes": _disk_usage(temporary),
-            "step_seconds": parse_step_times(log_path.read_text(errors="replace")),
+            "step_seconds": parse_step_times(dp3_output),
             # What each flagging step flagged, as DP3 counted it (see report.parse_flag_counts).
-            "flags_by_step": parse_flag_counts(log_path.read_text(errors="replace")),
+            "flags_by_step": parse_flag_counts(dp3_output),
             # Last, after every read of the output: a damaged output no longer matches it.
             "output_fingerprint": output_fingerprint(temporary),
         }
