@@ -7,11 +7,13 @@ import datetime
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import damage_ms, dp3_processes, free_port, make_inputs, wait_until
+from dp3batch.cluster import embedded_cluster
 
 # DP3 takes about two seconds on each of these, long enough to kill something mid-task.
 SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
@@ -182,3 +184,20 @@ def test_ms_whose_retries_run_out_is_reported_failed_and_the_others_finish(
     for name in failed:
         assert f"{name} ({workflow.directory / 'inputs' / name}.ms): its worker died" in output
     assert not dp3_processes(marker)
+
+
+def test_the_embedded_dashboard_answers_at_the_link_the_batch_log_shows():
+    # The dashboard is attached beside the first DP3s (its import costs as much as a small
+    # MS's run): it must still come up, at the address the log names.
+    with embedded_cluster(1, 1) as client:
+        link = client.dashboard_link
+        assert link.startswith("http://127.0.0.1:")
+
+        def status_page() -> bool:
+            try:
+                with urllib.request.urlopen(link, timeout=2) as answer:
+                    return answer.status == 200 and b"bokeh" in answer.read().lower()
+            except OSError:
+                return False
+
+        assert wait_until(status_page, timeout=20)

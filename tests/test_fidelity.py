@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -146,6 +147,33 @@ def test_a_misspelled_dp3_key_is_named_before_anything_runs(workflow):
     assert "Error: steps: DP3 does not know the parameter(s) averager.timestpe" in result.output
     assert not workflow.output_dir.exists() or not list(workflow.output_dir.glob("*.ms"))
     assert not (workflow.output_dir / "logs" / "obs.log").exists()
+
+
+def test_dp3_checks_the_keys_only_until_an_output_proves_them(workflow):
+    # The check costs a DP3 start on every run; a finished output made with the very same
+    # parameters by the same DP3 already proves that DP3 knows every key.
+    for index in range(2):
+        make_ms(workflow.directory / "inputs" / f"obs_{index}.ms", n_times=4, n_channels=4)
+    calls = workflow.directory / "dp3-calls.txt"
+    wrapper = workflow.directory / "dp3-wrapper.sh"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {find_dp3_executable()} "$@"\n')
+    wrapper.chmod(0o755)
+    workflow.config["dp3_executable"] = str(wrapper)
+    workflow.config["steps"] = [{"Averager": {"timestep": 2}}]
+
+    def checks() -> int:
+        return sum("parset-check" in line for line in calls.read_text().splitlines())
+
+    assert workflow.run().returncode == 0
+    assert checks() == 1
+    shutil.rmtree(workflow.output("obs_1"))
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    assert checks() == 1
+    # Other parameters are not proven by any output: DP3 checks them again.
+    workflow.config["steps"] = [{"Averager": {"timestep": 4}}]
+    assert workflow.run().returncode == 0
+    assert checks() == 2
 
 
 def test_a_chain_too_long_for_an_argument_list_runs_from_a_parset(workflow):

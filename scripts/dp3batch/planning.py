@@ -110,13 +110,19 @@ def make_plan(
         measurement_sets=measurement_sets,
     )
     per_ms = PerMSParameters(chain, extra_dir, executable, parameters, {key for key, _ in files})
+    # An output made by this DP3 with these very parameters is DP3's own word that it knows
+    # every key: then no DP3 need check them again.
+    dp3_ran_these_parameters = False
     for ms in measurement_sets:
         expected = expectation
         if per_ms.varies:
             expected = replace(
                 expectation, parameters_fingerprint=per_ms.for_telescope(_telescope(ms)).fingerprint
             )
-        reason = pending_reason(ms.input, ms.output, expected) or (FORCED if force else None)
+        reason = pending_reason(ms.input, ms.output, expected)
+        dp3_ran_these_parameters = dp3_ran_these_parameters or reason is None
+        if reason is None and force:
+            reason = FORCED
         if reason is not None:
             plan.pending.append((ms, reason))
     # Opening a table costs milliseconds: only for the MSs about to be processed. A table
@@ -135,6 +141,7 @@ def make_plan(
             plan.ms_parameters[ms.name] = per_ms.for_telescope(read_telescope_name(ms.input))
     if unlocked:
         check_calibration_inputs(parameters, [(ms.name, ms.input) for ms in unlocked])
+    if unlocked and not dp3_ran_these_parameters:
         own = plan.ms_parameters.get(unlocked[0].name)
         check_parameters_with_dp3(
             executable,
