@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from dp3batch.batch import forward_interrupts_to_batch
+from dp3batch.interrupts import forward_interrupts_to_batch
 from dp3batch.layout import OutputLayout
 from dp3batch.status import Status
 from dp3batch.report import ReportFiles

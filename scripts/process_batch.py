@@ -6,8 +6,8 @@ import sys
 # after any dp3batch installed from another checkout.
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 
-from dp3batch.batch import main  # noqa: E402
+from dp3batch.batch import end_process, main  # noqa: E402
 
 # The guard matters: dask's worker processes start by re-importing this file.
 if __name__ == "__main__":
-    sys.exit(main(snakemake.params.batch, snakemake.output.batch, snakemake.log[0]))  # noqa: F821
+    end_process(main(snakemake.params.batch, snakemake.output.batch, snakemake.log[0]))  # noqa: F821

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from casacore import tables
 from dp3batch.dp3_install import dp3_environment, find_dp3_executable
-from dp3batch.h5parm import identity_soltabs, write_h5parm
 from dp3batch.synthetic_ms import PHASE_CENTRE
+from h5parm_writer import identity_soltabs, write_h5parm
 
 RA_DEG, DEC_DEG = (math.degrees(angle) for angle in PHASE_CENTRE)
 # Two point sources, one patch each, within a degree of the phase centre (RA 2.0, Dec 0.9 rad).

@@ -10,7 +10,7 @@ from conftest import make_inputs, make_ms
 from dp3batch.calibration_check import check_calibration_inputs, sky_model_sources
 from dp3batch.config import ConfigError, parse_steps
 from dp3batch.dp3 import chain_parameters
-from dp3batch.h5parm import identity_soltabs, write_h5parm
+from h5parm_writer import identity_soltabs, write_h5parm
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from conftest import make_ms
 from dp3batch.batch import task_for
 from dp3batch.completion import PARSET_NAME
 from dp3batch.execution import process_measurement_set
-from dp3batch.h5parm import SoltabData, identity_soltabs, write_h5parm
 from dp3batch.planning import batch_specification, make_plan
+from h5parm_writer import SoltabData, identity_soltabs, write_h5parm
 
 
 def workflow_config(inputs: str, output_dir: str, steps: list, extra_inputs_dir: str) -> dict:

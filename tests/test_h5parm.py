@@ -12,15 +12,9 @@ import pytest
 from dp3batch.completion import parameters_fingerprint
 from dp3batch.config import ConfigError, parse_steps
 from dp3batch.dp3 import chain_parameters, file_parameters
-from dp3batch.h5parm import (
-    H5ParmError,
-    SoltabData,
-    applycal_parameters,
-    identity_soltabs,
-    read_h5parm,
-    write_h5parm,
-)
+from dp3batch.h5parm import H5ParmError, applycal_parameters, read_h5parm
 from dp3batch.planning import make_plan
+from h5parm_writer import SoltabData, identity_soltabs, write_h5parm
 
 ANTENNAS = ["CS001HBA0", "CS002HBA0", "CS003HBA0"]
 

@@ -12,7 +12,9 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 log = logging.getLogger("dp3batch")
 
@@ -68,3 +70,44 @@ def ignore_interrupts() -> None:
     """While the batch cleans up after an interrupt, a second Ctrl-C must not cut it short."""
     for signum in HANDLED_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+FORWARD_WAIT_SECONDS = 30
+
+
+def forward_interrupts_to_batch(pid_file: Path) -> None:
+    """In the Snakemake process: on SIGINT, SIGTERM or SIGHUP, stop the central job and wait
+    (at most FORWARD_WAIT_SECONDS) until it has stopped every DP3, before Snakemake's own
+    handler runs. Without this, Snakemake returns to the shell while DP3s still run (Ctrl-C),
+    or waits for the whole batch (SIGTERM)."""
+    handlers = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+
+    def on_signal(signum, frame):
+        _stop_central_job(pid_file)
+        handler = handlers.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, on_signal)
+
+
+def _stop_central_job(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError, IndexError):
+        return  # not started yet, or already gone
+    import psutil
+
+    deadline = time.monotonic() + FORWARD_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            # An exited child stays a zombie until Snakemake reaps it; that is stopped enough.
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.1)
