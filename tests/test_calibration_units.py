@@ -15,7 +15,7 @@ from dp3batch.completion import (
     write_record,
 )
 from dp3batch.config import ConfigError, parse_steps
-from dp3batch.dp3 import chain_parameters, required_output_files, run_parameters
+from dp3batch.dp3 import chain_parameters, run_parameters
 from dp3batch.extra_inputs import check_extra_inputs
 
 DEMIX = {"Demixer": {"skymodel": "/sky/a.skymodel", "subtractsources": ["CasA"]}}
@@ -26,7 +26,7 @@ DEMIX = {"Demixer": {"skymodel": "/sky/a.skymodel", "subtractsources": ["CasA"]}
 
 def test_instrument_model_is_a_run_parameter_inside_the_output():
     chain = chain_parameters(parse_steps([DEMIX]))
-    assert not any(key.endswith(".instrumentmodel") for key, _ in chain)
+    assert not any(key.endswith(".instrumentmodel") for key, _ in chain.pairs())
     run = dict(run_parameters(chain, "/in/a.ms", "/out/.a.ms.tmp-1", 2))
     assert run["demixer.instrumentmodel"] == "/out/.a.ms.tmp-1/instrument"
 
@@ -36,12 +36,12 @@ def test_every_demixer_step_gets_its_own_instrument_model():
     run = dict(run_parameters(chain, "/in/a.ms", "/out/a.ms", 1))
     assert run["demixer.instrumentmodel"] == "/out/a.ms/instrument"
     assert run["demixer2.instrumentmodel"] == "/out/a.ms/instrument_demixer2"
-    assert required_output_files(chain) == ["instrument", "instrument_demixer2"]
+    assert chain.required_output_files() == ["instrument", "instrument_demixer2"]
 
 
 def test_no_required_files_without_a_demixer():
     chain = chain_parameters(parse_steps([{"PreFlagger": None}, {"Averager": None}]))
-    assert required_output_files(chain) == []
+    assert chain.required_output_files() == []
     assert not any("instrumentmodel" in key for key, _ in run_parameters(chain, "i", "o", 1))
 
 

@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from dp3batch.config import parse_steps
+from dp3batch.dp3 import chain_parameters
 from dp3batch.dp3_command import hand_rerun_command, wheel_dp3_script
 from dp3batch.dp3_install import find_dp3_executable, unwrap_own_command, wheel_aoflagger_strategy
 
@@ -19,6 +21,8 @@ if __name__ == '__main__':
     sys.exit(main())
 """
 
+NO_STEPS = chain_parameters(parse_steps([]))
+
 
 def executable(path: Path, text: str) -> Path:
     path.write_text(text)
@@ -28,14 +32,14 @@ def executable(path: Path, text: str) -> Path:
 
 def test_rerun_line_names_the_dp3_command_and_writes_beside_the_output():
     line = hand_rerun_command(
-        "/venv/bin/DP3.py", "/data/results/obs_1.ms", "/data/results/obs_1.ms/dp3.parset", []
+        "/venv/bin/DP3.py", "/data/results/obs_1.ms", "/data/results/obs_1.ms/dp3.parset", NO_STEPS
     )
     assert line == "DP3 /data/results/obs_1.ms/dp3.parset msout=/data/results/obs_1-rerun.ms"
 
 
 def test_rerun_line_keeps_a_wrapper_and_quotes_paths():
     line = hand_rerun_command(
-        "/opt/my dp3.sh", "/data/my results/a.ms", "/data/my results/a.ms/dp3.parset", []
+        "/opt/my dp3.sh", "/data/my results/a.ms", "/data/my results/a.ms/dp3.parset", NO_STEPS
     )
     assert shlex.split(line) == [
         "/opt/my dp3.sh",
@@ -45,8 +49,8 @@ def test_rerun_line_keeps_a_wrapper_and_quotes_paths():
 
 
 def test_rerun_line_moves_demixer_instrument_models_along():
-    parameters = [("steps", "[demixer,demixer2]"), ("demixer.type", "demixer")]
-    parameters += [("demixer2.type", "demixer")]
+    demixer = {"Demixer": {"skymodel": "/sky.txt"}}
+    parameters = chain_parameters(parse_steps([demixer, demixer]))
     line = hand_rerun_command("DP3.py", "/r/a.ms", "/r/a.ms/dp3.parset", parameters)
     assert shlex.split(line)[2:] == [
         "msout=/r/a-rerun.ms",

@@ -15,8 +15,6 @@ from dp3batch.dp3 import (
     as_arguments,
     as_parset,
     chain_parameters,
-    file_parameters,
-    format_value,
     run_parameters,
     step_names,
 )
@@ -27,12 +25,13 @@ from dp3batch.dp3_install import (
     find_dp3_executable,
     wheel_aoflagger_strategy,
 )
+from dp3batch.dp3_parameters import DP3Parameters, format_value
 
 STRATEGY = "/opt/strategies/default.lua"
 
 
-def as_dict(parameters: list[tuple[str, str]]) -> dict[str, str]:
-    return dict(parameters)
+def as_dict(parameters: DP3Parameters | list[tuple[str, str]]) -> dict[str, str]:
+    return dict(parameters.pairs() if isinstance(parameters, DP3Parameters) else parameters)
 
 
 # --- format_value -------------------------------------------------------------------------
@@ -96,7 +95,7 @@ def test_chain_parameters_layout():
             {"MsOut": {"overwrite": True}},
         ]
     )
-    assert chain_parameters(chain) == [
+    assert chain_parameters(chain).pairs() == [
         ("checkparset", "1"),
         ("msin.datacolumn", "DATA"),
         ("msout.overwrite", "true"),
@@ -112,12 +111,12 @@ def test_chain_parameters_layout():
 
 
 def test_chain_parameters_of_empty_chain_copy_the_data():
-    assert chain_parameters(parse_steps([])) == [("checkparset", "1"), ("steps", "[]")]
+    assert chain_parameters(parse_steps([])).pairs() == [("checkparset", "1"), ("steps", "[]")]
 
 
 def test_chain_parameters_have_no_run_specific_keys():
     chain = parse_steps([{"AOFlagger": None}])
-    keys = {key for key, _ in chain_parameters(chain, aoflagger_strategy=STRATEGY)}
+    keys = {key for key, _ in chain_parameters(chain, aoflagger_strategy=STRATEGY).pairs()}
     assert not keys & {"msin", "msout", "numthreads", "aoflagger.memorymax"}
 
 
@@ -164,7 +163,10 @@ def test_default_aoflagger_strategy_inserted_when_not_given():
 def test_user_aoflagger_strategy_is_kept():
     chain = parse_steps([{"AOFlagger": {"strategy": "/data/lofar.lua"}}])
     parameters = chain_parameters(chain, aoflagger_strategy=STRATEGY)
-    assert [value for key, value in parameters if key.endswith(".strategy")] == ["/data/lofar.lua"]
+    assert [value for key, value in parameters.pairs() if key.endswith(".strategy")] == [
+        "/data/lofar.lua"
+    ]
+    assert parameters.chosen_strategies() == {}
 
 
 def test_no_strategy_when_none_is_known():
@@ -174,7 +176,7 @@ def test_no_strategy_when_none_is_known():
 
 def test_strategy_not_added_to_other_steps():
     chain = parse_steps([{"PreFlagger": None}, {"Averager": None}])
-    keys = [key for key, _ in chain_parameters(chain, aoflagger_strategy=STRATEGY)]
+    keys = [key for key, _ in chain_parameters(chain, aoflagger_strategy=STRATEGY).pairs()]
     assert not any(key.endswith(".strategy") for key in keys)
 
 
@@ -193,7 +195,7 @@ def test_file_parameters_lists_files_of_every_step(tmp_path):
         ]
     )
     parameters = chain_parameters(chain, str(tmp_path), aoflagger_strategy=STRATEGY)
-    assert file_parameters(parameters) == [
+    assert parameters.file_parameters() == [
         ("applycal.parmdb", str(tmp_path / "a.h5")),
         ("aoflagger.strategy", STRATEGY),
         ("applycal2.parmdb", str(tmp_path / "b.h5")),
@@ -203,9 +205,9 @@ def test_file_parameters_lists_files_of_every_step(tmp_path):
 
 def test_file_parameters_go_by_step_type_not_name():
     # A `parmdb` on a step that is not an applycal is not a file the chain reads.
-    parameters = [("steps", "[preflagger]"), ("preflagger.type", "preflagger")]
-    parameters.append(("preflagger.parmdb", "x"))
-    assert file_parameters(parameters) == []
+    parameters = chain_parameters(parse_steps([{"PreFlagger": {"parmdb": "x"}}]))
+    assert ("preflagger.parmdb", "x") in parameters.pairs()
+    assert parameters.file_parameters() == []
 
 
 # --- run_parameters -----------------------------------------------------------------------
@@ -215,7 +217,7 @@ def test_run_parameters_add_paths_and_threads_before_the_chain():
     chain = chain_parameters(parse_steps([{"Averager": {"timestep": 2}}]))
     run = run_parameters(chain, "/in/a.ms", "/out/a.ms.tmp", 3)
     assert run[:3] == [("msin", "/in/a.ms"), ("msout", "/out/a.ms.tmp"), ("numthreads", "3")]
-    assert run[3:] == chain
+    assert run[3:] == chain.pairs()
     assert not any(key.endswith("memorymax") for key, _ in run)
 
 

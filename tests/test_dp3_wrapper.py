@@ -6,6 +6,8 @@ import stat
 from pathlib import Path
 
 from conftest import BIN, make_inputs
+from dp3batch.config import parse_steps
+from dp3batch.dp3 import chain_parameters
 from dp3batch.dp3_install import wheel_aoflagger_strategy
 from dp3batch.dp3_wrapper import aoflagger_strategy_warning
 
@@ -62,14 +64,16 @@ def test_a_wrapper_without_aoflagger_strategy_is_warned_about(workflow):
 
 
 def test_the_warning_is_only_for_wrappers_with_an_aoflagger_step_lacking_a_strategy():
-    flagging = [("steps", "[aoflagger]"), ("aoflagger.type", "aoflagger")]
+    flagging = chain_parameters(parse_steps([{"AOFlagger": None}]))
     assert aoflagger_strategy_warning("/site/dp3-in-apptainer.sh", flagging)
     assert aoflagger_strategy_warning(None, flagging) is None
     assert aoflagger_strategy_warning("/opt/dp3/bin/DP3", flagging) is None
     assert aoflagger_strategy_warning("/venv/bin/DP3.py", flagging) is None
-    with_strategy = [*flagging, ("aoflagger.strategy", "/s.lua")]
+    with_strategy = chain_parameters(parse_steps([{"AOFlagger": {"strategy": "/s.lua"}}]))
     assert aoflagger_strategy_warning("/site/dp3.sh", with_strategy) is None
-    averaging = [("steps", "[averager]"), ("averager.type", "averager")]
+    averaging = chain_parameters(parse_steps([{"Averager": None}]))
     assert aoflagger_strategy_warning("/site/dp3.sh", averaging) is None
-    two = [*with_strategy, ("aoflagger2.type", "aoflagger")]
+    two = chain_parameters(
+        parse_steps([{"AOFlagger": {"strategy": "/s.lua"}}, {"AOFlagger": None}])
+    )
     assert "aoflagger2 name" in aoflagger_strategy_warning("/site/dp3.sh", two)

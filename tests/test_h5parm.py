@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from dp3batch.completion import parameters_fingerprint
 from dp3batch.config import ConfigError, parse_steps
-from dp3batch.dp3 import chain_parameters, file_parameters
+from dp3batch.dp3 import chain_parameters
 from dp3batch.h5parm import H5ParmError, applycal_parameters, read_h5parm
 from dp3batch.planning import make_plan
 from h5parm_writer import SoltabData, identity_soltabs, write_h5parm
@@ -284,7 +284,7 @@ def test_invalid_layout_stops_the_plan_before_dp3_runs(tmp_path, make, message):
 def test_chain_parameters_carry_the_expansion_after_the_users_parameters(tmp_path):
     write(tmp_path / "diagonal.h5", identity_soltabs("diagonal", ANTENNAS))
     chain = parse_steps([{"ApplyCal": {"parmdb": "diagonal.h5", "updateweights": True}}])
-    assert chain_parameters(chain, str(tmp_path))[2:] == [
+    assert chain_parameters(chain, str(tmp_path)).pairs()[2:] == [
         ("applycal.type", "applycal"),
         ("applycal.parmdb", str(tmp_path / "diagonal.h5")),
         ("applycal.updateweights", "true"),
@@ -297,8 +297,8 @@ def test_chain_parameters_carry_the_expansion_after_the_users_parameters(tmp_pat
 def test_expansion_keys_are_not_taken_for_files(tmp_path):
     write(tmp_path / "full.h5", identity_soltabs("fulljones", ANTENNAS))
     parameters = chain_parameters(parse_steps([{"ApplyCal": {"parmdb": "full.h5"}}]), str(tmp_path))
-    assert ("applycal.soltab", "[amplitude000,phase000]") in parameters
-    assert file_parameters(parameters) == [("applycal.parmdb", str(tmp_path / "full.h5"))]
+    assert ("applycal.soltab", "[amplitude000,phase000]") in parameters.pairs()
+    assert parameters.file_parameters() == [("applycal.parmdb", str(tmp_path / "full.h5"))]
 
 
 def test_fingerprint_follows_what_the_file_makes_dp3_do(tmp_path):
@@ -309,7 +309,8 @@ def test_fingerprint_follows_what_the_file_makes_dp3_do(tmp_path):
 
     def fingerprint() -> str:
         parameters = chain_parameters(chain, str(tmp_path))
-        return parameters_fingerprint(parameters, {key for key, _ in file_parameters(parameters)})
+        files = {key for key, _ in parameters.file_parameters()}
+        return parameters_fingerprint(parameters.pairs(), files)
 
     write(path, identity_soltabs("diagonal", ANTENNAS))
     diagonal = fingerprint()
@@ -320,7 +321,9 @@ def test_fingerprint_follows_what_the_file_makes_dp3_do(tmp_path):
 def test_missing_parmdb_is_left_to_the_extra_inputs_check(tmp_path):
     chain = parse_steps([{"ApplyCal": {"parmdb": "nothing_here.h5"}}])
     parameters = chain_parameters(chain, str(tmp_path))
-    assert not any(key.endswith((".correction", ".steps", ".soltab")) for key, _ in parameters)
+    assert not any(
+        key.endswith((".correction", ".steps", ".soltab")) for key, _ in parameters.pairs()
+    )
 
 
 def test_parmdb_without_h5_in_its_name_is_refused(tmp_path):

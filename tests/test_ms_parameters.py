@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from dp3batch.config import parse_steps
-from dp3batch.dp3 import chain_parameters, file_parameters
+from dp3batch.dp3 import chain_parameters
 from dp3batch.dp3_install import aoflagger_default_strategy_name
 from dp3batch.ms_parameters import PerMSParameters
 
@@ -36,7 +36,7 @@ def test_default_strategy_name_follows_aoflagger(telescope, strategy):
 def _per_ms(steps, executable=WHEEL_DP3) -> PerMSParameters:
     chain = parse_steps(steps)
     shared = chain_parameters(chain)
-    files = {key for key, _ in file_parameters(shared)}
+    files = {key for key, _ in shared.file_parameters()}
     return PerMSParameters(chain, None, executable, shared, files)
 
 
@@ -47,7 +47,10 @@ def test_each_telescope_gets_its_strategy_and_a_fingerprint_of_its_own():
     assert Path(lofar.aoflagger_strategies["aoflagger"]).name == "lofar-default.lua"
     assert Path(wsrt.aoflagger_strategies["aoflagger"]).name == "wsrt-default.lua"
     assert lofar.fingerprint != wsrt.fingerprint
-    assert dict(lofar.parameters)["aoflagger.strategy"] == lofar.aoflagger_strategies["aoflagger"]
+    assert (
+        dict(lofar.parameters.pairs())["aoflagger.strategy"]
+        == lofar.aoflagger_strategies["aoflagger"]
+    )
     # The same strategy is the same parameters, whatever the spelling of the name.
     assert per_ms.for_telescope("lofar").fingerprint == lofar.fingerprint
     assert per_ms.for_telescope("MeerKAT").fingerprint == per_ms.for_telescope("").fingerprint
@@ -58,10 +61,10 @@ def test_a_strategy_the_user_names_is_kept_for_every_telescope(tmp_path):
     mine.write_text("-- strategy\n")
     per_ms = _per_ms([{"AOFlagger": {"strategy": str(mine)}}])
     assert not per_ms.varies
-    assert dict(per_ms.for_telescope("LOFAR").parameters)["aoflagger.strategy"] == str(mine)
+    assert dict(per_ms.for_telescope("LOFAR").parameters.pairs())["aoflagger.strategy"] == str(mine)
 
 
 def test_a_wrapper_leaves_the_choice_to_dp3(tmp_path):
     per_ms = _per_ms([{"AOFlagger": None}], executable=str(tmp_path / "dp3-in-container"))
     assert not per_ms.varies
-    assert "aoflagger.strategy" not in dict(per_ms.for_telescope("LOFAR").parameters)
+    assert "aoflagger.strategy" not in dict(per_ms.for_telescope("LOFAR").parameters.pairs())

@@ -13,6 +13,7 @@ from dp3batch.cluster import local_cluster_size, worker_command
 from dp3batch.completion import Expectation
 from dp3batch.config import ConfigError, parse_steps
 from dp3batch.discovery import MeasurementSet
+from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.extra_inputs import check_extra_inputs
 from dp3batch.planning import Plan, batch_id, describe_pending
 
@@ -87,7 +88,7 @@ def make_plan(tmp_path: Path, names: list[str], pending: dict[str, str]) -> Plan
         output_dir=output_dir,
         dp3_executable="/usr/bin/DP3",
         dp3_version="6.6.0",
-        parameters=[("checkparset", "1"), ("steps", "[]")],
+        parameters=DP3Parameters({}, {}, ()),
         expectation=Expectation("p", "e", "6.6.0"),
         measurement_sets=measurement_sets,
         pending=[(ms, pending[ms.name]) for ms in measurement_sets if ms.name in pending],

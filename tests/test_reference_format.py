@@ -169,7 +169,7 @@ def test_unknown_preflagger_field_points_at_the_one_key_format():
 def test_strategy_file_becomes_dp3_strategy_resolved_like_other_step_files(tmp_path):
     chain = parse_steps([{"step": "aoflagger", "strategy": {"kind": "file", "path": "s.lua"}}])
     assert chain.steps[0].params == {"strategy": "s.lua"}
-    parameters = dict(chain_parameters(chain, str(tmp_path)))
+    parameters = dict(chain_parameters(chain, str(tmp_path)).pairs())
     assert parameters["aoflagger.strategy"] == str(tmp_path / "s.lua")
 
 

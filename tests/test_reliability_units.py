@@ -15,6 +15,7 @@ from dp3batch.config import ConfigError
 from dp3batch.discovery import discover_measurement_sets
 from dp3batch.dispatch import largest_first
 from dp3batch.dp3 import as_parset
+from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.execution import exit_description, remove_leftovers
 from dp3batch.layout import leftover_owner, replaced_path, temporary_path
 from dp3batch.measurement_set import write_lock_holder
@@ -168,7 +169,7 @@ def test_largest_first_is_stable_for_equal_sizes():
         "log_dir": "/logs",
         "dp3_executable": "DP3",
         "dp3_version": "6.6.0",
-        "parameters": [],
+        "parameters": DP3Parameters({}, {}, ()).to_json(),
         "parameters_fingerprint": "p",
         "extra_inputs_fingerprint": "e",
     }

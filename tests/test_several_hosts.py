@@ -222,7 +222,7 @@ def test_every_path_sent_to_workers_is_absolute(tmp_path, monkeypatch):
         for key in ("input", "output", "log", "dp3_executable"):
             assert Path(getattr(task, key)).is_absolute(), (key, getattr(task, key))
         assert task.input.startswith(str(tmp_path / "data"))
-        assert dict(task.parameters)["aoflagger.strategy"] == str(strategy)
+        assert dict(task.parameters.pairs())["aoflagger.strategy"] == str(strategy)
     paths = shared_paths(batch)
     assert [what for what, _, _ in paths] == [
         "input MS",

@@ -9,6 +9,7 @@ from conftest import make_ms
 from dp3batch.completion import Expectation
 from dp3batch.config import Chain
 from dp3batch.discovery import MeasurementSet
+from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.planning import Plan
 from dp3batch.snakemake_flags import (
     CommandLineFlags,
@@ -79,7 +80,7 @@ def plan_of(directory: Path, pending: dict[str, str], names=("a", "b", "c")) -> 
         output_dir=directory,
         dp3_executable="DP3.py",
         dp3_version="6.6.0",
-        parameters=[],
+        parameters=DP3Parameters({}, {}, ()),
         expectation=Expectation("p", "e", "6.6.0"),
         measurement_sets=sets,
         pending=[(ms, pending[ms.name]) for ms in sets if ms.name in pending],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import make_ms
 from dp3batch.completion import input_fingerprint, write_record
-from dp3batch.config import ConfigError
+from dp3batch.config import ConfigError, parse_steps
 from dp3batch.discovery import (
     MeasurementSet,
     check_selected_band,
@@ -17,15 +17,14 @@ from dp3batch.discovery import (
     per_window_items,
     window_items,
 )
+from dp3batch.dp3 import chain_parameters
 from dp3batch.measurement_set import read_shape
 from dp3batch.output_check import read_input_grid
 from dp3batch.windows import (
     Windows,
     read_windows,
-    selected_band,
     windows_from_record,
     windows_record,
-    with_band,
 )
 
 OBS = MeasurementSet("obs", Path("/in/obs.ms"), Path("/out/obs.ms"))
@@ -50,11 +49,17 @@ def test_several_windows_give_one_item_per_band_named_after_it():
 
 
 def test_band_parameters():
-    chain = [("steps", "[averager]"), ("msin.band", "0")]
-    assert with_band(chain, None) == chain
-    assert with_band(chain, 3) == [("steps", "[averager]"), ("msin.band", "3")]
-    assert selected_band(with_band(chain, 3)) == 3
-    assert selected_band([("steps", "[]")]) is None
+    chain = chain_parameters(parse_steps([{"MsIn": {"band": 0}}, {"Averager": None}]))
+    assert chain.with_band(None) == chain
+    assert chain.selected_band() == 0
+    assert chain.with_band(3).pairs() == [
+        ("checkparset", "1"),
+        ("steps", "[averager]"),
+        ("averager.type", "averager"),
+        ("msin.band", "3"),
+    ]
+    assert chain.with_band(3).selected_band() == 3
+    assert chain_parameters(parse_steps([])).selected_band() is None
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ from dp3batch.dispatch import (
     lost_result,
     stop_running,
 )
-from dp3batch.dp3 import file_parameters
+from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.execution import GuardLockTimeout, remove_leftovers, stop_commits
 from dp3batch.interrupts import Interrupted, ignore_interrupts, interruptible
 from dp3batch.layout import OutputLayout, leftover_owner, ms_log_file
@@ -133,7 +133,8 @@ def shared_paths(batch: dict[str, Any]) -> list[tuple[str, str, str]]:
     files the steps read, DP3, and the output and log directories."""
     inputs = [ms["input"] for ms in batch["measurement_sets"]]
     paths = [("input MS", path, "read") for path in dict.fromkeys(inputs[:1] + inputs[-1:])]
-    paths += [(f"{key} file", path, "read") for key, path in file_parameters(batch["parameters"])]
+    files = DP3Parameters.from_json(batch["parameters"]).file_parameters()
+    paths += [(f"{key} file", path, "read") for key, path in files]
     paths.append(("DP3 executable", batch["dp3_executable"], "run"))
     paths.append(("output directory", batch["output_dir"], "write"))
     paths.append(("log directory", batch["log_dir"], "write"))

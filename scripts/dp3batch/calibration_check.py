@@ -12,27 +12,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from dp3batch.config import ConfigError
-from dp3batch.dp3 import steps_of_type
+from dp3batch.dp3_parameters import DP3Parameters, DP3Step, format_value
 
 
-def _as_names(value: str) -> list[str]:
+def _as_names(value: str | None) -> list[str]:
     """A DP3 value `a` or `[a,b]` as names."""
-    value = value.strip()
+    value = (value or "").strip()
     if value.startswith("[") and value.endswith("]"):
         value = value[1:-1]
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
-def applycal_soltabs(parameters: list[tuple[str, str]], step: str) -> list[str]:
-    """The soltabs an ApplyCal step (and its sub-steps) reads."""
+def applycal_soltabs(step: DP3Step) -> list[str]:
+    """The soltabs an ApplyCal step (and its sub-steps: `<sub-step>.correction`) reads."""
     names: list[str] = []
-    for key, value in parameters:
-        if not key.startswith(f"{step}."):
-            continue
-        if key.endswith(".soltab"):
-            names += _as_names(value)
-        elif key.endswith(".correction") and value != "fulljones":
-            names.append(value)
+    for key, value in step.items():
+        text = format_value(value)
+        if f".{key}".endswith(".soltab"):
+            names += _as_names(text)
+        elif f".{key}".endswith(".correction") and text != "fulljones":
+            names.append(text)
     return list(dict.fromkeys(names))
 
 
@@ -54,24 +53,19 @@ def soltab_antennas(path: str, solset: str | None, soltabs: list[str]) -> dict[s
     return found
 
 
-def missing_stations(
-    parameters: list[tuple[str, str]], stations: list[str], ms_name: str
-) -> list[str]:
+def missing_stations(parameters: DP3Parameters, stations: list[str], ms_name: str) -> list[str]:
     """One message per ApplyCal H5Parm that lacks stations of the MS."""
-    values = dict(parameters)
     problems = []
-    for step in steps_of_type(parameters, "applycal"):
-        parmdb = values.get(f"{step}.parmdb")
-        if not parmdb or f"{step}.missingantennabehavior" in values or ".h5" not in parmdb:
+    for step in parameters.steps_of_type("applycal"):
+        parmdb = step.value("parmdb")
+        if not parmdb or step.value("missingantennabehavior") is not None or ".h5" not in parmdb:
             continue
-        soltabs = applycal_soltabs(parameters, step)
-        for soltab, antennas in soltab_antennas(
-            parmdb, values.get(f"{step}.solset"), soltabs
-        ).items():
+        soltabs = applycal_soltabs(step)
+        for soltab, antennas in soltab_antennas(parmdb, step.value("solset"), soltabs).items():
             missing = [station for station in stations if station not in antennas]
             if missing:
                 problems.append(
-                    f"steps: {step} parmdb {parmdb}: soltab {soltab} has no solutions for "
+                    f"steps: {step.name} parmdb {parmdb}: soltab {soltab} has no solutions for "
                     f"station(s) {', '.join(missing)} of {ms_name}; use solutions for these "
                     "stations, or set the applycal `missingantennabehavior` (error, flag or "
                     "unit)"
@@ -101,21 +95,20 @@ def sky_model_sources(path: str) -> set[str]:
     return names
 
 
-def missing_sources(parameters: list[tuple[str, str]]) -> list[str]:
-    values = dict(parameters)
+def missing_sources(parameters: DP3Parameters) -> list[str]:
     problems = []
-    for step in steps_of_type(parameters, "demixer"):
-        skymodel = values.get(f"{step}.skymodel")
+    for step in parameters.steps_of_type("demixer"):
+        skymodel = step.value("skymodel")
         if not skymodel or not Path(skymodel).is_file():
             continue
         wanted = []
         for key in ("subtractsources", "targetsource"):
-            wanted += _as_names(values.get(f"{step}.{key}", ""))
+            wanted += _as_names(step.value(key))
         known = sky_model_sources(skymodel)
         absent = [source for source in wanted if source not in known]
         if absent:
             problems.append(
-                f"steps: {step}: the source(s) {', '.join(absent)} (subtractsources/"
+                f"steps: {step.name}: the source(s) {', '.join(absent)} (subtractsources/"
                 f"targetsource) are not in the sky model {skymodel}; it has: "
                 f"{', '.join(sorted(known)) or 'none'}"
             )
@@ -129,12 +122,10 @@ def read_stations(ms: Path) -> list[str]:
         return [str(name) for name in antennas.getcol("NAME")]
 
 
-def check_calibration_inputs(
-    parameters: list[tuple[str, str]], pending: list[tuple[str, Path]]
-) -> None:
+def check_calibration_inputs(parameters: DP3Parameters, pending: list[tuple[str, Path]]) -> None:
     """Raise ConfigError when a calibration input does not fit the data (see module doc)."""
     problems = missing_sources(parameters)
-    if steps_of_type(parameters, "applycal"):
+    if parameters.steps_of_type("applycal"):
         seen: set[tuple[str, ...]] = set()
         for name, path in pending:
             stations = tuple(read_stations(path))

@@ -1,9 +1,10 @@
 """The steps → DP3 parameters translation (finding and running DP3 itself is dp3_install).
 
-The translation yields an ordered list of (key, value) pairs. Result-defining parameters
-(`chain_parameters`) are kept apart from the per-run ones (input and output paths, thread
-count, memory bound) so that a completion record can be compared with the current config
-without tripping over things that do not change the output.
+The translation yields a `DP3Parameters` (see dp3_parameters), formatted into DP3's ordered
+(key, value) strings only at the end. Result-defining parameters (`chain_parameters`) are
+kept apart from the per-run ones (`run_parameters`: input and output paths, thread count,
+memory bound) so that a completion record can be compared with the current config without
+tripping over things that do not change the output.
 """
 
 from __future__ import annotations
@@ -12,36 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dp3batch.config import Chain
+from dp3batch.config import Chain, Step
+from dp3batch.dp3_parameters import FILE_PARAMETERS, DP3Parameters, DP3Step, DP3Value, dp3_value
 from dp3batch.h5parm import H5ParmError, applycal_parameters, read_h5parm
-
-# Parameters that name a file, per step type: relative values resolve against extra_inputs_dir.
-FILE_PARAMETERS = {
-    "applycal": ("parmdb",),
-    "demixer": ("skymodel",),
-    "predict": ("sourcedb",),
-    "aoflagger": ("strategy",),
-}
-
-
-# Where a demixer step's instrument model (a ParmDB table DP3 writes on every run; default
-# `instrument` in the working directory, shared by every task) goes inside the output MS: the
-# commit of the output moves it along, and no two runs ever write the same one.
-INSTRUMENT_MODEL_NAME = "instrument"
 
 
 def aoflagger_steps_without_strategy(chain: Chain) -> bool:
     """Whether some AOFlagger step leaves its strategy to AOFlagger's per-telescope default."""
     return any(step.type == "aoflagger" and "strategy" not in step.params for step in chain.steps)
-
-
-def format_value(value: Any) -> str:
-    """A config value as DP3 reads it: true/false, [a,b], plain numbers and strings."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(item) for item in value) + "]"
-    return str(value)
 
 
 def resolve_file_parameter(value: str, extra_inputs_dir: str | None) -> str:
@@ -62,46 +41,40 @@ def step_names(chain: Chain) -> list[str]:
     return names
 
 
-def file_parameters(parameters: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(key, absolute path) of every parameter that names a file the chain reads."""
-    step_types = {key[: -len(".type")]: value for key, value in parameters if key.endswith(".type")}
-    files = []
-    for key, value in parameters:
-        step, _, parameter = key.rpartition(".")
-        if parameter in FILE_PARAMETERS.get(step_types.get(step, ""), ()):
-            files.append((key, value))
-    return files
-
-
 def chain_parameters(
     chain: Chain,
     extra_inputs_dir: str | None = None,
     aoflagger_strategy: str | None = None,
-) -> list[tuple[str, str]]:
-    """The result-defining DP3 parameters of a chain, in order (no paths of the MS, no threads).
+) -> DP3Parameters:
+    """The result-defining DP3 parameters of a chain (no paths of the MS, no threads).
 
-    File parameters become absolute paths, so the list means the same on every worker.
-    """
-    parameters: list[tuple[str, str]] = [("checkparset", "1")]
-    for prefix, params in (("msin", chain.msin), ("msout", chain.msout)):
-        for key, value in params.items():
-            parameters.append((f"{prefix}.{key}", format_value(value)))
-    names = step_names(chain)
-    parameters.append(("steps", format_value(names)))
-    for name, step in zip(names, chain.steps, strict=True):
-        parameters.append((f"{name}.type", step.type))
-        params = dict(step.params)
-        if step.type == "aoflagger" and "strategy" not in params and aoflagger_strategy:
-            params["strategy"] = aoflagger_strategy
-        for key, value in params.items():
-            if key in FILE_PARAMETERS.get(step.type, ()):
-                value = resolve_file_parameter(str(value), extra_inputs_dir)
-                params[key] = value
-            parameters.append((f"{name}.{key}", format_value(value)))
-        if step.type == "applycal":
-            for key, value in applycal_expansion(name, params).items():
-                parameters.append((f"{name}.{key}", format_value(value)))
-    return parameters
+    File parameters become absolute paths, so the parameters mean the same on every worker.
+    `aoflagger_strategy` is the workflow's choice for AOFlagger steps that name none."""
+    steps = tuple(
+        _dp3_step(name, step, extra_inputs_dir, aoflagger_strategy)
+        for name, step in zip(step_names(chain), chain.steps, strict=True)
+    )
+    return DP3Parameters(msin=_values(chain.msin), msout=_values(chain.msout), steps=steps)
+
+
+def _values(params: dict[str, Any]) -> dict[str, DP3Value]:
+    return {key: dp3_value(value) for key, value in params.items()}
+
+
+def _dp3_step(
+    name: str, step: Step, extra_inputs_dir: str | None, aoflagger_strategy: str | None
+) -> DP3Step:
+    files = FILE_PARAMETERS.get(step.type, ())
+    params = {
+        key: resolve_file_parameter(str(value), extra_inputs_dir) if key in files else value
+        for key, value in _values(step.params).items()
+    }
+    added: dict[str, Any] = {}
+    if step.type == "aoflagger" and "strategy" not in params and aoflagger_strategy:
+        added["strategy"] = resolve_file_parameter(aoflagger_strategy, extra_inputs_dir)
+    if step.type == "applycal":
+        added = applycal_expansion(name, params)
+    return DP3Step(name, step.type, params, _values(added))
 
 
 def applycal_expansion(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -126,52 +99,25 @@ def applycal_expansion(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_parameters(
-    parameters: list[tuple[str, str]],
+    parameters: DP3Parameters,
     msin: str,
     msout: str,
     numthreads: int,
     memory_gb: float | None = None,
 ) -> list[tuple[str, str]]:
-    """Add what belongs to one run: paths, threads, demixer instrument models inside the
-    output, and an AOFlagger memory bound.
+    """DP3's (key, value) strings of one run: paths, threads, demixer instrument models
+    inside the output, and an AOFlagger memory bound, then the parameters themselves.
 
     AOFlagger's memory grows with its time window and dask's nanny cannot see it (DP3 is a
     child process), so unless the user bounded it, bound it by the worker's memory share."""
-    keys = {key for key, _ in parameters}
     run = [("msin", msin), ("msout", msout), ("numthreads", str(numthreads))]
-    for key, name in instrument_models(parameters):
+    for key, name in parameters.instrument_models():
         run.append((key, f"{msout}/{name}"))
     if memory_gb:
-        for step in steps_of_type(parameters, "aoflagger"):
-            if f"{step}.memorymax" not in keys and f"{step}.memoryperc" not in keys:
-                run.append((f"{step}.memorymax", f"{memory_gb:.2f}"))
-    return run + list(parameters)
-
-
-def steps_of_type(parameters: list[tuple[str, str]], step_type: str) -> list[str]:
-    """Names of the chain's steps of one type, in order."""
-    return [
-        key[: -len(".type")]
-        for key, value in parameters
-        if key.endswith(".type") and value == step_type
-    ]
-
-
-def instrument_models(parameters: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(parameter key, name inside the output MS) of each demixer step's instrument model."""
-    return [
-        (
-            f"{step}.instrumentmodel",
-            INSTRUMENT_MODEL_NAME if step == "demixer" else f"{INSTRUMENT_MODEL_NAME}_{step}",
-        )
-        for step in steps_of_type(parameters, "demixer")
-    ]
-
-
-def required_output_files(parameters: list[tuple[str, str]]) -> list[str]:
-    """What DP3 writes into the output MS besides the MS itself: without these, an output is
-    not complete."""
-    return [name for _, name in instrument_models(parameters)]
+        for step in parameters.steps_of_type("aoflagger"):
+            if step.value("memorymax") is None and step.value("memoryperc") is None:
+                run.append((f"{step.name}.memorymax", f"{memory_gb:.2f}"))
+    return run + parameters.pairs()
 
 
 def as_arguments(parameters: list[tuple[str, str]]) -> list[str]:

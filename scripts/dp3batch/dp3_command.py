@@ -15,8 +15,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from dp3batch.dp3 import instrument_models
 from dp3batch.dp3_install import dp3_environment
+from dp3batch.dp3_parameters import DP3Parameters
 
 
 def wheel_dp3_script() -> Path | None:
@@ -25,9 +25,7 @@ def wheel_dp3_script() -> Path | None:
     return script if os.access(script, os.X_OK) else None
 
 
-def hand_rerun_command(
-    executable: str, output: str, parset: str, parameters: list[tuple[str, str]]
-) -> str:
+def hand_rerun_command(executable: str, output: str, parset: str, parameters: DP3Parameters) -> str:
     """The shell line that reruns one output by hand into `<name>-rerun.ms` beside it.
 
     Not into the output itself: DP3 would replace it, completion record included, and the
@@ -38,7 +36,7 @@ def hand_rerun_command(
     target = Path(output)
     rerun = target.with_name(f"{target.name.removesuffix('.ms')}-rerun.ms")
     overrides = [f"msout={rerun}"]
-    overrides += [f"{key}={rerun}/{name}" for key, name in instrument_models(parameters)]
+    overrides += [f"{key}={rerun}/{name}" for key, name in parameters.instrument_models()]
     return shlex.join([program, parset, *overrides])
 
 

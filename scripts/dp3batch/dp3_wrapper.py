@@ -11,21 +11,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dp3batch.dp3 import steps_of_type
 from dp3batch.dp3_install import wheel_aoflagger_strategy
+from dp3batch.dp3_parameters import DP3Parameters
 
 REAL_DP3_NAMES = ("DP3", "DP3.py")
 
 
 def aoflagger_strategy_warning(
-    configured_executable: str | None, parameters: list[tuple[str, str]]
+    configured_executable: str | None, parameters: DP3Parameters
 ) -> str | None:
     """A warning when a configured DP3 wrapper runs AOFlagger steps without a strategy."""
     if not configured_executable or Path(configured_executable).name in REAL_DP3_NAMES:
         return None
-    keys = {key for key, _ in parameters}
     missing = [
-        step for step in steps_of_type(parameters, "aoflagger") if f"{step}.strategy" not in keys
+        step.name
+        for step in parameters.steps_of_type("aoflagger")
+        if step.value("strategy") is None
     ]
     if not missing:
         return None

@@ -22,13 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dp3batch.completion import input_fingerprint, output_fingerprint, write_record
-from dp3batch.dp3 import (
-    as_arguments,
-    as_parset,
-    required_output_files,
-    run_parameters,
-    steps_of_type,
-)
+from dp3batch.dp3 import as_arguments, as_parset, run_parameters
 from dp3batch.dp3_command import hand_rerun_command
 from dp3batch.dp3_install import dp3_environment
 from dp3batch.dp3_log import parse_flag_counts, parse_step_times
@@ -44,7 +38,7 @@ from dp3batch.measurement_set import (
 from dp3batch.output_check import check_output
 from dp3batch.status import Status
 from dp3batch.task import Task
-from dp3batch.windows import selected_band, windows_record, with_band
+from dp3batch.windows import windows_record
 
 POLL_SECONDS = 0.5
 # casacore waits forever for a lock; DP3 then prints this and nothing more.
@@ -295,10 +289,10 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
     temporary = temporary_path(output)
     fingerprint = input_fingerprint(Path(task.input))
     memory_gb = memory_limit / 1e9 if memory_limit else None
-    parameters = [tuple(pair) for pair in task.parameters]
+    parameters = task.parameters
     # One spectral window per run: the item's band (an MS of several windows is several
     # items), else the steps' own `msin.band`, if any.
-    reading = with_band(parameters, task.band)
+    reading = parameters.with_band(task.band)
     run = run_parameters(reading, task.input, str(temporary), threads, memory_gb)
     arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
     with open(log_path, "w") as log:
@@ -312,15 +306,15 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
         if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV)
             problem = "the input MS has no rows: there is nothing to process"
             return _failed(result, started, log_path, problem, problem)
-        shape_in = read_shape(task.input, with_flags=True, band=selected_band(reading))
+        shape_in = read_shape(task.input, with_flags=True, band=reading.selected_band())
         exit_code = _run_dp3(arguments, log_path, worker, key)
         if exit_code != 0:
             reason = disk_full_problem(output.parent) or exit_description(exit_code)
             return _failed(result, started, log_path, reason)
         shape_out = read_shape(str(temporary), with_flags=True)
         dp3_output = log_path.read_text(errors="replace")  # read once, parsed three times
-        expected, problems = check_output(task.input, reading, dp3_output, shape_out)
-        required_files = required_output_files(parameters)
+        expected, problems = check_output(task.input, reading.pairs(), dp3_output, shape_out)
+        required_files = parameters.required_output_files()
         problems += [
             f"DP3 wrote no {name} into the output"
             for name in required_files
@@ -350,7 +344,7 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
             # The window this output holds, and the MS's windows (a rerun reads them here).
             "band": task.band,
             "windows": windows_record(task.input),
-            "parameters": [list(pair) for pair in parameters],
+            "parameters": [list(pair) for pair in parameters.pairs()],
             "parameters_fingerprint": task.parameters_fingerprint,
             "extra_inputs_fingerprint": task.extra_inputs_fingerprint,
             "dp3_version": task.dp3_version,
@@ -358,7 +352,7 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
             "telescope": read_telescope_name(task.input),
             # For the flagged fraction per station (DP3 counts per antenna index).
             "stations": read_station_names(task.input),
-            "aoflagger_strategies": aoflagger_strategies(parameters),
+            "aoflagger_strategies": parameters.aoflagger_strategies(),
             "dp3_executable": task.dp3_executable,
             "dp3_arguments": arguments[1:],
             "worker": worker_address,
@@ -405,12 +399,6 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
         dp3_version=record["dp3_version"],
     )
     return result
-
-
-def aoflagger_strategies(parameters: list[tuple[str, str]]) -> dict[str, str | None]:
-    """The strategy of each AOFlagger step (None: DP3's own choice, through a wrapper)."""
-    values = dict(parameters)
-    return {step: values.get(f"{step}.strategy") for step in steps_of_type(parameters, "aoflagger")}
 
 
 # Above this many bytes of arguments, DP3 gets a parset file instead: Linux refuses an argument

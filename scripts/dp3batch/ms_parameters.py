@@ -8,13 +8,14 @@ so it is part of each MS's parameters fingerprint: a changed choice makes the MS
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dp3batch.completion import parameters_fingerprint
 from dp3batch.config import Chain
-from dp3batch.dp3 import aoflagger_steps_without_strategy, chain_parameters, steps_of_type
+from dp3batch.dp3 import aoflagger_steps_without_strategy, chain_parameters
 from dp3batch.dp3_install import wheel_aoflagger_strategy
+from dp3batch.dp3_parameters import DP3Parameters
 
 
 @dataclass(frozen=True)
@@ -22,24 +23,10 @@ class MSParameters:
     """The result-defining parameters of one MS and their fingerprint."""
 
     telescope: str
-    parameters: list[tuple[str, str]]
+    parameters: DP3Parameters
     fingerprint: str
     # AOFlagger step name → the strategy the workflow chose for this MS's telescope.
     aoflagger_strategies: dict[str, str]
-
-
-def chosen_strategies(
-    shared: list[tuple[str, str]], parameters: list[tuple[str, str]]
-) -> dict[str, str]:
-    """The AOFlagger strategies in `parameters` that the user did not name (`shared` holds
-    the chain's parameters without the workflow's choice)."""
-    named = {key for key, _ in shared}
-    values = dict(parameters)
-    return {
-        step: values[f"{step}.strategy"]
-        for step in steps_of_type(parameters, "aoflagger")
-        if f"{step}.strategy" in values and f"{step}.strategy" not in named
-    }
 
 
 class PerMSParameters:
@@ -50,7 +37,7 @@ class PerMSParameters:
         chain: Chain,
         extra_inputs_dir: str | None,
         executable: str,
-        shared: list[tuple[str, str]],
+        shared: DP3Parameters,
         file_keys: set[str],
     ):
         self.chain = chain
@@ -72,13 +59,11 @@ class PerMSParameters:
                 if strategy
                 else self.shared
             )
-            strategies = chosen_strategies(self.shared, parameters)
+            strategies = parameters.chosen_strategies()
             self._by_strategy[strategy] = MSParameters(
                 telescope=telescope,
                 parameters=parameters,
-                fingerprint=parameters_fingerprint(
-                    _fingerprint_view(parameters, strategies), self.file_keys
-                ),
+                fingerprint=parameters_fingerprint(_fingerprint_view(parameters), self.file_keys),
                 aoflagger_strategies=strategies,
             )
         found = self._by_strategy[strategy]
@@ -87,14 +72,19 @@ class PerMSParameters:
         )
 
 
-def _fingerprint_view(
-    parameters: list[tuple[str, str]], strategies: dict[str, str]
-) -> list[tuple[str, str]]:
+def _fingerprint_view(parameters: DP3Parameters) -> list[tuple[str, str]]:
     """The chosen strategies count by name (`lofar-default.lua`), not by where the wheel is
     installed: moving the environment changes nothing, another telescope's strategy does.
     (Their content belongs to the DP3 version, which is compared on its own.)"""
-    chosen = {f"{step}.strategy" for step in strategies}
-    return [
-        (key, f"AOFlagger default {Path(value).name}" if key in chosen else value)
-        for key, value in parameters
-    ]
+    chosen = parameters.chosen_strategies()
+    steps = tuple(
+        replace(step, added={**step.added, "strategy": _by_name(chosen[step.name])})
+        if step.name in chosen
+        else step
+        for step in parameters.steps
+    )
+    return replace(parameters, steps=steps).pairs()
+
+
+def _by_name(strategy: str) -> str:
+    return f"AOFlagger default {Path(strategy).name}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from dp3batch.config import ConfigError
 from dp3batch.dp3 import as_parset, run_parameters
 from dp3batch.dp3_install import dp3_environment
+from dp3batch.dp3_parameters import DP3Parameters
 
 CHECK_TIMEOUT_SECONDS = 30
 # DP3's warning, then one "    - key" line per unused key.
@@ -40,7 +41,7 @@ def unused_keys(dp3_output: str) -> list[str]:
 
 
 def check_parameters_with_dp3(
-    executable: str, parameters: list[tuple[str, str]], sample_input: Path
+    executable: str, parameters: DP3Parameters, sample_input: Path
 ) -> None:
     """Raise ConfigError naming the keys DP3 does not use (checkparset is in `parameters`)."""
     with tempfile.TemporaryDirectory(prefix="dp3batch-parset-check-") as scratch:

@@ -30,13 +30,13 @@ from dp3batch.discovery import (
     discover_measurement_sets,
     per_window_items,
 )
-from dp3batch.dp3 import chain_parameters, file_parameters
+from dp3batch.dp3 import chain_parameters
 from dp3batch.dp3_install import dp3_version, find_dp3_executable
+from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.extra_inputs import check_extra_inputs
 from dp3batch.measurement_set import read_telescope_name, write_lock_holder
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
 from dp3batch.parset_check import check_parameters_with_dp3
-from dp3batch.windows import selected_band, with_band
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Plan:
     output_dir: Path
     dp3_executable: str
     dp3_version: str
-    parameters: list[tuple[str, str]]
+    parameters: DP3Parameters
     expectation: Expectation
     measurement_sets: list[MeasurementSet]
     pending: list[tuple[MeasurementSet, str]] = field(default_factory=list)
@@ -81,7 +81,7 @@ def make_plan(
     extra_dir = str(base / extra_dir) if extra_dir else str(base)
     executable = find_dp3_executable(config.get("dp3_executable"))
     parameters = chain_parameters(chain, extra_dir)
-    files = file_parameters(parameters)
+    files = parameters.file_parameters()
     check_extra_inputs(files)
     output_dir = Path(
         os.path.normpath(base / Path(config.get("output_dir") or "results").expanduser())
@@ -91,11 +91,13 @@ def make_plan(
     measurement_sets = discover_measurement_sets(config["inputs"], output_dir, base)
     if "band" not in chain.msin:
         measurement_sets = per_window_items(measurement_sets, output_dir)
-    elif (band := selected_band([("msin.band", str(chain.msin["band"]))])) is not None:
+    elif (band := parameters.selected_band()) is not None:
         check_selected_band(measurement_sets, band, output_dir)
     version = dp3_version(executable)
     expectation = Expectation(
-        parameters_fingerprint=parameters_fingerprint(parameters, {key for key, _ in files}),
+        parameters_fingerprint=parameters_fingerprint(
+            parameters.pairs(), {key for key, _ in files}
+        ),
         extra_inputs_fingerprint=extra_inputs_fingerprint(files),
         dp3_version=version,
     )
@@ -145,7 +147,7 @@ def make_plan(
         own = plan.ms_parameters.get(unlocked[0].name)
         check_parameters_with_dp3(
             executable,
-            with_band(own.parameters if own else parameters, unlocked[0].band),
+            (own.parameters if own else parameters).with_band(unlocked[0].band),
             unlocked[0].input,
         )
     return plan
@@ -198,7 +200,7 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[
         "log_dir": str(plan.output_dir / "logs"),
         "dp3_executable": plan.dp3_executable,
         "dp3_version": plan.dp3_version,
-        "parameters": [list(pair) for pair in plan.parameters],
+        "parameters": plan.parameters.to_json(),
         "parameters_fingerprint": plan.expectation.parameters_fingerprint,
         "extra_inputs_fingerprint": plan.expectation.extra_inputs_fingerprint,
         "worker_wait_seconds": config.get("worker_wait_seconds"),
@@ -231,6 +233,6 @@ def _own_parameters(own: MSParameters | None) -> dict[str, Any]:
     if own is None:
         return {}
     return {
-        "parameters": [list(pair) for pair in own.parameters],
+        "parameters": own.parameters.to_json(),
         "parameters_fingerprint": own.fingerprint,
     }

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.layout import OutputLayout, ms_log_file
 
 # What every task of a batch shares, unless the MS carries its own (its parameters:
@@ -31,8 +32,8 @@ class Task:
     log: str
     dp3_executable: str
     dp3_version: str
-    # The result-defining DP3 parameters, (key, value) in order.
-    parameters: tuple[tuple[str, str], ...]
+    # The result-defining DP3 parameters.
+    parameters: DP3Parameters
     parameters_fingerprint: str
     extra_inputs_fingerprint: str
     # The spectral window this item reads (see windows), or None for the only one.
@@ -58,7 +59,7 @@ class Task:
             log=ms_log_file(batch["log_dir"], ms["name"]),
             dp3_executable=shared["dp3_executable"],
             dp3_version=shared["dp3_version"],
-            parameters=tuple((str(key), str(value)) for key, value in shared["parameters"]),
+            parameters=DP3Parameters.from_json(shared["parameters"]),
             parameters_fingerprint=shared["parameters_fingerprint"],
             extra_inputs_fingerprint=shared["extra_inputs_fingerprint"],
             band=ms.get("band"),

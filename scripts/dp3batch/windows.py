@@ -22,7 +22,6 @@ from typing import Any
 from dp3batch.completion import input_fingerprint
 
 WINDOW_SUFFIX = "_spw"
-BAND_KEY = "msin.band"
 DESCRIPTION_TABLE = "DATA_DESCRIPTION"
 
 
@@ -104,19 +103,3 @@ def windows_from_record(record: dict[str, Any] | None, input_path: Path) -> Wind
     if descriptions > 1 and record.get("input_fingerprint") != input_fingerprint(input_path):
         return None
     return Windows(descriptions, tuple(bands))
-
-
-def with_band(parameters: list[tuple[str, str]], band: int | None) -> list[tuple[str, str]]:
-    """The chain's parameters for one band (unchanged when the item has none of its own)."""
-    if band is None:
-        return list(parameters)
-    return [(key, value) for key, value in parameters if key != BAND_KEY] + [(BAND_KEY, str(band))]
-
-
-def selected_band(parameters: list[tuple[str, str]]) -> int | None:
-    """The band the parameters select (`msin.band`), or None."""
-    value = dict(parameters).get(BAND_KEY)
-    try:
-        return None if value is None else int(str(value).strip())
-    except ValueError:
-        return None
