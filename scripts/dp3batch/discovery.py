@@ -12,6 +12,7 @@ from dp3batch.completion import read_record
 from dp3batch.config import ConfigError
 from dp3batch.layout import RECORD_NAME
 from dp3batch.measurement_set import write_lock_holder
+from dp3batch.parallel import map_over_cores
 from dp3batch.windows import WINDOW_SUFFIX, Windows, read_windows, window_name, windows_from_record
 
 
@@ -117,10 +118,8 @@ def expand_inputs(
             found.extend(matches)
         else:
             found.append(Path(absolute_pattern))
-    unique: dict[Path, None] = {}
-    for path in found:
-        unique.setdefault(Path(os.path.normpath(path.absolute())), None)
-    return list(unique)
+    unique = dict.fromkeys(os.path.abspath(path) for path in found)
+    return [Path(path) for path in unique]
 
 
 def _is_output(path: Path, output_dir: Path | None) -> bool:
@@ -130,11 +129,10 @@ def _is_output(path: Path, output_dir: Path | None) -> bool:
 
 
 def _is_within(path: Path, directory: Path) -> bool:
-    try:
-        path.relative_to(directory)
-    except ValueError:
-        return False
-    return True
+    """Whether `path` is `directory` or below it, by their names as given (both absolute
+    and normalised). Strings, not `Path.relative_to`: asked 40,000 times for 10,000 MSs."""
+    inside, outside = str(path), str(directory)
+    return inside == outside or inside.startswith(outside.rstrip(os.sep) + os.sep)
 
 
 def _home_directories() -> set[Path]:
@@ -284,8 +282,10 @@ def per_window_items(
     existing = _outputs_by_name(output_dir, {ms.name for ms in measurement_sets})
     items: list[MeasurementSet] = []
     owners: dict[str, MeasurementSet] = {}
-    for ms in measurement_sets:
-        windows = _known_windows(ms, existing.get(ms.name, []))
+    known = map_over_cores(
+        lambda ms: _known_windows(ms, existing.get(ms.name, [])), measurement_sets
+    )
+    for ms, windows in zip(measurement_sets, known, strict=True):
         for item in [ms] if windows is None else window_items(ms, windows):
             if item.name in owners:
                 raise ConfigError(_collision_message(owners[item.name], item))

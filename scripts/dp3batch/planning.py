@@ -36,6 +36,7 @@ from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.extra_inputs import check_extra_inputs
 from dp3batch.measurement_set import read_telescope_name, write_lock_holder
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
+from dp3batch.parallel import map_over_cores
 from dp3batch.parset_check import check_parameters_with_dp3
 
 
@@ -60,6 +61,17 @@ class Plan:
     ms_parameters: dict[str, MSParameters] = field(default_factory=dict)
     # Pending MSs another process held locked for writing at planning: name → its pid.
     locked: dict[str, int] = field(default_factory=dict)
+    # Of each pending MS: the bytes of its main table (what dispatch sorts by).
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PendingInput:
+    """What planning learns by looking at a pending MS's input."""
+
+    size: int
+    locked_by: int | None = None
+    telescope: str | None = None  # read only when the parameters depend on it
 
 
 # The reason of an MS that is processed again only because Snakemake's -F or -R said so.
@@ -112,35 +124,52 @@ def make_plan(
         measurement_sets=measurement_sets,
     )
     per_ms = PerMSParameters(chain, extra_dir, executable, parameters, {key for key, _ in files})
-    # An output made by this DP3 with these very parameters is DP3's own word that it knows
-    # every key: then no DP3 need check them again.
-    dp3_ran_these_parameters = False
-    for ms in measurement_sets:
+
+    def reason_of(ms: MeasurementSet) -> str | None:
         expected = expectation
         if per_ms.varies:
             expected = replace(
                 expectation, parameters_fingerprint=per_ms.for_telescope(_telescope(ms)).fingerprint
             )
-        reason = pending_reason(ms.input, ms.output, expected)
-        dp3_ran_these_parameters = dp3_ran_these_parameters or reason is None
+        return pending_reason(ms.input, ms.output, expected)
+
+    # Most of a rerun over thousands of MSs: a stat walk of each input and output.
+    reasons = map_over_cores(reason_of, measurement_sets)
+    for ms, reason in zip(measurement_sets, reasons, strict=True):
         if reason is None and force:
             reason = FORCED
         if reason is not None:
             plan.pending.append((ms, reason))
-    # Opening a table costs milliseconds: only for the MSs about to be processed. A table
-    # another process holds for writing would make casacore wait forever: it is named, its
-    # task fails alone, and nothing here opens it.
-    unlocked = []
-    for index, (ms, reason) in enumerate(plan.pending):
+    # An output made by this DP3 with these very parameters is DP3's own word that it knows
+    # every key: then no DP3 need check them again.
+    dp3_ran_these_parameters = any(reason is None for reason in reasons)
+    data_column = str(chain.msin.get("datacolumn", "DATA"))
+
+    def inspect(ms: MeasurementSet) -> PendingInput:
+        # Opening a table costs milliseconds: only for the MSs about to be processed. A table
+        # another process holds for writing would make casacore wait forever: it is named,
+        # its task fails alone, and nothing here opens it.
         holder = write_lock_holder(ms.input)
         if holder is not None:
-            plan.pending[index] = (ms, f"{reason}; LOCKED by another process (pid {holder})")
-            plan.locked[ms.name] = holder
+            return PendingInput(data_size(ms.input), locked_by=holder)
+        check_readable(ms.input, data_column)
+        telescope = read_telescope_name(ms.input) if per_ms.varies else None
+        return PendingInput(data_size(ms.input), telescope=telescope)
+
+    unlocked = []
+    inspections = map_over_cores(inspect, [ms for ms, _ in plan.pending])
+    for index, ((ms, reason), found) in enumerate(zip(plan.pending, inspections, strict=True)):
+        plan.sizes[ms.name] = found.size
+        if found.locked_by is not None:
+            plan.pending[index] = (
+                ms,
+                f"{reason}; LOCKED by another process (pid {found.locked_by})",
+            )
+            plan.locked[ms.name] = found.locked_by
             continue
         unlocked.append(ms)
-        check_readable(ms.input, str(chain.msin.get("datacolumn", "DATA")))
-        if per_ms.varies:
-            plan.ms_parameters[ms.name] = per_ms.for_telescope(read_telescope_name(ms.input))
+        if found.telescope is not None:
+            plan.ms_parameters[ms.name] = per_ms.for_telescope(found.telescope)
     if unlocked:
         check_calibration_inputs(parameters, [(ms.name, ms.input) for ms in unlocked])
     if unlocked and not dp3_ran_these_parameters:
@@ -219,7 +248,7 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[
                 "output": str(ms.output),
                 "band": ms.band,
                 "reason": reason,
-                "size": data_size(ms.input),
+                "size": plan.sizes.get(ms.name, 0),
                 **_own_parameters(plan.ms_parameters.get(ms.name)),
                 "locked_by": plan.locked.get(ms.name),
             }
