@@ -16,7 +16,7 @@ from contract_examples import (
     written_record,
     written_spec,
 )
-from dp3batch.batch import failure_report, task_for
+from dp3batch.batch import failure_report, main, task_for
 from dp3batch.batch_spec import BatchSpec, MSPaths, PendingMS
 from dp3batch.completion import CompletionRecord, write_record
 from dp3batch.json_fields import ContractError
@@ -233,3 +233,15 @@ def test_summary_rows_from_typed_results_and_records(tmp_path):
     assert by_name["demo_3"]["error"] is None
     assert json.loads(json.dumps(rows))  # plain JSON, as summary.json writes it
     assert Path(by_name["demo_0"]["output"]) == outputs["demo_0"]
+
+
+def test_the_central_job_refuses_a_malformed_specification_with_one_message(tmp_path):
+    log_file = tmp_path / "process.log"
+    code = main(
+        {**written_spec(), "measurement_sets": "demo_0"}, str(tmp_path / "m.json"), str(log_file)
+    )
+    assert code == 2
+    text = log_file.read_text()
+    assert "Error: batch specification: 'measurement_sets' must be a list of objects" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "m.json").exists()
