@@ -494,11 +494,12 @@ def submit_all_at_once(scratch: Path, workflow: Workflow) -> dict[str, Any]:
     from dp3batch.batch import task_for
     from dp3batch.execution import process_measurement_set
     from dp3batch.planning import batch_specification, make_plan
+    from dp3batch.status import Status
 
     config = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text()), **workflow.config}
     plan = make_plan(config, workflow.directory)
     batch = batch_specification(plan, config, "submit-all")
-    tasks = [task_for(batch, ms) for ms in batch["measurement_sets"]]
+    tasks = [task_for(batch, ms) for ms in batch.measurement_sets]
     cluster = external_cluster(
         scratch / "uneven_cluster", environment={"PYTHONPATH": str(REPO / "scripts")}
     )
@@ -510,7 +511,7 @@ def submit_all_at_once(scratch: Path, workflow: Workflow) -> dict[str, Any]:
                     process_measurement_set,
                     task,
                     resources={"process": 1},
-                    key=f"dp3-{task['name']}",
+                    key=f"dp3-{task.name}",
                     pure=False,
                 )
                 for task in tasks
@@ -518,9 +519,9 @@ def submit_all_at_once(scratch: Path, workflow: Workflow) -> dict[str, Any]:
             order = []
             for future in as_completed(futures):
                 result = future.result()
-                if result["status"] != "done":
-                    raise RuntimeError(f"{result['name']}: {result.get('error')}")
-                order.append(result["name"])
+                if result.status != Status.DONE:
+                    raise RuntimeError(f"{result.name}: {result.error}")
+                order.append(result.name)
             seconds = time.perf_counter() - started
     finally:
         cluster.stop()

@@ -16,12 +16,14 @@ from dp3batch.demo_data import ensure_demo_data
 from dp3batch.dp3_install import DP3Error
 from dp3batch.dp3_wrapper import aoflagger_strategy_warning
 from dp3batch.summary import collect_rows, refresh_summary, write_summary
+from dp3batch.task_result import results_from_json
 from dp3batch.snakemake_flags import (
     all_forced,
     changed_outputs,
     command_line_flags,
 )
 from dp3batch.planning import (
+    all_measurement_sets,
     batch_id,
     batch_specification,
     describe_pending,
@@ -97,19 +99,13 @@ def forward_interrupts():
 
 
 def get_batch_specification(wildcards):
-    return batch_specification(PLAN, config, wildcards.batch)
+    """Plain JSON (Snakemake pickles `params:`); the central job parses it once."""
+    return batch_specification(PLAN, config, wildcards.batch).to_json()
 
 
 def report_files(batch):
     """The report of one batch (its own directory, so that no two runs share a file)."""
     return ReportFiles(LAYOUT.report_dir(batch)).as_dict()
-
-
-def all_measurement_sets():
-    return [
-        {"name": ms.name, "input": str(ms.input), "output": str(ms.output)}
-        for ms in PLAN.measurement_sets
-    ]
 
 
 def get_final_output():
@@ -134,10 +130,18 @@ def write_run_summary(announce=True):
     """After every run (also a failed, interrupted or no-op one): the status of every MS,
     from the completion records on disk and this run's batch result."""
     marker = Path(batch_marker(BATCH_ID)) if BATCH_ID else None
-    results = json.loads(marker.read_text()) if marker and marker.is_file() else []
+    results = (
+        results_from_json(json.loads(marker.read_text()), str(marker))
+        if marker and marker.is_file()
+        else []
+    )
     batch_names = {ms.name for ms, _ in PLAN.pending} if BATCH_ID else set()
     rows = collect_rows(
-        all_measurement_sets(), results, LAYOUT.log_dir, batch_names, PLAN.planned_at
+        all_measurement_sets(PLAN),
+        results,
+        LAYOUT.log_dir,
+        batch_names,
+        PLAN.planned_at,
     )
     problem = write_summary(rows, LAYOUT.summary_json, LAYOUT.summary_tsv)
     if problem:
@@ -183,7 +187,10 @@ if not PLAN.pending and not REPORT_ONLY:
     # No job will run, so no `onsuccess` either: the summary is refreshed here, only when
     # the records changed since it was written (so a dry run changes nothing that is true).
     problem = refresh_summary(
-        all_measurement_sets(), LAYOUT.log_dir, LAYOUT.summary_json, LAYOUT.summary_tsv
+        all_measurement_sets(PLAN),
+        LAYOUT.log_dir,
+        LAYOUT.summary_json,
+        LAYOUT.summary_tsv,
     )
     if problem:
         print(f"Error: {problem}", file=sys.stderr)

@@ -19,6 +19,8 @@ from dp3batch.batch import task_for
 from dp3batch.completion import PARSET_NAME
 from dp3batch.execution import process_measurement_set
 from dp3batch.planning import batch_specification, make_plan
+from dp3batch.status import Status
+from dp3batch.task_result import TaskResult
 from h5parm_writer import SoltabData, identity_soltabs, write_h5parm
 
 
@@ -31,15 +33,15 @@ def workflow_config(inputs: str, output_dir: str, steps: list, extra_inputs_dir:
     }
 
 
-def process(directory: Path, config: dict) -> list[dict]:
+def process(directory: Path, config: dict) -> list[TaskResult]:
     """Plan like the rule layer, then run each pending MS's task as a dask worker would."""
     plan = make_plan(config, directory)
     batch = batch_specification(plan, config, "test")
     results = []
-    for ms in batch["measurement_sets"]:
+    for ms in batch.measurement_sets:
         task = task_for(batch, ms)
         result = process_measurement_set(task)
-        assert result["status"] == "done", (result, Path(task.log).read_text()[-3000:])
+        assert result.status == Status.DONE, (result, Path(task.log).read_text()[-3000:])
         results.append(result)
     return results
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from contract_examples import make_record
 from dp3batch.completion import (
     Expectation,
     input_fingerprint,
     missing_required_files,
     output_fingerprint,
     pending_reason,
+    read_record,
     write_record,
 )
 from dp3batch.config import ConfigError, parse_steps
@@ -68,14 +70,14 @@ def completed_output(tmp_path):
     expected = Expectation("parameters", "extra", "6.6.0")
     write_record(
         output,
-        {
-            "parameters_fingerprint": "parameters",
-            "extra_inputs_fingerprint": "extra",
-            "dp3_version": "6.6.0",
-            "input_fingerprint": input_fingerprint(input_ms),
-            "output_fingerprint": output_fingerprint(output),
-            "required_files": ["instrument"],
-        },
+        make_record(
+            parameters_fingerprint="parameters",
+            extra_inputs_fingerprint="extra",
+            dp3_version="6.6.0",
+            input_fingerprint=input_fingerprint(input_ms),
+            output_fingerprint=output_fingerprint(output),
+            required_files=("instrument",),
+        ),
     )
     return input_ms, output, expected
 
@@ -89,7 +91,7 @@ def test_output_missing_a_required_file_is_incomplete(completed_output):
     input_ms, output, expected = completed_output
     (output / "instrument" / "table.dat").unlink()
     (output / "instrument").rmdir()
-    assert missing_required_files(output, {"required_files": ["instrument"]}) == ["instrument"]
+    assert missing_required_files(output, read_record(output)) == ["instrument"]
     assert pending_reason(input_ms, output, expected) == "incomplete"
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from contract_examples import make_record, written_record
 from dp3batch.completion import (
     RECORD_FORMAT,
     RECORD_NAME,
@@ -144,24 +146,25 @@ def test_read_record_sees_a_record_edited_in_place(tmp_path):
     output = tmp_path / "out.ms"
     output.mkdir()
     path = output / RECORD_NAME
-    path.write_text(json.dumps({"format": RECORD_FORMAT, "dp3_version": "6.6.0"}))
+    path.write_text(json.dumps({**written_record(), "dp3_version": "6.6.0"}))
     _settled(path)
-    assert read_record(output)["dp3_version"] == "6.6.0"
+    assert read_record(output).dp3_version == "6.6.0"
     with open(path, "r+") as handle:  # same inode, same size, only the content differs
-        handle.write(json.dumps({"format": RECORD_FORMAT, "dp3_version": "6.7.0"}))
-    assert read_record(output)["dp3_version"] == "6.7.0"
+        handle.write(json.dumps({**written_record(), "dp3_version": "6.7.0"}))
+    assert read_record(output).dp3_version == "6.7.0"
 
 
-def test_read_record_sees_a_replaced_record_and_returns_copies(tmp_path):
+def test_read_record_sees_a_replaced_record_and_shares_a_frozen_one(tmp_path):
     output = tmp_path / "out.ms"
     output.mkdir()
-    write_record(output, {"dp3_version": "6.6.0"})
+    write_record(output, make_record(dp3_version="6.6.0"))
     _settled(output / RECORD_NAME)
     first = read_record(output)
-    first["dp3_version"] = "changed by a caller"
-    assert read_record(output)["dp3_version"] == "6.6.0"
-    write_record(output, {"dp3_version": "6.7.0"})
-    assert read_record(output)["dp3_version"] == "6.7.0"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.dp3_version = "changed by a caller"
+    assert read_record(output) is first  # no copy per read: nobody can change it
+    write_record(output, make_record(dp3_version="6.7.0"))
+    assert read_record(output).dp3_version == "6.7.0"
     (output / RECORD_NAME).unlink()
     assert read_record(output) is None
 
@@ -255,14 +258,14 @@ def setup(tmp_path):
     )
     write_record(
         output,
-        {
-            "parameters_fingerprint": expected.parameters_fingerprint,
-            "extra_inputs_fingerprint": expected.extra_inputs_fingerprint,
-            "dp3_version": expected.dp3_version,
-            "input_fingerprint": input_fingerprint(input_ms),
-            "output_fingerprint": output_fingerprint(output),
-            "worker": "tcp://127.0.0.1:40000",
-        },
+        make_record(
+            parameters_fingerprint=expected.parameters_fingerprint,
+            extra_inputs_fingerprint=expected.extra_inputs_fingerprint,
+            dp3_version=expected.dp3_version,
+            input_fingerprint=input_fingerprint(input_ms),
+            output_fingerprint=output_fingerprint(output),
+            worker="tcp://127.0.0.1:40000",
+        ),
     )
     return input_ms, output, expected
 
@@ -270,10 +273,21 @@ def setup(tmp_path):
 def test_write_record_then_read_record(setup):
     _, output, _ = setup
     record = read_record(output)
-    assert record["format"] == RECORD_FORMAT
-    assert record["dp3_version"] == "6.6.0"
-    assert record["worker"] == "tcp://127.0.0.1:40000"
+    assert json.loads((output / RECORD_NAME).read_text())["format"] == RECORD_FORMAT
+    assert record.dp3_version == "6.6.0"
+    assert record.worker == "tcp://127.0.0.1:40000"
     assert [path.name for path in output.iterdir() if path.name.startswith(".")] == []
+
+
+def test_a_record_as_the_workflow_writes_it_reads_back_unchanged(tmp_path):
+    """The file on disk keeps its keys, types and order: outputs made before stay valid."""
+    output = tmp_path / "out.ms"
+    output.mkdir()
+    (output / RECORD_NAME).write_text(json.dumps(written_record(), indent=2) + "\n")
+    record = read_record(output)
+    assert record.to_json() == written_record()
+    write_record(output, record)
+    assert (output / RECORD_NAME).read_text() == json.dumps(written_record(), indent=2) + "\n"
 
 
 def test_up_to_date_output_is_not_pending(setup):
@@ -298,10 +312,21 @@ def test_output_without_record_is_incomplete(setup):
         "{not json",
         "[1, 2]",
         '"a string"',
-        json.dumps({"format": RECORD_FORMAT + 1, "dp3_version": "6.6.0"}),
-        json.dumps({"dp3_version": "6.6.0"}),
+        json.dumps({**written_record(), "format": RECORD_FORMAT + 1}),
+        json.dumps({key: value for key, value in written_record().items() if key != "format"}),
+        json.dumps({**written_record(), "numthreads": "2"}),
+        json.dumps({key: value for key, value in written_record().items() if key != "worker"}),
     ],
-    ids=["empty", "garbage", "list", "string", "newer-format", "no-format"],
+    ids=[
+        "empty",
+        "garbage",
+        "list",
+        "string",
+        "newer-format",
+        "no-format",
+        "wrong-type",
+        "no-worker",
+    ],
 )
 def test_unreadable_or_foreign_record_is_incomplete(setup, content):
     input_ms, output, expected = setup
@@ -362,12 +387,15 @@ def test_input_lock_file_change_is_not_pending(setup):
     assert pending_reason(input_ms, output, expected) is None
 
 
-def test_record_missing_a_field_is_pending(setup):
+def test_record_of_an_older_version_without_output_fingerprint_is_pending(setup):
+    """Fields later versions added are optional: such a record reads, and its output is
+    pending for what it lacks."""
     input_ms, output, expected = setup
-    record = read_record(output)
-    del record["input_fingerprint"]
-    write_record(output, record)
-    assert pending_reason(input_ms, output, expected) == "input changed"
+    record = json.loads((output / RECORD_NAME).read_text())
+    del record["output_fingerprint"]
+    (output / RECORD_NAME).write_text(json.dumps(record))
+    assert read_record(output) is not None
+    assert pending_reason(input_ms, output, expected) == "output changed"
 
 
 @pytest.mark.parametrize(
@@ -390,5 +418,5 @@ def test_output_record_and_parset_do_not_count_as_output_content(setup):
     input_ms, output, expected = setup
     (output / "dp3.parset").write_text("msin=x\n")
     record = read_record(output)
-    write_record(output, {**record, "worker": "elsewhere"})
+    write_record(output, dataclasses.replace(record, worker="elsewhere"))
     assert pending_reason(input_ms, output, expected) is None

@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from contract_examples import make_spec
+from dp3batch.batch_spec import PendingMS
 from dp3batch.config import ConfigError
 from dp3batch.discovery import discover_measurement_sets
 from dp3batch.dispatch import largest_first
 from dp3batch.dp3 import as_parset
-from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.execution import exit_description, remove_leftovers
 from dp3batch.layout import leftover_owner, replaced_path, temporary_path
 from dp3batch.measurement_set import write_lock_holder
@@ -165,16 +166,11 @@ def test_a_summary_that_cannot_be_written_leaves_no_partial_file(tmp_path):
 
 
 def test_largest_first_is_stable_for_equal_sizes():
-    batch = {
-        "log_dir": "/logs",
-        "dp3_executable": "DP3",
-        "dp3_version": "6.6.0",
-        "parameters": DP3Parameters({}, {}, ()).to_json(),
-        "parameters_fingerprint": "p",
-        "extra_inputs_fingerprint": "e",
-    }
+    batch = make_spec()
     tasks = [
-        Task.of(batch, {"name": name, "input": "/i", "output": "/o", "size": size})
+        Task.of(
+            batch, PendingMS(name=name, input="/i", output="/o", band=None, reason="", size=size)
+        )
         for name, size in [("a", 1), ("b", 8), ("c", 8), ("d", 2)]
     ]
     assert [task.name for task in largest_first(tasks)] == ["b", "c", "d", "a"]

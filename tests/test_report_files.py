@@ -6,6 +6,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ElementTree
 
 import pytest
+from contract_examples import make_record
+from dp3batch.batch_spec import MSPaths
+from dp3batch.completion import write_record
 from dp3batch.dask_report import DaskPerformanceReport
 from dp3batch.dp3_log import parse_step_times
 from dp3batch.report import ReportFiles, write_batch_report
@@ -109,8 +112,8 @@ def test_a_no_op_summary_is_rebuilt_only_when_a_record_changed(tmp_path):
 
     output = tmp_path / "results" / "a.ms"
     output.mkdir(parents=True)
-    (output / "dp3_completion.json").write_text('{"format": 1, "name": "a", "finished": "x"}')
-    sets = [{"name": "a", "input": "/in/a.ms", "output": str(output)}]
+    write_record(output, make_record(name="a", output=str(output)))
+    sets = [MSPaths("a", "/in/a.ms", str(output))]
     paths = (tmp_path / "results" / "summary.json", tmp_path / "results" / "summary.tsv")
     assert refresh_summary(sets, tmp_path / "logs", *paths) is None
     assert "up to date" in paths[1].read_text()

@@ -217,7 +217,7 @@ def test_every_path_sent_to_workers_is_absolute(tmp_path, monkeypatch):
     }
     plan = make_plan(config, ".")
     batch = batch_specification(plan, config, "batch-1")
-    for ms in batch["measurement_sets"]:
+    for ms in batch.measurement_sets:
         task = task_for(batch, ms)
         for key in ("input", "output", "log", "dp3_executable"):
             assert Path(getattr(task, key)).is_absolute(), (key, getattr(task, key))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import make_ms
-from dp3batch.completion import input_fingerprint, write_record
+from contract_examples import make_record
+from dp3batch.completion import CompletionRecord, input_fingerprint, write_record
 from dp3batch.config import ConfigError, parse_steps
 from dp3batch.discovery import (
     MeasurementSet,
@@ -105,12 +106,10 @@ def test_a_window_output_that_is_a_link_is_refused(inputs, tmp_path):
         )
 
 
-def _record(ms: Path, windows: dict, fingerprint: str | None = None) -> dict:
-    return {
-        "input": str(ms),
-        "input_fingerprint": fingerprint or input_fingerprint(ms),
-        "windows": windows,
-    }
+def _record(ms: Path, windows: dict, fingerprint: str | None = None) -> CompletionRecord:
+    return make_record(
+        input=str(ms), input_fingerprint=fingerprint or input_fingerprint(ms), windows=windows
+    )
 
 
 def test_a_rerun_takes_the_windows_from_the_record_while_the_input_is_unchanged(inputs, tmp_path):
@@ -129,7 +128,7 @@ def test_a_rerun_takes_the_windows_from_the_record_while_the_input_is_unchanged(
     items = per_window_items(discover_measurement_sets([str(two)], results, tmp_path), results)
     assert [item.name for item in items] == ["two_spw0", "two_spw1"]
 
-    other = {**_record(two, claimed), "input": str(inputs / "one.ms")}
+    other = {**_record(two, claimed).to_json(), "input": str(inputs / "one.ms")}
     assert windows_from_record(other, two) is None
 
 
@@ -140,7 +139,7 @@ def test_one_description_is_trusted_on_data_description_alone(inputs, tmp_path):
     make_ms(one)
     entry = windows_record(one)
     assert entry["bands"] == [0] and entry["descriptions"] == 1
-    record = _record(one, {**entry, "bands": [7]}, fingerprint="not checked")
+    record = _record(one, {**entry, "bands": [7]}, fingerprint="not checked").to_json()
     assert windows_from_record(record, one) == Windows(1, (7,))
     table_file = one / "DATA_DESCRIPTION" / "table.dat"
     stat = table_file.stat()

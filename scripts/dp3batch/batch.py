@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from dp3batch.batch_spec import BatchSpec, PendingMS
 from dp3batch.cluster import (
     PROBE_PREFIX,
     ClusterError,
@@ -43,14 +44,15 @@ from dp3batch.dispatch import (
     lost_result,
     stop_running,
 )
-from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.execution import GuardLockTimeout, remove_leftovers, stop_commits
 from dp3batch.interrupts import Interrupted, ignore_interrupts, interruptible
+from dp3batch.json_fields import ContractError
 from dp3batch.layout import OutputLayout, leftover_owner, ms_log_file
 from dp3batch.report import ReportFiles, write_batch_report
 from dp3batch.status import Status
 from dp3batch.summary import collect_rows, write_summary
 from dp3batch.task import Task
+from dp3batch.task_result import TaskResult, results_to_json
 
 log = logging.getLogger("dp3batch")
 
@@ -104,16 +106,16 @@ def _package_zip(directory: Path) -> Path:
 
 
 @contextlib.contextmanager
-def cluster_client(batch: dict[str, Any]) -> Iterator:
-    scheduler = batch.get("scheduler")
+def cluster_client(batch: BatchSpec) -> Iterator:
+    scheduler = batch.scheduler
     if scheduler:
         with connect(scheduler) as client:
             yield client
         return
-    local = batch.get("local_cluster") or {}
+    local = batch.local_cluster
     n_workers, threads = local_cluster_size(
         available_cores(),
-        len(batch["measurement_sets"]),
+        len(batch.measurement_sets),
         local.get("n_workers"),
         local.get("threads_per_worker"),
     )
@@ -122,27 +124,27 @@ def cluster_client(batch: dict[str, Any]) -> Iterator:
         yield client
 
 
-def task_for(batch: dict[str, Any], ms: dict[str, Any]) -> Task:
+def task_for(batch: BatchSpec, ms: PendingMS) -> Task:
     """The task of one MS of a batch (what a worker receives)."""
     return Task.of(batch, ms)
 
 
-def shared_paths(batch: dict[str, Any]) -> list[tuple[str, str, str]]:
+def shared_paths(batch: BatchSpec) -> list[tuple[str, str, str]]:
     """What every worker must see at the same absolute path as this machine, as (what, path,
     need) for `check_worker_paths`: a sample of the inputs (the first and the last), the
     files the steps read, DP3, and the output and log directories."""
-    inputs = [ms["input"] for ms in batch["measurement_sets"]]
+    inputs = [ms.input for ms in batch.measurement_sets]
     paths = [("input MS", path, "read") for path in dict.fromkeys(inputs[:1] + inputs[-1:])]
-    files = DP3Parameters.from_json(batch["parameters"]).file_parameters()
+    files = batch.parameters.file_parameters()
     paths += [(f"{key} file", path, "read") for key, path in files]
-    paths.append(("DP3 executable", batch["dp3_executable"], "run"))
-    paths.append(("output directory", batch["output_dir"], "write"))
-    paths.append(("log directory", batch["log_dir"], "write"))
+    paths.append(("DP3 executable", batch.dp3_executable, "run"))
+    paths.append(("output directory", batch.output_dir, "write"))
+    paths.append(("log directory", batch.log_dir, "write"))
     return paths
 
 
-def _preflight(client, batch: dict[str, Any]) -> None:
-    address = batch.get("scheduler") or client.scheduler.address
+def _preflight(client, batch: BatchSpec) -> None:
+    address = batch.scheduler or client.scheduler.address
     all_workers = wait_for_process_workers(client, address)
     workers = [worker for worker in all_workers if worker.process_slots >= 1]
     for worker in all_workers:
@@ -178,53 +180,53 @@ def _progress(done: int, total: int, elapsed: float) -> str:
     return f"{bar}[{done}/{total}, {eta}]"
 
 
-def _report_line(done: int, total: int, elapsed: float, result: dict[str, Any]) -> str:
-    duration = result.get("duration_seconds", 0.0)
-    where = f"on {result.get('worker')} ({result.get('numthreads')} thread(s))"
+def _report_line(done: int, total: int, elapsed: float, result: TaskResult) -> str:
+    duration = result.duration_seconds or 0.0
+    where = f"on {result.worker} ({result.numthreads} thread(s))"
     progress = _progress(done, total, elapsed)
-    if result["status"] == Status.DONE:
-        return f"{progress} {result['name']}: done in {duration:.1f} s {where}"
+    if result.status == Status.DONE:
+        return f"{progress} {result.name}: done in {duration:.1f} s {where}"
     return (
-        f"{progress} {result['name']}: FAILED after {duration:.1f} s {where}: "
-        f"{result.get('reason')}; DP3 said: {result.get('error')}; log: {result['log']}"
+        f"{progress} {result.name}: FAILED after {duration:.1f} s {where}: "
+        f"{result.reason}; DP3 said: {result.error}; log: {result.log}"
     )
 
 
-def _worker_wait(batch: dict[str, Any]) -> float:
-    value = batch.get("worker_wait_seconds")
+def _worker_wait(batch: BatchSpec) -> float:
+    value = batch.worker_wait_seconds
     return float(DEFAULT_WORKER_WAIT_SECONDS if value is None else value)
 
 
-def _dask_report_min_seconds(batch: dict[str, Any]) -> float:
-    value = batch.get("dask_report_min_seconds")
+def _dask_report_min_seconds(batch: BatchSpec) -> float:
+    value = batch.dask_report_min_seconds
     return float(DEFAULT_MIN_SECONDS if value is None else value)
 
 
-def _known_outputs(batch: dict[str, Any]) -> set[str]:
+def _known_outputs(batch: BatchSpec) -> set[str]:
     """Names of every output of the workflow (`X.ms`), this batch's and the up-to-date ones."""
-    names = {Path(ms["output"]).name for ms in batch.get("all_measurement_sets") or ()}
-    return names | {Path(ms["output"]).name for ms in batch["measurement_sets"]}
+    names = {Path(ms.output).name for ms in batch.all_measurement_sets}
+    return names | {Path(ms.output).name for ms in batch.measurement_sets}
 
 
-def still_pending(batch: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+def still_pending(batch: BatchSpec) -> tuple[list[PendingMS], list[str]]:
     """The batch's MSs that are still pending now that the lock is held, and the names of
     those another run completed while this one waited (an up-to-date record finished after
     this batch was planned: an MS forced with -F is not dropped for its older record)."""
     expected = Expectation(
-        parameters_fingerprint=batch["parameters_fingerprint"],
-        extra_inputs_fingerprint=batch["extra_inputs_fingerprint"],
-        dp3_version=batch["dp3_version"],
+        parameters_fingerprint=batch.parameters_fingerprint,
+        extra_inputs_fingerprint=batch.extra_inputs_fingerprint,
+        dp3_version=batch.dp3_version,
     )
-    planned_at = batch.get("planned_at", "")
     pending, completed = [], []
-    for ms in batch["measurement_sets"]:
-        fingerprint = ms.get("parameters_fingerprint", batch["parameters_fingerprint"])
+    for ms in batch.measurement_sets:
+        fingerprint = ms.parameters_fingerprint or batch.parameters_fingerprint
         own = replace(expected, parameters_fingerprint=fingerprint)
-        record = read_record(Path(ms["output"])) or {}
-        if str(record.get("finished", "")) >= planned_at and (
-            pending_reason(Path(ms["input"]), Path(ms["output"]), own) is None
+        record = read_record(Path(ms.output))
+        finished = record.finished if record is not None else ""
+        if finished >= batch.planned_at and (
+            pending_reason(Path(ms.input), Path(ms.output), own) is None
         ):
-            completed.append(ms["name"])
+            completed.append(ms.name)
         else:
             pending.append(ms)
     return pending, completed
@@ -233,30 +235,30 @@ def still_pending(batch: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str
 class BatchRun:
     """One batch, from the lock to the last result; `results` holds one entry per MS."""
 
-    def __init__(self, batch: dict[str, Any]):
+    def __init__(self, batch: BatchSpec):
         self.batch = batch
-        self.layout = OutputLayout(Path(batch["output_dir"]))
-        self.results: dict[str, dict[str, Any]] = {}
-        self.total = len(batch["measurement_sets"])
+        self.layout = OutputLayout(Path(batch.output_dir))
+        self.results: dict[str, TaskResult] = {}
+        self.total = len(batch.measurement_sets)
         self.started = time.monotonic()
         self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
-        self.report_files = ReportFiles(self.layout.report_dir(batch["batch_id"]))
+        self.report_files = ReportFiles(self.layout.report_dir(batch.batch_id))
         self.dask_report: DaskPerformanceReport | None = None
 
-    def record_result(self, result: dict[str, Any]) -> None:
-        self.results[result["name"]] = result
+    def record_result(self, result: TaskResult) -> None:
+        self.results[result.name] = result
         line = _report_line(len(self.results), self.total, time.monotonic() - self.started, result)
-        (log.info if result["status"] == Status.DONE else log.error)(line)
+        (log.info if result.status == Status.DONE else log.error)(line)
 
     def run(self) -> None:
         batch, layout = self.batch, self.layout
-        Path(batch["log_dir"]).mkdir(parents=True, exist_ok=True)
+        Path(batch.log_dir).mkdir(parents=True, exist_ok=True)
         with output_dir_lock(layout.output_dir), interruptible() as orphaned:
             # Shared files are touched only while the lock is held.
             layout.failures.unlink(missing_ok=True)
             for leftover in remove_leftovers(layout.output_dir, _known_outputs(batch)):
                 log.info("removed %s, left behind by an interrupted run", leftover)
-            for directory in (layout.output_dir, Path(batch["log_dir"])):
+            for directory in (layout.output_dir, Path(batch.log_dir)):
                 for probe in directory.glob(f"{PROBE_PREFIX}*"):  # of a path check cut short
                     probe.unlink(missing_ok=True)
             pending, completed = still_pending(batch)
@@ -264,17 +266,17 @@ class BatchRun:
                 log.info("%s: completed by another run meanwhile; not processed again", name)
             if not pending:
                 return
-            guard = layout.batch_guard(batch["batch_id"])
+            guard = layout.batch_guard(batch.batch_id)
             guard.write_text("running\n")
             tasks = [task_for(batch, ms) for ms in pending]
             with cluster_client(batch) as client, tempfile.TemporaryDirectory() as scratch:
                 _preflight(client, batch)
-                if batch.get("scheduler"):
+                if batch.scheduler:
                     client.upload_file(str(_package_zip(Path(scratch))), load=True)
                 dispatch = Dispatch(
                     tasks=tasks,
-                    batch_id=batch["batch_id"],
-                    scheduler_address=batch.get("scheduler") or client.scheduler.address,
+                    batch_id=batch.batch_id,
+                    scheduler_address=batch.scheduler or client.scheduler.address,
                     worker_grace=_worker_wait(batch),
                     on_result=self.record_result,
                     orphaned=orphaned,
@@ -296,75 +298,72 @@ class BatchRun:
                     stop_running(client, dispatch)
                     raise
 
-    def final_results(self, why_unfinished: str) -> list[dict[str, Any]]:
+    def final_results(self, why_unfinished: str) -> list[TaskResult]:
         """One result per MS of the batch. An MS without a result may still have been
         committed (its result lost with the scheduler): its completion record says so."""
         results = []
-        for ms in self.batch["measurement_sets"]:
-            result = self.results.get(ms["name"])
+        for ms in self.batch.measurement_sets:
+            result = self.results.get(ms.name)
             if result is None:
                 result = self._from_record(ms) or lost_result(
                     task_for(self.batch, ms), why_unfinished
                 )
-                if result["status"] != Status.DONE:
-                    result["status"] = Status.NOT_PROCESSED
+                if result.status != Status.DONE:
+                    result = replace(result, status=Status.NOT_PROCESSED)
             results.append(result)
         return results
 
-    def _from_record(self, ms: dict[str, Any]) -> dict[str, Any] | None:
-        record = read_record(Path(ms["output"]))
-        if not record or str(record.get("finished", "")) < self.batch.get("planned_at", ""):
+    def _from_record(self, ms: PendingMS) -> TaskResult | None:
+        record = read_record(Path(ms.output))
+        if record is None or record.finished < self.batch.planned_at:
             return None
-        return {
-            **record,
-            "log": ms_log_file(self.batch["log_dir"], ms["name"]),
-            "status": Status.DONE,
-        }
+        return TaskResult.from_record(record, ms_log_file(self.batch.log_dir, ms.name))
 
-    def write_reports(self, results: list[dict[str, Any]]) -> None:
+    def write_reports(self, results: list[TaskResult]) -> None:
         """The summary of every MS (from the records on disk) and this batch's report."""
         rows = collect_rows(
-            self.batch.get("all_measurement_sets") or self.batch["measurement_sets"],
+            self.batch.all_measurement_sets
+            or tuple(ms.paths for ms in self.batch.measurement_sets),
             results,
             self.layout.log_dir,
-            {ms["name"] for ms in self.batch["measurement_sets"]},
-            self.batch.get("planned_at", self.started_at),
+            {ms.name for ms in self.batch.measurement_sets},
+            self.batch.planned_at or self.started_at,
         )
         problem = write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)
         if problem:
             log.error("Error: %s", problem)
         try:
-            write_batch_report(rows, self.report_files, f"Batch {self.batch['batch_id']}")
+            write_batch_report(rows, self.report_files, f"Batch {self.batch.batch_id}")
             if not self.report_files.dask.exists():
                 write_no_report(self.report_files.dask, "the batch ended before its tasks did")
         except OSError as error:
             log.error("Error: could not write the report of the batch: %s", error)
 
 
-def failure_report(results: list[dict[str, Any]]) -> str:
+def failure_report(results: list[TaskResult]) -> str:
     """Every MS of the batch that is not done, with why, DP3's words and its log."""
-    failed = [result for result in results if result["status"] == Status.FAILED]
-    skipped = [result for result in results if result["status"] == Status.NOT_PROCESSED]
+    failed = [result for result in results if result.status == Status.FAILED]
+    skipped = [result for result in results if result.status == Status.NOT_PROCESSED]
     lines = []
     if failed:
         lines.append(f"{len(failed)} of {len(results)} MS(s) failed:")
         for result in failed:
-            lines.append(f"  {result['name']} ({result['input']}): {result.get('reason')}")
-            if result.get("error") and result.get("error") != result.get("reason"):
-                lines.append(f"      DP3: {result.get('error')}")
-            lines.append(f"      log: {result['log']}")
+            lines.append(f"  {result.name} ({result.input}): {result.reason}")
+            if result.error and result.error != result.reason:
+                lines.append(f"      DP3: {result.error}")
+            lines.append(f"      log: {result.log}")
     if skipped:
         lines.append(f"{len(skipped)} of {len(results)} MS(s) not processed:")
-        reasons = dict.fromkeys(str(result.get("reason")) for result in skipped)
-        lines += [f"  {', '.join(r['name'] for r in skipped)}", *(f"  ({r})" for r in reasons)]
+        reasons = dict.fromkeys(str(result.reason) for result in skipped)
+        lines += [f"  {', '.join(r.name for r in skipped)}", *(f"  ({r})" for r in reasons)]
     lines.append("Fix the cause and run again: only the MSs not done will be processed.")
     return "\n".join(lines)
 
 
-def write_batch_result(path: Path, results: list[dict[str, Any]]) -> None:
+def write_batch_result(path: Path, results: list[TaskResult]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=2) + "\n")
+    temporary.write_text(json.dumps(results_to_json(results), indent=2) + "\n")
     temporary.replace(path)
 
 
@@ -398,18 +397,25 @@ def _leftovers_after_stop(run: BatchRun) -> str:
     return "no partial output was kept"
 
 
-def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int:
-    """Entry point of the central job; returns the process exit code.
+def main(specification: dict[str, Any], marker: str, log_file: str | None = None) -> int:
+    """Entry point of the central job, given `BatchSpec.to_json()`; returns the process exit
+    code.
 
     Failed MSs do not fail this job: their results go into the marker with the others, so
     that the report covers them; the workflow's `onsuccess` then fails the run."""
     _configure_logging(log_file)
-    layout = OutputLayout(Path(batch["output_dir"]))
-    pid_file = layout.batch_pid(batch["batch_id"])
+    try:
+        batch = BatchSpec.from_json(specification)
+    except ContractError as error:
+        # The workflow's own rule layer made it: a mismatch is a bug, not a user's mistake.
+        log.error("Error: %s; this is a bug of the workflow, please report it", error)
+        return 2
+    layout = OutputLayout(Path(batch.output_dir))
+    pid_file = layout.batch_pid(batch.batch_id)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{os.getpid()}\n")
-    total = len(batch["measurement_sets"])
-    log.info("batch %s: %d MS(s), output in %s", batch["batch_id"], total, batch["output_dir"])
+    total = len(batch.measurement_sets)
+    log.info("batch %s: %d MS(s), output in %s", batch.batch_id, total, batch.output_dir)
     run = BatchRun(batch)
     try:
         run.run()
@@ -424,7 +430,7 @@ def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int
         return 2
     except KeyboardInterrupt as interrupt:
         cause = getattr(interrupt, "cause", "an interrupt")
-        done = sum(1 for result in run.results.values() if result["status"] == Status.DONE)
+        done = sum(1 for result in run.results.values() if result.status == Status.DONE)
         log.error(
             "Interrupted (%s): %d of %d MS(s) finished before it and are kept; %s; run again "
             "to process the remaining MSs.",
@@ -436,13 +442,13 @@ def main(batch: dict[str, Any], marker: str, log_file: str | None = None) -> int
         return 130
     finally:
         pid_file.unlink(missing_ok=True)
-    done = sum(1 for result in results if result["status"] == Status.DONE)
+    done = sum(1 for result in results if result.status == Status.DONE)
     log.info(
         "%d of %d MS(s) done in %.1f s; outputs in %s",
         done,
         total,
         time.monotonic() - run.started,
-        batch["output_dir"],
+        batch.output_dir,
     )
     if done < total:
         # Shown once, at the very end of the run (Snakefile `onerror`), not here too.

@@ -12,10 +12,12 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dp3batch.json_fields import ContractError, Fields, Parameters, parameters_to_json
 from dp3batch.layout import PARSET_NAME, RECORD_NAME, ms_log_file
 
 __all__ = ["PARSET_NAME", "RECORD_NAME", "ms_log_file"]
@@ -114,16 +116,145 @@ def extra_inputs_fingerprint(files: list[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True, kw_only=True)
+class CompletionRecord:
+    """How an output was made: written into it last (`RECORD_NAME`), read back to decide
+    whether it is still up to date, and by the summary and the report.
+
+    Fields that older versions of the workflow did not write are optional: such a record
+    still reads, and its output is pending for the reason it always was. Nested objects
+    (shapes, windows, flag counts) are other modules' JSON, kept as read and never changed
+    in place (a read record is shared: see `read_record`)."""
+
+    name: str
+    input: str
+    output: str
+    input_fingerprint: str
+    # The window this output holds (None: the MS's only one), and the MS's windows (a rerun
+    # reads them here, see windows).
+    band: int | None = None
+    windows: Mapping[str, Any] | None = None
+    parameters: Parameters
+    parameters_fingerprint: str
+    extra_inputs_fingerprint: str
+    dp3_version: str
+    # The telescope decides AOFlagger's default strategy (see ms_parameters).
+    telescope: str | None = None
+    # For the flagged fraction per station (DP3 counts per antenna index).
+    stations: tuple[str, ...] | None = None
+    aoflagger_strategies: Mapping[str, str | None] | None = None
+    dp3_executable: str
+    dp3_arguments: tuple[str, ...]
+    worker: str
+    numthreads: int
+    started: str
+    finished: str
+    duration_seconds: float
+    shape_before: Mapping[str, Any]
+    shape_after: Mapping[str, Any]
+    # What the output was checked against (see output_check).
+    shape_expected: Mapping[str, Any] | None = None
+    # What must sit beside the MS for the output to count as complete.
+    required_files: tuple[str, ...] | None = None
+    output_bytes: int | None = None
+    step_seconds: Mapping[str, float] | None = None
+    # What each flagging step flagged, as DP3 counted it (see dp3_log.parse_flag_counts).
+    flags_by_step: Mapping[str, Any] | None = None
+    # Of the output's own files, taken after every read of the output: a damaged output no
+    # longer matches it.
+    output_fingerprint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as it is written: `format` first, then every field in order."""
+        return {
+            "format": RECORD_FORMAT,
+            "name": self.name,
+            "input": self.input,
+            "output": self.output,
+            "input_fingerprint": self.input_fingerprint,
+            "band": self.band,
+            "windows": self.windows,
+            "parameters": parameters_to_json(self.parameters),
+            "parameters_fingerprint": self.parameters_fingerprint,
+            "extra_inputs_fingerprint": self.extra_inputs_fingerprint,
+            "dp3_version": self.dp3_version,
+            "telescope": self.telescope,
+            "stations": _list_or_none(self.stations),
+            "aoflagger_strategies": self.aoflagger_strategies,
+            "dp3_executable": self.dp3_executable,
+            "dp3_arguments": list(self.dp3_arguments),
+            "worker": self.worker,
+            "numthreads": self.numthreads,
+            "started": self.started,
+            "finished": self.finished,
+            "duration_seconds": self.duration_seconds,
+            "shape_before": self.shape_before,
+            "shape_after": self.shape_after,
+            "shape_expected": self.shape_expected,
+            "required_files": _list_or_none(self.required_files),
+            "output_bytes": self.output_bytes,
+            "step_seconds": self.step_seconds,
+            "flags_by_step": self.flags_by_step,
+            "output_fingerprint": self.output_fingerprint,
+        }
+
+    @classmethod
+    def from_json(cls, data: object, what: str = "completion record") -> CompletionRecord:
+        """A record from its JSON; ContractError names the field that does not fit. Unknown
+        keys are ignored; a record of another `format` is refused."""
+        fields = Fields(data, what)
+        if fields.data.get("format") != RECORD_FORMAT:
+            raise ContractError(
+                f"{what}: format {fields.data.get('format')!r} is not {RECORD_FORMAT}"
+            )
+        return cls(
+            name=fields.text("name"),
+            input=fields.text("input"),
+            output=fields.text("output"),
+            input_fingerprint=fields.text("input_fingerprint"),
+            band=fields.optional_integer("band"),
+            windows=fields.optional_mapping("windows"),
+            parameters=fields.parameters("parameters"),
+            parameters_fingerprint=fields.text("parameters_fingerprint"),
+            extra_inputs_fingerprint=fields.text("extra_inputs_fingerprint"),
+            dp3_version=fields.text("dp3_version"),
+            telescope=fields.optional_text("telescope"),
+            stations=fields.optional_strings("stations"),
+            aoflagger_strategies=fields.optional_mapping("aoflagger_strategies"),
+            dp3_executable=fields.text("dp3_executable"),
+            dp3_arguments=fields.strings("dp3_arguments"),
+            worker=fields.text("worker"),
+            numthreads=fields.integer("numthreads"),
+            started=fields.text("started"),
+            finished=fields.text("finished"),
+            duration_seconds=fields.number("duration_seconds"),
+            shape_before=fields.mapping("shape_before"),
+            shape_after=fields.mapping("shape_after"),
+            shape_expected=fields.optional_mapping("shape_expected"),
+            required_files=fields.optional_strings("required_files"),
+            output_bytes=fields.optional_integer("output_bytes"),
+            step_seconds=fields.optional_mapping("step_seconds"),
+            flags_by_step=fields.optional_mapping("flags_by_step"),
+            output_fingerprint=fields.optional_text("output_fingerprint"),
+        )
+
+
+def _list_or_none(values: tuple[str, ...] | None) -> list[str] | None:
+    return None if values is None else list(values)
+
+
 # Parsed records by path, with the (inode, size, mtime) they were read at: one run reads each
 # record up to three times (pending reason, telescope, summary). A rewritten record is a new
 # file (write_record renames); one edited in place gets a new mtime, but file times tick
-# coarsely (milliseconds), so only records older than _SETTLED_NS are kept.
+# coarsely (milliseconds), so only records older than _SETTLED_NS are kept. The records are
+# frozen, so every reader shares the one parsed.
 _SETTLED_NS = 2_000_000_000
-_RECORDS: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
+_RECORDS: dict[str, tuple[tuple[int, int, int], CompletionRecord | None]] = {}
 
 
-def read_record(output: Path) -> dict[str, Any] | None:
-    """The completion record of an output, or None if there is none or it is unreadable."""
+def read_record(output: Path | str) -> CompletionRecord | None:
+    """The completion record of an output, or None if there is none or it is unreadable
+    (not JSON, another format, or a field that does not fit: the output is then pending)."""
     path = os.path.join(output, RECORD_NAME)
     try:
         with open(path) as handle:
@@ -131,45 +262,37 @@ def read_record(output: Path) -> dict[str, Any] | None:
             identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
             cached = _RECORDS.get(path)
             if cached is not None and cached[0] == identity:
-                record = cached[1]
-            else:
-                record = _parse_record(handle.read())
-                if time.time_ns() - stat.st_mtime_ns > _SETTLED_NS:
-                    _RECORDS[path] = (identity, record)
+                return cached[1]
+            record = _parse_record(handle.read(), path)
+            if time.time_ns() - stat.st_mtime_ns > _SETTLED_NS:
+                _RECORDS[path] = (identity, record)
+            return record
     except (OSError, ValueError):  # ValueError: not text (UnicodeDecodeError)
         return None
-    return dict(record) if record is not None else None
 
 
-def _parse_record(text: str) -> dict[str, Any] | None:
+def _parse_record(text: str, path: str) -> CompletionRecord | None:
     try:
-        record = json.loads(text)
-    except ValueError:
+        return CompletionRecord.from_json(json.loads(text), f"completion record {path}")
+    except ValueError:  # not JSON, or ContractError
         return None
-    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
-        return None
-    return record
 
 
-def write_record(output: Path, record: dict[str, Any]) -> None:
+def write_record(output: Path, record: CompletionRecord) -> None:
     """Write the record durably: to a temporary name, fsync, then rename into place."""
-    record = {"format": RECORD_FORMAT, **record}
     temporary = output / f".{RECORD_NAME}.tmp"
     with open(temporary, "w") as handle:
-        json.dump(record, handle, indent=2)
+        json.dump(record.to_json(), handle, indent=2)
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, output / RECORD_NAME)
 
 
-def missing_required_files(output: Path, record: dict[str, Any]) -> list[str]:
+def missing_required_files(output: Path, record: CompletionRecord) -> list[str]:
     """Files the record says belong to the output (e.g. a demixer's instrument model) that are
     gone: an output without them is not complete."""
-    required = record.get("required_files") or []
-    if not isinstance(required, list):
-        return ["(unreadable required_files)"]
-    return [name for name in required if not (output / str(name)).exists()]
+    return [name for name in record.required_files or () if not (output / name).exists()]
 
 
 def pending_reason(input_ms: Path, output: Path, expected: Expectation) -> str | None:
@@ -180,14 +303,14 @@ def pending_reason(input_ms: Path, output: Path, expected: Expectation) -> str |
         return "incomplete" if os.path.exists(output) else "missing"
     if missing_required_files(output, record):
         return "incomplete"
-    if record.get("output_fingerprint") != output_fingerprint(output):
+    if record.output_fingerprint != output_fingerprint(output):
         return "output changed"
-    if record.get("parameters_fingerprint") != expected.parameters_fingerprint:
+    if record.parameters_fingerprint != expected.parameters_fingerprint:
         return "steps changed"
-    if record.get("extra_inputs_fingerprint") != expected.extra_inputs_fingerprint:
+    if record.extra_inputs_fingerprint != expected.extra_inputs_fingerprint:
         return "calibration or sky model file changed"
-    if record.get("dp3_version") != expected.dp3_version:
+    if record.dp3_version != expected.dp3_version:
         return "DP3 changed"
-    if record.get("input_fingerprint") != input_fingerprint(input_ms):
+    if record.input_fingerprint != input_fingerprint(input_ms):
         return "input changed"
     return None

@@ -31,6 +31,7 @@ from dp3batch.interrupts import Interrupted
 from dp3batch.status import Status
 from dp3batch.task import Task
 from dp3batch.task_keys import task_keys
+from dp3batch.task_result import TaskResult
 
 log = logging.getLogger("dp3batch")
 
@@ -55,7 +56,7 @@ class Dispatch:
     batch_id: str
     scheduler_address: str
     worker_grace: float
-    on_result: Callable[[dict[str, Any]], None]
+    on_result: Callable[[TaskResult], None]
     orphaned: threading.Event = field(default_factory=threading.Event)
     # Submitted and not finished: what to stop when the batch ends early.
     in_flight: dict[Any, Task] = field(default_factory=dict)
@@ -66,17 +67,17 @@ def largest_first(tasks: list[Task]) -> list[Task]:
     return sorted(tasks, key=lambda task: -task.size)
 
 
-def lost_result(task: Task, reason: str, error: str = "") -> dict[str, Any]:
+def lost_result(task: Task, reason: str, error: str = "") -> TaskResult:
     """The result of a task that returned none (its worker died, the batch ended)."""
-    return {
-        "name": task.name,
-        "input": task.input,
-        "output": task.output,
-        "log": task.log,
-        "status": Status.FAILED,
-        "reason": reason,
-        "error": error,
-    }
+    return TaskResult(
+        name=task.name,
+        input=task.input,
+        output=task.output,
+        log=task.log,
+        status=Status.FAILED,
+        reason=reason,
+        error=error,
+    )
 
 
 def fan_out(client, dispatch: Dispatch) -> None:
@@ -145,7 +146,7 @@ def _process_slots(client, address: str) -> int:
     return sum(int(worker.process_slots) for worker in workers)
 
 
-def _result_of(future, task: Task) -> dict[str, Any]:
+def _result_of(future, task: Task) -> TaskResult:
     try:
         return future.result(timeout=SCHEDULER_ANSWER_SECONDS)
     except Exception as error:  # a lost worker (KilledWorker) or an internal error

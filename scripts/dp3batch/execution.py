@@ -18,10 +18,16 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dp3batch.completion import input_fingerprint, output_fingerprint, write_record
+from dp3batch.completion import (
+    CompletionRecord,
+    input_fingerprint,
+    output_fingerprint,
+    write_record,
+)
 from dp3batch.dp3 import as_arguments, as_parset, run_parameters
 from dp3batch.dp3_command import hand_rerun_command
 from dp3batch.dp3_install import dp3_environment
@@ -38,6 +44,7 @@ from dp3batch.measurement_set import (
 from dp3batch.output_check import check_output
 from dp3batch.status import Status
 from dp3batch.task import Task
+from dp3batch.task_result import TaskResult
 from dp3batch.windows import windows_record
 
 POLL_SECONDS = 0.5
@@ -262,7 +269,7 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
-def process_measurement_set(task: Task) -> dict[str, Any]:
+def process_measurement_set(task: Task) -> TaskResult:
     """Run the chain on one MS and commit its output; returns a result for the report.
 
     The output's expected shape is derived from the input and the parameters (see
@@ -277,15 +284,17 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(output.parent, {output.name})
     started = time.time()
-    result: dict[str, Any] = {
-        "name": task.name,
-        "input": task.input,
-        "output": task.output,
-        "log": str(log_path),
-        "worker": worker_address,
-        "numthreads": threads,
-        "started": _now(),
-    }
+    # What every outcome reports; NOT_PROCESSED until it has one.
+    result = TaskResult(
+        name=task.name,
+        input=task.input,
+        output=task.output,
+        log=str(log_path),
+        worker=worker_address,
+        numthreads=threads,
+        started=_now(),
+        status=Status.NOT_PROCESSED,
+    )
     temporary = temporary_path(output)
     fingerprint = input_fingerprint(Path(task.input))
     memory_gb = memory_limit / 1e9 if memory_limit else None
@@ -297,7 +306,7 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
     arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
     with open(log_path, "w") as log:
         log.write(f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n")
-        log.write(f"# started {result['started']}\n# command: {' '.join(arguments)}\n")
+        log.write(f"# started {result.started}\n# command: {' '.join(arguments)}\n")
     try:
         holder = write_lock_holder(task.input) or task.locked_by
         if holder is not None:
@@ -336,43 +345,37 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
             "run itself wrote to a temporary path that was renamed to msout on success.)"
         )
         (temporary / PARSET_NAME).write_text(as_parset(final_run, header))
-        record = {
-            "name": task.name,
-            "input": task.input,
-            "output": task.output,
-            "input_fingerprint": fingerprint,
-            # The window this output holds, and the MS's windows (a rerun reads them here).
-            "band": task.band,
-            "windows": windows_record(task.input),
-            "parameters": [list(pair) for pair in parameters.pairs()],
-            "parameters_fingerprint": task.parameters_fingerprint,
-            "extra_inputs_fingerprint": task.extra_inputs_fingerprint,
-            "dp3_version": task.dp3_version,
-            # The telescope decides AOFlagger's default strategy (see ms_parameters).
-            "telescope": read_telescope_name(task.input),
-            # For the flagged fraction per station (DP3 counts per antenna index).
-            "stations": read_station_names(task.input),
-            "aoflagger_strategies": parameters.aoflagger_strategies(),
-            "dp3_executable": task.dp3_executable,
-            "dp3_arguments": arguments[1:],
-            "worker": worker_address,
-            "numthreads": threads,
-            "started": result["started"],
-            "finished": finished,
-            "duration_seconds": round(time.time() - started, 3),
-            "shape_before": shape_in.as_dict(),
-            "shape_after": shape_out.as_dict(),
-            # What the output was checked against (see output_check).
-            "shape_expected": expected.as_dict() if expected else None,
-            # What must sit beside the MS for the output to count as complete.
-            "required_files": required_files,
-            "output_bytes": _disk_usage(temporary),
-            "step_seconds": parse_step_times(dp3_output),
-            # What each flagging step flagged, as DP3 counted it (see report.parse_flag_counts).
-            "flags_by_step": parse_flag_counts(dp3_output),
+        record = CompletionRecord(
+            name=task.name,
+            input=task.input,
+            output=task.output,
+            input_fingerprint=fingerprint,
+            band=task.band,
+            windows=windows_record(task.input),
+            parameters=tuple(parameters.pairs()),
+            parameters_fingerprint=task.parameters_fingerprint,
+            extra_inputs_fingerprint=task.extra_inputs_fingerprint,
+            dp3_version=task.dp3_version,
+            telescope=read_telescope_name(task.input),
+            stations=tuple(read_station_names(task.input)),
+            aoflagger_strategies=parameters.aoflagger_strategies(),
+            dp3_executable=task.dp3_executable,
+            dp3_arguments=tuple(arguments[1:]),
+            worker=worker_address,
+            numthreads=threads,
+            started=str(result.started),
+            finished=finished,
+            duration_seconds=round(time.time() - started, 3),
+            shape_before=shape_in.as_dict(),
+            shape_after=shape_out.as_dict(),
+            shape_expected=expected.as_dict() if expected else None,
+            required_files=tuple(required_files),
+            output_bytes=_disk_usage(temporary),
+            step_seconds=parse_step_times(dp3_output),
+            flags_by_step=parse_flag_counts(dp3_output),
             # Last, after every read of the output: a damaged output no longer matches it.
-            "output_fingerprint": output_fingerprint(temporary),
-        }
+            output_fingerprint=output_fingerprint(temporary),
+        )
         write_record(temporary, record)
         commit(temporary, output, task.guard)
     except TaskCancelled:
@@ -386,19 +389,7 @@ def process_measurement_set(task: Task) -> dict[str, Any]:
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
-    result.update(
-        status=Status.DONE,
-        finished=record["finished"],
-        duration_seconds=record["duration_seconds"],
-        shape_before=record["shape_before"],
-        shape_after=record["shape_after"],
-        output_bytes=record["output_bytes"],
-        step_seconds=record["step_seconds"],
-        flags_by_step=record["flags_by_step"],
-        stations=record["stations"],
-        dp3_version=record["dp3_version"],
-    )
-    return result
+    return TaskResult.from_record(record, result.log)
 
 
 # Above this many bytes of arguments, DP3 gets a parset file instead: Linux refuses an argument
@@ -421,19 +412,19 @@ def _disk_usage(path: Path) -> int:
 
 
 def _failed(
-    result: dict, started: float, log_path: Path, reason: str, error: str | None = None
-) -> dict:
+    result: TaskResult, started: float, log_path: Path, reason: str, error: str | None = None
+) -> TaskResult:
     """A failed result. `error` is the line to show beside the reason; by default DP3's most
     telling line (not for failures DP3 had no part in, such as the output check)."""
     error_line = last_error_line(log_path) if error is None else error
     with contextlib.suppress(OSError):  # a full disk must not hide the failure itself
         with open(log_path, "a") as log:
             log.write(f"# FAILED: {reason}\n")
-    result.update(
+    return replace(
+        result,
         status=Status.FAILED,
         reason=reason,
         error=error_line,
         finished=_now(),
         duration_seconds=round(time.time() - started, 3),
     )
-    return result

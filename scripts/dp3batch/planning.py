@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dp3batch.batch_spec import BatchSpec, MSPaths, PendingMS
 from dp3batch.calibration_check import check_calibration_inputs
 from dp3batch.completion import (
     Expectation,
@@ -190,8 +191,8 @@ def _telescope(ms: MeasurementSet) -> str:
     if not ms.output.exists():
         return ""  # missing: pending whatever its parameters
     record = read_record(ms.output)
-    if record is not None and isinstance(record.get("telescope"), str):
-        return record["telescope"]
+    if record is not None and record.telescope is not None:
+        return record.telescope
     return read_telescope_name(ms.input)
 
 
@@ -219,49 +220,44 @@ def describe_pending(plan: Plan, limit: int = 50) -> str:
     return "\n".join(lines)
 
 
-def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> dict[str, Any]:
-    """Everything the central job needs, as plain data (it travels through Snakemake)."""
-    return {
-        "batch_id": batch,
-        "scheduler": plan.scheduler,
-        "local_cluster": dict(config.get("local_cluster") or {}),
-        "output_dir": str(plan.output_dir),
-        "log_dir": str(plan.output_dir / "logs"),
-        "dp3_executable": plan.dp3_executable,
-        "dp3_version": plan.dp3_version,
-        "parameters": plan.parameters.to_json(),
-        "parameters_fingerprint": plan.expectation.parameters_fingerprint,
-        "extra_inputs_fingerprint": plan.expectation.extra_inputs_fingerprint,
-        "worker_wait_seconds": config.get("worker_wait_seconds"),
-        # Every MS of the workflow: the summary lists them all, and only the temporary
-        # copies of their outputs may be removed.
-        "all_measurement_sets": [
-            {"name": ms.name, "input": str(ms.input), "output": str(ms.output)}
-            for ms in plan.measurement_sets
-        ],
-        "dask_report_min_seconds": config.get("dask_report_min_seconds"),
-        "planned_at": plan.planned_at,
-        "measurement_sets": [
-            {
-                "name": ms.name,
-                "input": str(ms.input),
-                "output": str(ms.output),
-                "band": ms.band,
-                "reason": reason,
-                "size": plan.sizes.get(ms.name, 0),
-                **_own_parameters(plan.ms_parameters.get(ms.name)),
-                "locked_by": plan.locked.get(ms.name),
-            }
-            for ms, reason in plan.pending
-        ],
-    }
+def all_measurement_sets(plan: Plan) -> tuple[MSPaths, ...]:
+    """Every MS of the workflow: the summary lists them all, and only the temporary copies
+    of their outputs may be removed."""
+    return tuple(MSPaths(ms.name, str(ms.input), str(ms.output)) for ms in plan.measurement_sets)
 
 
-def _own_parameters(own: MSParameters | None) -> dict[str, Any]:
-    """What an MS's task takes instead of the batch's shared values (`batch.task_for`)."""
-    if own is None:
-        return {}
-    return {
-        "parameters": own.parameters.to_json(),
-        "parameters_fingerprint": own.fingerprint,
-    }
+def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> BatchSpec:
+    """Everything the central job needs (its JSON travels through Snakemake)."""
+    return BatchSpec(
+        batch_id=batch,
+        scheduler=plan.scheduler,
+        local_cluster=dict(config.get("local_cluster") or {}),
+        output_dir=str(plan.output_dir),
+        log_dir=str(plan.output_dir / "logs"),
+        dp3_executable=plan.dp3_executable,
+        dp3_version=plan.dp3_version,
+        parameters=plan.parameters,
+        parameters_fingerprint=plan.expectation.parameters_fingerprint,
+        extra_inputs_fingerprint=plan.expectation.extra_inputs_fingerprint,
+        worker_wait_seconds=config.get("worker_wait_seconds"),
+        all_measurement_sets=all_measurement_sets(plan),
+        dask_report_min_seconds=config.get("dask_report_min_seconds"),
+        planned_at=plan.planned_at,
+        measurement_sets=tuple(_pending_ms(plan, ms, reason) for ms, reason in plan.pending),
+    )
+
+
+def _pending_ms(plan: Plan, ms: MeasurementSet, reason: str) -> PendingMS:
+    # Its own parameters (`Task.of` takes them instead of the batch's shared ones).
+    own = plan.ms_parameters.get(ms.name)
+    return PendingMS(
+        name=ms.name,
+        input=str(ms.input),
+        output=str(ms.output),
+        band=ms.band,
+        reason=reason,
+        size=plan.sizes.get(ms.name, 0),
+        parameters=own.parameters if own else None,
+        parameters_fingerprint=own.fingerprint if own else None,
+        locked_by=plan.locked.get(ms.name),
+    )

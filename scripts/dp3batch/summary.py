@@ -9,11 +9,14 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dp3batch.completion import RECORD_NAME, ms_log_file, read_record
+from dp3batch.batch_spec import MSPaths
+from dp3batch.completion import RECORD_NAME, CompletionRecord, ms_log_file, read_record
 from dp3batch.status import Status
+from dp3batch.task_result import TaskResult
 
 DONE = Status.DONE
 UP_TO_DATE = Status.UP_TO_DATE
@@ -46,16 +49,20 @@ COLUMNS = [
 ]
 
 
-def _row_from(source: dict[str, Any], status: str) -> dict[str, Any]:
-    before = source.get("shape_before") or {}
-    after = source.get("shape_after") or {}
+def _row_from(
+    ms: MSPaths, status: Status, log: str, source: CompletionRecord | TaskResult | None
+) -> dict[str, Any]:
+    """The summary row of one MS: what its record (or its result) says of the run."""
+    before = (source.shape_before if source else None) or {}
+    after = (source.shape_after if source else None) or {}
+    flags_by_step = (source.flags_by_step if source else None) or {}
     return {
-        "name": source["name"],
+        "name": ms.name,
         "status": status,
-        "duration_seconds": source.get("duration_seconds"),
-        "worker": source.get("worker"),
-        "numthreads": source.get("numthreads"),
-        "dp3_version": source.get("dp3_version"),
+        "duration_seconds": source.duration_seconds if source else None,
+        "worker": source.worker if source else None,
+        "numthreads": source.numthreads if source else None,
+        "dp3_version": source.dp3_version if source else None,
         "rows_before": before.get("rows"),
         "rows_after": after.get("rows"),
         "channels_before": before.get("channels"),
@@ -66,28 +73,26 @@ def _row_from(source: dict[str, Any], status: str) -> dict[str, Any]:
         "freq_resolution_after": after.get("channel_width"),
         "flagged_before": before.get("flagged_fraction"),
         "flagged_after": after.get("flagged_fraction"),
-        "output_bytes": source.get("output_bytes"),
-        "finished": source.get("finished"),
-        "log": source.get("log"),
-        "error": source.get("error") if status == FAILED else None,
-        "input": source.get("input"),
-        "output": source.get("output"),
-        "step_seconds": source.get("step_seconds") or {},
+        "output_bytes": source.output_bytes if source else None,
+        "finished": source.finished if source else None,
+        "log": log,
+        "error": source.error if isinstance(source, TaskResult) and status == FAILED else None,
+        # As the record says (the path it was made from), else as the workflow knows it.
+        "input": source.input if source else ms.input,
+        "output": source.output if source else ms.output,
+        "step_seconds": dict((source.step_seconds if source else None) or {}),
         # For the report's RFI spectrum and per-station plots (JSON only).
-        "flags_by_step": source.get("flags_by_step") or {},
-        "stations": source.get("stations") or [],
+        "flags_by_step": dict(flags_by_step),
+        "stations": list((source.stations if source else None) or []),
         # Per flagging step, DP3's own percentage; `flagged_after` is read from the averaged
         # output, where a sample is flagged only if all its inputs were.
-        **{
-            f"flagged_{step}": count.get("percent")
-            for step, count in (source.get("flags_by_step") or {}).items()
-        },
+        **{f"flagged_{step}": count.get("percent") for step, count in flags_by_step.items()},
     }
 
 
 def collect_rows(
-    measurement_sets: list[dict[str, str]],
-    batch_results: list[dict[str, Any]] | None,
+    measurement_sets: Sequence[MSPaths],
+    batch_results: Sequence[TaskResult] | None,
     log_dir: str | Path,
     batch_names: set[str] | None = None,
     batch_started: str = "",
@@ -97,24 +102,23 @@ def collect_rows(
     `batch_started` is done, even if its result was lost with the scheduler or an interrupt;
     a failed result without such a record is failed.
 
-    `measurement_sets` are {name, input, output} of every input of the workflow."""
-    in_batch = {result["name"]: result for result in batch_results or []}
+    `measurement_sets` are every MS of the workflow."""
+    in_batch = {result.name: result for result in batch_results or []}
     batch_names = set(batch_names or ()) | set(in_batch)
     rows = []
     for ms in measurement_sets:
-        name = ms["name"]
-        result = in_batch.get(name)
-        log = ms_log_file(log_dir, name)
-        record = read_record(Path(ms["output"]))
-        made_now = record is not None and str(record.get("finished", "")) >= batch_started
-        if record is not None and name in batch_names and made_now:
-            rows.append(_row_from({**record, "log": log}, DONE))
-        elif result is not None and result.get("status") in (FAILED, NOT_PROCESSED):
-            rows.append(_row_from(result, result["status"]))
-        elif record is not None and name not in batch_names:
-            rows.append(_row_from({**record, "log": log}, UP_TO_DATE))
+        result = in_batch.get(ms.name)
+        log = ms_log_file(log_dir, ms.name)
+        record = read_record(Path(ms.output))
+        made_now = record is not None and record.finished >= batch_started
+        if record is not None and ms.name in batch_names and made_now:
+            rows.append(_row_from(ms, DONE, log, record))
+        elif result is not None and result.status in (FAILED, NOT_PROCESSED):
+            rows.append(_row_from(ms, result.status, result.log, result))
+        elif record is not None and ms.name not in batch_names:
+            rows.append(_row_from(ms, UP_TO_DATE, log, record))
         else:
-            rows.append(_row_from({**ms, "log": log}, NOT_PROCESSED))
+            rows.append(_row_from(ms, NOT_PROCESSED, log, None))
     return rows
 
 
@@ -182,22 +186,22 @@ def _digest_path(json_path: Path) -> Path:
     return json_path.parent / f".{json_path.stem}.digest"
 
 
-def records_digest(measurement_sets: list[dict[str, str]]) -> str:
+def records_digest(measurement_sets: Sequence[MSPaths]) -> str:
     """What a no-op run's summary depends on: every MS and the state of its completion
     record (one stat each). Equal digests mean an equal summary, so it need not be rebuilt."""
     digest = hashlib.sha256()
     for ms in measurement_sets:
         try:
-            stat = os.stat(Path(ms["output"]) / RECORD_NAME)
+            stat = os.stat(Path(ms.output) / RECORD_NAME)
             state = f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
         except OSError:
             state = "none"
-        digest.update(f"{ms['name']}\t{ms['input']}\t{ms['output']}\t{state}\n".encode())
+        digest.update(f"{ms.name}\t{ms.input}\t{ms.output}\t{state}\n".encode())
     return digest.hexdigest()
 
 
 def refresh_summary(
-    measurement_sets: list[dict[str, str]], log_dir: Path, json_path: Path, tsv_path: Path
+    measurement_sets: Sequence[MSPaths], log_dir: Path, json_path: Path, tsv_path: Path
 ) -> str | None:
     """The summary of a run with nothing to do, rebuilt only when the records changed since
     it was last written (a digest beside it says which records it was built from)."""

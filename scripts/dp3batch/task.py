@@ -8,20 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from dp3batch.batch_spec import BatchSpec, PendingMS
 from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.layout import OutputLayout, ms_log_file
-
-# What every task of a batch shares, unless the MS carries its own (its parameters:
-# AOFlagger's strategy for its telescope, see planning).
-SHARED_KEYS = (
-    "dp3_executable",
-    "dp3_version",
-    "parameters",
-    "parameters_fingerprint",
-    "extra_inputs_fingerprint",
-)
 
 
 @dataclass(frozen=True)
@@ -46,24 +36,21 @@ class Task:
     guard: str | None = None
 
     @classmethod
-    def of(cls, batch: dict[str, Any], ms: dict[str, Any]) -> Task:
-        """The task of one MS of a batch specification (planning.batch_specification)."""
-        shared = {key: ms.get(key, batch[key]) for key in SHARED_KEYS}
-        guard = None
-        if "batch_id" in batch:
-            guard = str(OutputLayout(Path(batch["output_dir"])).batch_guard(batch["batch_id"]))
+    def of(cls, batch: BatchSpec, ms: PendingMS) -> Task:
+        """The task of one pending MS of a batch: the batch's shared values, unless the MS
+        carries its own parameters (AOFlagger's strategy for its telescope, see planning)."""
         return cls(
-            name=ms["name"],
-            input=ms["input"],
-            output=ms["output"],
-            log=ms_log_file(batch["log_dir"], ms["name"]),
-            dp3_executable=shared["dp3_executable"],
-            dp3_version=shared["dp3_version"],
-            parameters=DP3Parameters.from_json(shared["parameters"]),
-            parameters_fingerprint=shared["parameters_fingerprint"],
-            extra_inputs_fingerprint=shared["extra_inputs_fingerprint"],
-            band=ms.get("band"),
-            size=int(ms.get("size") or 0),
-            locked_by=ms.get("locked_by"),
-            guard=guard,
+            name=ms.name,
+            input=ms.input,
+            output=ms.output,
+            log=ms_log_file(batch.log_dir, ms.name),
+            dp3_executable=batch.dp3_executable,
+            dp3_version=batch.dp3_version,
+            parameters=ms.parameters if ms.parameters is not None else batch.parameters,
+            parameters_fingerprint=ms.parameters_fingerprint or batch.parameters_fingerprint,
+            extra_inputs_fingerprint=batch.extra_inputs_fingerprint,
+            band=ms.band,
+            size=ms.size,
+            locked_by=ms.locked_by,
+            guard=str(OutputLayout(Path(batch.output_dir)).batch_guard(batch.batch_id)),
         )

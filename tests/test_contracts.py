@@ -1,0 +1,250 @@
+"""The typed contracts between the layers: each reads back what it writes, reads the JSON the
+workflow has always written, ignores keys it does not know, and refuses a field of the wrong
+type with a message naming it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from contract_examples import (
+    make_record,
+    make_spec,
+    written_marker,
+    written_record,
+    written_spec,
+)
+from dp3batch.batch import failure_report, main, task_for
+from dp3batch.batch_spec import BatchSpec, MSPaths, PendingMS
+from dp3batch.completion import CompletionRecord, write_record
+from dp3batch.dp3_parameters import DP3Parameters
+from dp3batch.json_fields import ContractError
+from dp3batch.status import Status
+from dp3batch.summary import collect_rows
+from dp3batch.task_result import TaskResult, results_from_json, results_to_json
+
+# --- round trips --------------------------------------------------------------------------
+
+
+def test_a_completion_record_round_trips():
+    record = make_record(band=1, telescope=None, required_files=("instrument",))
+    assert CompletionRecord.from_json(record.to_json()) == record
+    assert CompletionRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+
+
+def test_a_batch_specification_round_trips_through_json():
+    spec = make_spec(scheduler="localhost:8786", worker_wait_seconds=2.5)
+    assert BatchSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+@pytest.mark.parametrize(
+    "ms",
+    [
+        PendingMS(name="a", input="/i/a.ms", output="/o/a.ms", band=None, reason="missing", size=0),
+        PendingMS(
+            name="b_spw1",
+            input="/i/b.ms",
+            output="/o/b_spw1.ms",
+            band=1,
+            reason="forced",
+            size=12,
+            parameters=DP3Parameters({}, {}, ()),
+            parameters_fingerprint="f",
+            locked_by=4242,
+        ),
+    ],
+    ids=["shared-parameters", "own-parameters"],
+)
+def test_a_pending_ms_round_trips(ms):
+    assert PendingMS.from_json(json.loads(json.dumps(ms.to_json()))) == ms
+
+
+def test_ms_paths_round_trip():
+    paths = MSPaths("a", "/i/a.ms", "/o/a.ms")
+    assert MSPaths.from_json(paths.to_json()) == paths
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["done", "failed", "not-processed"])
+def test_a_task_result_round_trips(index):
+    result = TaskResult.from_json(written_marker()[index])
+    assert TaskResult.from_json(json.loads(json.dumps(result.to_json()))) == result
+
+
+# --- what the workflow wrote reads back unchanged -----------------------------------------
+
+
+def test_the_written_record_reads_back_to_the_same_json():
+    assert CompletionRecord.from_json(written_record()).to_json() == written_record()
+    assert list(CompletionRecord.from_json(written_record()).to_json()) == list(written_record())
+
+
+def test_the_written_specification_reads_back_to_the_same_json():
+    assert BatchSpec.from_json(written_spec()).to_json() == written_spec()
+
+
+def test_the_written_marker_reads_back_to_the_same_json_with_each_result_s_keys():
+    results = results_from_json(written_marker(), "marker")
+    assert [result.status for result in results] == [
+        Status.DONE,
+        Status.FAILED,
+        Status.NOT_PROCESSED,
+    ]
+    assert results_to_json(results) == written_marker()
+    assert [list(entry) for entry in results_to_json(results)] == [
+        list(entry) for entry in written_marker()
+    ]
+
+
+def test_a_result_from_a_record_has_the_keys_of_a_done_result():
+    """A result lost with the scheduler and rebuilt from the record reads like a live one."""
+    done = written_marker()[0]
+    record = make_record(name=done["name"], input=done["input"], output=done["output"])
+    result = TaskResult.from_record(record, done["log"])
+    assert list(result.to_json()) == list(done)
+    assert result.status == Status.DONE
+
+
+# --- unknown keys, wrong types ------------------------------------------------------------
+
+
+def test_unknown_keys_are_ignored():
+    record = CompletionRecord.from_json({**written_record(), "written_by": "a later version"})
+    assert record == CompletionRecord.from_json(written_record())
+    spec = written_spec()
+    spec["measurement_sets"][0]["priority"] = 3
+    spec["all_measurement_sets"][0]["note"] = "x"
+    assert BatchSpec.from_json({**spec, "new": 1}) == BatchSpec.from_json(written_spec())
+    assert TaskResult.from_json({**written_marker()[1], "attempts": 2}) == TaskResult.from_json(
+        written_marker()[1]
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"numthreads": "1"}, "'numthreads' must be an integer, not str"),
+        ({"numthreads": True}, "'numthreads' must be an integer, not bool"),
+        ({"duration_seconds": "0.3"}, "'duration_seconds' must be a number, not str"),
+        ({"band": "0"}, "'band' must be an integer or null, not str"),
+        ({"stations": ["CS001", 2]}, "'stations' must be a list of strings"),
+        ({"shape_before": [600]}, "'shape_before' must be an object, not list"),
+        ({"parameters": [["steps"]]}, "'parameters' must hold [key, value] pairs"),
+        ({"parameters": [["averager.timestep", 2]]}, "'parameters' must hold [key, value] pairs"),
+        ({"worker": None}, "'worker' must be a string, not null"),
+        ({"format": 2}, "format 2 is not 1"),
+    ],
+)
+def test_a_record_field_of_the_wrong_type_is_refused_by_name(change, message):
+    with pytest.raises(ContractError) as error:
+        CompletionRecord.from_json({**written_record(), **change}, "completion record /o/a.ms")
+    assert str(error.value).startswith("completion record /o/a.ms: ")
+    assert message in str(error.value)
+
+
+def test_a_missing_required_field_is_refused_by_name():
+    record = written_record()
+    del record["dp3_version"]
+    with pytest.raises(ContractError, match="'dp3_version' is missing"):
+        CompletionRecord.from_json(record)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_id": 7}, "batch specification: 'batch_id' must be a string, not int"),
+        ({"local_cluster": {"n_workers": "2"}}, "local_cluster: 'n_workers' must be an integer"),
+        ({"worker_wait_seconds": "60"}, "'worker_wait_seconds' must be a number or null"),
+        ({"measurement_sets": {}}, "'measurement_sets' must be a list of objects"),
+        ({"all_measurement_sets": ["a.ms"]}, "all_measurement_sets[0]: expected a JSON object"),
+        ({"parameters": [["steps", "[]"]]}, "'parameters' must be an object, not list"),
+        ({"parameters": {"msin": {}}}, "'parameters' is not DP3 parameters"),
+    ],
+)
+def test_a_specification_field_of_the_wrong_type_is_refused_by_name(change, message):
+    with pytest.raises(ContractError) as error:
+        BatchSpec.from_json({**written_spec(), **change})
+    assert message in str(error.value)
+
+
+def test_a_pending_ms_field_of_the_wrong_type_is_refused_by_name():
+    spec = written_spec()
+    spec["measurement_sets"][1]["size"] = 1.5
+    with pytest.raises(ContractError, match=r"measurement_sets\[1\]: 'size' must be an integer"):
+        BatchSpec.from_json(spec)
+    spec = written_spec()
+    del spec["measurement_sets"][0]["parameters_fingerprint"]
+    with pytest.raises(ContractError, match="go together"):
+        BatchSpec.from_json(spec)
+
+
+def test_an_unknown_status_is_refused_naming_the_known_ones():
+    with pytest.raises(ContractError, match="'status' 'finished' is not one of 'done'"):
+        results_from_json([{**written_marker()[0], "status": "finished"}], "marker m.json")
+
+
+# --- the consumers --------------------------------------------------------------------------
+
+
+def test_a_task_takes_the_ms_s_own_parameters_else_the_batch_s():
+    spec = make_spec()
+    own, shared = (task_for(spec, ms) for ms in spec.measurement_sets)
+    assert own.parameters == spec.measurement_sets[0].parameters
+    assert own.parameters_fingerprint == spec.measurement_sets[0].parameters_fingerprint
+    assert shared.parameters == spec.parameters
+    assert shared.parameters_fingerprint == spec.parameters_fingerprint
+    assert shared.locked_by == 4242
+    assert shared.log == "/data/results/logs/demo_1.log"
+    assert own.guard == "/data/results/logs/batches/b1.guard"
+
+
+def test_the_failure_report_reads_the_typed_results():
+    results = results_from_json(written_marker(), "marker")
+    assert failure_report(results).splitlines() == [
+        "1 of 3 MS(s) failed:",
+        "  demo_1 (/data/demo_data/demo_1.ms): DP3 exited with code 1",
+        "      DP3: std::exception: No such MS",
+        "      log: /data/results/logs/demo_1.log",
+        "1 of 3 MS(s) not processed:",
+        "  demo_2",
+        "  (not run)",
+        "Fix the cause and run again: only the MSs not done will be processed.",
+    ]
+
+
+def test_summary_rows_from_typed_results_and_records(tmp_path):
+    """A record made by this batch is done, a failed result without one is failed, a record
+    of an earlier run is up to date: the rows carry what each says."""
+    outputs = {name: tmp_path / f"{name}.ms" for name in ("demo_0", "demo_1", "demo_3")}
+    for name in ("demo_0", "demo_3"):
+        outputs[name].mkdir()
+        write_record(outputs[name], make_record(name=name, output=str(outputs[name])))
+    paths = [MSPaths(name, f"/in/{name}.ms", str(output)) for name, output in outputs.items()]
+    results = [replace(TaskResult.from_json(written_marker()[1]), output=str(outputs["demo_1"]))]
+    rows = collect_rows(paths, results, tmp_path / "logs", {"demo_0", "demo_1"}, "2026")
+    by_name = {row["name"]: row for row in rows}
+    assert {name: row["status"] for name, row in by_name.items()} == {
+        "demo_0": Status.DONE,
+        "demo_1": Status.FAILED,
+        "demo_3": Status.UP_TO_DATE,
+    }
+    assert by_name["demo_0"]["rows_after"] == 300
+    assert by_name["demo_0"]["flagged_aoflagger"] == 6.323
+    assert by_name["demo_0"]["log"] == str(tmp_path / "logs" / "demo_0.log")
+    assert by_name["demo_1"]["error"] == "std::exception: No such MS"
+    assert by_name["demo_3"]["error"] is None
+    assert json.loads(json.dumps(rows))  # plain JSON, as summary.json writes it
+    assert Path(by_name["demo_0"]["output"]) == outputs["demo_0"]
+
+
+def test_the_central_job_refuses_a_malformed_specification_with_one_message(tmp_path):
+    log_file = tmp_path / "process.log"
+    code = main(
+        {**written_spec(), "measurement_sets": "demo_0"}, str(tmp_path / "m.json"), str(log_file)
+    )
+    assert code == 2
+    text = log_file.read_text()
+    assert "Error: batch specification: 'measurement_sets' must be a list of objects" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "m.json").exists()
