@@ -3,8 +3,6 @@ import sys
 import threading
 from pathlib import Path
 
-from snakemake.utils import validate
-
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from dp3batch.interrupts import forward_interrupts_to_batch
@@ -43,7 +41,6 @@ def plan_or_exit():
         # -F, -R process_measurement_sets: every MS is processed again.
         forced = all_forced(FLAGS.forceall, FLAGS.forcerun)
         plan = make_plan(config, force=forced, validated=validated)
-        validate(config, schema="../config/schema.yaml")
     except (ConfigError, DP3Error) as error:
         sys.exit(f"Error: {error}")
     print(describe_pending(plan), file=sys.stderr)

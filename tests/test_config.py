@@ -366,3 +366,15 @@ def test_step_checks_come_before_schema_checks():
     config = config_with_steps([{"Averager": {"timestep": 0}}, {"Flagger": None}])
     config["ouput_dir"] = "x"
     assert "unknown step type 'Flagger'" in validation_error(config)
+
+
+def test_validation_gives_left_out_keys_their_schema_defaults_and_keeps_the_others():
+    from dp3batch.config import validate_config
+
+    config = {"steps": [{"Averager": {"timestep": 2}}], "worker_wait_seconds": 5}
+    validate_config(config)
+    assert config["output_dir"] == "results"
+    assert config["dask_report_min_seconds"] == 60
+    assert config["local_cluster"] == {}
+    assert config["worker_wait_seconds"] == 5
+    assert config["steps"] == [{"Averager": {"timestep": 2}}]

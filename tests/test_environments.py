@@ -1,8 +1,9 @@
 """The conda environment files, requirements.txt and the running environment agree.
 
 conda cannot reach its channels on the test machines, so these are static checks: every
-rule has a conda environment, every version pinned there is the one requirements.txt pins,
-and the environment the tests run in has exactly requirements.txt's versions."""
+version pinned in an environment file is the one requirements.txt pins, and the environment
+the tests run in has exactly requirements.txt's versions. (That every rule names a conda
+environment is Snakemake's own lint, `snakemake --lint`, run by `make lint`.)"""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
-RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
 
 # conda-forge names of packages that pip knows under another name.
 CONDA_TO_PIP = {"snakemake-minimal": "snakemake"}
@@ -29,7 +29,6 @@ UNPINNED_TOOLS = {"python", "pip"}
 DEVELOPMENT_ONLY = {"pytest", "pytest-timeout", "ruff", "snakefmt"}
 # Not on conda-forge: installed by pip inside the conda environment.
 PIP_ONLY = {"dp3"}
-JOB_DIRECTIVES = ("script", "shell", "run", "wrapper", "notebook", "cwl")
 
 
 def requirements() -> dict[str, str]:
@@ -70,41 +69,8 @@ def environment_packages(path: Path) -> tuple[dict[str, str | None], dict[str, s
     return conda, pip
 
 
-def rules_of(path: Path) -> dict[str, str]:
-    """{rule name: its text} of a Snakefile or .smk file."""
-    text = path.read_text()
-    starts = list(re.finditer(r"^(?:rule|checkpoint)\s+(\w+)\s*:", text, re.MULTILINE))
-    rules = {}
-    for index, start in enumerate(starts):
-        end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
-        body = text[start.end() : end]
-        # The rule ends at the next line that is not indented.
-        lines = []
-        for line in body.splitlines()[1:]:
-            if line and not line[0].isspace():
-                break
-            lines.append(line)
-        rules[start.group(1)] = "\n".join(lines)
-    return rules
-
-
-def test_there_are_environment_files_and_rules():
+def test_there_are_environment_files():
     assert ENV_FILES
-    assert any(rules_of(path) for path in RULE_FILES)
-
-
-@pytest.mark.parametrize("rule_file", RULE_FILES, ids=lambda path: path.name)
-def test_every_rule_with_a_job_has_an_existing_conda_environment(rule_file):
-    for name, body in rules_of(rule_file).items():
-        has_job = any(re.search(rf"^\s+{word}:", body, re.MULTILINE) for word in JOB_DIRECTIVES)
-        if rule_file.suffix != ".smk" and not has_job:
-            continue  # a target-only rule such as `all` runs nothing
-        match = re.search(r"^\s+conda:\s*\n\s+[\"']([^\"']+)[\"']", body, re.MULTILINE)
-        assert match, f"{rule_file.name}: rule {name} has no conda: directive"
-        # Snakemake resolves the path against the file that defines the rule.
-        environment = (rule_file.parent / match.group(1)).resolve()
-        assert environment.is_file(), f"rule {name}: {environment} does not exist"
-        assert environment in ENV_FILES, f"rule {name}: {environment} is not in envs/"
 
 
 @pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda path: path.name)

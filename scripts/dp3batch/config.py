@@ -6,6 +6,7 @@ how to fix it; the rule layer shows that message and nothing else.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +223,17 @@ def validate_config(config: dict) -> tuple[str | None, Chain]:
     The steps are checked structurally first so that their messages are specific, then the
     whole config against the schema (parameter types and ranges, unknown keys).
     """
+    schema = load_schema()
+    fill_defaults(config, schema)
     scheduler = coerce_scheduler(config.get("scheduler"))
     chain = parse_steps(config.get("steps"))
-    check_config_against_schema(config)
+    check_config_against_schema(config, schema)
     return scheduler, chain
+
+
+def fill_defaults(config: dict, schema: dict) -> None:
+    """Give every key the config leaves out its schema default, in place (the defaults are
+    stated once, in the schema; a batch pre-processing config file brings `steps` only)."""
+    for key, definition in schema.get("properties", {}).items():
+        if key not in config and "default" in definition:
+            config[key] = copy.deepcopy(definition["default"])
