@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -201,3 +203,23 @@ def test_the_embedded_dashboard_answers_at_the_link_the_batch_log_shows():
                 return False
 
         assert wait_until(status_page, timeout=20)
+
+
+def test_a_batch_shorter_than_the_dashboard_delay_never_loads_the_dashboard():
+    # Its import holds the interpreter lock for about 0.4 s: a one-MS rerun must not pay it.
+    script = (
+        "import sys\n"
+        "from dp3batch.cluster import embedded_cluster\n"
+        "with embedded_cluster(1, 1):\n"
+        "    pass\n"
+        "print('distributed.dashboard.scheduler' in sys.modules)\n"
+    )
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    answer = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(scripts)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert answer.stdout.strip() == "False", answer.stderr[-2000:]

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 from dp3batch.batch_spec import BatchSpec, PendingMS
 from dp3batch.cluster import (
+    DASHBOARD_DELAY_SECONDS,
     PROBE_PREFIX,
     ClusterError,
     available_cores,
@@ -159,6 +160,8 @@ def _preflight(client, batch: BatchSpec) -> None:
             'its threads (oversubscription); start workers with --resources "process=1"'
         )
     dashboard = getattr(client, "dashboard_link", None)
+    if not batch.scheduler:
+        dashboard = f"{dashboard} (from {DASHBOARD_DELAY_SECONDS} s into the batch)"
     log.info(
         "%d worker(s) can run DP3, %d thread(s) in all; dashboard: %s",
         len(workers),

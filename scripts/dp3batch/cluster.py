@@ -22,6 +22,7 @@ PATH_CHECK_SECONDS = 30
 SCHEDULER_ANSWER_SECONDS = 15
 CLOSE_SECONDS = 10
 DASHBOARD_ATTACH_SECONDS = 10
+DASHBOARD_DELAY_SECONDS = 3
 LOCAL_DASHBOARD_LINK = "http://127.0.0.1:{port}/status"
 PROBE_PREFIX = ".dp3batch-probe-"
 
@@ -210,8 +211,9 @@ def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
             memory_limit=memory_per_worker,
             silence_logs=40,
         )
+    batch_over = threading.Event()
     dashboard = threading.Thread(
-        target=_attach_dashboard, args=(cluster,), name="dp3batch-dashboard"
+        target=_attach_dashboard, args=(cluster, batch_over), name="dp3batch-dashboard"
     )
     dashboard.start()
     try:
@@ -223,17 +225,22 @@ def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
         finally:
             close_quietly(client)
     finally:
+        batch_over.set()
         # Not a daemon: an import left running while the interpreter exits could deadlock.
         dashboard.join(DASHBOARD_ATTACH_SECONDS)
         close_quietly(cluster)
 
 
-def _attach_dashboard(cluster) -> None:
-    """Serve dask's dashboard on the embedded scheduler's HTTP port.
+def _attach_dashboard(cluster, batch_over: threading.Event) -> None:
+    """Serve dask's dashboard on the embedded scheduler's HTTP port, once the batch has run
+    DASHBOARD_DELAY_SECONDS.
 
-    Its plotting library takes about 0.4 s to import, as long as a small MS's whole DP3 run:
-    imported here, beside the first DP3s instead of before them, then connected in the
+    Its plotting library takes about 0.4 s of CPU to import, holding the interpreter lock
+    that every task's bookkeeping needs: on a batch shorter than that delay it would cost a
+    tenth of the run, and nobody could look at it in time. Then it is connected in the
     scheduler's event loop (as the scheduler itself does when it starts with a dashboard)."""
+    if batch_over.wait(DASHBOARD_DELAY_SECONDS):
+        return
     try:
         from distributed.dashboard import scheduler as dashboard
     except ImportError:  # no bokeh: the scheduler serves its plain pages only
