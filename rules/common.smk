@@ -40,7 +40,12 @@ def plan_or_exit():
         ensure_demo_data(config)
         # -F, -R process_measurement_sets: every MS is processed again.
         forced = all_forced(FLAGS.forceall, FLAGS.forcerun)
-        plan = make_plan(config, force=forced, validated=validated)
+        plan = make_plan(
+            config,
+            force=forced,
+            validated=validated,
+            inspect_inputs=not FLAGS.processes_nothing,
+        )
     except (ConfigError, DP3Error) as error:
         sys.exit(f"Error: {error}")
     print(describe_pending(plan), file=sys.stderr)

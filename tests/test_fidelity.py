@@ -137,6 +137,20 @@ def test_an_ms_without_the_data_column_dp3_needs_is_refused_up_front(tmp_path):
     check_readable(make_ms(tmp_path / "both.ms", corrected_data=True), "CORRECTED_DATA")
 
 
+def test_only_a_run_that_submits_work_opens_every_pending_input(tmp_path):
+    # A dry run lists what would run (10,000 pending inputs would take it minutes to open);
+    # the run itself opens each pending input before it submits anything.
+    from dp3batch.config import ConfigError
+    from dp3batch.planning import make_plan
+
+    make_ms(tmp_path / "inputs" / "c.ms", data_column="CORRECTED_DATA")
+    config = {"inputs": ["inputs/*.ms"], "steps": [{"Averager": {"timestep": 2}}]}
+    dry = make_plan(dict(config), tmp_path, inspect_inputs=False)
+    assert [(ms.name, reason) for ms, reason in dry.pending] == [("c", "missing")]
+    with pytest.raises(ConfigError, match=r"c\.ms lacks the column\(s\) DATA"):
+        make_plan(dict(config), tmp_path)
+
+
 def test_a_misspelled_dp3_key_is_named_before_anything_runs(workflow):
     make_ms(workflow.directory / "inputs" / "obs.ms")
     workflow.config["steps"] = [{"Averager": {"timestpe": 2}}]

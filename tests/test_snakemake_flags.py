@@ -27,7 +27,7 @@ SNAKEMAKE = "/venv/bin/snakemake"
         (["--cores", "1"], CommandLineFlags()),
         (["--cores", "1", "-F"], CommandLineFlags(forceall=True)),
         (["--forceall", "--cores", "1"], CommandLineFlags(forceall=True)),
-        (["-nF", "--cores", "1"], CommandLineFlags(forceall=True)),
+        (["-nF", "--cores", "1"], CommandLineFlags(forceall=True, dryrun=True)),
         (
             ["--cores", "1", "-R", "process_measurement_sets"],
             CommandLineFlags(forcerun=frozenset({"process_measurement_sets"})),
@@ -38,7 +38,8 @@ SNAKEMAKE = "/venv/bin/snakemake"
         ),
         (["--cores", "1", "-R"], CommandLineFlags()),
         (["--lc", "params"], CommandLineFlags(list_changes="params")),
-        (["--list-changes", "input", "-n"], CommandLineFlags(list_changes="input")),
+        (["--list-changes", "input", "-n"], CommandLineFlags(list_changes="input", dryrun=True)),
+        (["--cores", "1", "--dry-run"], CommandLineFlags(dryrun=True)),
         (["--list-changes=code"], CommandLineFlags(list_changes="code")),
     ],
 )
@@ -113,6 +114,20 @@ def test_list_changes_names_the_outputs_pending_for_that_kind(tmp_path, kind, ex
 )
 def test_report_mode_is_read_with_snakemakes_own_parser(argv, expected):
     assert command_line_flags(argv).report is expected
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--cores", "1"], False),
+        (["--cores", "1", "-F"], False),
+        (["--cores", "1", "-n"], True),
+        (["--cores", "1", "--report", "r.html"], True),
+        (["--lc", "params"], True),
+    ],
+)
+def test_only_a_run_that_can_submit_work_inspects_every_input(arguments, expected):
+    assert command_line_flags([SNAKEMAKE, *arguments]).processes_nothing is expected
 
 
 def test_the_report_command_repeats_the_runs_workflow_arguments():

@@ -84,10 +84,15 @@ def make_plan(
     base_dir: str | Path = ".",
     force: bool = False,
     validated: tuple[str | None, Chain] | None = None,
+    inspect_inputs: bool = True,
 ) -> Plan:
     """Validate the config (unless `validated` holds `validate_config`'s answer already),
     discover the inputs, and find the pending MSs (every MS when `force`: those pending
-    anyway keep their reason, the others are `forced`)."""
+    anyway keep their reason, the others are `forced`).
+
+    `inspect_inputs`: open every pending input with casacore (is it a readable MS, which
+    telescope), as a run must before it submits anything. A dry run submits nothing, and
+    opening 10,000 MSs would take it minutes: it lists them, their locks and their windows."""
     scheduler, chain = validated or validate_config(config)
     base = Path(base_dir).absolute()
     extra_dir = config.get("extra_inputs_dir")
@@ -153,6 +158,8 @@ def make_plan(
         holder = write_lock_holder(ms.input)
         if holder is not None:
             return PendingInput(data_size(ms.input), locked_by=holder)
+        if not inspect_inputs:
+            return PendingInput(data_size(ms.input))
         check_readable(ms.input, data_column)
         telescope = read_telescope_name(ms.input) if per_ms.varies else None
         return PendingInput(data_size(ms.input), telescope=telescope)

@@ -35,9 +35,16 @@ class CommandLineFlags:
     list_changes: str | None = None
     # `--report FILE`: build the report of the last batch, process nothing.
     report: bool = False
+    # `-n`: say what would be processed, process nothing.
+    dryrun: bool = False
     # The arguments that say which workflow, directory and config a run used: a command
     # the user copies from our messages must name them again.
     workflow_arguments: tuple[str, ...] = ()
+
+    @property
+    def processes_nothing(self) -> bool:
+        """A dry run, a report or a list of changes: nothing will be submitted."""
+        return self.dryrun or self.report or self.list_changes is not None
 
     def command(self, *extra: str) -> str:
         """`snakemake --cores 1` with this run's workflow arguments and `extra`."""
@@ -63,6 +70,7 @@ def command_line_flags(argv: Sequence[str]) -> CommandLineFlags:
         forcerun=frozenset(args.forcerun or ()),
         list_changes=str(args.list_changes) if args.list_changes else None,
         report=bool(getattr(args, "report", None)),
+        dryrun=bool(getattr(args, "dryrun", False)),
         workflow_arguments=_workflow_arguments(args),
     )
 
