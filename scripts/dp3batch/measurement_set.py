@@ -32,7 +32,7 @@ def write_lock_holder(ms: str | Path) -> int | None:
     casacore waits forever for a table another process holds locked for writing
     ("waiting for read-lock"); asking the kernel first (F_GETLK takes no lock) lets a run
     name the lock instead of hanging on it."""
-    for lock_file in [Path(ms) / "table.lock", *Path(ms).glob("*/table.lock")]:
+    for lock_file in _lock_files(str(ms)):
         try:
             descriptor = os.open(lock_file, os.O_RDONLY)
         except OSError:
@@ -49,6 +49,22 @@ def write_lock_holder(ms: str | Path) -> int | None:
         if lock_type != fcntl.F_UNLCK:
             return pid
     return None
+
+
+def _lock_files(ms: str) -> list[str]:
+    """The lock file of the MS's main table and of each subtable (a dry run over 10,000
+    pending MSs asks for all of them: a directory listing, not a glob)."""
+    files = [os.path.join(ms, "table.lock")]
+    try:
+        with os.scandir(ms) as entries:
+            files += [
+                os.path.join(entry.path, "table.lock")
+                for entry in entries
+                if entry.is_dir()  # a subtable may be a link, as a glob would follow
+            ]
+    except OSError:
+        pass
+    return files
 
 
 def lock_message(ms: str | Path, pid: int) -> str:
