@@ -639,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", default="1000,10000", help="MS counts of the bookkeeping case")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.scratch:
+        args.scratch.mkdir(parents=True, exist_ok=True)
     scratch_root = Path(tempfile.mkdtemp(prefix="dp3batch-bench-", dir=args.scratch))
     cases = CASES if args.case == "all" else [args.case]
     try:

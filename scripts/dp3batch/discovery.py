@@ -7,9 +7,8 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from dp3batch.completion import CompletionRecord, read_record
+from dp3batch.completion import read_record
 from dp3batch.config import ConfigError
 from dp3batch.layout import RECORD_NAME
 from dp3batch.measurement_set import write_lock_holder
@@ -328,23 +327,12 @@ def _outputs_by_name(output_dir: Path, names: set[str]) -> dict[str, list[Path]]
     return found
 
 
-def _windows_entry(record: CompletionRecord | None) -> dict[str, Any] | None:
-    """What `windows.windows_from_record` reads of a record, in the JSON shape it takes."""
-    if record is None:
-        return None
-    return {
-        "input": record.input,
-        "windows": record.windows,
-        "input_fingerprint": record.input_fingerprint,
-    }
-
-
 def _known_windows(ms: MeasurementSet, outputs: list[Path]) -> Windows | None:
     """The windows of an MS: from a completion record of one of its outputs while it holds,
     else read from the MS (None when another process holds it locked for writing: it stays
     one item, whose task then fails alone, naming the lock)."""
     for output in outputs:
-        windows = windows_from_record(_windows_entry(read_record(output)), ms.input)
+        windows = windows_from_record(read_record(output), ms.input)
         if windows is not None:
             return windows
     if write_lock_holder(ms.input) is not None:

@@ -15,11 +15,12 @@ from; a rerun trusts the record while that fingerprint holds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dp3batch.completion import input_fingerprint
+from dp3batch.completion import CompletionRecord, input_fingerprint
 
 WINDOW_SUFFIX = "_spw"
 DESCRIPTION_TABLE = "DATA_DESCRIPTION"
@@ -79,16 +80,16 @@ def windows_record(path: str | Path) -> dict[str, Any]:
     }
 
 
-def windows_from_record(record: dict[str, Any] | None, input_path: Path) -> Windows | None:
+def windows_from_record(record: CompletionRecord | None, input_path: Path) -> Windows | None:
     """The bands a completion record of this input knows, if they still hold, else None.
 
     One DATA_DESCRIPTION row means one band whatever the rows say: its files' fingerprint
     suffices (a stat of a few files). With several, the rows decide: the whole input must be
     unchanged (its fingerprint equals the record's)."""
-    if record is None or record.get("input") != str(input_path):
+    if record is None or record.input != str(input_path):
         return None
-    entry = record.get("windows")
-    if not isinstance(entry, dict):
+    entry = record.windows
+    if not isinstance(entry, Mapping):
         return None
     descriptions, bands = entry.get("descriptions"), entry.get("bands")
     if not isinstance(descriptions, int) or not isinstance(bands, list):
@@ -100,6 +101,6 @@ def windows_from_record(record: dict[str, Any] | None, input_path: Path) -> Wind
             return None
     except OSError:
         return None
-    if descriptions > 1 and record.get("input_fingerprint") != input_fingerprint(input_path):
+    if descriptions > 1 and record.input_fingerprint != input_fingerprint(input_path):
         return None
     return Windows(descriptions, tuple(bands))
