@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from dp3batch.dp3_parameters import DP3Parameters, DP3Step
 from dp3batch.measurement_set import Shape
 from dp3batch.output_check import (
     CannotDerive,
@@ -15,7 +16,15 @@ from dp3batch.output_check import (
 )
 
 GRID = InputGrid(times=20, baselines=15, channels=16, interval=2.0)
-AVERAGE = [("steps", "[averager]"), ("averager.type", "averager")]
+
+
+def chain(*steps: DP3Step) -> DP3Parameters:
+    return DP3Parameters(msin={}, msout={}, steps=steps)
+
+
+def averager(name: str = "averager", kind: str = "averager", **params) -> DP3Step:
+    return DP3Step(name, kind, params)
+
 
 WRITER_LOG = """MsReader
   ntimes:             20
@@ -32,28 +41,23 @@ Processing 20 time slots ...
 
 
 def test_averaging_divides_the_grid_and_keeps_a_partial_last_slot():
-    parameters = [*AVERAGE, ("averager.timestep", "3"), ("averager.freqstep", "2")]
+    parameters = chain(averager(timestep=3, freqstep=2))
     assert derive_expected_shape(GRID, parameters) == ExpectedShape(7, 15, 8, 6.0)
 
 
 def test_averaging_steps_multiply():
-    parameters = [
-        ("averager.type", "averager"),
-        ("averager.timestep", "2"),
-        ("demixer.type", "demixer"),
-        ("demixer.timestep", "5"),
-    ]
+    parameters = chain(averager(timestep=2), averager("demixer", "demixer", timestep=5))
     assert derive_expected_shape(GRID, parameters) == ExpectedShape(2, 15, 16, 20.0)
 
 
 def test_resolutions_are_left_to_dp3():
-    parameters = [*AVERAGE, ("averager.timeresolution", "5"), ("averager.freqresolution", "1MHz")]
+    parameters = chain(averager(timeresolution=5, freqresolution="1MHz"))
     assert derive_expected_shape(GRID, parameters) == ExpectedShape(None, 15, None, None)
 
 
 def test_several_windows_without_a_band_cannot_be_derived():
     with pytest.raises(CannotDerive, match="2 spectral windows"):
-        derive_expected_shape(InputGrid(20, 15, 16, 2.0, windows_in_rows=2), [])
+        derive_expected_shape(InputGrid(20, 15, 16, 2.0, windows_in_rows=2), chain())
 
 
 def test_dp3s_plan_is_read_from_the_mswriter_summary():

@@ -339,7 +339,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             return _failed(result, started, log_path, reason)
         shape_out = read_shape(str(temporary), with_flags=True)
         dp3_output = log_path.read_text(errors="replace")  # read once, parsed three times
-        expected, problems = check_output(task.input, reading.pairs(), dp3_output, shape_out)
+        expected, problems = check_output(task.input, reading, dp3_output, shape_out)
         required_files = parameters.required_output_files()
         problems += [
             f"DP3 wrote no {name} into the output"

@@ -16,6 +16,7 @@ import math
 import re
 from dataclasses import dataclass, fields, replace
 
+from dp3batch.dp3_parameters import DP3Parameters, DP3Step, format_value
 from dp3batch.measurement_set import Shape
 
 # Time and channel selections of msin whose effect only DP3 can compute.
@@ -61,13 +62,13 @@ def _integer(value: str | None) -> int | None:
         return None
 
 
-def read_input_grid(path: str, parameters: list[tuple[str, str]]) -> InputGrid:
+def read_input_grid(path: str, parameters: DP3Parameters) -> InputGrid:
     """Open the input MS and describe what DP3 reads of it with these parameters."""
     import numpy as np
     from casacore import tables
 
-    msin = {key[len("msin.") :]: value for key, value in parameters if key.startswith("msin.")}
-    band = _integer(msin.get("band"))
+    msin = {key: format_value(value) for key, value in parameters.msin.items()}
+    band = parameters.selected_band()
     with tables.table(str(path), ack=False, readonly=True) as table:
         ddid = table.getcol("DATA_DESC_ID")
         selected = np.ones(len(ddid), dtype=bool) if band is None else ddid == band
@@ -103,7 +104,7 @@ def read_input_grid(path: str, parameters: list[tuple[str, str]]) -> InputGrid:
     return InputGrid(times, baselines, channels, interval, windows_in_rows)
 
 
-def derive_expected_shape(grid: InputGrid, parameters: list[tuple[str, str]]) -> ExpectedShape:
+def derive_expected_shape(grid: InputGrid, parameters: DP3Parameters) -> ExpectedShape:
     """The input grid after the chain's averaging steps, as far as the parameters say."""
     if grid.windows_in_rows > 1:
         raise CannotDerive(
@@ -112,30 +113,29 @@ def derive_expected_shape(grid: InputGrid, parameters: list[tuple[str, str]]) ->
             "NAME_spw<k>.ms), or select one with `MsIn: {band: N}`"
         )
     shape = ExpectedShape(grid.times, grid.baselines, grid.channels, grid.interval)
-    values = dict(parameters)
-    for key, kind in parameters:  # the steps in their order
-        if key.endswith(".type") and kind in _AVERAGING_STEPS:
-            shape = _averaged(shape, values, key[: -len(".type")])
+    for step in parameters.steps:  # in their order
+        if step.type in _AVERAGING_STEPS:
+            shape = _averaged(shape, step)
     return shape
 
 
-def _averaged(shape: ExpectedShape, values: dict[str, str], step: str) -> ExpectedShape:
+def _averaged(shape: ExpectedShape, step: DP3Step) -> ExpectedShape:
     """One averaging step: a `timestep`/`freqstep` divides the grid (a partial last slot or
     channel group is kept); a `timeresolution`/`freqresolution` leaves it to DP3's plan."""
     times, interval, channels = shape.times, shape.interval, shape.channels
-    if f"{step}.timeresolution" in values:
+    if step.value("timeresolution") is not None:
         times = interval = None
     else:
-        timestep = _integer(values.get(f"{step}.timestep", "1"))
+        timestep = _integer(step.value("timestep") or "1")
         if timestep is None:
             times = interval = None
         else:
             times = None if times is None else math.ceil(times / timestep)
             interval = None if interval is None else interval * timestep
-    if f"{step}.freqresolution" in values:
+    if step.value("freqresolution") is not None:
         channels = None
     else:
-        freqstep = _integer(values.get(f"{step}.freqstep", "1"))
+        freqstep = _integer(step.value("freqstep") or "1")
         channels = None if channels is None or freqstep is None else math.ceil(channels / freqstep)
     return replace(shape, times=times, interval=interval, channels=channels)
 
@@ -221,7 +221,7 @@ def output_problems(after: Shape, expected: ExpectedShape) -> list[str]:
 
 
 def check_output(
-    input_path: str, parameters: list[tuple[str, str]], log_text: str, after: Shape
+    input_path: str, parameters: DP3Parameters, log_text: str, after: Shape
 ) -> tuple[ExpectedShape | None, list[str]]:
     """Everything wrong with an output: (the expected shape, problems); no problems = good."""
     try:
