@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dp3batch.config import ConfigError
 from dp3batch.dp3_parameters import DP3Parameters, DP3Step, format_value
+from dp3batch.errors import ConfigError
 
 
 def _as_names(value: str | None) -> list[str]:

@@ -7,13 +7,11 @@ how to fix it; the rule layer shows that message and nothing else.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import jsonschema
-import yaml
 
 from dp3batch.errors import ConfigError
 from dp3batch.reference_format import is_reference_entry, translate_entry
@@ -68,6 +66,8 @@ class Chain:
 
 
 def load_schema() -> dict:
+    import yaml
+
     with open(SCHEMA_PATH) as schema_file:
         return yaml.safe_load(schema_file)
 
@@ -92,17 +92,24 @@ def coerce_scheduler(value: Any) -> str | None:
     return f"tcp://{without_protocol}"
 
 
-# JSON Schema counts 2.0 as an integer, but DP3 rejects `timestep=2.0`: require a real int.
-_StrictIntegerValidator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer",
-        lambda checker, instance: isinstance(instance, int) and not isinstance(instance, bool),
-    ),
-)
+@functools.cache
+def _strict_integer_validator() -> type:
+    """JSON Schema counts 2.0 as an integer, but DP3 rejects `timestep=2.0`: require a real
+    int. (Built on first use: jsonschema's import costs every process 40 ms, and the central
+    job and the workers never validate a config.)"""
+    import jsonschema
+
+    return jsonschema.validators.extend(
+        jsonschema.Draft202012Validator,
+        type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+            "integer",
+            lambda checker, instance: isinstance(instance, int) and not isinstance(instance, bool),
+        ),
+    )
 
 
-def _schema_error_message(error: jsonschema.ValidationError, config: dict) -> str:
+def _schema_error_message(error: Any, config: dict) -> str:
+    """`error`: a jsonschema.ValidationError."""
     location = _describe_location(list(error.absolute_path), config)
     return f"{location}: {error.message}" if location else error.message
 
@@ -131,7 +138,9 @@ def _is_reference_item(config: dict, index: Any) -> bool:
 def check_config_against_schema(config: dict, schema: dict | None = None) -> None:
     """Raise ConfigError for the first schema violation, worded for a person."""
     schema = schema or load_schema()
-    validator = _StrictIntegerValidator(schema)
+    import jsonschema
+
+    validator = _strict_integer_validator()(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError(_schema_error_message(jsonschema.exceptions.best_match(errors), config))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dp3batch.completion import read_record
-from dp3batch.config import ConfigError
+from dp3batch.errors import ConfigError
 from dp3batch.layout import RECORD_NAME
 from dp3batch.measurement_set import write_lock_holder
 from dp3batch.parallel import map_over_cores

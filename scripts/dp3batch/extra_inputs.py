@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from dp3batch.config import ConfigError
+from dp3batch.errors import ConfigError
 
 # DP3 (>= 6) reads sky models only in the text format, and takes a file for one only when its
 # name ends like this; any other name is taken for a makesourcedb "sourcedb", which it refuses.

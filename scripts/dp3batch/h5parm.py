@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dp3batch.config import ConfigError
+from dp3batch.errors import ConfigError
 
 # Soltab types DP3 applies on their own (schaapcommon's H5ParmTypeStringToGainType). A phase
 # or amplitude soltab without a polarisation axis is applied as a scalar one.

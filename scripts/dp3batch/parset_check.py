@@ -13,10 +13,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from dp3batch.config import ConfigError
 from dp3batch.dp3 import as_parset, run_parameters
 from dp3batch.dp3_install import dp3_environment
 from dp3batch.dp3_parameters import DP3Parameters
+from dp3batch.errors import ConfigError
 
 CHECK_TIMEOUT_SECONDS = 30
 # DP3's warning, then one "    - key" line per unused key.
