@@ -155,7 +155,8 @@ def test_a_missing_required_field_is_refused_by_name():
     [
         ({"batch_id": 7}, "batch specification: 'batch_id' must be a string, not int"),
         ({"local_cluster": {"n_workers": "2"}}, "local_cluster: 'n_workers' must be an integer"),
-        ({"worker_wait_seconds": "60"}, "'worker_wait_seconds' must be a number or null"),
+        ({"worker_wait_seconds": "60"}, "'worker_wait_seconds' must be a number, not str"),
+        ({"dask_report_min_seconds": None}, "'dask_report_min_seconds' must be a number, not null"),
         ({"measurement_sets": {}}, "'measurement_sets' must be a list of objects"),
         ({"all_measurement_sets": ["a.ms"]}, "all_measurement_sets[0]: expected a JSON object"),
         ({"parameters": [["steps", "[]"]]}, "'parameters' must be an object, not list"),

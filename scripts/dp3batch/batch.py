@@ -36,7 +36,7 @@ from dp3batch.cluster import (
     wait_for_process_workers,
 )
 from dp3batch.completion import Expectation, pending_reason, read_record
-from dp3batch.dask_report import DEFAULT_MIN_SECONDS, DaskPerformanceReport, write_no_report
+from dp3batch.dask_report import DaskPerformanceReport, write_no_report
 from dp3batch.dispatch import (
     Dispatch,
     SchedulerLost,
@@ -58,7 +58,6 @@ from dp3batch.task_result import TaskResult, results_to_json
 log = logging.getLogger("dp3batch")
 
 LOCK_WAIT_SECONDS = 30
-DEFAULT_WORKER_WAIT_SECONDS = 60
 
 
 class BatchError(RuntimeError):
@@ -195,16 +194,6 @@ def _report_line(done: int, total: int, elapsed: float, result: TaskResult) -> s
     )
 
 
-def _worker_wait(batch: BatchSpec) -> float:
-    value = batch.worker_wait_seconds
-    return float(DEFAULT_WORKER_WAIT_SECONDS if value is None else value)
-
-
-def _dask_report_min_seconds(batch: BatchSpec) -> float:
-    value = batch.dask_report_min_seconds
-    return float(DEFAULT_MIN_SECONDS if value is None else value)
-
-
 def _known_outputs(batch: BatchSpec) -> set[str]:
     """Names of every output of the workflow (`X.ms`), this batch's and the up-to-date ones."""
     names = {Path(ms.output).name for ms in batch.all_measurement_sets}
@@ -280,13 +269,13 @@ class BatchRun:
                     tasks=tasks,
                     batch_id=batch.batch_id,
                     scheduler_address=batch.scheduler or client.scheduler.address,
-                    worker_grace=_worker_wait(batch),
+                    worker_grace=batch.worker_wait_seconds,
                     on_result=self.record_result,
                     orphaned=orphaned,
                 )
                 log.info("%d DP3 task(s) to run, largest first", len(tasks))
                 self.dask_report = DaskPerformanceReport(
-                    client, self.report_files.dask, _dask_report_min_seconds(batch)
+                    client, self.report_files.dask, batch.dask_report_min_seconds
                 )
                 self.dask_report.start()
                 try:

@@ -113,11 +113,11 @@ class BatchSpec:
     parameters: DP3Parameters
     parameters_fingerprint: str
     extra_inputs_fingerprint: str
-    # How long the batch waits for workers holding `process` to come back (None: default).
-    worker_wait_seconds: float | None
+    # How long the batch waits for workers holding `process` to come back.
+    worker_wait_seconds: float
     all_measurement_sets: tuple[MSPaths, ...]
-    # Below this duration no dask performance report is kept (None: default).
-    dask_report_min_seconds: float | None
+    # Below this duration no dask performance report is kept.
+    dask_report_min_seconds: float
     # When the pending set was taken: a record finished later was made by this run.
     planned_at: str
     measurement_sets: tuple[PendingMS, ...]
@@ -157,12 +157,12 @@ class BatchSpec:
             parameters=fields.dp3_parameters("parameters"),
             parameters_fingerprint=fields.text("parameters_fingerprint"),
             extra_inputs_fingerprint=fields.text("extra_inputs_fingerprint"),
-            worker_wait_seconds=fields.optional_number("worker_wait_seconds"),
+            worker_wait_seconds=fields.number("worker_wait_seconds"),
             all_measurement_sets=tuple(
                 MSPaths.from_json(item.data, item.what)
                 for item in fields.objects("all_measurement_sets")
             ),
-            dask_report_min_seconds=fields.optional_number("dask_report_min_seconds"),
+            dask_report_min_seconds=fields.number("dask_report_min_seconds"),
             planned_at=fields.text("planned_at"),
             measurement_sets=tuple(
                 PendingMS.from_json(item.data, item.what)

@@ -17,7 +17,6 @@ from dp3batch.cluster import SCHEDULER_ANSWER_SECONDS, call_with_deadline
 
 _log = logging.getLogger("dp3batch")
 
-DEFAULT_MIN_SECONDS = 60.0
 RENDER_SECONDS = 60.0
 
 
@@ -34,7 +33,7 @@ def write_no_report(path: str | Path, why: str) -> None:
 class DaskPerformanceReport:
     """Started before the fan-out, finished (written) after it."""
 
-    def __init__(self, client, path: str | Path, min_seconds: float = DEFAULT_MIN_SECONDS):
+    def __init__(self, client, path: str | Path, min_seconds: float):
         self.client = client
         self.path = Path(path)
         self.min_seconds = min_seconds

@@ -246,9 +246,10 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> Batch
         parameters=plan.parameters,
         parameters_fingerprint=plan.expectation.parameters_fingerprint,
         extra_inputs_fingerprint=plan.expectation.extra_inputs_fingerprint,
-        worker_wait_seconds=config.get("worker_wait_seconds"),
+        # Set by validate_config from the schema if the config leaves them out.
+        worker_wait_seconds=config["worker_wait_seconds"],
         all_measurement_sets=all_measurement_sets(plan),
-        dask_report_min_seconds=config.get("dask_report_min_seconds"),
+        dask_report_min_seconds=config["dask_report_min_seconds"],
         planned_at=plan.planned_at,
         measurement_sets=tuple(_pending_ms(plan, ms, reason) for ms, reason in plan.pending),
     )
