@@ -4,6 +4,7 @@ failures are named, the summary's format, and the order of dispatch."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -254,3 +255,24 @@ def test_a_guard_locked_elsewhere_is_a_clear_error_within_its_deadline(tmp_path)
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_central_job_keeps_dasks_chatter_quiet_after_importing_dask():
+    # Importing distributed sets its loggers from dask's config (INFO): a comm closed as the
+    # embedded cluster stops then printed a traceback into the run's output.
+    script = (
+        "import logging\n"
+        "from dp3batch.batch import _configure_logging\n"
+        "_configure_logging(None)\n"
+        "import distributed  # as the cluster's start does\n"
+        "print(logging.getLogger('distributed.batched').getEffectiveLevel())\n"
+    )
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    answer = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(scripts)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert answer.stdout.strip() == str(logging.CRITICAL), answer.stderr[-2000:]

@@ -370,7 +370,11 @@ def _configure_logging(log_file: str | None) -> None:
     log.handlers[:] = handlers
     log.setLevel(logging.INFO)
     log.propagate = False
-    # dask's own chatter (worker start-up, lost connections) adds nothing to our report.
+    # dask's own chatter (worker start-up, lost connections, a comm closed as the embedded
+    # cluster stops) adds nothing to our report. Importing distributed sets its loggers'
+    # levels from dask's config, so they are set here after that import.
+    import distributed  # noqa: F401
+
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
