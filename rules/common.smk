@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from dp3batch.interrupts import forward_interrupts_to_batch
 from dp3batch.layout import OutputLayout
+from dp3batch.parallel import PlanningProcessLost
 from dp3batch.status import Status
 from dp3batch.report import ReportFiles
 from dp3batch.config import ConfigError, validate_config
@@ -46,8 +47,10 @@ def plan_or_exit():
             validated=validated,
             inspect_inputs=not FLAGS.processes_nothing,
         )
-    except (ConfigError, DP3Error) as error:
+    except (ConfigError, DP3Error, PlanningProcessLost) as error:
         sys.exit(f"Error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("Interrupted while planning: nothing was processed.")
     print(describe_pending(plan), file=sys.stderr)
     warning = aoflagger_strategy_warning(config.get("dp3_executable"), plan.parameters)
     if warning:

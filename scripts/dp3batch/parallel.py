@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 Item = TypeVar("Item")
@@ -24,6 +26,10 @@ MAX_PROCESSES = 16
 
 # What the forked children run: set just before they are forked, cleared after.
 _work: tuple[Callable[[Any], Any], list[Sequence[Any]]] | None = None
+
+
+class PlanningProcessLost(RuntimeError):
+    """A process computing part of the plan ended before it answered."""
 
 
 def usable_cores() -> int:
@@ -56,11 +62,24 @@ def map_over_cores(function: Callable[[Item], Answer], items: Sequence[Item]) ->
     _work = (function, chunks)
     try:
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(len(chunks), mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            len(chunks), mp_context=context, initializer=_end_quietly_on_interrupt
+        ) as pool:
             answers = list(pool.map(_run_chunk, range(len(chunks))))
+    except BrokenProcessPool:
+        raise PlanningProcessLost(
+            "a process computing part of the plan ended before it answered (interrupted, "
+            "killed, or out of memory); run again"
+        ) from None
     finally:
         _work = None
     return [answer for chunk in answers for answer in chunk]
+
+
+def _end_quietly_on_interrupt() -> None:
+    """In each child: Ctrl-C reaches the whole process group; the parent reports it (once),
+    a child just ends, without a traceback of its own."""
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 
 def _run_chunk(index: int) -> list[Any]:
