@@ -68,8 +68,10 @@ class Chain:
 def load_schema() -> dict:
     import yaml
 
+    # libyaml's loader where PyYAML has it: the schema is read on every run.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(SCHEMA_PATH) as schema_file:
-        return yaml.safe_load(schema_file)
+        return yaml.load(schema_file, Loader=loader)
 
 
 def coerce_scheduler(value: Any) -> str | None:
