@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from dp3batch.interrupts import forward_interrupts_to_batch
-from dp3batch.layout import OutputLayout
+from dp3batch.layout import RECORD_NAME, OutputLayout
 from dp3batch.parallel import PlanningProcessLost
 from dp3batch.status import Status
 from dp3batch.report import ReportFiles
@@ -14,7 +14,12 @@ from dp3batch.config import ConfigError, validate_config
 from dp3batch.demo_data import ensure_demo_data
 from dp3batch.dp3_install import DP3Error
 from dp3batch.dp3_wrapper import aoflagger_strategy_warning
-from dp3batch.summary import collect_rows, refresh_summary, write_summary
+from dp3batch.summary import (
+    collect_rows,
+    refresh_summary,
+    rows_written_since,
+    write_summary,
+)
 from dp3batch.task_result import results_from_json
 from dp3batch.snakemake_flags import (
     all_forced,
@@ -128,12 +133,12 @@ def get_final_output():
         # Every record exists (nothing is pending): the last report stands for them, and
         # Snakemake need not check thousands of files.
         return list(report_files(batch).values())
-    return [str(ms.output / "dp3_completion.json") for ms in PLAN.measurement_sets]
+    return [str(ms.output / RECORD_NAME) for ms in PLAN.measurement_sets]
 
 
-def write_run_summary(announce=True):
-    """After every run (also a failed, interrupted or no-op one): the status of every MS,
-    from the completion records on disk and this run's batch result."""
+def write_run_summary():
+    """After a failed or interrupted run: the status of every MS, from the completion
+    records on disk and this run's batch result, if any."""
     marker = Path(batch_marker(BATCH_ID)) if BATCH_ID else None
     results = (
         results_from_json(json.loads(marker.read_text()), str(marker))
@@ -151,21 +156,31 @@ def write_run_summary(announce=True):
     problem = write_summary(rows, LAYOUT.summary_json, LAYOUT.summary_tsv)
     if problem:
         print(f"Error: {problem}", file=sys.stderr)
-    if announce:
-        done = sum(1 for row in rows if Status(row["status"]).complete)
-        print(
-            f"\n{done} of {len(rows)} MS(s) complete in {PLAN.output_dir}/"
-            f" (status of each: {LAYOUT.summary_tsv};"
-            f" HTML report: {FLAGS.command('--report', 'report.html')})",
-            file=sys.stderr,
-        )
+    announce(rows)
     return rows
 
 
+def announce(rows):
+    """The run's closing line: how many MSs are complete, and where to look."""
+    done = sum(1 for row in rows if Status(row["status"]).complete)
+    print(
+        f"\n{done} of {len(rows)} MS(s) complete in {PLAN.output_dir}/"
+        f" (status of each: {LAYOUT.summary_tsv};"
+        f" HTML report: {FLAGS.command('--report', 'report.html')})",
+        file=sys.stderr,
+    )
+
+
 def finish_run():
-    """`onsuccess`: the summary, then the run's verdict: non-zero with the failure report
-    (once, last) if any MS of the batch was not done."""
-    rows = write_run_summary()
+    """`onsuccess`: the run's verdict: non-zero with the failure report (once, last) if any
+    MS of the batch was not done. The central job has just written the summary from the
+    records; it is built here only if it could not."""
+    marker = Path(batch_marker(BATCH_ID)) if BATCH_ID else None
+    rows = marker and rows_written_since(LAYOUT.summary_json, marker)
+    if rows:
+        announce(rows)
+    else:
+        rows = write_run_summary()
     release_snakemake_timers()
     if not all(Status(row["status"]).complete for row in rows):
         report_failure()

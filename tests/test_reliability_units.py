@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_python
 from contract_examples import make_spec
 from dp3batch.batch_spec import PendingMS
 from dp3batch.config import ConfigError
@@ -21,7 +22,7 @@ from dp3batch.dp3 import as_parset
 from dp3batch.execution import exit_description, remove_leftovers
 from dp3batch.layout import leftover_owner, replaced_path, temporary_path
 from dp3batch.measurement_set import write_lock_holder
-from dp3batch.summary import write_summary
+from dp3batch.summary import rows_written_since, write_summary
 from dp3batch.task import Task
 
 
@@ -229,7 +230,7 @@ def test_no_output_is_committed_once_the_batch_stopped(tmp_path):
 def test_a_guard_locked_elsewhere_is_a_clear_error_within_its_deadline(tmp_path):
     import time
 
-    from dp3batch.execution import GuardLockTimeout, lock_guard
+    from dp3batch.execution import LockTimeout, flock_with_deadline
 
     guard = tmp_path / "batch.guard"
     guard.write_text("running\n")
@@ -247,10 +248,10 @@ def test_a_guard_locked_elsewhere_is_a_clear_error_within_its_deadline(tmp_path)
     try:
         assert holder.stdout.readline().strip() == "locked"
         started = time.monotonic()
-        with open(guard) as handle, pytest.raises(GuardLockTimeout, match="stayed locked"):
+        with open(guard) as handle, pytest.raises(LockTimeout, match="stayed locked"):
             import fcntl
 
-            lock_guard(handle, fcntl.LOCK_SH, seconds=0.3)
+            flock_with_deadline(handle, fcntl.LOCK_SH, seconds=0.3)
         assert time.monotonic() - started < 2
     finally:
         holder.kill()
@@ -267,12 +268,19 @@ def test_the_central_job_keeps_dasks_chatter_quiet_after_importing_dask():
         "import distributed  # as the cluster's start does\n"
         "print(logging.getLogger('distributed.batched').getEffectiveLevel())\n"
     )
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    answer = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**os.environ, "PYTHONPATH": str(scripts)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    answer = run_python(script)
     assert answer.stdout.strip() == str(logging.CRITICAL), answer.stderr[-2000:]
+
+
+def test_the_verdict_reads_only_a_summary_written_after_the_batchs_result(tmp_path):
+    # onsuccess takes the rows the central job wrote right after the batch's result, and
+    # builds them itself from the records only when that summary is older (or unreadable).
+    summary, marker = tmp_path / "summary.json", tmp_path / "batch.json"
+    rows = [{"name": "a", "status": "done"}]
+    marker.write_text("[]")
+    assert write_summary(rows, summary, tmp_path / "summary.tsv") is None
+    os.utime(marker, ns=(0, summary.stat().st_mtime_ns - 1))
+    assert rows_written_since(summary, marker) == rows
+    os.utime(marker, ns=(0, summary.stat().st_mtime_ns + 1))
+    assert rows_written_since(summary, marker) is None
+    assert rows_written_since(tmp_path / "missing.json", marker) is None

@@ -45,7 +45,12 @@ from dp3batch.dispatch import (
     lost_result,
     stop_running,
 )
-from dp3batch.execution import GuardLockTimeout, remove_leftovers, stop_commits
+from dp3batch.execution import (
+    LockTimeout,
+    flock_with_deadline,
+    remove_leftovers,
+    stop_commits,
+)
 from dp3batch.interrupts import Interrupted, ignore_interrupts, interruptible
 from dp3batch.json_fields import ContractError
 from dp3batch.layout import OutputLayout, leftover_owner, ms_log_file
@@ -71,20 +76,15 @@ def output_dir_lock(output_dir: Path, wait: float = LOCK_WAIT_SECONDS) -> Iterat
     output_dir.mkdir(parents=True, exist_ok=True)
     lock_path = OutputLayout(output_dir).lock
     with open(lock_path, "a+") as handle:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "another process"
-                    raise BatchError(
-                        f"{output_dir} is being processed by another run ({holder}); wait for "
-                        "it to finish or stop it, then run again"
-                    ) from None
-                time.sleep(0.5)
+        try:
+            flock_with_deadline(handle, fcntl.LOCK_EX, wait)
+        except LockTimeout:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise BatchError(
+                f"{output_dir} is being processed by another run ({holder}); wait for it to "
+                "finish or stop it, then run again"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
@@ -233,7 +233,6 @@ class BatchRun:
         self.results: dict[str, TaskResult] = {}
         self.total = len(batch.measurement_sets)
         self.started = time.monotonic()
-        self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         self.report_files = ReportFiles(self.layout.report_dir(batch.batch_id))
         self.dask_report: DaskPerformanceReport | None = None
 
@@ -285,7 +284,7 @@ class BatchRun:
                     ignore_interrupts()
                     try:
                         stop_commits(guard)  # nothing is committed from here on
-                    except GuardLockTimeout as error:
+                    except LockTimeout as error:
                         log.error("Error: %s", error)
                     stop_running(client, dispatch)
                     raise
@@ -314,12 +313,11 @@ class BatchRun:
     def write_reports(self, results: list[TaskResult]) -> None:
         """The summary of every MS (from the records on disk) and this batch's report."""
         rows = collect_rows(
-            self.batch.all_measurement_sets
-            or tuple(ms.paths for ms in self.batch.measurement_sets),
+            self.batch.all_measurement_sets,
             results,
             self.layout.log_dir,
             {ms.name for ms in self.batch.measurement_sets},
-            self.batch.planned_at or self.started_at,
+            self.batch.planned_at,
         )
         problem = write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)
         if problem:

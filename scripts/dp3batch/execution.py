@@ -134,12 +134,12 @@ BATCH_STOPPED = "stopped"
 GUARD_LOCK_SECONDS = 30.0
 
 
-class GuardLockTimeout(RuntimeError):
-    """The batch's guard file could not be locked in time."""
+class LockTimeout(RuntimeError):
+    """A file lock could not be taken in time."""
 
 
-def lock_guard(handle, mode: int, seconds: float = GUARD_LOCK_SECONDS) -> None:
-    """`flock(handle, mode)` with a deadline."""
+def flock_with_deadline(handle, mode: int, seconds: float = GUARD_LOCK_SECONDS) -> None:
+    """`flock(handle, mode)`, or LockTimeout after `seconds`."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -147,9 +147,9 @@ def lock_guard(handle, mode: int, seconds: float = GUARD_LOCK_SECONDS) -> None:
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise GuardLockTimeout(
-                    f"the batch guard {handle.name} stayed locked for {seconds:.0f} s (a lock "
-                    "stuck on a shared filesystem?)"
+                raise LockTimeout(
+                    f"{handle.name} stayed locked for {seconds:.0f} s (a lock stuck on a "
+                    "shared filesystem?)"
                 ) from None
             time.sleep(0.01)
 
@@ -164,7 +164,7 @@ def commit(temporary: Path, output: Path, guard: str | None) -> None:
         guard = os.devnull
     with open(guard) as guard_file:
         if guard != os.devnull:
-            lock_guard(guard_file, fcntl.LOCK_SH)
+            flock_with_deadline(guard_file, fcntl.LOCK_SH)
             if guard_file.read().strip() == BATCH_STOPPED:
                 raise TaskCancelled("the batch was stopped before this output was committed")
         replaced = None
@@ -181,7 +181,7 @@ def commit(temporary: Path, output: Path, guard: str | None) -> None:
 def stop_commits(guard: Path) -> None:
     """In the central job: no task of this batch commits an output after this returns."""
     with open(guard, "a+") as guard_file:
-        lock_guard(guard_file, fcntl.LOCK_EX)
+        flock_with_deadline(guard_file, fcntl.LOCK_EX)
         guard_file.seek(0)
         guard_file.truncate()
         guard_file.write(BATCH_STOPPED + "\n")

@@ -182,6 +182,18 @@ def write_summary(
     return None
 
 
+def rows_written_since(json_path: Path, since: Path) -> list[dict[str, Any]] | None:
+    """The rows of a summary written after `since` was (the batch's result: the central job
+    writes the summary from the records right after it), else None."""
+    try:
+        if json_path.stat().st_mtime_ns < since.stat().st_mtime_ns:
+            return None
+        rows = json.loads(json_path.read_text())["measurement_sets"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rows if isinstance(rows, list) else None
+
+
 def _digest_path(json_path: Path) -> Path:
     return json_path.parent / f".{json_path.stem}.digest"
 
