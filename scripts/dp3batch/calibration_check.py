@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dp3batch.dp3_parameters import DP3Parameters, DP3Step, format_value
 from dp3batch.errors import ConfigError
+from dp3batch.measurement_set import station_names
 
 
 def _as_names(value: str | None) -> list[str]:
@@ -115,20 +116,13 @@ def missing_sources(parameters: DP3Parameters) -> list[str]:
     return problems
 
 
-def read_stations(ms: Path) -> list[str]:
-    from casacore import tables
-
-    with tables.table(f"{ms}::ANTENNA", ack=False, readonly=True) as antennas:
-        return [str(name) for name in antennas.getcol("NAME")]
-
-
 def check_calibration_inputs(parameters: DP3Parameters, pending: list[tuple[str, Path]]) -> None:
     """Raise ConfigError when a calibration input does not fit the data (see module doc)."""
     problems = missing_sources(parameters)
     if parameters.steps_of_type("applycal"):
         seen: set[tuple[str, ...]] = set()
         for name, path in pending:
-            stations = tuple(read_stations(path))
+            stations = tuple(station_names(path))
             if stations in seen:
                 continue
             seen.add(stations)

@@ -130,14 +130,19 @@ def read_telescope_name(path: str | Path) -> str:
         return ""
 
 
-def read_station_names(path: str | Path) -> list[str]:
+def station_names(path: str | Path) -> list[str]:
     """ANTENNA::NAME of the MS, in antenna index order (DP3's per-antenna flag counts use
-    the index); [] when it cannot be read."""
+    the index)."""
     from casacore import tables
 
+    with tables.table(f"{path}::ANTENNA", ack=False, readonly=True) as antennas:
+        return [str(name) for name in antennas.getcol("NAME")]
+
+
+def read_station_names(path: str | Path) -> list[str]:
+    """`station_names`, or [] when they cannot be read (for the report only)."""
     try:
-        with tables.table(f"{path}::ANTENNA", ack=False, readonly=True) as antennas:
-            return [str(name) for name in antennas.getcol("NAME")]
+        return station_names(path)
     except RuntimeError:
         return []
 
