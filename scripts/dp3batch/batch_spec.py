@@ -61,10 +61,6 @@ class PendingMS:
                 f"pending MS {self.name}: 'parameters' and 'parameters_fingerprint' go together"
             )
 
-    @property
-    def paths(self) -> MSPaths:
-        return MSPaths(self.name, self.input, self.output)
-
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "name": self.name,

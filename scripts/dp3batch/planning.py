@@ -35,6 +35,7 @@ from dp3batch.dp3 import chain_parameters
 from dp3batch.dp3_install import dp3_version, find_dp3_executable
 from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.extra_inputs import check_extra_inputs
+from dp3batch.layout import OutputLayout
 from dp3batch.measurement_set import read_telescope_name, write_lock_holder
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
 from dp3batch.parallel import map_over_cores
@@ -101,9 +102,7 @@ def make_plan(
     parameters = chain_parameters(chain, extra_dir)
     files = parameters.file_parameters()
     check_extra_inputs(files)
-    output_dir = Path(
-        os.path.normpath(base / Path(config.get("output_dir") or "results").expanduser())
-    )
+    output_dir = Path(os.path.normpath(base / Path(config["output_dir"]).expanduser()))
     # Steps that choose a window themselves (`msin.band`) read one window of every MS; else
     # each window of an MS of several is an item of its own (see windows).
     measurement_sets = discover_measurement_sets(config["inputs"], output_dir, base)
@@ -238,9 +237,9 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> Batch
     return BatchSpec(
         batch_id=batch,
         scheduler=plan.scheduler,
-        local_cluster=dict(config.get("local_cluster") or {}),
+        local_cluster=dict(config["local_cluster"]),
         output_dir=str(plan.output_dir),
-        log_dir=str(plan.output_dir / "logs"),
+        log_dir=str(OutputLayout(plan.output_dir).log_dir),
         dp3_executable=plan.dp3_executable,
         dp3_version=plan.dp3_version,
         parameters=plan.parameters,
