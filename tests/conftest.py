@@ -22,6 +22,7 @@ from harness import (  # noqa: F401  (re-exported for the test modules)
     make_inputs,
     make_ms,
     port_open,
+    run_python,
     wait_for_dask_workers,
     wait_until,
 )

@@ -250,6 +250,18 @@ class DaskCluster:
             process.wait(timeout=10)
 
 
+def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`code` in a new interpreter that imports this checkout's package: a clean process,
+    with no thread or import of the test process's own."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO / "scripts")},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as probe:
         probe.settimeout(1)

@@ -6,15 +6,13 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import damage_ms, dp3_processes, free_port, make_inputs, wait_until
+from conftest import damage_ms, dp3_processes, free_port, make_inputs, run_python, wait_until
 from dp3batch.cluster import embedded_cluster
 
 # DP3 takes about two seconds on each of these, long enough to kill something mid-task.
@@ -214,12 +212,5 @@ def test_a_batch_shorter_than_the_dashboard_delay_never_loads_the_dashboard():
         "    pass\n"
         "print('distributed.dashboard.scheduler' in sys.modules)\n"
     )
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    answer = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**os.environ, "PYTHONPATH": str(scripts)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    answer = run_python(script)
     assert answer.stdout.strip() == "False", answer.stderr[-2000:]

@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import REPO, run_python
 from dp3batch import parallel
 from dp3batch.parallel import ITEMS_PER_PROCESS, process_count
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = REPO / "scripts"
 
 
 @pytest.mark.parametrize(
@@ -34,13 +34,7 @@ def test_processes_are_started_only_when_there_is_enough_work(items, cores, thre
 
 def _run_in_a_fresh_process(code: str) -> str:
     """Run planning code where no other thread runs (a test process may hold dask's)."""
-    answer = subprocess.run(
-        [sys.executable, "-c", "from dp3batch import parallel\n" + code],
-        env={**os.environ, "PYTHONPATH": str(SCRIPTS)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    answer = run_python("from dp3batch import parallel\n" + code)
     assert answer.returncode == 0, answer.stderr[-2000:]
     return answer.stdout
 
