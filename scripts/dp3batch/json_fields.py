@@ -132,10 +132,6 @@ class Fields:
     def parameters(self, key: str) -> Parameters:
         return parameters_from_json(self._value(key, optional=False), f"{self.what}: '{key}'")
 
-    def optional_parameters(self, key: str) -> Parameters | None:
-        value = self._value(key, optional=True)
-        return None if value is None else parameters_from_json(value, f"{self.what}: '{key}'")
-
     def dp3_parameters(self, key: str) -> DP3Parameters:
         return _dp3_parameters(self.mapping(key), f"{self.what}: '{key}'")
 
