@@ -112,8 +112,11 @@ def test_a_scheduler_that_never_answers_is_a_clear_error_within_seconds(workflow
 def test_a_scheduler_stopped_mid_batch_ends_the_run_and_the_report_stays_true(
     workflow, dask_cluster
 ):
-    names = [f"obs_{index}" for index in range(4)]
-    make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
+    # Six MSs on two workers: the two tasks in flight when the first output appears (DP3
+    # takes as long on each, so both pairs finish together) can still finish, the last two
+    # can never start; with four, all of them sometimes finished before the scheduler stopped.
+    names = [f"obs_{index}" for index in range(6)]
+    make_inputs(workflow.directory / "inputs", 6, **SLOW_MS)
     dask_cluster.start(workers=2, threads=1)
     workflow.config["scheduler"] = dask_cluster.address
     scheduler = psutil.Process(dask_cluster.processes[0].pid)
