@@ -25,7 +25,6 @@ from typing import Any, NoReturn
 
 from dp3batch.batch_spec import BatchSpec, PendingMS
 from dp3batch.cluster import (
-    DASHBOARD_DELAY_SECONDS,
     PROBE_PREFIX,
     ClusterError,
     available_cores,
@@ -160,7 +159,7 @@ def _preflight(client, batch: BatchSpec) -> None:
         )
     dashboard = getattr(client, "dashboard_link", None)
     if not batch.scheduler:
-        dashboard = f"{dashboard} (from {DASHBOARD_DELAY_SECONDS} s into the batch)"
+        dashboard = f"{dashboard} (loaded when first opened)"
     log.info(
         "%d worker(s) can run DP3, %d thread(s) in all; dashboard: %s",
         len(workers),
