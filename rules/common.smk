@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from dp3batch.interrupts import forward_interrupts_to_batch
 from dp3batch.layout import RECORD_NAME, OutputLayout
 from dp3batch.parallel import PlanningProcessLost
+from dp3batch.quick_exit import end_snakemake_quickly
 from dp3batch.status import Status
 from dp3batch.report import ReportFiles
 from dp3batch.config import ConfigError, validate_config
@@ -33,6 +34,8 @@ from dp3batch.planning import (
     describe_pending,
     make_plan,
 )
+
+end_snakemake_quickly()
 
 # -F, -R, --list-changes (the workflow is read before Snakemake hands it its settings).
 FLAGS = command_line_flags(sys.argv)
