@@ -8,7 +8,8 @@ Each case prints its figures and writes benchmarks/results/<case>.json.
 
 - throughput (P1): 8 MSs of 0.2 GB, PreFlagger + AOFlagger + Averager (timestep 2, freqstep
   4): the workflow on its default embedded cluster, the workflow on an external 2 x 1 dask
-  cluster, and an ideal 2-slot pool running exactly the DP3 commands the workflow ran.
+  cluster started as README recommends (with its `export DASK_...` line), and an ideal
+  2-slot pool running exactly the DP3 commands the workflow ran.
   Targets: each workflow / pool <= 1.05. With `--reference-venv`, also SKA's batch
   pre-processing pipeline (installed there) on a 2 x 1 cluster of its own dask version.
   The process table is sampled throughout (P4).
@@ -50,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 
+from dp3batch.cluster import quiet_cluster_environment  # noqa: E402
 from dp3batch.dp3_install import dp3_environment, find_dp3_executable  # noqa: E402
 from dp3batch.synthetic_ms import (  # noqa: E402
     SyntheticMSSpec,
@@ -277,7 +279,8 @@ def throughput_and_rerun(scratch: Path, reference_venv: Path | None) -> dict[str
     commands = dp3_commands(embedded.output_dir, scratch / "pool")
     pool_seconds, _ = run_pool(list(commands.values()), slots=2)
     shutil.rmtree(scratch / "pool")
-    cluster = external_cluster(scratch / "cluster")
+    # Started as README recommends ("Using an existing dask cluster").
+    cluster = external_cluster(scratch / "cluster", environment=quiet_cluster_environment())
     try:
         external = Workflow(scratch / "external")
         external.config.update({"inputs": [pattern], "steps": STEPS, "scheduler": cluster.address})

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from conftest import REPO
-from dp3batch.cluster import ClusterError
+from dp3batch.cluster import QUIET_CLUSTER_CONFIG, ClusterError
 from dp3batch.jobqueue import cluster_class, job_options, jobqueue_cluster
 from dp3batch.slurm import (
     JobState,
@@ -126,3 +126,11 @@ def test_only_pending_reasons_that_never_clear_are_an_error():
 
 def test_ended_jobs_are_those_no_longer_pending_or_running():
     assert ended_jobs(parse_squeue(SQUEUE), {"101", "102", "105"}) == {"105": "TIMEOUT"}
+
+
+def test_job_script_workers_leave_out_dasks_periodic_work_before_the_users_prologue():
+    script = _job_script("slurm", **SETTINGS, prologue=["module load DP3"]).splitlines()
+    exports = [line for line in script if line.startswith("export DASK_")]
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in exports
+    assert len(exports) == len(QUIET_CLUSTER_CONFIG)
+    assert script.index(exports[-1]) < script.index("module load DP3")

@@ -30,14 +30,23 @@ PROBE_PREFIX = ".dp3batch-probe-"
 # work stealing looks for work to move every 100 ms (the fan-out never queues more tasks than
 # free slots), and the memory monitors measure every 0.1-0.5 s the memory of this process,
 # not DP3's.
+# The same for an external cluster's scheduler and workers: `quiet_cluster_environment()`.
 QUIET_CLUSTER_CONFIG = {
-    "distributed.scheduler.allowed-failures": 2,
     "distributed.scheduler.work-stealing": False,
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
 }
+
+
+def quiet_cluster_environment() -> dict[str, str]:
+    """QUIET_CLUSTER_CONFIG as the environment variables dask reads when a `dask scheduler`
+    or `dask worker` starts (README: "Using an existing dask cluster")."""
+    return {
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+        for key, value in QUIET_CLUSTER_CONFIG.items()
+    }
 
 
 class ClusterError(RuntimeError):
@@ -212,7 +221,7 @@ def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
     from distributed import Client, LocalCluster
 
     memory_per_worker = _total_memory() // n_workers if _total_memory() else "auto"
-    with dask.config.set(QUIET_CLUSTER_CONFIG):
+    with dask.config.set({**QUIET_CLUSTER_CONFIG, "distributed.scheduler.allowed-failures": 2}):
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,

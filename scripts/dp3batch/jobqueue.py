@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from dp3batch.cluster import PROCESS_RESOURCE, ClusterError
+from dp3batch.cluster import (
+    PROCESS_RESOURCE,
+    QUIET_CLUSTER_CONFIG,
+    ClusterError,
+    quiet_cluster_environment,
+)
 
 SYSTEMS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 WORKER_ARGUMENTS = ["--resources", f"{PROCESS_RESOURCE}=1"]
@@ -47,8 +52,10 @@ def job_options(
     `processes` workers gets `cores/processes` threads and `memory/processes` of memory, and
     holds process=1. `interface` (e.g. ib0) is the network the scheduler and the workers
     use; `job_directives` are extra `#SBATCH`/`#PBS` lines, `prologue` shell lines run
-    before the workers start (e.g. `source /shared/venv/bin/activate`, `module load ...`)."""
+    before the workers start (e.g. `source /shared/venv/bin/activate`, `module load ...`).
+    The workers leave out dask's periodic work a DP3 batch has no use for (see cluster)."""
     worker_threads(cores, processes)
+    quiet = [f"export {name}={value}" for name, value in quiet_cluster_environment().items()]
     return {
         "cores": cores,
         "processes": processes,
@@ -59,7 +66,7 @@ def job_options(
         "interface": interface,
         "local_directory": local_directory,
         "job_extra_directives": list(job_directives),
-        "job_script_prologue": list(prologue),
+        "job_script_prologue": [*quiet, *prologue],
         "worker_extra_args": list(WORKER_ARGUMENTS),
         "log_directory": log_directory,
     }
@@ -81,8 +88,11 @@ def jobqueue_cluster(
 ) -> Any:
     """A dask-jobqueue cluster: its scheduler runs here, its workers start as jobs once it is
     scaled (`cluster.scale(jobs=N)`). `options` are those of `job_options`."""
+    import dask
+
     settings = job_options(**options)
-    return cluster_class(system)(
-        **settings,
-        scheduler_options={"port": scheduler_port, "dashboard_address": f":{dashboard_port}"},
-    )
+    with dask.config.set(QUIET_CLUSTER_CONFIG):  # its scheduler, which starts here
+        return cluster_class(system)(
+            **settings,
+            scheduler_options={"port": scheduler_port, "dashboard_address": f":{dashboard_port}"},
+        )
