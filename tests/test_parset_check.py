@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import stat
+import time
+from pathlib import Path
+
 import pytest
 from dp3batch.config import ConfigError, parse_steps
-from dp3batch.parset_check import unused_keys
+from dp3batch.dp3_parameters import DP3Parameters
+from dp3batch.parset_check import ParameterCheck, unused_keys
 
 DP3_OUTPUT = """MSWriter msout.
   use thread:     true
@@ -30,3 +35,34 @@ def test_no_warning_no_unused_keys():
 def test_a_nul_byte_in_a_value_is_refused():
     with pytest.raises(ConfigError, match=r"steps\[0\] \(Averager\)\.minperc: .*NUL byte"):
         parse_steps([{"Averager": {"minperc": "1\x000"}}])
+
+
+def _fake_dp3(directory: Path, body: str) -> str:
+    script = directory / "DP3"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+def test_a_check_that_names_unknown_keys_is_a_config_error_and_leaves_no_scratch(tmp_path):
+    listing = DP3_OUTPUT.replace("\n", "\\n")
+    dp3 = _fake_dp3(tmp_path, f"printf '{listing}'; exit 1")
+    check = ParameterCheck(dp3, DP3Parameters({}, {}, ()), tmp_path / "obs_00.ms")
+    scratch = Path(check.scratch.name)
+    with pytest.raises(ConfigError, match=r"averager.timestpe, msin.foo .*obs_00.ms"):
+        check.result()
+    assert not scratch.exists()
+
+
+def test_planning_that_fails_meanwhile_stops_the_running_check(tmp_path):
+    pid_file = tmp_path / "pid"
+    dp3 = _fake_dp3(tmp_path, f"echo $$ > {pid_file}; exec sleep 30")
+    check = ParameterCheck(dp3, DP3Parameters({}, {}, ()), tmp_path / "obs_00.ms")
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    check.cancel()
+    assert time.monotonic() - started < 5
+    assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()
+    assert not Path(check.scratch.name).exists()

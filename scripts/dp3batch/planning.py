@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from dp3batch.layout import OutputLayout
 from dp3batch.measurement_set import read_telescope_name, write_lock_holder
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
 from dp3batch.parallel import map_over_cores
-from dp3batch.parset_check import check_parameters_with_dp3
+from dp3batch.parset_check import ParameterCheck
 
 
 @dataclass
@@ -163,30 +164,50 @@ def make_plan(
         telescope = read_telescope_name(ms.input) if per_ms.varies else None
         return PendingInput(data_size(ms.input), telescope=telescope)
 
-    unlocked = []
-    inspections = map_over_cores(inspect, [ms for ms, _ in plan.pending])
-    for index, ((ms, reason), found) in enumerate(zip(plan.pending, inspections, strict=True)):
-        plan.sizes[ms.name] = found.size
-        if found.locked_by is not None:
-            plan.pending[index] = (
-                ms,
-                f"{reason}; LOCKED by another process (pid {found.locked_by})",
-            )
-            plan.locked[ms.name] = found.locked_by
-            continue
-        unlocked.append(ms)
-        if found.telescope is not None:
-            plan.ms_parameters[ms.name] = per_ms.for_telescope(found.telescope)
-    if unlocked:
-        check_calibration_inputs(parameters, [(ms.name, ms.input) for ms in unlocked])
-    if unlocked and not dp3_ran_these_parameters:
-        own = plan.ms_parameters.get(unlocked[0].name)
-        check_parameters_with_dp3(
-            executable,
-            (own.parameters if own else parameters).with_band(unlocked[0].band),
-            unlocked[0].input,
-        )
+    # DP3 checks the parameters in the background while the inputs are inspected.
+    check = None
+    if not dp3_ran_these_parameters:
+        own_parameters = per_ms.for_telescope if per_ms.varies and inspect_inputs else None
+        check = _start_parameter_check(plan.pending, executable, parameters, own_parameters)
+    try:
+        unlocked = []
+        inspections = map_over_cores(inspect, [ms for ms, _ in plan.pending])
+        for index, ((ms, reason), found) in enumerate(zip(plan.pending, inspections, strict=True)):
+            plan.sizes[ms.name] = found.size
+            if found.locked_by is not None:
+                plan.pending[index] = (
+                    ms,
+                    f"{reason}; LOCKED by another process (pid {found.locked_by})",
+                )
+                plan.locked[ms.name] = found.locked_by
+                continue
+            unlocked.append(ms)
+            if found.telescope is not None:
+                plan.ms_parameters[ms.name] = per_ms.for_telescope(found.telescope)
+        if unlocked:
+            check_calibration_inputs(parameters, [(ms.name, ms.input) for ms in unlocked])
+        if check is not None:
+            check.result()
+    finally:
+        if check is not None:
+            check.cancel()
     return plan
+
+
+def _start_parameter_check(
+    pending: list[tuple[MeasurementSet, str]],
+    executable: str,
+    parameters: DP3Parameters,
+    for_telescope: Callable[[str], MSParameters] | None,
+) -> ParameterCheck | None:
+    """DP3's check of the parameters on the first pending MS no other process holds (with
+    that MS's own parameters when they depend on its telescope), or None if there is none."""
+    for ms, _ in pending:
+        if write_lock_holder(ms.input) is None:
+            if for_telescope is not None:
+                parameters = for_telescope(read_telescope_name(ms.input)).parameters
+            return ParameterCheck(executable, parameters.with_band(ms.band), ms.input)
+    return None
 
 
 def _telescope(ms: MeasurementSet) -> str:
