@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from dp3batch.dp3_install import dp3_environment
 from dp3batch.dp3_log import parse_flag_counts, parse_step_times
 from dp3batch.layout import PARSET_NAME, leftover_owner, replaced_path, temporary_path
 from dp3batch.measurement_set import (
+    Shape,
     lock_message,
     read_shape,
     read_station_names,
@@ -59,6 +61,10 @@ _PR_SET_PDEATHSIG = 1
 
 class TaskCancelled(RuntimeError):
     """The client no longer wants this task (it went away or was interrupted)."""
+
+
+class NoRows(RuntimeError):
+    """The input MS has no rows (of the window read)."""
 
 
 class InputLocked(RuntimeError):
@@ -189,7 +195,11 @@ def stop_commits(guard: Path) -> None:
         os.fsync(guard_file.fileno())
 
 
-def _run_dp3(arguments: list[str], log_path: Path, worker: Any, key: Any) -> int:
+def _run_dp3(
+    arguments: list[str], log_path: Path, worker: Any, key: Any, meanwhile: Callable[[], None]
+) -> int:
+    """DP3's exit code. `meanwhile` runs once DP3 has started (work of this task that need
+    not wait for DP3: its first seconds are start-up); if it raises, DP3 is stopped."""
     environment = dp3_environment()
     with open(log_path, "a") as log:
         process = subprocess.Popen(
@@ -204,6 +214,7 @@ def _run_dp3(arguments: list[str], log_path: Path, worker: Any, key: Any) -> int
         )
     lock_wait_seen = None
     try:
+        meanwhile()
         while True:
             try:
                 return _wait_for_exit(process, POLL_SECONDS)
@@ -329,11 +340,16 @@ def process_measurement_set(task: Task) -> TaskResult:
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.
             return _failed(result, started, log_path, lock_message(task.input, holder), "")
-        if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV)
-            problem = "the input MS has no rows: there is nothing to process"
-            return _failed(result, started, log_path, problem, problem)
-        shape_in = read_shape(task.input, with_flags=True, band=reading.selected_band())
-        exit_code = _run_dp3(arguments, log_path, worker, key)
+        shape: dict[str, Shape] = {}
+
+        def read_input_shape() -> None:
+            # While DP3 starts: casacore's first import and the reads cost this task 0.1 s.
+            if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV): stopped at once
+                raise NoRows("the input MS has no rows: there is nothing to process")
+            shape["in"] = read_shape(task.input, with_flags=True, band=reading.selected_band())
+
+        exit_code = _run_dp3(arguments, log_path, worker, key, read_input_shape)
+        shape_in = shape["in"]
         if exit_code != 0:
             reason = disk_full_problem(output.parent) or exit_description(exit_code)
             return _failed(result, started, log_path, reason)
@@ -397,6 +413,8 @@ def process_measurement_set(task: Task) -> TaskResult:
         commit(temporary, output, task.guard)
     except TaskCancelled:
         raise  # the temporary output goes in `finally`
+    except NoRows as error:
+        return _failed(result, started, log_path, str(error), str(error))
     except InputLocked as error:
         reason = lock_message(task.input, write_lock_holder(task.input) or 0)
         return _failed(result, started, log_path, reason, str(error))
