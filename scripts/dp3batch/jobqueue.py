@@ -91,8 +91,11 @@ def jobqueue_cluster(
     import dask
 
     settings = job_options(**options)
+    # Imported first: dask-jobqueue imports distributed, whose defaults join dask's config;
+    # set() restores the config as it was on entry when it ends.
+    cluster = cluster_class(system)
     with dask.config.set(QUIET_CLUSTER_CONFIG):  # its scheduler, which starts here
-        return cluster_class(system)(
+        return cluster(
             **settings,
             scheduler_options={"port": scheduler_port, "dashboard_address": f":{dashboard_port}"},
         )
