@@ -11,7 +11,7 @@ from pathlib import Path
 from dp3batch.completion import read_record
 from dp3batch.errors import ConfigError
 from dp3batch.layout import RECORD_NAME
-from dp3batch.measurement_set import write_lock_holder
+from dp3batch.measurement_set import open_subtable, write_lock_holder
 from dp3batch.parallel import map_over_cores
 from dp3batch.windows import WINDOW_SUFFIX, Windows, read_windows, window_name, windows_from_record
 
@@ -77,7 +77,7 @@ def check_readable(path: Path, data_column: str = "DATA") -> None:
             # when it is told to read another column (measured): both must be there.
             required = {data_column, "DATA", "FLAG", "TIME", "ANTENNA1", "ANTENNA2"}
             missing = required - set(table.colnames())
-        with tables.table(f"{path}::SPECTRAL_WINDOW", ack=False, readonly=True) as spw:
+        with open_subtable(path, "SPECTRAL_WINDOW") as spw:
             spw.getcol("NUM_CHAN")
     except Exception as error:  # casacore raises RuntimeError and friends: all mean unreadable
         raise ConfigError(

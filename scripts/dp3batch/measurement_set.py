@@ -26,6 +26,19 @@ class Shape:
 _FLOCK = "hhqqi4x"
 
 
+def open_subtable(path: str | Path, name: str):
+    """An MS's subtable (`ANTENNA`, ...), opened read-only: through its own directory, as
+    the MS layout stores it, when that holds a table; else through the main table's keyword.
+    `MS::NAME` opens the whole main table first: 0.3 ms of the 0.5 ms a window lookup took,
+    which a dry run over 10,000 MSs does 10,000 times."""
+    from casacore import tables
+
+    directory = os.path.join(path, name)
+    if os.path.isfile(os.path.join(directory, "table.dat")):
+        return tables.table(directory, ack=False, readonly=True)
+    return tables.table(f"{path}::{name}", ack=False, readonly=True)
+
+
 def write_lock_holder(ms: str | Path) -> int | None:
     """The process that holds a write lock on the MS or one of its subtables, or None.
 
@@ -89,9 +102,9 @@ def read_shape(path: str, with_flags: bool = False, band: int | None = None) -> 
                 table.close()
     window = 0
     if band is not None:
-        with tables.table(f"{path}::DATA_DESCRIPTION", ack=False, readonly=True) as description:
+        with open_subtable(path, "DATA_DESCRIPTION") as description:
             window = int(description.getcell("SPECTRAL_WINDOW_ID", band))
-    with tables.table(f"{path}::SPECTRAL_WINDOW", ack=False, readonly=True) as spw:
+    with open_subtable(path, "SPECTRAL_WINDOW") as spw:
         channels = int(spw.getcell("NUM_CHAN", window))
         channel_width = float(np.abs(spw.getcell("CHAN_WIDTH", window)).mean())
     return Shape(rows, times, channels, interval, channel_width, flagged)
@@ -119,10 +132,9 @@ def _row_shape(table, with_flags: bool) -> tuple[int, int, float, float | None]:
 def read_telescope_name(path: str | Path) -> str:
     """OBSERVATION::TELESCOPE_NAME of the MS's first observation, as DP3 and AOFlagger read
     it ("" when the MS has none)."""
-    from casacore import tables
 
     try:
-        with tables.table(f"{path}::OBSERVATION", ack=False, readonly=True) as observation:
+        with open_subtable(path, "OBSERVATION") as observation:
             if observation.nrows() == 0 or "TELESCOPE_NAME" not in observation.colnames():
                 return ""
             return str(observation.getcell("TELESCOPE_NAME", 0)).strip()
@@ -133,9 +145,8 @@ def read_telescope_name(path: str | Path) -> str:
 def station_names(path: str | Path) -> list[str]:
     """ANTENNA::NAME of the MS, in antenna index order (DP3's per-antenna flag counts use
     the index)."""
-    from casacore import tables
 
-    with tables.table(f"{path}::ANTENNA", ack=False, readonly=True) as antennas:
+    with open_subtable(path, "ANTENNA") as antennas:
         return [str(name) for name in antennas.getcol("NAME")]
 
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, fields, replace
 
 from dp3batch.dp3_parameters import DP3Parameters, DP3Step, format_value
-from dp3batch.measurement_set import Shape
+from dp3batch.measurement_set import Shape, open_subtable
 
 # Time and channel selections of msin whose effect only DP3 can compute.
 _MSIN_TIME_SELECTION = ("starttime", "endtime", "starttimeslot", "ntimes")
@@ -77,9 +77,9 @@ def read_input_grid(path: str, parameters: DP3Parameters) -> InputGrid:
         interval_column = table.getcol("INTERVAL")[selected]
         antenna1 = table.getcol("ANTENNA1")[selected]
         antenna2 = table.getcol("ANTENNA2")[selected]
-    with tables.table(f"{path}::DATA_DESCRIPTION", ack=False, readonly=True) as description:
+    with open_subtable(path, "DATA_DESCRIPTION") as description:
         window = int(description.getcell("SPECTRAL_WINDOW_ID", band or 0))
-    with tables.table(f"{path}::SPECTRAL_WINDOW", ack=False, readonly=True) as spw:
+    with open_subtable(path, "SPECTRAL_WINDOW") as spw:
         window_channels = int(spw.getcell("NUM_CHAN", window))
     if len(time) == 0:
         return InputGrid(0, 0, None, None, windows_in_rows)

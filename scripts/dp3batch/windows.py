@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dp3batch.completion import CompletionRecord, input_fingerprint
+from dp3batch.measurement_set import open_subtable
 
 WINDOW_SUFFIX = "_spw"
 DESCRIPTION_TABLE = "DATA_DESCRIPTION"
@@ -56,7 +57,7 @@ def read_windows(path: str | Path) -> Windows:
     import numpy as np
     from casacore import tables
 
-    with tables.table(f"{path}::{DESCRIPTION_TABLE}", ack=False, readonly=True) as description:
+    with open_subtable(path, DESCRIPTION_TABLE) as description:
         descriptions = description.nrows()
     if descriptions <= 1:
         return Windows(descriptions, (0,) if descriptions else ())
