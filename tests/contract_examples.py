@@ -97,6 +97,7 @@ WRITTEN_RECORD_JSON = """
   "started": "2026-11-28T04:14:06.500+00:00",
   "finished": "2026-11-28T04:14:06.830+00:00",
   "duration_seconds": 0.333,
+  "size_estimate_bytes": 1843200,
   "shape_before": {
     "rows": 600,
     "times": 40,
@@ -320,6 +321,7 @@ WRITTEN_MARKER_JSON = """
     "status": "done",
     "finished": "2026-11-28T04:14:06.830+00:00",
     "duration_seconds": 0.333,
+    "size_estimate_bytes": 1843200,
     "shape_before": {
       "rows": 600,
       "times": 40,
@@ -400,7 +402,8 @@ WRITTEN_MARKER_JSON = """
     "reason": "DP3 exited with code 1",
     "error": "std::exception: No such MS",
     "finished": "2026-11-28T04:14:07.100+00:00",
-    "duration_seconds": 0.2
+    "duration_seconds": 0.2,
+    "size_estimate_bytes": 1843200
   },
   {
     "name": "demo_2",

@@ -143,6 +143,12 @@ def test_a_record_field_of_the_wrong_type_is_refused_by_name(change, message):
     assert message in str(error.value)
 
 
+def test_a_record_of_an_earlier_version_without_the_size_estimate_still_reads():
+    record = written_record()
+    del record["size_estimate_bytes"]
+    assert CompletionRecord.from_json(record).size_estimate_bytes is None
+
+
 def test_a_missing_required_field_is_refused_by_name():
     record = written_record()
     del record["dp3_version"]
@@ -231,6 +237,9 @@ def test_summary_rows_from_typed_results_and_records(tmp_path):
         "demo_3": Status.UP_TO_DATE,
     }
     assert by_name["demo_0"]["rows_after"] == 300
+    # The dispatch's estimate beside the measured time, for done and failed MSs alike.
+    assert by_name["demo_0"]["size_estimate_bytes"] == 1843200
+    assert by_name["demo_1"]["size_estimate_bytes"] == 1843200
     assert by_name["demo_0"]["flagged_aoflagger"] == 6.323
     assert by_name["demo_0"]["log"] == str(tmp_path / "logs" / "demo_0.log")
     assert by_name["demo_1"]["error"] == "std::exception: No such MS"

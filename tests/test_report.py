@@ -7,6 +7,7 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,10 @@ def test_summary_lists_every_ms_with_its_status(run_with_one_failure):
         assert row["freq_resolution_after"] == 2 * row["freq_resolution_before"]
         assert row["output_bytes"] > 0 and row["dp3_version"] and row["worker"]
         assert row["duration_seconds"] > 0
+        # The dispatch's estimate: the bytes of the input's main table.
+        main_table = Path(row["input"])
+        expected = sum(f.stat().st_size for f in main_table.iterdir() if f.is_file())
+        assert row["size_estimate_bytes"] == expected
     with open(workflow.output_dir / "summary.tsv") as handle:
         tsv = list(csv.DictReader(handle, delimiter="\t"))
     assert [row["name"] for row in tsv] == ["obs_0", "obs_1", "obs_2"]

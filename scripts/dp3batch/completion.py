@@ -150,6 +150,9 @@ class CompletionRecord:
     started: str
     finished: str
     duration_seconds: float
+    # The estimate of DP3's work the batch dispatched by (bytes of the input's main table),
+    # beside what the run took.
+    size_estimate_bytes: int | None = None
     shape_before: Mapping[str, Any]
     shape_after: Mapping[str, Any]
     # What the output was checked against (see output_check).
@@ -188,6 +191,7 @@ class CompletionRecord:
             "started": self.started,
             "finished": self.finished,
             "duration_seconds": self.duration_seconds,
+            "size_estimate_bytes": self.size_estimate_bytes,
             "shape_before": self.shape_before,
             "shape_after": self.shape_after,
             "shape_expected": self.shape_expected,
@@ -228,6 +232,7 @@ class CompletionRecord:
             started=fields.text("started"),
             finished=fields.text("finished"),
             duration_seconds=fields.number("duration_seconds"),
+            size_estimate_bytes=fields.optional_integer("size_estimate_bytes"),
             shape_before=fields.mapping("shape_before"),
             shape_after=fields.mapping("shape_after"),
             shape_expected=fields.optional_mapping("shape_expected"),

@@ -77,6 +77,7 @@ def lost_result(task: Task, reason: str, error: str = "") -> TaskResult:
         status=Status.FAILED,
         reason=reason,
         error=error,
+        size_estimate_bytes=task.size or None,
     )
 
 

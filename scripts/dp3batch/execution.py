@@ -322,6 +322,7 @@ def process_measurement_set(task: Task) -> TaskResult:
         numthreads=threads,
         started=_now(),
         status=Status.NOT_PROCESSED,
+        size_estimate_bytes=task.size or None,
     )
     temporary = temporary_path(output)
     fingerprint = input_fingerprint(Path(task.input))
@@ -399,6 +400,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             started=str(result.started),
             finished=finished,
             duration_seconds=round(time.time() - started, 3),
+            size_estimate_bytes=task.size or None,
             shape_before=shape_in.as_dict(),
             shape_after=shape_out.as_dict(),
             shape_expected=expected.as_dict() if expected else None,

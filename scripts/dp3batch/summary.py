@@ -27,6 +27,7 @@ COLUMNS = [
     "name",
     "status",
     "duration_seconds",
+    "size_estimate_bytes",
     "worker",
     "numthreads",
     "dp3_version",
@@ -60,6 +61,8 @@ def _row_from(
         "name": ms.name,
         "status": status,
         "duration_seconds": source.duration_seconds if source else None,
+        # What the dispatch took for the size of the job (largest first), beside it.
+        "size_estimate_bytes": source.size_estimate_bytes if source else None,
         "worker": source.worker if source else None,
         "numthreads": source.numthreads if source else None,
         "dp3_version": source.dp3_version if source else None,

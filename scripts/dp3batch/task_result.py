@@ -33,6 +33,7 @@ class TaskResult:
     error: str | None = None
     finished: str | None = None
     duration_seconds: float | None = None
+    size_estimate_bytes: int | None = None
     shape_before: Mapping[str, Any] | None = None
     shape_after: Mapping[str, Any] | None = None
     output_bytes: int | None = None
@@ -55,6 +56,7 @@ class TaskResult:
             status=Status.DONE,
             finished=record.finished,
             duration_seconds=record.duration_seconds,
+            size_estimate_bytes=record.size_estimate_bytes,
             shape_before=record.shape_before,
             shape_after=record.shape_after,
             output_bytes=record.output_bytes,
@@ -79,6 +81,7 @@ class TaskResult:
                 "error": self.error,
                 "finished": self.finished,
                 "duration_seconds": self.duration_seconds,
+                "size_estimate_bytes": self.size_estimate_bytes,
                 "shape_before": self.shape_before,
                 "shape_after": self.shape_after,
                 "output_bytes": self.output_bytes,
@@ -105,6 +108,7 @@ class TaskResult:
             error=fields.optional_text("error"),
             finished=fields.optional_text("finished"),
             duration_seconds=fields.optional_number("duration_seconds"),
+            size_estimate_bytes=fields.optional_integer("size_estimate_bytes"),
             shape_before=fields.optional_mapping("shape_before"),
             shape_after=fields.optional_mapping("shape_after"),
             output_bytes=fields.optional_integer("output_bytes"),
