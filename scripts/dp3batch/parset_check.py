@@ -9,6 +9,7 @@ Any other failure of that run is left to the MS's own run (it may be the MS, not
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.errors import ConfigError
 
 CHECK_TIMEOUT_SECONDS = 30
+KILL_WAIT_SECONDS = 5
 # DP3's warning, then one "    - key" line per unused key.
 _UNUSED_HEADER = "the following parset keywords were not used"
 
@@ -86,12 +88,7 @@ class ParameterCheck:
         """Stop the check if it still runs (planning failed meanwhile), remove its scratch."""
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
-            self._process.communicate()
+            with contextlib.suppress(subprocess.TimeoutExpired):  # killed: it cannot linger
+                self._process.communicate(timeout=KILL_WAIT_SECONDS)
         self.scratch.cleanup()
 
-
-def check_parameters_with_dp3(
-    executable: str, parameters: DP3Parameters, sample_input: Path
-) -> None:
-    """Raise ConfigError naming the keys DP3 does not use (checkparset is in `parameters`)."""
-    ParameterCheck(executable, parameters, sample_input).result()
