@@ -91,4 +91,3 @@ class ParameterCheck:
             with contextlib.suppress(subprocess.TimeoutExpired):  # killed: it cannot linger
                 self._process.communicate(timeout=KILL_WAIT_SECONDS)
         self.scratch.cleanup()
-
