@@ -11,8 +11,9 @@ from dp3batch.batch_spec import BatchSpec
 from dp3batch.completion import CompletionRecord
 
 # A record as `execution.process_measurement_set` wrote it for the demo data (`make run`),
-# with its paths and its per-channel and per-antenna flag counts shortened: the keys, types
-# and order of the file on disk, which every later version must read back unchanged.
+# with its paths, its per-channel and per-antenna flag counts and its file lists shortened:
+# the keys, types and order of the file on disk, which every later version must read back
+# unchanged.
 WRITTEN_RECORD_JSON = """
 {
   "format": 1,
@@ -163,7 +164,24 @@ WRITTEN_RECORD_JSON = """
       ]
     }
   },
-  "output_fingerprint": "23a8f47144329d89d278a966fdfca35a7f63bf697b5e8deff947a9dcc483d0d4"
+  "output_fingerprint": "23a8f47144329d89d278a966fdfca35a7f63bf697b5e8deff947a9dcc483d0d4",
+  "input_files": [
+    "ANTENNA/table.dat",
+    "ANTENNA/table.f0",
+    "ANTENNA/table.info",
+    "table.dat",
+    "table.f0",
+    "table.info"
+  ],
+  "output_files": [
+    "ANTENNA/table.dat",
+    "ANTENNA/table.f0",
+    "ANTENNA/table.info",
+    "table.dat",
+    "table.f1",
+    "table.f1i",
+    "table.info"
+  ]
 }
 """
 

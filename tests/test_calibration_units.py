@@ -10,8 +10,10 @@ from contract_examples import make_record
 from dp3batch.completion import (
     Expectation,
     input_fingerprint,
+    input_tree,
     missing_required_files,
     output_fingerprint,
+    output_tree,
     pending_reason,
     read_record,
     write_record,
@@ -76,6 +78,8 @@ def completed_output(tmp_path):
             dp3_version="6.6.0",
             input_fingerprint=input_fingerprint(input_ms),
             output_fingerprint=output_fingerprint(output),
+            input_files=input_tree(input_ms).files,
+            output_files=output_tree(output).files,
             required_files=("instrument",),
         ),
     )

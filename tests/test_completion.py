@@ -16,7 +16,10 @@ from dp3batch.completion import (
     Expectation,
     extra_inputs_fingerprint,
     input_fingerprint,
+    input_tree,
+    listed_fingerprint,
     output_fingerprint,
+    output_tree,
     parameters_fingerprint,
     pending_reason,
     read_record,
@@ -107,6 +110,46 @@ def test_input_fingerprint_differs_between_ms(tmp_path):
     second = fake_ms(tmp_path / "b.ms")
     (second / "table.f0").write_bytes(b"01234567890")
     assert input_fingerprint(first) != input_fingerprint(second)
+
+
+def test_the_listed_fingerprint_equals_the_walk_over_the_same_files(tmp_path):
+    ms = fake_ms(tmp_path / "a.ms")
+    for name in ("table.f1", "table.f10", "table.f1i", "table.f2_TSM0"):
+        (ms / name).write_bytes(name.encode())
+    (tmp_path / "data.bin").write_bytes(b"kept elsewhere")
+    (ms / "table.f3").symlink_to(tmp_path / "data.bin")  # counted as the file it links to
+    tree = input_tree(ms)
+    # Line order, as records have always been hashed: `table.f10:` before `table.f1:`.
+    assert tree.files.index("table.f10") < tree.files.index("table.f1")
+    assert "table.lock" not in tree.files and "ANTENNA/table.lock" not in tree.files
+    assert listed_fingerprint(ms, tree.files) == tree.fingerprint == input_fingerprint(ms)
+
+
+def test_the_listed_fingerprint_sees_a_changed_or_missing_file(tmp_path):
+    ms = fake_ms(tmp_path / "a.ms")
+    tree = input_tree(ms)
+    bump_mtime(ms / "ANTENNA" / "table.dat")
+    assert listed_fingerprint(ms, tree.files) not in (None, tree.fingerprint)
+    (ms / "table.f0").unlink()
+    assert listed_fingerprint(ms, tree.files) is None
+    assert listed_fingerprint(tmp_path / "gone.ms", tree.files) is None
+
+
+def test_the_listed_fingerprint_refuses_names_outside_the_tree(tmp_path):
+    ms = fake_ms(tmp_path / "a.ms")
+    (tmp_path / "elsewhere").write_text("x")
+    assert listed_fingerprint(ms, ["../elsewhere"]) is None
+    assert listed_fingerprint(ms, [str(tmp_path / "elsewhere")]) is None
+    assert listed_fingerprint(ms, ["table.dat", "ANTENNA/../../elsewhere"]) is None
+
+
+def test_the_output_tree_leaves_out_the_record_and_parset(tmp_path):
+    ms = fake_ms(tmp_path / "a.ms")
+    (ms / RECORD_NAME).write_text("{}")
+    (ms / "dp3.parset").write_text("msin=x")
+    tree = output_tree(ms)
+    assert tree.files == ("ANTENNA/table.dat", "table.dat", "table.f0")
+    assert tree.fingerprint == output_fingerprint(ms)
 
 
 def _plain_fingerprint(path: Path, skipped: set[str]) -> str:
@@ -246,9 +289,11 @@ def test_extra_inputs_fingerprint_of_no_files_is_constant():
 # --- records and pending_reason -----------------------------------------------------------
 
 
-@pytest.fixture
-def setup(tmp_path):
-    """An input MS, its complete output with a matching record, and the expectation."""
+@pytest.fixture(params=["files listed", "files not listed"])
+def setup(tmp_path, request):
+    """An input MS, its complete output with a matching record, and the expectation. The
+    record lists the files its fingerprints cover, as records do now, or not, as records of
+    earlier versions (their files are then walked)."""
     input_ms = fake_ms(tmp_path / "data" / "a.ms")
     output = fake_ms(tmp_path / "results" / "a.ms")
     expected = Expectation(
@@ -256,6 +301,7 @@ def setup(tmp_path):
         extra_inputs_fingerprint="extra-1",
         dp3_version="6.6.0",
     )
+    listed = request.param == "files listed"
     write_record(
         output,
         make_record(
@@ -264,6 +310,8 @@ def setup(tmp_path):
             dp3_version=expected.dp3_version,
             input_fingerprint=input_fingerprint(input_ms),
             output_fingerprint=output_fingerprint(output),
+            input_files=input_tree(input_ms).files if listed else None,
+            output_files=output_tree(output).files if listed else None,
             worker="tcp://127.0.0.1:40000",
         ),
     )
@@ -404,14 +452,29 @@ def test_record_of_an_older_version_without_output_fingerprint_is_pending(setup)
         lambda output: (output / "table.f0").unlink(),
         lambda output: os.truncate(output / "table.f0", 1),
         lambda output: shutil.rmtree(output / "ANTENNA"),
-        lambda output: (output / "table.f9").write_bytes(b"extra"),
+        lambda output: _rewrite(output / "ANTENNA" / "table.dat"),
     ],
-    ids=["file deleted", "file truncated", "subtable removed", "file added"],
+    ids=["file deleted", "file truncated", "subtable removed", "file rewritten"],
 )
 def test_damaged_output_is_pending_as_output_changed(setup, damage):
     input_ms, output, expected = setup
     damage(output)
     assert pending_reason(input_ms, output, expected) == "output changed"
+
+
+def _rewrite(path: Path) -> None:
+    """Same size, new content and (explicitly: timestamps may be coarse) a later mtime."""
+    path.write_bytes(path.read_bytes().upper())
+    bump_mtime(path)
+
+
+def test_a_file_added_to_an_output_counts_only_for_records_without_file_lists(setup, request):
+    """casacore reads no file that its tables do not name, and naming one rewrites a listed
+    `table.dat`: a listed record is checked by a stat of its files, no directory listing."""
+    input_ms, output, expected = setup
+    (output / "ANTENNA" / "notes.txt").write_text("looked fine")
+    listed = request.node.callspec.params["setup"] == "files listed"
+    assert pending_reason(input_ms, output, expected) == (None if listed else "output changed")
 
 
 def test_output_record_and_parset_do_not_count_as_output_content(setup):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import make_ms
 from contract_examples import make_record
-from dp3batch.completion import CompletionRecord, input_fingerprint, write_record
+from dp3batch.completion import CompletionRecord, input_fingerprint, input_tree, write_record
 from dp3batch.config import ConfigError, parse_steps
 from dp3batch.discovery import (
     MeasurementSet,
@@ -75,7 +75,11 @@ def inputs(tmp_path_factory) -> Path:
 
 def _items(base: Path, patterns: list[str]) -> list[MeasurementSet]:
     output_dir = base / "results"
-    return per_window_items(discover_measurement_sets(patterns, output_dir, base), output_dir)
+    return _window_items(discover_measurement_sets(patterns, output_dir, base), output_dir)
+
+
+def _window_items(measurement_sets: list[MeasurementSet], output_dir: Path) -> list[MeasurementSet]:
+    return [item for item, _ in per_window_items(measurement_sets, output_dir, lambda item: None)]
 
 
 def test_each_window_of_an_ms_of_several_is_an_item(inputs):
@@ -98,23 +102,46 @@ def test_a_window_output_name_that_another_input_has_is_refused(inputs, tmp_path
     assert "would both be written to two_spw1.ms" in message
 
 
+def test_each_item_comes_with_its_answer_found_in_the_same_pass(inputs):
+    """Planning asks each item's pending reason while the windows are looked up."""
+    output_dir = inputs.parent / "results"
+    found = discover_measurement_sets(["inputs/*.ms"], output_dir, inputs.parent)
+    answered = per_window_items(found, output_dir, lambda item: (item.name, item.band))
+    assert [answer for _, answer in answered] == [(item.name, item.band) for item, _ in answered]
+    assert [answer for _, answer in answered] == [
+        ("one", None),
+        ("two_spw0", 0),
+        ("two_spw1", 1),
+    ]
+
+
 def test_a_window_output_that_is_a_link_is_refused(inputs, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "two_spw0.ms").symlink_to(tmp_path)
     with pytest.raises(ConfigError, match="two_spw0.ms is a link"):
-        per_window_items(
+        _window_items(
             discover_measurement_sets([str(inputs / "two.ms")], results, tmp_path), results
         )
 
 
-def _record(ms: Path, windows: dict, fingerprint: str | None = None) -> CompletionRecord:
+def _record(
+    ms: Path, windows: dict, fingerprint: str | None = None, listed: bool = True
+) -> CompletionRecord:
+    """A record of `ms` that lists its input's files, as the workflow writes them now, or
+    not, as earlier versions did (then the files are walked)."""
     return make_record(
-        input=str(ms), input_fingerprint=fingerprint or input_fingerprint(ms), windows=windows
+        input=str(ms),
+        input_fingerprint=fingerprint or input_fingerprint(ms),
+        input_files=input_tree(ms).files if listed else None,
+        windows=windows,
     )
 
 
-def test_a_rerun_takes_the_windows_from_the_record_while_the_input_is_unchanged(inputs, tmp_path):
+@pytest.mark.parametrize("listed", [True, False], ids=["files listed", "files not listed"])
+def test_a_rerun_takes_the_windows_from_the_record_while_the_input_is_unchanged(
+    inputs, tmp_path, listed
+):
     """The record's windows are trusted without opening the MS (here it claims a third
     window, which the MS does not have, so the items show where they came from); a changed
     input, or a record of another input, is not trusted."""
@@ -122,26 +149,28 @@ def test_a_rerun_takes_the_windows_from_the_record_while_the_input_is_unchanged(
     results = tmp_path / "results"
     claimed = {**windows_record(two), "bands": [0, 1, 2], "descriptions": 3}
     (results / "two_spw0.ms").mkdir(parents=True)
-    write_record(results / "two_spw0.ms", _record(two, claimed))
-    items = per_window_items(discover_measurement_sets([str(two)], results, tmp_path), results)
+    write_record(results / "two_spw0.ms", _record(two, claimed, listed=listed))
+    items = _window_items(discover_measurement_sets([str(two)], results, tmp_path), results)
     assert [item.name for item in items] == ["two_spw0", "two_spw1", "two_spw2"]
 
-    write_record(results / "two_spw0.ms", _record(two, claimed, fingerprint="older"))
-    items = per_window_items(discover_measurement_sets([str(two)], results, tmp_path), results)
+    older = _record(two, claimed, fingerprint="older", listed=listed)
+    write_record(results / "two_spw0.ms", older)
+    items = _window_items(discover_measurement_sets([str(two)], results, tmp_path), results)
     assert [item.name for item in items] == ["two_spw0", "two_spw1"]
 
     other = replace(_record(two, claimed), input=str(inputs / "one.ms"))
     assert windows_from_record(other, two) is None
 
 
-def test_one_description_is_trusted_on_data_description_alone(inputs, tmp_path):
+@pytest.mark.parametrize("listed", [True, False], ids=["files listed", "files not listed"])
+def test_one_description_is_trusted_on_data_description_alone(inputs, tmp_path, listed):
     """A single-window MS: the record holds while DATA_DESCRIPTION's files are unchanged
     (the whole input need not be walked); a rewritten DATA_DESCRIPTION is read again."""
     one = tmp_path / "one.ms"
     make_ms(one)
     entry = windows_record(one)
     assert entry["bands"] == [0] and entry["descriptions"] == 1
-    record = _record(one, {**entry, "bands": [7]}, fingerprint="not checked")
+    record = _record(one, {**entry, "bands": [7]}, fingerprint="not checked", listed=listed)
     assert windows_from_record(record, one) == Windows(1, (7,))
     table_file = one / "DATA_DESCRIPTION" / "table.dat"
     stat = table_file.stat()

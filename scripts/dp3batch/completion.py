@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,33 +36,58 @@ def input_fingerprint(path: Path) -> str:
     """A cheap fingerprint of an MS: names, sizes and modification times of all its files.
 
     Hashing the data would cost minutes per large MS; any rewrite of a casacore table
-    changes its files' mtimes, which is what this catches. (os.scandir: a no-op rerun over
-    thousands of MSs spends most of its time here.)"""
-    return _tree_fingerprint(path, frozenset())
+    changes its files' mtimes, which is what this catches."""
+    return input_tree(path).fingerprint
 
 
 def output_fingerprint(path: Path) -> str:
     """The same walk over an output's own MS files: a deleted, truncated or rewritten table
     file, or a removed subtable, changes it (the record and parset beside them do not count)."""
+    return output_tree(path).fingerprint
+
+
+@dataclass(frozen=True)
+class TreeFingerprint:
+    """The fingerprint of a directory tree, and the files (relative paths) it covers: a
+    record keeps both, so that a rerun checks the same files again by name (`listed_fingerprint`)
+    instead of listing every directory."""
+
+    fingerprint: str
+    files: tuple[str, ...]
+
+
+def input_tree(path: Path) -> TreeFingerprint:
+    return _tree_fingerprint(path, frozenset())
+
+
+def output_tree(path: Path) -> TreeFingerprint:
     return _tree_fingerprint(path, _OUTPUT_OWN_FILES)
 
 
-def _tree_fingerprint(path: Path, skipped_top_level: frozenset[str] | set[str]) -> str:
-    entries: list[str] = []
+def _tree_fingerprint(path: Path, skipped_top_level: frozenset[str] | set[str]) -> TreeFingerprint:
+    entries: list[tuple[str, str]] = []
     # Walked through directory descriptors: each stat is then an fstatat of a bare name, not
-    # a lookup of the whole path again (a no-op rerun over 10,000 MSs stats 1.3 million
-    # files, and this is most of its time).
+    # a lookup of the whole path again.
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         _collect_file_stats(descriptor, "", entries, skipped_top_level)
     finally:
         os.close(descriptor)
-    entries.sort()
-    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+    # Sorted by line, as the records written so far were (`table.f10:` sorts before
+    # `table.f1:`); the order depends on the names alone, so the files keep it.
+    entries.sort(key=lambda entry: entry[1])
+    return TreeFingerprint(_digest(line for _, line in entries), tuple(name for name, _ in entries))
+
+
+def _digest(lines: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _collect_file_stats(
-    directory: int, relative: str, entries: list[str], skipped: frozenset[str] | set[str]
+    directory: int,
+    relative: str,
+    entries: list[tuple[str, str]],
+    skipped: frozenset[str] | set[str],
 ) -> None:
     with os.scandir(directory) as scan:
         for entry in scan:
@@ -75,7 +100,64 @@ def _collect_file_stats(
                     os.close(subdirectory)
             elif name not in _VOLATILE_FILES and name not in skipped:
                 stat = entry.stat()
-                entries.append(f"{relative}{name}:{stat.st_size}:{stat.st_mtime_ns}")
+                path = f"{relative}{name}"
+                entries.append((path, f"{path}:{stat.st_size}:{stat.st_mtime_ns}"))
+
+
+def listed_fingerprint(path: Path | str, files: Iterable[str]) -> str | None:
+    """The fingerprint of `path` over the given files (relative paths, in the order a
+    `TreeFingerprint` lists them), by a stat of each: None when one is gone.
+
+    Equal to the walk's value as long as no file was added. A file added beside them changes
+    nothing casacore reads unless a listed file changes too (a table's `table.dat` names its
+    columns' files and its subtables). Listing the directories is what a walk costs most:
+    a no-op rerun over 10,000 MSs does this for every input and output."""
+    files = list(files)
+    # Names are relative and stay inside the tree: no record of ours lists another.
+    wrapped = f"/{'/'.join(files)}/"
+    if "/../" in wrapped or "//" in wrapped:
+        return None
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        # Through links, as the walk's `DirEntry.stat()`.
+        lines = [
+            f"{name}:{stat.st_size}:{stat.st_mtime_ns}"
+            for name in files
+            for stat in (os.stat(name, dir_fd=descriptor),)
+        ]
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+    return _digest(lines)
+
+
+def input_unchanged(path: Path | str, fingerprint: str, files: Iterable[str] | None) -> bool:
+    """Whether an input still has the `fingerprint` a record holds: by the files the record
+    lists, else (records of earlier versions) by a walk."""
+    if files is not None:
+        return listed_fingerprint(path, files) == fingerprint
+    try:
+        return input_fingerprint(Path(path)) == fingerprint
+    except OSError:
+        return False
+
+
+def output_unchanged(
+    path: Path | str, fingerprint: str | None, files: Iterable[str] | None
+) -> bool:
+    """`input_unchanged` for an output's own files."""
+    if fingerprint is None:
+        return False
+    if files is not None:
+        return listed_fingerprint(path, files) == fingerprint
+    try:
+        return output_fingerprint(Path(path)) == fingerprint
+    except OSError:
+        return False
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -166,6 +248,9 @@ class CompletionRecord:
     # Of the output's own files, taken after every read of the output: a damaged output no
     # longer matches it.
     output_fingerprint: str | None = None
+    # The files each fingerprint covers: a rerun stats them by name (see listed_fingerprint).
+    input_files: tuple[str, ...] | None = None
+    output_files: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as it is written: `format` first, then every field in order."""
@@ -200,6 +285,8 @@ class CompletionRecord:
             "step_seconds": self.step_seconds,
             "flags_by_step": self.flags_by_step,
             "output_fingerprint": self.output_fingerprint,
+            "input_files": _list_or_none(self.input_files),
+            "output_files": _list_or_none(self.output_files),
         }
 
     @classmethod
@@ -241,6 +328,8 @@ class CompletionRecord:
             step_seconds=fields.optional_mapping("step_seconds"),
             flags_by_step=fields.optional_mapping("flags_by_step"),
             output_fingerprint=fields.optional_text("output_fingerprint"),
+            input_files=fields.optional_strings("input_files"),
+            output_files=fields.optional_strings("output_files"),
         )
 
 
@@ -316,8 +405,8 @@ def pending_reason(input_ms: Path, output: Path, expected: Expectation) -> str |
         return "calibration or sky model file changed"
     if record.dp3_version != expected.dp3_version:
         return "DP3 changed"
-    if record.output_fingerprint != output_fingerprint(output):
+    if not output_unchanged(output, record.output_fingerprint, record.output_files):
         return "output changed"
-    if record.input_fingerprint != input_fingerprint(input_ms):
+    if not input_unchanged(input_ms, record.input_fingerprint, record.input_files):
         return "input changed"
     return None

@@ -26,8 +26,8 @@ from typing import Any
 
 from dp3batch.completion import (
     CompletionRecord,
-    input_fingerprint,
-    output_fingerprint,
+    input_tree,
+    output_tree,
     write_record,
 )
 from dp3batch.dp3 import as_arguments, as_parset, run_parameters
@@ -325,7 +325,7 @@ def process_measurement_set(task: Task) -> TaskResult:
         size_estimate_bytes=task.size or None,
     )
     temporary = temporary_path(output)
-    fingerprint = input_fingerprint(Path(task.input))
+    input_files = input_tree(Path(task.input))
     memory_gb = memory_limit / 1e9 if memory_limit else None
     parameters = task.parameters
     # One spectral window per run: the item's band (an MS of several windows is several
@@ -379,11 +379,13 @@ def process_measurement_set(task: Task) -> TaskResult:
             "run itself wrote to a temporary path that was renamed to msout on success.)"
         )
         (temporary / PARSET_NAME).write_text(as_parset(final_run, header))
+        # After every read of the output: a damaged output no longer matches it.
+        output_files = output_tree(temporary)
         record = CompletionRecord(
             name=task.name,
             input=task.input,
             output=task.output,
-            input_fingerprint=fingerprint,
+            input_fingerprint=input_files.fingerprint,
             band=task.band,
             windows=windows_record(task.input),
             parameters=tuple(parameters.pairs()),
@@ -408,8 +410,9 @@ def process_measurement_set(task: Task) -> TaskResult:
             output_bytes=_disk_usage(temporary),
             step_seconds=parse_step_times(dp3_output),
             flags_by_step=parse_flag_counts(dp3_output),
-            # Last, after every read of the output: a damaged output no longer matches it.
-            output_fingerprint=output_fingerprint(temporary),
+            output_fingerprint=output_files.fingerprint,
+            input_files=input_files.files,
+            output_files=output_files.files,
         )
         write_record(temporary, record)
         commit(temporary, output, task.guard)

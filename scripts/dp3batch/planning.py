@@ -104,13 +104,6 @@ def make_plan(
     files = parameters.file_parameters()
     check_extra_inputs(files)
     output_dir = Path(os.path.normpath(base / Path(config["output_dir"]).expanduser()))
-    # Steps that choose a window themselves (`msin.band`) read one window of every MS; else
-    # each window of an MS of several is an item of its own (see windows).
-    measurement_sets = discover_measurement_sets(config["inputs"], output_dir, base)
-    if "band" not in chain.msin:
-        measurement_sets = per_window_items(measurement_sets, output_dir)
-    elif (band := parameters.selected_band()) is not None:
-        check_selected_band(measurement_sets, band, output_dir)
     version = dp3_version(executable)
     expectation = Expectation(
         parameters_fingerprint=parameters_fingerprint(
@@ -118,16 +111,6 @@ def make_plan(
         ),
         extra_inputs_fingerprint=extra_inputs_fingerprint(files),
         dp3_version=version,
-    )
-    plan = Plan(
-        scheduler=scheduler,
-        chain=chain,
-        output_dir=output_dir,
-        dp3_executable=executable,
-        dp3_version=version,
-        parameters=parameters,
-        expectation=expectation,
-        measurement_sets=measurement_sets,
     )
     per_ms = PerMSParameters(chain, extra_dir, executable, parameters, {key for key, _ in files})
 
@@ -139,8 +122,29 @@ def make_plan(
             )
         return pending_reason(ms.input, ms.output, expected)
 
-    # Most of a rerun over thousands of MSs: a stat walk of each input and output.
-    reasons = map_over_cores(reason_of, measurement_sets)
+    # Most of a rerun over thousands of MSs: a stat of each file of each input and output.
+    # Steps that choose a window themselves (`msin.band`) read one window of every MS; else
+    # each window of an MS of several is an item of its own (see windows), and its reason
+    # is found in the same pass.
+    measurement_sets = discover_measurement_sets(config["inputs"], output_dir, base)
+    if "band" not in chain.msin:
+        answered = per_window_items(measurement_sets, output_dir, reason_of)
+        measurement_sets = [item for item, _ in answered]
+        reasons = [reason for _, reason in answered]
+    else:
+        if (band := parameters.selected_band()) is not None:
+            check_selected_band(measurement_sets, band, output_dir)
+        reasons = map_over_cores(reason_of, measurement_sets)
+    plan = Plan(
+        scheduler=scheduler,
+        chain=chain,
+        output_dir=output_dir,
+        dp3_executable=executable,
+        dp3_version=version,
+        parameters=parameters,
+        expectation=expectation,
+        measurement_sets=measurement_sets,
+    )
     for ms, reason in zip(measurement_sets, reasons, strict=True):
         if reason is None and force:
             reason = FORCED

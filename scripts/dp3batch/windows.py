@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dp3batch.completion import CompletionRecord, input_fingerprint
+from dp3batch.completion import (
+    CompletionRecord,
+    input_fingerprint,
+    input_unchanged,
+    listed_fingerprint,
+)
 from dp3batch.measurement_set import open_subtable
 
 WINDOW_SUFFIX = "_spw"
@@ -97,11 +102,23 @@ def windows_from_record(record: CompletionRecord | None, input_path: Path) -> Wi
         return None
     if not all(isinstance(band, int) for band in bands):
         return None
-    try:
-        if entry.get("description_fingerprint") != description_fingerprint(input_path):
-            return None
-    except OSError:
+    if entry.get("description_fingerprint") != _recorded_description_now(record, input_path):
         return None
-    if descriptions > 1 and record.input_fingerprint != input_fingerprint(input_path):
+    if descriptions > 1 and not input_unchanged(
+        input_path, record.input_fingerprint, record.input_files
+    ):
         return None
     return Windows(descriptions, tuple(bands))
+
+
+def _recorded_description_now(record: CompletionRecord, input_path: Path) -> str | None:
+    """`description_fingerprint` of the input now, by a stat of the DATA_DESCRIPTION files
+    the record lists (no listing of the directory); None when it cannot be taken."""
+    if record.input_files is None:
+        try:
+            return description_fingerprint(input_path)
+        except OSError:
+            return None
+    prefix = f"{DESCRIPTION_TABLE}/"
+    files = [name[len(prefix) :] for name in record.input_files if name.startswith(prefix)]
+    return listed_fingerprint(Path(input_path) / DESCRIPTION_TABLE, files)
