@@ -44,7 +44,7 @@ from dp3batch.measurement_set import (
     row_count,
     write_lock_holder,
 )
-from dp3batch.output_check import check_output
+from dp3batch.output_check import InputGrid, check_output, read_input_grid
 from dp3batch.status import Status
 from dp3batch.task import Task
 from dp3batch.task_result import TaskResult
@@ -343,11 +343,15 @@ def process_measurement_set(task: Task) -> TaskResult:
             return _failed(result, started, log_path, lock_message(task.input, holder), "")
         shape: dict[str, Shape] = {}
 
+        grid: list[InputGrid] = []
+
         def read_input_shape() -> None:
-            # While DP3 starts: casacore's first import and the reads cost this task 0.1 s.
+            # While DP3 runs: casacore's first import and the reads of the input cost this
+            # task 0.1 s, which would otherwise pass between two DP3 runs of its worker.
             if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV): stopped at once
                 raise NoRows("the input MS has no rows: there is nothing to process")
             shape["in"] = read_shape(task.input, with_flags=True, band=reading.selected_band())
+            grid.append(read_input_grid(task.input, reading))
 
         exit_code = _run_dp3(arguments, log_path, worker, key, read_input_shape)
         shape_in = shape["in"]
@@ -356,7 +360,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             return _failed(result, started, log_path, reason)
         shape_out = read_shape(str(temporary), with_flags=True)
         dp3_output = log_path.read_text(errors="replace")  # read once, parsed three times
-        expected, problems = check_output(task.input, reading, dp3_output, shape_out)
+        expected, problems = check_output(grid[0], reading, dp3_output, shape_out)
         required_files = parameters.required_output_files()
         problems += [
             f"DP3 wrote no {name} into the output"

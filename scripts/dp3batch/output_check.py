@@ -221,11 +221,12 @@ def output_problems(after: Shape, expected: ExpectedShape) -> list[str]:
 
 
 def check_output(
-    input_path: str, parameters: DP3Parameters, log_text: str, after: Shape
+    grid: InputGrid, parameters: DP3Parameters, log_text: str, after: Shape
 ) -> tuple[ExpectedShape | None, list[str]]:
-    """Everything wrong with an output: (the expected shape, problems); no problems = good."""
+    """Everything wrong with an output: (the expected shape, problems); no problems = good.
+    `grid`: `read_input_grid` of the input with these parameters."""
     try:
-        derived = derive_expected_shape(read_input_grid(input_path, parameters), parameters)
+        derived = derive_expected_shape(grid, parameters)
     except CannotDerive as error:
         return None, [f"cannot derive the expected output shape: {error}"]
     expected, problems = expected_output_shape(derived, dp3_planned_shape(log_text))
