@@ -82,7 +82,7 @@ def casarc_directories() -> list[Path]:
     return [Path(sys.prefix) / "etc" / "dp3batch", cache / "dp3batch", Path(tempfile.gettempdir())]
 
 
-def _writable_directory(candidates: list[Path]) -> Path:
+def writable_directory(candidates: list[Path]) -> Path:
     for directory in candidates:
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def _casarc_file(measures: Path) -> Path:
     """A casarc naming the measures directory, written once per user and measures path."""
     text = f"measures.directory: {measures}\n"
     path = (
-        _writable_directory(casarc_directories())
+        writable_directory(casarc_directories())
         / f"dp3batch-casarc-{os.getuid()}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     )
     if not path.is_file() or path.read_text() != text:
@@ -121,7 +121,7 @@ def dp3_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return environment
 
 
-def _wheel_version_key(executable: str) -> str | None:
+def wheel_version_key(executable: str) -> str | None:
     """What identifies the dp3 wheel's installed version without running it: its `DP3.py`
     and its package file (both rewritten by any reinstall). None for any other DP3 (a
     wrapper may run another DP3 tomorrow: it is always asked)."""
@@ -142,8 +142,8 @@ def dp3_version(executable: str, environment: dict[str, str] | None = None) -> s
 
     The wheel's answer is kept beside the casarc, keyed by its files: asking costs a DP3
     start (0.1 s) on every run, a tenth of a no-op rerun."""
-    key = _wheel_version_key(executable)
-    cache = _writable_directory(casarc_directories()) / "dp3-version.json"
+    key = wheel_version_key(executable)
+    cache = writable_directory(casarc_directories()) / "dp3-version.json"
     if key is not None:
         with contextlib.suppress(OSError, ValueError, KeyError):
             known = json.loads(cache.read_text())
