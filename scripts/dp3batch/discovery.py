@@ -289,15 +289,17 @@ def per_window_items(
     windows)."""
     existing = _outputs_by_name(output_dir, {ms.name for ms in measurement_sets})
 
-    def items_of(ms: MeasurementSet) -> list[tuple[MeasurementSet, Answer]]:
+    def items_of(ms: MeasurementSet) -> tuple[Windows | None, list[Answer]]:
+        # The windows and the answers go back, not the items: they are made again from
+        # the windows (cheaper than sending 10,000 paths back).
         windows = _known_windows(ms, existing.get(ms.name, []))
-        items = [ms] if windows is None else window_items(ms, windows)
-        return [(item, then(item)) for item in items]
+        return windows, [then(item) for item in _items_of(ms, windows)]
 
     answered: list[tuple[MeasurementSet, Answer]] = []
     owners: dict[str, MeasurementSet] = {}
-    for ms, items in zip(measurement_sets, map_over_cores(items_of, measurement_sets), strict=True):
-        for item, answer in items:
+    found = map_over_cores(items_of, measurement_sets)
+    for ms, (windows, answers) in zip(measurement_sets, found, strict=True):
+        for item, answer in zip(_items_of(ms, windows), answers, strict=True):
             if item.name in owners:
                 raise ConfigError(_collision_message(owners[item.name], item))
             owners[item.name] = item
@@ -305,6 +307,10 @@ def per_window_items(
                 check_output_not_link(item)
             answered.append((item, answer))
     return answered
+
+
+def _items_of(ms: MeasurementSet, windows: Windows | None) -> list[MeasurementSet]:
+    return [ms] if windows is None else window_items(ms, windows)
 
 
 def _collision_message(first: MeasurementSet, second: MeasurementSet) -> str:
