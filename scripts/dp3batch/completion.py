@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,26 +136,30 @@ def listed_fingerprint(path: Path | str, files: Iterable[str]) -> str | None:
 
 
 def input_unchanged(path: Path | str, fingerprint: str, files: Iterable[str] | None) -> bool:
-    """Whether an input still has the `fingerprint` a record holds: by the files the record
-    lists, else (records of earlier versions) by a walk."""
-    if files is not None:
-        return listed_fingerprint(path, files) == fingerprint
-    try:
-        return input_fingerprint(Path(path)) == fingerprint
-    except OSError:
-        return False
+    """Whether an input still has the `fingerprint` its record holds."""
+    return _unchanged(path, fingerprint, files, input_fingerprint)
 
 
 def output_unchanged(
     path: Path | str, fingerprint: str | None, files: Iterable[str] | None
 ) -> bool:
-    """`input_unchanged` for an output's own files."""
+    """Whether an output's own files still have the `fingerprint` its record holds."""
+    return _unchanged(path, fingerprint, files, output_fingerprint)
+
+
+def _unchanged(
+    path: Path | str,
+    fingerprint: str | None,
+    files: Iterable[str] | None,
+    walk: Callable[[Path], str],
+) -> bool:
+    """By the files the record lists, else (records of earlier versions) by a walk."""
     if fingerprint is None:
         return False
     if files is not None:
         return listed_fingerprint(path, files) == fingerprint
     try:
-        return output_fingerprint(Path(path)) == fingerprint
+        return walk(Path(path)) == fingerprint
     except OSError:
         return False
 
