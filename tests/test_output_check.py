@@ -9,6 +9,7 @@ from dp3batch.output_check import (
     CannotDerive,
     ExpectedShape,
     InputGrid,
+    count_baselines,
     derive_expected_shape,
     dp3_planned_shape,
     expected_output_shape,
@@ -104,3 +105,17 @@ def test_an_output_short_of_time_slots_fails():
 def test_an_empty_output_fails():
     after = Shape(rows=0, times=0, channels=8, interval=0.0, channel_width=4e5)
     assert output_problems(after, ExpectedShape(7, 15, 8, 6.0)) == ["the output has no rows"]
+
+
+def test_baselines_are_the_distinct_antenna_pairs_of_the_rows():
+    import numpy as np
+
+    generator = np.random.default_rng(7)
+    antenna1 = generator.integers(-2, 40, 5000).astype(np.int32)
+    antenna2 = generator.integers(0, 300, 5000).astype(np.int32)
+    expected = len(set(zip(antenna1.tolist(), antenna2.tolist(), strict=True)))
+    assert count_baselines(antenna1, antenna2) == expected
+    assert count_baselines(antenna1[:0], antenna2[:0]) == 0
+    # Each pair once per time slot, autocorrelations included.
+    first, second = np.triu_indices(6)
+    assert count_baselines(np.tile(first, 20), np.tile(second, 20)) == 21
