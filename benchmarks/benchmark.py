@@ -13,7 +13,8 @@ Each case prints its figures and writes benchmarks/results/<case>.json.
   2-slot pool running exactly the DP3 commands the workflow ran.
   Targets: each workflow / pool <= 1.05. With `--reference-venv`, also SKA's batch
   pre-processing pipeline (installed there) on a 2 x 1 cluster of its own dask version.
-  The process table is sampled throughout (P4).
+  The process table is sampled throughout (P4). Beside the times, DP3's own timer ("Total
+  DP3 time", mean per MS) under each contender: whether DP3 itself ran slower there.
 - rerun (P2, after throughput, same data): one output deleted, then the rerun against that
   MS's DP3 command run alone; then a no-op rerun. Targets: rerun <= DP3 alone + 1.5 s;
   no-op <= 1 s.
@@ -180,9 +181,12 @@ def with_threads(command: list[str], threads: int) -> list[str]:
     return [f"numthreads={threads}" if a.startswith("numthreads=") else a for a in command]
 
 
-def run_pool(commands: list[list[str]], slots: int) -> tuple[float, list[float]]:
+def run_pool(
+    commands: list[list[str]], slots: int, dp3_timers: list[float] | None = None
+) -> tuple[float, list[float]]:
     """An ideal pool: `slots` DP3 processes at a time, no other work. Returns the makespan
-    and each command's own DP3 time."""
+    and each command's wall time; `dp3_timers`, if given, gets what DP3's own timer said of
+    each (`dp3_timer_seconds`)."""
     environment = dp3_environment()
 
     def run(command: list[str]) -> float:
@@ -190,12 +194,30 @@ def run_pool(commands: list[list[str]], slots: int) -> tuple[float, list[float]]
         completed = subprocess.run(command, env=environment, capture_output=True, text=True)
         if completed.returncode != 0:
             raise RuntimeError(f"{command} failed:\n{completed.stdout[-2000:]}")
+        if dp3_timers is not None:
+            dp3_timers.append(dp3_timer_seconds(completed.stdout))
         return time.perf_counter() - started
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(slots) as pool:
         durations = list(pool.map(run, commands))
     return time.perf_counter() - started, durations
+
+
+def dp3_timer_seconds(dp3_output: str) -> float:
+    """DP3's own "Total DP3 time ... real": its run without its process start-up. Beside the
+    same figure of the pool, it shows whether DP3 itself ran slower (the CPU taken by what
+    runs beside it), apart from what the workflow adds around it."""
+    match = re.search(r"Total DP3 time\s+([\d.]+) real", dp3_output)
+    if not match:
+        raise RuntimeError(f"no 'Total DP3 time' in DP3's output:\n{dp3_output[-2000:]}")
+    return float(match.group(1))
+
+
+def mean_dp3_timer_seconds(log_dir: Path) -> float:
+    """The mean of `dp3_timer_seconds` over the MS logs of a workflow run."""
+    timers = [dp3_timer_seconds(log.read_text()) for log in sorted(log_dir.glob("*.log"))]
+    return round(statistics.mean(timers), 3)
 
 
 class ThreadSampler:
@@ -281,6 +303,7 @@ def throughput_and_rerun(
     pattern = str(scratch / "inputs" / "*.ms")
     times: dict[str, list[float]] = {"embedded": [], "pool": [], "external": [], "reference": []}
     central: dict[str, list[float | None]] = {"embedded": [], "external": []}
+    dp3_timers: dict[str, list[float]] = {"pool": [], "embedded": [], "external": []}
     reference: dict[str, Any] = {}
     for round_index in range(rounds):
         embedded = Workflow(scratch / f"embedded-{round_index}")
@@ -290,7 +313,10 @@ def throughput_and_rerun(
         times["embedded"].append(embedded_seconds)
         central["embedded"].append(central_job_seconds(embedded_output))
         commands = dp3_commands(embedded.output_dir, scratch / "pool")
-        times["pool"].append(run_pool(list(commands.values()), slots=2)[0])
+        dp3_timers["embedded"].append(mean_dp3_timer_seconds(embedded.output_dir / "logs"))
+        pool_timers: list[float] = []
+        times["pool"].append(run_pool(list(commands.values()), slots=2, dp3_timers=pool_timers)[0])
+        dp3_timers["pool"].append(round(statistics.mean(pool_timers), 3))
         shutil.rmtree(scratch / "pool")
         # Started as README recommends ("Using an existing dask cluster").
         cluster = external_cluster(scratch / "cluster", environment=quiet_cluster_environment())
@@ -302,6 +328,7 @@ def throughput_and_rerun(
             external_seconds, external_output = run_workflow(external)
         finally:
             cluster.stop()
+        dp3_timers["external"].append(mean_dp3_timer_seconds(external.output_dir / "logs"))
         shutil.rmtree(external.directory)
         shutil.rmtree(scratch / "cluster", ignore_errors=True)
         times["external"].append(external_seconds)
@@ -323,6 +350,8 @@ def throughput_and_rerun(
             name: [round(value, 2) for value in values] for name, values in times.items() if values
         },
         "central_job_seconds_per_round": central,
+        # DP3's own timer, mean per MS: how much slower DP3 itself ran beside each contender.
+        "dp3_timer_seconds_per_ms_per_round": dp3_timers,
         "pool_seconds": round(pool, 2),
         "embedded_seconds": round(statistics.median(times["embedded"]), 2),
         "external_2x1_seconds": round(statistics.median(times["external"]), 2),
