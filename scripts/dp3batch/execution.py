@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dp3batch.completion import (
     CompletionRecord,
@@ -57,6 +57,10 @@ LOCK_GRACE_SECONDS = 10.0
 # Less free space than this on the output's filesystem after a failure: the disk was full.
 DISK_FULL_BYTES = 16 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
+
+
+# What a task reads while its DP3 runs (see _run_dp3).
+Read = TypeVar("Read")
 
 
 class TaskCancelled(RuntimeError):
@@ -196,10 +200,10 @@ def stop_commits(guard: Path) -> None:
 
 
 def _run_dp3(
-    arguments: list[str], log_path: Path, worker: Any, key: Any, meanwhile: Callable[[], None]
-) -> int:
-    """DP3's exit code. `meanwhile` runs once DP3 has started (work of this task that need
-    not wait for DP3: its first seconds are start-up); if it raises, DP3 is stopped."""
+    arguments: list[str], log_path: Path, worker: Any, key: Any, meanwhile: Callable[[], Read]
+) -> tuple[int, Read]:
+    """DP3's exit code, and what `meanwhile` returned: it runs once DP3 has started (work of
+    this task that need not wait for DP3); if it raises, DP3 is stopped."""
     environment = dp3_environment()
     with open(log_path, "a") as log:
         process = subprocess.Popen(
@@ -214,10 +218,10 @@ def _run_dp3(
         )
     lock_wait_seen = None
     try:
-        meanwhile()
+        read = meanwhile()
         while True:
             try:
-                return _wait_for_exit(process, POLL_SECONDS)
+                return _wait_for_exit(process, POLL_SECONDS), read
             except subprocess.TimeoutExpired:
                 if _cancelled(worker, key):
                     raise TaskCancelled(f"task {key} was cancelled") from None
@@ -341,26 +345,22 @@ def process_measurement_set(task: Task) -> TaskResult:
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.
             return _failed(result, started, log_path, lock_message(task.input, holder), "")
-        shape: dict[str, Shape] = {}
 
-        grid: list[InputGrid] = []
-
-        def read_input_shape() -> None:
+        def read_input() -> tuple[Shape, InputGrid]:
             # While DP3 runs: casacore's first import and the reads of the input cost this
             # task 0.1 s, which would otherwise pass between two DP3 runs of its worker.
             if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV): stopped at once
                 raise NoRows("the input MS has no rows: there is nothing to process")
-            shape["in"] = read_shape(task.input, with_flags=True, band=reading.selected_band())
-            grid.append(read_input_grid(task.input, reading))
+            shape = read_shape(task.input, with_flags=True, band=reading.selected_band())
+            return shape, read_input_grid(task.input, reading)
 
-        exit_code = _run_dp3(arguments, log_path, worker, key, read_input_shape)
-        shape_in = shape["in"]
+        exit_code, (shape_in, grid) = _run_dp3(arguments, log_path, worker, key, read_input)
         if exit_code != 0:
             reason = disk_full_problem(output.parent) or exit_description(exit_code)
             return _failed(result, started, log_path, reason)
         shape_out = read_shape(str(temporary), with_flags=True)
         dp3_output = log_path.read_text(errors="replace")  # read once, parsed three times
-        expected, problems = check_output(grid[0], reading, dp3_output, shape_out)
+        expected, problems = check_output(grid, reading, dp3_output, shape_out)
         required_files = parameters.required_output_files()
         problems += [
             f"DP3 wrote no {name} into the output"
