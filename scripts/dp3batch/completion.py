@@ -137,23 +137,24 @@ def listed_fingerprint(path: Path | str, files: Iterable[str]) -> str | None:
 
 def input_unchanged(path: Path | str, fingerprint: str, files: Iterable[str] | None) -> bool:
     """Whether an input still has the `fingerprint` its record holds."""
-    return _unchanged(path, fingerprint, files, input_fingerprint)
+    return tree_unchanged(path, fingerprint, files, input_fingerprint)
 
 
 def output_unchanged(
     path: Path | str, fingerprint: str | None, files: Iterable[str] | None
 ) -> bool:
     """Whether an output's own files still have the `fingerprint` its record holds."""
-    return _unchanged(path, fingerprint, files, output_fingerprint)
+    return tree_unchanged(path, fingerprint, files, output_fingerprint)
 
 
-def _unchanged(
+def tree_unchanged(
     path: Path | str,
     fingerprint: str | None,
     files: Iterable[str] | None,
     walk: Callable[[Path], str],
 ) -> bool:
-    """By the files the record lists, else (records of earlier versions) by a walk."""
+    """Whether the tree at `path` still has a recorded `fingerprint`: by the files the record
+    lists, else (records of earlier versions) by `walk`."""
     if fingerprint is None:
         return False
     if files is not None:

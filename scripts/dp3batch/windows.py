@@ -24,7 +24,7 @@ from dp3batch.completion import (
     CompletionRecord,
     input_fingerprint,
     input_unchanged,
-    listed_fingerprint,
+    tree_unchanged,
 )
 from dp3batch.measurement_set import open_subtable
 
@@ -102,7 +102,7 @@ def windows_from_record(record: CompletionRecord | None, input_path: Path) -> Wi
         return None
     if not all(isinstance(band, int) for band in bands):
         return None
-    if entry.get("description_fingerprint") != _recorded_description_now(record, input_path):
+    if not _description_unchanged(record, input_path, entry.get("description_fingerprint")):
         return None
     if descriptions > 1 and not input_unchanged(
         input_path, record.input_fingerprint, record.input_files
@@ -111,14 +111,12 @@ def windows_from_record(record: CompletionRecord | None, input_path: Path) -> Wi
     return Windows(descriptions, tuple(bands))
 
 
-def _recorded_description_now(record: CompletionRecord, input_path: Path) -> str | None:
-    """`description_fingerprint` of the input now, by a stat of the DATA_DESCRIPTION files
-    the record lists (no listing of the directory); None when it cannot be taken."""
-    if record.input_files is None:
-        try:
-            return description_fingerprint(input_path)
-        except OSError:
-            return None
-    prefix = f"{DESCRIPTION_TABLE}/"
-    files = [name[len(prefix) :] for name in record.input_files if name.startswith(prefix)]
-    return listed_fingerprint(Path(input_path) / DESCRIPTION_TABLE, files)
+def _description_unchanged(record: CompletionRecord, input_path: Path, fingerprint: Any) -> bool:
+    """Whether DATA_DESCRIPTION still has its `description_fingerprint`: by a stat of its
+    files the record lists (no listing of the directory)."""
+    files = None
+    if record.input_files is not None:
+        prefix = f"{DESCRIPTION_TABLE}/"
+        files = [name[len(prefix) :] for name in record.input_files if name.startswith(prefix)]
+    known = fingerprint if isinstance(fingerprint, str) else None
+    return tree_unchanged(Path(input_path) / DESCRIPTION_TABLE, known, files, input_fingerprint)
