@@ -54,6 +54,7 @@ def plan_or_exit():
             force=forced,
             validated=validated,
             inspect_inputs=not FLAGS.processes_nothing,
+            check_parameters=not (FLAGS.report or FLAGS.list_changes is not None),
         )
     except (ConfigError, DP3Error, PlanningProcessLost) as error:
         sys.exit(f"Error: {error}")

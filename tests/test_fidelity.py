@@ -163,6 +163,55 @@ def test_a_misspelled_dp3_key_is_named_before_anything_runs(workflow):
     assert not (workflow.output_dir / "logs" / "obs.log").exists()
 
 
+def test_a_dry_run_has_dp3_check_an_aoflagger_chain_with_the_strategy_of_the_telescope(
+    tmp_path, monkeypatch
+):
+    # The wheel's AOFlagger needs the strategy of the MS's telescope. Checked without it, DP3
+    # fails once it has checked the keys: nothing would be remembered, and every dry run
+    # would run DP3 again.
+    from dp3batch import parset_check
+    from dp3batch.config import ConfigError
+    from dp3batch.planning import make_plan
+
+    monkeypatch.setattr(parset_check, "casarc_directories", lambda: [tmp_path / "cache"])
+    make_ms(tmp_path / "inputs" / "obs.ms", n_times=4, n_channels=4)
+    config = {
+        "inputs": ["inputs/*.ms"],
+        "output_dir": "results",
+        "steps": [{"AOFlagger": None}, {"Averager": {"timestep": 2}}],
+    }
+    dry = make_plan(dict(config), tmp_path, inspect_inputs=False)
+    assert [reason for _, reason in dry.pending] == ["missing"]
+    accepted = json.loads((tmp_path / "cache" / parset_check.ACCEPTED_FILE).read_text())
+    assert len(accepted) == 1
+    # A misspelled key is still named by a dry run.
+    config["steps"] = [{"AOFlagger": None}, {"Averager": {"timestpe": 2}}]
+    with pytest.raises(ConfigError, match=r"does not know the parameter\(s\) averager.timestpe"):
+        make_plan(dict(config), tmp_path, inspect_inputs=False)
+
+
+def test_a_report_or_a_list_of_changes_runs_no_dp3(workflow):
+    # Neither processes anything: the last batch's report must not wait for, or fail on,
+    # a check of parameters no batch has run yet.
+    make_ms(workflow.directory / "inputs" / "obs.ms", n_times=4, n_channels=4)
+    calls = workflow.directory / "dp3-calls.txt"
+    wrapper = workflow.directory / "dp3-wrapper.sh"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {find_dp3_executable()} "$@"\n')
+    wrapper.chmod(0o755)
+    workflow.config["dp3_executable"] = str(wrapper)
+    workflow.config["steps"] = [{"Averager": {"timestep": 2}}]
+    assert workflow.run().returncode == 0
+    runs = len(calls.read_text().splitlines())
+    workflow.config["steps"] = [{"Averager": {"timestpe": 4}}]
+    report = workflow.run("--report", "report.html")
+    assert report.returncode == 0, report.output[-3000:]
+    assert (workflow.directory / "report.html").is_file()
+    assert workflow.run("--list-changes", "params").returncode == 0
+    # Only `DP3 --version` (each run asks a wrapper), never a run of the chain.
+    assert [line for line in calls.read_text().splitlines()[runs:] if "--version" not in line] == []
+    assert "timestpe" in workflow.run("-n").output
+
+
 def test_dp3_checks_the_keys_only_until_an_output_proves_them(workflow):
     # The check costs a DP3 start on every run; a finished output made with the very same
     # parameters by the same DP3 already proves that DP3 knows every key.

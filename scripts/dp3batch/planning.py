@@ -87,6 +87,7 @@ def make_plan(
     force: bool = False,
     validated: tuple[str | None, Chain] | None = None,
     inspect_inputs: bool = True,
+    check_parameters: bool = True,
 ) -> Plan:
     """Validate the config (unless `validated` holds `validate_config`'s answer already),
     discover the inputs, and find the pending MSs (every MS when `force`: those pending
@@ -94,7 +95,10 @@ def make_plan(
 
     `inspect_inputs`: open every pending input with casacore (is it a readable MS, which
     telescope), as a run must before it submits anything. A dry run submits nothing, and
-    opening 10,000 MSs would take it minutes: it lists them, their locks and their windows."""
+    opening 10,000 MSs would take it minutes: it lists them, their locks and their windows.
+
+    `check_parameters`: DP3 checks the chain's keys on one pending MS (a dry run included:
+    it is the earliest a misspelled key can be named); not for a report or a list."""
     scheduler, chain = validated or validate_config(config)
     base = Path(base_dir).absolute()
     extra_dir = config.get("extra_inputs_dir")
@@ -170,8 +174,10 @@ def make_plan(
 
     # DP3 checks the parameters in the background while the inputs are inspected.
     check = None
-    if not dp3_ran_these_parameters:
-        own_parameters = per_ms.for_telescope if per_ms.varies and inspect_inputs else None
+    if check_parameters and not dp3_ran_these_parameters:
+        # With the MS's own parameters even in a dry run (one MS opened): without the
+        # strategy for its telescope, the wheel's AOFlagger fails before DP3 names any key.
+        own_parameters = per_ms.for_telescope if per_ms.varies else None
         check = _start_parameter_check(plan.pending, executable, parameters, own_parameters)
     try:
         unlocked = []
