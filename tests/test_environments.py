@@ -110,7 +110,7 @@ def test_pins_meet_what_the_code_expects():
     snakefile = (REPO / "Snakefile").read_text()
     minimum = re.search(r'min_version\("([^"]+)"\)', snakefile).group(1)
     assert Version(pins["snakemake"]) >= Version(minimum)
-    # snakemake 9.27.1 refuses to run with packaging 26 or later.
+    # snakemake 9.16.3 refuses to run with packaging 26 or later.
     assert Version(pins["packaging"]) < Version("26")
     # dask and distributed are released together and must match.
     assert pins["dask"] == pins["distributed"]

@@ -55,8 +55,8 @@ def command_line_flags(argv: Sequence[str]) -> CommandLineFlags:
     """Snakemake's flags, read from its command line with its own parser.
 
     Snakemake reads the workflow before it hands the workflow its settings
-    (`workflow.dag_settings` is None while the Snakefile is read, in 9.27.1), and the
-    pending MSs are decided then. A command line Snakemake's parser does not take (the
+    (`workflow.dag_settings` is None while the Snakefile is read, in 9.16.3 and 9.27.1), and
+    the pending MSs are decided then. A command line Snakemake's parser does not take (the
     workflow read by another program) gives no flags."""
     from snakemake.cli import get_argument_parser
 
