@@ -40,9 +40,9 @@ def _has_glob(pattern: str) -> bool:
     return any(character in pattern for character in "*?[")
 
 
-def output_name(path: Path) -> str:
+def output_name(path: Path | str) -> str:
     """`obs_SB001.ms` → `obs_SB001` (the output is `<output_dir>/obs_SB001.ms`)."""
-    name = path.name
+    name = os.path.basename(path)
     return name[: -len(".ms")] if name.lower().endswith(".ms") else name
 
 
@@ -53,10 +53,11 @@ def data_size(path: Path) -> int:
         return sum(entry.stat().st_size for entry in scan if entry.is_file())
 
 
-def check_is_measurement_set(path: Path) -> None:
+def check_is_measurement_set(path: Path | str) -> None:
     """A cheap structural check (no table is opened): a directory holding a casacore table."""
     if os.path.isfile(os.path.join(path, "table.dat")):
         return  # the usual case, in one stat; the others are told apart below
+    path = Path(path)
     if not path.exists():
         raise ConfigError(f"inputs: {path} does not exist")
     if not path.is_dir():
@@ -106,33 +107,39 @@ def expand_inputs(
     """Expand paths and glob patterns (relative to base_dir; `**` matches any depth) into
     absolute paths, in order. A pattern's matches that are this workflow's outputs (inside
     `output_dir`, with a completion record) are not inputs: they are left out."""
-    found: list[Path] = []
+    output = None if output_dir is None else str(output_dir)
+    return [Path(path) for path in _expand_inputs(patterns, str(base_dir), output)]
+
+
+def _expand_inputs(patterns: list[str], base_dir: str, output_dir: str | None) -> list[str]:
+    # Text, not Path: 10,000 inputs would spend a third of a second in pathlib alone.
+    found: list[str] = []
     for pattern in patterns:
         absolute_pattern = os.path.join(base_dir, os.path.expanduser(pattern))
         if _has_glob(pattern) and not os.path.exists(absolute_pattern):
-            escaped_base = glob.escape(str(base_dir))
-            full_pattern = os.path.join(escaped_base, os.path.expanduser(pattern))
+            full_pattern = os.path.join(glob.escape(base_dir), os.path.expanduser(pattern))
             matches = [
-                Path(match)
+                match
                 for match in sorted(glob.glob(full_pattern, recursive=True))
-                if not _is_output(Path(match), output_dir)
+                if not _is_output(match, output_dir)
             ]
             if not matches:
                 raise ConfigError(f"inputs: the pattern {pattern!r} matches nothing")
             found.extend(matches)
         else:
-            found.append(Path(absolute_pattern))
-    unique = dict.fromkeys(os.path.abspath(path) for path in found)
-    return [Path(path) for path in unique]
+            found.append(absolute_pattern)
+    return list(dict.fromkeys(os.path.abspath(path) for path in found))
 
 
-def _is_output(path: Path, output_dir: Path | None) -> bool:
+def _is_output(path: str, output_dir: str | None) -> bool:
     return (
-        output_dir is not None and _is_within(path, output_dir) and (path / RECORD_NAME).is_file()
+        output_dir is not None
+        and _is_within(path, output_dir)
+        and os.path.isfile(os.path.join(path, RECORD_NAME))
     )
 
 
-def _is_within(path: Path, directory: Path) -> bool:
+def _is_within(path: Path | str, directory: Path | str) -> bool:
     """Whether `path` is `directory` or below it, by their names as given (both absolute
     and normalised). Strings, not `Path.relative_to`: asked 40,000 times for 10,000 MSs."""
     inside, outside = str(path), str(directory)
@@ -156,16 +163,22 @@ def resolve_all(paths: list[Path]) -> dict[Path, Path]:
     """Each path resolved through links, as `Path.resolve` would, resolving each parent
     directory once: thousands of inputs usually share a few directories, and a full resolve
     costs a stat per path component."""
-    parents: dict[Path, Path] = {}
-    resolved: dict[Path, Path] = {}
+    resolved = _resolve_all([str(path) for path in paths])
+    return {path: Path(resolved[str(path)]) for path in paths}
+
+
+def _resolve_all(paths: list[str]) -> dict[str, str]:
+    parents: dict[str, str] = {}
+    resolved: dict[str, str] = {}
     for path in paths:
-        if os.path.islink(path) or path.name in ("", ".", ".."):
-            resolved[path] = path.resolve()
+        directory, name = os.path.split(path)
+        if name in ("", ".", "..") or os.path.islink(path):
+            resolved[path] = os.path.realpath(path)
             continue
-        parent = parents.get(path.parent)
+        parent = parents.get(directory)
         if parent is None:
-            parent = parents[path.parent] = path.parent.resolve()
-        resolved[path] = parent / path.name
+            parent = parents[directory] = os.path.realpath(directory)
+        resolved[path] = os.path.join(parent, name)
     return resolved
 
 
@@ -177,9 +190,17 @@ def check_output_dir(
     input (by the path as given or as resolved through links). `resolved`: the inputs
     resolved already (`resolve_all`)."""
     resolved = resolved if resolved is not None else resolve_all(inputs)
-    resolved_output = output_dir.resolve()
-    if resolved_output == Path("/") or resolved_output in _home_directories():
-        what = "the root directory" if resolved_output == Path("/") else "a home directory"
+    _check_output_dir(
+        str(output_dir),
+        [str(path) for path in inputs],
+        {str(path): str(target) for path, target in resolved.items()},
+    )
+
+
+def _check_output_dir(output_dir: str, inputs: list[str], resolved: dict[str, str]) -> None:
+    resolved_output = os.path.realpath(output_dir)
+    if resolved_output == "/" or Path(resolved_output) in _home_directories():
+        what = "the root directory" if resolved_output == "/" else "a home directory"
         raise ConfigError(
             f"output_dir: {output_dir} is {what}; choose a directory of its own for the "
             "outputs (e.g. results)"
@@ -191,7 +212,7 @@ def check_output_dir(
                     f"output_dir: {output_dir} is inside the input {path}; choose a directory "
                     "outside every input"
                 )
-            if given.parent == directory:
+            if os.path.dirname(given) == directory:
                 raise ConfigError(
                     f"output_dir: {output_dir} is the directory that holds the input {path}; "
                     "outputs have the same names as inputs, so choose another directory"
@@ -203,9 +224,9 @@ def check_output_dir(
             )
 
 
-def check_name(path: Path) -> None:
+def check_name(path: Path | str) -> None:
     """DP3 reads `msin` as a pattern: a name with glob characters would select other MSs."""
-    if any(character in path.name for character in GLOB_CHARACTERS):
+    if any(character in os.path.basename(path) for character in GLOB_CHARACTERS):
         raise ConfigError(
             f"inputs: {path} has a name with one of {GLOB_CHARACTERS!r}, which DP3 reads as a "
             "pattern; rename it, or link it under a plain name and give that"
@@ -217,15 +238,16 @@ def discover_measurement_sets(
 ) -> list[MeasurementSet]:
     """All inputs as MeasurementSet records, after the checks that need no table opened
     (`per_window_items` then makes an item of each window of an MS of several)."""
-    base = Path(base_dir).absolute()
-    output = Path(os.path.normpath(base / Path(output_dir).expanduser()))
-    inputs = expand_inputs(patterns, base, output)
-    by_name: dict[str, Path] = {}
-    by_target: dict[Path, Path] = {}
+    base = os.path.abspath(base_dir)
+    output = os.path.normpath(os.path.join(base, os.path.expanduser(output_dir)))
+    # Paths as text until the items are made (see _expand_inputs).
+    inputs = _expand_inputs(patterns, base, output)
+    by_name: dict[str, str] = {}
+    by_target: dict[str, str] = {}
     for path in inputs:
         check_is_measurement_set(path)
         check_name(path)
-    resolved = resolve_all(inputs)
+    resolved = _resolve_all(inputs)
     for path in inputs:
         target = resolved[path]
         if target in by_target:
@@ -241,19 +263,23 @@ def discover_measurement_sets(
                 "rename one or process them in separate output directories"
             )
         by_name[name] = path
-    check_output_dir(output, inputs, resolved)
-    measurement_sets = [
-        MeasurementSet(name, path, output / f"{name}.ms") for name, path in by_name.items()
+    _check_output_dir(output, inputs, resolved)
+    for name in by_name:
+        _check_output_not_link(os.path.join(output, f"{name}.ms"))
+    return [
+        MeasurementSet(name, Path(path), Path(output, f"{name}.ms"))
+        for name, path in by_name.items()
     ]
-    for ms in measurement_sets:
-        check_output_not_link(ms)
-    return measurement_sets
 
 
 def check_output_not_link(ms: MeasurementSet) -> None:
-    if ms.output.is_symlink():
+    _check_output_not_link(ms.output)
+
+
+def _check_output_not_link(output: Path | str) -> None:
+    if os.path.islink(output):
         raise ConfigError(
-            f"output_dir: {ms.output} is a link, not an output of this workflow; move it "
+            f"output_dir: {output} is a link, not an output of this workflow; move it "
             "away or choose another output_dir"
         )
 
