@@ -190,15 +190,21 @@ def test_a_dry_run_has_dp3_check_an_aoflagger_chain_with_the_strategy_of_the_tel
         make_plan(dict(config), tmp_path, inspect_inputs=False)
 
 
-def test_a_report_or_a_list_of_changes_runs_no_dp3(workflow):
-    # Neither processes anything: the last batch's report must not wait for, or fail on,
-    # a check of parameters no batch has run yet.
-    make_ms(workflow.directory / "inputs" / "obs.ms", n_times=4, n_channels=4)
+def use_logging_dp3_wrapper(workflow) -> Path:
+    """Make the workflow run DP3 through a wrapper that logs each command line; the log."""
     calls = workflow.directory / "dp3-calls.txt"
     wrapper = workflow.directory / "dp3-wrapper.sh"
     wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {find_dp3_executable()} "$@"\n')
     wrapper.chmod(0o755)
     workflow.config["dp3_executable"] = str(wrapper)
+    return calls
+
+
+def test_a_report_or_a_list_of_changes_runs_no_dp3(workflow):
+    # Neither processes anything: the last batch's report must not wait for, or fail on,
+    # a check of parameters no batch has run yet.
+    make_ms(workflow.directory / "inputs" / "obs.ms", n_times=4, n_channels=4)
+    calls = use_logging_dp3_wrapper(workflow)
     workflow.config["steps"] = [{"Averager": {"timestep": 2}}]
     assert workflow.run().returncode == 0
     runs = len(calls.read_text().splitlines())
@@ -217,11 +223,7 @@ def test_dp3_checks_the_keys_only_until_an_output_proves_them(workflow):
     # parameters by the same DP3 already proves that DP3 knows every key.
     for index in range(2):
         make_ms(workflow.directory / "inputs" / f"obs_{index}.ms", n_times=4, n_channels=4)
-    calls = workflow.directory / "dp3-calls.txt"
-    wrapper = workflow.directory / "dp3-wrapper.sh"
-    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {find_dp3_executable()} "$@"\n')
-    wrapper.chmod(0o755)
-    workflow.config["dp3_executable"] = str(wrapper)
+    calls = use_logging_dp3_wrapper(workflow)
     workflow.config["steps"] = [{"Averager": {"timestep": 2}}]
 
     def checks() -> int:
