@@ -329,7 +329,7 @@ def process_measurement_set(task: Task) -> TaskResult:
         size_estimate_bytes=task.size or None,
     )
     temporary = temporary_path(output)
-    input_files = input_tree(Path(task.input))
+    input_state = input_tree(Path(task.input))
     memory_gb = memory_limit / 1e9 if memory_limit else None
     parameters = task.parameters
     # One spectral window per run: the item's band (an MS of several windows is several
@@ -384,12 +384,12 @@ def process_measurement_set(task: Task) -> TaskResult:
         )
         (temporary / PARSET_NAME).write_text(as_parset(final_run, header))
         # After every read of the output: a damaged output no longer matches it.
-        output_files = output_tree(temporary)
+        output_state = output_tree(temporary)
         record = CompletionRecord(
             name=task.name,
             input=task.input,
             output=task.output,
-            input_fingerprint=input_files.fingerprint,
+            input_fingerprint=input_state.fingerprint,
             band=task.band,
             windows=windows_record(task.input),
             parameters=tuple(parameters.pairs()),
@@ -414,9 +414,9 @@ def process_measurement_set(task: Task) -> TaskResult:
             output_bytes=_disk_usage(temporary),
             step_seconds=parse_step_times(dp3_output),
             flags_by_step=parse_flag_counts(dp3_output),
-            output_fingerprint=output_files.fingerprint,
-            input_files=input_files.files,
-            output_files=output_files.files,
+            output_fingerprint=output_state.fingerprint,
+            input_files=input_state.files,
+            output_files=output_state.files,
         )
         write_record(temporary, record)
         commit(temporary, output, task.guard)
