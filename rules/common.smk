@@ -15,8 +15,10 @@ from dp3batch.config import ConfigError, validate_config
 from dp3batch.demo_data import ensure_demo_data
 from dp3batch.dp3_install import DP3Error
 from dp3batch.dp3_wrapper import aoflagger_strategy_warning
+from dp3batch.completion import refresh_record_checks
 from dp3batch.summary import (
     collect_rows,
+    records_digest,
     refresh_summary,
     rows_written_since,
     write_summary,
@@ -210,11 +212,18 @@ def report_failure():
 if not PLAN.pending and not REPORT_ONLY:
     # No job will run, so no `onsuccess` either: the summary is refreshed here, only when
     # the records changed since it was written (so a dry run changes nothing that is true).
+    measurement_sets = all_measurement_sets(PLAN)
+    digest = records_digest(measurement_sets)
     problem = refresh_summary(
-        all_measurement_sets(PLAN),
+        measurement_sets,
         LAYOUT.log_dir,
         LAYOUT.summary_json,
         LAYOUT.summary_tsv,
+        digest,
     )
     if problem:
         print(f"Error: {problem}", file=sys.stderr)
+    # What the next rerun checks of each record, kept unless no record changed.
+    refresh_record_checks(
+        LAYOUT.record_checks, [ms.output for ms in measurement_sets], digest
+    )

@@ -23,8 +23,11 @@ from dp3batch.completion import (
     parameters_fingerprint,
     pending_reason,
     read_record,
+    refresh_record_checks,
     write_record,
 )
+from dp3batch.layout import RECORD_CHECKS_NAME
+from dp3batch.record_checks import file_identity, known_check, load_record_checks
 
 PARAMETERS = [
     ("checkparset", "1"),
@@ -289,11 +292,12 @@ def test_extra_inputs_fingerprint_of_no_files_is_constant():
 # --- records and pending_reason -----------------------------------------------------------
 
 
-@pytest.fixture(params=["files listed", "files not listed"])
+@pytest.fixture(params=["files listed", "files not listed", "checks kept"])
 def setup(tmp_path, request):
     """An input MS, its complete output with a matching record, and the expectation. The
     record lists the files its fingerprints cover, as records do now, or not, as records of
-    earlier versions (their files are then walked)."""
+    earlier versions (their files are then walked); or, as on a rerun after the one that
+    first checked it, what a rerun checks of it was kept (see record_checks)."""
     input_ms = fake_ms(tmp_path / "data" / "a.ms")
     output = fake_ms(tmp_path / "results" / "a.ms")
     expected = Expectation(
@@ -301,7 +305,7 @@ def setup(tmp_path, request):
         extra_inputs_fingerprint="extra-1",
         dp3_version="6.6.0",
     )
-    listed = request.param == "files listed"
+    listed = request.param != "files not listed"
     write_record(
         output,
         make_record(
@@ -315,7 +319,18 @@ def setup(tmp_path, request):
             worker="tcp://127.0.0.1:40000",
         ),
     )
+    if request.param == "checks kept":
+        _settled(output / RECORD_NAME)
+        checks_file = tmp_path / "results" / RECORD_CHECKS_NAME
+        refresh_record_checks(checks_file, [output])
+        load_record_checks(checks_file)
+        assert known_check(str(output / RECORD_NAME), _identity(output)) is not None
+        request.addfinalizer(lambda: load_record_checks(tmp_path / "none"))
     return input_ms, output, expected
+
+
+def _identity(output: Path):
+    return file_identity(os.stat(output / RECORD_NAME))
 
 
 def test_write_record_then_read_record(setup):
@@ -473,7 +488,7 @@ def test_a_file_added_to_an_output_counts_only_for_records_without_file_lists(se
     `table.dat`: a listed record is checked by a stat of its files, no directory listing."""
     input_ms, output, expected = setup
     (output / "ANTENNA" / "notes.txt").write_text("looked fine")
-    listed = request.node.callspec.params["setup"] == "files listed"
+    listed = request.node.callspec.params["setup"] != "files not listed"
     assert pending_reason(input_ms, output, expected) == (None if listed else "output changed")
 
 

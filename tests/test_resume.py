@@ -5,6 +5,8 @@ Real snakemake, real DP3, embedded dask cluster.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
 import numpy as np
@@ -97,6 +99,35 @@ def test_modified_input_redoes_only_it(completed):
     assert "obs_2: input changed" in rerun.output
     assert _processed(rerun) == ["obs_2"]
     assert _snapshot(completed, ["obs_0", "obs_1"]) == before
+
+
+def test_checks_kept_between_reruns_still_see_a_damaged_output_and_a_changed_input(completed):
+    """A rerun keeps what it checks of each record (`.record-checks.json`), and the next one
+    trusts that while the record's file is unchanged: the files of every output and input
+    are still checked."""
+    for name in NAMES:  # records of an earlier run: only settled records are kept
+        record = completed.output(name) / "dp3_completion.json"
+        status = record.stat()
+        os.utime(record, ns=(status.st_atime_ns, status.st_mtime_ns - 60_000_000_000))
+    for _ in range(2):
+        noop = completed.run()
+        assert noop.returncode == 0 and _processed(noop) == [], noop.output
+    checks = json.loads((completed.output_dir / ".record-checks.json").read_text())
+    assert sorted(checks["entries"]) == [
+        str(completed.output(name) / "dp3_completion.json") for name in NAMES
+    ]
+    before = _snapshot(completed, ["obs_1"])
+    os.truncate(completed.output("obs_0") / "table.f1", 100)
+    with tables.table(
+        str(completed.directory / "inputs" / "obs_2.ms"), readonly=False, ack=False
+    ) as table:
+        table.putcol("DATA", table.getcol("DATA") * np.complex64(2))
+    rerun = completed.run()
+    assert rerun.returncode == 0, rerun.output
+    assert "obs_0: output changed" in rerun.output
+    assert "obs_2: input changed" in rerun.output
+    assert _processed(rerun) == ["obs_0", "obs_2"]
+    assert _snapshot(completed, ["obs_1"]) == before
 
 
 def test_dry_run_lists_pending_with_reasons_and_changes_nothing(completed):

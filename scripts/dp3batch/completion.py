@@ -19,6 +19,15 @@ from typing import Any
 
 from dp3batch.json_fields import ContractError, Fields, Parameters, parameters_to_json
 from dp3batch.layout import PARSET_NAME, RECORD_NAME, ms_log_file
+from dp3batch.record_checks import (
+    Identity,
+    RecordCheck,
+    file_identity,
+    is_known,
+    known_check,
+    loaded_digest,
+    write_record_checks,
+)
 
 __all__ = ["PARSET_NAME", "RECORD_NAME", "ms_log_file"]
 
@@ -294,6 +303,22 @@ class CompletionRecord:
             "output_files": _list_or_none(self.output_files),
         }
 
+    def check(self) -> RecordCheck:
+        """What the up-to-date check reads of this record."""
+        return RecordCheck(
+            input=self.input,
+            windows=self.windows,
+            required_files=self.required_files,
+            parameters_fingerprint=self.parameters_fingerprint,
+            extra_inputs_fingerprint=self.extra_inputs_fingerprint,
+            dp3_version=self.dp3_version,
+            telescope=self.telescope,
+            output_fingerprint=self.output_fingerprint,
+            output_files=self.output_files,
+            input_fingerprint=self.input_fingerprint,
+            input_files=self.input_files,
+        )
+
     @classmethod
     def from_json(cls, data: object, what: str = "completion record") -> CompletionRecord:
         """A record from its JSON; ContractError names the field that does not fit. Unknown
@@ -342,32 +367,100 @@ def _list_or_none(values: tuple[str, ...] | None) -> list[str] | None:
     return None if values is None else list(values)
 
 
-# Parsed records by path, with the (inode, size, mtime) they were read at: one run reads each
-# record up to three times (pending reason, telescope, summary). A rewritten record is a new
-# file (write_record renames); one edited in place gets a new mtime, but file times tick
-# coarsely (milliseconds), so only records older than _SETTLED_NS are kept. The records are
-# frozen, so every reader shares the one parsed.
-_SETTLED_NS = 2_000_000_000
-_RECORDS: dict[str, tuple[tuple[int, int, int], CompletionRecord | None]] = {}
+# Parsed records by path, with the identity of the file they were read from (see
+# record_checks.file_identity): one run reads each record up to three times (pending reason,
+# telescope, summary). A rewritten record is a new file (write_record renames); one edited in
+# place gets a new change time, but file times tick coarsely (milliseconds), so only records
+# older than SETTLED_NS are kept. The records are frozen, so every reader shares the one parsed.
+SETTLED_NS = 2_000_000_000
+_RECORDS: dict[str, tuple[Identity, CompletionRecord | None]] = {}
 
 
 def read_record(output: Path | str) -> CompletionRecord | None:
     """The completion record of an output, or None if there is none or it is unreadable
     (not JSON, another format, or a field that does not fit: the output is then pending)."""
-    path = os.path.join(output, RECORD_NAME)
+    found = _read_record_file(os.path.join(output, RECORD_NAME))
+    return None if found is None else found[1]
+
+
+def _read_record_file(path: str) -> tuple[Identity, CompletionRecord | None] | None:
+    """The record at `path` and the identity of the file it was read from; None if there
+    is no file to read."""
     try:
         with open(path) as handle:
             stat = os.fstat(handle.fileno())
-            identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            identity = file_identity(stat)
             cached = _RECORDS.get(path)
             if cached is not None and cached[0] == identity:
-                return cached[1]
+                return cached
             record = _parse_record(handle.read(), path)
-            if time.time_ns() - stat.st_mtime_ns > _SETTLED_NS:
+            if _settled(stat):
                 _RECORDS[path] = (identity, record)
-            return record
+            return identity, record
     except (OSError, ValueError):  # ValueError: not text (UnicodeDecodeError)
         return None
+
+
+def _settled(stat: os.stat_result) -> bool:
+    # Any write sets the modification time to now: a file modified long ago cannot be
+    # written again without its identity changing.
+    return time.time_ns() - stat.st_mtime_ns > SETTLED_NS
+
+
+def read_check(output: Path | str) -> RecordCheck | None:
+    """What the up-to-date check needs of an output's record: kept from an earlier run while
+    the record's file is unchanged (see record_checks), else read from the record."""
+    path = os.path.join(output, RECORD_NAME)
+    try:
+        identity = file_identity(os.stat(path))
+    except OSError:
+        return None
+    check = known_check(path, identity)
+    if check is not None:
+        return check
+    found = _read_record_file(path)
+    record = None if found is None else found[1]
+    return None if record is None else record.check()
+
+
+def refresh_record_checks(
+    checks_file: Path, outputs: Iterable[Path | str], digest: str | None = None
+) -> None:
+    """Keep the checks of these outputs' records for the next run (`checks_file`, as read by
+    `load_record_checks` before this run's pass), rewriting the file only if a record is
+    new or changed since. Records that have not settled yet are left to a later run.
+
+    `digest`: the records' digest (summary.records_digest), if known: when the file was
+    written with the same, no record changed since, and nothing is looked at."""
+    if digest is not None and digest == loaded_digest():
+        return
+    current: list[tuple[str, Identity, RecordCheck | None]] = []
+    changed = False
+    for output in outputs:
+        path = os.path.join(output, RECORD_NAME)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        identity = file_identity(stat)
+        if is_known(path, identity):
+            current.append((path, identity, None))
+            continue
+        if not _settled(stat):
+            digest = None  # not the state of every record kept: the next run looks again
+            continue
+        found = _read_record_file(path)
+        if found is not None and found[1] is not None and found[0] == identity:
+            current.append((path, identity, found[1].check()))
+            changed = True
+    # A digest not yet noted is worth the write: the next run with the same looks at nothing.
+    if changed or digest is not None:
+        kept = []
+        for path, identity, check in current:
+            check = check or known_check(path, identity)
+            if check is not None:
+                kept.append((path, identity, check))
+        write_record_checks(checks_file, kept, digest)
 
 
 def _parse_record(text: str, path: str) -> CompletionRecord | None:
@@ -388,7 +481,7 @@ def write_record(output: Path, record: CompletionRecord) -> None:
     os.replace(temporary, output / RECORD_NAME)
 
 
-def missing_required_files(output: Path, record: CompletionRecord) -> list[str]:
+def missing_required_files(output: Path, record: CompletionRecord | RecordCheck) -> list[str]:
     """Files the record says belong to the output (e.g. a demixer's instrument model) that are
     gone: an output without them is not complete."""
     return [name for name in record.required_files or () if not (output / name).exists()]
@@ -396,22 +489,22 @@ def missing_required_files(output: Path, record: CompletionRecord) -> list[str]:
 
 def pending_reason(input_ms: Path, output: Path, expected: Expectation) -> str | None:
     """Why an MS must be (re)processed, or None when its output is complete and up to date."""
-    record = read_record(output)
-    if record is None:
+    check = read_check(output)
+    if check is None:
         # Only now is the output's existence asked: up-to-date outputs need no extra stat.
         return "incomplete" if os.path.exists(output) else "missing"
-    if missing_required_files(output, record):
+    if missing_required_files(output, check):
         return "incomplete"
     # The comparisons first, the stat walks of the output and the input last: a changed
     # chain makes every MS pending without walking thousands of files.
-    if record.parameters_fingerprint != expected.parameters_fingerprint:
+    if check.parameters_fingerprint != expected.parameters_fingerprint:
         return "steps changed"
-    if record.extra_inputs_fingerprint != expected.extra_inputs_fingerprint:
+    if check.extra_inputs_fingerprint != expected.extra_inputs_fingerprint:
         return "calibration or sky model file changed"
-    if record.dp3_version != expected.dp3_version:
+    if check.dp3_version != expected.dp3_version:
         return "DP3 changed"
-    if not output_unchanged(output, record.output_fingerprint, record.output_files):
+    if not output_unchanged(output, check.output_fingerprint, check.output_files):
         return "output changed"
-    if not input_unchanged(input_ms, record.input_fingerprint, record.input_files):
+    if not input_unchanged(input_ms, check.input_fingerprint, check.input_files):
         return "input changed"
     return None

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from dp3batch.completion import read_record
+from dp3batch.completion import read_check
 from dp3batch.errors import ConfigError
 from dp3batch.layout import RECORD_NAME
 from dp3batch.measurement_set import open_subtable, write_lock_holder
@@ -375,7 +375,7 @@ def _known_windows(ms: MeasurementSet, outputs: list[Path]) -> Windows | None:
     else read from the MS (None when another process holds it locked for writing: it stays
     one item, whose task then fails alone, naming the lock)."""
     for output in outputs:
-        windows = windows_from_record(read_record(output), ms.input)
+        windows = windows_from_record(read_check(output), ms.input)
         if windows is not None:
             return windows
     if write_lock_holder(ms.input) is not None:

@@ -5,6 +5,7 @@
         .NAME.ms.tmp-<12 hex>       an output being written (renamed to NAME.ms when checked)
         .NAME.ms.old-<12 hex>       an output being replaced (removed right after)
         .dp3batch.lock              held (flock) by the batch that writes here
+        .record-checks.json         what a rerun checks of each record (see record_checks)
         summary.tsv, summary.json   the status of every MS, after every run
         logs/NAME.log               DP3's output for one MS
         logs/failed.txt             the failures of the last batch
@@ -28,6 +29,7 @@ LOCK_NAME = ".dp3batch.lock"
 FAILURES_NAME = "failed.txt"
 SUMMARY_TSV = "summary.tsv"
 SUMMARY_JSON = "summary.json"
+RECORD_CHECKS_NAME = ".record-checks.json"
 
 TEMPORARY_MARK = "tmp"
 REPLACED_MARK = "old"
@@ -77,6 +79,10 @@ class OutputLayout:
     @property
     def lock(self) -> Path:
         return self.output_dir / LOCK_NAME
+
+    @property
+    def record_checks(self) -> Path:
+        return self.output_dir / RECORD_CHECKS_NAME
 
     @property
     def failures(self) -> Path:

@@ -21,7 +21,8 @@ from dp3batch.completion import (
     extra_inputs_fingerprint,
     parameters_fingerprint,
     pending_reason,
-    read_record,
+    read_check,
+    refresh_record_checks,
 )
 from dp3batch.config import Chain, validate_config
 from dp3batch.discovery import (
@@ -41,6 +42,7 @@ from dp3batch.measurement_set import read_telescope_name, write_lock_holder
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
 from dp3batch.parallel import map_over_cores
 from dp3batch.parset_check import ParameterCheck
+from dp3batch.record_checks import load_record_checks
 
 
 @dataclass
@@ -131,6 +133,8 @@ def make_plan(
     # each window of an MS of several is an item of its own (see windows), and its reason
     # is found in the same pass.
     measurement_sets = discover_measurement_sets(config["inputs"], output_dir, base)
+    # Before the pass forks: its processes inherit what the last run kept of the records.
+    load_record_checks(OutputLayout(output_dir).record_checks)
     if "band" not in chain.msin:
         answered = per_window_items(measurement_sets, output_dir, reason_of)
         measurement_sets = [item for item, _ in answered]
@@ -154,6 +158,12 @@ def make_plan(
             reason = FORCED
         if reason is not None:
             plan.pending.append((ms, reason))
+    if plan.pending:
+        # For the next run: this one read the records new or changed since the last (with
+        # nothing pending, the summary's check of the records does this, see common.smk).
+        refresh_record_checks(
+            OutputLayout(output_dir).record_checks, [ms.output for ms in measurement_sets]
+        )
     # An output made by this DP3 with these very parameters is DP3's own word that it knows
     # every key: then no DP3 need check them again.
     dp3_ran_these_parameters = any(reason is None for reason in reasons)
@@ -227,9 +237,9 @@ def _telescope(ms: MeasurementSet) -> str:
     changed since, the MS is pending anyway (and its telescope is read then)."""
     if not ms.output.exists():
         return ""  # missing: pending whatever its parameters
-    record = read_record(ms.output)
-    if record is not None and record.telescope is not None:
-        return record.telescope
+    check = read_check(ms.output)
+    if check is not None and check.telescope is not None:
+        return check.telescope
     return read_telescope_name(ms.input)
 
 

@@ -216,12 +216,17 @@ def records_digest(measurement_sets: Sequence[MSPaths]) -> str:
 
 
 def refresh_summary(
-    measurement_sets: Sequence[MSPaths], log_dir: Path, json_path: Path, tsv_path: Path
+    measurement_sets: Sequence[MSPaths],
+    log_dir: Path,
+    json_path: Path,
+    tsv_path: Path,
+    digest: str | None = None,
 ) -> str | None:
     """The summary of a run with nothing to do, rebuilt only when the records changed since
-    it was last written (a digest beside it says which records it was built from)."""
+    it was last written (a digest beside it says which records it was built from).
+    `digest`: `records_digest(measurement_sets)`, if the caller has it already."""
     digest_path = _digest_path(json_path)
-    digest = records_digest(measurement_sets)
+    digest = digest or records_digest(measurement_sets)
     if _read_text(digest_path) == digest and json_path.is_file() and tsv_path.is_file():
         return None
     problem = write_summary(collect_rows(measurement_sets, [], log_dir), json_path, tsv_path)

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from dp3batch.completion import (
-    CompletionRecord,
     input_fingerprint,
     input_unchanged,
     tree_unchanged,
 )
 from dp3batch.measurement_set import open_subtable
+from dp3batch.record_checks import RecordCheck
 
 WINDOW_SUFFIX = "_spw"
 DESCRIPTION_TABLE = "DATA_DESCRIPTION"
@@ -86,7 +86,7 @@ def windows_record(path: str | Path) -> dict[str, Any]:
     }
 
 
-def windows_from_record(record: CompletionRecord | None, input_path: Path) -> Windows | None:
+def windows_from_record(record: RecordCheck | None, input_path: Path) -> Windows | None:
     """The bands a completion record of this input knows, if they still hold, else None.
 
     One DATA_DESCRIPTION row means one band whatever the rows say: its files' fingerprint
@@ -111,7 +111,7 @@ def windows_from_record(record: CompletionRecord | None, input_path: Path) -> Wi
     return Windows(descriptions, tuple(bands))
 
 
-def _description_unchanged(record: CompletionRecord, input_path: Path, fingerprint: Any) -> bool:
+def _description_unchanged(record: RecordCheck, input_path: Path, fingerprint: Any) -> bool:
     """Whether DATA_DESCRIPTION still has its `description_fingerprint`: by a stat of its
     files the record lists (no listing of the directory)."""
     files = None
