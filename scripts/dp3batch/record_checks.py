@@ -5,9 +5,10 @@ each, a fifth of its pass. The file keeps, for each record, the fields the up-to
 reads (`RecordCheck`), beside the identity of the record's file when they were read: device,
 inode, size, modification and change time. A record whose file still has that identity is
 the record they were read from, so it is not read again. A record rewritten by the workflow
-is a new file (a rename); one edited in place gets a new change time, which no program can
-set back. Only records that had settled (see `completion.SETTLED_NS`) are kept: file times
-tick coarsely, so an edit in the same tick as the write would go unseen.
+is a new file (a rename); one edited in place gets a new change time, which no call that
+sets file times can set back. Only records that had settled (see `completion.SETTLED_NS`)
+are kept: file times tick coarsely, so an edit in the same tick as the write would go
+unseen.
 
 The file is a cache: when it is missing, unreadable or of another format, every record is
 read as before. It is JSON, never code (pickle would run whatever a writer of the output
@@ -56,16 +57,16 @@ class RecordCheck:
 _KNOWN: dict[str, list[Any]] = {}
 _FILE_LISTS: list[Any] = []
 _CHECKED_FILE_LISTS: dict[int, tuple[str, ...]] = {}
-_LOADED_DIGEST: list[str | None] = [None]
+_loaded_digest: str | None = None
 
 
 def load_record_checks(path: Path) -> None:
     """Read the file (forgetting any loaded before); a missing or unreadable one is none."""
-    global _FILE_LISTS
+    global _FILE_LISTS, _loaded_digest
     _KNOWN.clear()
     _CHECKED_FILE_LISTS.clear()
     _FILE_LISTS = []
-    _LOADED_DIGEST[0] = None
+    _loaded_digest = None
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -76,12 +77,12 @@ def load_record_checks(path: Path) -> None:
     if isinstance(entries, dict) and isinstance(file_lists, list):
         _KNOWN.update(entries)
         _FILE_LISTS = file_lists
-        _LOADED_DIGEST[0] = digest if isinstance(digest, str) else None
+        _loaded_digest = digest if isinstance(digest, str) else None
 
 
 def loaded_digest() -> str | None:
     """The records' digest (summary.records_digest) the loaded file was written with."""
-    return _LOADED_DIGEST[0]
+    return _loaded_digest
 
 
 def known_check(record_path: str, identity: Identity) -> RecordCheck | None:
