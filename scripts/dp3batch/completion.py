@@ -26,6 +26,7 @@ from dp3batch.record_checks import (
     is_known,
     known_check,
     loaded_digest,
+    without_collections,
     write_record_checks,
 )
 
@@ -434,6 +435,13 @@ def refresh_record_checks(
     written with the same, no record changed since, and nothing is looked at."""
     if digest is not None and digest == loaded_digest():
         return
+    with without_collections():
+        _refresh_record_checks(checks_file, outputs, digest)
+
+
+def _refresh_record_checks(
+    checks_file: Path, outputs: Iterable[Path | str], digest: str | None
+) -> None:
     current: list[tuple[str, Identity, RecordCheck | None]] = []
     changed = False
     for output in outputs:
@@ -449,7 +457,10 @@ def refresh_record_checks(
         if not _settled(stat):
             digest = None  # not the state of every record kept: the next run looks again
             continue
-        found = _read_record_file(path)
+        # Usually parsed already, by this run's summary: no need to open it again.
+        found = _RECORDS.get(path)
+        if found is None or found[0] != identity:
+            found = _read_record_file(path)
         if found is not None and found[1] is not None and found[0] == identity:
             current.append((path, identity, found[1].check()))
             changed = True
