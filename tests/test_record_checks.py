@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from dp3batch.completion import (
     write_record,
 )
 from dp3batch.layout import RECORD_CHECKS_NAME
-from dp3batch.record_checks import load_record_checks
+from dp3batch.record_checks import load_record_checks, without_collections
 
 
 @pytest.fixture
@@ -164,3 +165,31 @@ def test_a_record_not_yet_settled_is_kept_by_a_later_run_with_the_same_records(t
     assert data["digest"] == "digest-1"
     assert list(data["entries"]) == [str(output / RECORD_NAME)]
     load_record_checks(tmp_path / "none")
+
+
+def test_a_refresh_takes_a_record_this_run_read_already_from_memory(tmp_path, monkeypatch):
+    output = tmp_path / "a.ms"
+    output.mkdir()
+    write_record(output, make_record(dp3_version="6.6.0"))
+    _settle(output / RECORD_NAME)
+    record = read_record(output)  # as the summary reads every record
+    monkeypatch.setattr(completion, "_read_record_file", lambda path: pytest.fail(path))
+    checks_file = tmp_path / RECORD_CHECKS_NAME
+    refresh_record_checks(checks_file, [output], "digest-1")
+    load_record_checks(checks_file)
+    assert completion.read_check(output) == record.check()
+    load_record_checks(tmp_path / "none")
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_without_collections_restores_the_collector_as_it_was(collecting):
+    (gc.enable if collecting else gc.disable)()
+    try:
+        with without_collections():
+            assert not gc.isenabled()
+        assert gc.isenabled() == collecting
+        with pytest.raises(RuntimeError), without_collections():
+            raise RuntimeError("a failure inside")
+        assert gc.isenabled() == collecting
+    finally:
+        gc.enable()
