@@ -5,6 +5,7 @@ Real `snakemake`, real DP3, real `dask scheduler` / `dask worker` processes."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -319,6 +320,36 @@ def _check_full_disk_run(workflow, result, small_tmpfs) -> None:
 
         with tables.table(str(small_tmpfs / "results" / f"{name}.ms"), ack=False) as table:
             assert table.nrows() == workflow.record(name)["shape_after"]["rows"]
+
+
+def test_record_checks_on_a_full_disk_leave_no_partial_file_and_no_error(tmp_path):
+    """The checks kept between runs are a cache: a full filesystem costs the next run time,
+    not an error, and leaves no half-written copy taking space."""
+    from contract_examples import make_record
+    from dp3batch.completion import RECORD_NAME, refresh_record_checks, write_record
+    from dp3batch.layout import RECORD_CHECKS_NAME
+
+    small_tmpfs = tmp_path / "small"
+    _mount_tmpfs(small_tmpfs, 64 * 1024)
+    try:
+        output = small_tmpfs / "a.ms"
+        output.mkdir()
+        write_record(output, make_record())
+        record = output / RECORD_NAME
+        status = record.stat()
+        os.utime(record, ns=(status.st_atime_ns, status.st_mtime_ns - 60_000_000_000))
+        # Every block the tmpfs has left (unbuffered: nothing is left to flush at close).
+        with open(small_tmpfs / "filler", "wb", buffering=0) as filler:
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 512)
+        refresh_record_checks(small_tmpfs / RECORD_CHECKS_NAME, [output], "digest-1")
+        assert sorted(path.name for path in small_tmpfs.iterdir()) == ["a.ms", "filler"]
+        (small_tmpfs / "filler").unlink()
+        refresh_record_checks(small_tmpfs / RECORD_CHECKS_NAME, [output], "digest-1")
+        assert (small_tmpfs / RECORD_CHECKS_NAME).is_file()  # with room, it is written
+    finally:
+        subprocess.run(["umount", "-l", str(small_tmpfs)], check=False)
 
 
 def test_an_empty_input_fails_alone_with_a_clear_reason(workflow):

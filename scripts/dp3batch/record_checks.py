@@ -131,8 +131,9 @@ def write_record_checks(
     try:
         temporary.write_text(text)
         os.replace(temporary, path)
-    except OSError:
-        pass
+    except OSError:  # a full disk: no half-written copy is left to take space
+        with contextlib.suppress(OSError):
+            temporary.unlink()
 
 
 def _checks_json(checks: Iterable[tuple[str, Identity, RecordCheck]], digest: str | None) -> str:
