@@ -23,7 +23,6 @@ from dp3batch.record_checks import (
     Identity,
     RecordCheck,
     file_identity,
-    is_known,
     known_check,
     loaded_digest,
     without_collections,
@@ -442,7 +441,7 @@ def refresh_record_checks(
 def _refresh_record_checks(
     checks_file: Path, outputs: Iterable[Path | str], digest: str | None
 ) -> None:
-    current: list[tuple[str, Identity, RecordCheck | None]] = []
+    current: list[tuple[str, Identity, RecordCheck]] = []
     changed = False
     for output in outputs:
         path = os.path.join(output, RECORD_NAME)
@@ -451,8 +450,9 @@ def _refresh_record_checks(
         except OSError:
             continue
         identity = file_identity(stat)
-        if is_known(path, identity):
-            current.append((path, identity, None))
+        check = known_check(path, identity)
+        if check is not None:
+            current.append((path, identity, check))
             continue
         if not _settled(stat):
             digest = None  # not the state of every record kept: the next run looks again
@@ -466,12 +466,7 @@ def _refresh_record_checks(
             changed = True
     # A digest not yet noted is worth the write: the next run with the same looks at nothing.
     if changed or digest is not None:
-        kept = []
-        for path, identity, check in current:
-            check = check or known_check(path, identity)
-            if check is not None:
-                kept.append((path, identity, check))
-        write_record_checks(checks_file, kept, digest)
+        write_record_checks(checks_file, current, digest)
 
 
 def _parse_record(text: str, path: str) -> CompletionRecord | None:

@@ -100,12 +100,6 @@ def known_check(record_path: str, identity: Identity) -> RecordCheck | None:
         return None
 
 
-def is_known(record_path: str, identity: Identity) -> bool:
-    """Whether a check is kept for this record file with this identity (no check built)."""
-    entry = _KNOWN.get(record_path)
-    return isinstance(entry, list) and tuple(entry[:5]) == identity
-
-
 @contextlib.contextmanager
 def without_collections() -> Iterator[None]:
     """No garbage collection while the checks of 10,000 records are built: they hold no
