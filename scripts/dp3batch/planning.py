@@ -134,7 +134,8 @@ def make_plan(
     # is found in the same pass.
     measurement_sets = discover_measurement_sets(config["inputs"], output_dir, base)
     # Before the pass forks: its processes inherit what the last run kept of the records.
-    load_record_checks(OutputLayout(output_dir).record_checks)
+    checks_file = OutputLayout(output_dir).record_checks
+    load_record_checks(checks_file)
     if "band" not in chain.msin:
         answered = per_window_items(measurement_sets, output_dir, reason_of)
         measurement_sets = [item for item, _ in answered]
@@ -161,9 +162,7 @@ def make_plan(
     if plan.pending:
         # For the next run: this one read the records new or changed since the last (with
         # nothing pending, the summary's check of the records does this, see common.smk).
-        refresh_record_checks(
-            OutputLayout(output_dir).record_checks, [ms.output for ms in measurement_sets]
-        )
+        refresh_record_checks(checks_file, [ms.output for ms in measurement_sets])
     # An output made by this DP3 with these very parameters is DP3's own word that it knows
     # every key: then no DP3 need check them again.
     dp3_ran_these_parameters = any(reason is None for reason in reasons)
