@@ -35,6 +35,7 @@ E2E_MODULES = {
     "test_dask_stage",
     "test_fidelity",
     "test_hand_rerun",
+    "test_hostile_names",
     "test_interruptions",
     "test_reference_format_e2e",
     "test_report",

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from dp3batch.config import parse_steps
 from dp3batch.dp3 import (
-    as_arguments,
-    as_parset,
     chain_parameters,
     run_parameters,
     step_names,
@@ -26,6 +24,7 @@ from dp3batch.dp3_install import (
     wheel_aoflagger_strategy,
 )
 from dp3batch.dp3_parameters import DP3Parameters, format_value
+from dp3batch.parset import arguments_for_dp3, parset_text
 
 STRATEGY = "/opt/strategies/default.lua"
 
@@ -252,16 +251,16 @@ def test_run_parameters_no_memory_bound_without_aoflagger():
     assert not any("memorymax" in key for key, _ in run)
 
 
-# --- as_arguments / as_parset -------------------------------------------------------------
+# --- arguments_for_dp3 / parset_text -------------------------------------------------------------
 
 
-def test_as_arguments_one_unquoted_string_per_parameter():
+def test_arguments_one_unquoted_string_per_parameter():
     parameters = [
         ("msin", "/data/my obs.ms"),
         ("preflagger.baseline", "CS*&'RS*'"),
         ("steps", "[preflagger]"),
     ]
-    assert as_arguments(parameters) == [
+    assert arguments_for_dp3(parameters) == [
         "msin=/data/my obs.ms",
         "preflagger.baseline=CS*&'RS*'",
         "steps=[preflagger]",
@@ -274,23 +273,26 @@ def parse_parset(text: str) -> list[tuple[str, str]]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, _, value = line.partition("=")
+        # DP3 removes the quotes around a value (the writer quotes one holding `#` or `=`).
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
         parameters.append((key, value))
     return parameters
 
 
-def test_as_parset_round_trip():
+def test_a_parset_reads_back_as_the_arguments():
     chain = parse_steps(
         [{"PreFlagger": {"expr": "a=b"}}, {"Averager": {"timestep": 2}}, {"MsOut": None}]
     )
     parameters = run_parameters(chain_parameters(chain), "/in/a.ms", "/out/a.ms", 2, memory_gb=None)
-    text = as_parset(parameters, header="made by dp3batch\nDP3 6.6.0")
+    text = parset_text(parameters, header="made by dp3batch\nDP3 6.6.0")
     assert text.startswith("# made by dp3batch\n# DP3 6.6.0\n")
     assert text.endswith("\n")
     assert parse_parset(text) == parameters
 
 
-def test_as_parset_without_header():
-    assert as_parset([("checkparset", "1"), ("steps", "[]")]) == "checkparset=1\nsteps=[]\n"
+def test_a_parset_without_header():
+    assert parset_text([("checkparset", "1"), ("steps", "[]")]) == "checkparset=1\nsteps=[]\n"
 
 
 # --- dp3_environment ----------------------------------------------------------------------

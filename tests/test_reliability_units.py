@@ -18,10 +18,10 @@ from dp3batch.batch_spec import PendingMS
 from dp3batch.config import ConfigError
 from dp3batch.discovery import discover_measurement_sets
 from dp3batch.dispatch import largest_first
-from dp3batch.dp3 import as_parset
 from dp3batch.execution import exit_description, remove_leftovers
 from dp3batch.layout import leftover_owner, replaced_path, temporary_path
 from dp3batch.measurement_set import write_lock_holder
+from dp3batch.parset import literal, parset_text
 from dp3batch.summary import rows_written_since, write_summary
 from dp3batch.task import Task
 
@@ -137,7 +137,7 @@ def test_a_name_with_glob_characters_is_refused(tmp_path):
 
 
 def test_a_hash_in_a_path_is_quoted_in_the_parset():
-    parset = as_parset([("msin", "/data/run#2/a.ms"), ("steps", "[]")])
+    parset = parset_text([("msin", literal("/data/run#2/a.ms")), ("steps", "[]")])
     assert 'msin="/data/run#2/a.ms"' in parset.splitlines()
 
 

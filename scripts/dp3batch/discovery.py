@@ -12,9 +12,10 @@ from typing import TypeVar
 
 from dp3batch.completion import read_check
 from dp3batch.errors import ConfigError
-from dp3batch.layout import RECORD_NAME
+from dp3batch.layout import RECORD_NAME, check_output_names
 from dp3batch.measurement_set import open_subtable, write_lock_holder
 from dp3batch.parallel import map_over_cores
+from dp3batch.parset import check_path, input_path_problem
 from dp3batch.windows import WINDOW_SUFFIX, Windows, read_windows, window_name, windows_from_record
 
 
@@ -30,8 +31,6 @@ class MeasurementSet:
     # a single DATA_DESCRIPTION row).
     band: int | None = None
 
-
-GLOB_CHARACTERS = "*?[]"
 
 Answer = TypeVar("Answer")
 
@@ -225,12 +224,9 @@ def _check_output_dir(output_dir: str, inputs: list[str], resolved: dict[str, st
 
 
 def check_name(path: Path | str) -> None:
-    """DP3 reads `msin` as a pattern: a name with glob characters would select other MSs."""
-    if any(character in os.path.basename(path) for character in GLOB_CHARACTERS):
-        raise ConfigError(
-            f"inputs: {path} has a name with one of {GLOB_CHARACTERS!r}, which DP3 reads as a "
-            "pattern; rename it, or link it under a plain name and give that"
-        )
+    """DP3 must read the input as this very path: no glob character in its name (DP3 reads
+    `msin` as a pattern), nothing that DP3 or casacore reads differently (see parset)."""
+    check_path("inputs", path, input_path_problem(path))
 
 
 def discover_measurement_sets(
@@ -240,6 +236,8 @@ def discover_measurement_sets(
     (`per_window_items` then makes an item of each window of an MS of several)."""
     base = os.path.abspath(base_dir)
     output = os.path.normpath(os.path.join(base, os.path.expanduser(output_dir)))
+    # DP3 writes into it (each output's temporary form): it must read it as this path.
+    check_path("output_dir", output)
     # Paths as text until the items are made (see _expand_inputs).
     inputs = _expand_inputs(patterns, base, output)
     by_name: dict[str, str] = {}
@@ -264,6 +262,7 @@ def discover_measurement_sets(
             )
         by_name[name] = path
     _check_output_dir(output, inputs, resolved)
+    check_output_names(output, [f"{name}.ms" for name in by_name])
     for name in by_name:
         _check_output_not_link(os.path.join(output, f"{name}.ms"))
     return [
@@ -331,6 +330,7 @@ def per_window_items(
             owners[item.name] = item
             if item.output != ms.output:
                 check_output_not_link(item)
+                check_output_names(output_dir, [item.output.name])
             answered.append((item, answer))
     return answered
 

@@ -16,6 +16,7 @@ from typing import Any
 from dp3batch.config import Chain, Step
 from dp3batch.dp3_parameters import FILE_PARAMETERS, DP3Parameters, DP3Step, DP3Value, dp3_value
 from dp3batch.h5parm import H5ParmError, applycal_parameters, read_h5parm
+from dp3batch.parset import literal
 
 
 def aoflagger_steps_without_strategy(chain: Chain) -> bool:
@@ -105,36 +106,21 @@ def run_parameters(
     numthreads: int,
     memory_gb: float | None = None,
 ) -> list[tuple[str, str]]:
-    """DP3's (key, value) strings of one run: paths, threads, demixer instrument models
-    inside the output, and an AOFlagger memory bound, then the parameters themselves.
+    """DP3's (key, value) strings of one run: paths (as `parset.literal`s), threads, demixer
+    instrument models inside the output, and an AOFlagger memory bound, then the parameters
+    themselves.
 
     AOFlagger's memory grows with its time window and dask's nanny cannot see it (DP3 is a
     child process), so unless the user bounded it, bound it by the worker's memory share."""
-    run = [("msin", msin), ("msout", msout), ("numthreads", str(numthreads))]
+    run = [
+        ("msin", literal(msin, "msin")),
+        ("msout", literal(msout, "msout")),
+        ("numthreads", str(numthreads)),
+    ]
     for key, name in parameters.instrument_models():
-        run.append((key, f"{msout}/{name}"))
+        run.append((key, literal(f"{msout}/{name}", key)))
     if memory_gb:
         for step in parameters.steps_of_type("aoflagger"):
             if step.value("memorymax") is None and step.value("memoryperc") is None:
                 run.append((f"{step.name}.memorymax", f"{memory_gb:.2f}"))
     return run + parameters.pairs()
-
-
-def as_arguments(parameters: list[tuple[str, str]]) -> list[str]:
-    """DP3's command-line form: one `key=value` argument each (never through a shell)."""
-    return [f"{key}={value}" for key, value in parameters]
-
-
-def as_parset(parameters: list[tuple[str, str]], header: str = "") -> str:
-    """A parset file that `DP3 <file>` runs as is."""
-    lines = [f"# {line}" for line in header.splitlines()]
-    lines += [f"{key}={_parset_value(value)}" for key, value in parameters]
-    return "\n".join(lines) + "\n"
-
-
-def _parset_value(value: str) -> str:
-    """A parset line ends at `#` (a comment) unless the value is quoted."""
-    if "#" not in value:
-        return value
-    quote = "'" if '"' in value else '"'
-    return f"{quote}{value}{quote}"

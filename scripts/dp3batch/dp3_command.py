@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dp3batch.dp3_install import dp3_environment
 from dp3batch.dp3_parameters import DP3Parameters
+from dp3batch.parset import literal
 
 
 def wheel_dp3_script() -> Path | None:
@@ -35,8 +36,10 @@ def hand_rerun_command(executable: str, output: str, parset: str, parameters: DP
     program = "DP3" if Path(executable).name == "DP3.py" else executable
     target = Path(output)
     rerun = target.with_name(f"{target.name.removesuffix('.ms')}-rerun.ms")
-    overrides = [f"msout={rerun}"]
-    overrides += [f"{key}={rerun}/{name}" for key, name in parameters.instrument_models()]
+    overrides = [f"msout={literal(rerun)}"]
+    overrides += [
+        f"{key}={literal(f'{rerun}/{name}')}" for key, name in parameters.instrument_models()
+    ]
     return shlex.join([program, parset, *overrides])
 
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from dp3batch.parset import literal
+
 # A parameter value as the config gives it: formatted for DP3 by `format_value` only.
 DP3Value = str | int | float | bool | list["DP3Value"]
 
@@ -78,8 +80,16 @@ class DP3Step:
         return None if found is None else format_value(found)
 
     def pairs(self) -> list[tuple[str, str]]:
+        """DP3's strings: a file parameter as a `parset.literal` (DP3 reads it as that path)."""
+        files = FILE_PARAMETERS.get(self.type, ())
         return [(f"{self.name}.type", self.type)] + [
-            (f"{self.name}.{key}", format_value(value)) for key, value in self.items()
+            (
+                f"{self.name}.{key}",
+                literal(format_value(value), f"{self.name}.{key}")
+                if key in files
+                else format_value(value),
+            )
+            for key, value in self.items()
         ]
 
     def file_parameters(self) -> list[tuple[str, str]]:

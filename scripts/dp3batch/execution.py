@@ -30,7 +30,7 @@ from dp3batch.completion import (
     output_tree,
     write_record,
 )
-from dp3batch.dp3 import as_arguments, as_parset, run_parameters
+from dp3batch.dp3 import run_parameters
 from dp3batch.dp3_command import hand_rerun_command
 from dp3batch.dp3_install import dp3_environment
 from dp3batch.dp3_log import parse_flag_counts, parse_step_times
@@ -45,6 +45,7 @@ from dp3batch.measurement_set import (
     write_lock_holder,
 )
 from dp3batch.output_check import InputGrid, check_output, read_input_grid
+from dp3batch.parset import arguments_for_dp3, write_parset
 from dp3batch.status import Status
 from dp3batch.task import Task
 from dp3batch.task_result import TaskResult
@@ -382,7 +383,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             "(Writing msout itself would replace this output and its completion record. The "
             "run itself wrote to a temporary path that was renamed to msout on success.)"
         )
-        (temporary / PARSET_NAME).write_text(as_parset(final_run, header))
+        write_parset(temporary / PARSET_NAME, final_run, header)
         # After every read of the output: a damaged output no longer matches it.
         output_state = output_tree(temporary)
         record = CompletionRecord(
@@ -444,10 +445,10 @@ ARGUMENTS_LIMIT_BYTES = 32 * 1024
 def dp3_command(executable: str, run: list[tuple[str, str]], parset_path: Path) -> list[str]:
     """DP3's command line: `key=value` arguments, or for a long chain `DP3 <parset>` with the
     run's parset written to `parset_path` (beside the MS's log)."""
-    arguments = as_arguments(run)
+    arguments = arguments_for_dp3(run)
     if sum(len(argument) + 1 for argument in arguments) <= ARGUMENTS_LIMIT_BYTES:
         return [executable, *arguments]
-    parset_path.write_text(as_parset(run, "The DP3 run of this MS (too long for arguments)."))
+    write_parset(parset_path, run, "The DP3 run of this MS (too long for arguments).")
     return [executable, str(parset_path)]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from dp3batch.errors import ConfigError
+from dp3batch.parset import check_path
 
 # DP3 (>= 6) reads sky models only in the text format, and takes a file for one only when its
 # name ends like this; any other name is taken for a makesourcedb "sourcedb", which it refuses.
@@ -17,6 +18,7 @@ def check_extra_inputs(files: list[tuple[str, str]]) -> None:
     """Every file a step reads must exist and be readable, before any DP3 runs."""
     for key, path in files:
         step, _, parameter = key.rpartition(".")
+        check_path(f"steps: {step} {parameter}", path)
         if os.path.isdir(path):
             hint = (
                 " (a makesourcedb sourcedb? DP3 now reads the text sky model itself: give "

@@ -18,10 +18,14 @@ the outputs it knows (`is_leftover_of`): never another hidden entry, never throu
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from dp3batch.errors import ConfigError
 
 RECORD_NAME = "dp3_completion.json"
 PARSET_NAME = "dp3.parset"
@@ -36,8 +40,47 @@ REPLACED_MARK = "old"
 _LEFTOVER = re.compile(r"^\.(?P<owner>.+)\.(?:tmp|old)-[0-9a-f]{12}$")
 
 
+SUFFIX_LENGTH = 12
+
+
 def _suffix() -> str:
-    return uuid.uuid4().hex[:12]
+    return uuid.uuid4().hex[:SUFFIX_LENGTH]
+
+
+def longest_entry_name(output: str) -> str:
+    """The longest name the workflow gives an entry for the output `output` (`X.ms`): its
+    temporary (or replaced) form, `.X.ms.tmp-<12 hex>`."""
+    return f".{output}.{TEMPORARY_MARK}-{'0' * SUFFIX_LENGTH}"
+
+
+def check_output_names(output_dir: str | Path, outputs: Iterable[str]) -> None:
+    """Every entry the workflow would write for these outputs (`X.ms`) must fit the output
+    filesystem's limits on a name and a path; else the run would fail at its first commit."""
+    existing = Path(output_dir)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        name_limit = os.pathconf(existing, "PC_NAME_MAX")
+        path_limit = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_limit, path_limit = 255, 4096
+    # Room for what DP3 writes inside an output (`instrument/table.f0_TSM0` and the like).
+    inner = 64
+    directory = len(os.fsencode(str(output_dir)))
+    for output in outputs:
+        longest = len(os.fsencode(longest_entry_name(output)))
+        if longest > name_limit:
+            raise ConfigError(
+                f"inputs: the output {output} is too long a name: its temporary form "
+                f"({longest} bytes) exceeds the {name_limit} bytes a name may have on the "
+                f"filesystem of {output_dir}; shorten the input's name by at least "
+                f"{longest - name_limit} bytes"
+            )
+        if directory + 1 + longest + inner > path_limit:
+            raise ConfigError(
+                f"output_dir: {output_dir} is too long a path for the output {output} (its "
+                f"files would pass the filesystem's {path_limit} bytes); choose a shorter one"
+            )
 
 
 def temporary_path(output: Path) -> Path:

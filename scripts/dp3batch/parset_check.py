@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from dp3batch.dp3 import as_parset, run_parameters
+from dp3batch.dp3 import run_parameters
 from dp3batch.dp3_install import (
     casarc_directories,
     dp3_environment,
@@ -29,6 +29,7 @@ from dp3batch.dp3_install import (
 )
 from dp3batch.dp3_parameters import DP3Parameters
 from dp3batch.errors import ConfigError
+from dp3batch.parset import write_parset
 
 CHECK_TIMEOUT_SECONDS = 30
 KILL_WAIT_SECONDS = 5
@@ -102,7 +103,7 @@ class ParameterCheck:
         run = run_parameters(parameters, str(sample_input), f"{self.scratch.name}/check.ms", 1)
         run = [(key, value) for key, value in run if key != "msin.ntimes"] + [("msin.ntimes", "1")]
         parset = Path(self.scratch.name) / "check.parset"
-        parset.write_text(as_parset(run))
+        write_parset(parset, run)
         try:
             self._process = subprocess.Popen(
                 [executable, str(parset)],

@@ -41,6 +41,7 @@ from dp3batch.layout import OutputLayout
 from dp3batch.measurement_set import read_telescope_name, write_lock_holder
 from dp3batch.ms_parameters import MSParameters, PerMSParameters
 from dp3batch.parallel import map_over_cores
+from dp3batch.parset import check_path
 from dp3batch.parset_check import ParameterCheck
 from dp3batch.record_checks import load_record_checks
 
@@ -105,6 +106,8 @@ def make_plan(
     base = Path(base_dir).absolute()
     extra_dir = config.get("extra_inputs_dir")
     extra_dir = str(base / extra_dir) if extra_dir else str(base)
+    # The step files resolve against it, and DP3 reads them: it must read them as named.
+    check_path("extra_inputs_dir", extra_dir)
     executable = find_dp3_executable(config.get("dp3_executable"))
     parameters = chain_parameters(chain, extra_dir)
     files = parameters.file_parameters()

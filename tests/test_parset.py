@@ -1,0 +1,117 @@
+"""DP3's text forms: paths written so that DP3 reads them as named, one writer that refuses
+what DP3 would read as something else (tests/test_hostile_names.py runs them through DP3)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from dp3batch.errors import ConfigError
+from dp3batch.layout import check_output_names, longest_entry_name
+from dp3batch.parset import (
+    UnsafeParameter,
+    arguments_for_dp3,
+    check_path,
+    input_path_problem,
+    literal,
+    parset_text,
+    path_problem,
+    shown,
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("/data/plain.ms", "/data/plain.ms"),
+        ("/data/my obs/é 日.ms", "/data/my obs/é 日.ms"),
+        ("/data/John's data/obs.ms", '"/data/John\'s data/obs.ms"'),
+        ("/data/in'q'/obs.ms", "\"/data/in'q'/obs.ms\""),
+        ('/data/say "hi"/obs.ms', "'/data/say \"hi\"/obs.ms'"),
+        ("/data/run#2/obs.ms", '"/data/run#2/obs.ms"'),
+        ("/data/a=b/obs.ms", '"/data/a=b/obs.ms"'),
+        ("/data/obs.ms ", '"/data/obs.ms "'),
+        ("/data/ lead/obs.ms", "/data/ lead/obs.ms"),
+    ],
+)
+def test_a_literal_is_quoted_only_when_dp3_would_misread_it(path, value):
+    assert literal(path) == value
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/data/inj\nmsout.name=x.ms/a.ms", "line break"),
+        ("/data/a\rb/a.ms", "line break"),
+        ("/data/a\tb/a.ms", "control character"),
+        ("/data/a\u2028b/a.ms", "line break"),
+        ('/data/it\'s "x"/a.ms', "both ' and \""),
+        ("/data/$HOME/a.ms", "environment variable"),
+        ("/data/${HOME}x/a.ms", "environment variable"),
+    ],
+)
+def test_a_path_no_quoting_can_carry_is_refused(path, words):
+    assert words in path_problem(path)
+    with pytest.raises(UnsafeParameter, match="msin"):
+        literal(path, "msin")
+
+
+@pytest.mark.parametrize("name", ["in*.ms", "in?.ms", "in[X].ms"])
+def test_an_input_name_dp3_reads_as_a_pattern_is_refused(name):
+    assert "pattern" in input_path_problem(f"/data/{name}")
+    # In a directory DP3 does not expand them (measured): only the name counts.
+    assert input_path_problem(f"/data/{name}/obs.ms") is None
+
+
+def test_a_refused_path_is_named_on_one_line_with_what_to_do():
+    with pytest.raises(ConfigError) as error:
+        check_path("inputs", "/data/inj\nmsout.name=important.ms/a.ms")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("inputs: /data/inj\\nmsout.name=important.ms/a.ms has a line")
+    assert "rename it" in message
+
+
+def test_shown_escapes_control_characters_only():
+    assert shown("/data/é x") == "/data/é x"
+    assert shown("a\nb\tc") == "a\\nb\\tc"
+
+
+def test_the_writer_refuses_a_line_break_in_any_value():
+    injected = [("msin", "/data/a.ms\nmsout.name=important.ms"), ("steps", "[]")]
+    with pytest.raises(UnsafeParameter, match="line break"):
+        parset_text(injected)
+    with pytest.raises(UnsafeParameter, match="line break"):
+        arguments_for_dp3(injected)
+
+
+def test_the_writer_refuses_a_key_that_is_not_a_dp3_key():
+    with pytest.raises(UnsafeParameter, match="not a DP3 key"):
+        parset_text([("msin\nmsout.name", "x")])
+
+
+def test_the_writer_quotes_a_user_value_a_parset_line_would_cut_or_split():
+    text = parset_text([("preflagger.expr", "a=b"), ("x.comment", "run#2"), ("steps", "[]")])
+    assert text.splitlines() == ['preflagger.expr="a=b"', 'x.comment="run#2"', "steps=[]"]
+
+
+def test_the_writer_does_not_quote_a_literal_twice():
+    text = parset_text([("msin", literal("/data/run#2/a.ms"))])
+    assert text == 'msin="/data/run#2/a.ms"\n'
+
+
+def test_a_header_is_comments_only():
+    text = parset_text([("steps", "[]")], header="made\nby\u2028us")
+    assert all(line.startswith("# ") for line in text.splitlines()[:-1])
+
+
+def test_the_temporary_name_must_fit_the_filesystem(tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    fits = "x" * (limit - len(longest_entry_name("")) - len(".ms")) + ".ms"
+    assert len(longest_entry_name(fits)) == limit
+    check_output_names(tmp_path / "results", [fits])
+    too_long = "y" + fits
+    with pytest.raises(
+        ConfigError, match=r"too long a name.*shorten the input's name by at least 1 "
+    ):
+        check_output_names(tmp_path / "results", [too_long])
