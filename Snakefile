@@ -23,14 +23,12 @@ rule all:
 
 
 onstart:
-    forward_interrupts()
+    RUN.on_start()
 
 
 onsuccess:
-    finish_run()
+    RUN.on_success()
 
 
 onerror:
-    write_run_summary()
-    release_snakemake_timers()
-    report_failure()
+    RUN.on_error()

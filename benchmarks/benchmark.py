@@ -51,17 +51,17 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+# This checkout's package, whichever is installed.
 sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(0, str(REPO / "tests"))
 
-from dp3batch.cluster import quiet_cluster_environment  # noqa: E402
-from dp3batch.dp3_install import dp3_environment, find_dp3_executable  # noqa: E402
-from dp3batch.synthetic_ms import (  # noqa: E402
+from dp3batch.dask_stage.cluster import quiet_cluster_environment  # noqa: E402
+from dp3batch.dp3.install import dp3_environment, find_dp3_executable  # noqa: E402
+from dp3batch.testing.harness import DaskCluster, Workflow  # noqa: E402
+from dp3batch.testing.synthetic_ms import (  # noqa: E402
     SyntheticMSSpec,
     generate_measurement_set,
     measurement_set_size_spec,
 )
-from harness import DaskCluster, Workflow  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 CORES = os.cpu_count() or 1
@@ -565,10 +565,10 @@ def submit_all_at_once(scratch: Path, workflow: Workflow) -> dict[str, Any]:
     in the listed order with `resources={"process": 1}` on a 2 x 1 cluster."""
     import yaml
     from distributed import Client, as_completed
-    from dp3batch.batch import task_for
-    from dp3batch.execution import process_measurement_set
-    from dp3batch.planning import batch_specification, make_plan
-    from dp3batch.status import Status
+    from dp3batch.books.status import Status
+    from dp3batch.dask_stage.central_job import task_for
+    from dp3batch.dask_stage.execution import process_measurement_set
+    from dp3batch.planning.plan import batch_specification, make_plan
 
     config = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text()), **workflow.config}
     plan = make_plan(config, workflow.directory)

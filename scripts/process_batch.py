@@ -1,4 +1,4 @@
-"""Central job: run DP3 on every pending MS through dask (see dp3batch.batch)."""
+"""Central job: run DP3 on every pending MS through dask (see dp3batch.dask_stage.central_job)."""
 
 import sys
 
@@ -6,7 +6,7 @@ import sys
 # after any dp3batch installed from another checkout.
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 
-from dp3batch.batch import end_process, main  # noqa: E402
+from dp3batch.dask_stage.central_job import end_process, main
 
 # The guard matters: dask's worker processes start by re-importing this file.
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dp3batch import slurm  # noqa: E402
-from dp3batch.cluster import ClusterError  # noqa: E402
-from dp3batch.jobqueue import SYSTEMS, jobqueue_cluster, worker_threads  # noqa: E402
+from dp3batch.dask_stage.cluster import ClusterError  # noqa: E402
+from dp3batch.scaleout import slurm  # noqa: E402
+from dp3batch.scaleout.jobqueue import SYSTEMS, jobqueue_cluster, worker_threads  # noqa: E402
 
 # How long dask-jobqueue may take to submit the jobs, and how often Slurm is asked about them.
 SUBMIT_SECONDS = 60

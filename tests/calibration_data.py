@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 from casacore import tables
-from dp3batch.dp3_install import dp3_environment, find_dp3_executable
-from dp3batch.synthetic_ms import PHASE_CENTRE
+from dp3batch.dp3.install import dp3_environment, find_dp3_executable
+from dp3batch.testing.synthetic_ms import PHASE_CENTRE
 from h5parm_writer import identity_soltabs, write_h5parm
 
 RA_DEG, DEC_DEG = (math.degrees(angle) for angle in PHASE_CENTRE)

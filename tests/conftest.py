@@ -1,6 +1,6 @@
 """Shared fixtures: generated MSs, real `snakemake` runs, and a real external dask cluster.
 
-The harness itself (`Workflow`, `DaskCluster`, `make_inputs`, ...) is in tests/harness.py,
+The harness itself (`Workflow`, `DaskCluster`, `make_inputs`, ...) is in dp3batch.testing.harness,
 which the benchmarks import too; it is re-exported here for the test modules."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from harness import (  # noqa: F401  (re-exported for the test modules)
+from dp3batch.testing.harness import (  # noqa: F401  (re-exported for the test modules)
     BIN,
     DASK,
     REPO,

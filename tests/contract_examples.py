@@ -7,8 +7,8 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from dp3batch.batch_spec import BatchSpec
-from dp3batch.completion import CompletionRecord
+from dp3batch.books.batch_spec import BatchSpec
+from dp3batch.books.records import CompletionRecord
 
 # A record as `execution.process_measurement_set` wrote it for the demo data (`make run`),
 # with its paths, its per-channel and per-antenna flag counts and its file lists shortened:

@@ -1,4 +1,4 @@
-"""Writing H5Parm files for the tests: the layout `dp3batch.h5parm` reads (LoSoTo/DP3)."""
+"""Writing H5Parm files for the tests: the layout `dp3batch.dp3.h5parm` reads (LoSoTo/DP3)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from dp3batch.h5parm import DIAGONAL_POLARISATIONS, FULL_JONES_POLARISATIONS
+from dp3batch.dp3.h5parm import DIAGONAL_POLARISATIONS, FULL_JONES_POLARISATIONS
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ import time
 import pytest
 from calibration_data import antenna_names, write_sky_model
 from conftest import make_inputs, make_ms
-from dp3batch.calibration_check import check_calibration_inputs, sky_model_sources
-from dp3batch.config import ConfigError, parse_steps
-from dp3batch.dp3 import chain_parameters
+from dp3batch.config.errors import ConfigError
+from dp3batch.config.steps import parse_steps
+from dp3batch.dp3.translation import chain_parameters
+from dp3batch.inputs.calibration import check_calibration_inputs, sky_model_sources
 from h5parm_writer import identity_soltabs, write_h5parm
 
 

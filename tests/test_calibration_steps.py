@@ -15,12 +15,12 @@ from calibration_data import (
 )
 from casacore import tables
 from conftest import make_ms
-from dp3batch.batch import task_for
-from dp3batch.completion import PARSET_NAME
-from dp3batch.execution import process_measurement_set
-from dp3batch.planning import batch_specification, make_plan
-from dp3batch.status import Status
-from dp3batch.task_result import TaskResult
+from dp3batch.books.layout import PARSET_NAME
+from dp3batch.books.status import Status
+from dp3batch.books.task_result import TaskResult
+from dp3batch.dask_stage.central_job import task_for
+from dp3batch.dask_stage.execution import process_measurement_set
+from dp3batch.planning.plan import batch_specification, make_plan
 from h5parm_writer import SoltabData, identity_soltabs, write_h5parm
 
 

@@ -7,20 +7,23 @@ from pathlib import Path
 
 import pytest
 from contract_examples import make_record
-from dp3batch.completion import (
-    Expectation,
+from dp3batch.books.fingerprints import (
     input_fingerprint,
     input_tree,
-    missing_required_files,
     output_fingerprint,
     output_tree,
+)
+from dp3batch.books.records import (
+    Expectation,
+    missing_required_files,
     pending_reason,
     read_record,
     write_record,
 )
-from dp3batch.config import ConfigError, parse_steps
-from dp3batch.dp3 import chain_parameters, run_parameters
-from dp3batch.extra_inputs import check_extra_inputs
+from dp3batch.config.errors import ConfigError
+from dp3batch.config.steps import parse_steps
+from dp3batch.dp3.translation import chain_parameters, run_parameters
+from dp3batch.inputs.step_files import check_extra_inputs
 
 DEMIX = {"Demixer": {"skymodel": "/sky/a.skymodel", "subtractsources": ["CasA"]}}
 

@@ -12,7 +12,7 @@ from calibration_data import (
 )
 from casacore import tables
 from conftest import SMALL_MS, make_inputs
-from dp3batch.h5parm import read_h5parm
+from dp3batch.dp3.h5parm import read_h5parm
 from h5parm_writer import SoltabData, identity_soltabs, write_h5parm
 
 # PreFlagger, Demixer, AOFlagger, ApplyCal and Averager, as the reference pipeline writes them.

@@ -10,24 +10,25 @@ from pathlib import Path
 
 import pytest
 from contract_examples import make_record, written_record
-from dp3batch.completion import (
-    RECORD_FORMAT,
-    RECORD_NAME,
-    Expectation,
+from dp3batch.books.fingerprints import (
     extra_inputs_fingerprint,
     input_fingerprint,
     input_tree,
     listed_fingerprint,
     output_fingerprint,
     output_tree,
-    parameters_fingerprint,
+)
+from dp3batch.books.layout import RECORD_CHECKS_NAME, RECORD_NAME
+from dp3batch.books.record_checks import file_identity, known_check, load_record_checks
+from dp3batch.books.records import (
+    RECORD_FORMAT,
+    Expectation,
     pending_reason,
     read_record,
     refresh_record_checks,
     write_record,
 )
-from dp3batch.layout import RECORD_CHECKS_NAME
-from dp3batch.record_checks import file_identity, known_check, load_record_checks
+from dp3batch.dp3.parameters import parameters_fingerprint
 
 PARAMETERS = [
     ("checkparset", "1"),

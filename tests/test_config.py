@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dp3batch.config import (
-    STEP_TYPES,
-    ConfigError,
-    Step,
-    coerce_scheduler,
-    parse_steps,
-    validate_config,
-)
+from dp3batch.config.errors import ConfigError
+from dp3batch.config.steps import STEP_TYPES, Step, parse_steps
+from dp3batch.config.validation import coerce_scheduler, validate_config
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPOSITORY / "config" / "config.yaml"
@@ -369,7 +364,7 @@ def test_step_checks_come_before_schema_checks():
 
 
 def test_validation_gives_left_out_keys_their_schema_defaults_and_keeps_the_others():
-    from dp3batch.config import validate_config
+    from dp3batch.config.validation import validate_config
 
     config = {"steps": [{"Averager": {"timestep": 2}}], "worker_wait_seconds": 5}
     validate_config(config)

@@ -16,14 +16,14 @@ from contract_examples import (
     written_record,
     written_spec,
 )
-from dp3batch.batch import failure_report, main, task_for
-from dp3batch.batch_spec import BatchSpec, MSPaths, PendingMS
-from dp3batch.completion import CompletionRecord, write_record
-from dp3batch.dp3_parameters import DP3Parameters
-from dp3batch.json_fields import ContractError
-from dp3batch.status import Status
-from dp3batch.summary import collect_rows
-from dp3batch.task_result import TaskResult, results_from_json, results_to_json
+from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS
+from dp3batch.books.codec import ContractError
+from dp3batch.books.records import CompletionRecord, write_record
+from dp3batch.books.status import Status
+from dp3batch.books.task_result import TaskResult, results_from_json, results_to_json
+from dp3batch.dask_stage.central_job import failure_report, main, task_for
+from dp3batch.dp3.parameters import DP3Parameters
+from dp3batch.report.summary import collect_rows
 
 # --- round trips --------------------------------------------------------------------------
 
@@ -230,7 +230,7 @@ def test_summary_rows_from_typed_results_and_records(tmp_path):
     paths = [MSPaths(name, f"/in/{name}.ms", str(output)) for name, output in outputs.items()]
     results = [replace(TaskResult.from_json(written_marker()[1]), output=str(outputs["demo_1"]))]
     rows = collect_rows(paths, results, tmp_path / "logs", {"demo_0", "demo_1"}, "2026")
-    by_name = {row["name"]: row for row in rows}
+    by_name = {row.name: row.to_json() for row in rows}
     assert {name: row["status"] for name, row in by_name.items()} == {
         "demo_0": Status.DONE,
         "demo_1": Status.FAILED,
@@ -244,7 +244,7 @@ def test_summary_rows_from_typed_results_and_records(tmp_path):
     assert by_name["demo_0"]["log"] == str(tmp_path / "logs" / "demo_0.log")
     assert by_name["demo_1"]["error"] == "std::exception: No such MS"
     assert by_name["demo_3"]["error"] is None
-    assert json.loads(json.dumps(rows))  # plain JSON, as summary.json writes it
+    assert json.loads(json.dumps(list(by_name.values())))  # plain JSON, as summary.json has
     assert Path(by_name["demo_0"]["output"]) == outputs["demo_0"]
 
 

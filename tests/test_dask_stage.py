@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import damage_ms, dp3_processes, free_port, make_inputs, run_python, wait_until
-from dp3batch.cluster import embedded_cluster
+from dp3batch.dask_stage.cluster import embedded_cluster
 
 # DP3 takes about two seconds on each of these, long enough to kill something mid-task.
 SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
@@ -209,7 +209,7 @@ def test_a_batch_nobody_looks_at_never_loads_the_dashboard():
     # Its import costs about 0.5 CPU-seconds and its updates more, beside every DP3.
     script = (
         "import sys\n"
-        "from dp3batch.cluster import embedded_cluster\n"
+        "from dp3batch.dask_stage.cluster import embedded_cluster\n"
         "with embedded_cluster(1, 1) as client:\n"
         "    client.submit(sum, [1, 2]).result()\n"
         "print('distributed.dashboard.scheduler' in sys.modules)\n"

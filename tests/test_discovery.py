@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dp3batch.config import ConfigError
-from dp3batch.discovery import (
+from dp3batch.config.errors import ConfigError
+from dp3batch.inputs.discovery import (
     MeasurementSet,
     check_is_measurement_set,
     check_output_dir,
@@ -205,7 +205,7 @@ def test_good_output_dir_is_accepted(tmp_path, output_dir):
 def test_resolve_all_agrees_with_path_resolve(tmp_path):
     """Parents resolved once per directory give what a full resolve of each path gives: links
     in a parent directory, an input that is itself a link, a dangling link."""
-    from dp3batch.discovery import resolve_all
+    from dp3batch.inputs.discovery import resolve_all
 
     real = tmp_path / "real"
     (real / "a.ms").mkdir(parents=True)

@@ -7,16 +7,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from dp3batch.config import parse_steps
-from dp3batch.dp3 import chain_parameters
-from dp3batch.dp3_command import hand_rerun_command, wheel_dp3_script
-from dp3batch.dp3_install import find_dp3_executable, unwrap_own_command, wheel_aoflagger_strategy
+from dp3batch.config.steps import parse_steps
+from dp3batch.dp3.command import hand_rerun_command, wheel_dp3_script
+from dp3batch.dp3.install import find_dp3_executable, unwrap_own_command, wheel_aoflagger_strategy
+from dp3batch.dp3.translation import chain_parameters
 
 CONSOLE_SCRIPT = """#!/usr/bin/python3
 # -*- coding: utf-8 -*-
 import re
 import sys
-from dp3batch.dp3_command import main
+from dp3batch.dp3.command import main
 if __name__ == '__main__':
     sys.exit(main())
 """

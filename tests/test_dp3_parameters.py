@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from dp3batch.completion import parameters_fingerprint
-from dp3batch.config import parse_steps
-from dp3batch.dp3 import chain_parameters, run_parameters
-from dp3batch.dp3_parameters import DP3Parameters
-from dp3batch.ms_parameters import PerMSParameters
+from dp3batch.config.steps import parse_steps
+from dp3batch.dp3.parameters import DP3Parameters, parameters_fingerprint
+from dp3batch.dp3.telescope import PerMSParameters
+from dp3batch.dp3.translation import chain_parameters, run_parameters
 from h5parm_writer import identity_soltabs, write_h5parm
 
 ANTENNAS = ["CS001HBA0", "CS002HBA0", "CS003HBA0"]

@@ -10,21 +10,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from dp3batch.config import parse_steps
-from dp3batch.dp3 import (
-    chain_parameters,
-    run_parameters,
-    step_names,
-)
-from dp3batch.dp3_install import (
+from dp3batch.config.steps import parse_steps
+from dp3batch.dp3.install import (
     DP3Error,
     casacore_measures_directory,
     dp3_environment,
     find_dp3_executable,
     wheel_aoflagger_strategy,
 )
-from dp3batch.dp3_parameters import DP3Parameters, format_value
-from dp3batch.parset import arguments_for_dp3, parset_text
+from dp3batch.dp3.parameters import DP3Parameters, format_value
+from dp3batch.dp3.parset import arguments_for_dp3, parset_text
+from dp3batch.dp3.translation import chain_parameters, run_parameters, step_names
 
 STRATEGY = "/opt/strategies/default.lua"
 
@@ -452,7 +448,7 @@ def test_no_wheel_strategy_for_other_executables(executable):
 def test_the_wheels_version_is_asked_once_then_kept_beside_the_casarc(clean_home):
     import importlib.util
 
-    from dp3batch.dp3_install import dp3_version
+    from dp3batch.dp3.install import dp3_version
 
     wheel = Path(sys.executable).parent / "DP3.py"
     if not wheel.exists() or importlib.util.find_spec("dp3") is None:

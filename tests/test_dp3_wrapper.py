@@ -6,10 +6,10 @@ import stat
 from pathlib import Path
 
 from conftest import BIN, make_inputs
-from dp3batch.config import parse_steps
-from dp3batch.dp3 import chain_parameters
-from dp3batch.dp3_install import wheel_aoflagger_strategy
-from dp3batch.dp3_wrapper import aoflagger_strategy_warning
+from dp3batch.config.steps import parse_steps
+from dp3batch.dp3.install import wheel_aoflagger_strategy
+from dp3batch.dp3.translation import chain_parameters
+from dp3batch.dp3.wrapper import aoflagger_strategy_warning
 
 REAL_DP3 = str(BIN / "DP3.py")
 WHEEL_STRATEGY = wheel_aoflagger_strategy(REAL_DP3)

@@ -282,7 +282,7 @@ def _mount_tmpfs(mount_point, size_bytes: int) -> None:
 
 
 def test_a_full_disk_is_named_and_loses_nothing(workflow):
-    from dp3batch.dp3_install import dp3_environment, find_dp3_executable
+    from dp3batch.dp3.install import dp3_environment, find_dp3_executable
 
     inputs = make_inputs(workflow.directory / "inputs", 5)
     copy = workflow.directory / "copy.ms"  # what one output weighs: DP3's copy of an input
@@ -326,8 +326,8 @@ def test_record_checks_on_a_full_disk_leave_no_partial_file_and_no_error(tmp_pat
     """The checks kept between runs are a cache: a full filesystem costs the next run time,
     not an error, and leaves no half-written copy taking space."""
     from contract_examples import make_record
-    from dp3batch.completion import RECORD_NAME, refresh_record_checks, write_record
-    from dp3batch.layout import RECORD_CHECKS_NAME
+    from dp3batch.books.layout import RECORD_CHECKS_NAME, RECORD_NAME
+    from dp3batch.books.records import refresh_record_checks, write_record
 
     small_tmpfs = tmp_path / "small"
     _mount_tmpfs(small_tmpfs, 64 * 1024)

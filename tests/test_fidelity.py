@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from casacore import tables
 from conftest import make_ms
-from dp3batch.dp3_install import dp3_environment, find_dp3_executable, wheel_strategies_directory
+from dp3batch.dp3.install import dp3_environment, find_dp3_executable, wheel_strategies_directory
 
 DP3 = find_dp3_executable()
 STRATEGIES = wheel_strategies_directory(DP3)
@@ -128,8 +128,8 @@ def test_missing_time_slots_pass_the_check_of_the_default_chain(workflow):
 
 
 def test_an_ms_without_the_data_column_dp3_needs_is_refused_up_front(tmp_path):
-    from dp3batch.config import ConfigError
-    from dp3batch.discovery import check_readable
+    from dp3batch.config.errors import ConfigError
+    from dp3batch.inputs.discovery import check_readable
 
     corrected_only = make_ms(tmp_path / "c.ms", data_column="CORRECTED_DATA")
     with pytest.raises(ConfigError, match="has CORRECTED_DATA but no DATA column"):
@@ -140,8 +140,8 @@ def test_an_ms_without_the_data_column_dp3_needs_is_refused_up_front(tmp_path):
 def test_only_a_run_that_submits_work_opens_every_pending_input(tmp_path):
     # A dry run lists what would run (10,000 pending inputs would take it minutes to open);
     # the run itself opens each pending input before it submits anything.
-    from dp3batch.config import ConfigError
-    from dp3batch.planning import make_plan
+    from dp3batch.config.errors import ConfigError
+    from dp3batch.planning.plan import make_plan
 
     make_ms(tmp_path / "inputs" / "c.ms", data_column="CORRECTED_DATA")
     config = {"inputs": ["inputs/*.ms"], "steps": [{"Averager": {"timestep": 2}}]}
@@ -169,9 +169,9 @@ def test_a_dry_run_has_dp3_check_an_aoflagger_chain_with_the_strategy_of_the_tel
     # The wheel's AOFlagger needs the strategy of the MS's telescope. Checked without it, DP3
     # fails once it has checked the keys: nothing would be remembered, and every dry run
     # would run DP3 again.
-    from dp3batch import parset_check
-    from dp3batch.config import ConfigError
-    from dp3batch.planning import make_plan
+    from dp3batch.config.errors import ConfigError
+    from dp3batch.dp3 import parameter_check as parset_check
+    from dp3batch.planning.plan import make_plan
 
     monkeypatch.setattr(parset_check, "casarc_directories", lambda: [tmp_path / "cache"])
     make_ms(tmp_path / "inputs" / "obs.ms", n_times=4, n_channels=4)

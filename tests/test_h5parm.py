@@ -9,11 +9,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from dp3batch.completion import parameters_fingerprint
-from dp3batch.config import ConfigError, parse_steps
-from dp3batch.dp3 import chain_parameters
-from dp3batch.h5parm import H5ParmError, applycal_parameters, read_h5parm
-from dp3batch.planning import make_plan
+from dp3batch.config.errors import ConfigError
+from dp3batch.config.steps import parse_steps
+from dp3batch.dp3.h5parm import H5ParmError, applycal_parameters, read_h5parm
+from dp3batch.dp3.parameters import parameters_fingerprint
+from dp3batch.dp3.translation import chain_parameters
+from dp3batch.planning.plan import make_plan
 from h5parm_writer import SoltabData, identity_soltabs, write_h5parm
 
 ANTENNAS = ["CS001HBA0", "CS002HBA0", "CS003HBA0"]

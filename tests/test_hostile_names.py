@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from casacore import tables
 from conftest import make_ms
-from dp3batch.dp3_install import dp3_environment, find_dp3_executable
-from dp3batch.parset import arguments_for_dp3, literal, write_parset
+from dp3batch.dp3.install import dp3_environment, find_dp3_executable
+from dp3batch.dp3.parset import arguments_for_dp3, literal, write_parset
 
 DP3 = find_dp3_executable()
 COLUMNS = ("DATA", "FLAG", "WEIGHT_SPECTRUM", "UVW", "TIME", "ANTENNA1", "ANTENNA2")

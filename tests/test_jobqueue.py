@@ -10,9 +10,9 @@ import sys
 
 import pytest
 from conftest import REPO
-from dp3batch.cluster import QUIET_CLUSTER_CONFIG, ClusterError
-from dp3batch.jobqueue import cluster_class, job_options, jobqueue_cluster
-from dp3batch.slurm import (
+from dp3batch.dask_stage.cluster import QUIET_CLUSTER_CONFIG, ClusterError
+from dp3batch.scaleout.jobqueue import cluster_class, job_options, jobqueue_cluster
+from dp3batch.scaleout.slurm import (
     JobState,
     blocked_jobs_error,
     ended_jobs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dp3batch.measurement_set import distinct_count
+from dp3batch.inputs.tables import distinct_count
 
 RNG = np.random.default_rng(7)
 TIMES = np.repeat(np.arange(50) * 2.0, 21)  # time order, 21 baselines per slot

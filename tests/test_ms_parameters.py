@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from dp3batch.config import parse_steps
-from dp3batch.dp3 import chain_parameters
-from dp3batch.dp3_install import aoflagger_default_strategy_name
-from dp3batch.ms_parameters import PerMSParameters
+from dp3batch.config.steps import parse_steps
+from dp3batch.dp3.install import aoflagger_default_strategy_name
+from dp3batch.dp3.telescope import PerMSParameters
+from dp3batch.dp3.translation import chain_parameters
 
 WHEEL_DP3 = str(Path(sys.executable).parent / "DP3.py")
 

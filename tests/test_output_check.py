@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from dp3batch.dp3_parameters import DP3Parameters, DP3Step
-from dp3batch.measurement_set import Shape
-from dp3batch.output_check import (
+from dp3batch.dask_stage.output_check import (
     CannotDerive,
     ExpectedShape,
     InputGrid,
@@ -15,6 +13,8 @@ from dp3batch.output_check import (
     expected_output_shape,
     output_problems,
 )
+from dp3batch.dp3.parameters import DP3Parameters, DP3Step
+from dp3batch.inputs.tables import Shape
 
 GRID = InputGrid(times=20, baselines=15, channels=16, interval=2.0)
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 from conftest import REPO, run_python
-from dp3batch import parallel
-from dp3batch.parallel import ITEMS_PER_PROCESS, process_count
+from dp3batch.planning import parallel
+from dp3batch.planning.parallel import ITEMS_PER_PROCESS, process_count
 
 SCRIPTS = REPO / "scripts"
 
@@ -34,7 +34,7 @@ def test_processes_are_started_only_when_there_is_enough_work(items, cores, thre
 
 def _run_in_a_fresh_process(code: str) -> str:
     """Run planning code where no other thread runs (a test process may hold dask's)."""
-    answer = run_python("from dp3batch import parallel\n" + code)
+    answer = run_python("from dp3batch.planning import parallel\n" + code)
     assert answer.returncode == 0, answer.stderr[-2000:]
     return answer.stdout
 
@@ -78,7 +78,7 @@ def test_ctrl_c_ends_every_process_at_once_and_quietly(tmp_path):
     script = tmp_path / "plan.py"
     script.write_text(
         "import time\n"
-        "from dp3batch import parallel\n"
+        "from dp3batch.planning import parallel\n"
         "parallel.usable_cores = lambda: 2\n"
         "try:\n"
         # The first child is done at once and idle, the second busy for about 10 s.

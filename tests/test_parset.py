@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from dp3batch.errors import ConfigError
-from dp3batch.layout import check_output_names, longest_entry_name
-from dp3batch.parset import (
+from dp3batch.books.layout import check_output_names, longest_entry_name
+from dp3batch.config.errors import ConfigError
+from dp3batch.dp3.parset import (
     UnsafeParameter,
     arguments_for_dp3,
     check_path,

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from dp3batch.config import ConfigError, parse_steps
-from dp3batch.dp3 import chain_parameters
-from dp3batch.dp3_parameters import DP3Parameters
-from dp3batch.parset_check import ParameterCheck, unused_keys
+from dp3batch.config.errors import ConfigError
+from dp3batch.config.steps import parse_steps
+from dp3batch.dp3.parameter_check import ParameterCheck, unused_keys
+from dp3batch.dp3.parameters import DP3Parameters
+from dp3batch.dp3.translation import chain_parameters
 
 DP3_OUTPUT = """MSWriter msout.
   use thread:     true
@@ -74,7 +75,9 @@ def test_planning_that_fails_meanwhile_stops_the_running_check(tmp_path):
 def wheel_dp3(tmp_path, monkeypatch):
     """A stand-in named as the wheel's `DP3.py` (its identity is its file, as the wheel's is)
     that counts its runs; the accepted parameters are kept in a directory of the test's own."""
-    monkeypatch.setattr("dp3batch.parset_check.casarc_directories", lambda: [tmp_path / "cache"])
+    monkeypatch.setattr(
+        "dp3batch.dp3.parameter_check.casarc_directories", lambda: [tmp_path / "cache"]
+    )
     runs = tmp_path / "runs"
     script = tmp_path / "bin" / "DP3.py"
     script.parent.mkdir()
@@ -123,7 +126,9 @@ def test_refused_parameters_are_checked_every_time(wheel_dp3, tmp_path):
 
 
 def test_another_dp3_than_the_wheel_is_always_asked(tmp_path, monkeypatch):
-    monkeypatch.setattr("dp3batch.parset_check.casarc_directories", lambda: [tmp_path / "cache"])
+    monkeypatch.setattr(
+        "dp3batch.dp3.parameter_check.casarc_directories", lambda: [tmp_path / "cache"]
+    )
     dp3 = _fake_dp3(tmp_path, "exit 0")  # named DP3: a wrapper may run another DP3 tomorrow
     for _ in range(2):
         assert _checked(dp3, DP3Parameters({}, {}, ()), tmp_path / "obs_00.ms").ran

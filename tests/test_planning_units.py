@@ -9,13 +9,14 @@ import re
 from pathlib import Path
 
 import pytest
-from dp3batch.cluster import local_cluster_size, worker_command
-from dp3batch.completion import Expectation
-from dp3batch.config import ConfigError, parse_steps
-from dp3batch.discovery import MeasurementSet
-from dp3batch.dp3_parameters import DP3Parameters
-from dp3batch.extra_inputs import check_extra_inputs
-from dp3batch.planning import Plan, batch_id, describe_pending
+from dp3batch.books.records import Expectation
+from dp3batch.config.errors import ConfigError
+from dp3batch.config.steps import parse_steps
+from dp3batch.dask_stage.cluster import local_cluster_size, worker_command
+from dp3batch.dp3.parameters import DP3Parameters
+from dp3batch.inputs.discovery import MeasurementSet
+from dp3batch.inputs.step_files import check_extra_inputs
+from dp3batch.planning.plan import Plan, batch_id, describe_pending
 
 NOW = datetime.datetime(2025, 3, 4, 5, 6, 7, tzinfo=datetime.UTC)
 

@@ -3,7 +3,7 @@ exit handlers still run."""
 
 from pathlib import Path
 
-from harness import run_python
+from dp3batch.testing.harness import run_python
 
 
 def test_what_is_left_is_frozen_and_earlier_exit_handlers_still_run():
@@ -13,7 +13,7 @@ def test_what_is_left_is_frozen_and_earlier_exit_handlers_still_run():
         "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0, flush=True))\n"
         "scratch = tempfile.TemporaryDirectory()\n"
         "print(scratch.name)\n"
-        "from dp3batch.quick_exit import end_snakemake_quickly\n"
+        "from dp3batch.rule_layer.quick_exit import end_snakemake_quickly\n"
         "before = atexit._ncallbacks()\n"
         "end_snakemake_quickly()\n"
         "end_snakemake_quickly()\n"

@@ -3,7 +3,7 @@
 import re
 
 from conftest import REPO
-from dp3batch.cluster import QUIET_CLUSTER_CONFIG, quiet_cluster_environment
+from dp3batch.dask_stage.cluster import QUIET_CLUSTER_CONFIG, quiet_cluster_environment
 
 
 def test_the_environment_names_each_setting_as_dask_reads_it():

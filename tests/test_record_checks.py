@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 from contract_examples import make_record
-from dp3batch import completion
-from dp3batch.completion import (
-    RECORD_NAME,
-    read_check,
-    read_record,
-    refresh_record_checks,
-    write_record,
-)
-from dp3batch.layout import RECORD_CHECKS_NAME
-from dp3batch.record_checks import load_record_checks, without_collections
+from dp3batch.books import records as completion
+from dp3batch.books.layout import RECORD_CHECKS_NAME, RECORD_NAME
+from dp3batch.books.record_checks import load_record_checks, without_collections
+from dp3batch.books.records import read_check, read_record, refresh_record_checks, write_record
 
 
 @pytest.fixture

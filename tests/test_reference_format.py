@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dp3batch.config import ConfigError, Step, parse_steps, validate_config
-from dp3batch.dp3 import chain_parameters
-from dp3batch.reference_format import (
+from dp3batch.config.errors import ConfigError
+from dp3batch.config.reference_format import (
     aoflagger_parameters,
     is_reference_entry,
     translate_entry,
     wheel_strategy_directory,
 )
+from dp3batch.config.steps import Step, parse_steps
+from dp3batch.config.validation import SCHEMA_PATH, validate_config
+from dp3batch.dp3.translation import chain_parameters
 from snakemake.utils import validate as snakemake_validate
 from test_config import config_with_steps
 
@@ -288,7 +290,7 @@ def test_reference_config_merged_over_the_default_is_valid():
 
 def test_snakemake_validation_accepts_both_formats_mixed():
     config = config_with_steps([*reference_steps(), {"MsOut": {"overwrite": True}}])
-    snakemake_validate(config, schema=str(REPOSITORY / "config" / "schema.yaml"))
+    snakemake_validate(config, schema=str(SCHEMA_PATH))
 
 
 @pytest.mark.parametrize(

@@ -14,16 +14,18 @@ from pathlib import Path
 import pytest
 from conftest import run_python
 from contract_examples import make_spec
-from dp3batch.batch_spec import PendingMS
-from dp3batch.config import ConfigError
-from dp3batch.discovery import discover_measurement_sets
-from dp3batch.dispatch import largest_first
-from dp3batch.execution import exit_description, remove_leftovers
-from dp3batch.layout import leftover_owner, replaced_path, temporary_path
-from dp3batch.measurement_set import write_lock_holder
-from dp3batch.parset import literal, parset_text
-from dp3batch.summary import rows_written_since, write_summary
-from dp3batch.task import Task
+from dp3batch.books.batch_spec import PendingMS
+from dp3batch.books.commit import remove_leftovers
+from dp3batch.books.layout import leftover_owner, replaced_path, temporary_path
+from dp3batch.books.status import Status
+from dp3batch.config.errors import ConfigError
+from dp3batch.dask_stage.dispatch import largest_first
+from dp3batch.dask_stage.execution import exit_description
+from dp3batch.dask_stage.task import Task
+from dp3batch.dp3.parset import literal, parset_text
+from dp3batch.inputs.discovery import discover_measurement_sets
+from dp3batch.inputs.tables import write_lock_holder
+from dp3batch.report.summary import SummaryRow, rows_written_since, write_summary
 
 
 def fake_ms(path: Path) -> Path:
@@ -151,7 +153,7 @@ def test_a_signal_is_named():
 
 
 def test_summary_cells_hold_no_line_breaks(tmp_path):
-    rows = [{"name": "a", "status": "failed", "error": "line one\nline two\tend"}]
+    rows = [SummaryRow(name="a", status=Status.FAILED, error="line one\nline two\tend")]
     assert write_summary(rows, tmp_path / "s.json", tmp_path / "s.tsv") is None
     lines = (tmp_path / "s.tsv").read_text().splitlines()
     assert len(lines) == 2
@@ -183,7 +185,7 @@ def test_largest_first_is_stable_for_equal_sizes():
 
 @pytest.mark.e2e
 def test_a_write_lock_held_by_another_process_is_seen_without_waiting(tmp_path):
-    from dp3batch.synthetic_ms import SyntheticMSSpec, generate_measurement_set
+    from dp3batch.testing.synthetic_ms import SyntheticMSSpec, generate_measurement_set
 
     ms = generate_measurement_set(tmp_path / "a.ms", SyntheticMSSpec(n_times=10, n_channels=8))
     assert write_lock_holder(ms) is None
@@ -212,7 +214,7 @@ def test_a_write_lock_held_by_another_process_is_seen_without_waiting(tmp_path):
 
 
 def test_no_output_is_committed_once_the_batch_stopped(tmp_path):
-    from dp3batch.execution import TaskCancelled, commit, stop_commits
+    from dp3batch.books.commit import BatchStopped, commit, stop_commits
 
     guard = tmp_path / "batch.guard"
     guard.write_text("running\n")
@@ -222,7 +224,7 @@ def test_no_output_is_committed_once_the_batch_stopped(tmp_path):
     commit(first, tmp_path / "a.ms", str(guard))
     assert (tmp_path / "a.ms").is_dir()
     stop_commits(guard)
-    with pytest.raises(TaskCancelled):
+    with pytest.raises(BatchStopped):
         commit(second, tmp_path / "b.ms", str(guard))
     assert not (tmp_path / "b.ms").exists()
 
@@ -230,7 +232,7 @@ def test_no_output_is_committed_once_the_batch_stopped(tmp_path):
 def test_a_guard_locked_elsewhere_is_a_clear_error_within_its_deadline(tmp_path):
     import time
 
-    from dp3batch.execution import LockTimeout, flock_with_deadline
+    from dp3batch.books.commit import LockTimeout, flock_with_deadline
 
     guard = tmp_path / "batch.guard"
     guard.write_text("running\n")
@@ -263,7 +265,7 @@ def test_the_central_job_keeps_dasks_chatter_quiet_after_importing_dask():
     # embedded cluster stops then printed a traceback into the run's output.
     script = (
         "import logging\n"
-        "from dp3batch.batch import _configure_logging\n"
+        "from dp3batch.dask_stage.central_job import _configure_logging\n"
         "_configure_logging(None)\n"
         "import distributed  # as the cluster's start does\n"
         "print(logging.getLogger('distributed.batched').getEffectiveLevel())\n"
@@ -276,7 +278,7 @@ def test_the_verdict_reads_only_a_summary_written_after_the_batchs_result(tmp_pa
     # onsuccess takes the rows the central job wrote right after the batch's result, and
     # builds them itself from the records only when that summary is older (or unreadable).
     summary, marker = tmp_path / "summary.json", tmp_path / "batch.json"
-    rows = [{"name": "a", "status": "done"}]
+    rows = [SummaryRow(name="a", status=Status.DONE)]
     marker.write_text("[]")
     assert write_summary(rows, summary, tmp_path / "summary.tsv") is None
     os.utime(marker, ns=(0, summary.stat().st_mtime_ns - 1))

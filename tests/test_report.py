@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from casacore import tables
 from conftest import damage_ms, make_inputs
-from dp3batch.report_html import STATUS_COLOURS
+from dp3batch.report.html import STATUS_COLOURS
 
 
 def _flagged_fraction(path) -> float:

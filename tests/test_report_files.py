@@ -7,29 +7,31 @@ import xml.etree.ElementTree as ElementTree
 
 import pytest
 from contract_examples import make_record
-from dp3batch.batch_spec import MSPaths
-from dp3batch.completion import write_record
-from dp3batch.dask_report import DaskPerformanceReport
-from dp3batch.dp3_log import parse_step_times
-from dp3batch.report import ReportFiles, write_batch_report
-from dp3batch.summary import DONE, FAILED, UP_TO_DATE
+from dp3batch.books.batch_spec import MSPaths
+from dp3batch.books.records import write_record
+from dp3batch.books.status import Status
+from dp3batch.dp3.log import parse_step_times
+from dp3batch.report.batch_report import ReportFiles, write_batch_report
+from dp3batch.report.dask_report import DaskPerformanceReport
+from dp3batch.report.summary import SummaryRow
+
+DONE, FAILED, UP_TO_DATE = Status.DONE, Status.FAILED, Status.UP_TO_DATE
 
 
-def _row(name: str, status: str, **fields) -> dict:
-    return {
-        "name": name,
-        "status": status,
-        "duration_seconds": fields.get("duration", 1.0),
+def _row(name: str, status: Status, **fields) -> SummaryRow:
+    defaults = {
+        "duration_seconds": 1.0,
         "flagged_before": 0.01,
-        "flagged_after": fields.get("flagged_after", 0.02),
+        "flagged_after": 0.02,
         "step_seconds": {"AOFlaggerStep": 3.0, "MSReader": 1.0},
         "flags_by_step": {
             "aoflagger": {"percent": 5.0, "per_channel": [2, 100, 4], "per_antenna": [5, 7]}
         },
-        "stations": ["CS001", "CS002"],
+        "stations": ("CS001", "CS002"),
         "log": f"/logs/{name}.log",
         "output": f"/results/{name}.ms",
     }
+    return SummaryRow(name=name, status=status, **{**defaults, **fields})
 
 
 def _bars(svg_path) -> dict[str, float]:
@@ -40,8 +42,11 @@ def _bars(svg_path) -> dict[str, float]:
 
 
 def test_batch_report_writes_every_file_with_every_ms(tmp_path):
-    rows = [_row("a", DONE, duration=2.5), _row("b", FAILED), _row("c", UP_TO_DATE)]
-    rows[1]["flagged_after"] = None
+    rows = [
+        _row("a", DONE, duration_seconds=2.5),
+        _row("b", FAILED, flagged_after=None),
+        _row("c", UP_TO_DATE),
+    ]
     files = ReportFiles(tmp_path / "report" / "B1")
     write_batch_report(rows, files, "Batch B1")
     durations = _bars(files.durations)
@@ -64,11 +69,13 @@ def test_a_short_batch_gets_a_page_instead_of_a_dask_report(tmp_path):
 
 
 def test_rfi_spectrum_and_stations_average_dps_counts_over_the_batch(tmp_path):
-    rows = [_row("a", DONE), _row("b", DONE), _row("c", UP_TO_DATE)]
-    rows[1]["flags_by_step"] = {
-        "aoflagger": {"percent": 7.0, "per_channel": [4, 100, 6], "per_antenna": [9, 5]}
-    }
-    rows[1]["stations"] = ["CS002", "CS001"]  # another antenna order: matched by name
+    other = {"aoflagger": {"percent": 7.0, "per_channel": [4, 100, 6], "per_antenna": [9, 5]}}
+    rows = [
+        _row("a", DONE),
+        # Another antenna order: matched by name.
+        _row("b", DONE, flags_by_step=other, stations=("CS002", "CS001")),
+        _row("c", UP_TO_DATE),
+    ]
     files = ReportFiles(tmp_path)
     write_batch_report(rows, files, "Batch")
     stations = _bars(files.stations)
@@ -83,7 +90,7 @@ def test_rfi_spectrum_and_stations_average_dps_counts_over_the_batch(tmp_path):
 
 
 def test_dp3_per_channel_and_per_antenna_tables_are_parsed():
-    from dp3batch.dp3_log import parse_flag_counts
+    from dp3batch.dp3.log import parse_flag_counts
 
     log = """Flags set by AOFlaggerStep aoflagger.
 =======================
@@ -108,7 +115,7 @@ Total flagged:     6.323%   (1214 out of 19200 visibilities)
 
 
 def test_a_no_op_summary_is_rebuilt_only_when_a_record_changed(tmp_path):
-    from dp3batch.summary import refresh_summary
+    from dp3batch.report.summary import refresh_summary
 
     output = tmp_path / "results" / "a.ms"
     output.mkdir(parents=True)
@@ -126,7 +133,7 @@ def test_a_no_op_summary_is_rebuilt_only_when_a_record_changed(tmp_path):
 
 
 def test_flag_counts_per_step_are_read_from_dp3s_tables():
-    from dp3batch.dp3_log import parse_flag_counts
+    from dp3batch.dp3.log import parse_flag_counts
 
     log = (
         "Flags set by PreFlagger preflagger.\n=====\n"

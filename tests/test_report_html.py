@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 
-from dp3batch.report_html import STATUS_COLOURS, write_summary_html
-from dp3batch.summary import DONE, FAILED, NOT_PROCESSED, UP_TO_DATE
+from dp3batch.books.status import Status
+from dp3batch.report.html import STATUS_COLOURS, write_summary_html
+from dp3batch.report.summary import SummaryRow
+
+DONE, FAILED = Status.DONE, Status.FAILED
+NOT_PROCESSED, UP_TO_DATE = Status.NOT_PROCESSED, Status.UP_TO_DATE
 
 
-def row(name: str, status: str, **fields) -> dict:
+def row(name: str, status: Status, **fields) -> SummaryRow:
     base = {
-        "name": name,
-        "status": status,
         "duration_seconds": 12.34,
         "worker": "tcp://10.0.0.7:40125",
         "numthreads": 4,
@@ -27,7 +29,7 @@ def row(name: str, status: str, **fields) -> dict:
         "error": None,
         "output": f"/data/results/{name}.ms",
     }
-    return {**base, **fields}
+    return SummaryRow(name=name, status=status, **{**base, **fields})
 
 
 def table_rows(html: str) -> dict[str, str]:
@@ -40,8 +42,8 @@ def test_one_row_per_ms_in_order_with_coloured_status(tmp_path):
     html = (tmp_path / "s.html").read_text()
     assert list(table_rows(html)) == ["a", "b", "c", "d"]
     for ms in rows:
-        colour = STATUS_COLOURS[ms["status"]]
-        assert f'style="background:{colour}">{ms["status"]}</td>' in table_rows(html)[ms["name"]]
+        colour = STATUS_COLOURS[ms.status]
+        assert f'style="background:{colour}">{ms.status}</td>' in table_rows(html)[ms.name]
     assert "4 MS(s), 1 done, 1 up to date, 1 failed, 1 not processed" in html
 
 
@@ -72,7 +74,7 @@ def test_text_is_escaped(tmp_path):
 
 
 def test_missing_values_give_empty_cells(tmp_path):
-    empty = {"name": "a", "status": NOT_PROCESSED, "output": "/r/a.ms", "log": None}
+    empty = SummaryRow(name="a", status=NOT_PROCESSED, output="/r/a.ms")
     write_summary_html([empty], tmp_path / "s.html", "t")
     cells = re.findall(r"<td[^>]*>(.*?)</td>", table_rows((tmp_path / "s.html").read_text())["a"])
     assert cells[:2] == ["a", NOT_PROCESSED]

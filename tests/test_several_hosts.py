@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, DASK, make_inputs, port_open, wait_until
-from dp3batch.batch import shared_paths, task_for
-from dp3batch.planning import batch_specification, make_plan
+from dp3batch.dask_stage.central_job import shared_paths, task_for
+from dp3batch.planning.plan import batch_specification, make_plan
 
 SCHEDULER_PORT = 8786  # each host is its own network namespace: the default port is free
 

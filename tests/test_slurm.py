@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import BIN, REPO, dp3_processes, free_port, make_inputs, wait_until
-from dp3batch.dp3_install import find_dp3_executable, wheel_aoflagger_strategy
+from dp3batch.dp3.install import find_dp3_executable, wheel_aoflagger_strategy
 
 SCRIPT = str(REPO / "scripts" / "start_jobqueue_cluster.py")
 # DP3 takes about two seconds on each of these: long enough to act while it runs.

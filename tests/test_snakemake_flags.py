@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 from conftest import make_ms
-from dp3batch.completion import Expectation
-from dp3batch.config import Chain
-from dp3batch.discovery import MeasurementSet
-from dp3batch.dp3_parameters import DP3Parameters
-from dp3batch.planning import Plan
-from dp3batch.snakemake_flags import (
+from dp3batch.books.records import Expectation
+from dp3batch.config.steps import Chain
+from dp3batch.dp3.parameters import DP3Parameters
+from dp3batch.inputs.discovery import MeasurementSet
+from dp3batch.planning.plan import Plan
+from dp3batch.rule_layer.flags import (
     CommandLineFlags,
     all_forced,
     changed_outputs,

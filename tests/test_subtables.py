@@ -3,8 +3,8 @@ table's keywords when they are elsewhere."""
 
 import shutil
 
-from dp3batch.measurement_set import open_subtable, station_names
-from harness import make_ms
+from dp3batch.inputs.tables import open_subtable, station_names
+from dp3batch.testing.harness import make_ms
 
 
 def test_a_subtable_is_read_from_its_directory_as_through_the_main_table(tmp_path):

@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from casacore import tables
-from dp3batch.dp3_install import dp3_environment, find_dp3_executable, wheel_aoflagger_strategy
-from dp3batch.synthetic_ms import (
+from dp3batch.dp3.install import dp3_environment, find_dp3_executable, wheel_aoflagger_strategy
+from dp3batch.testing.synthetic_ms import (
     CORR_TYPES,
     SyntheticMSSpec,
     disk_size,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from distributed.utils import key_split
-from dp3batch.task_keys import task_keys
+from dp3batch.dask_stage.task_keys import task_keys
 
 BATCH = "20261128T013815-4df9972f"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from casacore import tables
 from conftest import make_ms
-from dp3batch.dp3_install import dp3_environment, find_dp3_executable
+from dp3batch.dp3.install import dp3_environment, find_dp3_executable
 
 DP3 = find_dp3_executable()
 # The chain of the issue: averaging to a time resolution (the synthetic interval is 2 s).

@@ -10,25 +10,17 @@ from pathlib import Path
 import pytest
 from conftest import make_ms
 from contract_examples import make_record
-from dp3batch.completion import CompletionRecord, input_fingerprint, input_tree, write_record
-from dp3batch.config import ConfigError, parse_steps
-from dp3batch.discovery import (
-    MeasurementSet,
-    check_selected_band,
-    discover_measurement_sets,
-    per_window_items,
-    window_items,
-)
-from dp3batch.dp3 import chain_parameters
-from dp3batch.dp3_parameters import DP3Parameters
-from dp3batch.measurement_set import read_shape
-from dp3batch.output_check import read_input_grid
-from dp3batch.windows import (
-    Windows,
-    read_windows,
-    windows_from_record,
-    windows_record,
-)
+from dp3batch.books.fingerprints import input_fingerprint, input_tree
+from dp3batch.books.records import CompletionRecord, write_record
+from dp3batch.config.errors import ConfigError
+from dp3batch.config.steps import parse_steps
+from dp3batch.dask_stage.output_check import read_input_grid
+from dp3batch.dp3.parameters import DP3Parameters
+from dp3batch.dp3.translation import chain_parameters
+from dp3batch.inputs.discovery import MeasurementSet, discover_measurement_sets, window_items
+from dp3batch.inputs.tables import read_shape
+from dp3batch.inputs.windows import Windows, read_windows, windows_from_record, windows_record
+from dp3batch.planning.plan import check_selected_band, per_window_items
 
 OBS = MeasurementSet("obs", Path("/in/obs.ms"), Path("/out/obs.ms"))
 

@@ -1,0 +1,102 @@
+"""The batch specification: everything the central job needs, made by the rule layer
+(`planning.batch_specification`) and handed to `batch.main`.
+
+It travels through Snakemake's `params:` (which pickles it) as plain JSON from
+`BatchSpec.to_json()`, and is parsed once, by `BatchSpec.from_json()`, when the central job
+starts. The JSON keeps the keys it has always had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dp3batch.books.codec import ContractError, from_json, to_json
+from dp3batch.dp3.parameters import DP3Parameters
+
+
+@dataclass(frozen=True)
+class MSPaths:
+    """One MS of the workflow (an item: one spectral window of an MS of several): its name,
+    input and output. The summary lists every one; only their temporary outputs may be
+    removed."""
+
+    name: str
+    input: str
+    output: str
+
+    def to_json(self) -> dict[str, Any]:
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls, data: object, what: str = "an MS of the workflow") -> MSPaths:
+        return from_json(cls, data, what)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingMS:
+    """One MS the batch processes, and why."""
+
+    name: str
+    input: str
+    output: str
+    # The spectral window this item reads (see windows), or None for the only one.
+    band: int | None
+    # Why it is pending (`planning.pending_reason`, or "forced").
+    reason: str
+    # Estimated cost (bytes of the main table): the largest MSs are dispatched first.
+    size: int
+    # Its own parameters and their fingerprint (AOFlagger's strategy for its telescope, see
+    # ms_parameters), or None: the batch's.
+    parameters: DP3Parameters | None = field(default=None, metadata={"omit_none": True})
+    parameters_fingerprint: str | None = field(default=None, metadata={"omit_none": True})
+    # Another process held the input locked for writing at planning (its pid).
+    locked_by: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.parameters is None) != (self.parameters_fingerprint is None):
+            raise ContractError(
+                f"pending MS {self.name}: 'parameters' and 'parameters_fingerprint' go together"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls, data: object, what: str = "a pending MS") -> PendingMS:
+        return from_json(cls, data, what)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSpec:
+    """One batch of the central job: its settings, the shared DP3 parameters, the pending
+    MSs, and every MS of the workflow."""
+
+    batch_id: str
+    # `HOST:PORT` of an existing dask scheduler, or None: an embedded cluster.
+    scheduler: str | None
+    # The embedded cluster's `n_workers` and `threads_per_worker` (None: fits the machine).
+    local_cluster: Mapping[str, int | None]
+    output_dir: str
+    log_dir: str
+    dp3_executable: str
+    dp3_version: str
+    parameters: DP3Parameters
+    parameters_fingerprint: str
+    extra_inputs_fingerprint: str
+    # How long the batch waits for workers holding `process` to come back.
+    worker_wait_seconds: float
+    all_measurement_sets: tuple[MSPaths, ...]
+    # Below this duration no dask performance report is kept.
+    dask_report_min_seconds: float
+    # When the pending set was taken: a record finished later was made by this run.
+    planned_at: str
+    measurement_sets: tuple[PendingMS, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls, data: object, what: str = "batch specification") -> BatchSpec:
+        return from_json(cls, data, what)

@@ -1,0 +1,270 @@
+"""The JSON of every typed contract (the batch specification, a task's result, a completion
+record, a summary row), derived from the dataclass's own fields: `to_json` writes them in
+their order, `from_json` reads each by its annotation. Every field is checked for its type,
+and a field that does not fit is one message naming it and where it came from.
+
+A contract says what its JSON leaves out: `JSON_OMITS_NONE = True` (no null field is
+written), a field's `metadata={"omit_none": True}`, and `JSON_FORMAT` (a `format` key
+written first and required on reading).
+
+Unknown keys are ignored, not refused: a record written by another version of the workflow
+may carry more than this one knows. Nested JSON that another module owns (an MS's shape,
+DP3's flag counts, the windows entry) is checked to be an object and kept as read; it is
+shared, so it is typed read-only (`Mapping`) and never changed in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from dp3batch.dp3.parameters import DP3Parameters
+
+# DP3's parameters as DP3 was given them, (key, value) in order (a completion record's).
+Parameters = tuple[tuple[str, str], ...]
+
+
+class ContractError(ValueError):
+    """JSON that does not fit its contract; the message names the field and its source."""
+
+
+def parameters_from_json(value: object, what: str) -> Parameters:
+    """DP3's parameters from JSON `[[key, value], ...]`; `what` names the field in an error."""
+    if not isinstance(value, list):
+        raise ContractError(f"{what} must be a list of [key, value] pairs, not {_kind(value)}")
+    pairs = []
+    for pair in value:
+        if not (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], str)
+        ):
+            raise ContractError(f"{what} must hold [key, value] pairs of strings, not {pair!r}")
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+class Fields:
+    """The fields of one JSON object, read by type. `what` names the object in errors (e.g.
+    "completion record /data/out/a.ms/dp3_completion.json")."""
+
+    def __init__(self, data: object, what: str):
+        if not isinstance(data, dict):
+            raise ContractError(f"{what}: expected a JSON object, not {_kind(data)}")
+        self.data: dict[str, Any] = data
+        self.what = what
+
+    def _value(self, key: str, optional: bool) -> Any:
+        if key not in self.data and not optional:
+            raise ContractError(f"{self.what}: '{key}' is missing")
+        return self.data.get(key)
+
+    def _wrong(self, key: str, expected: str) -> ContractError:
+        value = self.data.get(key)
+        return ContractError(
+            f"{self.what}: '{key}' must be {expected}, not {_kind(value)} ({value!r:.80})"
+        )
+
+    def text(self, key: str) -> str:
+        value = self._value(key, optional=False)
+        if not isinstance(value, str):
+            raise self._wrong(key, "a string")
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        value = self._value(key, optional=True)
+        if value is not None and not isinstance(value, str):
+            raise self._wrong(key, "a string or null")
+        return value
+
+    def integer(self, key: str) -> int:
+        value = self._value(key, optional=False)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self._wrong(key, "an integer")
+        return value
+
+    def optional_integer(self, key: str) -> int | None:
+        value = self._value(key, optional=True)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise self._wrong(key, "an integer or null")
+        return value
+
+    def number(self, key: str) -> float:
+        value = self._value(key, optional=False)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise self._wrong(key, "a number")
+        return value
+
+    def optional_number(self, key: str) -> float | None:
+        value = self._value(key, optional=True)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise self._wrong(key, "a number or null")
+        return value
+
+    def mapping(self, key: str) -> Mapping[str, Any]:
+        value = self._value(key, optional=False)
+        if not isinstance(value, dict):
+            raise self._wrong(key, "an object")
+        return value
+
+    def optional_mapping(self, key: str) -> Mapping[str, Any] | None:
+        value = self._value(key, optional=True)
+        if value is not None and not isinstance(value, dict):
+            raise self._wrong(key, "an object or null")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._value(key, optional=False)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self._wrong(key, "a list of strings")
+        return tuple(value)
+
+    def optional_strings(self, key: str) -> tuple[str, ...] | None:
+        if self._value(key, optional=True) is None:
+            return None
+        return self.strings(key)
+
+    def parameters(self, key: str) -> Parameters:
+        return parameters_from_json(self._value(key, optional=False), f"{self.what}: '{key}'")
+
+    def dp3_parameters(self, key: str) -> DP3Parameters:
+        return _dp3_parameters(self.mapping(key), f"{self.what}: '{key}'")
+
+    def optional_dp3_parameters(self, key: str) -> DP3Parameters | None:
+        value = self.optional_mapping(key)
+        return None if value is None else _dp3_parameters(value, f"{self.what}: '{key}'")
+
+    def objects(self, key: str) -> list[Fields]:
+        """A list of JSON objects, each as Fields named `what: key[index]`."""
+        value = self._value(key, optional=False)
+        if not isinstance(value, list):
+            raise self._wrong(key, "a list of objects")
+        return [Fields(item, f"{self.what}: {key}[{index}]") for index, item in enumerate(value)]
+
+
+def _dp3_parameters(value: Mapping[str, Any], what: str) -> DP3Parameters:
+    try:
+        return DP3Parameters.from_json(value)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ContractError(f"{what} is not DP3 parameters ({error!r})") from None
+
+
+Contract = TypeVar("Contract")
+
+
+def to_json(contract: Any) -> dict[str, Any]:
+    """A contract's JSON: `format` first if it has one, then its fields in their order."""
+    cls = type(contract)
+    data: dict[str, Any] = {}
+    if getattr(cls, "JSON_FORMAT", None) is not None:
+        data["format"] = cls.JSON_FORMAT
+    omits_none = getattr(cls, "JSON_OMITS_NONE", False)
+    for item in dataclasses.fields(contract):
+        value = getattr(contract, item.name)
+        if value is None and (omits_none or item.metadata.get("omit_none")):
+            continue
+        data[item.name] = _encoded(value)
+    return data
+
+
+def _encoded(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value):
+        return value.to_json()
+    if isinstance(value, tuple | list):
+        return [_encoded(item) for item in value]
+    if isinstance(value, Mapping):
+        return dict(value)  # nested JSON another module owns, as read
+    return value
+
+
+def from_json(cls: type[Contract], data: object, what: str) -> Contract:
+    """A contract read from its JSON; ContractError names the field that does not fit.
+    Unknown keys are ignored; a field typed `X | None` may be missing."""
+    fields = Fields(data, what)
+    expected = getattr(cls, "JSON_FORMAT", None)
+    if expected is not None and fields.data.get("format") != expected:
+        raise ContractError(f"{what}: format {fields.data.get('format')!r} is not {expected}")
+    hints = _type_hints(cls)
+    return cls(
+        **{
+            item.name: _read(fields, item.name, hints[item.name])
+            for item in dataclasses.fields(cls)
+        }
+    )
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _read(fields: Fields, key: str, annotation: Any) -> Any:
+    optional, kind = _unwrap_optional(annotation)
+    origin = typing.get_origin(kind)
+    if kind is str:
+        return fields.optional_text(key) if optional else fields.text(key)
+    if kind is int:
+        return fields.optional_integer(key) if optional else fields.integer(key)
+    if kind is float:
+        return fields.optional_number(key) if optional else fields.number(key)
+    if kind is DP3Parameters:
+        return fields.optional_dp3_parameters(key) if optional else fields.dp3_parameters(key)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return _member(fields, key, kind, optional)
+    if kind == Parameters:
+        return fields.parameters(key)
+    if origin is tuple:
+        (element, _) = typing.get_args(kind)
+        if element is str:
+            return fields.optional_strings(key) if optional else fields.strings(key)
+        if dataclasses.is_dataclass(element):
+            return tuple(from_json(element, item.data, item.what) for item in fields.objects(key))
+    if origin is Mapping or kind is Mapping:
+        mapping = fields.optional_mapping(key) if optional else fields.mapping(key)
+        values = _checked_values(kind)
+        if mapping is None or values is None:
+            return mapping  # nested JSON another module owns, kept as read
+        entries = Fields(mapping, f"{fields.what}: {key}")
+        return {name: _read(entries, name, values) for name in entries.data}
+    raise TypeError(f"{fields.what}: no JSON reading for {key}: {annotation!r}")
+
+
+def _checked_values(kind: Any) -> Any:
+    """The type of a mapping's values when the contract checks each (`Mapping[str, int |
+    None]`: the embedded cluster's sizes), else None: any other mapping is JSON that another
+    module owns (shapes, flag counts, step times), checked to be an object and kept as read."""
+    arguments = typing.get_args(kind)
+    return arguments[1] if len(arguments) == 2 and arguments[1] == int | None else None
+
+
+def _unwrap_optional(annotation: Any) -> tuple[bool, Any]:
+    """(whether None is allowed, the annotation without None)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        arguments = typing.get_args(annotation)
+        others = [argument for argument in arguments if argument is not type(None)]
+        if len(others) == 1 and len(arguments) == 2:
+            return True, others[0]
+    return False, annotation
+
+
+def _member(fields: Fields, key: str, kind: type[enum.Enum], optional: bool) -> Any:
+    value = fields.optional_text(key) if optional else fields.text(key)
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        known = ", ".join(repr(str(member.value)) for member in kind)
+        raise ContractError(f"{fields.what}: '{key}' {value!r} is not one of {known}") from None

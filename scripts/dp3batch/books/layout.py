@@ -1,0 +1,164 @@
+"""Every path the workflow writes, in one place.
+
+    <output_dir>/
+        NAME.ms/                    an output: the DP3 MS, its completion record and parset
+        .NAME.ms.tmp-<12 hex>       an output being written (renamed to NAME.ms when checked)
+        .NAME.ms.old-<12 hex>       an output being replaced (removed right after)
+        .dp3batch.lock              held (flock) by the batch that writes here
+        .record-checks.json         what a rerun checks of each record (see record_checks)
+        summary.tsv, summary.json   the status of every MS, after every run
+        logs/NAME.log               DP3's output for one MS
+        logs/failed.txt             the failures of the last batch
+        logs/batches/<batch>.*      one batch's result, log, guard and pid files
+        report/<batch>/             one batch's plots
+
+The workflow deletes nothing in `output_dir` but its own temporary and replaced copies of
+the outputs it knows (`is_leftover_of`): never another hidden entry, never through a link.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dp3batch.config.errors import ConfigError
+
+RECORD_NAME = "dp3_completion.json"
+PARSET_NAME = "dp3.parset"
+LOCK_NAME = ".dp3batch.lock"
+FAILURES_NAME = "failed.txt"
+SUMMARY_TSV = "summary.tsv"
+SUMMARY_JSON = "summary.json"
+RECORD_CHECKS_NAME = ".record-checks.json"
+
+TEMPORARY_MARK = "tmp"
+REPLACED_MARK = "old"
+_LEFTOVER = re.compile(r"^\.(?P<owner>.+)\.(?:tmp|old)-[0-9a-f]{12}$")
+
+
+SUFFIX_LENGTH = 12
+
+
+def _suffix() -> str:
+    return uuid.uuid4().hex[:SUFFIX_LENGTH]
+
+
+def longest_entry_name(output: str) -> str:
+    """The longest name the workflow gives an entry for the output `output` (`X.ms`): its
+    temporary (or replaced) form, `.X.ms.tmp-<12 hex>`."""
+    return f".{output}.{TEMPORARY_MARK}-{'0' * SUFFIX_LENGTH}"
+
+
+def check_output_names(output_dir: str | Path, outputs: Iterable[str]) -> None:
+    """Every entry the workflow would write for these outputs (`X.ms`) must fit the output
+    filesystem's limits on a name and a path; else the run would fail at its first commit."""
+    existing = Path(output_dir)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        name_limit = os.pathconf(existing, "PC_NAME_MAX")
+        path_limit = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_limit, path_limit = 255, 4096
+    # Room for what DP3 writes inside an output (`instrument/table.f0_TSM0` and the like).
+    inner = 64
+    directory = len(os.fsencode(str(output_dir)))
+    for output in outputs:
+        longest = len(os.fsencode(longest_entry_name(output)))
+        if longest > name_limit:
+            raise ConfigError(
+                f"inputs: the output {output} is too long a name: its temporary form "
+                f"({longest} bytes) exceeds the {name_limit} bytes a name may have on the "
+                f"filesystem of {output_dir}; shorten the input's name by at least "
+                f"{longest - name_limit} bytes"
+            )
+        if directory + 1 + longest + inner > path_limit:
+            raise ConfigError(
+                f"output_dir: {output_dir} is too long a path for the output {output} (its "
+                f"files would pass the filesystem's {path_limit} bytes); choose a shorter one"
+            )
+
+
+def temporary_path(output: Path) -> Path:
+    """A fresh name beside `output` for one attempt at writing it."""
+    return output.parent / f".{output.name}.{TEMPORARY_MARK}-{_suffix()}"
+
+
+def replaced_path(output: Path) -> Path:
+    """A fresh name beside `output` for the older output while the new one takes its place."""
+    return output.parent / f".{output.name}.{REPLACED_MARK}-{_suffix()}"
+
+
+def leftover_owner(file_name: str) -> str | None:
+    """The output a temporary or replaced copy belongs to (`.X.ms.tmp-0a1b2c3d4e5f` → `X.ms`),
+    or None for any other name."""
+    match = _LEFTOVER.match(file_name)
+    return match.group("owner") if match else None
+
+
+def ms_log_file(log_dir: str | Path, name: str) -> str:
+    """Where DP3's full output for the MS `name` goes."""
+    return str(Path(log_dir) / f"{name}.log")
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """The files of one output directory."""
+
+    output_dir: Path
+
+    @property
+    def log_dir(self) -> Path:
+        return self.output_dir / "logs"
+
+    @property
+    def batches_dir(self) -> Path:
+        return self.log_dir / "batches"
+
+    @property
+    def lock(self) -> Path:
+        return self.output_dir / LOCK_NAME
+
+    @property
+    def record_checks(self) -> Path:
+        return self.output_dir / RECORD_CHECKS_NAME
+
+    @property
+    def failures(self) -> Path:
+        return self.log_dir / FAILURES_NAME
+
+    @property
+    def summary_tsv(self) -> Path:
+        return self.output_dir / SUMMARY_TSV
+
+    @property
+    def summary_json(self) -> Path:
+        return self.output_dir / SUMMARY_JSON
+
+    def output(self, name: str) -> Path:
+        return self.output_dir / f"{name}.ms"
+
+    def ms_log(self, name: str) -> str:
+        return ms_log_file(self.log_dir, name)
+
+    def batch_result(self, batch: str) -> Path:
+        """The central job's output: the result of every MS of one batch."""
+        return self.batches_dir / f"{batch}.json"
+
+    def batch_log(self, batch: str, step: str = "process") -> Path:
+        return self.batches_dir / f"{batch}.{step}.log"
+
+    def batch_guard(self, batch: str) -> Path:
+        """Tasks commit only while this file says the batch goes on (see execution.commit)."""
+        return self.batches_dir / f"{batch}.guard"
+
+    def batch_pid(self, batch: str) -> Path:
+        """The central job's process id, for Snakemake to pass an interrupt on to it."""
+        return self.batches_dir / f"{batch}.pid"
+
+    def report_dir(self, batch: str) -> Path:
+        return self.output_dir / "report" / batch

@@ -1,0 +1,422 @@
+"""The fan-out: one dask task per pending MS, results as they arrive, a clear end report.
+
+Runs in the central Snakemake job. It holds a lock on the output directory for the whole
+batch, cleans leftovers of killed runs, checks the cluster before submitting anything, and
+stops every DP3 when it is interrupted or its parent (Snakemake) disappears.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+from dp3batch.books.batch_spec import BatchSpec, PendingMS
+from dp3batch.books.codec import ContractError
+from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
+from dp3batch.books.layout import OutputLayout, leftover_owner, ms_log_file
+from dp3batch.books.records import Expectation, pending_reason, read_record
+from dp3batch.books.status import Status
+from dp3batch.books.task_result import TaskResult, results_to_json
+from dp3batch.dask_stage.cluster import (
+    PROBE_PREFIX,
+    ClusterError,
+    available_cores,
+    check_worker_paths,
+    connect,
+    embedded_cluster,
+    local_cluster_size,
+    wait_for_process_workers,
+)
+from dp3batch.dask_stage.dispatch import (
+    Dispatch,
+    SchedulerLost,
+    WorkersLost,
+    fan_out,
+    lost_result,
+    stop_running,
+)
+from dp3batch.dask_stage.interrupts import Interrupted, ignore_interrupts, interruptible
+from dp3batch.dask_stage.lock import BatchError, output_dir_lock
+from dp3batch.dask_stage.task import Task
+from dp3batch.report.batch_report import ReportFiles, write_batch_report
+from dp3batch.report.dask_report import DaskPerformanceReport, write_no_report
+from dp3batch.report.summary import Summary
+
+log = logging.getLogger("dp3batch")
+
+
+def _package_zip(directory: Path) -> Path:
+    """This package as a zip, for workers of an external cluster that do not have it."""
+    package = Path(__file__).resolve().parents[1]
+    archive = directory / "dp3batch.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for source in sorted(package.rglob("*")):
+            if source.suffix in (".py", ".yaml"):
+                bundle.write(source, f"dp3batch/{source.relative_to(package)}")
+    return archive
+
+
+@contextlib.contextmanager
+def cluster_client(batch: BatchSpec) -> Iterator:
+    scheduler = batch.scheduler
+    if scheduler:
+        with connect(scheduler) as client:
+            yield client
+        return
+    local = batch.local_cluster
+    n_workers, threads = local_cluster_size(
+        available_cores(),
+        len(batch.measurement_sets),
+        local.get("n_workers"),
+        local.get("threads_per_worker"),
+    )
+    log.info("starting an embedded dask cluster: %d worker(s) x %d thread(s)", n_workers, threads)
+    with embedded_cluster(n_workers, threads) as client:
+        yield client
+
+
+def task_for(batch: BatchSpec, ms: PendingMS) -> Task:
+    """The task of one MS of a batch (what a worker receives)."""
+    return Task.of(batch, ms)
+
+
+def shared_paths(batch: BatchSpec) -> list[tuple[str, str, str]]:
+    """What every worker must see at the same absolute path as this machine, as (what, path,
+    need) for `check_worker_paths`: a sample of the inputs (the first and the last), the
+    files the steps read, DP3, and the output and log directories."""
+    inputs = [ms.input for ms in batch.measurement_sets]
+    paths = [("input MS", path, "read") for path in dict.fromkeys(inputs[:1] + inputs[-1:])]
+    files = batch.parameters.file_parameters()
+    paths += [(f"{key} file", path, "read") for key, path in files]
+    paths.append(("DP3 executable", batch.dp3_executable, "run"))
+    paths.append(("output directory", batch.output_dir, "write"))
+    paths.append(("log directory", batch.log_dir, "write"))
+    return paths
+
+
+def _preflight(client, batch: BatchSpec) -> None:
+    address = batch.scheduler or client.scheduler.address
+    all_workers = wait_for_process_workers(client, address)
+    workers = [worker for worker in all_workers if worker.process_slots >= 1]
+    for worker in all_workers:
+        slots = f"{worker.process_slots:g} DP3 slot(s)" if worker.process_slots else "NO process"
+        log.info("  worker %s: %d thread(s), %s", worker.address, worker.threads, slots)
+    ignored = len(all_workers) - len(workers)
+    if ignored:
+        log.warning('%d worker(s) without the "process" resource will get no DP3 task', ignored)
+    if any(worker.process_slots > 1 for worker in workers):
+        log.warning(
+            'a worker holds "process" > 1: it may run several DP3s at once, each with all of '
+            'its threads (oversubscription); start workers with --resources "process=1"'
+        )
+    dashboard = getattr(client, "dashboard_link", None)
+    if not batch.scheduler:
+        dashboard = f"{dashboard} (loaded when first opened)"
+    log.info(
+        "%d worker(s) can run DP3, %d thread(s) in all; dashboard: %s",
+        len(workers),
+        sum(worker.threads for worker in workers),
+        dashboard,
+    )
+    # Workers on other hosts must see the same files at the same paths (a shared filesystem).
+    check_worker_paths(client, [worker.address for worker in workers], shared_paths(batch))
+
+
+def _progress(done: int, total: int, elapsed: float) -> str:
+    """`[n/N]`, an ETA from the pace so far, and a bar when a person is watching."""
+    remaining = (total - done) * elapsed / done if done else 0.0
+    eta = f"ETA {datetime.timedelta(seconds=round(remaining))}" if done < total else "last"
+    bar = ""
+    if sys.stderr.isatty():
+        filled = round(20 * done / total)
+        bar = "|" + "#" * filled + "." * (20 - filled) + "| "
+    return f"{bar}[{done}/{total}, {eta}]"
+
+
+def _report_line(done: int, total: int, elapsed: float, result: TaskResult) -> str:
+    duration = result.duration_seconds or 0.0
+    where = f"on {result.worker} ({result.numthreads} thread(s))"
+    progress = _progress(done, total, elapsed)
+    if result.status == Status.DONE:
+        return f"{progress} {result.name}: done in {duration:.1f} s {where}"
+    return (
+        f"{progress} {result.name}: FAILED after {duration:.1f} s {where}: "
+        f"{result.reason}; DP3 said: {result.error}; log: {result.log}"
+    )
+
+
+def _known_outputs(batch: BatchSpec) -> set[str]:
+    """Names of every output of the workflow (`X.ms`), this batch's and the up-to-date ones."""
+    names = {Path(ms.output).name for ms in batch.all_measurement_sets}
+    return names | {Path(ms.output).name for ms in batch.measurement_sets}
+
+
+def still_pending(batch: BatchSpec) -> tuple[list[PendingMS], list[str]]:
+    """The batch's MSs that are still pending now that the lock is held, and the names of
+    those another run completed while this one waited (an up-to-date record finished after
+    this batch was planned: an MS forced with -F is not dropped for its older record)."""
+    expected = Expectation(
+        parameters_fingerprint=batch.parameters_fingerprint,
+        extra_inputs_fingerprint=batch.extra_inputs_fingerprint,
+        dp3_version=batch.dp3_version,
+    )
+    pending, completed = [], []
+    for ms in batch.measurement_sets:
+        fingerprint = ms.parameters_fingerprint or batch.parameters_fingerprint
+        own = replace(expected, parameters_fingerprint=fingerprint)
+        record = read_record(Path(ms.output))
+        finished = record.finished if record is not None else ""
+        if finished >= batch.planned_at and (
+            pending_reason(Path(ms.input), Path(ms.output), own) is None
+        ):
+            completed.append(ms.name)
+        else:
+            pending.append(ms)
+    return pending, completed
+
+
+class BatchRun:
+    """One batch, from the lock to the last result; `results` holds one entry per MS."""
+
+    def __init__(self, batch: BatchSpec):
+        self.batch = batch
+        self.layout = OutputLayout(Path(batch.output_dir))
+        self.results: dict[str, TaskResult] = {}
+        self.total = len(batch.measurement_sets)
+        self.started = time.monotonic()
+        self.report_files = ReportFiles(self.layout.report_dir(batch.batch_id))
+        self.dask_report: DaskPerformanceReport | None = None
+
+    def record_result(self, result: TaskResult) -> None:
+        self.results[result.name] = result
+        line = _report_line(len(self.results), self.total, time.monotonic() - self.started, result)
+        (log.info if result.status == Status.DONE else log.error)(line)
+
+    def run(self) -> None:
+        batch, layout = self.batch, self.layout
+        Path(batch.log_dir).mkdir(parents=True, exist_ok=True)
+        with output_dir_lock(layout.output_dir), interruptible() as orphaned:
+            # Shared files are touched only while the lock is held.
+            layout.failures.unlink(missing_ok=True)
+            for leftover in remove_leftovers(layout.output_dir, _known_outputs(batch)):
+                log.info("removed %s, left behind by an interrupted run", leftover)
+            for directory in (layout.output_dir, Path(batch.log_dir)):
+                for probe in directory.glob(f"{PROBE_PREFIX}*"):  # of a path check cut short
+                    probe.unlink(missing_ok=True)
+            pending, completed = still_pending(batch)
+            for name in completed:
+                log.info("%s: completed by another run meanwhile; not processed again", name)
+            if not pending:
+                return
+            guard = layout.batch_guard(batch.batch_id)
+            guard.write_text("running\n")
+            tasks = [task_for(batch, ms) for ms in pending]
+            with cluster_client(batch) as client, tempfile.TemporaryDirectory() as scratch:
+                _preflight(client, batch)
+                if batch.scheduler:
+                    client.upload_file(str(_package_zip(Path(scratch))), load=True)
+                dispatch = Dispatch(
+                    tasks=tasks,
+                    batch_id=batch.batch_id,
+                    scheduler_address=batch.scheduler or client.scheduler.address,
+                    worker_grace=batch.worker_wait_seconds,
+                    on_result=self.record_result,
+                    orphaned=orphaned,
+                )
+                log.info("%d DP3 task(s) to run, largest first", len(tasks))
+                self.dask_report = DaskPerformanceReport(
+                    client, self.report_files.dask, batch.dask_report_min_seconds
+                )
+                self.dask_report.start()
+                try:
+                    fan_out(client, dispatch)
+                    self.dask_report.finish()
+                except (Interrupted, ClusterError):
+                    ignore_interrupts()
+                    try:
+                        stop_commits(guard)  # nothing is committed from here on
+                    except LockTimeout as error:
+                        log.error("Error: %s", error)
+                    stop_running(client, dispatch)
+                    raise
+
+    def final_results(self, why_unfinished: str) -> list[TaskResult]:
+        """One result per MS of the batch. An MS without a result may still have been
+        committed (its result lost with the scheduler): its completion record says so."""
+        results = []
+        for ms in self.batch.measurement_sets:
+            result = self.results.get(ms.name)
+            if result is None:
+                result = self._from_record(ms) or lost_result(
+                    task_for(self.batch, ms), why_unfinished
+                )
+                if result.status != Status.DONE:
+                    result = replace(result, status=Status.NOT_PROCESSED)
+            results.append(result)
+        return results
+
+    def _from_record(self, ms: PendingMS) -> TaskResult | None:
+        record = read_record(Path(ms.output))
+        if record is None or record.finished < self.batch.planned_at:
+            return None
+        return TaskResult.from_record(record, ms_log_file(self.batch.log_dir, ms.name))
+
+    def write_reports(self, results: list[TaskResult]) -> None:
+        """The summary of every MS (from the records on disk) and this batch's report."""
+        rows, problem = Summary(self.layout, self.batch.all_measurement_sets).write(
+            results, {ms.name for ms in self.batch.measurement_sets}, self.batch.planned_at
+        )
+        if problem:
+            log.error("Error: %s", problem)
+        try:
+            write_batch_report(rows, self.report_files, f"Batch {self.batch.batch_id}")
+            if not self.report_files.dask.exists():
+                write_no_report(self.report_files.dask, "the batch ended before its tasks did")
+        except OSError as error:
+            log.error("Error: could not write the report of the batch: %s", error)
+
+
+def failure_report(results: list[TaskResult]) -> str:
+    """Every MS of the batch that is not done, with why, DP3's words and its log."""
+    failed = [result for result in results if result.status == Status.FAILED]
+    skipped = [result for result in results if result.status == Status.NOT_PROCESSED]
+    lines = []
+    if failed:
+        lines.append(f"{len(failed)} of {len(results)} MS(s) failed:")
+        for result in failed:
+            lines.append(f"  {result.name} ({result.input}): {result.reason}")
+            if result.error and result.error != result.reason:
+                lines.append(f"      DP3: {result.error}")
+            lines.append(f"      log: {result.log}")
+    if skipped:
+        lines.append(f"{len(skipped)} of {len(results)} MS(s) not processed:")
+        reasons = dict.fromkeys(str(result.reason) for result in skipped)
+        lines += [f"  {', '.join(r.name for r in skipped)}", *(f"  ({r})" for r in reasons)]
+    lines.append("Fix the cause and run again: only the MSs not done will be processed.")
+    return "\n".join(lines)
+
+
+def write_batch_result(path: Path, results: list[TaskResult]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(results_to_json(results), indent=2) + "\n")
+    temporary.replace(path)
+
+
+def _configure_logging(log_file: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    log.handlers[:] = handlers
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    # dask's own chatter (worker start-up, lost connections, a comm closed as the embedded
+    # cluster stops) adds nothing to our report. Importing distributed sets its loggers'
+    # levels from dask's config, so they are set here after that import.
+    import distributed  # noqa: F401
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def _leftovers_after_stop(run: BatchRun) -> str:
+    """Remove the temporary outputs of this batch (and of any output the workflow knows), and
+    say truthfully what remains."""
+    names = _known_outputs(run.batch)
+    remove_leftovers(run.layout.output_dir, names)
+    remaining = [
+        entry.name
+        for entry in run.layout.output_dir.iterdir()
+        if leftover_owner(entry.name) in names
+    ]
+    if remaining:
+        return f"{len(remaining)} temporary output(s) could not be removed yet: {remaining}"
+    return "no partial output was kept"
+
+
+def main(specification: dict[str, Any], marker: str, log_file: str | None = None) -> int:
+    """Entry point of the central job, given `BatchSpec.to_json()`; returns the process exit
+    code.
+
+    Failed MSs do not fail this job: their results go into the marker with the others, so
+    that the report covers them; the workflow's `onsuccess` then fails the run."""
+    _configure_logging(log_file)
+    try:
+        batch = BatchSpec.from_json(specification)
+    except ContractError as error:
+        # The workflow's own rule layer made it: a mismatch is a bug, not a user's mistake.
+        log.error("Error: %s; this is a bug of the workflow, please report it", error)
+        return 2
+    layout = OutputLayout(Path(batch.output_dir))
+    pid_file = layout.batch_pid(batch.batch_id)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    total = len(batch.measurement_sets)
+    log.info("batch %s: %d MS(s), output in %s", batch.batch_id, total, batch.output_dir)
+    run = BatchRun(batch)
+    try:
+        run.run()
+        results = run.final_results("not run")
+    except (WorkersLost, SchedulerLost) as error:
+        log.error("Error: %s", error)
+        results = run.final_results(str(error).splitlines()[0])
+    except (ClusterError, BatchError) as error:
+        log.error("Error: %s", error)
+        with contextlib.suppress(OSError):
+            layout.failures.write_text(f"Error: {error}\n")
+        return 2
+    except KeyboardInterrupt as interrupt:
+        cause = getattr(interrupt, "cause", "an interrupt")
+        done = sum(1 for result in run.results.values() if result.status == Status.DONE)
+        log.error(
+            "Interrupted (%s): %d of %d MS(s) finished before it and are kept; %s; run again "
+            "to process the remaining MSs.",
+            cause,
+            done,
+            total,
+            _leftovers_after_stop(run),
+        )
+        return 130
+    finally:
+        pid_file.unlink(missing_ok=True)
+    done = sum(1 for result in results if result.status == Status.DONE)
+    log.info(
+        "%d of %d MS(s) done in %.1f s; outputs in %s",
+        done,
+        total,
+        time.monotonic() - run.started,
+        batch.output_dir,
+    )
+    if done < total:
+        # Shown once, at the very end of the run (Snakefile `onerror`), not here too.
+        report = failure_report(results)
+        with contextlib.suppress(OSError):
+            layout.failures.write_text(report + "\n")
+    write_batch_result(Path(marker), results)
+    run.write_reports(results)
+    return 0
+
+
+def end_process(code: int) -> NoReturn:
+    """End the central job once all is written: exit handlers run and output is flushed, but
+    the interpreter's teardown of dask's and the dashboard's modules (0.3-0.5 s, on every run)
+    is skipped."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,191 @@
+"""The fan-out: one dask task per MS, largest first, never more in flight than DP3 slots.
+
+Dask sends a task that needs a resource straight to a worker (it is never queued on the
+scheduler) and runs equal-priority tasks last in, first out there, so submitting a whole
+batch at once runs the MSs in no useful order and leaves the largest for last. Here the
+next-largest MS is submitted only when a `process` slot is free, which keeps every slot
+busy and the tail short. The same loop watches the cluster: a scheduler that stops
+answering, or no worker holding `process` for `worker_grace` seconds, ends the batch with
+what finished kept and the rest named.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dp3batch.books.status import Status
+from dp3batch.books.task_result import TaskResult
+from dp3batch.dask_stage.cluster import (
+    SCHEDULER_ANSWER_SECONDS,
+    ClusterError,
+    SchedulerUnresponsive,
+    call_with_deadline,
+    describe_workers,
+    worker_command,
+)
+from dp3batch.dask_stage.execution import process_measurement_set
+from dp3batch.dask_stage.interrupts import Interrupted
+from dp3batch.dask_stage.task import Task
+from dp3batch.dask_stage.task_keys import task_keys
+
+log = logging.getLogger("dp3batch")
+
+WAIT_SECONDS = 0.5
+HEALTH_CHECK_SECONDS = 2.0
+STOP_SECONDS = 15.0
+
+
+class WorkersLost(ClusterError):
+    """No worker has held the `process` resource for the whole grace period."""
+
+
+class SchedulerLost(ClusterError):
+    """The scheduler stopped answering, or closed the connection."""
+
+
+@dataclass
+class Dispatch:
+    """What the fan-out needs besides the client: the tasks, how to name and size them."""
+
+    tasks: list[Task]
+    batch_id: str
+    scheduler_address: str
+    worker_grace: float
+    on_result: Callable[[TaskResult], None]
+    orphaned: threading.Event = field(default_factory=threading.Event)
+    # Submitted and not finished: what to stop when the batch ends early.
+    in_flight: dict[Any, Task] = field(default_factory=dict)
+
+
+def largest_first(tasks: list[Task]) -> list[Task]:
+    """The order of submission: by estimated cost (`size`), largest first; stable."""
+    return sorted(tasks, key=lambda task: -task.size)
+
+
+def lost_result(task: Task, reason: str, error: str = "") -> TaskResult:
+    """The result of a task that returned none (its worker died, the batch ended)."""
+    return TaskResult(
+        name=task.name,
+        input=task.input,
+        output=task.output,
+        log=task.log,
+        status=Status.FAILED,
+        reason=reason,
+        error=error,
+        size_estimate_bytes=task.size or None,
+    )
+
+
+def fan_out(client, dispatch: Dispatch) -> None:
+    """Run every task; each result goes to `dispatch.on_result` as it arrives.
+
+    Raises Interrupted (signal or lost parent), WorkersLost or SchedulerLost; the caller
+    then stops what runs (`stop_running`)."""
+    queue = largest_first(dispatch.tasks)
+    keys = task_keys([task.name for task in dispatch.tasks], dispatch.batch_id)
+    finished = threading.Event()  # set by a future's callback when it completes
+    in_flight = dispatch.in_flight
+    slots = 0
+    no_worker_since: float | None = None
+    next_check = 0.0
+    while queue or in_flight:
+        if dispatch.orphaned.is_set():
+            raise Interrupted("Snakemake has gone")
+        now = time.monotonic()
+        if now >= next_check:
+            slots = _process_slots(client, dispatch.scheduler_address)
+            next_check = now + HEALTH_CHECK_SECONDS
+            if slots:
+                no_worker_since = None
+            elif no_worker_since is None:
+                no_worker_since = now
+                log.error(
+                    "no worker holds the process resource any more: waiting up to %.0f s for "
+                    "workers to come back",
+                    dispatch.worker_grace,
+                )
+            elif now - no_worker_since > dispatch.worker_grace:
+                raise WorkersLost(
+                    f"no dask worker holding the process resource was left for "
+                    f"{dispatch.worker_grace:.0f} s. Start workers with:\n    "
+                    f"{worker_command(dispatch.scheduler_address)}"
+                )
+        while queue and len(in_flight) < slots:
+            task = queue.pop(0)
+            future = client.submit(
+                process_measurement_set,
+                task,
+                key=keys[task.name],
+                resources={"process": 1},
+                priority=task.size,
+                pure=False,
+            )
+            in_flight[future] = task
+            future.add_done_callback(lambda _: finished.set())
+        finished.wait(WAIT_SECONDS)
+        finished.clear()
+        for future in [future for future in in_flight if future.done()]:
+            dispatch.on_result(_result_of(future, in_flight.pop(future)))
+
+
+def _process_slots(client, address: str) -> int:
+    """Total `process` slots of the scheduler's workers (each runs one DP3 per slot)."""
+    try:
+        workers = describe_workers(client, SCHEDULER_ANSWER_SECONDS)
+    except SchedulerUnresponsive:
+        raise SchedulerLost(
+            f"the dask scheduler at {address} stopped answering (nothing for "
+            f"{SCHEDULER_ANSWER_SECONDS} s): is it stopped, overloaded, or its host down?"
+        ) from None
+    except (OSError, RuntimeError) as error:  # the connection closed: the scheduler is gone
+        raise SchedulerLost(f"lost the dask scheduler at {address}: {error}") from error
+    return sum(int(worker.process_slots) for worker in workers)
+
+
+def _result_of(future, task: Task) -> TaskResult:
+    try:
+        return future.result(timeout=SCHEDULER_ANSWER_SECONDS)
+    except Exception as error:  # a lost worker (KilledWorker) or an internal error
+        if type(error).__name__ == "KilledWorker":
+            return lost_result(task, "its worker died during every attempt", str(error))
+        return lost_result(task, f"{type(error).__name__}: {error}", str(error))
+
+
+def stop_running(client, dispatch: Dispatch, seconds: float = STOP_SECONDS) -> None:
+    """Cancel the batch's tasks and wait (at most `seconds`) until no worker runs one: each
+    task stops its DP3 within half a second of noticing."""
+    if not dispatch.in_flight:
+        return
+    try:
+        call_with_deadline(
+            lambda: client.cancel(list(dispatch.in_flight), force=True),
+            SCHEDULER_ANSWER_SECONDS,
+            "cancel",
+        )
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            running = call_with_deadline(
+                lambda: client.run(_executing_function(), dispatch.batch_id),
+                SCHEDULER_ANSWER_SECONDS,
+                "a request for the running tasks",
+            )
+            if not any(running.values()):
+                return
+            time.sleep(WAIT_SECONDS)
+        log.error("some DP3 task(s) did not stop within %.0f s", seconds)
+    except Exception as error:  # the scheduler is gone: its workers cannot be told
+        log.error("could not stop the running tasks: %s", error)
+
+
+def _executing_function():
+    """Runs on each worker (pickled by value: external workers may lack this package)."""
+
+    def executing(batch_id, dask_worker=None):
+        return [str(task.key) for task in dask_worker.state.executing if batch_id in str(task.key)]
+
+    return executing

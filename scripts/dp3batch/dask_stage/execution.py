@@ -1,0 +1,390 @@
+"""One DP3 run for one MS, as a dask task: temporary output, DP3 lifecycle, check, commit.
+
+Runs on a dask worker. Each attempt writes to a fresh temporary directory beside the final
+output; only a checked output with its completion record is renamed into place. DP3 dies
+with the worker (PR_SET_PDEATHSIG) and is stopped when the client cancels the task, so no
+orphan keeps running or holding an output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dp3batch.books.commit import BatchStopped, commit, remove_leftovers
+from dp3batch.books.fingerprints import input_tree, output_tree
+from dp3batch.books.layout import PARSET_NAME, temporary_path
+from dp3batch.books.records import CompletionRecord, write_record
+from dp3batch.books.status import Status
+from dp3batch.books.task_result import TaskResult
+from dp3batch.dask_stage.output_check import InputGrid, check_output, read_input_grid
+from dp3batch.dask_stage.task import Task
+from dp3batch.dp3.command import hand_rerun_command
+from dp3batch.dp3.install import dp3_environment
+from dp3batch.dp3.log import parse_flag_counts, parse_step_times
+from dp3batch.dp3.parset import arguments_for_dp3, write_parset
+from dp3batch.dp3.translation import run_parameters
+from dp3batch.inputs.tables import (
+    Shape,
+    lock_message,
+    read_shape,
+    read_station_names,
+    read_telescope_name,
+    row_count,
+    write_lock_holder,
+)
+from dp3batch.inputs.windows import windows_record
+
+POLL_SECONDS = 0.5
+# casacore waits forever for a lock; DP3 then prints this and nothing more.
+LOCK_WAIT_TEXT = "waiting for"
+LOCK_GRACE_SECONDS = 10.0
+# Less free space than this on the output's filesystem after a failure: the disk was full.
+DISK_FULL_BYTES = 16 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+# What a task reads while its DP3 runs (see _run_dp3).
+Read = TypeVar("Read")
+
+
+class TaskCancelled(RuntimeError):
+    """The client no longer wants this task (it went away or was interrupted)."""
+
+
+class NoRows(RuntimeError):
+    """The input MS has no rows (of the window read)."""
+
+
+class InputLocked(RuntimeError):
+    """Another process holds the input MS locked for writing."""
+
+
+def _die_with_parent() -> None:
+    """In the DP3 child: get SIGKILL when the worker thread that started it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _current_dask_task() -> tuple[Any, Any, int, int | None]:
+    """(worker, task key, threads, memory limit in bytes) when running in a dask worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None, None, os.cpu_count() or 1, None
+    memory_limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+    return worker, worker.get_current_task(), worker.state.nthreads, memory_limit
+
+
+def _cancelled(worker: Any, key: Any) -> bool:
+    if worker is None:
+        return False
+    task = worker.state.tasks.get(key)
+    return task is None or task.state in ("cancelled", "released", "forgotten")
+
+
+def last_error_line(log_path: Path) -> str:
+    """DP3's most telling line: the last one that mentions an error, else the last line."""
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return "(no log)"
+    lines = [line for line in lines if line and not line.startswith("#")]
+    for line in reversed(lines):
+        lowered = line.lower()
+        if "error" in lowered or "exception" in lowered or "no such" in lowered:
+            return line
+    return lines[-1] if lines else "(DP3 printed nothing)"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _run_dp3(
+    arguments: list[str], log_path: Path, worker: Any, key: Any, meanwhile: Callable[[], Read]
+) -> tuple[int, Read]:
+    """DP3's exit code, and what `meanwhile` returned: it runs once DP3 has started (work of
+    this task that need not wait for DP3); if it raises, DP3 is stopped."""
+    environment = dp3_environment()
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(
+            arguments,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=environment,
+            preexec_fn=_die_with_parent,
+            # Its own process group: stopping it also stops what a wrapper script started.
+            start_new_session=True,
+        )
+    lock_wait_seen = None
+    try:
+        read = meanwhile()
+        while True:
+            try:
+                return _wait_for_exit(process, POLL_SECONDS), read
+            except subprocess.TimeoutExpired:
+                if _cancelled(worker, key):
+                    raise TaskCancelled(f"task {key} was cancelled") from None
+                if lock_wait_seen is None and _waits_for_lock(log_path):
+                    lock_wait_seen = time.monotonic()
+                if lock_wait_seen and time.monotonic() - lock_wait_seen > LOCK_GRACE_SECONDS:
+                    raise InputLocked(
+                        "DP3 waited for a table lock held by another process"
+                    ) from None
+    finally:
+        if process.poll() is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _signal_group(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _wait_for_exit(process: subprocess.Popen, seconds: float) -> int:
+    """`process.wait(timeout=seconds)`, but woken by the exit itself: `Popen.wait` polls
+    (every 50 ms), and each task would keep its DP3 slot idle for that long on average."""
+    try:
+        descriptor = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel), or already reaped
+        return process.wait(timeout=seconds)
+    try:
+        ready, _, _ = select.select([descriptor], [], [], seconds)
+    finally:
+        os.close(descriptor)
+    if not ready:
+        raise subprocess.TimeoutExpired(process.args, seconds)
+    return process.wait(timeout=seconds)
+
+
+def _waits_for_lock(log_path: Path) -> bool:
+    """casacore's "waiting for read-lock" (or write-lock) at the end of DP3's output."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log_path.stat().st_size - 4096))
+            tail = log.read().decode(errors="replace").lower()
+    except OSError:
+        return False
+    return LOCK_WAIT_TEXT in tail and "lock" in tail
+
+
+def exit_description(exit_code: int) -> str:
+    """`DP3 exited with code 1`, or the signal that killed it, by name."""
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        crash = " (DP3 crashed)" if name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE") else ""
+        return f"DP3 was killed by {name}{crash}"
+    return f"DP3 exited with code {exit_code}"
+
+
+def disk_full_problem(directory: Path) -> str | None:
+    """A failure with (almost) no space left where the output goes: say so plainly."""
+    try:
+        usage = shutil.disk_usage(directory)
+    except OSError:
+        return None
+    if usage.free < DISK_FULL_BYTES:
+        return (
+            f"the filesystem of {directory} is full ({usage.free // 1024} KiB free): free "
+            "space or choose another output_dir, then run again"
+        )
+    return None
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def process_measurement_set(task: Task) -> TaskResult:
+    """Run the chain on one MS and commit its output; returns a result for the report.
+
+    The output's expected shape is derived from the input and the parameters (see
+    output_check). A DP3 failure is a result (status "failed"), not an exception, so dask
+    does not retry it; lost workers are retried by the scheduler.
+    """
+    worker, key, threads, memory_limit = _current_dask_task()
+    worker_address = getattr(worker, "address", None) or socket.gethostname()
+    output = Path(task.output)
+    log_path = Path(task.log)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(output.parent, {output.name})
+    started = time.time()
+    # What every outcome reports; NOT_PROCESSED until it has one.
+    result = TaskResult(
+        name=task.name,
+        input=task.input,
+        output=task.output,
+        log=str(log_path),
+        worker=worker_address,
+        numthreads=threads,
+        started=_now(),
+        status=Status.NOT_PROCESSED,
+        size_estimate_bytes=task.size or None,
+    )
+    temporary = temporary_path(output)
+    input_state = input_tree(Path(task.input))
+    memory_gb = memory_limit / 1e9 if memory_limit else None
+    parameters = task.parameters
+    # One spectral window per run: the item's band (an MS of several windows is several
+    # items), else the steps' own `msin.band`, if any.
+    reading = parameters.with_band(task.band)
+    run = run_parameters(reading, task.input, str(temporary), threads, memory_gb)
+    arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
+    with open(log_path, "w") as log:
+        log.write(f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n")
+        log.write(f"# started {result.started}\n# command: {' '.join(arguments)}\n")
+    try:
+        holder = write_lock_holder(task.input) or task.locked_by
+        if holder is not None:
+            # Also when the lock went after planning: the MS was not inspected then.
+            return _failed(result, started, log_path, lock_message(task.input, holder), "")
+
+        def read_input() -> tuple[Shape, InputGrid]:
+            # While DP3 runs: casacore's first import and the reads of the input cost this
+            # task 0.1 s, which would otherwise pass between two DP3 runs of its worker.
+            if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV): stopped at once
+                raise NoRows("the input MS has no rows: there is nothing to process")
+            shape = read_shape(task.input, with_flags=True, band=reading.selected_band())
+            return shape, read_input_grid(task.input, reading)
+
+        exit_code, (shape_in, grid) = _run_dp3(arguments, log_path, worker, key, read_input)
+        if exit_code != 0:
+            reason = disk_full_problem(output.parent) or exit_description(exit_code)
+            return _failed(result, started, log_path, reason)
+        shape_out = read_shape(str(temporary), with_flags=True)
+        dp3_output = log_path.read_text(errors="replace")  # read once, parsed three times
+        expected, problems = check_output(grid, reading, dp3_output, shape_out)
+        required_files = parameters.required_output_files()
+        problems += [
+            f"DP3 wrote no {name} into the output"
+            for name in required_files
+            if not (temporary / name).exists()
+        ]
+        if problems:
+            problem = "output check failed: " + "; ".join(problems)
+            return _failed(result, started, log_path, problem, problem)
+        finished = _now()
+        final_run = run_parameters(reading, task.input, task.output, threads, memory_gb)
+        rerun = hand_rerun_command(
+            task.dp3_executable, task.output, str(output / PARSET_NAME), reading
+        )
+        header = (
+            f"DP3 parset of {task.output}, made {finished} by DP3 {task.dp3_version}.\n"
+            "Rerun by hand (with the environment activated) into a new MS, keeping this one:\n"
+            f"  {rerun}\n"
+            "(Writing msout itself would replace this output and its completion record. The "
+            "run itself wrote to a temporary path that was renamed to msout on success.)"
+        )
+        write_parset(temporary / PARSET_NAME, final_run, header)
+        # After every read of the output: a damaged output no longer matches it.
+        output_state = output_tree(temporary)
+        record = CompletionRecord(
+            name=task.name,
+            input=task.input,
+            output=task.output,
+            input_fingerprint=input_state.fingerprint,
+            band=task.band,
+            windows=windows_record(task.input),
+            parameters=tuple(parameters.pairs()),
+            parameters_fingerprint=task.parameters_fingerprint,
+            extra_inputs_fingerprint=task.extra_inputs_fingerprint,
+            dp3_version=task.dp3_version,
+            telescope=read_telescope_name(task.input),
+            stations=tuple(read_station_names(task.input)),
+            aoflagger_strategies=parameters.aoflagger_strategies(),
+            dp3_executable=task.dp3_executable,
+            dp3_arguments=tuple(arguments[1:]),
+            worker=worker_address,
+            numthreads=threads,
+            started=str(result.started),
+            finished=finished,
+            duration_seconds=round(time.time() - started, 3),
+            size_estimate_bytes=task.size or None,
+            shape_before=shape_in.as_dict(),
+            shape_after=shape_out.as_dict(),
+            shape_expected=expected.as_dict() if expected else None,
+            required_files=tuple(required_files),
+            output_bytes=_disk_usage(temporary),
+            step_seconds=parse_step_times(dp3_output),
+            flags_by_step=parse_flag_counts(dp3_output),
+            output_fingerprint=output_state.fingerprint,
+            input_files=input_state.files,
+            output_files=output_state.files,
+        )
+        write_record(temporary, record)
+        commit(temporary, output, task.guard)
+    except (TaskCancelled, BatchStopped):
+        raise  # the temporary output goes in `finally`
+    except NoRows as error:
+        return _failed(result, started, log_path, str(error), str(error))
+    except InputLocked as error:
+        reason = lock_message(task.input, write_lock_holder(task.input) or 0)
+        return _failed(result, started, log_path, reason, str(error))
+    except Exception as error:
+        reason = disk_full_problem(output.parent) or f"{type(error).__name__}: {error}"
+        return _failed(result, started, log_path, reason)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+    return TaskResult.from_record(record, result.log)
+
+
+# Above this many bytes of arguments, DP3 gets a parset file instead: Linux refuses an argument
+# list over ~2 MB, or a single argument over 128 KiB ("Argument list too long").
+ARGUMENTS_LIMIT_BYTES = 32 * 1024
+
+
+def dp3_command(executable: str, run: list[tuple[str, str]], parset_path: Path) -> list[str]:
+    """DP3's command line: `key=value` arguments, or for a long chain `DP3 <parset>` with the
+    run's parset written to `parset_path` (beside the MS's log)."""
+    arguments = arguments_for_dp3(run)
+    if sum(len(argument) + 1 for argument in arguments) <= ARGUMENTS_LIMIT_BYTES:
+        return [executable, *arguments]
+    write_parset(parset_path, run, "The DP3 run of this MS (too long for arguments).")
+    return [executable, str(parset_path)]
+
+
+def _disk_usage(path: Path) -> int:
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+
+
+def _failed(
+    result: TaskResult, started: float, log_path: Path, reason: str, error: str | None = None
+) -> TaskResult:
+    """A failed result. `error` is the line to show beside the reason; by default DP3's most
+    telling line (not for failures DP3 had no part in, such as the output check)."""
+    error_line = last_error_line(log_path) if error is None else error
+    with contextlib.suppress(OSError):  # a full disk must not hide the failure itself
+        with open(log_path, "a") as log:
+            log.write(f"# FAILED: {reason}\n")
+    return replace(
+        result,
+        status=Status.FAILED,
+        reason=reason,
+        error=error_line,
+        finished=_now(),
+        duration_seconds=round(time.time() - started, 3),
+    )

@@ -1,0 +1,56 @@
+"""The task of one MS: everything a worker needs to run DP3 on it and commit the output.
+
+Plain, typed data built by the central job from the batch specification; dask pickles it
+to the worker (external workers import this module from the package the batch uploads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dp3batch.books.batch_spec import BatchSpec, PendingMS
+from dp3batch.books.layout import OutputLayout, ms_log_file
+from dp3batch.dp3.parameters import DP3Parameters
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    input: str
+    output: str
+    log: str
+    dp3_executable: str
+    dp3_version: str
+    # The result-defining DP3 parameters.
+    parameters: DP3Parameters
+    parameters_fingerprint: str
+    extra_inputs_fingerprint: str
+    # The spectral window this item reads (see windows), or None for the only one.
+    band: int | None = None
+    # Estimated cost (bytes of the main table): the largest MSs are dispatched first.
+    size: int = 0
+    # Another process held the input locked for writing at planning (its pid).
+    locked_by: int | None = None
+    # The batch's guard file: no commit once it says the batch stopped (execution.commit).
+    guard: str | None = None
+
+    @classmethod
+    def of(cls, batch: BatchSpec, ms: PendingMS) -> Task:
+        """The task of one pending MS of a batch: the batch's shared values, unless the MS
+        carries its own parameters (AOFlagger's strategy for its telescope, see planning)."""
+        return cls(
+            name=ms.name,
+            input=ms.input,
+            output=ms.output,
+            log=ms_log_file(batch.log_dir, ms.name),
+            dp3_executable=batch.dp3_executable,
+            dp3_version=batch.dp3_version,
+            parameters=ms.parameters if ms.parameters is not None else batch.parameters,
+            parameters_fingerprint=ms.parameters_fingerprint or batch.parameters_fingerprint,
+            extra_inputs_fingerprint=batch.extra_inputs_fingerprint,
+            band=ms.band,
+            size=ms.size,
+            locked_by=ms.locked_by,
+            guard=str(OutputLayout(Path(batch.output_dir)).batch_guard(batch.batch_id)),
+        )

@@ -1,0 +1,229 @@
+"""The report of one batch, written by the central job when its DP3 tasks are done: the
+summary table (TSV and HTML), three plots, and dask's performance report.
+
+`snakemake --report` collects these files (see rules/process.smk); drawing them here, as
+plain SVG, costs milliseconds, where a separate Snakemake job with matplotlib cost seconds
+of every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dp3batch.books.status import Status
+from dp3batch.report.html import write_summary_html
+from dp3batch.report.summary import SummaryRow, write_summary
+from dp3batch.report.svg_chart import Series, bar_chart, line_chart
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The files of one batch's report, in `<output_dir>/report/<batch>/`."""
+
+    directory: Path
+
+    @property
+    def table(self) -> Path:
+        return self.directory / "summary.tsv"
+
+    @property
+    def html(self) -> Path:
+        return self.directory / "summary.html"
+
+    @property
+    def flagged(self) -> Path:
+        return self.directory / "flagged_fraction.svg"
+
+    @property
+    def durations(self) -> Path:
+        return self.directory / "duration.svg"
+
+    @property
+    def step_times(self) -> Path:
+        return self.directory / "dp3_step_time.svg"
+
+    @property
+    def spectrum(self) -> Path:
+        return self.directory / "rfi_spectrum.svg"
+
+    @property
+    def stations(self) -> Path:
+        return self.directory / "flagged_per_station.svg"
+
+    @property
+    def dask(self) -> Path:
+        return self.directory / "dask-report.html"
+
+    def as_dict(self) -> dict[str, str]:
+        names = (
+            "table",
+            "html",
+            "flagged",
+            "spectrum",
+            "stations",
+            "durations",
+            "step_times",
+            "dask",
+        )
+        return {name: str(getattr(self, name)) for name in names}
+
+
+def write_batch_report(rows: list[SummaryRow], files: ReportFiles, title: str) -> None:
+    """Everything but the dask report (see dask_report), from the summary rows."""
+    files.directory.mkdir(parents=True, exist_ok=True)
+    write_summary(rows, files.table.with_suffix(".json"), files.table)
+    write_summary_html(rows, files.html, title)
+    plot_flagged_fractions(rows, files.flagged)
+    plot_rfi_spectrum(rows, files.spectrum)
+    plot_flagged_per_station(rows, files.stations)
+    plot_durations(rows, files.durations)
+    plot_step_times(rows, files.step_times)
+
+
+def plot_flagged_fractions(rows: list[SummaryRow], path: str | Path) -> None:
+    """Flagged fraction per MS: the input's, and the output's (after averaging, where a
+    sample stays unflagged unless all its inputs were)."""
+    shown = [row for row in rows if row.flagged_after is not None]
+    # What each flagging step flagged, as DP3 counted it: the number that matters.
+    steps = sorted({step for row in shown for step in row.flags_by_step})
+    step_colours = ["#cc6677", "#ddcc77", "#117733", "#aa4499"]
+    bar_chart(
+        path,
+        "Flagged fraction per MS",
+        [row.name for row in shown],
+        [
+            Series("input", [100 * (row.flagged_before or 0) for row in shown], "#88ccee"),
+            *(
+                Series(
+                    f"by {step} (DP3)",
+                    [(row.flags_by_step.get(step) or {}).get("percent") for row in shown],
+                    step_colours[index % len(step_colours)],
+                )
+                for index, step in enumerate(steps)
+            ),
+            Series(
+                "output (after averaging)", [100 * row.flagged_after for row in shown], "#332288"
+            ),
+        ],
+        "flagged visibilities (%)",
+    )
+
+
+STEP_COLOURS = ["#cc6677", "#332288", "#117733", "#aa4499"]
+
+
+def _complete_rows(rows: list[SummaryRow]) -> list[SummaryRow]:
+    """The MSs the flag statistics describe: this batch's, else every complete one."""
+    done = [row for row in rows if row.status == Status.DONE]
+    return done or [row for row in rows if row.status == Status.UP_TO_DATE]
+
+
+def _mean_by_key(samples: list[dict[Any, float]]) -> dict[Any, float]:
+    totals: dict[Any, list[float]] = {}
+    for sample in samples:
+        for key, value in sample.items():
+            totals.setdefault(key, []).append(value)
+    return {key: sum(values) / len(values) for key, values in totals.items()}
+
+
+def _flag_steps(rows: list[SummaryRow]) -> list[str]:
+    return list(dict.fromkeys(step for row in rows for step in row.flags_by_step or {}))
+
+
+def plot_rfi_spectrum(rows: list[SummaryRow], path: str | Path) -> None:
+    """The RFI spectrum: per flagging step, the percentage of visibilities it flagged per
+    channel (DP3's own count), averaged over the MSs of the batch."""
+    rows = _complete_rows(rows)
+    series = []
+    for index, step in enumerate(_flag_steps(rows)):
+        mean = _mean_by_key(
+            [
+                dict(enumerate((row.flags_by_step.get(step) or {}).get("per_channel") or []))
+                for row in rows
+            ]
+        )
+        values = [mean.get(channel) for channel in range(max(mean, default=-1) + 1)]
+        series.append(Series(step, values, STEP_COLOURS[index % len(STEP_COLOURS)]))
+    line_chart(
+        path,
+        f"RFI spectrum: flagged per channel, mean over {len(rows)} MS(s)",
+        series,
+        "channel (of the input)",
+        "flagged visibilities (%)",
+        maximum=100.0,
+    )
+
+
+def plot_flagged_per_station(rows: list[SummaryRow], path: str | Path) -> None:
+    """Per flagging step, the percentage of each station's visibilities it flagged (DP3's
+    own count per antenna), averaged over the MSs of the batch: a bad station stands out."""
+    rows = _complete_rows(rows)
+    steps = _flag_steps(rows)
+    means = {
+        step: _mean_by_key(
+            [
+                dict(
+                    zip(
+                        row.stations or [],
+                        (row.flags_by_step.get(step) or {}).get("per_antenna") or [],
+                        strict=False,
+                    )
+                )
+                for row in rows
+            ]
+        )
+        for step in steps
+    }
+    stations = list(dict.fromkeys(name for mean in means.values() for name in mean))
+    bar_chart(
+        path,
+        f"Flagged per station, mean over {len(rows)} MS(s)",
+        stations,
+        [
+            Series(step, [means[step].get(name) for name in stations], STEP_COLOURS[index % 4])
+            for index, step in enumerate(steps)
+        ],
+        "flagged visibilities (%)",
+        maximum=100.0,
+    )
+
+
+STATUS_COLOURS = {Status.DONE: "#4477aa", Status.UP_TO_DATE: "#bbbbbb", Status.FAILED: "#cc3311"}
+
+
+def plot_durations(rows: list[SummaryRow], path: str | Path) -> None:
+    """DP3 run time per MS, coloured by status: stragglers and slow workers stand out."""
+    shown = [row for row in rows if row.duration_seconds is not None]
+    bar_chart(
+        path,
+        "Duration per MS (blue: this batch, grey: earlier, red: failed)",
+        [row.name for row in shown],
+        [
+            Series(
+                "duration",
+                [row.duration_seconds for row in shown],
+                [STATUS_COLOURS.get(row.status, "#bbbbbb") for row in shown],
+            )
+        ],
+        "seconds",
+    )
+
+
+def plot_step_times(rows: list[SummaryRow], path: str | Path) -> None:
+    """Share of DP3's time per step, summed over all MSs (from DP3's timing table)."""
+    totals: dict[str, float] = {}
+    for row in rows:
+        for step, seconds in (row.step_seconds or {}).items():
+            totals[step] = totals.get(step, 0.0) + seconds
+    everything = sum(totals.values()) or 1.0
+    steps = sorted(totals, key=lambda step: totals[step], reverse=True)
+    bar_chart(
+        path,
+        "Time per DP3 step, all MSs",
+        steps,
+        [Series("share", [100 * totals[step] / everything for step in steps])],
+        "share of DP3 time (%)",
+        maximum=100.0,
+    )

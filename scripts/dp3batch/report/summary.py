@@ -1,0 +1,309 @@
+"""The run summary: one row per MS (`summary.tsv`, `summary.json`), built from the completion
+records on disk and the results of the batch that ran (which also carry the failures).
+
+`Summary` is its one owner: the central job writes it when its batch is done, the rule layer
+when no batch ran (refreshed only when the records changed) or when the batch job ended
+before it could."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dp3batch.books.batch_spec import MSPaths
+from dp3batch.books.codec import from_json, to_json
+from dp3batch.books.layout import RECORD_NAME, OutputLayout, ms_log_file
+from dp3batch.books.record_checks import without_collections
+from dp3batch.books.records import CompletionRecord, read_record
+from dp3batch.books.status import Status
+from dp3batch.books.task_result import TaskResult
+
+# The prefix of the columns of each flagging step (`flagged_aoflagger`: DP3's percentage).
+STEP_FLAGS_PREFIX = "flagged_"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SummaryRow:
+    """One MS in `summary.tsv` and `summary.json`, and in the report's table and plots:
+    what its completion record (or this batch's result) says of the run."""
+
+    name: str
+    status: Status
+    duration_seconds: float | None = None
+    # What the dispatch took for the size of the job (largest first), beside it.
+    size_estimate_bytes: int | None = None
+    worker: str | None = None
+    numthreads: int | None = None
+    dp3_version: str | None = None
+    rows_before: int | None = None
+    rows_after: int | None = None
+    channels_before: int | None = None
+    channels_after: int | None = None
+    time_resolution_before: float | None = None
+    time_resolution_after: float | None = None
+    freq_resolution_before: float | None = None
+    freq_resolution_after: float | None = None
+    # Fractions read with casacore; "after" from the averaged output, where a sample is
+    # flagged only if all its inputs were.
+    flagged_before: float | None = None
+    flagged_after: float | None = None
+    output_bytes: int | None = None
+    finished: str | None = None
+    log: str | None = None
+    error: str | None = None
+    input: str | None = None
+    output: str | None = None
+    # JSON only: DP3's time per step, its flag counts per step (the RFI spectrum and the
+    # per-station plot), the stations by antenna index.
+    step_seconds: Mapping[str, float] = field(default_factory=dict)
+    flags_by_step: Mapping[str, Any] = field(default_factory=dict)
+    stations: tuple[str, ...] = ()
+
+    @property
+    def step_flags(self) -> dict[str, float | None]:
+        """Per flagging step, DP3's own percentage of the visibilities it flagged, as the
+        columns `flagged_<step>`."""
+        return {
+            f"{STEP_FLAGS_PREFIX}{step}": count.get("percent")
+            for step, count in self.flags_by_step.items()
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field in order, then one `flagged_<step>` entry per flagging step."""
+        return {**to_json(self), **self.step_flags}
+
+    @classmethod
+    def from_json(cls, data: object, what: str = "summary row") -> SummaryRow:
+        return from_json(cls, data, what)
+
+
+# The TSV's columns: every field of a row but those in the JSON only, then one
+# `flagged_<step>` column per flagging step.
+JSON_ONLY = ("step_seconds", "flags_by_step", "stations")
+COLUMNS = [item.name for item in fields(SummaryRow) if item.name not in JSON_ONLY]
+
+
+def _row_from(
+    ms: MSPaths, status: Status, log: str, source: CompletionRecord | TaskResult | None
+) -> SummaryRow:
+    """The summary row of one MS: what its record (or its result) says of the run."""
+    if source is None:
+        return SummaryRow(name=ms.name, status=status, log=log, input=ms.input, output=ms.output)
+    before = source.shape_before or {}
+    after = source.shape_after or {}
+    return SummaryRow(
+        name=ms.name,
+        status=status,
+        duration_seconds=source.duration_seconds,
+        size_estimate_bytes=source.size_estimate_bytes,
+        worker=source.worker,
+        numthreads=source.numthreads,
+        dp3_version=source.dp3_version,
+        rows_before=before.get("rows"),
+        rows_after=after.get("rows"),
+        channels_before=before.get("channels"),
+        channels_after=after.get("channels"),
+        time_resolution_before=before.get("interval"),
+        time_resolution_after=after.get("interval"),
+        freq_resolution_before=before.get("channel_width"),
+        freq_resolution_after=after.get("channel_width"),
+        flagged_before=before.get("flagged_fraction"),
+        flagged_after=after.get("flagged_fraction"),
+        output_bytes=source.output_bytes,
+        finished=source.finished,
+        log=log,
+        error=source.error if isinstance(source, TaskResult) and status == Status.FAILED else None,
+        # As the record says (the path it was made from).
+        input=source.input,
+        output=source.output,
+        step_seconds=dict(source.step_seconds or {}),
+        flags_by_step=dict(source.flags_by_step or {}),
+        stations=tuple(source.stations or ()),
+    )
+
+
+def collect_rows(
+    measurement_sets: Sequence[MSPaths],
+    batch_results: Sequence[TaskResult] | None,
+    log_dir: str | Path,
+    batch_names: set[str] | None = None,
+    batch_started: str = "",
+) -> list[SummaryRow]:
+    """One row per MS, built from the completion records on disk, so that it is true after
+    any fault: an MS of this run's batch (`batch_names`) whose record was finished after
+    `batch_started` is done, even if its result was lost with the scheduler or an interrupt;
+    a failed result without such a record is failed.
+
+    `measurement_sets` are every MS of the workflow."""
+    in_batch = {result.name: result for result in batch_results or []}
+    batch_names = set(batch_names or ()) | set(in_batch)
+    rows = []
+    for ms in measurement_sets:
+        result = in_batch.get(ms.name)
+        log = ms_log_file(log_dir, ms.name)
+        record = read_record(Path(ms.output))
+        made_now = record is not None and record.finished >= batch_started
+        if record is not None and ms.name in batch_names and made_now:
+            rows.append(_row_from(ms, Status.DONE, log, record))
+        elif result is not None and result.status in (Status.FAILED, Status.NOT_PROCESSED):
+            rows.append(_row_from(ms, result.status, result.log, result))
+        elif record is not None and ms.name not in batch_names:
+            rows.append(_row_from(ms, Status.UP_TO_DATE, log, record))
+        else:
+            rows.append(_row_from(ms, Status.NOT_PROCESSED, log, None))
+    return rows
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _tsv_cell(value: Any) -> str:
+    """One line per MS: line breaks and tabs in a value (DP3's error lines) become spaces."""
+    return "" if value is None else " ".join(str(value).split())
+
+
+def write_summary(
+    rows: list[SummaryRow], json_path: str | Path, tsv_path: str | Path
+) -> str | None:
+    """The machine-readable summary: JSON (with per-step times) and TSV (one line per MS).
+
+    Returns a problem (e.g. a full disk) instead of raising: the run's own outcome matters
+    more than its summary, and no half-written file is left behind."""
+    json_path, tsv_path = Path(json_path), Path(tsv_path)
+    # Only refresh_summary vouches for a summary with its digest: any other write drops it.
+    with contextlib.suppress(OSError):
+        _digest_path(json_path).unlink()
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    data = [row.to_json() for row in rows]
+    temporaries = (json_path.with_suffix(".json.tmp"), tsv_path.with_suffix(".tsv.tmp"))
+    try:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        table = io.StringIO()
+        step_columns = sorted({key for row in rows for key in row.step_flags})
+        columns = COLUMNS + [key for key in step_columns if key not in COLUMNS]
+        writer = csv.DictWriter(
+            table,
+            fieldnames=columns,
+            delimiter="\t",
+            extrasaction="ignore",
+            lineterminator="\n",
+            quoting=csv.QUOTE_NONE,
+            escapechar="\\",
+        )
+        writer.writeheader()
+        for entry in data:
+            writer.writerow({key: _tsv_cell(entry.get(key)) for key in columns})
+        contents = {
+            json_path: json.dumps({"counts": counts, "measurement_sets": data}, indent=2),
+            tsv_path: table.getvalue(),
+        }
+        for (path, text), temporary in zip(contents.items(), temporaries, strict=True):
+            if _read_text(path) != text:  # unchanged files are left alone (no-op reruns)
+                temporary.write_text(text)
+                temporary.replace(path)
+    except OSError as error:
+        for temporary in temporaries:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+        return f"could not write the summary {tsv_path}: {error.strerror or error}"
+    return None
+
+
+def rows_written_since(json_path: Path, since: Path) -> list[SummaryRow] | None:
+    """The rows of a summary written after `since` was (the batch's result: the central job
+    writes the summary from the records right after it), else None."""
+    try:
+        if json_path.stat().st_mtime_ns < since.stat().st_mtime_ns:
+            return None
+        rows = json.loads(json_path.read_text())["measurement_sets"]
+        return [SummaryRow.from_json(row, f"{json_path}: row") for row in rows]
+    except (OSError, ValueError, KeyError, TypeError):  # ContractError is a ValueError
+        return None
+
+
+def _digest_path(json_path: Path) -> Path:
+    return json_path.parent / f".{json_path.stem}.digest"
+
+
+def records_digest(measurement_sets: Sequence[MSPaths]) -> str:
+    """What a no-op run's summary depends on: every MS and the state of its completion
+    record (one stat each). Equal digests mean an equal summary, so it need not be rebuilt."""
+    digest = hashlib.sha256()
+    for ms in measurement_sets:
+        try:
+            stat = os.stat(os.path.join(ms.output, RECORD_NAME))  # 10,000 of them: no Path
+            state = f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            state = "none"
+        digest.update(f"{ms.name}\t{ms.input}\t{ms.output}\t{state}\n".encode())
+    return digest.hexdigest()
+
+
+def refresh_summary(
+    measurement_sets: Sequence[MSPaths],
+    log_dir: Path,
+    json_path: Path,
+    tsv_path: Path,
+    digest: str | None = None,
+) -> str | None:
+    """The summary of a run with nothing to do, rebuilt only when the records changed since
+    it was last written (a digest beside it says which records it was built from).
+    `digest`: `records_digest(measurement_sets)`, if the caller has it already."""
+    digest_path = _digest_path(json_path)
+    digest = digest or records_digest(measurement_sets)
+    if _read_text(digest_path) == digest and json_path.is_file() and tsv_path.is_file():
+        return None
+    with without_collections():  # every record parsed: see record_checks
+        problem = write_summary(collect_rows(measurement_sets, [], log_dir), json_path, tsv_path)
+    if problem is None:
+        with contextlib.suppress(OSError):
+            digest_path.write_text(digest)
+    return problem
+
+
+class Summary:
+    """The summary of one output directory, over every MS of the workflow."""
+
+    def __init__(self, layout: OutputLayout, measurement_sets: Sequence[MSPaths]):
+        self.layout = layout
+        self.measurement_sets = measurement_sets
+
+    def write(
+        self,
+        batch_results: Sequence[TaskResult] = (),
+        batch_names: set[str] | None = None,
+        batch_started: str = "",
+    ) -> tuple[list[SummaryRow], str | None]:
+        """The rows after a batch (see `collect_rows`), written; and a problem, if any."""
+        rows = collect_rows(
+            self.measurement_sets, batch_results, self.layout.log_dir, batch_names, batch_started
+        )
+        return rows, write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)
+
+    def refresh(self, digest: str | None = None) -> str | None:
+        """After a run with nothing to do: rebuilt only if the records changed."""
+        return refresh_summary(
+            self.measurement_sets,
+            self.layout.log_dir,
+            self.layout.summary_json,
+            self.layout.summary_tsv,
+            digest,
+        )
+
+    def rows_written_since(self, marker: Path) -> list[SummaryRow] | None:
+        """The rows the central job wrote after its batch marker, else None."""
+        return rows_written_since(self.layout.summary_json, marker)

@@ -1,0 +1,240 @@
+"""One `snakemake` run of the workflow as its rules see it: built once, when the Snakefile is
+read, from Snakemake's config and command line; the rules and hooks only ask it.
+
+It plans (which MSs are pending, and why), names this run's batch, answers the rules
+(`final_output`, `batch_specification`, the report files), and at the end gives the run's
+verdict: the summary of every MS and, if any MS of the batch is not done, the failure
+report and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from dp3batch.books.layout import RECORD_NAME, OutputLayout
+from dp3batch.books.records import refresh_record_checks
+from dp3batch.books.task_result import TaskResult, results_from_json
+from dp3batch.config.errors import ConfigError
+from dp3batch.config.validation import validate_config
+from dp3batch.dask_stage.interrupts import forward_interrupts_to_batch
+from dp3batch.dp3.install import DP3Error
+from dp3batch.dp3.wrapper import aoflagger_strategy_warning
+from dp3batch.inputs.demo_data import ensure_demo_data
+from dp3batch.planning.parallel import PlanningProcessLost
+from dp3batch.planning.plan import (
+    Plan,
+    all_measurement_sets,
+    batch_id,
+    batch_specification,
+    describe_pending,
+    make_plan,
+)
+from dp3batch.report.batch_report import ReportFiles
+from dp3batch.report.summary import Summary, SummaryRow, records_digest
+from dp3batch.rule_layer.flags import (
+    CommandLineFlags,
+    all_forced,
+    changed_outputs,
+    command_line_flags,
+)
+
+# What the batch wildcard matches when this run has no batch to make.
+NO_BATCH = "no batch to process"
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+@dataclass
+class Run:
+    """This run: its config, Snakemake's flags, the plan, and the batch it makes (if any)."""
+
+    config: dict[str, Any]
+    flags: CommandLineFlags
+    plan: Plan
+    layout: OutputLayout
+    # This run's batch: set when MSs are pending and the run processes them.
+    batch: str | None
+
+    @classmethod
+    def start(cls, config: dict[str, Any], argv: list[str]) -> Run:
+        """Validate the config and plan; a problem ends the run here with one message."""
+        flags = command_line_flags(argv)
+        plan = _plan_or_exit(config, flags)
+        _say(describe_pending(plan))
+        warning = aoflagger_strategy_warning(config.get("dp3_executable"), plan.parameters)
+        if warning:
+            _say(f"Warning: {warning}")
+        processes = bool(plan.pending) and not flags.report and flags.list_changes is None
+        run = cls(config, flags, plan, OutputLayout(plan.output_dir), None)
+        if processes:
+            run.batch = batch_id(plan)
+        if flags.list_changes is not None:
+            # `--list-changes KIND`: the MS outputs pending for that kind of change, no jobs.
+            for changed in changed_outputs(plan, flags.list_changes):
+                print(changed)
+        if not plan.pending and not flags.report:
+            run._refresh_books()
+        return run
+
+    # --- what the rules ask ---------------------------------------------------------
+
+    @property
+    def summary(self) -> Summary:
+        return Summary(self.layout, all_measurement_sets(self.plan))
+
+    def described_batch(self) -> str | None:
+        """The batch the report describes: this run's, else the last one that ran."""
+        if self.batch:
+            return self.batch
+        markers = sorted(self.layout.batches_dir.glob("*.json"))
+        return markers[-1].stem if markers else None
+
+    @property
+    def batch_pattern(self) -> str:
+        """What `{batch}` may be: this run's batch; for `--report`, the last batch's files are
+        the central rule's outputs (so that the report finds them), never remade."""
+        if self.batch:
+            return self.batch
+        return (self.flags.report and self.described_batch()) or NO_BATCH
+
+    def batch_marker(self, batch: str) -> str:
+        """The central job's output: the result of every MS of one batch (failures too)."""
+        return str(self.layout.batch_result(batch))
+
+    def batch_log(self, batch: str) -> str:
+        return str(self.layout.batch_log(batch))
+
+    def report_files(self, batch: str) -> dict[str, str]:
+        """The report of one batch (a directory of its own: no two runs share a file)."""
+        return ReportFiles(self.layout.report_dir(batch)).as_dict()
+
+    def batch_specification(self, batch: str) -> dict[str, Any]:
+        """Plain JSON (Snakemake pickles `params:`); the central job parses it once."""
+        return batch_specification(self.plan, self.config, batch).to_json()
+
+    def final_output(self) -> list[str]:
+        """This run's batch (checked) and its report; with nothing to process, files that
+        exist (the last report, else the completion records), so Snakemake has nothing to do."""
+        if self.flags.list_changes is not None:
+            return []
+        batch = self.described_batch()
+        if self.flags.report:
+            return list(self.report_files(batch).values()) if batch else []
+        if self.batch:
+            return [self.batch_marker(self.batch), *self.report_files(self.batch).values()]
+        if batch:
+            # Every record exists (nothing is pending): the last report stands for them, and
+            # Snakemake need not check thousands of files.
+            return list(self.report_files(batch).values())
+        return [str(ms.output / RECORD_NAME) for ms in self.plan.measurement_sets]
+
+    # --- the hooks ------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Ctrl-C, SIGTERM and SIGHUP stop the central job (and its DP3s) first."""
+        if self.batch:
+            forward_interrupts_to_batch(self.layout.batch_pid(self.batch))
+
+    def on_success(self) -> None:
+        """The central job has written the summary from the records (rebuilt here only if it
+        could not); the run fails, with the failure report last, unless every MS is done."""
+        marker = Path(self.batch_marker(self.batch)) if self.batch else None
+        rows = self.summary.rows_written_since(marker) if marker else None
+        if rows:
+            self._announce(rows)
+        else:
+            rows = self._write_summary()
+        _release_snakemake_timers()
+        if not all(row.status.complete for row in rows):
+            self._report_failure()
+            sys.exit(1)
+
+    def on_error(self) -> None:
+        """A failed or interrupted run: the status of every MS, then the failure report."""
+        self._write_summary()
+        _release_snakemake_timers()
+        self._report_failure()
+
+    # --- the verdict ----------------------------------------------------------------
+
+    def _batch_results(self) -> list[TaskResult]:
+        marker = Path(self.batch_marker(self.batch)) if self.batch else None
+        if marker is None or not marker.is_file():
+            return []
+        import json
+
+        return results_from_json(json.loads(marker.read_text()), str(marker))
+
+    def _write_summary(self) -> list[SummaryRow]:
+        """From the completion records on disk and this run's batch result, if any."""
+        names = {ms.name for ms, _ in self.plan.pending} if self.batch else set()
+        rows, problem = self.summary.write(self._batch_results(), names, self.plan.planned_at)
+        if problem:
+            _say(f"Error: {problem}")
+        self._announce(rows)
+        return rows
+
+    def _announce(self, rows: list[SummaryRow]) -> None:
+        """The run's closing line: how many MSs are complete, and where to look."""
+        done = sum(1 for row in rows if row.status.complete)
+        _say(
+            f"\n{done} of {len(rows)} MS(s) complete in {self.plan.output_dir}/"
+            f" (status of each: {self.layout.summary_tsv};"
+            f" HTML report: {self.flags.command('--report', 'report.html')})"
+        )
+
+    def _report_failure(self) -> None:
+        """The batch's failure report, printed once, below Snakemake's own messages."""
+        if self.layout.failures.is_file():
+            _say(f"\n{self.layout.failures.read_text()}")
+
+    def _refresh_books(self) -> None:
+        """No job will run, so no `onsuccess` either: the summary is refreshed here, only
+        when the records changed since it was written (a dry run changes nothing true), and
+        so is what the next rerun checks of each record."""
+        measurement_sets = all_measurement_sets(self.plan)
+        digest = records_digest(measurement_sets)
+        problem = self.summary.refresh(digest)
+        if problem:
+            _say(f"Error: {problem}")
+        refresh_record_checks(
+            self.layout.record_checks, [Path(ms.output) for ms in measurement_sets], digest
+        )
+
+
+def _plan_or_exit(config: dict[str, Any], flags: CommandLineFlags) -> Plan:
+    try:
+        # First: one message naming the offending key, before any work.
+        validated = validate_config(config)
+        ensure_demo_data(config)
+        return make_plan(
+            config,
+            # -F, -R process_measurement_sets: every MS is processed again.
+            force=all_forced(flags.forceall, flags.forcerun),
+            validated=validated,
+            inspect_inputs=not flags.processes_nothing,
+            check_parameters=not (flags.report or flags.list_changes is not None),
+        )
+    except (ConfigError, DP3Error, PlanningProcessLost) as error:
+        _exit(f"Error: {error}")
+    except KeyboardInterrupt:
+        _exit("Interrupted while planning: nothing was processed.")
+
+
+def _exit(message: str) -> NoReturn:
+    sys.exit(message)
+
+
+def _release_snakemake_timers() -> None:
+    """Snakemake re-evaluates its job queue on a `threading.Timer` (1 s) after each
+    submission, and the process cannot exit before that timer fires. When the workflow is
+    done, nothing is left to evaluate: cancel them, a second off every run."""
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
