@@ -22,9 +22,9 @@ run: setup
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
-# Seconds, no DP3 and no dask processes: the pure functions only.
+# Seconds, no DP3 and no dask processes: the pure functions only (tests/unit/).
 test-unit: setup
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest tests/unit
 
 lint: setup
 	$(BIN)/ruff check scripts tests benchmarks

@@ -27,30 +27,21 @@ from dp3batch.testing.harness import (  # noqa: F401  (re-exported for the test 
     wait_until,
 )
 
-# Tests that run the real snakemake, DP3 or dask processes; `make test-unit` leaves them out.
+# tests/e2e/ run the real snakemake, DP3, dask or Slurm processes; tests/unit/ only pure
+# functions (`make test-unit`). The marker follows the path, and a unit test may not take a
+# fixture that starts real processes.
 E2E_FIXTURES = {"workflow", "dask_cluster", "slurm"}
-E2E_MODULES = {
-    "test_calibration_steps",
-    "test_calibration_workflow",
-    "test_dask_stage",
-    "test_fidelity",
-    "test_hand_rerun",
-    "test_hostile_names",
-    "test_interruptions",
-    "test_reference_format_e2e",
-    "test_report",
-    "test_resume",
-    "test_several_hosts",
-    "test_windows",
-    "test_workflow_e2e",
-}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        module = item.module.__name__.rpartition(".")[2]
-        if module in E2E_MODULES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.e2e)
+        elif E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(
+                f"{item.nodeid} starts real processes ({', '.join(E2E_FIXTURES)}): it belongs "
+                "in tests/e2e/"
+            )
         if "slurm" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slurm)
 

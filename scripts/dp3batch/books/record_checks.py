@@ -54,50 +54,92 @@ class RecordCheck:
     input_files: tuple[str, ...] | None
 
 
-# The loaded file: record path -> its entry as read (checked when used, see `known_check`),
-# the lists of file names the entries share, and the records' digest it was written with.
-_KNOWN: dict[str, list[Any]] = {}
-_FILE_LISTS: list[Any] = []
-_CHECKED_FILE_LISTS: dict[int, tuple[str, ...]] = {}
-_loaded_digest: str | None = None
+class KeptChecks:
+    """The file as loaded: record path -> its entry as read (checked when asked, see
+    `check`), the lists of file names the entries share, and the records' digest it was
+    written with. A missing or unreadable file is an empty one."""
 
+    def __init__(
+        self,
+        entries: dict[str, list[Any]] | None = None,
+        file_lists: list[Any] | None = None,
+        digest: str | None = None,
+    ):
+        self._entries = entries or {}
+        self._file_lists = file_lists or []
+        self._checked_file_lists: dict[int, tuple[str, ...]] = {}
+        # The records' digest (summary.records_digest) the file was written with.
+        self.digest = digest
 
-def load_record_checks(path: Path) -> None:
-    """Read the file (forgetting any loaded before); a missing or unreadable one is none."""
-    global _FILE_LISTS, _loaded_digest
-    _KNOWN.clear()
-    _CHECKED_FILE_LISTS.clear()
-    _FILE_LISTS = []
-    _loaded_digest = None
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return
-    if not isinstance(data, dict) or data.get("format") != CHECKS_FORMAT:
-        return
-    entries, file_lists, digest = data.get("entries"), data.get("file_lists"), data.get("digest")
-    if isinstance(entries, dict) and isinstance(file_lists, list):
-        _KNOWN.update(entries)
-        _FILE_LISTS = file_lists
-        _loaded_digest = digest if isinstance(digest, str) else None
+    @classmethod
+    def load(cls, path: Path) -> KeptChecks:
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(data, dict) or data.get("format") != CHECKS_FORMAT:
+            return cls()
+        entries, file_lists = data.get("entries"), data.get("file_lists")
+        digest = data.get("digest")
+        if not isinstance(entries, dict) or not isinstance(file_lists, list):
+            return cls()
+        return cls(entries, file_lists, digest if isinstance(digest, str) else None)
 
-
-def loaded_digest() -> str | None:
-    """The records' digest (summary.records_digest) the loaded file was written with."""
-    return _loaded_digest
-
-
-def known_check(record_path: str, identity: Identity) -> RecordCheck | None:
-    """The check kept for this record file, if it was kept for this very identity."""
-    entry = _KNOWN.get(record_path)
-    if entry is None:
-        return None
-    try:
-        if tuple(entry[:5]) != identity:
+    def check(self, record_path: str, identity: Identity) -> RecordCheck | None:
+        """The check kept for this record file, if it was kept for this very identity."""
+        entry = self._entries.get(record_path)
+        if entry is None:
             return None
-        return _check_from_entry(entry[5:])
-    except (TypeError, ValueError, IndexError):  # not an entry this version wrote
-        return None
+        try:
+            if tuple(entry[:5]) != identity:
+                return None
+            return self._check_from_entry(entry[5:])
+        except (TypeError, ValueError, IndexError):  # not an entry this version wrote
+            return None
+
+    def _check_from_entry(self, entry: list[Any]) -> RecordCheck:
+        (
+            input_path,
+            windows,
+            required_files,
+            parameters_fingerprint,
+            extra_inputs_fingerprint,
+            dp3_version,
+            telescope,
+            output_fingerprint,
+            output_files,
+            input_fingerprint,
+            input_files,
+        ) = entry
+        check = RecordCheck(
+            input=input_path,
+            windows=windows,
+            required_files=None if required_files is None else tuple(required_files),
+            parameters_fingerprint=parameters_fingerprint,
+            extra_inputs_fingerprint=extra_inputs_fingerprint,
+            dp3_version=dp3_version,
+            telescope=telescope,
+            output_fingerprint=output_fingerprint,
+            output_files=self._file_list(output_files),
+            input_fingerprint=input_fingerprint,
+            input_files=self._file_list(input_files),
+        )
+        _check_types(check)
+        return check
+
+    def _file_list(self, index: int | None) -> tuple[str, ...] | None:
+        if index is None:
+            return None
+        files = self._checked_file_lists.get(index)
+        if files is None:
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                raise ValueError("not a file list")
+            files = tuple(self._file_lists[index])
+            if not set(map(type, files)) <= {str}:
+                raise ValueError("not a list of names")
+            # Checked once: thousands of entries share it.
+            self._checked_file_lists[index] = files
+        return files
 
 
 @contextlib.contextmanager
@@ -161,52 +203,6 @@ def _checks_json(checks: Iterable[tuple[str, Identity, RecordCheck]], digest: st
         "entries": entries,
     }
     return json.dumps(data, separators=(",", ":"))
-
-
-def _check_from_entry(entry: list[Any]) -> RecordCheck:
-    (
-        input_path,
-        windows,
-        required_files,
-        parameters_fingerprint,
-        extra_inputs_fingerprint,
-        dp3_version,
-        telescope,
-        output_fingerprint,
-        output_files,
-        input_fingerprint,
-        input_files,
-    ) = entry
-    check = RecordCheck(
-        input=input_path,
-        windows=windows,
-        required_files=None if required_files is None else tuple(required_files),
-        parameters_fingerprint=parameters_fingerprint,
-        extra_inputs_fingerprint=extra_inputs_fingerprint,
-        dp3_version=dp3_version,
-        telescope=telescope,
-        output_fingerprint=output_fingerprint,
-        output_files=_file_list(output_files),
-        input_fingerprint=input_fingerprint,
-        input_files=_file_list(input_files),
-    )
-    _check_types(check)
-    return check
-
-
-def _file_list(index: int | None) -> tuple[str, ...] | None:
-    if index is None:
-        return None
-    files = _CHECKED_FILE_LISTS.get(index)
-    if files is None:
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise ValueError("not a file list")
-        files = tuple(_FILE_LISTS[index])
-        if not set(map(type, files)) <= {str}:
-            raise ValueError("not a list of names")
-        # Checked once: thousands of entries share it.
-        _CHECKED_FILE_LISTS[index] = files
-    return files
 
 
 _TEXT = (

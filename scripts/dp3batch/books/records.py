@@ -21,10 +21,9 @@ from dp3batch.books.fingerprints import input_unchanged, output_unchanged
 from dp3batch.books.layout import PARSET_NAME, RECORD_NAME, ms_log_file
 from dp3batch.books.record_checks import (
     Identity,
+    KeptChecks,
     RecordCheck,
     file_identity,
-    known_check,
-    loaded_digest,
     without_collections,
     write_record_checks,
 )
@@ -126,38 +125,12 @@ class CompletionRecord:
         return from_json(cls, data, what)
 
 
-# Parsed records by path, with the identity of the file they were read from (see
+# A store keeps parsed records by path, with the identity of the file they were read from (see
 # record_checks.file_identity): one run reads each record up to three times (pending reason,
 # telescope, summary). A rewritten record is a new file (write_record renames); one edited in
 # place gets a new change time, but file times tick coarsely (milliseconds), so only records
 # older than SETTLED_NS are kept. The records are frozen, so every reader shares the one parsed.
 SETTLED_NS = 2_000_000_000
-_RECORDS: dict[str, tuple[Identity, CompletionRecord | None]] = {}
-
-
-def read_record(output: Path | str) -> CompletionRecord | None:
-    """The completion record of an output, or None if there is none or it is unreadable
-    (not JSON, another format, or a field that does not fit: the output is then pending)."""
-    found = _read_record_file(os.path.join(output, RECORD_NAME))
-    return None if found is None else found[1]
-
-
-def _read_record_file(path: str) -> tuple[Identity, CompletionRecord | None] | None:
-    """The record at `path` and the identity of the file it was read from; None if there
-    is no file to read."""
-    try:
-        with open(path) as handle:
-            stat = os.fstat(handle.fileno())
-            identity = file_identity(stat)
-            cached = _RECORDS.get(path)
-            if cached is not None and cached[0] == identity:
-                return cached
-            record = _parse_record(handle.read(), path)
-            if _settled(stat):
-                _RECORDS[path] = (identity, record)
-            return identity, record
-    except (OSError, ValueError):  # ValueError: not text (UnicodeDecodeError)
-        return None
 
 
 def _settled(stat: os.stat_result) -> bool:
@@ -166,66 +139,108 @@ def _settled(stat: os.stat_result) -> bool:
     return time.time_ns() - stat.st_mtime_ns > SETTLED_NS
 
 
-def read_check(output: Path | str) -> RecordCheck | None:
-    """What the up-to-date check needs of an output's record: kept from an earlier run while
-    the record's file is unchanged (see record_checks), else read from the record."""
-    path = os.path.join(output, RECORD_NAME)
-    try:
-        identity = file_identity(os.stat(path))
-    except OSError:
-        return None
-    check = known_check(path, identity)
-    if check is not None:
-        return check
-    found = _read_record_file(path)
-    record = None if found is None else found[1]
-    return None if record is None else record.check()
+class RecordStore:
+    """The completion records of one run's outputs, as this run reads them: each parsed
+    record is kept while its file keeps its identity (and had settled when read), and what
+    the last run kept of each record (`KeptChecks`, `.record-checks.json`) is trusted while
+    the record's file is unchanged. Planning builds it and passes it to whatever reads
+    records; the processes planning forks inherit it."""
 
+    def __init__(self, kept: KeptChecks | None = None):
+        self.kept = kept or KeptChecks()
+        self._parsed: dict[str, tuple[Identity, CompletionRecord | None]] = {}
 
-def refresh_record_checks(
-    checks_file: Path, outputs: Iterable[Path | str], digest: str | None = None
-) -> None:
-    """Keep the checks of these outputs' records for the next run (`checks_file`, as read by
-    `load_record_checks` before this run's pass), rewriting the file only if a record is
-    new or changed since. Records that have not settled yet are left to a later run.
+    @classmethod
+    def load(cls, checks_file: Path) -> RecordStore:
+        """A store that trusts what the last run kept in `checks_file`."""
+        return cls(KeptChecks.load(checks_file))
 
-    `digest`: the records' digest (summary.records_digest), if known: when the file was
-    written with the same, no record changed since, and nothing is looked at."""
-    if digest is not None and digest == loaded_digest():
-        return
-    with without_collections():
-        _refresh_record_checks(checks_file, outputs, digest)
+    def record(self, output: Path | str) -> CompletionRecord | None:
+        """The completion record of an output, or None if there is none or it is unreadable
+        (not JSON, another format, or a field that does not fit: the output is then
+        pending)."""
+        found = self._read(os.path.join(output, RECORD_NAME))
+        return None if found is None else found[1]
 
-
-def _refresh_record_checks(
-    checks_file: Path, outputs: Iterable[Path | str], digest: str | None
-) -> None:
-    current: list[tuple[str, Identity, RecordCheck]] = []
-    changed = False
-    for output in outputs:
+    def check(self, output: Path | str) -> RecordCheck | None:
+        """What the up-to-date check needs of an output's record: kept from an earlier run
+        while the record's file is unchanged, else read from the record."""
         path = os.path.join(output, RECORD_NAME)
         try:
-            stat = os.stat(path)
+            identity = file_identity(os.stat(path))
         except OSError:
-            continue
-        identity = file_identity(stat)
-        check = known_check(path, identity)
+            return None
+        check = self.kept.check(path, identity)
         if check is not None:
-            current.append((path, identity, check))
-            continue
-        if not _settled(stat):
-            digest = None  # not the state of every record kept: the next run looks again
-            continue
-        # Usually parsed already, by this run's summary: no need to open it again.
-        found = _RECORDS.get(path)
-        if found is None or found[0] != identity:
-            found = _read_record_file(path)
-        if found is not None and found[1] is not None and found[0] == identity:
-            current.append((path, identity, found[1].check()))
-            changed = True
-    # A digest not yet noted is worth the write: the next run with the same looks at nothing.
-    if changed or digest is not None:
-        write_record_checks(checks_file, current, digest)
+            return check
+        found = self._read(path)
+        record = None if found is None else found[1]
+        return None if record is None else record.check()
+
+    def _read(self, path: str) -> tuple[Identity, CompletionRecord | None] | None:
+        """The record at `path` and the identity of the file it was read from; None if
+        there is no file to read."""
+        try:
+            with open(path) as handle:
+                stat = os.fstat(handle.fileno())
+                identity = file_identity(stat)
+                cached = self._parsed.get(path)
+                if cached is not None and cached[0] == identity:
+                    return cached
+                record = _parse_record(handle.read(), path)
+                if _settled(stat):
+                    self._parsed[path] = (identity, record)
+                return identity, record
+        except (OSError, ValueError):  # ValueError: not text (UnicodeDecodeError)
+            return None
+
+    def keep_checks(
+        self, checks_file: Path, outputs: Iterable[Path | str], digest: str | None = None
+    ) -> None:
+        """Keep the checks of these outputs' records for the next run (`checks_file`),
+        rewriting the file only if a record is new or changed since it was loaded. Records
+        that have not settled yet are left to a later run.
+
+        `digest`: the records' digest (summary.records_digest), if known: when the file was
+        written with the same, no record changed since, and nothing is looked at."""
+        if digest is not None and digest == self.kept.digest:
+            return
+        with without_collections():
+            self._keep_checks(checks_file, outputs, digest)
+
+    def _keep_checks(
+        self, checks_file: Path, outputs: Iterable[Path | str], digest: str | None
+    ) -> None:
+        current: list[tuple[str, Identity, RecordCheck]] = []
+        changed = False
+        for output in outputs:
+            path = os.path.join(output, RECORD_NAME)
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue
+            identity = file_identity(stat)
+            check = self.kept.check(path, identity)
+            if check is not None:
+                current.append((path, identity, check))
+                continue
+            if not _settled(stat):
+                digest = None  # not the state of every record kept: the next run looks again
+                continue
+            # Usually parsed already, by this run's summary: no need to open it again.
+            found = self._read(path)
+            if found is not None and found[1] is not None and found[0] == identity:
+                current.append((path, identity, found[1].check()))
+                changed = True
+        # A digest not yet noted is worth the write: the next run with the same looks at
+        # nothing.
+        if changed or digest is not None:
+            write_record_checks(checks_file, current, digest)
+
+
+def read_record(output: Path | str) -> CompletionRecord | None:
+    """One output's record, read on its own (nothing is kept)."""
+    return RecordStore().record(output)
 
 
 def _parse_record(text: str, path: str) -> CompletionRecord | None:
@@ -252,9 +267,11 @@ def missing_required_files(output: Path, record: CompletionRecord | RecordCheck)
     return [name for name in record.required_files or () if not (output / name).exists()]
 
 
-def pending_reason(input_ms: Path, output: Path, expected: Expectation) -> str | None:
+def pending_reason(
+    input_ms: Path, output: Path, expected: Expectation, store: RecordStore
+) -> str | None:
     """Why an MS must be (re)processed, or None when its output is complete and up to date."""
-    check = read_check(output)
+    check = store.check(output)
     if check is None:
         # Only now is the output's existence asked: up-to-date outputs need no extra stat.
         return "incomplete" if os.path.exists(output) else "missing"

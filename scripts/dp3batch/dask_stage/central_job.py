@@ -26,7 +26,7 @@ from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.codec import ContractError
 from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
 from dp3batch.books.layout import OutputLayout, leftover_owner, ms_log_file
-from dp3batch.books.records import Expectation, pending_reason, read_record
+from dp3batch.books.records import Expectation, RecordStore, pending_reason
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_to_json
 from dp3batch.dask_stage.cluster import (
@@ -163,7 +163,7 @@ def _known_outputs(batch: BatchSpec) -> set[str]:
     return names | {Path(ms.output).name for ms in batch.measurement_sets}
 
 
-def still_pending(batch: BatchSpec) -> tuple[list[PendingMS], list[str]]:
+def still_pending(batch: BatchSpec, store: RecordStore) -> tuple[list[PendingMS], list[str]]:
     """The batch's MSs that are still pending now that the lock is held, and the names of
     those another run completed while this one waited (an up-to-date record finished after
     this batch was planned: an MS forced with -F is not dropped for its older record)."""
@@ -176,10 +176,10 @@ def still_pending(batch: BatchSpec) -> tuple[list[PendingMS], list[str]]:
     for ms in batch.measurement_sets:
         fingerprint = ms.parameters_fingerprint or batch.parameters_fingerprint
         own = replace(expected, parameters_fingerprint=fingerprint)
-        record = read_record(Path(ms.output))
+        record = store.record(ms.output)
         finished = record.finished if record is not None else ""
         if finished >= batch.planned_at and (
-            pending_reason(Path(ms.input), Path(ms.output), own) is None
+            pending_reason(Path(ms.input), Path(ms.output), own, store) is None
         ):
             completed.append(ms.name)
         else:
@@ -194,6 +194,8 @@ class BatchRun:
         self.batch = batch
         self.layout = OutputLayout(Path(batch.output_dir))
         self.results: dict[str, TaskResult] = {}
+        # The records this batch reads: each is parsed once while its file is unchanged.
+        self.store = RecordStore()
         self.total = len(batch.measurement_sets)
         self.started = time.monotonic()
         self.report_files = ReportFiles(self.layout.report_dir(batch.batch_id))
@@ -215,7 +217,7 @@ class BatchRun:
             for directory in (layout.output_dir, Path(batch.log_dir)):
                 for probe in directory.glob(f"{PROBE_PREFIX}*"):  # of a path check cut short
                     probe.unlink(missing_ok=True)
-            pending, completed = still_pending(batch)
+            pending, completed = still_pending(batch, self.store)
             for name in completed:
                 log.info("%s: completed by another run meanwhile; not processed again", name)
             if not pending:
@@ -268,14 +270,15 @@ class BatchRun:
         return results
 
     def _from_record(self, ms: PendingMS) -> TaskResult | None:
-        record = read_record(Path(ms.output))
+        record = self.store.record(ms.output)
         if record is None or record.finished < self.batch.planned_at:
             return None
         return TaskResult.from_record(record, ms_log_file(self.batch.log_dir, ms.name))
 
     def write_reports(self, results: list[TaskResult]) -> None:
         """The summary of every MS (from the records on disk) and this batch's report."""
-        rows, problem = Summary(self.layout, self.batch.all_measurement_sets).write(
+        summary = Summary(self.layout, self.batch.all_measurement_sets, self.store)
+        rows, problem = summary.write(
             results, {ms.name for ms in self.batch.measurement_sets}, self.batch.planned_at
         )
         if problem:

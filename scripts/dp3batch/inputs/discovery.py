@@ -18,9 +18,9 @@ from dp3batch.inputs.windows import (
 
 
 @dataclass(frozen=True)
-class MeasurementSet:
+class WorkItem:
     """One work item: an input MS (or one spectral window of it, `band`) and where its
-    output goes; all paths absolute."""
+    output goes; all paths absolute. (The MS itself is read in `tables`.)"""
 
     name: str
     input: Path
@@ -226,7 +226,7 @@ def check_name(path: Path | str) -> None:
 
 def discover_measurement_sets(
     patterns: list[str], output_dir: str | Path, base_dir: str | Path = "."
-) -> list[MeasurementSet]:
+) -> list[WorkItem]:
     """All inputs as MeasurementSet records, after the checks that need no table opened
     (`per_window_items` then makes an item of each window of an MS of several)."""
     base = os.path.abspath(base_dir)
@@ -261,12 +261,11 @@ def discover_measurement_sets(
     for name in by_name:
         _check_output_not_link(os.path.join(output, f"{name}.ms"))
     return [
-        MeasurementSet(name, Path(path), Path(output, f"{name}.ms"))
-        for name, path in by_name.items()
+        WorkItem(name, Path(path), Path(output, f"{name}.ms")) for name, path in by_name.items()
     ]
 
 
-def check_output_not_link(ms: MeasurementSet) -> None:
+def check_output_not_link(ms: WorkItem) -> None:
     _check_output_not_link(ms.output)
 
 
@@ -278,13 +277,13 @@ def _check_output_not_link(output: Path | str) -> None:
         )
 
 
-def window_items(ms: MeasurementSet, windows: Windows) -> list[MeasurementSet]:
+def window_items(ms: WorkItem, windows: Windows) -> list[WorkItem]:
     """The work items of one MS: itself when it has one band, else one per band, named
     `NAME_spw<band>` with the output `NAME_spw<band>.ms` beside where `NAME.ms` would be."""
     if not windows.several:
         return [replace(ms, band=windows.band_of_single())]
     return [
-        MeasurementSet(
+        WorkItem(
             window_name(ms.name, band),
             ms.input,
             ms.output.with_name(f"{window_name(ms.name, band)}.ms"),

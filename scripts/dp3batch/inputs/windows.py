@@ -24,7 +24,7 @@ from typing import Any
 
 from dp3batch.books.fingerprints import input_fingerprint, input_unchanged, tree_unchanged
 from dp3batch.books.record_checks import RecordCheck
-from dp3batch.books.records import read_check
+from dp3batch.books.records import RecordStore
 from dp3batch.config.errors import ConfigError
 from dp3batch.inputs.tables import open_subtable, write_lock_holder
 
@@ -142,12 +142,12 @@ def outputs_by_name(output_dir: Path, names: set[str]) -> dict[str, list[Path]]:
     return found
 
 
-def known_windows(input_path: Path, outputs: list[Path]) -> Windows | None:
+def known_windows(input_path: Path, outputs: list[Path], store: RecordStore) -> Windows | None:
     """The windows of an MS: from a completion record of one of its outputs while it holds,
     else read from the MS (None when another process holds it locked for writing: it stays
     one item, whose task then fails alone, naming the lock)."""
     for output in outputs:
-        windows = windows_from_record(read_check(output), input_path)
+        windows = windows_from_record(store.check(output), input_path)
         if windows is not None:
             return windows
     if write_lock_holder(input_path) is not None:

@@ -24,8 +24,8 @@ Answer = TypeVar("Answer")
 ITEMS_PER_PROCESS = 200
 MAX_PROCESSES = 16
 
-# What the forked children run: set just before they are forked, cleared after.
-_work: tuple[Callable[[Any], Any], list[Sequence[Any]]] | None = None
+# In a forked child only: what it runs, handed over by `_receive_work` as it starts.
+_child_work: tuple[Callable[[Any], Any], list[Sequence[Any]]] | None = None
 
 
 class PlanningProcessLost(RuntimeError):
@@ -53,17 +53,20 @@ def map_over_cores(function: Callable[[Item], Answer], items: Sequence[Item]) ->
 
     An exception of `function` is raised here, the first in the items' order (the chunks are
     contiguous and read back in order), as the plain loop would raise it."""
-    global _work
     processes = process_count(len(items), usable_cores(), threading.active_count())
     if processes == 1:
         return [function(item) for item in items]
     size = -(-len(items) // processes)
     chunks = [items[start : start + size] for start in range(0, len(items), size)]
-    _work = (function, chunks)
     try:
+        # Forked: the children receive the work as it is in memory (nothing is pickled but
+        # the chunks' indices and their answers).
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(
-            len(chunks), mp_context=context, initializer=_end_quietly_on_interrupt
+            len(chunks),
+            mp_context=context,
+            initializer=_receive_work,
+            initargs=(function, chunks),
         ) as pool:
             answers = list(pool.map(_run_chunk, range(len(chunks))))
     except BrokenProcessPool:
@@ -71,18 +74,18 @@ def map_over_cores(function: Callable[[Item], Answer], items: Sequence[Item]) ->
             "a process computing part of the plan ended before it answered (interrupted, "
             "killed, or out of memory); run again"
         ) from None
-    finally:
-        _work = None
     return [answer for chunk in answers for answer in chunk]
 
 
-def _end_quietly_on_interrupt() -> None:
-    """In each child: Ctrl-C reaches the whole process group; the parent reports it (once),
-    a child just ends, without a traceback of its own."""
+def _receive_work(function: Callable[[Any], Any], chunks: list[Sequence[Any]]) -> None:
+    """In each child as it starts: its work, and Ctrl-C (which reaches the whole process
+    group) ends it quietly: the parent reports it, once."""
+    global _child_work
+    _child_work = (function, chunks)
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 
 def _run_chunk(index: int) -> list[Any]:
-    assert _work is not None, "forked without work"
-    function, chunks = _work
+    assert _child_work is not None, "started without work"
+    function, chunks = _child_work
     return [function(item) for item in chunks[index]]

@@ -22,7 +22,7 @@ from dp3batch.books.batch_spec import MSPaths
 from dp3batch.books.codec import from_json, to_json
 from dp3batch.books.layout import RECORD_NAME, OutputLayout, ms_log_file
 from dp3batch.books.record_checks import without_collections
-from dp3batch.books.records import CompletionRecord, read_record
+from dp3batch.books.records import CompletionRecord, RecordStore
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
 
@@ -136,20 +136,23 @@ def collect_rows(
     log_dir: str | Path,
     batch_names: set[str] | None = None,
     batch_started: str = "",
+    store: RecordStore | None = None,
 ) -> list[SummaryRow]:
     """One row per MS, built from the completion records on disk, so that it is true after
     any fault: an MS of this run's batch (`batch_names`) whose record was finished after
     `batch_started` is done, even if its result was lost with the scheduler or an interrupt;
     a failed result without such a record is failed.
 
-    `measurement_sets` are every MS of the workflow."""
+    `measurement_sets` are every MS of the workflow; `store` reads their records (a new
+    one if not given)."""
+    store = store or RecordStore()
     in_batch = {result.name: result for result in batch_results or []}
     batch_names = set(batch_names or ()) | set(in_batch)
     rows = []
     for ms in measurement_sets:
         result = in_batch.get(ms.name)
         log = ms_log_file(log_dir, ms.name)
-        record = read_record(Path(ms.output))
+        record = store.record(ms.output)
         made_now = record is not None and record.finished >= batch_started
         if record is not None and ms.name in batch_names and made_now:
             rows.append(_row_from(ms, Status.DONE, log, record))
@@ -259,6 +262,7 @@ def refresh_summary(
     json_path: Path,
     tsv_path: Path,
     digest: str | None = None,
+    store: RecordStore | None = None,
 ) -> str | None:
     """The summary of a run with nothing to do, rebuilt only when the records changed since
     it was last written (a digest beside it says which records it was built from).
@@ -268,7 +272,8 @@ def refresh_summary(
     if _read_text(digest_path) == digest and json_path.is_file() and tsv_path.is_file():
         return None
     with without_collections():  # every record parsed: see record_checks
-        problem = write_summary(collect_rows(measurement_sets, [], log_dir), json_path, tsv_path)
+        rows = collect_rows(measurement_sets, [], log_dir, store=store)
+        problem = write_summary(rows, json_path, tsv_path)
     if problem is None:
         with contextlib.suppress(OSError):
             digest_path.write_text(digest)
@@ -278,9 +283,15 @@ def refresh_summary(
 class Summary:
     """The summary of one output directory, over every MS of the workflow."""
 
-    def __init__(self, layout: OutputLayout, measurement_sets: Sequence[MSPaths]):
+    def __init__(
+        self,
+        layout: OutputLayout,
+        measurement_sets: Sequence[MSPaths],
+        store: RecordStore | None = None,
+    ):
         self.layout = layout
         self.measurement_sets = measurement_sets
+        self.store = store or RecordStore()
 
     def write(
         self,
@@ -290,7 +301,12 @@ class Summary:
     ) -> tuple[list[SummaryRow], str | None]:
         """The rows after a batch (see `collect_rows`), written; and a problem, if any."""
         rows = collect_rows(
-            self.measurement_sets, batch_results, self.layout.log_dir, batch_names, batch_started
+            self.measurement_sets,
+            batch_results,
+            self.layout.log_dir,
+            batch_names,
+            batch_started,
+            self.store,
         )
         return rows, write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)
 
@@ -302,6 +318,7 @@ class Summary:
             self.layout.summary_json,
             self.layout.summary_tsv,
             digest,
+            self.store,
         )
 
     def rows_written_since(self, marker: Path) -> list[SummaryRow] | None:

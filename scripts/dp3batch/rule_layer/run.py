@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from dp3batch.books.layout import RECORD_NAME, OutputLayout
-from dp3batch.books.records import refresh_record_checks
 from dp3batch.books.task_result import TaskResult, results_from_json
 from dp3batch.config.errors import ConfigError
 from dp3batch.config.validation import validate_config
@@ -86,7 +85,7 @@ class Run:
 
     @property
     def summary(self) -> Summary:
-        return Summary(self.layout, all_measurement_sets(self.plan))
+        return Summary(self.layout, all_measurement_sets(self.plan), self.plan.store)
 
     def described_batch(self) -> str | None:
         """The batch the report describes: this run's, else the last one that ran."""
@@ -198,13 +197,13 @@ class Run:
         """No job will run, so no `onsuccess` either: the summary is refreshed here, only
         when the records changed since it was written (a dry run changes nothing true), and
         so is what the next rerun checks of each record."""
-        measurement_sets = all_measurement_sets(self.plan)
-        digest = records_digest(measurement_sets)
-        problem = self.summary.refresh(digest)
+        summary = self.summary
+        digest = records_digest(summary.measurement_sets)
+        problem = summary.refresh(digest)
         if problem:
             _say(f"Error: {problem}")
-        refresh_record_checks(
-            self.layout.record_checks, [Path(ms.output) for ms in measurement_sets], digest
+        self.plan.store.keep_checks(
+            self.layout.record_checks, [ms.output for ms in summary.measurement_sets], digest
         )
 
 

@@ -127,16 +127,6 @@ def test_missing_time_slots_pass_the_check_of_the_default_chain(workflow):
     assert {"flagged_aoflagger", "flagged_preflagger"} <= set(header)
 
 
-def test_an_ms_without_the_data_column_dp3_needs_is_refused_up_front(tmp_path):
-    from dp3batch.config.errors import ConfigError
-    from dp3batch.inputs.discovery import check_readable
-
-    corrected_only = make_ms(tmp_path / "c.ms", data_column="CORRECTED_DATA")
-    with pytest.raises(ConfigError, match="has CORRECTED_DATA but no DATA column"):
-        check_readable(corrected_only, "CORRECTED_DATA")
-    check_readable(make_ms(tmp_path / "both.ms", corrected_data=True), "CORRECTED_DATA")
-
-
 def test_only_a_run_that_submits_work_opens_every_pending_input(tmp_path):
     # A dry run lists what would run (10,000 pending inputs would take it minutes to open);
     # the run itself opens each pending input before it submits anything.

@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
 
 # conda-forge names of packages that pip knows under another name.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 _spec = importlib.util.spec_from_file_location(
-    "benchmark", Path(__file__).resolve().parent.parent / "benchmarks" / "benchmark.py"
+    "benchmark", Path(__file__).resolve().parents[2] / "benchmarks" / "benchmark.py"
 )
 benchmark = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(benchmark)

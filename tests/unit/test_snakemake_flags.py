@@ -9,7 +9,7 @@ from conftest import make_ms
 from dp3batch.books.records import Expectation
 from dp3batch.config.steps import Chain
 from dp3batch.dp3.parameters import DP3Parameters
-from dp3batch.inputs.discovery import MeasurementSet
+from dp3batch.inputs.discovery import WorkItem
 from dp3batch.planning.plan import Plan
 from dp3batch.rule_layer.flags import (
     CommandLineFlags,
@@ -72,7 +72,7 @@ def test_all_forced(forceall, forcerun, expected):
 
 def plan_of(directory: Path, pending: dict[str, str], names=("a", "b", "c")) -> Plan:
     sets = [
-        MeasurementSet(name, make_ms(directory / "in" / f"{name}.ms"), directory / f"{name}.ms")
+        WorkItem(name, make_ms(directory / "in" / f"{name}.ms"), directory / f"{name}.ms")
         for name in names
     ]
     return Plan(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from dp3batch.config.errors import ConfigError
 from dp3batch.inputs.discovery import (
-    MeasurementSet,
+    WorkItem,
     check_is_measurement_set,
     check_output_dir,
     discover_measurement_sets,
@@ -79,10 +79,10 @@ def test_discovery_pairs_inputs_with_outputs(tmp_path):
     fake_ms(tmp_path / "data" / "obs_SB000.MS")
     found = discover_measurement_sets(["data/*"], "results", tmp_path)
     assert found == [
-        MeasurementSet(
+        WorkItem(
             "obs_SB000", tmp_path / "data" / "obs_SB000.MS", tmp_path / "results" / "obs_SB000.ms"
         ),
-        MeasurementSet(
+        WorkItem(
             "obs_SB001", tmp_path / "data" / "obs_SB001.ms", tmp_path / "results" / "obs_SB001.ms"
         ),
     ]

@@ -19,13 +19,13 @@ from dp3batch.books.fingerprints import (
     output_tree,
 )
 from dp3batch.books.layout import RECORD_CHECKS_NAME, RECORD_NAME
-from dp3batch.books.record_checks import file_identity, known_check, load_record_checks
+from dp3batch.books.record_checks import file_identity
 from dp3batch.books.records import (
     RECORD_FORMAT,
     Expectation,
+    RecordStore,
     pending_reason,
     read_record,
-    refresh_record_checks,
     write_record,
 )
 from dp3batch.dp3.parameters import parameters_fingerprint
@@ -201,19 +201,20 @@ def test_read_record_sees_a_record_edited_in_place(tmp_path):
     assert read_record(output).dp3_version == "6.7.0"
 
 
-def test_read_record_sees_a_replaced_record_and_shares_a_frozen_one(tmp_path):
+def test_a_store_sees_a_replaced_record_and_shares_a_frozen_one(tmp_path):
     output = tmp_path / "out.ms"
     output.mkdir()
     write_record(output, make_record(dp3_version="6.6.0"))
     _settled(output / RECORD_NAME)
-    first = read_record(output)
+    store = RecordStore()
+    first = store.record(output)
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.dp3_version = "changed by a caller"
-    assert read_record(output) is first  # no copy per read: nobody can change it
+    assert store.record(output) is first  # no copy per read: nobody can change it
     write_record(output, make_record(dp3_version="6.7.0"))
-    assert read_record(output).dp3_version == "6.7.0"
+    assert store.record(output).dp3_version == "6.7.0"
     (output / RECORD_NAME).unlink()
-    assert read_record(output) is None
+    assert store.record(output) is None
 
 
 # --- parameters_fingerprint / extra_inputs_fingerprint ------------------------------------
@@ -320,14 +321,14 @@ def setup(tmp_path, request):
             worker="tcp://127.0.0.1:40000",
         ),
     )
+    store = RecordStore()
     if request.param == "checks kept":
         _settled(output / RECORD_NAME)
         checks_file = tmp_path / "results" / RECORD_CHECKS_NAME
-        refresh_record_checks(checks_file, [output])
-        load_record_checks(checks_file)
-        assert known_check(str(output / RECORD_NAME), _identity(output)) is not None
-        request.addfinalizer(lambda: load_record_checks(tmp_path / "none"))
-    return input_ms, output, expected
+        RecordStore().keep_checks(checks_file, [output])
+        store = RecordStore.load(checks_file)
+        assert store.kept.check(str(output / RECORD_NAME), _identity(output)) is not None
+    return input_ms, output, expected, store
 
 
 def _identity(output: Path):
@@ -335,7 +336,7 @@ def _identity(output: Path):
 
 
 def test_write_record_then_read_record(setup):
-    _, output, _ = setup
+    _, output, _, _ = setup
     record = read_record(output)
     assert json.loads((output / RECORD_NAME).read_text())["format"] == RECORD_FORMAT
     assert record.dp3_version == "6.6.0"
@@ -359,14 +360,14 @@ def test_up_to_date_output_is_not_pending(setup):
 
 
 def test_missing_output_is_pending(tmp_path, setup):
-    input_ms, _, expected = setup
-    assert pending_reason(input_ms, tmp_path / "results" / "b.ms", expected) == "missing"
+    input_ms, _, expected, store = setup
+    assert pending_reason(input_ms, tmp_path / "results" / "b.ms", expected, store) == "missing"
 
 
 def test_output_without_record_is_incomplete(setup):
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     (output / RECORD_NAME).unlink()
-    assert pending_reason(input_ms, output, expected) == "incomplete"
+    assert pending_reason(input_ms, output, expected, store) == "incomplete"
 
 
 @pytest.mark.parametrize(
@@ -393,27 +394,27 @@ def test_output_without_record_is_incomplete(setup):
     ],
 )
 def test_unreadable_or_foreign_record_is_incomplete(setup, content):
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     (output / RECORD_NAME).write_text(content)
     assert read_record(output) is None
-    assert pending_reason(input_ms, output, expected) == "incomplete"
+    assert pending_reason(input_ms, output, expected, store) == "incomplete"
 
 
 def test_binary_garbage_record_is_incomplete(setup):
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     (output / RECORD_NAME).write_bytes(b"\xff\xfe\x00garbage")
-    assert pending_reason(input_ms, output, expected) == "incomplete"
+    assert pending_reason(input_ms, output, expected, store) == "incomplete"
 
 
 def test_output_that_is_a_file_is_incomplete(tmp_path, setup):
-    input_ms, _, expected = setup
+    input_ms, _, expected, store = setup
     output = tmp_path / "results" / "file.ms"
     output.write_text("")
-    assert pending_reason(input_ms, output, expected) == "incomplete"
+    assert pending_reason(input_ms, output, expected, store) == "incomplete"
 
 
 def test_changed_steps_are_pending(setup):
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     changed = Expectation(
         parameters_fingerprint=parameters_fingerprint(
             replaced(PARAMETERS, "averager.timestep", "4"), FILE_KEYS
@@ -421,45 +422,47 @@ def test_changed_steps_are_pending(setup):
         extra_inputs_fingerprint=expected.extra_inputs_fingerprint,
         dp3_version=expected.dp3_version,
     )
-    assert pending_reason(input_ms, output, changed) == "steps changed"
+    assert pending_reason(input_ms, output, changed, store) == "steps changed"
 
 
 def test_changed_extra_inputs_are_pending(setup):
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     changed = Expectation(expected.parameters_fingerprint, "extra-2", expected.dp3_version)
-    assert pending_reason(input_ms, output, changed) == "calibration or sky model file changed"
+    assert (
+        pending_reason(input_ms, output, changed, store) == "calibration or sky model file changed"
+    )
 
 
 def test_changed_dp3_version_is_pending(setup):
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     changed = Expectation(
         expected.parameters_fingerprint, expected.extra_inputs_fingerprint, "6.7.0"
     )
-    assert pending_reason(input_ms, output, changed) == "DP3 changed"
+    assert pending_reason(input_ms, output, changed, store) == "DP3 changed"
 
 
 def test_changed_input_is_pending(setup):
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     bump_mtime(input_ms / "table.f0")
-    assert pending_reason(input_ms, output, expected) == "input changed"
+    assert pending_reason(input_ms, output, expected, store) == "input changed"
 
 
 def test_input_lock_file_change_is_not_pending(setup):
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     (input_ms / "table.lock").write_bytes(b"opened by someone")
     bump_mtime(input_ms / "table.lock")
-    assert pending_reason(input_ms, output, expected) is None
+    assert pending_reason(input_ms, output, expected, store) is None
 
 
 def test_record_of_an_older_version_without_output_fingerprint_is_pending(setup):
     """Fields later versions added are optional: such a record reads, and its output is
     pending for what it lacks."""
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     record = json.loads((output / RECORD_NAME).read_text())
     del record["output_fingerprint"]
     (output / RECORD_NAME).write_text(json.dumps(record))
     assert read_record(output) is not None
-    assert pending_reason(input_ms, output, expected) == "output changed"
+    assert pending_reason(input_ms, output, expected, store) == "output changed"
 
 
 @pytest.mark.parametrize(
@@ -473,9 +476,9 @@ def test_record_of_an_older_version_without_output_fingerprint_is_pending(setup)
     ids=["file deleted", "file truncated", "subtable removed", "file rewritten"],
 )
 def test_damaged_output_is_pending_as_output_changed(setup, damage):
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     damage(output)
-    assert pending_reason(input_ms, output, expected) == "output changed"
+    assert pending_reason(input_ms, output, expected, store) == "output changed"
 
 
 def _rewrite(path: Path) -> None:
@@ -487,15 +490,17 @@ def _rewrite(path: Path) -> None:
 def test_a_file_added_to_an_output_counts_only_for_records_without_file_lists(setup, request):
     """casacore reads no file that its tables do not name, and naming one rewrites a listed
     `table.dat`: a listed record is checked by a stat of its files, no directory listing."""
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     (output / "ANTENNA" / "notes.txt").write_text("looked fine")
     listed = request.node.callspec.params["setup"] != "files not listed"
-    assert pending_reason(input_ms, output, expected) == (None if listed else "output changed")
+    assert pending_reason(input_ms, output, expected, store) == (
+        None if listed else "output changed"
+    )
 
 
 def test_output_record_and_parset_do_not_count_as_output_content(setup):
-    input_ms, output, expected = setup
+    input_ms, output, expected, store = setup
     (output / "dp3.parset").write_text("msin=x\n")
     record = read_record(output)
     write_record(output, dataclasses.replace(record, worker="elsewhere"))
-    assert pending_reason(input_ms, output, expected) is None
+    assert pending_reason(input_ms, output, expected, store) is None

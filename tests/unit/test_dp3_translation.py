@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
@@ -442,19 +441,3 @@ def test_wheel_aoflagger_strategy_for_the_wheels_dp3_py():
 @pytest.mark.parametrize("executable", ["/usr/bin/DP3", "/opt/wrappers/dp3-container.sh"])
 def test_no_wheel_strategy_for_other_executables(executable):
     assert wheel_aoflagger_strategy(executable) is None
-
-
-@pytest.mark.e2e  # runs DP3 once
-def test_the_wheels_version_is_asked_once_then_kept_beside_the_casarc(clean_home):
-    import importlib.util
-
-    from dp3batch.dp3.install import dp3_version
-
-    wheel = Path(sys.executable).parent / "DP3.py"
-    if not wheel.exists() or importlib.util.find_spec("dp3") is None:
-        pytest.fail("the dp3 wheel (requirements.txt) is not installed")
-    first = dp3_version(str(wheel))
-    cache = next(Path(sys.prefix).rglob("dp3-version.json"))
-    assert json.loads(cache.read_text())["version"] == first
-    cache.write_text(cache.read_text().replace(first, "9.9.9"))  # the kept answer is used
-    assert dp3_version(str(wheel)) == "9.9.9"

@@ -11,18 +11,18 @@ import pytest
 from conftest import make_ms
 from contract_examples import make_record
 from dp3batch.books.fingerprints import input_fingerprint, input_tree
-from dp3batch.books.records import CompletionRecord, write_record
+from dp3batch.books.records import CompletionRecord, RecordStore, write_record
 from dp3batch.config.errors import ConfigError
 from dp3batch.config.steps import parse_steps
 from dp3batch.dask_stage.output_check import read_input_grid
 from dp3batch.dp3.parameters import DP3Parameters
 from dp3batch.dp3.translation import chain_parameters
-from dp3batch.inputs.discovery import MeasurementSet, discover_measurement_sets, window_items
+from dp3batch.inputs.discovery import WorkItem, discover_measurement_sets, window_items
 from dp3batch.inputs.tables import read_shape
 from dp3batch.inputs.windows import Windows, read_windows, windows_from_record, windows_record
-from dp3batch.planning.plan import check_selected_band, per_window_items
+from dp3batch.planning.items import check_selected_band, per_window_items
 
-OBS = MeasurementSet("obs", Path("/in/obs.ms"), Path("/out/obs.ms"))
+OBS = WorkItem("obs", Path("/in/obs.ms"), Path("/out/obs.ms"))
 
 
 def test_one_window_keeps_its_name_and_reads_dp3s_default():
@@ -31,15 +31,13 @@ def test_one_window_keeps_its_name_and_reads_dp3s_default():
 
 def test_one_used_window_of_several_descriptions_keeps_its_name_and_names_its_band():
     # DP3 without msin.band would describe the data with DATA_DESCRIPTION row 0's window.
-    assert window_items(OBS, Windows(3, (2,))) == [
-        MeasurementSet("obs", OBS.input, OBS.output, band=2)
-    ]
+    assert window_items(OBS, Windows(3, (2,))) == [WorkItem("obs", OBS.input, OBS.output, band=2)]
 
 
 def test_several_windows_give_one_item_per_band_named_after_it():
     assert window_items(OBS, Windows(3, (0, 2))) == [
-        MeasurementSet("obs_spw0", OBS.input, Path("/out/obs_spw0.ms"), band=0),
-        MeasurementSet("obs_spw2", OBS.input, Path("/out/obs_spw2.ms"), band=2),
+        WorkItem("obs_spw0", OBS.input, Path("/out/obs_spw0.ms"), band=0),
+        WorkItem("obs_spw2", OBS.input, Path("/out/obs_spw2.ms"), band=2),
     ]
 
 
@@ -65,13 +63,18 @@ def inputs(tmp_path_factory) -> Path:
     return directory
 
 
-def _items(base: Path, patterns: list[str]) -> list[MeasurementSet]:
+def _items(base: Path, patterns: list[str]) -> list[WorkItem]:
     output_dir = base / "results"
     return _window_items(discover_measurement_sets(patterns, output_dir, base), output_dir)
 
 
-def _window_items(measurement_sets: list[MeasurementSet], output_dir: Path) -> list[MeasurementSet]:
-    return [item for item, _ in per_window_items(measurement_sets, output_dir, lambda item: None)]
+def _window_items(measurement_sets: list[WorkItem], output_dir: Path) -> list[WorkItem]:
+    return [
+        item
+        for item, _ in per_window_items(
+            measurement_sets, output_dir, RecordStore(), lambda item: None
+        )
+    ]
 
 
 def test_each_window_of_an_ms_of_several_is_an_item(inputs):
@@ -98,7 +101,9 @@ def test_each_item_comes_with_its_answer_found_in_the_same_pass(inputs):
     """Planning asks each item's pending reason while the windows are looked up."""
     output_dir = inputs.parent / "results"
     found = discover_measurement_sets(["inputs/*.ms"], output_dir, inputs.parent)
-    answered = per_window_items(found, output_dir, lambda item: (item.name, item.band))
+    answered = per_window_items(
+        found, output_dir, RecordStore(), lambda item: (item.name, item.band)
+    )
     assert [answer for _, answer in answered] == [(item.name, item.band) for item, _ in answered]
     assert [answer for _, answer in answered] == [
         ("one", None),
@@ -194,9 +199,9 @@ def test_the_output_check_reads_one_band_of_rows_sorted_by_time(inputs):
 def test_a_band_the_steps_select_must_have_rows_in_every_ms(inputs):
     found = discover_measurement_sets(["inputs/*.ms"], "results", inputs.parent)
     with pytest.raises(ConfigError) as raised:
-        check_selected_band(found, 1, inputs.parent / "results")
+        check_selected_band(found, 1, inputs.parent / "results", RecordStore())
     assert str(raised.value) == (
         f"steps: MsIn band 1 selects no data of {inputs / 'one.ms'}: its rows are of band(s) "
         "0 (DATA_DESC_ID); choose one of those, or leave `band` out to process every window"
     )
-    check_selected_band(found, 0, inputs.parent / "results")
+    check_selected_band(found, 0, inputs.parent / "results", RecordStore())

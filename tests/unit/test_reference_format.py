@@ -20,7 +20,7 @@ from dp3batch.dp3.translation import chain_parameters
 from snakemake.utils import validate as snakemake_validate
 from test_config import config_with_steps
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 REFERENCE_CONFIG_TEXT = """\
 steps:

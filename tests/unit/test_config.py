@@ -11,7 +11,7 @@ from dp3batch.config.errors import ConfigError
 from dp3batch.config.steps import STEP_TYPES, Step, parse_steps
 from dp3batch.config.validation import coerce_scheduler, validate_config
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPOSITORY / "config" / "config.yaml"
 
 BPP_CONFIG_TEXT = """\

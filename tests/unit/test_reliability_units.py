@@ -24,7 +24,6 @@ from dp3batch.dask_stage.execution import exit_description
 from dp3batch.dask_stage.task import Task
 from dp3batch.dp3.parset import literal, parset_text
 from dp3batch.inputs.discovery import discover_measurement_sets
-from dp3batch.inputs.tables import write_lock_holder
 from dp3batch.report.summary import SummaryRow, rows_written_since, write_summary
 
 
@@ -181,33 +180,6 @@ def test_largest_first_is_stable_for_equal_sizes():
 
 
 # --- locks ----------------------------------------------------------------------------------
-
-
-@pytest.mark.e2e
-def test_a_write_lock_held_by_another_process_is_seen_without_waiting(tmp_path):
-    from dp3batch.testing.synthetic_ms import SyntheticMSSpec, generate_measurement_set
-
-    ms = generate_measurement_set(tmp_path / "a.ms", SyntheticMSSpec(n_times=10, n_channels=8))
-    assert write_lock_holder(ms) is None
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\nfrom casacore import tables\n"
-            "t = tables.table(sys.argv[1], readonly=False, lockoptions='permanent', ack=False)\n"
-            "print('locked', flush=True)\ntime.sleep(60)\n",
-            str(ms),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        assert write_lock_holder(ms) == holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
-    assert write_lock_holder(ms) is None
 
 
 # --- the batch guard ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dp3batch.config.errors import ConfigError
 from dp3batch.config.steps import parse_steps
 from dp3batch.dask_stage.cluster import local_cluster_size, worker_command
 from dp3batch.dp3.parameters import DP3Parameters
-from dp3batch.inputs.discovery import MeasurementSet
+from dp3batch.inputs.discovery import WorkItem
 from dp3batch.inputs.step_files import check_extra_inputs
 from dp3batch.planning.plan import Plan, batch_id, describe_pending
 
@@ -80,7 +80,7 @@ def test_worker_command_gives_the_process_resource(address):
 def make_plan(tmp_path: Path, names: list[str], pending: dict[str, str]) -> Plan:
     output_dir = tmp_path / "results"
     measurement_sets = [
-        MeasurementSet(name, tmp_path / "data" / f"{name}.ms", output_dir / f"{name}.ms")
+        WorkItem(name, tmp_path / "data" / f"{name}.ms", output_dir / f"{name}.ms")
         for name in names
     ]
     return Plan(

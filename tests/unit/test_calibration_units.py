@@ -15,6 +15,7 @@ from dp3batch.books.fingerprints import (
 )
 from dp3batch.books.records import (
     Expectation,
+    RecordStore,
     missing_required_files,
     pending_reason,
     read_record,
@@ -91,7 +92,7 @@ def completed_output(tmp_path):
 
 def test_output_with_its_required_files_is_complete(completed_output):
     input_ms, output, expected = completed_output
-    assert pending_reason(input_ms, output, expected) is None
+    assert pending_reason(input_ms, output, expected, RecordStore()) is None
 
 
 def test_output_missing_a_required_file_is_incomplete(completed_output):
@@ -99,7 +100,7 @@ def test_output_missing_a_required_file_is_incomplete(completed_output):
     (output / "instrument" / "table.dat").unlink()
     (output / "instrument").rmdir()
     assert missing_required_files(output, read_record(output)) == ["instrument"]
-    assert pending_reason(input_ms, output, expected) == "incomplete"
+    assert pending_reason(input_ms, output, expected, RecordStore()) == "incomplete"
 
 
 # --- sky model files ----------------------------------------------------------------------

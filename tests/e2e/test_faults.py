@@ -327,7 +327,7 @@ def test_record_checks_on_a_full_disk_leave_no_partial_file_and_no_error(tmp_pat
     not an error, and leaves no half-written copy taking space."""
     from contract_examples import make_record
     from dp3batch.books.layout import RECORD_CHECKS_NAME, RECORD_NAME
-    from dp3batch.books.records import refresh_record_checks, write_record
+    from dp3batch.books.records import RecordStore, write_record
 
     small_tmpfs = tmp_path / "small"
     _mount_tmpfs(small_tmpfs, 64 * 1024)
@@ -343,10 +343,10 @@ def test_record_checks_on_a_full_disk_leave_no_partial_file_and_no_error(tmp_pat
             with contextlib.suppress(OSError):
                 while True:
                     filler.write(b"\0" * 512)
-        refresh_record_checks(small_tmpfs / RECORD_CHECKS_NAME, [output], "digest-1")
+        RecordStore().keep_checks(small_tmpfs / RECORD_CHECKS_NAME, [output], "digest-1")
         assert sorted(path.name for path in small_tmpfs.iterdir()) == ["a.ms", "filler"]
         (small_tmpfs / "filler").unlink()
-        refresh_record_checks(small_tmpfs / RECORD_CHECKS_NAME, [output], "digest-1")
+        RecordStore().keep_checks(small_tmpfs / RECORD_CHECKS_NAME, [output], "digest-1")
         assert (small_tmpfs / RECORD_CHECKS_NAME).is_file()  # with room, it is written
     finally:
         subprocess.run(["umount", "-l", str(small_tmpfs)], check=False)
