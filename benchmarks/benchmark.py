@@ -9,7 +9,7 @@ Each case prints its figures and writes benchmarks/results/<case>.json.
 
 - throughput (P1): 8 MSs of 0.2 GB, PreFlagger + AOFlagger + Averager (timestep 2, freqstep
   4): the workflow on its default embedded cluster, the workflow on an external 2 x 1 dask
-  cluster started as README recommends (with its `export DASK_...` line), and an ideal
+  cluster started as docs/clusters.md recommends (with its `export DASK_...` line), and an ideal
   2-slot pool running exactly the DP3 commands the workflow ran.
   Targets: each workflow / pool <= 1.05. With `--reference-venv`, also SKA's batch
   pre-processing pipeline (installed there) on a 2 x 1 cluster of its own dask version.
@@ -318,7 +318,7 @@ def throughput_and_rerun(
         times["pool"].append(run_pool(list(commands.values()), slots=2, dp3_timers=pool_timers)[0])
         dp3_timers["pool"].append(round(statistics.mean(pool_timers), 3))
         shutil.rmtree(scratch / "pool")
-        # Started as README recommends ("Using an existing dask cluster").
+        # Started as docs/clusters.md recommends ("Using an existing dask cluster").
         cluster = external_cluster(scratch / "cluster", environment=quiet_cluster_environment())
         try:
             external = Workflow(scratch / "external")

@@ -1,5 +1,5 @@
 """End to end: the environment's `DP3` command reruns an output by hand from its parset, as
-README says, in a fresh shell with nothing but the environment activated."""
+docs/outputs-and-resume.md says, in a fresh shell with nothing but the environment activated."""
 
 from __future__ import annotations
 

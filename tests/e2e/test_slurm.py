@@ -1,6 +1,6 @@
 """The batch-system recipe against a real Slurm (the `slurm` fixture: slurmctld, slurmd and
 munged from Debian's slurm-wlm, on this machine): `start_jobqueue_cluster.py slurm ...` as
-the README gives it submits real jobs, the workflow runs on their workers, and a cancelled
+docs/clusters.md gives it submits real jobs, the workflow runs on their workers, and a cancelled
 job, a job Slurm can never start and a job that reaches its walltime are each handled."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def worker_jobs(scheduler: str, count: int) -> dict[str, dict]:
 
 @contextlib.contextmanager
 def slurm_workers(slurm, tmp_path: Path, jobs: int) -> Iterator[tuple[Starter, str, dict]]:
-    """The README's command with `jobs` one-core jobs, once their workers have joined:
+    """The command of docs/clusters.md with `jobs` one-core jobs, once their workers have joined:
     the script, the scheduler's address, and worker address → job (see `worker_jobs`)."""
     with Starter(
         slurm,

@@ -16,9 +16,9 @@ def test_the_environment_names_each_setting_as_dask_reads_it():
         assert dask.config.get(key, config=read) == value
 
 
-def test_readme_exports_the_same_settings_before_starting_a_cluster():
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("## Using an existing dask cluster", 1)[1].split("```bash", 1)[1]
+def test_the_cluster_page_exports_the_same_settings_before_starting_a_cluster():
+    page = (REPO / "docs" / "clusters.md").read_text()
+    block = page.split("## Using an existing dask cluster", 1)[1].split("```bash", 1)[1]
     block = block.split("dask scheduler", 1)[0]
     exported = dict(re.findall(r"(DASK_[A-Z_]+)=(\S+)", block))
     assert exported == quiet_cluster_environment()
