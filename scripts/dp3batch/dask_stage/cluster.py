@@ -42,7 +42,7 @@ QUIET_CLUSTER_CONFIG = {
 
 def quiet_cluster_environment() -> dict[str, str]:
     """QUIET_CLUSTER_CONFIG as the environment variables dask reads when a `dask scheduler`
-    or `dask worker` starts (README: "Using an existing dask cluster")."""
+    or `dask worker` starts (docs/clusters.md: "Using an existing dask cluster")."""
     return {
         "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
         for key, value in QUIET_CLUSTER_CONFIG.items()

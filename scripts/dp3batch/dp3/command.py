@@ -3,9 +3,9 @@
 The wheel installs only `DP3.py`, which refuses to start without `OPENBLAS_NUM_THREADS=1`
 and cannot find casacore's measures data on its own. This command (installed by
 `pip install -e .` as a console script, see pyproject.toml) sets the same environment the
-workflow gives DP3 (`dp3.dp3_environment`) and replaces itself with `DP3.py`, so that
-`DP3 results/NAME.ms/dp3.parset` reruns an output by hand as README says, and a signal sent
-to `DP3` reaches DP3 itself.
+workflow gives DP3 (`install.dp3_environment`) and replaces itself with `DP3.py`, so that
+`DP3 results/NAME.ms/dp3.parset` reruns an output by hand (docs/outputs-and-resume.md),
+and a signal sent to `DP3` reaches DP3 itself.
 """
 
 from __future__ import annotations
