@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, DASK, make_inputs, port_open, wait_until
-from dp3batch.dask_stage.central_job import shared_paths, task_for
+from dp3batch.dask_stage.central_job import task_for
+from dp3batch.dask_stage.preflight import shared_paths
 from dp3batch.planning.plan import batch_specification, make_plan
 
 SCHEDULER_PORT = 8786  # each host is its own network namespace: the default port is free

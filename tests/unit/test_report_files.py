@@ -10,9 +10,9 @@ from contract_examples import make_record
 from dp3batch.books.batch_spec import MSPaths
 from dp3batch.books.records import write_record
 from dp3batch.books.status import Status
+from dp3batch.dask_stage.dask_report import DaskPerformanceReport
 from dp3batch.dp3.log import parse_step_times
 from dp3batch.report.batch_report import ReportFiles, write_batch_report
-from dp3batch.report.dask_report import DaskPerformanceReport
 from dp3batch.report.summary import SummaryRow
 
 DONE, FAILED, UP_TO_DATE = Status.DONE, Status.FAILED, Status.UP_TO_DATE

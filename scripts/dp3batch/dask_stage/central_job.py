@@ -16,8 +16,6 @@ import os
 import sys
 import tempfile
 import time
-import zipfile
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,16 +27,8 @@ from dp3batch.books.layout import OutputLayout, leftover_owner, ms_log_file
 from dp3batch.books.records import Expectation, RecordStore, pending_reason
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_to_json
-from dp3batch.dask_stage.cluster import (
-    PROBE_PREFIX,
-    ClusterError,
-    available_cores,
-    check_worker_paths,
-    connect,
-    embedded_cluster,
-    local_cluster_size,
-    wait_for_process_workers,
-)
+from dp3batch.dask_stage.cluster import ClusterError, cluster_client, package_zip
+from dp3batch.dask_stage.dask_report import DaskPerformanceReport, write_no_report
 from dp3batch.dask_stage.dispatch import (
     Dispatch,
     SchedulerLost,
@@ -49,89 +39,17 @@ from dp3batch.dask_stage.dispatch import (
 )
 from dp3batch.dask_stage.interrupts import Interrupted, ignore_interrupts, interruptible
 from dp3batch.dask_stage.lock import BatchError, output_dir_lock
+from dp3batch.dask_stage.preflight import PROBE_PREFIX, preflight
 from dp3batch.dask_stage.task import Task
 from dp3batch.report.batch_report import ReportFiles, write_batch_report
-from dp3batch.report.dask_report import DaskPerformanceReport, write_no_report
 from dp3batch.report.summary import Summary
 
 log = logging.getLogger("dp3batch")
 
 
-def _package_zip(directory: Path) -> Path:
-    """This package as a zip, for workers of an external cluster that do not have it."""
-    package = Path(__file__).resolve().parents[1]
-    archive = directory / "dp3batch.zip"
-    with zipfile.ZipFile(archive, "w") as bundle:
-        for source in sorted(package.rglob("*")):
-            if source.suffix in (".py", ".yaml"):
-                bundle.write(source, f"dp3batch/{source.relative_to(package)}")
-    return archive
-
-
-@contextlib.contextmanager
-def cluster_client(batch: BatchSpec) -> Iterator:
-    scheduler = batch.scheduler
-    if scheduler:
-        with connect(scheduler) as client:
-            yield client
-        return
-    local = batch.local_cluster
-    n_workers, threads = local_cluster_size(
-        available_cores(),
-        len(batch.measurement_sets),
-        local.get("n_workers"),
-        local.get("threads_per_worker"),
-    )
-    log.info("starting an embedded dask cluster: %d worker(s) x %d thread(s)", n_workers, threads)
-    with embedded_cluster(n_workers, threads) as client:
-        yield client
-
-
 def task_for(batch: BatchSpec, ms: PendingMS) -> Task:
     """The task of one MS of a batch (what a worker receives)."""
     return Task.of(batch, ms)
-
-
-def shared_paths(batch: BatchSpec) -> list[tuple[str, str, str]]:
-    """What every worker must see at the same absolute path as this machine, as (what, path,
-    need) for `check_worker_paths`: a sample of the inputs (the first and the last), the
-    files the steps read, DP3, and the output and log directories."""
-    inputs = [ms.input for ms in batch.measurement_sets]
-    paths = [("input MS", path, "read") for path in dict.fromkeys(inputs[:1] + inputs[-1:])]
-    files = batch.parameters.file_parameters()
-    paths += [(f"{key} file", path, "read") for key, path in files]
-    paths.append(("DP3 executable", batch.dp3_executable, "run"))
-    paths.append(("output directory", batch.output_dir, "write"))
-    paths.append(("log directory", batch.log_dir, "write"))
-    return paths
-
-
-def _preflight(client, batch: BatchSpec) -> None:
-    address = batch.scheduler or client.scheduler.address
-    all_workers = wait_for_process_workers(client, address)
-    workers = [worker for worker in all_workers if worker.process_slots >= 1]
-    for worker in all_workers:
-        slots = f"{worker.process_slots:g} DP3 slot(s)" if worker.process_slots else "NO process"
-        log.info("  worker %s: %d thread(s), %s", worker.address, worker.threads, slots)
-    ignored = len(all_workers) - len(workers)
-    if ignored:
-        log.warning('%d worker(s) without the "process" resource will get no DP3 task', ignored)
-    if any(worker.process_slots > 1 for worker in workers):
-        log.warning(
-            'a worker holds "process" > 1: it may run several DP3s at once, each with all of '
-            'its threads (oversubscription); start workers with --resources "process=1"'
-        )
-    dashboard = getattr(client, "dashboard_link", None)
-    if not batch.scheduler:
-        dashboard = f"{dashboard} (loaded when first opened)"
-    log.info(
-        "%d worker(s) can run DP3, %d thread(s) in all; dashboard: %s",
-        len(workers),
-        sum(worker.threads for worker in workers),
-        dashboard,
-    )
-    # Workers on other hosts must see the same files at the same paths (a shared filesystem).
-    check_worker_paths(client, [worker.address for worker in workers], shared_paths(batch))
 
 
 def _progress(done: int, total: int, elapsed: float) -> str:
@@ -226,9 +144,9 @@ class BatchRun:
             guard.write_text("running\n")
             tasks = [task_for(batch, ms) for ms in pending]
             with cluster_client(batch) as client, tempfile.TemporaryDirectory() as scratch:
-                _preflight(client, batch)
+                preflight(client, batch)
                 if batch.scheduler:
-                    client.upload_file(str(_package_zip(Path(scratch))), load=True)
+                    client.upload_file(str(package_zip(Path(scratch))), load=True)
                 dispatch = Dispatch(
                     tasks=tasks,
                     batch_id=batch.batch_id,

@@ -5,24 +5,25 @@ forever)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
-import time
-import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+from dp3batch.books.batch_spec import BatchSpec
+
+log = logging.getLogger("dp3batch")
 
 PROCESS_RESOURCE = "process"
 CONNECT_TIMEOUT_SECONDS = 10
-WORKER_WAIT_SECONDS = 15
-JOINING_GRACE_SECONDS = 3
-PATH_CHECK_SECONDS = 30
 # How long one request to the scheduler may take before it counts as not answering.
 SCHEDULER_ANSWER_SECONDS = 15
 CLOSE_SECONDS = 10
 LOCAL_DASHBOARD_LINK = "http://127.0.0.1:{port}/status"
-PROBE_PREFIX = ".dp3batch-probe-"
 # dask's periodic work that a batch of DP3 child processes has no use for. With its defaults
 # the embedded cluster used 0.8 CPU-seconds more per 20 s of batch, taken from DP3 on a
 # machine whose every core runs one: the statistical profiler samples each worker's threads
@@ -137,38 +138,6 @@ def describe_workers(client, deadline: float = SCHEDULER_ANSWER_SECONDS) -> list
             )
         )
     return workers
-
-
-def wait_for_process_workers(
-    client, address: str, timeout: float = WORKER_WAIT_SECONDS
-) -> list[WorkerInfo]:
-    """Every worker of the scheduler, once one holds the `process` resource (waiting up to
-    `timeout` for it)."""
-    deadline = time.monotonic() + timeout
-    # Workers that are up will not grow a resource: once some are seen, wait only briefly
-    # for others that may still be joining.
-    grace_deadline = None
-    while True:
-        workers = describe_workers(client)
-        if any(worker.process_slots >= 1 for worker in workers):
-            return workers
-        if workers and grace_deadline is None:
-            grace_deadline = time.monotonic() + JOINING_GRACE_SECONDS
-        now = time.monotonic()
-        if now >= deadline or (grace_deadline is not None and now >= grace_deadline):
-            break
-        time.sleep(0.5)
-    if not workers:
-        problem = f"the dask scheduler at {address} has no workers"
-    else:
-        problem = (
-            f"none of the {len(workers)} worker(s) of the dask scheduler at {address} holds "
-            f'the "{PROCESS_RESOURCE}" resource, so no DP3 task could ever start'
-        )
-    raise ClusterError(
-        f"{problem}. Start workers with:\n    {worker_command(address)}\n"
-        'The "process=1" resource makes each worker run one DP3 at a time.'
-    )
 
 
 @contextlib.contextmanager
@@ -295,104 +264,31 @@ def _total_memory() -> int | None:
         return None
 
 
-def check_worker_paths(
-    client,
-    workers: list[str],
-    paths: list[tuple[str, str, str]],
-    timeout: float = PATH_CHECK_SECONDS,
-) -> None:
-    """Every worker must see `paths` as this machine does, before anything is submitted.
+def package_zip(directory: Path) -> Path:
+    """This package as a zip, for workers of an external cluster that do not have it."""
+    package = Path(__file__).resolve().parents[1]
+    archive = directory / "dp3batch.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for source in sorted(package.rglob("*")):
+            if source.suffix in (".py", ".yaml"):
+                bundle.write(source, f"dp3batch/{source.relative_to(package)}")
+    return archive
 
-    `paths` are (what, absolute path, need) with need "read", "run" or "write" (a directory
-    that the worker must be able to write, and that must be the same directory as here: a
-    probe file written here must be visible there). Raises ClusterError naming each worker
-    and path it cannot use, or if the workers do not answer within `timeout` (a hung
-    filesystem blocks a worker)."""
-    token = f"{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
-    probes = []
-    try:
-        for _, path, need in paths:
-            if need == "write":
-                probe = os.path.join(path, token)
-                with open(probe, "w"):
-                    probes.append(probe)
-        checks = [(what, path, need, token) for what, path, need in paths]
-        answers = _run_on_workers(client, _path_problems_function(), workers, checks, timeout)
-    finally:
-        for probe in probes:
-            with contextlib.suppress(OSError):
-                os.unlink(probe)
-    info = call_with_deadline(
-        lambda: client.scheduler_info(n_workers=-1),
-        SCHEDULER_ANSWER_SECONDS,
-        "a request for the workers",
+
+@contextlib.contextmanager
+def cluster_client(batch: BatchSpec) -> Iterator:
+    scheduler = batch.scheduler
+    if scheduler:
+        with connect(scheduler) as client:
+            yield client
+        return
+    local = batch.local_cluster
+    n_workers, threads = local_cluster_size(
+        available_cores(),
+        len(batch.measurement_sets),
+        local.get("n_workers"),
+        local.get("threads_per_worker"),
     )
-    names = {address: worker.get("name") for address, worker in info.get("workers", {}).items()}
-    lines = []
-    bad = 0
-    for address in sorted(answers):
-        answer = answers[address]
-        name = names.get(address)
-        who = f"worker {address}" + (f" ({name})" if name not in (None, address) else "")
-        if isinstance(answer, BaseException):
-            answer = [("the check", "", f"failed: {type(answer).__name__}: {answer}")]
-        bad += bool(answer)
-        lines += [f"  {who}: " + " ".join(filter(None, problem)) for problem in answer]
-    if lines:
-        raise ClusterError(
-            f"{bad} worker(s) cannot use the paths of this batch:\n"
-            + "\n".join(lines)
-            + "\nEvery worker must see the inputs, the output directory and DP3 at the same "
-            "absolute paths as this machine (a shared filesystem, mounted at the same place on "
-            "every host). Fix the mounts on those hosts, or stop those workers."
-        )
-
-
-def _run_on_workers(client, function, workers: list[str], checks, timeout: float) -> dict:
-    """`client.run` with a deadline: a worker stuck on a hung filesystem must not hang us."""
-    try:
-        return call_with_deadline(
-            lambda: client.run(function, checks, workers=workers, on_error="return"),
-            timeout,
-            "the path check",
-        )
-    except SchedulerUnresponsive:
-        raise ClusterError(
-            f"the workers did not finish checking the input and output paths within "
-            f"{timeout:.0f} s: is the shared filesystem hanging on one of their hosts?"
-        ) from None
-    except Exception as error:
-        raise ClusterError(f"cannot check the paths on the workers: {error}") from error
-
-
-def _path_problems_function():
-    """The check that runs on each worker, as a function defined here so that dask pickles it
-    by value: workers of an external cluster cannot import dp3batch before it is uploaded."""
-
-    def path_problems(checks):
-        import os
-        import tempfile
-
-        problems = []
-        for what, path, need, token in checks:
-            if not os.path.exists(path):
-                problems.append((what, path, "does not exist there"))
-            elif need == "read" and not os.access(path, os.R_OK):
-                problems.append((what, path, "is not readable there"))
-            elif need == "run" and not os.access(path, os.X_OK):
-                problems.append((what, path, "is not executable there"))
-            elif need == "write":
-                if not os.path.exists(os.path.join(path, token)):
-                    problems.append(
-                        (what, path, "is another directory there (not the shared filesystem)")
-                    )
-                    continue
-                try:
-                    handle, probe = tempfile.mkstemp(dir=path, prefix=token)
-                    os.close(handle)
-                    os.unlink(probe)
-                except OSError as error:
-                    problems.append((what, path, f"is not writable there ({error.strerror})"))
-        return problems
-
-    return path_problems
+    log.info("starting an embedded dask cluster: %d worker(s) x %d thread(s)", n_workers, threads)
+    with embedded_cluster(n_workers, threads) as client:
+        yield client

@@ -1,0 +1,213 @@
+"""Before anything is submitted: some worker holds the `process` resource (a task whose
+resource no worker holds would wait forever), and every worker that does sees the batch's
+paths as this machine does."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+
+from dp3batch.books.batch_spec import BatchSpec
+from dp3batch.dask_stage.cluster import (
+    PROCESS_RESOURCE,
+    SCHEDULER_ANSWER_SECONDS,
+    ClusterError,
+    SchedulerUnresponsive,
+    WorkerInfo,
+    call_with_deadline,
+    describe_workers,
+    worker_command,
+)
+
+log = logging.getLogger("dp3batch")
+
+WORKER_WAIT_SECONDS = 15
+
+
+JOINING_GRACE_SECONDS = 3
+
+
+PATH_CHECK_SECONDS = 30
+
+
+PROBE_PREFIX = ".dp3batch-probe-"
+
+
+def wait_for_process_workers(
+    client, address: str, timeout: float = WORKER_WAIT_SECONDS
+) -> list[WorkerInfo]:
+    """Every worker of the scheduler, once one holds the `process` resource (waiting up to
+    `timeout` for it)."""
+    deadline = time.monotonic() + timeout
+    # Workers that are up will not grow a resource: once some are seen, wait only briefly
+    # for others that may still be joining.
+    grace_deadline = None
+    while True:
+        workers = describe_workers(client)
+        if any(worker.process_slots >= 1 for worker in workers):
+            return workers
+        if workers and grace_deadline is None:
+            grace_deadline = time.monotonic() + JOINING_GRACE_SECONDS
+        now = time.monotonic()
+        if now >= deadline or (grace_deadline is not None and now >= grace_deadline):
+            break
+        time.sleep(0.5)
+    if not workers:
+        problem = f"the dask scheduler at {address} has no workers"
+    else:
+        problem = (
+            f"none of the {len(workers)} worker(s) of the dask scheduler at {address} holds "
+            f'the "{PROCESS_RESOURCE}" resource, so no DP3 task could ever start'
+        )
+    raise ClusterError(
+        f"{problem}. Start workers with:\n    {worker_command(address)}\n"
+        'The "process=1" resource makes each worker run one DP3 at a time.'
+    )
+
+
+def check_worker_paths(
+    client,
+    workers: list[str],
+    paths: list[tuple[str, str, str]],
+    timeout: float = PATH_CHECK_SECONDS,
+) -> None:
+    """Every worker must see `paths` as this machine does, before anything is submitted.
+
+    `paths` are (what, absolute path, need) with need "read", "run" or "write" (a directory
+    that the worker must be able to write, and that must be the same directory as here: a
+    probe file written here must be visible there). Raises ClusterError naming each worker
+    and path it cannot use, or if the workers do not answer within `timeout` (a hung
+    filesystem blocks a worker)."""
+    token = f"{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
+    probes = []
+    try:
+        for _, path, need in paths:
+            if need == "write":
+                probe = os.path.join(path, token)
+                with open(probe, "w"):
+                    probes.append(probe)
+        checks = [(what, path, need, token) for what, path, need in paths]
+        answers = _run_on_workers(client, _path_problems_function(), workers, checks, timeout)
+    finally:
+        for probe in probes:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    info = call_with_deadline(
+        lambda: client.scheduler_info(n_workers=-1),
+        SCHEDULER_ANSWER_SECONDS,
+        "a request for the workers",
+    )
+    names = {address: worker.get("name") for address, worker in info.get("workers", {}).items()}
+    lines = []
+    bad = 0
+    for address in sorted(answers):
+        answer = answers[address]
+        name = names.get(address)
+        who = f"worker {address}" + (f" ({name})" if name not in (None, address) else "")
+        if isinstance(answer, BaseException):
+            answer = [("the check", "", f"failed: {type(answer).__name__}: {answer}")]
+        bad += bool(answer)
+        lines += [f"  {who}: " + " ".join(filter(None, problem)) for problem in answer]
+    if lines:
+        raise ClusterError(
+            f"{bad} worker(s) cannot use the paths of this batch:\n"
+            + "\n".join(lines)
+            + "\nEvery worker must see the inputs, the output directory and DP3 at the same "
+            "absolute paths as this machine (a shared filesystem, mounted at the same place on "
+            "every host). Fix the mounts on those hosts, or stop those workers."
+        )
+
+
+def _run_on_workers(client, function, workers: list[str], checks, timeout: float) -> dict:
+    """`client.run` with a deadline: a worker stuck on a hung filesystem must not hang us."""
+    try:
+        return call_with_deadline(
+            lambda: client.run(function, checks, workers=workers, on_error="return"),
+            timeout,
+            "the path check",
+        )
+    except SchedulerUnresponsive:
+        raise ClusterError(
+            f"the workers did not finish checking the input and output paths within "
+            f"{timeout:.0f} s: is the shared filesystem hanging on one of their hosts?"
+        ) from None
+    except Exception as error:
+        raise ClusterError(f"cannot check the paths on the workers: {error}") from error
+
+
+def _path_problems_function():
+    """The check that runs on each worker, as a function defined here so that dask pickles it
+    by value: workers of an external cluster cannot import dp3batch before it is uploaded."""
+
+    def path_problems(checks):
+        import os
+        import tempfile
+
+        problems = []
+        for what, path, need, token in checks:
+            if not os.path.exists(path):
+                problems.append((what, path, "does not exist there"))
+            elif need == "read" and not os.access(path, os.R_OK):
+                problems.append((what, path, "is not readable there"))
+            elif need == "run" and not os.access(path, os.X_OK):
+                problems.append((what, path, "is not executable there"))
+            elif need == "write":
+                if not os.path.exists(os.path.join(path, token)):
+                    problems.append(
+                        (what, path, "is another directory there (not the shared filesystem)")
+                    )
+                    continue
+                try:
+                    handle, probe = tempfile.mkstemp(dir=path, prefix=token)
+                    os.close(handle)
+                    os.unlink(probe)
+                except OSError as error:
+                    problems.append((what, path, f"is not writable there ({error.strerror})"))
+        return problems
+
+    return path_problems
+
+
+def shared_paths(batch: BatchSpec) -> list[tuple[str, str, str]]:
+    """What every worker must see at the same absolute path as this machine, as (what, path,
+    need) for `check_worker_paths`: a sample of the inputs (the first and the last), the
+    files the steps read, DP3, and the output and log directories."""
+    inputs = [ms.input for ms in batch.measurement_sets]
+    paths = [("input MS", path, "read") for path in dict.fromkeys(inputs[:1] + inputs[-1:])]
+    files = batch.parameters.file_parameters()
+    paths += [(f"{key} file", path, "read") for key, path in files]
+    paths.append(("DP3 executable", batch.dp3_executable, "run"))
+    paths.append(("output directory", batch.output_dir, "write"))
+    paths.append(("log directory", batch.log_dir, "write"))
+    return paths
+
+
+def preflight(client, batch: BatchSpec) -> None:
+    address = batch.scheduler or client.scheduler.address
+    all_workers = wait_for_process_workers(client, address)
+    workers = [worker for worker in all_workers if worker.process_slots >= 1]
+    for worker in all_workers:
+        slots = f"{worker.process_slots:g} DP3 slot(s)" if worker.process_slots else "NO process"
+        log.info("  worker %s: %d thread(s), %s", worker.address, worker.threads, slots)
+    ignored = len(all_workers) - len(workers)
+    if ignored:
+        log.warning('%d worker(s) without the "process" resource will get no DP3 task', ignored)
+    if any(worker.process_slots > 1 for worker in workers):
+        log.warning(
+            'a worker holds "process" > 1: it may run several DP3s at once, each with all of '
+            'its threads (oversubscription); start workers with --resources "process=1"'
+        )
+    dashboard = getattr(client, "dashboard_link", None)
+    if not batch.scheduler:
+        dashboard = f"{dashboard} (loaded when first opened)"
+    log.info(
+        "%d worker(s) can run DP3, %d thread(s) in all; dashboard: %s",
+        len(workers),
+        sum(worker.threads for worker in workers),
+        dashboard,
+    )
+    # Workers on other hosts must see the same files at the same paths (a shared filesystem).
+    check_worker_paths(client, [worker.address for worker in workers], shared_paths(batch))
