@@ -105,6 +105,10 @@ class Workflow:
         )
 
 
+def _with_this_checkout(python_path: str | None) -> str:
+    return os.pathsep.join(filter(None, [str(REPO / "scripts"), python_path]))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -163,6 +167,9 @@ class DaskCluster:
 
     def _start(self, arguments: list[str], name: str, **environment: str) -> subprocess.Popen:
         log = open(self.directory / f"{name}-{len(self.processes)}.log", "w")
+        # Our own dask runs this checkout's package, as workers that share the workflow's
+        # environment do (whichever checkout the environment was installed from).
+        own = {"PYTHONPATH": _with_this_checkout(os.environ.get("PYTHONPATH"))}
         process = subprocess.Popen(
             arguments,
             cwd=self.directory,
@@ -172,6 +179,7 @@ class DaskCluster:
             env={
                 **os.environ,
                 "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+                **(own if self.dask_executable == DASK else {}),
                 **self.environment,
                 **environment,
             },
