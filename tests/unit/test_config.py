@@ -373,3 +373,19 @@ def test_validation_gives_left_out_keys_their_schema_defaults_and_keeps_the_othe
     assert config["local_cluster"] == {}
     assert config["worker_wait_seconds"] == 5
     assert config["steps"] == [{"Averager": {"timestep": 2}}]
+
+
+def test_parameters_beside_their_step_type_are_named_as_misindented():
+    """The reference pipeline's shipped example config has its Demixer's parameters at the
+    indentation of `Demixer:` itself: YAML reads them as keys beside it."""
+    text = (
+        "steps:\n  - Demixer:\n    skymodel: bright_sources.txt\n"
+        "    subtractsources: [bright_a, bright_b]\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        parse_steps(yaml.safe_load(text)["steps"])
+    assert str(error.value) == (
+        "steps[0] (Demixer): its parameters (skymodel, subtractsources) are not indented "
+        "under `Demixer:`, so YAML reads them beside it; indent them two spaces further than "
+        "`Demixer`"
+    )

@@ -260,9 +260,12 @@ def test_applycal_table_file_becomes_parmdb():
         ({"table": "cal.h5"}, "table: expected a mapping"),
         (
             {"table": {"kind": "sdm", "field_id": 0, "purpose": "bandpass"}},
-            "kind sdm needs the reference pipeline's SDM mode",
+            "kind sdm reads the calibration table from an SDM: give its directory as `sdm_path`",
         ),
-        ({"table": {"kind": "h5parm", "path": "x.h5"}}, "table.kind: 'h5parm' is not supported"),
+        (
+            {"table": {"kind": "h5parm", "path": "x.h5"}},
+            "table.kind: 'h5parm' is not one of file, sdm",
+        ),
         ({"table": {"kind": "file"}}, "table.path: required"),
         ({"table": {"kind": "file", "path": "x.h5", "solset": "a"}}, "unknown field(s) solset"),
         ({"table": {"kind": "file", "path": "x.h5"}, "correction": "gain"}, "correction"),
@@ -272,6 +275,47 @@ def test_bad_applycal_fields_are_refused(fields, expected):
     message = steps_error([{"step": "applycal", **fields}])
     assert "steps[0] (step: applycal)" in message
     assert expected in message
+
+
+def _sdm(tmp_path: Path, purpose: str = "bandpass", field: str = "0") -> Path:
+    table = tmp_path / "sdm" / "calibration" / purpose / field / "gaintable.h5parm"
+    table.parent.mkdir(parents=True)
+    table.write_bytes(b"")
+    return table
+
+
+def test_an_sdm_table_is_the_sdm_s_gaintable_for_that_purpose_and_field(tmp_path):
+    table = _sdm(tmp_path, "bandpass", "3")
+    entry = {"step": "applycal", "table": {"kind": "sdm", "field_id": 3, "purpose": "bandpass"}}
+    chain = parse_steps([entry], str(tmp_path / "sdm"))
+    assert chain.steps == (Step("applycal", {"parmdb": str(table)}),)
+
+
+def test_a_relative_sdm_path_is_taken_from_the_working_directory(tmp_path, monkeypatch):
+    table = _sdm(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    entry = {"step": "applycal", "table": {"kind": "sdm", "field_id": "0", "purpose": "bandpass"}}
+    assert parse_steps([entry], "sdm").steps[0].params["parmdb"] == str(table)
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        (
+            {"kind": "sdm", "field_id": 1, "purpose": "bandpass"},
+            "has no calibration table for purpose 'bandpass', field '1': ",
+        ),
+        ({"kind": "sdm", "purpose": "bandpass"}, "table.field_id: required"),
+        ({"kind": "sdm", "field_id": 0, "purpose": "../x"}, "is not a directory name"),
+        ({"kind": "sdm", "field_id": 0, "purpose": "a", "path": "x"}, "unknown field(s) path"),
+    ],
+)
+def test_a_missing_or_malformed_sdm_table_is_refused_by_path(tmp_path, table, expected):
+    _sdm(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        parse_steps([{"step": "applycal", "table": table}], str(tmp_path / "sdm"))
+    assert "steps[0] (step: applycal).table" in str(error.value)
+    assert expected in str(error.value)
 
 
 def test_translate_entry_leaves_the_entry_unchanged():

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dp3batch.books.codec import ContractError, from_json, to_json
+from dp3batch.books.layout import PARSET_NAME, ms_log_file
 from dp3batch.dp3.parameters import DP3Parameters
 
 
@@ -93,6 +95,9 @@ class BatchSpec:
     # When the pending set was taken: a record finished later was made by this run.
     planned_at: str
     measurement_sets: tuple[PendingMS, ...]
+    # This run's own directory (log, config, task list, dask report, QA: see
+    # layout.RunFiles), or None.
+    run_dir: str | None = field(default=None, metadata={"omit_none": True})
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)
@@ -100,3 +105,25 @@ class BatchSpec:
     @classmethod
     def from_json(cls, data: object, what: str = "batch specification") -> BatchSpec:
         return from_json(cls, data, what)
+
+
+def task_list(batch: BatchSpec) -> list[dict[str, Any]]:
+    """One entry per DP3 task of the batch (a run's `task-list.json`): what it reads (the
+    input and its window), what it writes, its log and parset, why it runs, and the DP3
+    parameters that define its result."""
+    tasks = []
+    for ms in batch.measurement_sets:
+        parameters = (ms.parameters or batch.parameters).with_band(ms.band)
+        tasks.append(
+            {
+                "name": ms.name,
+                "input": ms.input,
+                "band": ms.band,
+                "output": ms.output,
+                "log": ms_log_file(batch.log_dir, ms.name),
+                "parset": str(Path(ms.output) / PARSET_NAME),
+                "reason": ms.reason,
+                "dp3_parameters": dict(parameters.pairs()),
+            }
+        )
+    return tasks

@@ -11,6 +11,8 @@
         logs/failed.txt             the failures of the last batch
         logs/batches/<batch>.*      one batch's result, log, guard and pid files
         report/<batch>/             one batch's plots
+        runs/NN-dp3batch/           one run's log, config, task list, dask report and QA
+                                    (in `<sdm_path>/logs/` instead when an SDM is given)
 
 The workflow deletes nothing in `output_dir` but its own temporary and replaced copies of
 the outputs it knows (`is_leftover_of`): never another hidden entry, never through a link.
@@ -34,6 +36,12 @@ FAILURES_NAME = "failed.txt"
 SUMMARY_TSV = "summary.tsv"
 SUMMARY_JSON = "summary.json"
 RECORD_CHECKS_NAME = ".record-checks.json"
+
+RUNS_NAME = "runs"
+RUN_NAME = "dp3batch"
+# An entry `NN-<name>` of a runs directory (any name: the SDM's logs hold other programs' too).
+_RUN_ENTRY = re.compile(r"^(?P<index>[0-9]+)-")
+RUN_DIRECTORY_ATTEMPTS = 1000
 
 TEMPORARY_MARK = "tmp"
 REPLACED_MARK = "old"
@@ -162,3 +170,55 @@ class OutputLayout:
 
     def report_dir(self, batch: str) -> Path:
         return self.output_dir / "report" / batch
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where each run keeps its files when no SDM is given (see RunFiles)."""
+        return self.output_dir / RUNS_NAME
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What one run keeps together (the reference pipeline's `<sdm>/logs/NN-bpp/`)."""
+
+    directory: Path
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "pipeline.log"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "config.yaml"
+
+    @property
+    def task_list(self) -> Path:
+        return self.directory / "task-list.json"
+
+    @property
+    def dask_report(self) -> Path:
+        return self.directory / "dask-report.html"
+
+    @property
+    def qa(self) -> Path:
+        return self.directory / "qa"
+
+
+def make_run_directory(parent: Path, name: str = RUN_NAME) -> Path:
+    """A new `NN-<name>` in `parent`, NN one above the highest index there: made by mkdir,
+    which fails for the second of two runs that chose the same NN, so two runs never share
+    one (the loser takes the next)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(RUN_DIRECTORY_ATTEMPTS):
+        indices = [
+            int(match.group("index"))
+            for entry in os.listdir(parent)
+            if (match := _RUN_ENTRY.match(entry))
+        ]
+        directory = parent / f"{max(indices, default=0) + 1:02d}-{name}"
+        try:
+            directory.mkdir()
+            return directory
+        except FileExistsError:
+            continue
+    raise OSError(f"could not make a run directory in {parent} in {RUN_DIRECTORY_ATTEMPTS} tries")

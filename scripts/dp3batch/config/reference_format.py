@@ -166,23 +166,21 @@ def aoflagger_parameters(
     return parameters
 
 
-def applycal_parameters(where: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """`table: {kind: file, path: X.h5}` → `parmdb=X.h5` (the workflow then reads the H5Parm
-    and sets the corrections, as for the one-key format)."""
+def applycal_parameters(
+    where: str, fields: dict[str, Any], sdm_path: str | None = None
+) -> dict[str, Any]:
+    """`table: {kind: file, path: X.h5}` → `parmdb=X.h5`; `table: {kind: sdm, field_id: F,
+    purpose: P}` → the SDM's `calibration/<P>/<F>/gaintable.h5parm` (the workflow then reads
+    the H5Parm and sets the corrections, as for the one-key format)."""
     _only_fields(where, fields, ("table",), "ApplyCal")
     table_where = f"{where}.table"
     table = _mapping(table_where, fields.get("table"), "{kind: file, path: solutions.h5}")
     kind = table.get("kind")
     if kind == "sdm":
-        raise ConfigError(
-            f"{table_where}: kind sdm needs the reference pipeline's SDM mode, which this "
-            "workflow does not have; name the H5Parm itself: `table: {kind: file, path: "
-            "<sdm>/calibration/<purpose>/<field_id>/gaintable.h5parm}` (DP3 needs '.h5' in "
-            "the name: copy or link it to e.g. gaintable.h5)"
-        )
+        return {"parmdb": sdm_gaintable(table_where, table, sdm_path)}
     if kind != "file":
         raise ConfigError(
-            f"{table_where}.kind: {kind!r} is not supported; write "
+            f"{table_where}.kind: {kind!r} is not one of file, sdm; write "
             "`table: {kind: file, path: solutions.h5}`"
         )
     _only_fields(table_where, table, ("kind", "path"), "ApplyCal")
@@ -192,7 +190,40 @@ def applycal_parameters(where: str, fields: dict[str, Any]) -> dict[str, Any]:
     return {"parmdb": path}
 
 
-TRANSLATIONS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
+SDM_GAINTABLE = "gaintable.h5parm"
+
+
+def sdm_gaintable(where: str, table: dict[str, Any], sdm_path: str | None) -> str:
+    """The H5Parm an SDM holds for one purpose and field, as the reference pipeline's SDM
+    mode lays it out: `<sdm>/calibration/<purpose>/<field_id>/gaintable.h5parm` (absolute:
+    relative step files otherwise resolve against extra_inputs_dir)."""
+    _only_fields(where, table, ("kind", "field_id", "purpose"), "ApplyCal")
+    if not sdm_path:
+        raise ConfigError(
+            f"{where}: kind sdm reads the calibration table from an SDM: give its directory "
+            "as `sdm_path` (`--config sdm_path=/path/to/sdm`, or `dp3batch run --sdm-path`)"
+        )
+    parts = []
+    for key in ("purpose", "field_id"):
+        value = table.get(key)
+        if isinstance(value, bool) or not isinstance(value, str | int) or str(value) == "":
+            raise ConfigError(f"{where}.{key}: required, a name or number (the SDM's {key})")
+        text = str(value)
+        if "/" in text or text in (".", ".."):
+            raise ConfigError(f"{where}.{key}: {text!r} is not a directory name of the SDM")
+        parts.append(text)
+    purpose, field_id = parts
+    path = Path(sdm_path).expanduser().absolute() / "calibration" / purpose / field_id
+    path = path / SDM_GAINTABLE
+    if not path.is_file():
+        raise ConfigError(
+            f"{where}: the SDM {Path(sdm_path).expanduser().absolute()} has no calibration "
+            f"table for purpose {purpose!r}, field {field_id!r}: {path} does not exist"
+        )
+    return str(path)
+
+
+TRANSLATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "preflagger": preflagger_parameters,
     "aoflagger": aoflagger_parameters,
     "applycal": applycal_parameters,
@@ -200,8 +231,11 @@ TRANSLATIONS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
 REFERENCE_STEP_TYPES = (*TRANSLATIONS, *PASS_THROUGH_TYPES)
 
 
-def translate_entry(index: int, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """One `step: <type>` item as the one-key entry `{type: DP3 parameters}`."""
+def translate_entry(
+    index: int, entry: dict[str, Any], sdm_path: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """One `step: <type>` item as the one-key entry `{type: DP3 parameters}` (`sdm_path`:
+    the SDM an ApplyCal `table: {kind: sdm}` reads from)."""
     step_type = entry[STEP_KEY]
     where = _where(index, step_type)
     if not isinstance(step_type, str) or step_type.lower() not in REFERENCE_STEP_TYPES:
@@ -211,5 +245,7 @@ def translate_entry(index: int, entry: dict[str, Any]) -> dict[str, dict[str, An
         )
     step_type = step_type.lower()
     fields = {name: value for name, value in entry.items() if name != STEP_KEY}
+    if step_type == "applycal":
+        return {step_type: applycal_parameters(where, fields, sdm_path)}
     translation = TRANSLATIONS.get(step_type)
     return {step_type: translation(where, fields) if translation else fields}

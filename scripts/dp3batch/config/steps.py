@@ -76,7 +76,26 @@ def _check_value(where: str, value: Any) -> None:
         raise ConfigError(f"{where}: values may not contain a NUL byte")
 
 
-def parse_steps(steps: Any) -> Chain:
+def _not_one_key_message(index: int, entry: Any) -> str:
+    keys = list(entry) if isinstance(entry, dict) else entry
+    if isinstance(entry, dict):
+        types = [key for key in entry if str(key).lower() in STEP_TYPES]
+        if len(types) == 1 and entry[types[0]] is None:
+            # `- Demixer:` with its parameters at the key's own indentation (as in the
+            # reference pipeline's shipped example config): YAML reads them as siblings.
+            others = ", ".join(str(key) for key in entry if key != types[0])
+            return (
+                f"steps[{index}] ({types[0]}): its parameters ({others}) are not indented "
+                f"under `{types[0]}:`, so YAML reads them beside it; indent them two spaces "
+                f"further than `{types[0]}`"
+            )
+    return (
+        f"steps[{index}]: each step must be a mapping with exactly one key (the step type), "
+        f"got {keys!r}; write one list item per step"
+    )
+
+
+def parse_steps(steps: Any, sdm_path: str | None = None) -> Chain:
     """Check a `steps:` list in the batch pre-processing format and return the chain.
 
     Each item is either a one-key mapping `{StepType: {DP3 parameters}}` (releases 2.x) or a
@@ -96,13 +115,9 @@ def parse_steps(steps: Any) -> Chain:
     for index, entry in enumerate(steps):
         if is_reference_entry(entry):
             # The reference pipeline's `step: <type>` format, as the one-key entry it means.
-            entry = translate_entry(index, entry)
+            entry = translate_entry(index, entry, sdm_path)
         if not isinstance(entry, dict) or len(entry) != 1:
-            keys = list(entry) if isinstance(entry, dict) else entry
-            raise ConfigError(
-                f"steps[{index}]: each step must be a mapping with exactly one key (the step "
-                f"type), got {keys!r}; write one list item per step"
-            )
+            raise ConfigError(_not_one_key_message(index, entry))
         ((step_key, params),) = entry.items()
         where = f"steps[{index}] ({step_key})"
         step_type = str(step_key).lower()

@@ -112,7 +112,8 @@ def validate_config(config: dict) -> tuple[str | None, Chain]:
     schema = load_schema()
     fill_defaults(config, schema)
     scheduler = coerce_scheduler(config.get("scheduler"))
-    chain = parse_steps(config.get("steps"))
+    sdm_path = config.get("sdm_path")
+    chain = parse_steps(config.get("steps"), sdm_path if isinstance(sdm_path, str) else None)
     check_config_against_schema(config, schema)
     return scheduler, chain
 

@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -23,7 +24,7 @@ from typing import Any, NoReturn
 from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.codec import ContractError
 from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
-from dp3batch.books.layout import OutputLayout, leftover_owner, ms_log_file
+from dp3batch.books.layout import OutputLayout, RunFiles, leftover_owner, ms_log_file
 from dp3batch.books.records import Expectation, RecordStore, pending_reason
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_to_json
@@ -236,14 +237,20 @@ def write_batch_result(path: Path, results: list[TaskResult]) -> None:
     temporary.replace(path)
 
 
-def _configure_logging(log_file: str | None) -> None:
+def _configure_logging(log_file: str | None, run_log: Path | None = None) -> None:
+    """To the terminal, the batch's log, and (appended) the run's own log."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
+    if run_log is not None:
+        with contextlib.suppress(OSError):  # the batch's own log has every line anyway
+            handlers.append(logging.FileHandler(run_log))
     formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     for handler in handlers:
         handler.setFormatter(formatter)
+    for handler in log.handlers:
+        handler.close()
     log.handlers[:] = handlers
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -283,6 +290,9 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
         # The workflow's own rule layer made it: a mismatch is a bug, not a user's mistake.
         log.error("Error: %s; this is a bug of the workflow, please report it", error)
         return 2
+    run_files = RunFiles(Path(batch.run_dir)) if batch.run_dir else None
+    if run_files is not None:
+        _configure_logging(log_file, run_files.log)
     layout = OutputLayout(Path(batch.output_dir))
     pid_file = layout.batch_pid(batch.batch_id)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +340,17 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
             layout.failures.write_text(report + "\n")
     write_batch_result(Path(marker), results)
     run.write_reports(results)
+    if run_files is not None:
+        keep_with_the_run(run.report_files.dask, run_files.dask_report)
     return 0
+
+
+def keep_with_the_run(source: Path, kept: Path) -> None:
+    """A copy of one of the batch's files among the run's own (a missing source, or a full
+    disk, only leaves it out: the batch's report has it)."""
+    with contextlib.suppress(OSError):
+        if source.is_file():
+            shutil.copyfile(source, kept)
 
 
 def end_process(code: int) -> NoReturn:

@@ -321,7 +321,9 @@ def all_measurement_sets(plan: Plan) -> tuple[MSPaths, ...]:
     )
 
 
-def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> BatchSpec:
+def batch_specification(
+    plan: Plan, config: dict[str, Any], batch: str, run_dir: str | None = None
+) -> BatchSpec:
     """Everything the central job needs (its JSON travels through Snakemake)."""
     return BatchSpec(
         batch_id=batch,
@@ -340,6 +342,7 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> Batch
         dask_report_min_seconds=config["dask_report_min_seconds"],
         planned_at=plan.planned_at,
         measurement_sets=tuple(_pending_ms(plan, item, reason) for item, reason in plan.pending),
+        run_dir=run_dir,
     )
 
 

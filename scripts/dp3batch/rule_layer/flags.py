@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import re
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dp3batch.planning.plan import Plan
 
@@ -37,6 +40,8 @@ class CommandLineFlags:
     report: bool = False
     # `-n`: say what would be processed, process nothing.
     dryrun: bool = False
+    # `-d/--directory`: the working directory Snakemake was told to use (None: not given).
+    directory: str | None = None
     # The arguments that say which workflow, directory and config a run used: a command
     # the user copies from our messages must name them again.
     workflow_arguments: tuple[str, ...] = ()
@@ -71,6 +76,7 @@ def command_line_flags(argv: Sequence[str]) -> CommandLineFlags:
         list_changes=str(args.list_changes) if args.list_changes else None,
         report=bool(getattr(args, "report", None)),
         dryrun=bool(getattr(args, "dryrun", False)),
+        directory=str(args.directory) if getattr(args, "directory", None) else None,
         workflow_arguments=_workflow_arguments(args),
     )
 
@@ -98,3 +104,24 @@ def changed_outputs(plan: Plan, kind: str) -> list[str]:
     or a calibration/sky model/strategy file; code: the DP3 version)."""
     reasons = CHANGE_REASONS.get(kind, ())
     return [str(ms.output) for ms, reason in plan.pending if reason in reasons]
+
+
+# `-d localhost:8786`: the reference pipeline's scheduler option, which Snakemake reads as
+# its working directory.
+_SCHEDULER_LIKE = re.compile(r"^(tcp://)?([A-Za-z0-9_.-]+|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$")
+
+
+def scheduler_taken_for_directory(flags: CommandLineFlags, working_dir: Path) -> str | None:
+    """The `HOST:PORT` a user gave as `-d` meaning the dask scheduler (as the reference
+    pipeline's `-d` is), when Snakemake made a working directory of that name for it and
+    nothing is in it yet but Snakemake's own; else None."""
+    if not flags.directory:
+        return None
+    name = Path(flags.directory).name
+    if not _SCHEDULER_LIKE.match(flags.directory.rstrip("/")) or working_dir.name != name:
+        return None
+    try:
+        entries = set(os.listdir(working_dir))
+    except OSError:
+        return None
+    return flags.directory.rstrip("/") if entries <= {".snakemake"} else None

@@ -9,13 +9,18 @@ report and a non-zero exit.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dp3batch.books.layout import RECORD_NAME, OutputLayout
+import yaml
+
+from dp3batch.books.batch_spec import BatchSpec, task_list
+from dp3batch.books.layout import RECORD_NAME, OutputLayout, RunFiles, make_run_directory
 from dp3batch.books.task_result import TaskResult, results_from_json
 from dp3batch.config.errors import ConfigError
 from dp3batch.config.validation import validate_config
@@ -39,6 +44,7 @@ from dp3batch.rule_layer.flags import (
     all_forced,
     changed_outputs,
     command_line_flags,
+    scheduler_taken_for_directory,
 )
 
 # What the batch wildcard matches when this run has no batch to make.
@@ -58,21 +64,26 @@ class Run:
     plan: Plan
     layout: OutputLayout
     # This run's batch: set when MSs are pending and the run processes them.
-    batch: str | None
+    batch: str | None = None
+    # Where this run keeps its log, config, task list, dask report and QA (not for a dry
+    # run, a report or a list of changes).
+    run_files: RunFiles | None = None
 
     @classmethod
     def start(cls, config: dict[str, Any], argv: list[str]) -> Run:
         """Validate the config and plan; a problem ends the run here with one message."""
         flags = command_line_flags(argv)
+        _refuse_scheduler_as_directory(flags)
         plan = _plan_or_exit(config, flags)
-        _say(describe_pending(plan))
+        run = cls(config, flags, plan, OutputLayout(plan.output_dir))
+        if plan.pending and not flags.report and flags.list_changes is None:
+            run.batch = batch_id(plan)
+        if not flags.processes_nothing:
+            run.run_files = run._make_run_files()
+        run._say(describe_pending(plan))
         warning = aoflagger_strategy_warning(config.get("dp3_executable"), plan.parameters)
         if warning:
-            _say(f"Warning: {warning}")
-        processes = bool(plan.pending) and not flags.report and flags.list_changes is None
-        run = cls(config, flags, plan, OutputLayout(plan.output_dir), None)
-        if processes:
-            run.batch = batch_id(plan)
+            run._say(f"Warning: {warning}")
         if flags.list_changes is not None:
             # `--list-changes KIND`: the MS outputs pending for that kind of change, no jobs.
             for changed in changed_outputs(plan, flags.list_changes):
@@ -115,7 +126,11 @@ class Run:
 
     def batch_specification(self, batch: str) -> dict[str, Any]:
         """Plain JSON (Snakemake pickles `params:`); the central job parses it once."""
-        return batch_specification(self.plan, self.config, batch).to_json()
+        return self._specification(batch).to_json()
+
+    def _specification(self, batch: str) -> BatchSpec:
+        run_dir = str(self.run_files.directory) if self.run_files else None
+        return batch_specification(self.plan, self.config, batch, run_dir)
 
     def final_output(self) -> list[str]:
         """This run's batch (checked) and its report; with nothing to process, files that
@@ -166,8 +181,6 @@ class Run:
         marker = Path(self.batch_marker(self.batch)) if self.batch else None
         if marker is None or not marker.is_file():
             return []
-        import json
-
         return results_from_json(json.loads(marker.read_text()), str(marker))
 
     def _write_summary(self) -> list[SummaryRow]:
@@ -175,14 +188,14 @@ class Run:
         names = {ms.name for ms, _ in self.plan.pending} if self.batch else set()
         rows, problem = self.summary.write(self._batch_results(), names, self.plan.planned_at)
         if problem:
-            _say(f"Error: {problem}")
+            self._say(f"Error: {problem}")
         self._announce(rows)
         return rows
 
     def _announce(self, rows: list[SummaryRow]) -> None:
         """The run's closing line: how many MSs are complete, and where to look."""
         done = sum(1 for row in rows if row.status.complete)
-        _say(
+        self._say(
             f"\n{done} of {len(rows)} MS(s) complete in {self.plan.output_dir}/"
             f" (status of each: {self.layout.summary_tsv};"
             f" HTML report: {self.flags.command('--report', 'report.html')})"
@@ -191,7 +204,7 @@ class Run:
     def _report_failure(self) -> None:
         """The batch's failure report, printed once, below Snakemake's own messages."""
         if self.layout.failures.is_file():
-            _say(f"\n{self.layout.failures.read_text()}")
+            self._say(f"\n{self.layout.failures.read_text()}")
 
     def _refresh_books(self) -> None:
         """No job will run, so no `onsuccess` either: the summary is refreshed here, only
@@ -201,9 +214,54 @@ class Run:
         digest = records_digest(summary.measurement_sets)
         problem = summary.refresh(digest)
         if problem:
-            _say(f"Error: {problem}")
+            self._say(f"Error: {problem}")
         self.plan.store.keep_checks(
             self.layout.record_checks, [ms.output for ms in summary.measurement_sets], digest
+        )
+
+    # --- this run's own files ----------------------------------------------------------
+
+    def _make_run_files(self) -> RunFiles:
+        """A new `NN-dp3batch/` for this run (in the SDM's `logs/` when one is given), with
+        the config as run and the task list, before anything runs: an interrupted or
+        failed run leaves them too."""
+        sdm_path = self.config.get("sdm_path")
+        parent = Path(sdm_path).absolute() / "logs" if sdm_path else self.layout.runs_dir
+        try:
+            files = RunFiles(make_run_directory(parent))
+            files.config.write_text(
+                f"# The config of this run, as run (every default filled in); batch "
+                f"{self.batch or 'none: nothing to process'}.\n"
+                + yaml.safe_dump(self.config, sort_keys=False, allow_unicode=True)
+            )
+            tasks = task_list(self._specification(self.batch)) if self.batch else []
+            files.task_list.write_text(json.dumps({"batch": self.batch, "tasks": tasks}, indent=2))
+        except OSError as error:
+            _exit(
+                f"Error: cannot write this run's files in {parent}: "
+                f"{error.strerror or error}; make it writable or choose another "
+                f"{'sdm_path' if sdm_path else 'output_dir'}"
+            )
+        return files
+
+    def _say(self, text: str) -> None:
+        """To the terminal, and into this run's log."""
+        _say(text)
+        if self.run_files is not None:
+            with contextlib.suppress(OSError):  # a full disk must not end the run here
+                with open(self.run_files.log, "a") as log:
+                    log.write(text + "\n")
+
+
+def _refuse_scheduler_as_directory(flags: CommandLineFlags) -> None:
+    """`snakemake ... -d localhost:8786`: the reference pipeline's scheduler option, which
+    Snakemake took for its working directory (and made): stop before anything runs."""
+    address = scheduler_taken_for_directory(flags, Path.cwd())
+    if address:
+        _exit(
+            f"Error: -d is Snakemake's --directory; to use the dask scheduler at {address}, "
+            f"run with --config scheduler={address} (or dp3batch run -d {address} ...). "
+            f"Snakemake made the directory {Path.cwd()} for it: remove it."
         )
 
 
