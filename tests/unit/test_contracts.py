@@ -226,10 +226,11 @@ def test_summary_rows_from_typed_results_and_records(tmp_path):
     outputs = {name: tmp_path / f"{name}.ms" for name in ("demo_0", "demo_1", "demo_3")}
     for name in ("demo_0", "demo_3"):
         outputs[name].mkdir()
-        write_record(outputs[name], make_record(name=name, output=str(outputs[name])))
+        record = make_record(name=name, output=str(outputs[name]), batch_id=f"b-{name}")
+        write_record(outputs[name], record)
     paths = [MSPaths(name, f"/in/{name}.ms", str(output)) for name, output in outputs.items()]
     results = [replace(TaskResult.from_json(written_marker()[1]), output=str(outputs["demo_1"]))]
-    rows = collect_rows(paths, results, tmp_path / "logs", {"demo_0", "demo_1"}, "2026")
+    rows = collect_rows(paths, results, tmp_path / "logs", {"demo_0", "demo_1"}, "b-demo_0")
     by_name = {row.name: row.to_json() for row in rows}
     assert {name: row["status"] for name, row in by_name.items()} == {
         "demo_0": Status.DONE,

@@ -24,7 +24,7 @@ from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.codec import ContractError
 from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
 from dp3batch.books.layout import OutputLayout, leftover_owner, ms_log_file
-from dp3batch.books.records import Expectation, RecordStore, pending_reason
+from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_to_json
 from dp3batch.dask_stage.cluster import ClusterError, cluster_client, package_zip
@@ -83,8 +83,9 @@ def _known_outputs(batch: BatchSpec) -> set[str]:
 
 def still_pending(batch: BatchSpec, store: RecordStore) -> tuple[list[PendingMS], list[str]]:
     """The batch's MSs that are still pending now that the lock is held, and the names of
-    those another run completed while this one waited (an up-to-date record finished after
-    this batch was planned: an MS forced with -F is not dropped for its older record)."""
+    those another run completed while this one waited: an up-to-date record that another run
+    made since this batch was planned (its origin changed; an MS forced with -F keeps its
+    record and is not dropped, whatever clock stamped it)."""
     expected = Expectation(
         parameters_fingerprint=batch.parameters_fingerprint,
         extra_inputs_fingerprint=batch.extra_inputs_fingerprint,
@@ -94,9 +95,8 @@ def still_pending(batch: BatchSpec, store: RecordStore) -> tuple[list[PendingMS]
     for ms in batch.measurement_sets:
         fingerprint = ms.parameters_fingerprint or batch.parameters_fingerprint
         own = replace(expected, parameters_fingerprint=fingerprint)
-        record = store.record(ms.output)
-        finished = record.finished if record is not None else ""
-        if finished >= batch.planned_at and (
+        origin = record_origin(store.record(ms.output))
+        if (origin is not None and origin != ms.record_origin) and (
             pending_reason(Path(ms.input), Path(ms.output), own, store) is None
         ):
             completed.append(ms.name)
@@ -189,7 +189,7 @@ class BatchRun:
 
     def _from_record(self, ms: PendingMS) -> TaskResult | None:
         record = self.store.record(ms.output)
-        if record is None or record.finished < self.batch.planned_at:
+        if record is None or record.batch_id != self.batch.batch_id:
             return None
         return TaskResult.from_record(record, ms_log_file(self.batch.log_dir, ms.name))
 
@@ -197,7 +197,7 @@ class BatchRun:
         """The summary of every MS (from the records on disk) and this batch's report."""
         summary = Summary(self.layout, self.batch.all_measurement_sets, self.store)
         rows, problem = summary.write(
-            results, {ms.name for ms in self.batch.measurement_sets}, self.batch.planned_at
+            results, {ms.name for ms in self.batch.measurement_sets}, self.batch.batch_id
         )
         if problem:
             log.error("Error: %s", problem)

@@ -333,6 +333,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             output_fingerprint=output_state.fingerprint,
             input_files=input_state.files,
             output_files=output_state.files,
+            batch_id=task.batch_id,
         )
         write_record(temporary, record)
         commit(temporary, output, task.guard)

@@ -20,7 +20,7 @@ from typing import Any
 from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS
 from dp3batch.books.fingerprints import extra_inputs_fingerprint
 from dp3batch.books.layout import OutputLayout
-from dp3batch.books.records import Expectation, RecordStore, pending_reason
+from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
 from dp3batch.config.steps import Chain
 from dp3batch.config.validation import validate_config
 from dp3batch.dp3.install import dp3_version, find_dp3_executable
@@ -74,7 +74,7 @@ class Plan:
     # what planning parsed).
     store: RecordStore = field(default_factory=RecordStore)
     pending: list[tuple[WorkItem, str]] = field(default_factory=list)
-    # When the pending set was taken: a record finished later was made by this run.
+    # When the pending set was taken.
     planned_at: str = field(
         default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(
             timespec="milliseconds"
@@ -346,6 +346,8 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> Batch
 def _pending_ms(plan: Plan, item: WorkItem, reason: str) -> PendingMS:
     # Its own parameters (`Task.of` takes them instead of the batch's shared ones).
     own = plan.ms_parameters.get(item.name)
+    # A missing output has no record to read.
+    origin = None if reason.startswith("missing") else record_origin(plan.store.record(item.output))
     return PendingMS(
         name=item.name,
         input=str(item.input),
@@ -356,4 +358,5 @@ def _pending_ms(plan: Plan, item: WorkItem, reason: str) -> PendingMS:
         parameters=own.parameters if own else None,
         parameters_fingerprint=own.fingerprint if own else None,
         locked_by=plan.locked.get(item.name),
+        record_origin=origin,
     )

@@ -135,13 +135,14 @@ def collect_rows(
     batch_results: Sequence[TaskResult] | None,
     log_dir: str | Path,
     batch_names: set[str] | None = None,
-    batch_started: str = "",
+    batch_id: str | None = None,
     store: RecordStore | None = None,
 ) -> list[SummaryRow]:
     """One row per MS, built from the completion records on disk, so that it is true after
-    any fault: an MS of this run's batch (`batch_names`) whose record was finished after
-    `batch_started` is done, even if its result was lost with the scheduler or an interrupt;
-    a failed result without such a record is failed.
+    any fault: an MS of this run's batch (`batch_names`) whose record that batch made (its
+    `batch_id`, never a comparison of two hosts' clocks) is done, even if its result was lost
+    with the scheduler or an interrupt; a failed result without such a record is failed,
+    whatever record an earlier run left.
 
     `measurement_sets` are every MS of the workflow; `store` reads their records (a new
     one if not given)."""
@@ -153,7 +154,7 @@ def collect_rows(
         result = in_batch.get(ms.name)
         log = ms_log_file(log_dir, ms.name)
         record = store.record(ms.output)
-        made_now = record is not None and record.finished >= batch_started
+        made_now = record is not None and batch_id is not None and record.batch_id == batch_id
         if record is not None and ms.name in batch_names and made_now:
             rows.append(_row_from(ms, Status.DONE, log, record))
         elif result is not None and result.status in (Status.FAILED, Status.NOT_PROCESSED):
@@ -297,7 +298,7 @@ class Summary:
         self,
         batch_results: Sequence[TaskResult] = (),
         batch_names: set[str] | None = None,
-        batch_started: str = "",
+        batch_id: str | None = None,
     ) -> tuple[list[SummaryRow], str | None]:
         """The rows after a batch (see `collect_rows`), written; and a problem, if any."""
         rows = collect_rows(
@@ -305,7 +306,7 @@ class Summary:
             batch_results,
             self.layout.log_dir,
             batch_names,
-            batch_started,
+            batch_id,
             self.store,
         )
         return rows, write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)

@@ -173,7 +173,7 @@ class Run:
     def _write_summary(self) -> list[SummaryRow]:
         """From the completion records on disk and this run's batch result, if any."""
         names = {ms.name for ms, _ in self.plan.pending} if self.batch else set()
-        rows, problem = self.summary.write(self._batch_results(), names, self.plan.planned_at)
+        rows, problem = self.summary.write(self._batch_results(), names, self.batch)
         if problem:
             _say(f"Error: {problem}")
         self._announce(rows)
