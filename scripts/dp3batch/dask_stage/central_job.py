@@ -65,13 +65,15 @@ def _progress(done: int, total: int, elapsed: float) -> str:
 
 def _report_line(done: int, total: int, elapsed: float, result: TaskResult) -> str:
     duration = result.duration_seconds or 0.0
-    where = f"on {result.worker} ({result.numthreads} thread(s))"
+    # A task that returned no result (its worker died) ran nowhere that is known.
+    where = f" on {result.worker} ({result.numthreads} thread(s))" if result.worker else ""
     progress = _progress(done, total, elapsed)
     if result.status == Status.DONE:
-        return f"{progress} {result.name}: done in {duration:.1f} s {where}"
+        return f"{progress} {result.name}: done in {duration:.1f} s{where}"
+    said = f"; DP3 said: {result.error}" if result.error and result.error != result.reason else ""
     return (
-        f"{progress} {result.name}: FAILED after {duration:.1f} s {where}: "
-        f"{result.reason}; DP3 said: {result.error}; log: {result.log}"
+        f"{progress} {result.name}: FAILED after {duration:.1f} s{where}: "
+        f"{result.reason}{said}; log: {result.log}"
     )
 
 

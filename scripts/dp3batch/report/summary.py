@@ -61,6 +61,8 @@ class SummaryRow:
     error: str | None = None
     input: str | None = None
     output: str | None = None
+    # DP3's peak resident memory (its ru_maxrss), for sizing jobs; after the older columns.
+    peak_memory_bytes: int | None = None
     # JSON only: DP3's time per step, its flag counts per step (the RFI spectrum and the
     # per-station plot), the stations by antenna index.
     step_seconds: Mapping[str, float] = field(default_factory=dict)
@@ -124,6 +126,7 @@ def _row_from(
         # As the record says (the path it was made from).
         input=source.input,
         output=source.output,
+        peak_memory_bytes=source.peak_memory_bytes,
         step_seconds=dict(source.step_seconds or {}),
         flags_by_step=dict(source.flags_by_step or {}),
         stations=tuple(source.stations or ()),
