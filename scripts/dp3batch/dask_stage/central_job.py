@@ -27,6 +27,7 @@ from dp3batch.books.layout import OutputLayout, leftover_owner, ms_log_file
 from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_to_json
+from dp3batch.books.write_errors import QuietFileHandler, write_problem
 from dp3batch.dask_stage.cluster import ClusterError, cluster_client, package_zip
 from dp3batch.dask_stage.dask_report import DaskPerformanceReport, write_no_report
 from dp3batch.dask_stage.dispatch import (
@@ -41,10 +42,12 @@ from dp3batch.dask_stage.interrupts import Interrupted, ignore_interrupts, inter
 from dp3batch.dask_stage.lock import BatchError, output_dir_lock
 from dp3batch.dask_stage.preflight import PROBE_PREFIX, preflight
 from dp3batch.dask_stage.task import Task
-from dp3batch.report.batch_report import ReportFiles, write_batch_report
+from dp3batch.report.batch_report import ReportFiles, write_report_files
 from dp3batch.report.summary import Summary
 
 log = logging.getLogger("dp3batch")
+# The batch log only (not the terminal).
+file_log = logging.getLogger("dp3batch.batch_log")
 
 
 def task_for(batch: BatchSpec, ms: PendingMS) -> Task:
@@ -201,14 +204,27 @@ class BatchRun:
         rows, problem = summary.write(
             results, {ms.name for ms in self.batch.measurement_sets}, self.batch.batch_id
         )
-        if problem:
-            log.error("Error: %s", problem)
-        try:
-            write_batch_report(rows, self.report_files, f"Batch {self.batch.batch_id}")
-            if not self.report_files.dask.exists():
+        if problem:  # said once, by the rule layer, which writes it again when it ends
+            file_log.error("Error: %s", problem)
+        dask_problem = None
+        if not self.report_files.dask.exists():
+            try:
                 write_no_report(self.report_files.dask, "the batch ended before its tasks did")
-        except OSError as error:
-            log.error("Error: could not write the report of the batch: %s", error)
+            except OSError as error:
+                dask_problem = write_problem(error)
+        if self.dask_report is not None and self.dask_report.problem:
+            dask_problem = self.dask_report.problem
+        # Its files are the central rule's outputs: each exists afterwards, whatever failed,
+        # or Snakemake would fail the job and delete them all (the batch marker too).
+        title = f"Batch {self.batch.batch_id}"
+        missing = write_report_files(rows, self.report_files, title) or dask_problem
+        if missing:
+            log.warning(
+                "Warning: the report of this batch (%s) is incomplete: %s. The MSs and their "
+                "summary are not affected.",
+                self.report_files.directory,
+                missing,
+            )
 
 
 def failure_report(results: list[TaskResult]) -> str:
@@ -234,21 +250,27 @@ def failure_report(results: list[TaskResult]) -> str:
 def write_batch_result(path: Path, results: list[TaskResult]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results_to_json(results), indent=2) + "\n")
-    temporary.replace(path)
+    try:
+        temporary.write_text(json.dumps(results_to_json(results), indent=2) + "\n")
+        temporary.replace(path)
+    except OSError:  # a full disk: no half-written copy is left to take space
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _configure_logging(log_file: str | None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+        handlers.append(QuietFileHandler(log_file))
     formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     for handler in handlers:
         handler.setFormatter(formatter)
     log.handlers[:] = handlers
     log.setLevel(logging.INFO)
     log.propagate = False
+    file_log.handlers[:] = handlers[1:]
+    file_log.propagate = False
     # dask's own chatter (worker start-up, lost connections, a comm closed as the embedded
     # cluster stops) adds nothing to our report. Importing distributed sets its loggers'
     # levels from dask's config, so they are set here after that import.
@@ -287,8 +309,9 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
         return 2
     layout = OutputLayout(Path(batch.output_dir))
     pid_file = layout.batch_pid(batch.batch_id)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{os.getpid()}\n")
+    with contextlib.suppress(OSError):  # a full disk: Snakemake then signals only itself
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
     total = len(batch.measurement_sets)
     log.info("batch %s: %d MS(s), output in %s", batch.batch_id, total, batch.output_dir)
     run = BatchRun(batch)
@@ -302,6 +325,9 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
         log.error("Error: %s", error)
         with contextlib.suppress(OSError):
             layout.failures.write_text(f"Error: {error}\n")
+        return 2
+    except OSError as error:  # the batch's own files (its guard, its lock) cannot be written
+        log.error("Error: the batch could not go on: %s", write_problem(error))
         return 2
     except KeyboardInterrupt as interrupt:
         cause = getattr(interrupt, "cause", "an interrupt")
@@ -330,7 +356,15 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
         report = failure_report(results)
         with contextlib.suppress(OSError):
             layout.failures.write_text(report + "\n")
-    write_batch_result(Path(marker), results)
+    try:
+        write_batch_result(Path(marker), results)
+    except OSError as error:
+        log.error(
+            "Error: could not write the result of this batch, %s. The MSs done are kept (each "
+            "with its completion record); a rerun processes only the others.",
+            write_problem(error),
+        )
+        return 2
     run.write_reports(results)
     return 0
 

@@ -25,6 +25,7 @@ from dp3batch.books.record_checks import without_collections
 from dp3batch.books.records import CompletionRecord, RecordStore
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
+from dp3batch.books.write_errors import write_problem
 
 # The prefix of the columns of each flagging step (`flagged_aoflagger`: DP3's percentage).
 STEP_FLAGS_PREFIX = "flagged_"
@@ -223,10 +224,15 @@ def write_summary(
                 temporary.write_text(text)
                 temporary.replace(path)
     except OSError as error:
-        for temporary in temporaries:
+        # No half-written copy left to take space, and no summary of an earlier run that
+        # would no longer tell the truth.
+        for path in (*temporaries, json_path, tsv_path):
             with contextlib.suppress(OSError):
-                temporary.unlink()
-        return f"could not write the summary {tsv_path}: {error.strerror or error}"
+                path.unlink()
+        return (
+            f"could not write the summary {tsv_path} ({write_problem(error)}); the summary of "
+            "an earlier run was removed, as it no longer told the truth"
+        )
     return None
 
 
