@@ -153,7 +153,7 @@ def _result_of(future, task: Task) -> TaskResult:
         return future.result(timeout=SCHEDULER_ANSWER_SECONDS)
     except Exception as error:  # a lost worker (KilledWorker) or an internal error
         if type(error).__name__ == "KilledWorker":
-            return lost_result(task, killed_worker_reason(error), str(error))
+            return lost_result(task, killed_worker_reason(error))
         return lost_result(task, f"{type(error).__name__}: {error}", str(error))
 
 
