@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import errno
 import logging
+from pathlib import Path
 
 
-def write_problem(error: OSError) -> str:
-    """`<file>: No space left on device: the filesystem is full; free space, then run again`."""
-    where = f"{error.filename}: " if error.filename else ""
+def write_problem(error: OSError, path: str | Path | None = None) -> str:
+    """`<file>: No space left on device: the filesystem is full; free space, then run again`.
+    `path`: the file being written, for an error that does not name it (a write or close
+    fails without a file name; only an open names it)."""
+    name = error.filename or path
+    where = f"{name}: " if name else ""
     cause = error.strerror or str(error)
     if error.errno == errno.ENOSPC:
         return f"{where}{cause}: the filesystem is full; free space, then run again"

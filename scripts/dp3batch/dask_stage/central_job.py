@@ -211,7 +211,7 @@ class BatchRun:
             try:
                 write_no_report(self.report_files.dask, "the batch ended before its tasks did")
             except OSError as error:
-                dask_problem = write_problem(error)
+                dask_problem = write_problem(error, self.report_files.dask)
         if self.dask_report is not None and self.dask_report.problem:
             dask_problem = self.dask_report.problem
         # Its files are the central rule's outputs: each exists afterwards, whatever failed,
@@ -362,7 +362,7 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
         log.error(
             "Error: could not write the result of this batch, %s. The MSs done are kept (each "
             "with its completion record); a rerun processes only the others.",
-            write_problem(error),
+            write_problem(error, marker),
         )
         return 2
     run.write_reports(results)

@@ -98,4 +98,4 @@ class DaskPerformanceReport:
         try:
             self.path.write_text(text)
         except OSError as error:  # said with the rest of the report (central_job)
-            self.problem = write_problem(error)
+            self.problem = write_problem(error, self.path)
