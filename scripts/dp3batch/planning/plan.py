@@ -271,8 +271,13 @@ def inspect_pending(plan: Plan, settings: ChainSettings, inspect_inputs: bool) -
 
 
 def averaging_problem(item: WorkItem, parameters: DP3Parameters) -> str | None:
-    """Why DP3 would refuse to average this item's channels, or None."""
-    channels = msin_channels(parameters, window_channels(item.input, item.band))
+    """Why DP3 would refuse to average this item's channels, or None (also when its window
+    cannot be read: an MS without rows or windows fails its own task, saying why)."""
+    try:
+        in_window = window_channels(item.input, item.band)
+    except Exception:  # casacore raises RuntimeError and friends
+        return None
+    channels = msin_channels(parameters, in_window)
     return None if channels is None else channel_problem(parameters, channels)
 
 
