@@ -340,8 +340,9 @@ def process_measurement_set(task: Task) -> TaskResult:
         result = replace(result, peak_memory_bytes=exited.peak_memory_bytes)
         if exited.code != 0:
             reason = disk_full_problem(output.parent) or exit_description(exited.code)
-            if exited.code == -signal.SIGKILL:
+            if exited.code == -signal.SIGKILL:  # DP3 had no say: its last line is progress
                 reason += ": " + possibly_out_of_memory(share, host_limit, result.peak_memory_bytes)
+                return _failed(result, started, log_path, reason, reason)
             return _failed(result, started, log_path, reason)
         doing = "checking the output"
         shape_out = read_shape(str(temporary), with_flags=True)
