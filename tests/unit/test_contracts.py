@@ -226,10 +226,11 @@ def test_summary_rows_from_typed_results_and_records(tmp_path):
     outputs = {name: tmp_path / f"{name}.ms" for name in ("demo_0", "demo_1", "demo_3")}
     for name in ("demo_0", "demo_3"):
         outputs[name].mkdir()
-        write_record(outputs[name], make_record(name=name, output=str(outputs[name])))
+        record = make_record(name=name, output=str(outputs[name]), batch_id=f"b-{name}")
+        write_record(outputs[name], record)
     paths = [MSPaths(name, f"/in/{name}.ms", str(output)) for name, output in outputs.items()]
     results = [replace(TaskResult.from_json(written_marker()[1]), output=str(outputs["demo_1"]))]
-    rows = collect_rows(paths, results, tmp_path / "logs", {"demo_0", "demo_1"}, "2026")
+    rows = collect_rows(paths, results, tmp_path / "logs", {"demo_0", "demo_1"}, "b-demo_0")
     by_name = {row.name: row.to_json() for row in rows}
     assert {name: row["status"] for name, row in by_name.items()} == {
         "demo_0": Status.DONE,
@@ -258,3 +259,20 @@ def test_the_central_job_refuses_a_malformed_specification_with_one_message(tmp_
     assert "Error: batch specification: 'measurement_sets' must be a list of objects" in text
     assert "Traceback" not in text
     assert not (tmp_path / "m.json").exists()
+
+
+def test_the_fields_of_issue_24_are_optional_and_written_last():
+    """A record names its batch and DP3's peak memory; one of an earlier version (without
+    them) reads back to the very same JSON (see the written record above)."""
+    record = make_record(batch_id="20261202T101010-0a1b2c3d", peak_memory_bytes=502534144)
+    data = record.to_json()
+    assert list(data)[-2:] == ["batch_id", "peak_memory_bytes"]
+    assert CompletionRecord.from_json(json.loads(json.dumps(data))) == record
+    assert "batch_id" not in make_record().to_json()
+    result = TaskResult.from_record(record, "a.log")
+    assert result.to_json()["peak_memory_bytes"] == 502534144
+    pending = PendingMS(
+        name="a", input="/i", output="/o", band=None, reason="forced", size=1, record_origin="b"
+    )
+    assert PendingMS.from_json(pending.to_json()) == pending
+    assert "record_origin" not in replace(pending, record_origin=None).to_json()

@@ -55,6 +55,10 @@ class PendingMS:
     parameters_fingerprint: str | None = field(default=None, metadata={"omit_none": True})
     # Another process held the input locked for writing at planning (its pid).
     locked_by: int | None = None
+    # Which run had made the output's completion record at planning (`records.record_origin`),
+    # None if there was none: a record of another origin once the batch holds the lock was
+    # made meanwhile by another run.
+    record_origin: str | None = field(default=None, metadata={"omit_none": True})
 
     def __post_init__(self) -> None:
         if (self.parameters is None) != (self.parameters_fingerprint is None):
@@ -92,7 +96,8 @@ class BatchSpec:
     all_measurement_sets: tuple[MSPaths, ...]
     # Below this duration no dask performance report is kept.
     dask_report_min_seconds: float
-    # When the pending set was taken: a record finished later was made by this run.
+    # When the pending set was taken (for people: which records a batch made is decided by
+    # their `batch_id`, never by a comparison of clocks).
     planned_at: str
     measurement_sets: tuple[PendingMS, ...]
     # This run's own directory (log, config, task list, dask report, QA: see

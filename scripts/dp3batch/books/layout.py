@@ -91,6 +91,34 @@ def check_output_names(output_dir: str | Path, outputs: Iterable[str]) -> None:
             )
 
 
+def output_dir_problem(output_dir: Path) -> str | None:
+    """Why the workflow cannot write into `output_dir` (or, if it does not exist yet, into
+    the directory it would be made in), or None: a read-only filesystem, or no write
+    permission for this user. Asked without writing anything."""
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    where = f"{output_dir}" if existing == output_dir else f"{output_dir} (made in {existing})"
+    if not existing.is_dir():
+        return f"output_dir: {where}: {existing} is not a directory"
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        return (
+            f"output_dir: {where} is on a read-only filesystem; the outputs, logs and summary "
+            "are written there: choose another output_dir (or remount it read-write)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        mode = oct(existing.stat().st_mode & 0o777)
+        return (
+            f"output_dir: {where} is not writable by this user (uid {os.getuid()}; {existing} "
+            f"has mode {mode[2:]}): choose another output_dir, or make it writable"
+        )
+    return None
+
+
 def temporary_path(output: Path) -> Path:
     """A fresh name beside `output` for one attempt at writing it."""
     return output.parent / f".{output.name}.{TEMPORARY_MARK}-{_suffix()}"

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -97,6 +97,11 @@ class CompletionRecord:
     # The files each fingerprint covers: a rerun stats them by name (see listed_fingerprint).
     input_files: tuple[str, ...] | None = None
     output_files: tuple[str, ...] | None = None
+    # The batch that made the output (`BatchSpec.batch_id`): "made by this batch" is decided
+    # by it, never by comparing the clocks of two hosts. Records of earlier versions have none.
+    batch_id: str | None = field(default=None, metadata={"omit_none": True})
+    # DP3's peak resident memory (its `ru_maxrss`), for sizing jobs.
+    peak_memory_bytes: int | None = field(default=None, metadata={"omit_none": True})
 
     def to_json(self) -> dict[str, Any]:
         """The record as it is written: `format` first, then every field in order."""
@@ -236,6 +241,15 @@ class RecordStore:
         # nothing.
         if changed or digest is not None:
             write_record_checks(checks_file, current, digest)
+
+
+def record_origin(record: CompletionRecord | None) -> str | None:
+    """Which run made a record, for telling whether a record changed hands: its batch, or
+    for a record of an earlier version (none named) its `finished` stamp; None without a
+    record. Compared for equality only: stamps of two hosts' clocks are never ordered."""
+    if record is None:
+        return None
+    return record.batch_id or f"finished {record.finished}"
 
 
 def read_record(output: Path | str) -> CompletionRecord | None:

@@ -43,6 +43,8 @@ class TaskResult:
     flags_by_step: Mapping[str, Any] | None = None
     stations: tuple[str, ...] | None = None
     dp3_version: str | None = None
+    # DP3's peak resident memory, also of a DP3 that failed or was killed.
+    peak_memory_bytes: int | None = None
 
     @classmethod
     def from_record(cls, record: CompletionRecord, log: str) -> TaskResult:
@@ -66,6 +68,7 @@ class TaskResult:
             flags_by_step=record.flags_by_step,
             stations=record.stations,
             dp3_version=record.dp3_version,
+            peak_memory_bytes=record.peak_memory_bytes,
         )
 
     def to_json(self) -> dict[str, Any]:

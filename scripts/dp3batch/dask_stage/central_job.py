@@ -25,9 +25,10 @@ from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.codec import ContractError
 from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
 from dp3batch.books.layout import OutputLayout, RunFiles, leftover_owner, ms_log_file
-from dp3batch.books.records import Expectation, RecordStore, pending_reason
+from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_to_json
+from dp3batch.books.write_errors import QuietFileHandler, write_problem
 from dp3batch.dask_stage.cluster import ClusterError, cluster_client, package_zip
 from dp3batch.dask_stage.dask_report import DaskPerformanceReport, write_no_report
 from dp3batch.dask_stage.dispatch import (
@@ -42,10 +43,12 @@ from dp3batch.dask_stage.interrupts import Interrupted, ignore_interrupts, inter
 from dp3batch.dask_stage.lock import BatchError, output_dir_lock
 from dp3batch.dask_stage.preflight import PROBE_PREFIX, preflight
 from dp3batch.dask_stage.task import Task
-from dp3batch.report.batch_report import ReportFiles, write_batch_report
+from dp3batch.report.batch_report import ReportFiles, write_report_files
 from dp3batch.report.summary import Summary
 
 log = logging.getLogger("dp3batch")
+# The batch log only (not the terminal).
+file_log = logging.getLogger("dp3batch.batch_log")
 
 
 def task_for(batch: BatchSpec, ms: PendingMS) -> Task:
@@ -66,13 +69,15 @@ def _progress(done: int, total: int, elapsed: float) -> str:
 
 def _report_line(done: int, total: int, elapsed: float, result: TaskResult) -> str:
     duration = result.duration_seconds or 0.0
-    where = f"on {result.worker} ({result.numthreads} thread(s))"
+    # A task that returned no result (its worker died) ran nowhere that is known.
+    where = f" on {result.worker} ({result.numthreads} thread(s))" if result.worker else ""
     progress = _progress(done, total, elapsed)
     if result.status == Status.DONE:
-        return f"{progress} {result.name}: done in {duration:.1f} s {where}"
+        return f"{progress} {result.name}: done in {duration:.1f} s{where}"
+    said = f"; DP3 said: {result.error}" if result.error and result.error != result.reason else ""
     return (
-        f"{progress} {result.name}: FAILED after {duration:.1f} s {where}: "
-        f"{result.reason}; DP3 said: {result.error}; log: {result.log}"
+        f"{progress} {result.name}: FAILED after {duration:.1f} s{where}: "
+        f"{result.reason}{said}; log: {result.log}"
     )
 
 
@@ -84,8 +89,9 @@ def _known_outputs(batch: BatchSpec) -> set[str]:
 
 def still_pending(batch: BatchSpec, store: RecordStore) -> tuple[list[PendingMS], list[str]]:
     """The batch's MSs that are still pending now that the lock is held, and the names of
-    those another run completed while this one waited (an up-to-date record finished after
-    this batch was planned: an MS forced with -F is not dropped for its older record)."""
+    those another run completed while this one waited: an up-to-date record that another run
+    made since this batch was planned (its origin changed; an MS forced with -F keeps its
+    record and is not dropped, whatever clock stamped it)."""
     expected = Expectation(
         parameters_fingerprint=batch.parameters_fingerprint,
         extra_inputs_fingerprint=batch.extra_inputs_fingerprint,
@@ -95,9 +101,8 @@ def still_pending(batch: BatchSpec, store: RecordStore) -> tuple[list[PendingMS]
     for ms in batch.measurement_sets:
         fingerprint = ms.parameters_fingerprint or batch.parameters_fingerprint
         own = replace(expected, parameters_fingerprint=fingerprint)
-        record = store.record(ms.output)
-        finished = record.finished if record is not None else ""
-        if finished >= batch.planned_at and (
+        origin = record_origin(store.record(ms.output))
+        if (origin is not None and origin != ms.record_origin) and (
             pending_reason(Path(ms.input), Path(ms.output), own, store) is None
         ):
             completed.append(ms.name)
@@ -190,7 +195,7 @@ class BatchRun:
 
     def _from_record(self, ms: PendingMS) -> TaskResult | None:
         record = self.store.record(ms.output)
-        if record is None or record.finished < self.batch.planned_at:
+        if record is None or record.batch_id != self.batch.batch_id:
             return None
         return TaskResult.from_record(record, ms_log_file(self.batch.log_dir, ms.name))
 
@@ -198,16 +203,29 @@ class BatchRun:
         """The summary of every MS (from the records on disk) and this batch's report."""
         summary = Summary(self.layout, self.batch.all_measurement_sets, self.store)
         rows, problem = summary.write(
-            results, {ms.name for ms in self.batch.measurement_sets}, self.batch.planned_at
+            results, {ms.name for ms in self.batch.measurement_sets}, self.batch.batch_id
         )
-        if problem:
-            log.error("Error: %s", problem)
-        try:
-            write_batch_report(rows, self.report_files, f"Batch {self.batch.batch_id}")
-            if not self.report_files.dask.exists():
+        if problem:  # said once, by the rule layer, which writes it again when it ends
+            file_log.error("Error: %s", problem)
+        dask_problem = None
+        if not self.report_files.dask.exists():
+            try:
                 write_no_report(self.report_files.dask, "the batch ended before its tasks did")
-        except OSError as error:
-            log.error("Error: could not write the report of the batch: %s", error)
+            except OSError as error:
+                dask_problem = write_problem(error, self.report_files.dask)
+        if self.dask_report is not None and self.dask_report.problem:
+            dask_problem = self.dask_report.problem
+        # Its files are the central rule's outputs: each exists afterwards, whatever failed,
+        # or Snakemake would fail the job and delete them all (the batch marker too).
+        title = f"Batch {self.batch.batch_id}"
+        missing = write_report_files(rows, self.report_files, title) or dask_problem
+        if missing:
+            log.warning(
+                "Warning: the report of this batch (%s) is incomplete: %s. The MSs and their "
+                "summary are not affected.",
+                self.report_files.directory,
+                missing,
+            )
 
 
 def failure_report(results: list[TaskResult]) -> str:
@@ -233,8 +251,12 @@ def failure_report(results: list[TaskResult]) -> str:
 def write_batch_result(path: Path, results: list[TaskResult]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results_to_json(results), indent=2) + "\n")
-    temporary.replace(path)
+    try:
+        temporary.write_text(json.dumps(results_to_json(results), indent=2) + "\n")
+        temporary.replace(path)
+    except OSError:  # a full disk: no half-written copy is left to take space
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _configure_logging(log_file: str | None, run_log: Path | None = None) -> None:
@@ -242,10 +264,10 @@ def _configure_logging(log_file: str | None, run_log: Path | None = None) -> Non
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+        handlers.append(QuietFileHandler(log_file))
     if run_log is not None:
         with contextlib.suppress(OSError):  # the batch's own log has every line anyway
-            handlers.append(logging.FileHandler(run_log))
+            handlers.append(QuietFileHandler(run_log))
     formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     for handler in handlers:
         handler.setFormatter(formatter)
@@ -254,6 +276,8 @@ def _configure_logging(log_file: str | None, run_log: Path | None = None) -> Non
     log.handlers[:] = handlers
     log.setLevel(logging.INFO)
     log.propagate = False
+    file_log.handlers[:] = handlers[1:]
+    file_log.propagate = False
     # dask's own chatter (worker start-up, lost connections, a comm closed as the embedded
     # cluster stops) adds nothing to our report. Importing distributed sets its loggers'
     # levels from dask's config, so they are set here after that import.
@@ -295,8 +319,9 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
         _configure_logging(log_file, run_files.log)
     layout = OutputLayout(Path(batch.output_dir))
     pid_file = layout.batch_pid(batch.batch_id)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{os.getpid()}\n")
+    with contextlib.suppress(OSError):  # a full disk: Snakemake then signals only itself
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
     total = len(batch.measurement_sets)
     log.info("batch %s: %d MS(s), output in %s", batch.batch_id, total, batch.output_dir)
     run = BatchRun(batch)
@@ -310,6 +335,9 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
         log.error("Error: %s", error)
         with contextlib.suppress(OSError):
             layout.failures.write_text(f"Error: {error}\n")
+        return 2
+    except OSError as error:  # the batch's own files (its guard, its lock) cannot be written
+        log.error("Error: the batch could not go on: %s", write_problem(error))
         return 2
     except KeyboardInterrupt as interrupt:
         cause = getattr(interrupt, "cause", "an interrupt")
@@ -338,7 +366,15 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
         report = failure_report(results)
         with contextlib.suppress(OSError):
             layout.failures.write_text(report + "\n")
-    write_batch_result(Path(marker), results)
+    try:
+        write_batch_result(Path(marker), results)
+    except OSError as error:
+        log.error(
+            "Error: could not write the result of this batch, %s. The MSs done are kept (each "
+            "with its completion record); a rerun processes only the others.",
+            write_problem(error, marker),
+        )
+        return 2
     run.write_reports(results)
     if run_files is not None:
         keep_with_the_run(run.report_files.dask, run_files.dask_report)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dp3batch.books.batch_spec import BatchSpec
+from dp3batch.dask_stage.memory import gib, memory_limit, worker_share
 
 log = logging.getLogger("dp3batch")
 
@@ -38,6 +39,17 @@ QUIET_CLUSTER_CONFIG = {
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
+# The embedded workers are threads of one process, and a worker's memory limit is only the
+# share of memory its DP3 (a child process, which dask cannot see) may use: dask's own
+# reactions to the process's memory (spill, pause, restart) must not act on that share.
+EMBEDDED_MEMORY_CONFIG = {
+    "distributed.worker.memory.target": False,
+    "distributed.worker.memory.spill": False,
+    "distributed.worker.memory.pause": False,
+    "distributed.worker.memory.terminate": False,
 }
 
 
@@ -189,8 +201,20 @@ def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
     import dask
     from distributed import Client, LocalCluster
 
-    memory_per_worker = _total_memory() // n_workers if _total_memory() else "auto"
-    with dask.config.set({**QUIET_CLUSTER_CONFIG, "distributed.scheduler.allowed-failures": 2}):
+    limit = memory_limit()
+    memory_per_worker = worker_share(limit, n_workers)
+    log.info(
+        "memory: %s per worker, of %s (%s in use)",
+        gib(memory_per_worker),
+        limit.describe(),
+        gib(limit.in_use_bytes),
+    )
+    settings = {
+        **QUIET_CLUSTER_CONFIG,
+        **EMBEDDED_MEMORY_CONFIG,
+        "distributed.scheduler.allowed-failures": 2,
+    }
+    with dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
@@ -255,13 +279,6 @@ def _serve_dashboard_when_asked(scheduler) -> None:
     scheduler.http_application.add_handlers(
         r".*$", [Rule(UntilLoaded(DASHBOARD_PAGES), LoadDashboard)]
     )
-
-
-def _total_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def package_zip(directory: Path) -> Path:

@@ -9,10 +9,12 @@ cannot be made is a warning in the batch log, never a failed batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
 
+from dp3batch.books.write_errors import write_problem
 from dp3batch.dask_stage.cluster import SCHEDULER_ANSWER_SECONDS, call_with_deadline
 
 _log = logging.getLogger("dp3batch")
@@ -39,6 +41,8 @@ class DaskPerformanceReport:
         self.min_seconds = min_seconds
         self.started = time.time()
         self.last_count: int | None = None
+        # Why the report could not be written (a full disk), if it could not.
+        self.problem: str | None = None
 
     def start(self) -> None:
         self.started = time.time()
@@ -62,7 +66,8 @@ class DaskPerformanceReport:
 
     def finish(self) -> None:
         """Write the report (or a page saying why there is none)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # made by Snakemake already
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         elapsed = time.time() - self.started
         if self.last_count is None:
             text = _page("No dask performance report: the scheduler could not start one.")
@@ -90,4 +95,7 @@ class DaskPerformanceReport:
             except Exception as error:
                 _log.warning("no dask performance report: %s", error)
                 text = _page(f"No dask performance report: {error}")
-        self.path.write_text(text)
+        try:
+            self.path.write_text(text)
+        except OSError as error:  # said with the rest of the report (central_job)
+            self.problem = write_problem(error, self.path)

@@ -30,6 +30,7 @@ from dp3batch.dask_stage.cluster import (
 )
 from dp3batch.dask_stage.execution import process_measurement_set
 from dp3batch.dask_stage.interrupts import Interrupted
+from dp3batch.dask_stage.memory import gib
 from dp3batch.dask_stage.task import Task
 from dp3batch.dask_stage.task_keys import task_keys
 
@@ -152,8 +153,25 @@ def _result_of(future, task: Task) -> TaskResult:
         return future.result(timeout=SCHEDULER_ANSWER_SECONDS)
     except Exception as error:  # a lost worker (KilledWorker) or an internal error
         if type(error).__name__ == "KilledWorker":
-            return lost_result(task, "its worker died during every attempt", str(error))
+            return lost_result(task, killed_worker_reason(error))
         return lost_result(task, f"{type(error).__name__}: {error}", str(error))
+
+
+def killed_worker_reason(error: Exception) -> str:
+    """dask's KilledWorker: each worker that ran the task died (a worker is killed with
+    SIGKILL by the kernel's out-of-memory killer, by a batch system, or by hand), with the
+    memory limit of the last one."""
+    worker = getattr(error, "last_worker", None)
+    address = getattr(worker, "address", None)
+    limit = getattr(worker, "memory_limit", None)
+    last = f"; the last was {address}" if address else ""
+    if limit:
+        last += f", with a memory limit of {gib(limit)}"
+    return (
+        f"its worker died during every attempt{last}: killed, possibly out of memory (give each "
+        "DP3 more memory: fewer workers per host, more memory per worker or job) or by its "
+        "batch system; see the worker's log"
+    )
 
 
 def stop_running(client, dispatch: Dispatch, seconds: float = STOP_SECONDS) -> None:

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +29,18 @@ from dp3batch.books.layout import PARSET_NAME, temporary_path
 from dp3batch.books.records import CompletionRecord, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
-from dp3batch.dask_stage.output_check import InputGrid, check_output, read_input_grid
+from dp3batch.dask_stage.memory import (
+    aoflagger_memory_gb,
+    possibly_out_of_memory,
+    task_memory_share,
+)
+from dp3batch.dask_stage.memory import memory_limit as host_memory_limit
+from dp3batch.dask_stage.output_check import (
+    InputGrid,
+    RowsOutOfTimeOrder,
+    check_output,
+    read_input_grid,
+)
 from dp3batch.dask_stage.task import Task
 from dp3batch.dp3.command import hand_rerun_command
 from dp3batch.dp3.install import dp3_environment
@@ -115,10 +126,19 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
+@dataclass(frozen=True)
+class DP3Exit:
+    """How DP3 ended: its exit code (negative: the signal that killed it) and its peak
+    resident memory (`ru_maxrss`, of it and the children it waited for), if known."""
+
+    code: int
+    peak_memory_bytes: int | None = None
+
+
 def _run_dp3(
     arguments: list[str], log_path: Path, worker: Any, key: Any, meanwhile: Callable[[], Read]
-) -> tuple[int, Read]:
-    """DP3's exit code, and what `meanwhile` returned: it runs once DP3 has started (work of
+) -> tuple[DP3Exit, Read]:
+    """How DP3 ended, and what `meanwhile` returned: it runs once DP3 has started (work of
     this task that need not wait for DP3); if it raises, DP3 is stopped."""
     environment = dp3_environment()
     with open(log_path, "a") as log:
@@ -157,20 +177,30 @@ def _run_dp3(
                 process.wait()
 
 
-def _wait_for_exit(process: subprocess.Popen, seconds: float) -> int:
+def _wait_for_exit(process: subprocess.Popen, seconds: float) -> DP3Exit:
     """`process.wait(timeout=seconds)`, but woken by the exit itself: `Popen.wait` polls
     (every 50 ms), and each task would keep its DP3 slot idle for that long on average."""
     try:
         descriptor = os.pidfd_open(process.pid)
     except (AttributeError, OSError):  # no pidfd (old kernel), or already reaped
-        return process.wait(timeout=seconds)
+        return DP3Exit(process.wait(timeout=seconds))
     try:
         ready, _, _ = select.select([descriptor], [], [], seconds)
     finally:
         os.close(descriptor)
     if not ready:
         raise subprocess.TimeoutExpired(process.args, seconds)
-    return process.wait(timeout=seconds)
+    return _reap(process)
+
+
+def _reap(process: subprocess.Popen) -> DP3Exit:
+    """Reap the exited DP3 with `wait4`, which also says its peak memory (Linux: KiB)."""
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except ChildProcessError:  # reaped already
+        return DP3Exit(process.wait())
+    process.returncode = os.waitstatus_to_exitcode(status)  # as Popen.wait would set it
+    return DP3Exit(process.returncode, usage.ru_maxrss * 1024)
 
 
 def _waits_for_lock(log_path: Path) -> bool:
@@ -210,6 +240,32 @@ def disk_full_problem(directory: Path) -> str | None:
     return None
 
 
+def input_gone(path: str) -> str | None:
+    """Why the input can no longer be processed at all (it was deleted or replaced by
+    something that is not an MS after the run was planned), or None."""
+    if not os.path.exists(path):
+        return f"the input {path} no longer exists (it was deleted after the run was planned)"
+    if not os.path.isfile(os.path.join(path, "table.dat")):
+        return f"the input {path} is no longer a MeasurementSet (it has no table.dat)"
+    return None
+
+
+def input_changed_since(path: str, fingerprint: str) -> str | None:
+    """Whether the input changed while DP3 read it (another program rewrote or replaced it):
+    the output would be made from data that no longer exists."""
+    try:
+        unchanged = input_tree(Path(path)).fingerprint == fingerprint
+    except OSError:
+        unchanged = False
+    if unchanged:
+        return None
+    return (
+        f"input changed while it was processed: a file of {path} changed, appeared or went "
+        "away while DP3 ran; nothing was committed. Run again when it is no longer written "
+        "to: it is then processed as it is"
+    )
+
+
 def _signal_group(pid: int, signum: int) -> None:
     try:
         os.killpg(pid, signum)
@@ -228,9 +284,6 @@ def process_measurement_set(task: Task) -> TaskResult:
     worker_address = getattr(worker, "address", None) or socket.gethostname()
     output = Path(task.output)
     log_path = Path(task.log)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(output.parent, {output.name})
     started = time.time()
     # What every outcome reports; NOT_PROCESSED until it has one.
     result = TaskResult(
@@ -245,18 +298,30 @@ def process_measurement_set(task: Task) -> TaskResult:
         size_estimate_bytes=task.size or None,
     )
     temporary = temporary_path(output)
-    input_state = input_tree(Path(task.input))
-    memory_gb = memory_limit / 1e9 if memory_limit else None
+    # A worker's share of memory, capped by what this host's limits leave it (an external
+    # worker's own limit is dask's guess, blind to a batch job's cgroup).
+    host_limit = host_memory_limit()
+    share = task_memory_share(memory_limit, host_limit)
     parameters = task.parameters
     # One spectral window per run: the item's band (an MS of several windows is several
     # items), else the steps' own `msin.band`, if any.
     reading = parameters.with_band(task.band)
-    run = run_parameters(reading, task.input, str(temporary), threads, memory_gb)
-    arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
-    with open(log_path, "w") as log:
-        log.write(f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n")
-        log.write(f"# started {result.started}\n# command: {' '.join(arguments)}\n")
+    doing = "preparing the run"  # for a failure that is not DP3's: what was being done
     try:
+        missing = input_gone(task.input)
+        if missing:  # deleted (or replaced) after the run was planned
+            return _failed(result, started, log_path, missing, missing)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(output.parent, {output.name})
+        input_state = input_tree(Path(task.input))
+        memory_gb = aoflagger_memory_gb(share)
+        run = run_parameters(reading, task.input, str(temporary), threads, memory_gb)
+        doing = "writing DP3's log"
+        arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
+        with open(log_path, "w") as log:
+            log.write(f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n")
+            log.write(f"# started {result.started}\n# command: {' '.join(arguments)}\n")
         holder = write_lock_holder(task.input) or task.locked_by
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.
@@ -270,10 +335,16 @@ def process_measurement_set(task: Task) -> TaskResult:
             shape = read_shape(task.input, with_flags=True, band=reading.selected_band())
             return shape, read_input_grid(task.input, reading)
 
-        exit_code, (shape_in, grid) = _run_dp3(arguments, log_path, worker, key, read_input)
-        if exit_code != 0:
-            reason = disk_full_problem(output.parent) or exit_description(exit_code)
+        doing = "running DP3"
+        exited, (shape_in, grid) = _run_dp3(arguments, log_path, worker, key, read_input)
+        result = replace(result, peak_memory_bytes=exited.peak_memory_bytes)
+        if exited.code != 0:
+            reason = disk_full_problem(output.parent) or exit_description(exited.code)
+            if exited.code == -signal.SIGKILL:  # DP3 had no say: its last line is progress
+                reason += ": " + possibly_out_of_memory(share, host_limit, result.peak_memory_bytes)
+                return _failed(result, started, log_path, reason, reason)
             return _failed(result, started, log_path, reason)
+        doing = "checking the output"
         shape_out = read_shape(str(temporary), with_flags=True)
         dp3_output = log_path.read_text(errors="replace")  # read once, parsed three times
         expected, problems = check_output(grid, reading, dp3_output, shape_out)
@@ -286,6 +357,7 @@ def process_measurement_set(task: Task) -> TaskResult:
         if problems:
             problem = "output check failed: " + "; ".join(problems)
             return _failed(result, started, log_path, problem, problem)
+        doing = f"writing {PARSET_NAME}"
         finished = _now()
         final_run = run_parameters(reading, task.input, task.output, threads, memory_gb)
         rerun = hand_rerun_command(
@@ -299,6 +371,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             "run itself wrote to a temporary path that was renamed to msout on success.)"
         )
         write_parset(temporary / PARSET_NAME, final_run, header)
+        doing = "writing the completion record"
         # After every read of the output: a damaged output no longer matches it.
         output_state = output_tree(temporary)
         record = CompletionRecord(
@@ -333,19 +406,27 @@ def process_measurement_set(task: Task) -> TaskResult:
             output_fingerprint=output_state.fingerprint,
             input_files=input_state.files,
             output_files=output_state.files,
+            batch_id=task.batch_id,
+            peak_memory_bytes=exited.peak_memory_bytes,
         )
+        # Last, after every read of the input: what DP3 read is what the record describes.
+        changed = input_changed_since(task.input, input_state.fingerprint)
+        if changed:
+            return _failed(result, started, log_path, changed, changed)
         write_record(temporary, record)
+        doing = "committing the output"
         commit(temporary, output, task.guard)
     except (TaskCancelled, BatchStopped):
         raise  # the temporary output goes in `finally`
-    except NoRows as error:
+    except (NoRows, RowsOutOfTimeOrder) as error:
         return _failed(result, started, log_path, str(error), str(error))
     except InputLocked as error:
         reason = lock_message(task.input, write_lock_holder(task.input) or 0)
         return _failed(result, started, log_path, reason, str(error))
-    except Exception as error:
-        reason = disk_full_problem(output.parent) or f"{type(error).__name__}: {error}"
-        return _failed(result, started, log_path, reason)
+    except Exception as error:  # not DP3's failure: DP3's last line would mislead
+        problem = disk_full_problem(output.parent) or f"{type(error).__name__}: {error}"
+        reason = f"while {doing}: {problem}"
+        return _failed(result, started, log_path, reason, reason)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)

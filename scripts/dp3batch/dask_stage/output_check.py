@@ -16,12 +16,19 @@ import math
 import re
 from dataclasses import dataclass, fields, replace
 
+from dp3batch.dp3.averaging import (
+    AVERAGING_STEPS,
+    averaged_channels,
+    averaged_times,
+    effective_step,
+    msin_channels,
+    plain_integer,
+)
 from dp3batch.dp3.parameters import DP3Parameters, DP3Step, format_value
 from dp3batch.inputs.tables import Shape, open_subtable
 
 # Time and channel selections of msin whose effect only DP3 can compute.
 _MSIN_TIME_SELECTION = ("starttime", "endtime", "starttimeslot", "ntimes")
-_AVERAGING_STEPS = ("averager", "demixer")
 
 
 @dataclass(frozen=True)
@@ -52,14 +59,27 @@ class CannotDerive(RuntimeError):
     """The expected output shape cannot be known: the output cannot be checked."""
 
 
-def _integer(value: str | None) -> int | None:
-    """A parameter value that is a plain integer, else None (DP3 also takes expressions)."""
-    if value is None:
+class RowsOutOfTimeOrder(RuntimeError):
+    """The input's rows (of the window read) are not in time order: DP3 skips the rows whose
+    time is earlier than the row before ("Time at rownr N of MS ... is less than previous
+    time slot") and exits 0 with a wrong output."""
+
+
+def time_order_problem(path: str, time, rows) -> str | None:
+    """Why DP3 cannot read rows of these TIMEs (at these row numbers) in order, or None."""
+    import numpy as np
+
+    backwards = np.flatnonzero(np.diff(time) < 0)
+    if len(backwards) == 0:
         return None
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        return None
+    row = int(rows[backwards[0] + 1])
+    return (
+        f"the rows of {path} are not in time order (row {row} is earlier than the row before "
+        f"it; {len(backwards)} such step(s) back): DP3 skips such rows and would write a wrong "
+        'output. Sort the MS by time first, e.g. python -c "from casacore import tables; '
+        "tables.taql('select from IN.ms orderby TIME, ANTENNA1, ANTENNA2 giving OUT.ms as "
+        "plain')\""
+    )
 
 
 def read_input_grid(path: str, parameters: DP3Parameters) -> InputGrid:
@@ -74,6 +94,11 @@ def read_input_grid(path: str, parameters: DP3Parameters) -> InputGrid:
         selected = np.ones(len(ddid), dtype=bool) if band is None else ddid == band
         windows_in_rows = len(np.unique(ddid))
         time = table.getcol("TIME")[selected]
+        # Rows of several windows read as one are refused below, naming that cause.
+        if band is not None or windows_in_rows <= 1:
+            problem = time_order_problem(path, time, np.flatnonzero(selected))
+            if problem:
+                raise RowsOutOfTimeOrder(problem)
         # One row's INTERVAL: the whole column of an MS of 10 million rows is 80 MB.
         first = int(np.argmax(selected))  # the first selected row (if any is)
         interval = float(table.getcell("INTERVAL", first)) if selected.any() else 0.0
@@ -91,15 +116,7 @@ def read_input_grid(path: str, parameters: DP3Parameters) -> InputGrid:
     baselines = count_baselines(antenna1, antenna2)
     if "baseline" in msin:
         baselines = None
-    channels: int | None = window_channels - (_integer(msin.get("startchan", "0")) or 0)
-    if "startchan" in msin and _integer(msin["startchan"]) is None:
-        channels = None
-    if "nchan" in msin:
-        requested = _integer(msin["nchan"])
-        if requested is None or channels is None:
-            channels = None
-        elif requested > 0:  # 0 means all channels from startchan on
-            channels = requested
+    channels = msin_channels(parameters, window_channels)
     if band is not None:
         windows_in_rows = 1
     return InputGrid(times, baselines, channels, interval, windows_in_rows)
@@ -128,29 +145,32 @@ def derive_expected_shape(grid: InputGrid, parameters: DP3Parameters) -> Expecte
         )
     shape = ExpectedShape(grid.times, grid.baselines, grid.channels, grid.interval)
     for step in parameters.steps:  # in their order
-        if step.type in _AVERAGING_STEPS:
+        if step.type in AVERAGING_STEPS:
             shape = _averaged(shape, step)
     return shape
 
 
 def _averaged(shape: ExpectedShape, step: DP3Step) -> ExpectedShape:
-    """One averaging step: a `timestep`/`freqstep` divides the grid (a partial last slot or
-    channel group is kept); a `timeresolution`/`freqresolution` leaves it to DP3's plan."""
+    """One averaging step: a `timestep`/`freqstep` divides the grid (a partial last slot is
+    kept; a factor larger than the slots or channels there are is capped at them, as DP3
+    does); a `timeresolution`/`freqresolution` leaves it to DP3's plan."""
     times, interval, channels = shape.times, shape.interval, shape.channels
     if step.value("timeresolution") is not None:
         times = interval = None
     else:
-        timestep = _integer(step.value("timestep") or "1")
-        if timestep is None:
+        timestep = plain_integer(step.value("timestep") or "1")
+        if timestep is None or times is None:
             times = interval = None
         else:
-            times = None if times is None else math.ceil(times / timestep)
-            interval = None if interval is None else interval * timestep
+            factor = effective_step(timestep, times)
+            times = averaged_times(times, timestep)
+            interval = None if interval is None else interval * factor
     if step.value("freqresolution") is not None:
         channels = None
     else:
-        freqstep = _integer(step.value("freqstep") or "1")
-        channels = None if channels is None or freqstep is None else math.ceil(channels / freqstep)
+        freqstep = plain_integer(step.value("freqstep") or "1")
+        known = channels is not None and freqstep is not None
+        channels = averaged_channels(channels, freqstep) if known else None
     return replace(shape, times=times, interval=interval, channels=channels)
 
 

@@ -175,7 +175,8 @@ def shared_paths(batch: BatchSpec) -> list[tuple[str, str, str]]:
     """What every worker must see at the same absolute path as this machine, as (what, path,
     need) for `check_worker_paths`: a sample of the inputs (the first and the last), the
     files the steps read, DP3, and the output and log directories."""
-    inputs = [ms.input for ms in batch.measurement_sets]
+    # Of those still here: an input deleted since planning fails its own task, not the batch.
+    inputs = [ms.input for ms in batch.measurement_sets if os.path.exists(ms.input)]
     paths = [("input MS", path, "read") for path in dict.fromkeys(inputs[:1] + inputs[-1:])]
     files = batch.parameters.file_parameters()
     paths += [(f"{key} file", path, "read") for key, path in files]

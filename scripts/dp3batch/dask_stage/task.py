@@ -34,6 +34,8 @@ class Task:
     locked_by: int | None = None
     # The batch's guard file: no commit once it says the batch stopped (execution.commit).
     guard: str | None = None
+    # The batch's id, written into the completion record (who made it, without clocks).
+    batch_id: str | None = None
 
     @classmethod
     def of(cls, batch: BatchSpec, ms: PendingMS) -> Task:
@@ -53,4 +55,5 @@ class Task:
             size=ms.size,
             locked_by=ms.locked_by,
             guard=str(OutputLayout(Path(batch.output_dir)).batch_guard(batch.batch_id)),
+            batch_id=batch.batch_id,
         )

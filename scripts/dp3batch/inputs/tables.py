@@ -118,12 +118,21 @@ def _row_shape(table, with_flags: bool) -> tuple[int, int, float, float | None]:
     interval = float(table.getcell("INTERVAL", 0)) if rows else 0.0
     flagged = None
     if with_flags and rows:
+        # A row with FLAG_ROW set is flagged whole, whatever its FLAG says: DP3 reads it so
+        # (an MS with every row flagged and FLAG all false comes out of DP3 all flagged).
+        has_flag_row = "FLAG_ROW" in table.colnames()
         flagged_count = 0
         total = 0
         step = 10_000
         for start in range(0, rows, step):
-            flags = table.getcol("FLAG", startrow=start, nrow=min(step, rows - start))
-            flagged_count += int(np.count_nonzero(flags))
+            count = min(step, rows - start)
+            flags = table.getcol("FLAG", startrow=start, nrow=count)
+            if has_flag_row:
+                whole = table.getcol("FLAG_ROW", startrow=start, nrow=count).astype(bool)
+                per_row = flags[0].size
+                flagged_count += int(np.count_nonzero(flags[~whole])) + per_row * int(whole.sum())
+            else:
+                flagged_count += int(np.count_nonzero(flags))
             total += flags.size
         flagged = flagged_count / total if total else 0.0
     return rows, times, interval, flagged
@@ -141,6 +150,17 @@ def distinct_count(values) -> int:
     if (steps >= 0).all():
         return 1 + int(np.count_nonzero(steps))
     return len(np.unique(values))
+
+
+def window_channels(path: str | Path, band: int | None = None) -> int:
+    """NUM_CHAN of the spectral window that `band` (a DATA_DESC_ID, as `msin.band`) reads,
+    or of the first window."""
+    window = 0
+    if band is not None:
+        with open_subtable(path, "DATA_DESCRIPTION") as description:
+            window = int(description.getcell("SPECTRAL_WINDOW_ID", band))
+    with open_subtable(path, "SPECTRAL_WINDOW") as spw:
+        return int(spw.getcell("NUM_CHAN", window))
 
 
 def read_telescope_name(path: str | Path) -> str:

@@ -20,9 +20,11 @@ from typing import Any
 from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS
 from dp3batch.books.fingerprints import extra_inputs_fingerprint
 from dp3batch.books.layout import OutputLayout
-from dp3batch.books.records import Expectation, RecordStore, pending_reason
+from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
+from dp3batch.config.errors import ConfigError
 from dp3batch.config.steps import Chain
 from dp3batch.config.validation import validate_config
+from dp3batch.dp3.averaging import channel_problem, msin_channels
 from dp3batch.dp3.install import dp3_version, find_dp3_executable
 from dp3batch.dp3.parameter_check import ParameterCheck
 from dp3batch.dp3.parameters import DP3Parameters, parameters_fingerprint
@@ -37,7 +39,7 @@ from dp3batch.inputs.discovery import (
     discover_measurement_sets,
 )
 from dp3batch.inputs.step_files import check_extra_inputs
-from dp3batch.inputs.tables import read_telescope_name, write_lock_holder
+from dp3batch.inputs.tables import read_telescope_name, window_channels, write_lock_holder
 from dp3batch.planning.items import check_selected_band, per_window_items
 from dp3batch.planning.parallel import map_over_cores
 
@@ -74,7 +76,7 @@ class Plan:
     # what planning parsed).
     store: RecordStore = field(default_factory=RecordStore)
     pending: list[tuple[WorkItem, str]] = field(default_factory=list)
-    # When the pending set was taken: a record finished later was made by this run.
+    # When the pending set was taken.
     planned_at: str = field(
         default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(
             timespec="milliseconds"
@@ -95,6 +97,8 @@ class PendingInput:
     size: int
     locked_by: int | None = None
     telescope: str | None = None  # read only when the parameters depend on it
+    # Why DP3 would refuse its channel count (an Averager's freqstep), if it would.
+    channel_problem: str | None = None
 
 
 def make_plan(
@@ -175,7 +179,7 @@ def chain_settings(
     return ChainSettings(
         scheduler=scheduler,
         chain=chain,
-        output_dir=Path(os.path.normpath(base / Path(config["output_dir"]).expanduser())),
+        output_dir=output_dir_path(config, base),
         dp3_executable=executable,
         dp3_version=version,
         parameters=parameters,
@@ -186,6 +190,11 @@ def chain_settings(
         ),
         per_ms=PerMSParameters(chain, extra_dir, executable, parameters, file_keys),
     )
+
+
+def output_dir_path(config: dict[str, Any], base: Path) -> Path:
+    """The absolute output directory of a config, for a run in `base`."""
+    return Path(os.path.normpath(base / Path(config["output_dir"]).expanduser()))
 
 
 def pending_items(
@@ -223,6 +232,7 @@ def inspect_pending(plan: Plan, settings: ChainSettings, inspect_inputs: bool) -
     sources against the calibration files."""
     data_column = str(settings.chain.msin.get("datacolumn", "DATA"))
     per_ms = settings.per_ms
+    averages = bool(settings.parameters.steps_of_type("averager"))
 
     def inspect(item: WorkItem) -> PendingInput:
         # Opening a table costs milliseconds: only for the MSs about to be processed. A table
@@ -235,10 +245,15 @@ def inspect_pending(plan: Plan, settings: ChainSettings, inspect_inputs: bool) -
             return PendingInput(data_size(item.input))
         check_readable(item.input, data_column)
         telescope = read_telescope_name(item.input) if per_ms.varies else None
-        return PendingInput(data_size(item.input), telescope=telescope)
+        problem = averaging_problem(item, settings.parameters) if averages else None
+        return PendingInput(data_size(item.input), telescope=telescope, channel_problem=problem)
 
     unlocked = []
     inspections = map_over_cores(inspect, [item for item, _ in plan.pending])
+    pending = [item for item, _ in plan.pending]
+    check_channel_counts(
+        [(item, found.channel_problem) for item, found in zip(pending, inspections, strict=True)]
+    )
     for index, ((item, reason), found) in enumerate(zip(plan.pending, inspections, strict=True)):
         plan.sizes[item.name] = found.size
         if found.locked_by is not None:
@@ -253,6 +268,38 @@ def inspect_pending(plan: Plan, settings: ChainSettings, inspect_inputs: bool) -
             plan.ms_parameters[item.name] = per_ms.for_telescope(found.telescope)
     if unlocked:
         check_calibration_inputs(plan.parameters, [(item.name, item.input) for item in unlocked])
+
+
+def averaging_problem(item: WorkItem, parameters: DP3Parameters) -> str | None:
+    """Why DP3 would refuse to average this item's channels, or None (also when its window
+    cannot be read: an MS without rows or windows fails its own task, saying why)."""
+    try:
+        in_window = window_channels(item.input, item.band)
+    except Exception:  # casacore raises RuntimeError and friends
+        return None
+    channels = msin_channels(parameters, in_window)
+    return None if channels is None else channel_problem(parameters, channels)
+
+
+# How many MSs a message names before it only counts the rest.
+NAMED_IN_MESSAGE = 5
+
+
+def check_channel_counts(problems: list[tuple[WorkItem, str | None]]) -> None:
+    """Refuse the run, before anything is processed, when DP3 would refuse the channel count
+    of some pending MS (each of those would fail at run time, one by one)."""
+    refused = [(item, problem) for item, problem in problems if problem]
+    if not refused:
+        return
+    lines = [f"  {item.input}: {problem}" for item, problem in refused[:NAMED_IN_MESSAGE]]
+    if len(refused) > NAMED_IN_MESSAGE:
+        lines.append(f"  ... and {len(refused) - NAMED_IN_MESSAGE} more")
+    raise ConfigError(
+        f"steps: DP3 cannot average the channels of {len(refused)} pending MS(s):\n"
+        + "\n".join(lines)
+        + "\nChoose a freqstep that divides the channel count (one at least as large "
+        "averages all channels into one), or select channels with `MsIn: {nchan: N}`."
+    )
 
 
 def _start_parameter_check(
@@ -349,6 +396,8 @@ def batch_specification(
 def _pending_ms(plan: Plan, item: WorkItem, reason: str) -> PendingMS:
     # Its own parameters (`Task.of` takes them instead of the batch's shared ones).
     own = plan.ms_parameters.get(item.name)
+    # A missing output has no record to read.
+    origin = None if reason.startswith("missing") else record_origin(plan.store.record(item.output))
     return PendingMS(
         name=item.name,
         input=str(item.input),
@@ -359,4 +408,5 @@ def _pending_ms(plan: Plan, item: WorkItem, reason: str) -> PendingMS:
         parameters=own.parameters if own else None,
         parameters_fingerprint=own.fingerprint if own else None,
         locked_by=plan.locked.get(item.name),
+        record_origin=origin,
     )

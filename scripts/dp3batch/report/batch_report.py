@@ -8,11 +8,14 @@ of every run.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dp3batch.books.status import Status
+from dp3batch.books.write_errors import write_problem
 from dp3batch.report.html import write_summary_html
 from dp3batch.report.summary import SummaryRow, write_summary
 from dp3batch.report.svg_chart import Series, bar_chart, line_chart
@@ -70,10 +73,29 @@ class ReportFiles:
         return {name: str(getattr(self, name)) for name in names}
 
 
+def write_report_files(rows: list[SummaryRow], files: ReportFiles, title: str) -> str | None:
+    """The batch's report (see write_batch_report), never raising: what could not be
+    written, or None. Every file of the report exists afterwards (empty if it could not be
+    written), so that a full disk costs the report and not the run."""
+    problem = None
+    try:
+        write_batch_report(rows, files, title)
+    except OSError as error:
+        problem = write_problem(error)
+    for path in files.as_dict().values():
+        if not os.path.exists(path):
+            with contextlib.suppress(OSError):  # an empty file needs no room, only a name
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).touch()
+    return problem
+
+
 def write_batch_report(rows: list[SummaryRow], files: ReportFiles, title: str) -> None:
     """Everything but the dask report (see dask_report), from the summary rows."""
     files.directory.mkdir(parents=True, exist_ok=True)
-    write_summary(rows, files.table.with_suffix(".json"), files.table)
+    problem = write_summary(rows, files.table.with_suffix(".json"), files.table)
+    if problem:
+        raise OSError(problem)
     write_summary_html(rows, files.html, title)
     plot_flagged_fractions(rows, files.flagged)
     plot_rfi_spectrum(rows, files.spectrum)

@@ -25,6 +25,7 @@ from dp3batch.books.record_checks import without_collections
 from dp3batch.books.records import CompletionRecord, RecordStore
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
+from dp3batch.books.write_errors import write_problem
 
 # The prefix of the columns of each flagging step (`flagged_aoflagger`: DP3's percentage).
 STEP_FLAGS_PREFIX = "flagged_"
@@ -61,6 +62,8 @@ class SummaryRow:
     error: str | None = None
     input: str | None = None
     output: str | None = None
+    # DP3's peak resident memory (its ru_maxrss), for sizing jobs; after the older columns.
+    peak_memory_bytes: int | None = None
     # JSON only: DP3's time per step, its flag counts per step (the RFI spectrum and the
     # per-station plot), the stations by antenna index.
     step_seconds: Mapping[str, float] = field(default_factory=dict)
@@ -124,6 +127,7 @@ def _row_from(
         # As the record says (the path it was made from).
         input=source.input,
         output=source.output,
+        peak_memory_bytes=source.peak_memory_bytes,
         step_seconds=dict(source.step_seconds or {}),
         flags_by_step=dict(source.flags_by_step or {}),
         stations=tuple(source.stations or ()),
@@ -135,13 +139,14 @@ def collect_rows(
     batch_results: Sequence[TaskResult] | None,
     log_dir: str | Path,
     batch_names: set[str] | None = None,
-    batch_started: str = "",
+    batch_id: str | None = None,
     store: RecordStore | None = None,
 ) -> list[SummaryRow]:
     """One row per MS, built from the completion records on disk, so that it is true after
-    any fault: an MS of this run's batch (`batch_names`) whose record was finished after
-    `batch_started` is done, even if its result was lost with the scheduler or an interrupt;
-    a failed result without such a record is failed.
+    any fault: an MS of this run's batch (`batch_names`) whose record that batch made (its
+    `batch_id`, never a comparison of two hosts' clocks) is done, even if its result was lost
+    with the scheduler or an interrupt; a failed result without such a record is failed,
+    whatever record an earlier run left.
 
     `measurement_sets` are every MS of the workflow; `store` reads their records (a new
     one if not given)."""
@@ -153,7 +158,7 @@ def collect_rows(
         result = in_batch.get(ms.name)
         log = ms_log_file(log_dir, ms.name)
         record = store.record(ms.output)
-        made_now = record is not None and record.finished >= batch_started
+        made_now = record is not None and batch_id is not None and record.batch_id == batch_id
         if record is not None and ms.name in batch_names and made_now:
             rows.append(_row_from(ms, Status.DONE, log, record))
         elif result is not None and result.status in (Status.FAILED, Status.NOT_PROCESSED):
@@ -219,10 +224,15 @@ def write_summary(
                 temporary.write_text(text)
                 temporary.replace(path)
     except OSError as error:
-        for temporary in temporaries:
+        # No half-written copy left to take space, and no summary of an earlier run that
+        # would no longer tell the truth.
+        for path in (*temporaries, json_path, tsv_path):
             with contextlib.suppress(OSError):
-                temporary.unlink()
-        return f"could not write the summary {tsv_path}: {error.strerror or error}"
+                path.unlink()
+        return (
+            f"could not write the summary {tsv_path} ({write_problem(error)}); the summary of "
+            "an earlier run was removed, as it no longer told the truth"
+        )
     return None
 
 
@@ -297,7 +307,7 @@ class Summary:
         self,
         batch_results: Sequence[TaskResult] = (),
         batch_names: set[str] | None = None,
-        batch_started: str = "",
+        batch_id: str | None = None,
     ) -> tuple[list[SummaryRow], str | None]:
         """The rows after a batch (see `collect_rows`), written; and a problem, if any."""
         rows = collect_rows(
@@ -305,7 +315,7 @@ class Summary:
             batch_results,
             self.layout.log_dir,
             batch_names,
-            batch_started,
+            batch_id,
             self.store,
         )
         return rows, write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)

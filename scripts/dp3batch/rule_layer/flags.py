@@ -42,14 +42,17 @@ class CommandLineFlags:
     dryrun: bool = False
     # `-d/--directory`: the working directory Snakemake was told to use (None: not given).
     directory: str | None = None
+    # `--touch`: Snakemake would mark outputs up to date without running their jobs; here
+    # an MS is done only when DP3 made it (see rule_layer.run: refused while MSs are pending).
+    touch: bool = False
     # The arguments that say which workflow, directory and config a run used: a command
     # the user copies from our messages must name them again.
     workflow_arguments: tuple[str, ...] = ()
 
     @property
     def processes_nothing(self) -> bool:
-        """A dry run, a report or a list of changes: nothing will be submitted."""
-        return self.dryrun or self.report or self.list_changes is not None
+        """A dry run, a report, a list of changes or --touch: nothing will be submitted."""
+        return self.dryrun or self.report or self.touch or self.list_changes is not None
 
     def command(self, *extra: str) -> str:
         """`snakemake --cores 1` with this run's workflow arguments and `extra`."""
@@ -77,6 +80,7 @@ def command_line_flags(argv: Sequence[str]) -> CommandLineFlags:
         report=bool(getattr(args, "report", None)),
         dryrun=bool(getattr(args, "dryrun", False)),
         directory=str(args.directory) if getattr(args, "directory", None) else None,
+        touch=bool(getattr(args, "touch", False)),
         workflow_arguments=_workflow_arguments(args),
     )
 

@@ -20,11 +20,18 @@ from typing import Any, NoReturn
 import yaml
 
 from dp3batch.books.batch_spec import BatchSpec, task_list
-from dp3batch.books.layout import RECORD_NAME, OutputLayout, RunFiles, make_run_directory
+from dp3batch.books.layout import (
+    RECORD_NAME,
+    OutputLayout,
+    RunFiles,
+    make_run_directory,
+    output_dir_problem,
+)
 from dp3batch.books.task_result import TaskResult, results_from_json
 from dp3batch.config.errors import ConfigError
 from dp3batch.config.validation import validate_config
 from dp3batch.dask_stage.interrupts import forward_interrupts_to_batch
+from dp3batch.dask_stage.memory import memory_limit
 from dp3batch.dp3.install import DP3Error
 from dp3batch.dp3.wrapper import aoflagger_strategy_warning
 from dp3batch.inputs.demo_data import ensure_demo_data
@@ -36,6 +43,7 @@ from dp3batch.planning.plan import (
     batch_specification,
     describe_pending,
     make_plan,
+    output_dir_path,
 )
 from dp3batch.report.batch_report import ReportFiles
 from dp3batch.report.summary import Summary, SummaryRow, records_digest
@@ -75,6 +83,9 @@ class Run:
         flags = command_line_flags(argv)
         _refuse_scheduler_as_directory(flags)
         plan = _plan_or_exit(config, flags)
+        if flags.touch and plan.pending:
+            _say(describe_pending(plan))
+            _exit(touch_refusal(plan, flags))
         run = cls(config, flags, plan, OutputLayout(plan.output_dir))
         if plan.pending and not flags.report and flags.list_changes is None:
             run.batch = batch_id(plan)
@@ -88,7 +99,8 @@ class Run:
             # `--list-changes KIND`: the MS outputs pending for that kind of change, no jobs.
             for changed in changed_outputs(plan, flags.list_changes):
                 print(changed)
-        if not plan.pending and not flags.report:
+        # Nothing can be refreshed in a read-only output_dir (a dry run was warned).
+        if not plan.pending and not flags.report and not output_dir_problem(plan.output_dir):
             run._refresh_books()
         return run
 
@@ -174,6 +186,9 @@ class Run:
         self._write_summary()
         _release_snakemake_timers()
         self._report_failure()
+        killed = self._central_job_killed()
+        if killed:
+            self._say(f"\nError: {killed}")
 
     # --- the verdict ----------------------------------------------------------------
 
@@ -186,7 +201,7 @@ class Run:
     def _write_summary(self) -> list[SummaryRow]:
         """From the completion records on disk and this run's batch result, if any."""
         names = {ms.name for ms, _ in self.plan.pending} if self.batch else set()
-        rows, problem = self.summary.write(self._batch_results(), names, self.plan.planned_at)
+        rows, problem = self.summary.write(self._batch_results(), names, self.batch)
         if problem:
             self._say(f"Error: {problem}")
         self._announce(rows)
@@ -199,6 +214,26 @@ class Run:
             f"\n{done} of {len(rows)} MS(s) complete in {self.plan.output_dir}/"
             f" (status of each: {self.layout.summary_tsv};"
             f" HTML report: {self.flags.command('--report', 'report.html')})"
+        )
+
+    def _central_job_killed(self) -> str | None:
+        """The central job ended without a word (its pid file is left: no `finally` ran),
+        as a process does that SIGKILL ends: say what that means here."""
+        if not self.batch:
+            return None
+        pid_file = self.layout.batch_pid(self.batch)
+        try:
+            pid = int(pid_file.read_text())
+            pid_file.unlink()
+        except (OSError, ValueError):
+            return None
+        embedded = "" if self.plan.scheduler else " (and with it the embedded dask workers)"
+        return (
+            f"the central job (pid {pid}){embedded} was killed before it finished its batch; "
+            "every DP3 it started ended with it. Killed by SIGKILL (Snakemake says so above), "
+            f"it was possibly out of memory: the memory limit here is {memory_limit().describe()}"
+            ". The MSs it finished are kept: give the run more memory, or fewer workers "
+            "(local_cluster), and run again"
         )
 
     def _report_failure(self) -> None:
@@ -269,6 +304,7 @@ def _plan_or_exit(config: dict[str, Any], flags: CommandLineFlags) -> Plan:
     try:
         # First: one message naming the offending key, before any work.
         validated = validate_config(config)
+        writable_or_exit(config, flags)
         ensure_demo_data(config)
         return make_plan(
             config,
@@ -282,6 +318,28 @@ def _plan_or_exit(config: dict[str, Any], flags: CommandLineFlags) -> Plan:
         _exit(f"Error: {error}")
     except KeyboardInterrupt:
         _exit("Interrupted while planning: nothing was processed.")
+
+
+def touch_refusal(plan: Plan, flags: CommandLineFlags) -> str:
+    """`--touch` marks Snakemake's outputs up to date without running their jobs. The MS
+    outputs are not Snakemake's (see docs/design.md), and an MS counts as done only when DP3
+    made it and its completion record says so: nothing here can be marked done by hand."""
+    return (
+        f"Error: --touch cannot mark MSs as processed: {len(plan.pending)} MS(s) are pending "
+        "(listed above), and an output counts as done only when DP3 made it and its "
+        "completion record says so. Nothing was changed. Run without --touch to process "
+        f"them ({flags.command()}); -n lists them"
+    )
+
+
+def writable_or_exit(config: dict[str, Any], flags: CommandLineFlags) -> None:
+    """A run writes into output_dir: one that cannot is refused before anything runs. A dry
+    run, a report or a list of changes writes nothing there, and is only warned."""
+    problem = output_dir_problem(output_dir_path(config, Path.cwd()))
+    if problem and not flags.processes_nothing:
+        raise ConfigError(problem)
+    if problem:
+        _say(f"Warning: {problem}")
 
 
 def _exit(message: str) -> NoReturn:

@@ -1,0 +1,85 @@
+"""What DP3's averaging makes of a grid: how many time slots and channels an Averager (or a
+Demixer) with `timestep`/`freqstep` leaves, and when DP3 refuses a channel count.
+
+Measured with the dp3 6.6.0 wheel:
+- a `timestep` or `freqstep` larger than the time slots or channels there are is capped at
+  them (2 time slots with `timestep=4` give 1 slot of twice the interval; 3 channels with
+  `freqstep=4` give 1 channel);
+- a partial last time slot is kept (20 slots with `timestep=3` give 7);
+- a `freqstep` smaller than the channels that does not divide them stops DP3 ("When
+  averaging, nr of channels must divide integrally; nr of channels = 16 averaging factor = 3").
+"""
+
+from __future__ import annotations
+
+import math
+
+from dp3batch.dp3.parameters import DP3Parameters, DP3Step, format_value
+
+AVERAGING_STEPS = ("averager", "demixer")
+
+
+def plain_integer(value: str | None) -> int | None:
+    """A parameter value that is a plain integer, else None (DP3 also takes expressions)."""
+    if value is None:
+        return None
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def effective_step(step: int, size: int) -> int:
+    """The averaging factor DP3 applies to `size` time slots or channels: capped at them."""
+    return min(step, size) if size > 0 else step
+
+
+def averaged_times(times: int, timestep: int) -> int:
+    return math.ceil(times / effective_step(timestep, times)) if times > 0 else 0
+
+
+def averaged_channels(channels: int, freqstep: int) -> int:
+    return math.ceil(channels / effective_step(freqstep, channels)) if channels > 0 else 0
+
+
+def channel_problem(parameters: DP3Parameters, channels: int) -> str | None:
+    """Why DP3 would refuse to average `channels` channels (those msin reads) with the
+    chain's Averager steps, or None. Steps whose factor only DP3 computes (`freqresolution`,
+    an expression) end the check: nothing is refused that DP3 might take."""
+    for step in parameters.steps:
+        if step.type != "averager":
+            continue
+        freqstep = _freqstep(step)
+        if freqstep is None:
+            return None
+        factor = effective_step(freqstep, channels)
+        if channels % factor:
+            return (
+                f"{step.name} freqstep {freqstep} does not divide its {channels} channels "
+                f"(DP3 refuses it: 'When averaging, nr of channels must divide integrally')"
+            )
+        channels //= factor
+    return None
+
+
+def _freqstep(step: DP3Step) -> int | None:
+    if step.value("freqresolution") is not None:
+        return None
+    return plain_integer(step.value("freqstep") or "1")
+
+
+def msin_channels(parameters: DP3Parameters, window_channels: int) -> int | None:
+    """The channels DP3 reads of a window of `window_channels` (`msin.startchan`,
+    `msin.nchan`), or None when they are expressions only DP3 evaluates."""
+    msin = {key: format_value(value) for key, value in parameters.msin.items()}
+    start = plain_integer(msin.get("startchan", "0"))
+    if start is None:
+        return None
+    channels = window_channels - start
+    if "nchan" in msin:
+        requested = plain_integer(msin["nchan"])
+        if requested is None:
+            return None
+        if requested > 0:  # 0 means all channels from startchan on
+            channels = requested
+    return channels

@@ -1,0 +1,166 @@
+"""Inputs at the edges a filesystem allows: shorter than the averaging, channels the averaging
+does not divide, rows out of time order, every row flagged by FLAG_ROW, an input deleted
+before its task starts, and one replaced while its DP3 runs. Real snakemake, DP3 and dask."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+from casacore import tables
+from conftest import dp3_processes, make_inputs, make_ms, wait_until
+
+SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
+ONE_WORKER = {"n_workers": 1, "threads_per_worker": 1}
+
+
+def _summary(workflow) -> dict[str, dict[str, str]]:
+    with open(workflow.output_dir / "summary.tsv") as handle:
+        return {row["name"]: row for row in csv.DictReader(handle, delimiter="\t")}
+
+
+def test_an_ms_shorter_than_the_averaging_is_capped_as_dp3_caps_it(workflow):
+    """2 time slots with timestep 4, 16 channels with freqstep 32: DP3 averages what there is
+    (before, the output check refused it on every run: `DP3 planned 2.0 interval ...`)."""
+    make_ms(workflow.directory / "inputs" / "short.ms", n_times=2, n_channels=16)
+    workflow.config["steps"] = [{"PreFlagger": None}, {"Averager": {"timestep": 4, "freqstep": 32}}]
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    record = workflow.record("short")
+    assert record["shape_after"]["times"] == 1
+    assert record["shape_after"]["channels"] == 1
+    assert record["shape_after"]["interval"] == 2 * record["shape_before"]["interval"]
+    assert record["shape_expected"]["times"] == 1
+    again = workflow.run()
+    assert again.returncode == 0 and "are complete and up to date" in again.output
+
+
+def test_a_freqstep_that_does_not_divide_the_channels_is_refused_up_front(workflow):
+    make_ms(workflow.directory / "inputs" / "obs_16.ms", n_channels=16)
+    make_ms(workflow.directory / "inputs" / "obs_18.ms", n_channels=18)
+    workflow.config["steps"] = [{"Averager": {"timestep": 1, "freqstep": 3}}]
+    started = time.monotonic()
+    result = workflow.run(timeout=120)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 60
+    assert "steps: DP3 cannot average the channels of 1 pending MS(s):" in result.output
+    assert "obs_16.ms: averager freqstep 3 does not divide its 16 channels" in result.output
+    assert "obs_18.ms" not in result.output.split("Error:")[1]  # it divides: not named
+    assert "Traceback" not in result.output
+    # Refused before anything ran: no DP3, no output, no log.
+    assert not (workflow.output_dir / "logs").exists() or not any(
+        (workflow.output_dir / "logs").glob("obs_*.log")
+    )
+    assert workflow.record("obs_18") is None
+
+
+def _shuffle_time_slots(ms, first: int, second: int) -> None:
+    """Swap the rows of two time slots: every row is there, but not in time order."""
+    with tables.table(str(ms), ack=False) as table:
+        times = table.getcol("TIME")
+        slots = np.unique(times)
+        order = np.arange(table.nrows())
+        one = order[times == slots[first]].copy()
+        other = order[times == slots[second]].copy()
+        order[times == slots[first]], order[times == slots[second]] = other, one
+        shuffled = table.selectrows(order.tolist())
+        shuffled.copy(str(ms) + ".shuffled", deep=True)
+        shuffled.close()
+    shutil.rmtree(ms)
+    os.rename(str(ms) + ".shuffled", ms)
+
+
+def test_rows_out_of_time_order_fail_alone_naming_the_cause(workflow):
+    inputs = make_inputs(workflow.directory / "inputs", 2)
+    _shuffle_time_slots(inputs[1], 3, 10)
+    result = workflow.run(timeout=180)
+    assert result.returncode != 0
+    assert workflow.record("obs_0") is not None
+    assert workflow.record("obs_1") is None
+    assert f"the rows of {inputs[1]} are not in time order (row " in result.output
+    assert "orderby TIME" in result.output  # what to do
+    assert "output check failed" not in result.output
+    assert _summary(workflow)["obs_1"]["status"] == "failed"
+
+
+def test_every_row_flagged_by_flag_row_counts_as_flagged(workflow):
+    inputs = make_inputs(workflow.directory / "inputs", 1)
+    with tables.table(str(inputs[0]), readonly=False, ack=False) as table:
+        table.putcol("FLAG_ROW", np.ones(table.nrows(), dtype=bool))
+        assert not table.getcol("FLAG").any()
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    row = _summary(workflow)["obs_0"]
+    assert float(row["flagged_before"]) == 1.0  # was 0.0: FLAG alone is all false
+    assert float(row["flagged_after"]) == 1.0  # DP3 reads FLAG_ROW so
+
+
+def _msin_of(process) -> str:
+    for argument in process.cmdline():
+        if argument.startswith("msin="):
+            return argument.split("=", 1)[1]
+    return ""
+
+
+def test_an_input_deleted_before_its_task_starts_fails_alone_clearly(workflow):
+    inputs = make_inputs(workflow.directory / "inputs", 2, **SLOW_MS)
+    workflow.config["local_cluster"] = ONE_WORKER
+    snakemake = workflow.start()
+    try:
+        running = wait_until(lambda: dp3_processes(str(workflow.directory)), 120, 0.05)
+        assert running
+        first = _msin_of(running[0])
+        waiting = next(path for path in inputs if str(path) not in first)
+        shutil.rmtree(waiting)  # the other MS, whose task has not started yet
+        snakemake.wait(timeout=180)
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+            snakemake.wait()
+    output = (workflow.directory / "snakemake.out").read_text()
+    name = waiting.name.removesuffix(".ms")
+    assert snakemake.returncode != 0
+    assert f"{name}: FAILED after" in output
+    assert f"the input {waiting} no longer exists (it was deleted after the run was planned)" in (
+        output
+    )
+    assert "on None" not in output and "FileNotFoundError" not in output
+    assert "Traceback" not in output
+    assert _summary(workflow)[name]["status"] == "failed"
+    done = {path.name.removesuffix(".ms") for path in inputs} - {name}
+    assert all(workflow.record(other) is not None for other in done)
+
+
+def test_an_input_replaced_while_its_dp3_runs_is_not_counted_done(workflow):
+    inputs = make_inputs(workflow.directory / "inputs", 1, **SLOW_MS)
+    # What a transfer tool puts in its place: another MS, renamed over it.
+    replacement = make_ms(workflow.directory / "staging" / "obs_0.ms", seed=7, **SLOW_MS)
+    workflow.config["local_cluster"] = ONE_WORKER
+    snakemake = workflow.start()
+    try:
+        assert wait_until(lambda: dp3_processes(str(workflow.directory)), 120, 0.02)
+        os.rename(inputs[0], workflow.directory / "staging" / "old.ms")
+        os.rename(replacement, inputs[0])
+        still_running = bool(dp3_processes(str(workflow.directory)))
+        snakemake.wait(timeout=180)
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+            snakemake.wait()
+    assert still_running, "DP3 ended before the input was replaced: the test proves nothing"
+    output = (workflow.directory / "snakemake.out").read_text()
+    assert snakemake.returncode != 0, output
+    assert "obs_0: FAILED" in output
+    assert "input changed while it was processed" in output
+    assert workflow.record("obs_0") is None  # nothing committed from data that is gone
+    assert "Traceback" not in output
+    rerun = subprocess.run(
+        workflow.command(), cwd=workflow.directory, capture_output=True, text=True, timeout=240
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert workflow.record("obs_0") is not None  # made from the MS that is there now

@@ -1,0 +1,304 @@
+"""The pure parts of the edge cases of issue 24: memory limits read from cgroups, DP3's
+averaging of short MSs and its refusal of channel counts, rows out of time order, the
+output directory's writability, write errors for people, FLAG_ROW, `--touch`, a killed
+worker, an input gone or changed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from dp3batch.books.layout import output_dir_problem
+from dp3batch.books.write_errors import QuietFileHandler, write_problem
+from dp3batch.dask_stage import memory
+from dp3batch.dask_stage.dispatch import killed_worker_reason
+from dp3batch.dask_stage.execution import input_changed_since, input_gone
+from dp3batch.dask_stage.memory import (
+    MemoryLimit,
+    aoflagger_memory_gb,
+    cgroup_directories,
+    possibly_out_of_memory,
+    task_memory_share,
+    worker_share,
+)
+from dp3batch.dask_stage.output_check import (
+    InputGrid,
+    derive_expected_shape,
+    time_order_problem,
+)
+from dp3batch.dp3.averaging import (
+    averaged_channels,
+    averaged_times,
+    channel_problem,
+    effective_step,
+    msin_channels,
+)
+from dp3batch.dp3.parameters import DP3Parameters, DP3Step
+from dp3batch.report.batch_report import ReportFiles, write_report_files
+from dp3batch.rule_layer.flags import command_line_flags
+
+# --- memory limits -------------------------------------------------------------------------
+
+MOUNTINFO = """\
+25 30 0:22 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+26 30 0:23 / /sys/fs/cgroup/cpu rw,nosuid - cgroup cgroup rw,cpu
+27 30 0:24 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+28 30 0:25 / /mnt/with\\040space rw - tmpfs tmpfs rw
+"""
+MEMBERSHIP = """\
+4:memory:/slurm/uid_1000/job_42
+1:cpu:/
+0::/system.slice/slurmstepd.scope/job_42
+"""
+
+
+def test_this_process_s_cgroups_are_found_in_both_hierarchies():
+    found = list(cgroup_directories(MEMBERSHIP, MOUNTINFO))
+    assert found == [
+        (Path("/sys/fs/cgroup/memory/slurm/uid_1000/job_42"), Path("/sys/fs/cgroup/memory"), 1),
+        (
+            Path("/sys/fs/cgroup/unified/system.slice/slurmstepd.scope/job_42"),
+            Path("/sys/fs/cgroup/unified"),
+            2,
+        ),
+    ]
+
+
+def test_a_mount_root_inside_the_hierarchy_is_taken_off_the_path():
+    """A container's mount shows the hierarchy from its own cgroup on."""
+    mounts = "40 30 0:24 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+    found = list(cgroup_directories("0::/docker/abc/worker\n", mounts))
+    assert found == [(Path("/sys/fs/cgroup/worker"), Path("/sys/fs/cgroup"), 2)]
+
+
+def _cgroup(directory: Path, limit: str, current: int, inactive: int, version: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    if version == 2:
+        (directory / "memory.max").write_text(limit + "\n")
+        (directory / "memory.current").write_text(f"{current}\n")
+        (directory / "memory.stat").write_text(f"anon 1\ninactive_file {inactive}\n")
+    else:
+        (directory / "memory.limit_in_bytes").write_text(limit + "\n")
+        (directory / "memory.usage_in_bytes").write_text(f"{current}\n")
+        (directory / "memory.stat").write_text(f"cache 5\ntotal_inactive_file {inactive}\n")
+
+
+def _proc(tmp_path: Path, membership: str, mountinfo: str) -> Path:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(membership)
+    (proc / "self" / "mountinfo").write_text(mountinfo)
+    (proc / "meminfo").write_text("MemTotal: 100 kB\nMemAvailable: 60 kB\n")
+    return proc
+
+
+def test_the_smallest_limit_along_the_path_binds_with_its_working_set(tmp_path):
+    root = tmp_path / "cg"
+    _cgroup(root, "max", 0, 0, 2)
+    _cgroup(root / "job", str(2 * 2**30), 500 * 2**20, 100 * 2**20, 2)  # the job: 2 GiB
+    _cgroup(root / "job" / "step", "max", 0, 0, 2)
+    mounts = f"1 1 0:1 / {root} rw - cgroup2 cgroup2 rw\n"
+    proc = _proc(tmp_path, "0::/job/step\n", mounts)
+    (limit,) = memory.cgroup_limits(proc)
+    assert limit.limit_bytes == 2 * 2**30
+    assert limit.source == f"cgroup memory.max of {root / 'job'}"
+    assert limit.in_use_bytes == 400 * 2**20  # usage less the inactive file cache
+    assert limit.available_bytes == 2 * 2**30 - 400 * 2**20
+
+
+def test_cgroup_v1_s_no_limit_is_no_limit(tmp_path):
+    root = tmp_path / "memory"
+    _cgroup(root, "9223372036854771712", 0, 0, 1)
+    _cgroup(root / "a", "9223372036854771712", 0, 0, 1)
+    proc = _proc(tmp_path, "4:memory:/a\n", f"1 1 0:1 / {root} rw - cgroup cgroup rw,memory\n")
+    assert memory.cgroup_limits(proc) == []
+
+
+def test_the_limit_is_the_smallest_of_memory_cgroup_and_address_space(tmp_path, monkeypatch):
+    root = tmp_path / "memory"
+    _cgroup(root / "job", str(2**30), 0, 0, 1)
+    proc = _proc(tmp_path, "4:memory:/job\n", f"1 1 0:1 / {root} rw - cgroup cgroup rw,memory\n")
+    assert memory.memory_limit(proc).source.startswith("cgroup memory.limit_in_bytes of ")
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (2**29, resource.RLIM_INFINITY))
+    assert memory.memory_limit(proc).source == "RLIMIT_AS (ulimit -v) of this process"
+
+
+def test_shares_and_aoflagger_s_bound():
+    limit = MemoryLimit(4 * 2**30, "cgroup", in_use_bytes=2**30)
+    assert worker_share(limit, 3) == 2**30
+    assert task_memory_share(None, limit) == 4 * 2**30
+    assert task_memory_share(8 * 2**30, limit) == 4 * 2**30  # dask's guess, capped
+    assert task_memory_share(2**30, limit) == 2**30
+    assert aoflagger_memory_gb(2_000_000_000) == 1.0
+
+
+def test_a_kill_by_sigkill_names_the_peak_the_share_and_the_limit():
+    limit = MemoryLimit(2**30, "cgroup memory.max of /sys/fs/cgroup/job")
+    text = possibly_out_of_memory(2**29, limit, 3 * 2**28)
+    assert text.startswith("possibly out of memory (DP3's peak 0.75 GiB; this worker's memory")
+    assert "share 0.50 GiB; memory limit 1.00 GiB (cgroup memory.max of /sys/fs/cgroup/job))" in (
+        text
+    )
+
+
+def test_a_killed_worker_is_named_with_its_memory_limit():
+    error = Exception()
+    error.last_worker = SimpleNamespace(address="tcp://h:1", memory_limit=4_000_000_000)
+    reason = killed_worker_reason(error)
+    assert reason.startswith("its worker died during every attempt; the last was tcp://h:1, ")
+    assert "with a memory limit of 3.73 GiB: killed, possibly out of memory" in reason
+    assert killed_worker_reason(Exception()).startswith(
+        "its worker died during every attempt: killed, possibly out of memory"
+    )
+
+
+# --- averaging -----------------------------------------------------------------------------
+
+
+def _chain(*steps: DP3Step, msin=None) -> DP3Parameters:
+    return DP3Parameters(msin=msin or {}, msout={}, steps=steps)
+
+
+def test_dp3_caps_an_averaging_factor_at_what_there_is():
+    assert effective_step(4, 2) == 2
+    assert averaged_times(2, 4) == 1
+    assert averaged_times(20, 3) == 7  # a partial last slot is kept
+    assert averaged_channels(3, 4) == 1
+    assert averaged_channels(16, 32) == 1
+
+
+def test_a_short_ms_is_expected_as_dp3_makes_it():
+    """2 slots of 2 s, timestep 4: one slot of 4 s (not 8 s); 16 channels, freqstep 32: 1."""
+    grid = InputGrid(times=2, baselines=15, channels=16, interval=2.0)
+    steps = _chain(DP3Step("averager", "averager", {"timestep": 4, "freqstep": 32}))
+    shape = derive_expected_shape(grid, steps)
+    assert (shape.times, shape.interval, shape.channels) == (1, 4.0, 1)
+
+
+def test_channel_counts_dp3_refuses():
+    three = _chain(DP3Step("averager", "averager", {"freqstep": 3}))
+    assert channel_problem(three, 18) is None
+    assert channel_problem(three, 2) is None  # capped: all channels into one
+    assert "averager freqstep 3 does not divide its 16 channels" in channel_problem(three, 16)
+    # The second Averager sees what the first left.
+    two = _chain(
+        DP3Step("averager", "averager", {"freqstep": 2}),
+        DP3Step("averager2", "averager", {"freqstep": 3}),
+    )
+    assert "averager2 freqstep 3 does not divide its 8 channels" in channel_problem(two, 16)
+    # What only DP3 can compute is never refused here.
+    resolution = _chain(
+        DP3Step("averager", "averager", {"freqresolution": "100kHz"}),
+        DP3Step("averager2", "averager", {"freqstep": 3}),
+    )
+    assert channel_problem(resolution, 16) is None
+
+
+def test_the_channels_msin_reads():
+    assert msin_channels(_chain(), 64) == 64
+    assert msin_channels(_chain(msin={"startchan": 8}), 64) == 56
+    assert msin_channels(_chain(msin={"startchan": 8, "nchan": 16}), 64) == 16
+    assert msin_channels(_chain(msin={"nchan": "nchan/2"}), 64) is None
+
+
+def test_rows_out_of_time_order_are_named_by_row():
+    times = np.array([1.0, 1.0, 2.0, 2.0, 1.5, 3.0])
+    problem = time_order_problem("/d/a.ms", times, np.arange(6))
+    assert problem.startswith("the rows of /d/a.ms are not in time order (row 4 is earlier")
+    assert "orderby TIME" in problem
+    assert time_order_problem("/d/a.ms", np.array([1.0, 1.0, 2.0]), np.arange(3)) is None
+    # Row numbers of the window read, not of the selection.
+    assert "(row 7 " in time_order_problem("/d/a.ms", np.array([2.0, 1.0]), np.array([3, 7]))
+
+
+# --- the books -----------------------------------------------------------------------------
+
+
+def test_an_output_dir_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    assert output_dir_problem(tmp_path / "new" / "results") is None
+    monkeypatch.setattr(os, "access", lambda *_: False)
+    problem = output_dir_problem(tmp_path / "new" / "results")
+    assert problem.startswith(f"output_dir: {tmp_path / 'new' / 'results'} (made in {tmp_path})")
+    assert "is not writable by this user" in problem
+    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_flag=os.ST_RDONLY))
+    assert "is on a read-only filesystem" in output_dir_problem(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "is not a directory" in output_dir_problem(blocker / "results")
+
+
+def test_a_failed_write_is_one_line_naming_its_file():
+    full = OSError(28, "No space left on device")
+    assert write_problem(full, "/o/x.json") == (
+        "/o/x.json: No space left on device: the filesystem is full; free space, then run again"
+    )
+    assert write_problem(OSError(13, "Permission denied", "/o/y")) == "/o/y: Permission denied"
+
+
+def test_a_log_file_that_cannot_be_written_prints_no_traceback(tmp_path, capsys):
+    handler = QuietFileHandler(tmp_path / "batch.log")
+    handler.stream.close()  # every write now fails, as on a full disk
+    logger = logging.getLogger("test-quiet-file")
+    logger.addHandler(handler)
+    try:
+        logger.error("a line")
+    finally:
+        logger.removeHandler(handler)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_report_files_exist_whatever_could_not_be_written(tmp_path):
+    files = ReportFiles(tmp_path / "report" / "b1")
+    files.directory.mkdir(parents=True)
+    files.table.mkdir()  # the table cannot be written: a directory has its name
+    problem = write_report_files([], files, "Batch b1")
+    assert problem
+    assert all(os.path.exists(path) for path in files.as_dict().values())
+
+
+def test_touch_is_read_from_the_command_line():
+    flags = command_line_flags(["snakemake", "--cores", "1", "--touch"])
+    assert flags.touch and flags.processes_nothing
+    assert not command_line_flags(["snakemake", "--cores", "1"]).touch
+
+
+# --- the input -----------------------------------------------------------------------------
+
+
+def test_an_input_gone_or_changed_is_named(tmp_path):
+    ms = tmp_path / "a.ms"
+    assert "no longer exists (it was deleted after the run was planned)" in input_gone(str(ms))
+    ms.mkdir()
+    assert "is no longer a MeasurementSet (it has no table.dat)" in input_gone(str(ms))
+    (ms / "table.dat").write_bytes(b"main")
+    assert input_gone(str(ms)) is None
+    from dp3batch.books.fingerprints import input_tree
+
+    fingerprint = input_tree(ms).fingerprint
+    assert input_changed_since(str(ms), fingerprint) is None
+    (ms / "table.f0").write_bytes(b"data")
+    assert input_changed_since(str(ms), fingerprint).startswith(
+        "input changed while it was processed"
+    )
+
+
+@pytest.mark.parametrize("flag_rows", [0, 10, 300])
+def test_flag_row_counts_a_row_as_flagged_whole(tmp_path, flag_rows):
+    from casacore import tables
+    from dp3batch.inputs.tables import read_shape
+    from dp3batch.testing.synthetic_ms import SyntheticMSSpec, generate_measurement_set
+
+    spec = SyntheticMSSpec(n_times=20, rfi_channels=(), rfi_times=())
+    ms = generate_measurement_set(tmp_path / "a.ms", spec)
+    with tables.table(str(ms), readonly=False, ack=False) as table:
+        rows = table.nrows()
+        flags = np.zeros(rows, dtype=bool)
+        flags[:flag_rows] = True
+        table.putcol("FLAG_ROW", flags)
+        assert not table.getcol("FLAG").any()
+    assert read_shape(str(ms), with_flags=True).flagged_fraction == pytest.approx(flag_rows / rows)
