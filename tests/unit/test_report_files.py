@@ -114,6 +114,50 @@ Total flagged:     6.323%   (1214 out of 19200 visibilities)
     assert counts["percent"] == 6.323 and counts["flagged"] == 1214
 
 
+def dp3_baseline_table(percent: list[list[int]]) -> str:
+    """DP3's per-baseline table as DP3 prints it: blocks of 15 antennas (columns), each with
+    its header and its own TOTAL row (the mean of the column)."""
+    n = len(percent)
+    lines = ["Percentage of visibilities flagged per baseline (antenna pair):"]
+    for first in range(0, n, 15):
+        block = range(first, min(first + 15, n))
+        lines.append(" ant" + "".join(f"{column:5d}" for column in block))
+        for row in range(n):
+            cells = (
+                "     " if row == column else f"{percent[row][column]:4d}%" for column in block
+            )
+            lines.append(f"{row:4d} " + "".join(cells))
+        totals = (round(sum(percent[r][c] for r in range(n) if r != c) / (n - 1)) for c in block)
+        lines.append("TOTAL" + "".join(f"{total:4d}%" for total in totals))
+        lines.append("")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("stations", [3, 15, 16, 40, 64])
+def test_every_block_of_dp3s_per_antenna_table_is_read(stations):
+    """DP3 prints 15 antennas per block, each block with its own TOTAL row: a station in any
+    block has its own percentage (issue 27: only the last block was read)."""
+    from dp3batch.dp3.log import parse_flag_counts
+
+    bad = stations - 2  # in the last block, and not the last antenna
+    percent = [
+        [80 if bad in (row, column) else 5 for column in range(stations)] for row in range(stations)
+    ]
+    log = (
+        "Flags set by AOFlaggerStep aoflagger.\n===\n\n"
+        + dp3_baseline_table(percent)
+        + "\nTotal flagged:     9.000%   (90 out of 1000 visibilities)\n"
+    )
+    per_antenna = parse_flag_counts(log)["aoflagger"]["per_antenna"]
+    assert len(per_antenna) == stations
+    expected = [
+        round(sum(percent[r][c] for r in range(stations) if r != c) / (stations - 1))
+        for c in range(stations)
+    ]
+    assert per_antenna == expected
+    assert max(range(stations), key=per_antenna.__getitem__) == bad
+
+
 def test_a_no_op_summary_is_rebuilt_only_when_a_record_changed(tmp_path):
     from dp3batch.report.summary import refresh_summary
 
