@@ -93,6 +93,8 @@ class BatchSpec:
     # When the pending set was taken: a record finished later was made by this run.
     planned_at: str
     measurement_sets: tuple[PendingMS, ...]
+    # The config's `qa:` limits (books.qa.QALimits), or None: no QA verdict.
+    qa: Mapping[str, Any] | None = field(default=None, metadata={"omit_none": True})
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -97,6 +97,10 @@ class CompletionRecord:
     # The files each fingerprint covers: a rerun stats them by name (see listed_fingerprint).
     input_files: tuple[str, ...] | None = None
     output_files: tuple[str, ...] | None = None
+    # What the output's flagging report found (report.flagging.flag_statistics): flagged
+    # percentages in the input, before averaging and in the output, per station and per
+    # channel, and the report's files. Left out when there is none (older records).
+    flag_statistics: Mapping[str, Any] | None = field(default=None, metadata={"omit_none": True})
 
     def to_json(self) -> dict[str, Any]:
         """The record as it is written: `format` first, then every field in order."""

@@ -43,6 +43,7 @@ class TaskResult:
     flags_by_step: Mapping[str, Any] | None = None
     stations: tuple[str, ...] | None = None
     dp3_version: str | None = None
+    flag_statistics: Mapping[str, Any] | None = None
 
     @classmethod
     def from_record(cls, record: CompletionRecord, log: str) -> TaskResult:
@@ -66,6 +67,7 @@ class TaskResult:
             flags_by_step=record.flags_by_step,
             stations=record.stations,
             dp3_version=record.dp3_version,
+            flag_statistics=record.flag_statistics,
         )
 
     def to_json(self) -> dict[str, Any]:

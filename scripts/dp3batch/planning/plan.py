@@ -20,6 +20,7 @@ from typing import Any
 from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS
 from dp3batch.books.fingerprints import extra_inputs_fingerprint
 from dp3batch.books.layout import OutputLayout
+from dp3batch.books.qa import QALimits
 from dp3batch.books.records import Expectation, RecordStore, pending_reason
 from dp3batch.config.steps import Chain
 from dp3batch.config.validation import validate_config
@@ -340,7 +341,13 @@ def batch_specification(plan: Plan, config: dict[str, Any], batch: str) -> Batch
         dask_report_min_seconds=config["dask_report_min_seconds"],
         planned_at=plan.planned_at,
         measurement_sets=tuple(_pending_ms(plan, item, reason) for item, reason in plan.pending),
+        qa=qa_limits(config).to_json() if qa_limits(config).enabled else None,
     )
+
+
+def qa_limits(config: dict[str, Any]) -> QALimits:
+    """The config's `qa:` limits (all None: no QA verdict)."""
+    return QALimits.from_config(config.get("qa"))
 
 
 def _pending_ms(plan: Plan, item: WorkItem, reason: str) -> PendingMS:

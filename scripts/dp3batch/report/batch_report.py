@@ -83,18 +83,18 @@ def write_batch_report(rows: list[SummaryRow], files: ReportFiles, title: str) -
 
 
 def plot_flagged_fractions(rows: list[SummaryRow], path: str | Path) -> None:
-    """Flagged fraction per MS: the input's, and the output's (after averaging, where a
-    sample stays unflagged unless all its inputs were)."""
-    shown = [row for row in rows if row.flagged_after is not None]
-    # What each flagging step flagged, as DP3 counted it: the number that matters.
-    steps = sorted({step for row in shown for step in row.flags_by_step})
+    """Flagged percentage per MS: the input's, each flagging step's (DP3's count), all of it
+    before averaging, and the output's (after averaging, where a sample stays unflagged
+    unless all its inputs were)."""
+    shown = [row for row in rows if row.flagged_output_pct is not None]
+    steps = list(dict.fromkeys(step for row in shown for step in row.flags_by_step))
     step_colours = ["#cc6677", "#ddcc77", "#117733", "#aa4499"]
     bar_chart(
         path,
-        "Flagged fraction per MS",
+        "Flagged per MS",
         [row.name for row in shown],
         [
-            Series("input", [100 * (row.flagged_before or 0) for row in shown], "#88ccee"),
+            Series("input", [row.flagged_input_pct for row in shown], "#88ccee"),
             *(
                 Series(
                     f"by {step} (DP3)",
@@ -103,8 +103,9 @@ def plot_flagged_fractions(rows: list[SummaryRow], path: str | Path) -> None:
                 )
                 for index, step in enumerate(steps)
             ),
+            Series("before averaging", [row.flagged_total_pct for row in shown], "#cc3311"),
             Series(
-                "output (after averaging)", [100 * row.flagged_after for row in shown], "#332288"
+                "output (after averaging)", [row.flagged_output_pct for row in shown], "#332288"
             ),
         ],
         "flagged visibilities (%)",
@@ -134,18 +135,27 @@ def _flag_steps(rows: list[SummaryRow]) -> list[str]:
 
 def plot_rfi_spectrum(rows: list[SummaryRow], path: str | Path) -> None:
     """The RFI spectrum: per flagging step, the percentage of visibilities it flagged per
-    channel (DP3's own count), averaged over the MSs of the batch."""
+    channel (DP3's own count), and all flags before averaging (input + every step),
+    averaged over the MSs of the batch."""
     rows = _complete_rows(rows)
+    samples = {
+        step: [
+            dict(enumerate((row.flags_by_step.get(step) or {}).get("per_channel") or []))
+            for row in rows
+        ]
+        for step in _flag_steps(rows)
+    }
+    samples["before averaging (input + every step)"] = [
+        dict(enumerate(row.flag_statistics.get("channel_total_pct") or [])) for row in rows
+    ]
     series = []
-    for index, step in enumerate(_flag_steps(rows)):
-        mean = _mean_by_key(
-            [
-                dict(enumerate((row.flags_by_step.get(step) or {}).get("per_channel") or []))
-                for row in rows
-            ]
-        )
+    for index, (label, sample) in enumerate(samples.items()):
+        mean = _mean_by_key([{k: v for k, v in s.items() if v is not None} for s in sample])
+        if not mean:
+            continue
         values = [mean.get(channel) for channel in range(max(mean, default=-1) + 1)]
-        series.append(Series(step, values, STEP_COLOURS[index % len(STEP_COLOURS)]))
+        colour = "#cc3311" if label.startswith("before") else STEP_COLOURS[index % 4]
+        series.append(Series(label, values, colour))
     line_chart(
         path,
         f"RFI spectrum: flagged per channel, mean over {len(rows)} MS(s)",
@@ -156,34 +166,48 @@ def plot_rfi_spectrum(rows: list[SummaryRow], path: str | Path) -> None:
     )
 
 
+def _station_means(rows: list[SummaryRow], values_of) -> dict[str, float]:
+    return _mean_by_key(
+        [
+            {
+                name: value
+                for name, value in zip(row.stations or [], values_of(row) or [], strict=False)
+                if value is not None
+            }
+            for row in rows
+        ]
+    )
+
+
 def plot_flagged_per_station(rows: list[SummaryRow], path: str | Path) -> None:
-    """Per flagging step, the percentage of each station's visibilities it flagged (DP3's
-    own count per antenna), averaged over the MSs of the batch: a bad station stands out."""
+    """Per station, all its flags before averaging (input + every step) and what each
+    flagging step flagged (DP3's own count per antenna), averaged over the MSs of the
+    batch: a bad station stands out."""
     rows = _complete_rows(rows)
-    steps = _flag_steps(rows)
     means = {
-        step: _mean_by_key(
-            [
-                dict(
-                    zip(
-                        row.stations or [],
-                        (row.flags_by_step.get(step) or {}).get("per_antenna") or [],
-                        strict=False,
-                    )
-                )
-                for row in rows
-            ]
-        )
-        for step in steps
+        "before averaging (input + every step)": _station_means(
+            rows, lambda row: row.flag_statistics.get("station_total_pct")
+        ),
+        **{
+            f"by {step} (DP3)": _station_means(
+                rows, lambda row, step=step: (row.flags_by_step.get(step) or {}).get("per_antenna")
+            )
+            for step in _flag_steps(rows)
+        },
     }
+    means = {label: mean for label, mean in means.items() if mean}
     stations = list(dict.fromkeys(name for mean in means.values() for name in mean))
     bar_chart(
         path,
         f"Flagged per station, mean over {len(rows)} MS(s)",
         stations,
         [
-            Series(step, [means[step].get(name) for name in stations], STEP_COLOURS[index % 4])
-            for index, step in enumerate(steps)
+            Series(
+                label,
+                [mean.get(name) for name in stations],
+                "#cc3311" if label.startswith("before") else STEP_COLOURS[index % 4],
+            )
+            for index, (label, mean) in enumerate(means.items())
         ],
         "flagged visibilities (%)",
         maximum=100.0,
