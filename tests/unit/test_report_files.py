@@ -21,8 +21,8 @@ DONE, FAILED, UP_TO_DATE = Status.DONE, Status.FAILED, Status.UP_TO_DATE
 def _row(name: str, status: Status, **fields) -> SummaryRow:
     defaults = {
         "duration_seconds": 1.0,
-        "flagged_before": 0.01,
-        "flagged_after": 0.02,
+        "flagged_input_pct": 1.0,
+        "flagged_output_pct": 2.0,
         "step_seconds": {"AOFlaggerStep": 3.0, "MSReader": 1.0},
         "flags_by_step": {
             "aoflagger": {"percent": 5.0, "per_channel": [2, 100, 4], "per_antenna": [5, 7]}
@@ -44,7 +44,7 @@ def _bars(svg_path) -> dict[str, float]:
 def test_batch_report_writes_every_file_with_every_ms(tmp_path):
     rows = [
         _row("a", DONE, duration_seconds=2.5),
-        _row("b", FAILED, flagged_after=None),
+        _row("b", FAILED, flagged_output_pct=None),
         _row("c", UP_TO_DATE),
     ]
     files = ReportFiles(tmp_path / "report" / "B1")
@@ -79,7 +79,7 @@ def test_rfi_spectrum_and_stations_average_dps_counts_over_the_batch(tmp_path):
     files = ReportFiles(tmp_path)
     write_batch_report(rows, files, "Batch")
     stations = _bars(files.stations)
-    assert stations == {"CS001 aoflagger": 5.0, "CS002 aoflagger": 8.0}
+    assert stations == {"CS001 by aoflagger (DP3)": 5.0, "CS002 by aoflagger (DP3)": 8.0}
     root = ElementTree.parse(files.spectrum).getroot()
     (line,) = root.iter("{http://www.w3.org/2000/svg}polyline")
     heights = [float(point.split(",")[1]) for point in line.get("points").split()]

@@ -162,3 +162,8 @@ class OutputLayout:
 
     def report_dir(self, batch: str) -> Path:
         return self.output_dir / "report" / batch
+
+    @property
+    def qa_dir(self) -> Path:
+        """Each output's flagging report: `NAME_flagging_report.zarr` and `.png`."""
+        return self.output_dir / "qa"

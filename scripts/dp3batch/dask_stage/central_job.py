@@ -24,6 +24,7 @@ from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.codec import ContractError
 from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
 from dp3batch.books.layout import OutputLayout, leftover_owner, ms_log_file
+from dp3batch.books.qa import QALimits, qa_verdict
 from dp3batch.books.records import Expectation, RecordStore, pending_reason
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_to_json
@@ -42,7 +43,7 @@ from dp3batch.dask_stage.lock import BatchError, output_dir_lock
 from dp3batch.dask_stage.preflight import PROBE_PREFIX, preflight
 from dp3batch.dask_stage.task import Task
 from dp3batch.report.batch_report import ReportFiles, write_batch_report
-from dp3batch.report.summary import Summary
+from dp3batch.report.summary import NO_QA, Summary
 
 log = logging.getLogger("dp3batch")
 
@@ -63,12 +64,16 @@ def _progress(done: int, total: int, elapsed: float) -> str:
     return f"{bar}[{done}/{total}, {eta}]"
 
 
-def _report_line(done: int, total: int, elapsed: float, result: TaskResult) -> str:
+def _report_line(
+    done: int, total: int, elapsed: float, result: TaskResult, qa: QALimits = NO_QA
+) -> str:
     duration = result.duration_seconds or 0.0
     where = f"on {result.worker} ({result.numthreads} thread(s))"
     progress = _progress(done, total, elapsed)
     if result.status == Status.DONE:
-        return f"{progress} {result.name}: done in {duration:.1f} s {where}"
+        verdict = qa_verdict(result.flag_statistics, qa)
+        suspect = f"; QA: SUSPECT, {verdict.reason}" if verdict.suspect else ""
+        return f"{progress} {result.name}: done in {duration:.1f} s {where}{suspect}"
     return (
         f"{progress} {result.name}: FAILED after {duration:.1f} s {where}: "
         f"{result.reason}; DP3 said: {result.error}; log: {result.log}"
@@ -118,10 +123,12 @@ class BatchRun:
         self.started = time.monotonic()
         self.report_files = ReportFiles(self.layout.report_dir(batch.batch_id))
         self.dask_report: DaskPerformanceReport | None = None
+        self.qa = QALimits.from_config(batch.qa)
 
     def record_result(self, result: TaskResult) -> None:
         self.results[result.name] = result
-        line = _report_line(len(self.results), self.total, time.monotonic() - self.started, result)
+        elapsed = time.monotonic() - self.started
+        line = _report_line(len(self.results), self.total, elapsed, result, self.qa)
         (log.info if result.status == Status.DONE else log.error)(line)
 
     def run(self) -> None:
@@ -195,7 +202,7 @@ class BatchRun:
 
     def write_reports(self, results: list[TaskResult]) -> None:
         """The summary of every MS (from the records on disk) and this batch's report."""
-        summary = Summary(self.layout, self.batch.all_measurement_sets, self.store)
+        summary = Summary(self.layout, self.batch.all_measurement_sets, self.store, self.qa)
         rows, problem = summary.write(
             results, {ms.name for ms in self.batch.measurement_sets}, self.batch.planned_at
         )

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from dp3batch.books.commit import BatchStopped, commit, remove_leftovers
 from dp3batch.books.fingerprints import input_tree, output_tree
-from dp3batch.books.layout import PARSET_NAME, temporary_path
+from dp3batch.books.layout import PARSET_NAME, OutputLayout, temporary_path
 from dp3batch.books.records import CompletionRecord, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
@@ -34,6 +34,7 @@ from dp3batch.dask_stage.task import Task
 from dp3batch.dp3.command import hand_rerun_command
 from dp3batch.dp3.install import dp3_environment
 from dp3batch.dp3.log import parse_flag_counts, parse_step_times
+from dp3batch.dp3.parameters import DP3Parameters
 from dp3batch.dp3.parset import arguments_for_dp3, write_parset
 from dp3batch.dp3.translation import run_parameters
 from dp3batch.inputs.tables import (
@@ -46,6 +47,12 @@ from dp3batch.inputs.tables import (
     write_lock_holder,
 )
 from dp3batch.inputs.windows import windows_record
+from dp3batch.report.flagging import (
+    FlaggingReport,
+    InputFlags,
+    count_input_flags,
+    prepare_flagging_report,
+)
 
 POLL_SECONDS = 0.5
 # casacore waits forever for a lock; DP3 then prints this and nothing more.
@@ -256,21 +263,24 @@ def process_measurement_set(task: Task) -> TaskResult:
     with open(log_path, "w") as log:
         log.write(f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n")
         log.write(f"# started {result.started}\n# command: {' '.join(arguments)}\n")
+    flagging: FlaggingReport | None = None
     try:
         holder = write_lock_holder(task.input) or task.locked_by
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.
             return _failed(result, started, log_path, lock_message(task.input, holder), "")
 
-        def read_input() -> tuple[Shape, InputGrid]:
+        def read_input() -> tuple[Shape, InputGrid, InputFlags]:
             # While DP3 runs: casacore's first import and the reads of the input cost this
             # task 0.1 s, which would otherwise pass between two DP3 runs of its worker.
             if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV): stopped at once
                 raise NoRows("the input MS has no rows: there is nothing to process")
-            shape = read_shape(task.input, with_flags=True, band=reading.selected_band())
-            return shape, read_input_grid(task.input, reading)
+            shape, input_flags = read_input_flags(task.input, reading)
+            return shape, read_input_grid(task.input, reading), input_flags
 
-        exit_code, (shape_in, grid) = _run_dp3(arguments, log_path, worker, key, read_input)
+        exit_code, (shape_in, grid, input_flags) = _run_dp3(
+            arguments, log_path, worker, key, read_input
+        )
         if exit_code != 0:
             reason = disk_full_problem(output.parent) or exit_description(exit_code)
             return _failed(result, started, log_path, reason)
@@ -286,6 +296,7 @@ def process_measurement_set(task: Task) -> TaskResult:
         if problems:
             problem = "output check failed: " + "; ".join(problems)
             return _failed(result, started, log_path, problem, problem)
+        flagging = flagging_report(task, temporary, dp3_output, input_flags, log_path)
         finished = _now()
         final_run = run_parameters(reading, task.input, task.output, threads, memory_gb)
         rerun = hand_rerun_command(
@@ -333,9 +344,12 @@ def process_measurement_set(task: Task) -> TaskResult:
             output_fingerprint=output_state.fingerprint,
             input_files=input_state.files,
             output_files=output_state.files,
+            flag_statistics=flagging.statistics if flagging else None,
         )
         write_record(temporary, record)
         commit(temporary, output, task.guard)
+        if flagging:
+            flagging.publish()
     except (TaskCancelled, BatchStopped):
         raise  # the temporary output goes in `finally`
     except NoRows as error:
@@ -349,7 +363,48 @@ def process_measurement_set(task: Task) -> TaskResult:
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
+        if flagging:
+            flagging.discard()  # unless published
     return TaskResult.from_record(record, result.log)
+
+
+def read_input_flags(path: str, reading: DP3Parameters) -> tuple[Shape, InputFlags]:
+    """The input's shape and the flags it already has (per antenna and per channel, of the
+    channels DP3 reads): its FLAG column is read once for both."""
+    band = reading.selected_band()
+    startchan, nchan = (_plain_integer(reading.msin.get(key)) for key in ("startchan", "nchan"))
+    whole_window = not startchan and not nchan
+    counts = count_input_flags(path, band, startchan or 0, nchan or 0)
+    shape = read_shape(path, with_flags=not whole_window, band=band)
+    if whole_window:
+        shape = replace(shape, flagged_fraction=counts.fraction)
+    return shape, counts
+
+
+def _plain_integer(value: Any) -> int | None:
+    try:
+        return int(str(value).strip()) if value is not None else None
+    except ValueError:
+        return None  # an expression DP3 evaluates: all channels are counted
+
+
+def flagging_report(
+    task: Task, output: Path, dp3_output: str, input_flags: InputFlags, log_path: Path
+) -> FlaggingReport | None:
+    """The output's flagging report (published after the commit), or None when it could not
+    be made: the output is fine all the same, and the MS's log says why."""
+    try:
+        return prepare_flagging_report(
+            output,
+            OutputLayout(Path(task.output).parent).qa_dir,
+            task.name,
+            dp3_output,
+            input_flags,
+        )
+    except Exception as error:  # the report must never cost the MS its output
+        with contextlib.suppress(OSError), open(log_path, "a") as log:
+            log.write(f"# flagging report failed: {type(error).__name__}: {error}\n")
+        return None
 
 
 # Above this many bytes of arguments, DP3 gets a parset file instead: Linux refuses an argument

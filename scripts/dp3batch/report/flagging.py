@@ -382,35 +382,88 @@ def flag_statistics(dataset: Any) -> dict[str, Any]:
     return statistics
 
 
-def write_zarr(dataset: Any, path: Path) -> None:
-    """The dataset as zarr at `path`, replacing what was there only once it is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        dataset.to_zarr(temporary, mode="w", consolidated=True, zarr_format=2)
-        _replace(temporary, path)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+
+
+def _remove_stale(path: Path) -> None:
+    """What killed attempts left beside `path` (its `.tmp-`/`.old-` copies), and only that:
+    matched by name, never as a pattern (an MS name may hold any character)."""
+    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(path.parent):
+            if entry.name.startswith(prefixes) and not entry.is_symlink():
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    Path(entry.path).unlink(missing_ok=True)
 
 
 def _replace(new: Path, path: Path) -> None:
-    """Rename `new` to `path`; an existing directory there is moved aside and removed."""
-    old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-    with contextlib.suppress(FileNotFoundError):
+    """Rename `new` to `path`; a directory there is moved aside first, then removed."""
+    if path.is_dir() and not path.is_symlink():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}")
         os.rename(path, old)
-    os.rename(new, path)
-    shutil.rmtree(old, ignore_errors=True)
+        os.rename(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, path)
 
 
-def write_flagging_report(dataset: Any, zarr_path: Path, png_path: Path) -> None:
-    """The report's two files: the zarr dataset and its PNG."""
-    write_zarr(dataset, zarr_path)
-    temporary = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class FlaggingReport:
+    """A report written to temporary names beside its final ones: `publish` renames them
+    into place (after the output's commit), `discard` removes them."""
+
+    statistics: dict[str, Any]
+    files: list[tuple[Path, Path]]
+
+    def publish(self) -> None:
+        for temporary, final in self.files:
+            _replace(temporary, final)
+        self.files = []
+
+    def discard(self) -> None:
+        for temporary, _ in self.files:
+            _remove(temporary)
+        self.files = []
+
+
+def prepare_flagging_report(
+    output: str | Path,
+    qa_dir: str | Path,
+    name: str,
+    dp3_log: str | None = None,
+    input_flags: InputFlags | None = None,
+) -> FlaggingReport:
+    """The flagging report of one output (`<qa_dir>/<name>_flagging_report.zarr` and
+    `.png`), written under temporary names; its statistics (see `flag_statistics`) name
+    the final files and the seconds it took."""
+    started = time.perf_counter()
+    dataset = flagging_dataset(output, dp3_log, input_flags)
+    zarr_path, png_path = report_paths(qa_dir, name)
+    zarr_path.parent.mkdir(parents=True, exist_ok=True)
+    report = FlaggingReport(flag_statistics(dataset), [])
     try:
-        plot_flagging_report(dataset, temporary)
-        os.replace(temporary, png_path)
-    finally:
-        temporary.unlink(missing_ok=True)
+        for final in (zarr_path, png_path):
+            _remove_stale(final)
+            report.files.append((_temporary(final), final))
+        dataset.to_zarr(report.files[0][0], mode="w", consolidated=True, zarr_format=2)
+        plot_flagging_report(dataset, report.files[1][0])
+    except BaseException:
+        report.discard()
+        raise
+    report.statistics.update(
+        zarr=str(zarr_path), png=str(png_path), seconds=round(time.perf_counter() - started, 3)
+    )
+    return report
 
 
 def make_flagging_report(
@@ -420,18 +473,10 @@ def make_flagging_report(
     dp3_log: str | None = None,
     input_flags: InputFlags | None = None,
 ) -> dict[str, Any]:
-    """The flagging report of one output, written to `qa_dir`; returns its statistics (see
-    `flag_statistics`) with the paths of the files and the seconds it took."""
-    started = time.perf_counter()
-    dataset = flagging_dataset(output, dp3_log, input_flags)
-    zarr_path, png_path = report_paths(qa_dir, name)
-    write_flagging_report(dataset, zarr_path, png_path)
-    return {
-        **flag_statistics(dataset),
-        "zarr": str(zarr_path),
-        "png": str(png_path),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    """`prepare_flagging_report`, published at once; returns its statistics."""
+    report = prepare_flagging_report(output, qa_dir, name, dp3_log, input_flags)
+    report.publish()
+    return report.statistics
 
 
 def _worst(values: Any, labels: list[str]) -> tuple[str, float] | None:

@@ -31,9 +31,10 @@ from dp3batch.planning.plan import (
     batch_specification,
     describe_pending,
     make_plan,
+    qa_limits,
 )
 from dp3batch.report.batch_report import ReportFiles
-from dp3batch.report.summary import Summary, SummaryRow, records_digest
+from dp3batch.report.summary import Summary, SummaryRow, records_digest, suspect_list
 from dp3batch.rule_layer.flags import (
     CommandLineFlags,
     all_forced,
@@ -85,7 +86,9 @@ class Run:
 
     @property
     def summary(self) -> Summary:
-        return Summary(self.layout, all_measurement_sets(self.plan), self.plan.store)
+        return Summary(
+            self.layout, all_measurement_sets(self.plan), self.plan.store, qa_limits(self.config)
+        )
 
     def described_batch(self) -> str | None:
         """The batch the report describes: this run's, else the last one that ran."""
@@ -187,6 +190,13 @@ class Run:
             f" (status of each: {self.layout.summary_tsv};"
             f" HTML report: {self.flags.command('--report', 'report.html')})"
         )
+        suspect = suspect_list(rows)
+        if suspect:
+            # A suspect MS is still data: said last, and the exit code does not change.
+            reports = self.layout.qa_dir
+            _say(f"QA: {len(suspect)} of {done} MS(s) suspect (flagging reports: {reports}/):")
+            for entry in suspect:
+                _say(f"  {entry['name']}: {entry['reason']}")
 
     def _report_failure(self) -> None:
         """The batch's failure report, printed once, below Snakemake's own messages."""
