@@ -51,6 +51,7 @@ from dp3batch.report.flagging import (
     FlaggingReport,
     InputFlags,
     count_input_flags,
+    import_libraries,
     prepare_flagging_report,
 )
 
@@ -276,7 +277,9 @@ def process_measurement_set(task: Task) -> TaskResult:
             if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV): stopped at once
                 raise NoRows("the input MS has no rows: there is nothing to process")
             shape, input_flags = read_input_flags(task.input, reading)
-            return shape, read_input_grid(task.input, reading), input_flags
+            grid = read_input_grid(task.input, reading)
+            import_libraries()  # of the flagging report, needed right after DP3
+            return shape, grid, input_flags
 
         exit_code, (shape_in, grid, input_flags) = _run_dp3(
             arguments, log_path, worker, key, read_input

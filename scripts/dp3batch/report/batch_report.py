@@ -1,5 +1,6 @@
 """The report of one batch, written by the central job when its DP3 tasks are done: the
-summary table (TSV and HTML), three plots, and dask's performance report.
+summary table (TSV and HTML), the plots, the MSs' flagging report PNGs, and dask's
+performance report.
 
 `snakemake --report` collects these files (see rules/process.smk); drawing them here, as
 plain SVG, costs milliseconds, where a separate Snakemake job with matplotlib cost seconds
@@ -8,10 +9,12 @@ of every run.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dp3batch.books.qa import SUSPECT
 from dp3batch.books.status import Status
 from dp3batch.report.html import write_summary_html
 from dp3batch.report.summary import SummaryRow, write_summary
@@ -56,6 +59,11 @@ class ReportFiles:
     def dask(self) -> Path:
         return self.directory / "dask-report.html"
 
+    @property
+    def flagging(self) -> Path:
+        """The PNGs of the batch's flagging reports (see copy_flagging_plots)."""
+        return self.directory / "flagging"
+
     def as_dict(self) -> dict[str, str]:
         names = (
             "table",
@@ -66,6 +74,7 @@ class ReportFiles:
             "durations",
             "step_times",
             "dask",
+            "flagging",
         )
         return {name: str(getattr(self, name)) for name in names}
 
@@ -80,6 +89,33 @@ def write_batch_report(rows: list[SummaryRow], files: ReportFiles, title: str) -
     plot_flagged_per_station(rows, files.stations)
     plot_durations(rows, files.durations)
     plot_step_times(rows, files.step_times)
+    copy_flagging_plots(rows, files.flagging)
+
+
+# The HTML report embeds every plot: past this many MSs it shows the suspect ones first,
+# then the others by name (all of them are in <output_dir>/qa/).
+FLAGGING_PLOTS_IN_REPORT = 50
+
+
+def copy_flagging_plots(rows: list[SummaryRow], directory: Path) -> list[Path]:
+    """The flagging report PNGs of the MSs the report describes (this batch's, else every
+    complete one), copied into the batch's report: suspect MSs first, at most
+    FLAGGING_PLOTS_IN_REPORT of them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shown = sorted(
+        (row for row in _complete_rows(rows) if row.flagging_report),
+        key=lambda row: (row.qa != SUSPECT, row.name),
+    )[:FLAGGING_PLOTS_IN_REPORT]
+    copied = []
+    for row in shown:
+        source = Path(str(row.flagging_report))
+        target = directory / source.name
+        try:
+            shutil.copyfile(source, target)
+        except OSError:
+            continue  # removed since, or unreadable: the report goes on without it
+        copied.append(target)
+    return copied
 
 
 def plot_flagged_fractions(rows: list[SummaryRow], path: str | Path) -> None:

@@ -34,6 +34,15 @@ ZARR_SUFFIX = "_flagging_report.zarr"
 PNG_SUFFIX = "_flagging_report.png"
 
 
+def import_libraries() -> None:
+    """Import xarray, zarr and matplotlib (about 1.5 s of CPU, once per process): the worker
+    does it while its first DP3 runs, so that the report right after DP3 is not held up."""
+    import matplotlib.figure  # noqa: F401
+    import xarray  # noqa: F401
+    import zarr  # noqa: F401
+    from matplotlib.backends import backend_agg  # noqa: F401
+
+
 def report_paths(qa_dir: str | Path, name: str) -> tuple[Path, Path]:
     """`<qa_dir>/<name>_flagging_report.zarr` and `.png` (the reference pipeline's names)."""
     return Path(qa_dir) / f"{name}{ZARR_SUFFIX}", Path(qa_dir) / f"{name}{PNG_SUFFIX}"
