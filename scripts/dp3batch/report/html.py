@@ -41,15 +41,16 @@ document.querySelectorAll("th").forEach(function (header, column) {
 # Sized to fit a 1400 px window with a few flagging steps: paths are links named by what
 # they open (the full path in their tooltip), long texts wrap within their column.
 _STYLE = """
-body { font-family: sans-serif; font-size: 13px; margin: 4px; }
+body { font-family: sans-serif; font-size: 12px; margin: 4px; }
 table { border-collapse: collapse; }
 th, td { border: 1px solid #ccc; padding: 2px 4px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; cursor: pointer; position: sticky; top: 0; font-size: 12px;
      max-width: 70px; }
 td.number { text-align: right; white-space: nowrap; }
 td.path { font-family: monospace; font-size: 11px; }
-td.text { max-width: 220px; font-size: 11px; overflow-wrap: anywhere; }
-td.name { max-width: 160px; overflow-wrap: anywhere; }
+td.text { min-width: 150px; max-width: 220px; font-size: 11px; overflow-wrap: anywhere; }
+td.name { min-width: 60px; max-width: 160px; overflow-wrap: anywhere; }
+td.worker { max-width: 100px; font-family: monospace; font-size: 11px; overflow-wrap: anywhere; }
 """
 
 QA_COLOURS = {SUSPECT: "#ffd8a8", OK: "#d4edda"}
@@ -102,7 +103,7 @@ def _worker(worker: str | None) -> str:
     if not worker:
         return _cell("")
     shown = html.escape(worker.removeprefix("tcp://"))
-    return _cell(f'<span title="{html.escape(worker)}">{shown}</span>', sort=worker, css="path")
+    return _cell(f'<span title="{html.escape(worker)}">{shown}</span>', sort=worker, css="worker")
 
 
 def _finished(finished: str | None) -> str:
@@ -112,7 +113,11 @@ def _finished(finished: str | None) -> str:
     return _cell(html.escape(finished[:19].replace("T", " ")), sort=finished)
 
 
-def _qa_cell(row: SummaryRow) -> str:
+def _qa_or_error_cell(row: SummaryRow) -> str:
+    """A done MS's QA verdict (and why), a failed MS's error: one column, since an MS has
+    one or the other, so that the table fits a 1400 px window."""
+    if row.error:
+        return _cell(html.escape(str(row.error)), sort=f"error {row.error}", css="text")
     if row.qa is None:
         return _cell("")
     reason = f"<br>{html.escape(row.qa_reason)}" if row.qa_reason else ""
@@ -133,7 +138,7 @@ def _html_row(row: SummaryRow, steps: list[str]) -> str:
     cells = [
         _cell(html.escape(row.name), sort=row.name, css="name"),
         _cell(row.status, style=f"background:{colour}"),
-        _qa_cell(row),
+        _qa_or_error_cell(row),
         _percent_cell(row.flagged_input_pct),
         *(_percent_cell(step_flags.get(step_flag_column(step))) for step in steps),
         _percent_cell(row.flagged_total_pct),
@@ -148,7 +153,6 @@ def _html_row(row: SummaryRow, steps: list[str]) -> str:
         _path_cell(row.log, "log"),
         _path_cell(parset_path(row), "parset"),
         _path_cell(row.flagging_report, "PNG"),
-        _cell(html.escape(str(row.error or "")), css="text"),
     ]
     return f'<tr id="ms-{html.escape(row.name)}">' + "".join(cells) + "</tr>"
 
@@ -158,7 +162,7 @@ def html_headers(steps: list[str]) -> list[str]:
     return [
         "MS",
         "status",
-        "QA",
+        "QA verdict / error",
         "flagged % input",
         *(f"flagged % by {step}" for step in steps),
         "flagged % before averaging",
@@ -173,7 +177,6 @@ def html_headers(steps: list[str]) -> list[str]:
         "DP3 log",
         "parset",
         "flagging report",
-        "error",
     ]
 
 
