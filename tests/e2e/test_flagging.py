@@ -256,3 +256,22 @@ def test_per_station_counts_agree_with_the_flag_columns(one_flagger_run, station
     with tables.table(str(workflow.output(name)), ack=False) as table:
         flagged = table.getcol("FLAG").any(axis=2).mean() * 100
     assert statistics["total_pct"] == pytest.approx(flagged, abs=1e-3)
+
+
+def test_new_limits_judge_again_without_reprocessing(flagged_run):
+    """Runs last of the module's flagged_run tests: it changes the config."""
+    workflow, _, _ = flagged_run
+    records = {name: workflow.record(name)["finished"] for name in ("obs_16", "obs_64")}
+    # A batch report of a version before issue 27 had no flagging plots: still a no-op.
+    (report,) = (workflow.output_dir / "report").iterdir()
+    for plot in (report / "flagging").iterdir():
+        plot.unlink()
+    (report / "flagging").rmdir()
+    workflow.config["qa"] = {"max_station_flagged_fraction": 0.9}
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    assert "Nothing to be done" in result.output or "0 of 3 MS(s) to process" in result.output
+    summary = json.loads((workflow.output_dir / "summary.json").read_text())
+    assert summary["suspect"] == []
+    assert {row["qa"] for row in summary["measurement_sets"]} == {"ok"}
+    assert {name: workflow.record(name)["finished"] for name in records} == records

@@ -213,3 +213,17 @@ def test_summary_judges_with_the_current_limits_and_lists_suspect_mss(tmp_path):
         "flagged_total_pct",
         "flagged_output_pct",
     ]
+
+
+def test_a_no_op_summary_is_rebuilt_when_a_qa_limit_changed(tmp_path):
+    from dp3batch.report.summary import refresh_summary
+
+    output = tmp_path / "results" / "a.ms"
+    output.mkdir(parents=True)
+    write_record(output, make_record(name="a", output=str(output), flag_statistics=STATISTICS))
+    sets = [MSPaths("a", "/in/a.ms", str(output))]
+    paths = (tmp_path / "results" / "summary.json", tmp_path / "results" / "summary.tsv")
+    refresh_summary(sets, tmp_path / "logs", *paths, qa=QALimits(max_flagged_fraction=0.5))
+    assert json.loads(paths[0].read_text())["suspect"] == []
+    refresh_summary(sets, tmp_path / "logs", *paths, qa=QALimits(max_flagged_fraction=0.1))
+    assert json.loads(paths[0].read_text())["suspect"][0]["name"] == "a"

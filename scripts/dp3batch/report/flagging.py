@@ -530,8 +530,14 @@ def plot_flagging_report(dataset: Any, path: str | Path) -> None:
             mew=2,
             label="before averaging: input + every step",
         )
-    every = max(1, -(-len(names) // 32))
-    stations.set_xticks(positions[::every], names[::every], rotation=90, fontsize="x-small")
+    # At most about 24 names, and always the most flagged station's.
+    every = max(1, -(-len(names) // 24))
+    ticks = set(positions[::every].tolist())
+    judged = before if before is not None else output_station
+    if len(names) and np.isfinite(judged).any():
+        ticks.add(int(np.nanargmax(judged)))
+    ticks = sorted(ticks)
+    stations.set_xticks(ticks, [names[i] for i in ticks], rotation=90, fontsize="x-small")
     stations.set(title="Flagged per station", ylabel="flagged (%)", ylim=(0, 102))
     stations.legend(loc="upper right", fontsize="small")
 
@@ -544,7 +550,7 @@ def plot_flagging_report(dataset: Any, path: str | Path) -> None:
     if worst_channel := _worst_channel(dataset):
         headline.append(f"worst channel {worst_channel}")
     figure.suptitle(f"{dataset.attrs.get('title', 'Flagging report')}: " + ", ".join(headline))
-    figure.savefig(path, format="png")
+    figure.savefig(path, format="png", pil_kwargs={"compress_level": 1})
 
 
 def _waterfall(figure, axes, flagged, total, frequencies_mhz, times) -> None:

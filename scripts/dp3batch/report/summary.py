@@ -319,6 +319,8 @@ def refresh_summary(
     `digest`: `records_digest(measurement_sets)`, if the caller has it already."""
     digest_path = _digest_path(json_path)
     digest = digest or records_digest(measurement_sets)
+    if qa.enabled:  # the verdicts depend on the limits too: a changed limit rebuilds it
+        digest += " qa " + json.dumps(qa.to_json(), sort_keys=True)
     if _read_text(digest_path) == digest and json_path.is_file() and tsv_path.is_file():
         return None
     with without_collections():  # every record parsed: see record_checks

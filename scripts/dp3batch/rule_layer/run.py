@@ -127,14 +127,23 @@ class Run:
             return []
         batch = self.described_batch()
         if self.flags.report:
-            return list(self.report_files(batch).values()) if batch else []
+            return self._earlier_report(batch) if batch else []
         if self.batch:
             return [self.batch_marker(self.batch), *self.report_files(self.batch).values()]
         if batch:
             # Every record exists (nothing is pending): the last report stands for them, and
             # Snakemake need not check thousands of files.
-            return list(self.report_files(batch).values())
+            return self._earlier_report(batch)
         return [str(ms.output / RECORD_NAME) for ms in self.plan.measurement_sets]
+
+    def _earlier_report(self, batch: str) -> list[str]:
+        """The files of a batch that ran before. A batch of a version before issue 27 has no
+        `flagging/` directory of flagging plots: an empty one stands for it (no rule could
+        make it, and Snakemake would refuse the run or the report)."""
+        files = ReportFiles(self.layout.report_dir(batch))
+        if files.directory.is_dir():
+            files.flagging.mkdir(exist_ok=True)
+        return list(files.as_dict().values())
 
     # --- the hooks ------------------------------------------------------------------
 
