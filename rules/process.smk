@@ -43,6 +43,13 @@ rule process_measurement_sets:
             category="Plots",
             labels={"plot": "DP3 step time"},
         ),
+        flagging=report(
+            directory(report_files("{batch}")["flagging"]),
+            patterns=["{ms}_flagging_report.png"],
+            caption="../report/flagging_report.rst",
+            category="Flagging reports",
+            labels={"MS": "{ms}"},
+        ),
         dask=report(
             report_files("{batch}")["dask"],
             caption="../report/dask.rst",

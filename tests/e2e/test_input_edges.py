@@ -96,8 +96,8 @@ def test_every_row_flagged_by_flag_row_counts_as_flagged(workflow):
     result = workflow.run()
     assert result.returncode == 0, result.output
     row = _summary(workflow)["obs_0"]
-    assert float(row["flagged_before"]) == 1.0  # was 0.0: FLAG alone is all false
-    assert float(row["flagged_after"]) == 1.0  # DP3 reads FLAG_ROW so
+    assert float(row["flagged_input_pct"]) == 100.0  # was 0.0: FLAG alone is all false
+    assert float(row["flagged_output_pct"]) == 100.0  # DP3 reads FLAG_ROW so
 
 
 def _msin_of(process) -> str:

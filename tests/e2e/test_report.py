@@ -31,6 +31,8 @@ def run_with_one_failure(workflow):
         table.putcol("FLAG", flags)
     damage_ms(inputs[2])
     workflow.config["dask_report_min_seconds"] = 0  # a short batch: have the dask report
+    # obs_0's first quarter of rows is flagged: every station 25 %, so it is suspect.
+    workflow.config["qa"] = {"max_station_flagged_fraction": 0.2}
     result = workflow.run()
     assert result.returncode != 0
     return workflow, inputs, result
@@ -82,11 +84,12 @@ def test_flagged_fractions_are_what_casacore_reads(run_with_one_failure):
     by_name = {row["name"]: row for row in rows}
     for index in (0, 1):
         row = by_name[f"obs_{index}"]
-        assert row["flagged_before"] == pytest.approx(_flagged_fraction(inputs[index]))
-        assert row["flagged_after"] == pytest.approx(
-            _flagged_fraction(workflow.output(f"obs_{index}"))
-        )
-    assert by_name["obs_0"]["flagged_before"] == pytest.approx(0.25)
+        # Percentages, rounded to 0.001.
+        expected = 100 * _flagged_fraction(inputs[index])
+        assert row["flagged_input_pct"] == pytest.approx(expected, abs=1e-3)
+        expected = 100 * _flagged_fraction(workflow.output(f"obs_{index}"))
+        assert row["flagged_output_pct"] == pytest.approx(expected, abs=1e-3)
+    assert by_name["obs_0"]["flagged_input_pct"] == pytest.approx(25.0)
 
 
 def embedded_results(report_html: str) -> dict[str, dict]:
@@ -118,6 +121,8 @@ def test_report_builds_with_table_and_plots(run_with_one_failure):
         "flagged_per_station.svg",
         "duration.svg",
         "dp3_step_time.svg",
+        "obs_0_flagging_report.png",
+        "obs_1_flagging_report.png",
         "dask-report.html",
     }
     assert all(result["caption"] for result in results.values())
@@ -132,6 +137,7 @@ def test_report_builds_with_table_and_plots(run_with_one_failure):
         assert str(workflow.output_dir / "logs" / f"{name}.log") in rows[name]
     assert str(workflow.output("obs_0") / "dp3.parset") in rows["obs_0"]
     assert "dp3.parset" not in rows["obs_2"] and "BucketCache" in rows["obs_2"]
+    assert "suspect" in rows["obs_0"] and "ok" in rows["obs_1"]
     assert "addEventListener" in table  # sortable
 
     # dask's own performance report of the batch, beside the plots.
@@ -145,3 +151,112 @@ def test_progress_lines_show_count_and_eta(run_with_one_failure):
     progress = re.findall(r"\[(\d)/3, (ETA \d+:\d\d:\d\d|last)\] obs_\d", result.output)
     assert sorted(count for count, _ in progress) == ["1", "2", "3"]
     assert "|" not in result.output.split("largest first")[1].split("\n")[1]  # no bar: not a tty
+
+
+# Run in the report after it loaded: every result, shown as its own view button shows it
+# (`app.setView`, as result_view_button.js does), and what the browser drew of it.
+SHOW_EVERY_RESULT = r"""
+window.addEventListener("load", function () {
+  var wait = function (ms) { return new Promise(function (done) { setTimeout(done, ms); }); };
+  (async function () {
+    var found = {};
+    // React renders the app after the load event: wait for it (virtual time).
+    while (typeof app === "undefined" || !app) { await wait(100); }
+    for (var path of Object.keys(results)) {
+      var entry = results[path];
+      var image = getResultMimeType(path).startsWith("image/");
+      app.setView({content: image ? "img" : "html", contentPath: entry.data_uri, resultPath: path});
+      await wait(500);
+      var tag = image ? "img" : "iframe";
+      var shown = Array.from(document.querySelectorAll(tag)).find(function (element) {
+        return element.src === entry.data_uri;
+      });
+      if (shown && image && !shown.complete) {
+        await new Promise(function (done) { shown.onload = done; shown.onerror = done; });
+      }
+      var box = shown ? shown.getBoundingClientRect() : {width: 0, height: 0};
+      found[entry.filename] = {
+        shown: !!shown,
+        drawn: !!shown && (!image || (shown.complete && shown.naturalWidth > 0)),
+        width: box.width,
+        height: box.height,
+      };
+    }
+    reportToTest(found);
+  })();
+});
+"""
+
+# Run in the summary table as the report's frame shows it: its cells as a person reads them,
+# where its links are, and whether anything lies beyond the window.
+READ_THE_TABLE = r"""
+window.addEventListener("load", function () {
+  var table = document.getElementById("summary");
+  var text = function (cell) { return cell.innerText.trim(); };
+  reportToTest({
+    headers: Array.from(table.tHead.rows[0].cells).map(text),
+    rows: Array.from(table.tBodies[0].rows).map(function (row) {
+      return {id: row.id, cells: Array.from(row.cells).map(text)};
+    }),
+    links: Array.from(table.querySelectorAll("a")).map(function (link) {
+      var box = link.getBoundingClientRect();
+      return {text: link.innerText, right: box.right, width: box.width};
+    }),
+    window: window.innerWidth,
+    page: document.documentElement.scrollWidth,
+  });
+});
+"""
+
+
+def test_report_as_a_person_sees_it_in_chromium(run_with_one_failure):
+    """The HTML report in headless Chromium, 1400 px wide: every plot is drawn, and the
+    summary table (in the frame the report gives it) has a row per MS with its flags per
+    step, and fits, its log and parset links in view."""
+    from browser import rendered
+
+    workflow, _, _ = run_with_one_failure
+    result = workflow.run("--report", "report.html")
+    assert result.returncode == 0, result.output
+    report = workflow.directory / "report.html"
+    shown = rendered(report, SHOW_EVERY_RESULT, width=1400, height=1000)
+    assert set(shown) == set(embedded_results(report.read_text()))
+    plots = [name for name in shown if name.endswith((".svg", ".png"))]
+    assert len(plots) == 7  # five SVG plots and the two done MSs' flagging reports
+    for name, seen in shown.items():
+        assert seen["shown"] and seen["drawn"], (name, seen)
+        assert seen["width"] > 300 and seen["height"] > 100, (name, seen)
+    frame_width = round(shown["summary.html"]["width"])
+
+    # The table as the report's frame shows it (the same document, at the frame's width).
+    table_page = workflow.directory / "summary_as_shown.html"
+    table_page.write_bytes(embedded_results(report.read_text())["summary.html"]["data"])
+    table = rendered(table_page, READ_THE_TABLE, width=frame_width, height=800)
+    assert table["page"] <= table["window"] == frame_width, "the table is wider than its frame"
+    headers = table["headers"]
+    for header in (
+        "flagged % input",
+        "flagged % by preflagger",
+        "flagged % by aoflagger",
+        "flagged % before averaging",
+        "flagged % output",
+    ):
+        assert header in headers
+    rows = {row["id"]: dict(zip(headers, row["cells"], strict=True)) for row in table["rows"]}
+    assert sorted(rows) == ["ms-obs_0", "ms-obs_1", "ms-obs_2"]
+    summary = json.loads((workflow.output_dir / "summary.json").read_text())
+    for entry in summary["measurement_sets"]:
+        row = rows[f"ms-{entry['name']}"]
+        assert row["status"] == entry["status"]
+        if entry["status"] == "done":
+            for step in ("preflagger", "aoflagger"):
+                shown_value = float(row[f"flagged % by {step}"])
+                assert shown_value == pytest.approx(entry[f"flagged_{step}_pct"], abs=0.05)
+            assert float(row["flagged % input"]) == pytest.approx(
+                entry["flagged_input_pct"], abs=0.05
+            )
+    assert rows["ms-obs_0"]["QA verdict / error"].startswith("suspect")
+    assert "BucketCache" in rows["ms-obs_2"]["QA verdict / error"]
+    links = [link for link in table["links"] if link["text"] in ("log", "parset")]
+    assert len(links) == 3 + 2  # a log per MS, a parset per output
+    assert all(0 < link["width"] and link["right"] <= frame_width for link in links)

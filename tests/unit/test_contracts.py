@@ -241,7 +241,7 @@ def test_summary_rows_from_typed_results_and_records(tmp_path):
     # The dispatch's estimate beside the measured time, for done and failed MSs alike.
     assert by_name["demo_0"]["size_estimate_bytes"] == 1843200
     assert by_name["demo_1"]["size_estimate_bytes"] == 1843200
-    assert by_name["demo_0"]["flagged_aoflagger"] == 6.323
+    assert by_name["demo_0"]["flagged_aoflagger_pct"] == 6.323
     assert by_name["demo_0"]["log"] == str(tmp_path / "logs" / "demo_0.log")
     assert by_name["demo_1"]["error"] == "std::exception: No such MS"
     assert by_name["demo_3"]["error"] is None

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
 
 # conda-forge names of packages that pip knows under another name.
-CONDA_TO_PIP = {"snakemake-minimal": "snakemake"}
+CONDA_TO_PIP = {"snakemake-minimal": "snakemake", "matplotlib-base": "matplotlib"}
 # In the environment files but pinned by nothing in requirements.txt.
 UNPINNED_TOOLS = {"python", "pip"}
 # In requirements.txt only: the test and style tools do not belong in a rule's environment.

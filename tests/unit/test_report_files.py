@@ -21,8 +21,8 @@ DONE, FAILED, UP_TO_DATE = Status.DONE, Status.FAILED, Status.UP_TO_DATE
 def _row(name: str, status: Status, **fields) -> SummaryRow:
     defaults = {
         "duration_seconds": 1.0,
-        "flagged_before": 0.01,
-        "flagged_after": 0.02,
+        "flagged_input_pct": 1.0,
+        "flagged_output_pct": 2.0,
         "step_seconds": {"AOFlaggerStep": 3.0, "MSReader": 1.0},
         "flags_by_step": {
             "aoflagger": {"percent": 5.0, "per_channel": [2, 100, 4], "per_antenna": [5, 7]}
@@ -44,7 +44,7 @@ def _bars(svg_path) -> dict[str, float]:
 def test_batch_report_writes_every_file_with_every_ms(tmp_path):
     rows = [
         _row("a", DONE, duration_seconds=2.5),
-        _row("b", FAILED, flagged_after=None),
+        _row("b", FAILED, flagged_output_pct=None),
         _row("c", UP_TO_DATE),
     ]
     files = ReportFiles(tmp_path / "report" / "B1")
@@ -79,7 +79,7 @@ def test_rfi_spectrum_and_stations_average_dps_counts_over_the_batch(tmp_path):
     files = ReportFiles(tmp_path)
     write_batch_report(rows, files, "Batch")
     stations = _bars(files.stations)
-    assert stations == {"CS001 aoflagger": 5.0, "CS002 aoflagger": 8.0}
+    assert stations == {"CS001 by aoflagger (DP3)": 5.0, "CS002 by aoflagger (DP3)": 8.0}
     root = ElementTree.parse(files.spectrum).getroot()
     (line,) = root.iter("{http://www.w3.org/2000/svg}polyline")
     heights = [float(point.split(",")[1]) for point in line.get("points").split()]
@@ -112,6 +112,50 @@ Total flagged:     6.323%   (1214 out of 19200 visibilities)
     assert counts["per_channel"] == [3, 4, 3, 3, 6, 100, 5, 3, 3, 3, 3, 2]
     assert counts["per_antenna"] == [6, 6, 7]
     assert counts["percent"] == 6.323 and counts["flagged"] == 1214
+
+
+def dp3_baseline_table(percent: list[list[int]]) -> str:
+    """DP3's per-baseline table as DP3 prints it: blocks of 15 antennas (columns), each with
+    its header and its own TOTAL row (the mean of the column)."""
+    n = len(percent)
+    lines = ["Percentage of visibilities flagged per baseline (antenna pair):"]
+    for first in range(0, n, 15):
+        block = range(first, min(first + 15, n))
+        lines.append(" ant" + "".join(f"{column:5d}" for column in block))
+        for row in range(n):
+            cells = (
+                "     " if row == column else f"{percent[row][column]:4d}%" for column in block
+            )
+            lines.append(f"{row:4d} " + "".join(cells))
+        totals = (round(sum(percent[r][c] for r in range(n) if r != c) / (n - 1)) for c in block)
+        lines.append("TOTAL" + "".join(f"{total:4d}%" for total in totals))
+        lines.append("")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("stations", [3, 15, 16, 40, 64])
+def test_every_block_of_dp3s_per_antenna_table_is_read(stations):
+    """DP3 prints 15 antennas per block, each block with its own TOTAL row: a station in any
+    block has its own percentage (issue 27: only the last block was read)."""
+    from dp3batch.dp3.log import parse_flag_counts
+
+    bad = stations - 2  # in the last block, and not the last antenna
+    percent = [
+        [80 if bad in (row, column) else 5 for column in range(stations)] for row in range(stations)
+    ]
+    log = (
+        "Flags set by AOFlaggerStep aoflagger.\n===\n\n"
+        + dp3_baseline_table(percent)
+        + "\nTotal flagged:     9.000%   (90 out of 1000 visibilities)\n"
+    )
+    per_antenna = parse_flag_counts(log)["aoflagger"]["per_antenna"]
+    assert len(per_antenna) == stations
+    expected = [
+        round(sum(percent[r][c] for r in range(stations) if r != c) / (stations - 1))
+        for c in range(stations)
+    ]
+    assert per_antenna == expected
+    assert max(range(stations), key=per_antenna.__getitem__) == bad
 
 
 def test_a_no_op_summary_is_rebuilt_only_when_a_record_changed(tmp_path):

@@ -21,8 +21,10 @@ def row(name: str, status: Status, **fields) -> SummaryRow:
         "rows_after": 150,
         "channels_before": 16,
         "channels_after": 8,
-        "flagged_before": 0.25,
-        "flagged_after": 0.3125,
+        "flagged_input_pct": 25.0,
+        "flagged_total_pct": 40.0,
+        "flagged_output_pct": 31.25,
+        "flags_by_step": {"aoflagger": {"percent": 15.0}},
         "output_bytes": 2_500_000,
         "finished": "2026-11-28T01:00:00+00:00",
         "log": f"/data/results/logs/{name}.log",
@@ -51,7 +53,9 @@ def test_cells_show_before_after_and_sort_keys(tmp_path):
     write_summary_html([row("a", DONE)], tmp_path / "s.html", "t")
     cells = table_rows((tmp_path / "s.html").read_text())["a"]
     assert '<td data-sort="150">300 → 150</td>' in cells
-    assert '<td data-sort="0.3125">25.0 → 31.2</td>' in cells
+    # Every flag column a percentage: input, each step, before averaging, output.
+    percents = re.findall(r'<td data-sort="([\d.]+)" class="number">([\d.]+)</td>', cells)
+    assert percents[:4] == [("25.0", "25.0"), ("15.0", "15.0"), ("40.0", "40.0"), ("31.25", "31.2")]
     assert '<td data-sort="12.34" class="number">12.3</td>' in cells
     assert '<td data-sort="2500000" class="number">2.5</td>' in cells
 
@@ -59,7 +63,9 @@ def test_cells_show_before_after_and_sort_keys(tmp_path):
 def test_log_and_parset_paths_are_links_and_a_failed_ms_has_no_parset(tmp_path):
     write_summary_html([row("a", DONE), row("b", FAILED, error="x")], tmp_path / "s.html", "t")
     rows = table_rows((tmp_path / "s.html").read_text())
-    assert 'href="file:///data/results/logs/a.log"' in rows["a"]
+    assert (
+        'href="file:///data/results/logs/a.log" title="/data/results/logs/a.log">log<' in rows["a"]
+    )
     assert 'href="file:///data/results/a.ms/dp3.parset"' in rows["a"]
     assert "dp3.parset" not in rows["b"] and "/data/results/logs/b.log" in rows["b"]
 

@@ -204,3 +204,46 @@ def test_cli_writes_count_ms(tmp_path, capsys):
 
 
 # --- DP3 ----------------------------------------------------------------------------------
+
+
+def test_a_bad_station_is_flagged_in_the_input_for_most_of_the_night(tmp_path):
+    spec = SyntheticMSSpec(n_antennas=7, n_times=10, n_channels=8, rfi_times=(), bad_station=5)
+    path = generate_measurement_set(tmp_path / "bad.ms", spec)
+    with tables.table(str(path), ack=False) as ms:
+        flags = ms.getcol("FLAG")
+        antenna1, antenna2 = ms.getcol("ANTENNA1"), ms.getcol("ANTENNA2")
+        time = ms.getcol("TIME")
+    on_bad = (antenna1 == 5) | (antenna2 == 5)
+    assert flags[on_bad].mean() == pytest.approx(0.8)
+    assert not flags[~on_bad].any()
+    # The first 8 of 10 time slots, whole: every channel and correlation.
+    flagged_times = np.unique(time[on_bad][flags[on_bad].all(axis=(1, 2))])
+    assert np.array_equal(flagged_times, spec.times[:8])
+    with pytest.raises(ValueError, match="bad_station 7 outside"):
+        SyntheticMSSpec(n_antennas=7, bad_station=7)
+
+
+def test_cli_makes_a_bad_station_and_rfi_channels(tmp_path):
+    assert (
+        main(
+            [
+                str(tmp_path),
+                "--antennas",
+                "4",
+                "--times",
+                "5",
+                "--channels",
+                "12",
+                "--bad-station",
+                "2",
+                "--rfi-channels",
+                "3,9",
+            ]
+        )
+        == 0
+    )
+    with tables.table(str(tmp_path / "demo_0.ms"), ack=False) as ms:
+        flags = ms.getcol("FLAG")
+        amplitude = np.abs(ms.getcol("DATA")).mean(axis=(0, 2))
+    assert flags.mean() == pytest.approx(0.8 * 3 / 6)  # 3 of 6 baselines, 4 of 5 times
+    assert set(np.flatnonzero(amplitude > 100)) == {3, 9}

@@ -103,6 +103,8 @@ class BatchSpec:
     # This run's own directory (log, config, task list, dask report, QA: see
     # layout.RunFiles), or None.
     run_dir: str | None = field(default=None, metadata={"omit_none": True})
+    # The config's `qa:` limits (books.qa.QALimits), or None: no QA verdict.
+    qa: Mapping[str, Any] | None = field(default=None, metadata={"omit_none": True})
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)

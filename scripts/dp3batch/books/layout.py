@@ -200,6 +200,11 @@ class OutputLayout:
         return self.output_dir / "report" / batch
 
     @property
+    def qa_dir(self) -> Path:
+        """Each output's flagging report: `NAME_flagging_report.zarr` and `.png`."""
+        return self.output_dir / "qa"
+
+    @property
     def runs_dir(self) -> Path:
         """Where each run keeps its files when no SDM is given (see RunFiles)."""
         return self.output_dir / RUNS_NAME

@@ -102,6 +102,10 @@ class CompletionRecord:
     batch_id: str | None = field(default=None, metadata={"omit_none": True})
     # DP3's peak resident memory (its `ru_maxrss`), for sizing jobs.
     peak_memory_bytes: int | None = field(default=None, metadata={"omit_none": True})
+    # What the output's flagging report found (report.flagging.flag_statistics): flagged
+    # percentages in the input, before averaging and in the output, per station and per
+    # channel, and the report's files. Left out when there is none (older records).
+    flag_statistics: Mapping[str, Any] | None = field(default=None, metadata={"omit_none": True})
 
     def to_json(self) -> dict[str, Any]:
         """The record as it is written: `format` first, then every field in order."""

@@ -45,6 +45,7 @@ class TaskResult:
     dp3_version: str | None = None
     # DP3's peak resident memory, also of a DP3 that failed or was killed.
     peak_memory_bytes: int | None = None
+    flag_statistics: Mapping[str, Any] | None = None
 
     @classmethod
     def from_record(cls, record: CompletionRecord, log: str) -> TaskResult:
@@ -69,6 +70,7 @@ class TaskResult:
             stations=record.stations,
             dp3_version=record.dp3_version,
             peak_memory_bytes=record.peak_memory_bytes,
+            flag_statistics=record.flag_statistics,
         )
 
     def to_json(self) -> dict[str, Any]:

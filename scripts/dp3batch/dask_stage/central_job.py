@@ -25,6 +25,7 @@ from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.codec import ContractError
 from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
 from dp3batch.books.layout import OutputLayout, RunFiles, leftover_owner, ms_log_file
+from dp3batch.books.qa import QALimits, qa_verdict
 from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_to_json
@@ -44,7 +45,7 @@ from dp3batch.dask_stage.lock import BatchError, output_dir_lock
 from dp3batch.dask_stage.preflight import PROBE_PREFIX, preflight
 from dp3batch.dask_stage.task import Task
 from dp3batch.report.batch_report import ReportFiles, write_report_files
-from dp3batch.report.summary import Summary
+from dp3batch.report.summary import NO_QA, Summary
 
 log = logging.getLogger("dp3batch")
 # The batch log only (not the terminal).
@@ -67,13 +68,17 @@ def _progress(done: int, total: int, elapsed: float) -> str:
     return f"{bar}[{done}/{total}, {eta}]"
 
 
-def _report_line(done: int, total: int, elapsed: float, result: TaskResult) -> str:
+def _report_line(
+    done: int, total: int, elapsed: float, result: TaskResult, qa: QALimits = NO_QA
+) -> str:
     duration = result.duration_seconds or 0.0
     # A task that returned no result (its worker died) ran nowhere that is known.
     where = f" on {result.worker} ({result.numthreads} thread(s))" if result.worker else ""
     progress = _progress(done, total, elapsed)
     if result.status == Status.DONE:
-        return f"{progress} {result.name}: done in {duration:.1f} s{where}"
+        verdict = qa_verdict(result.flag_statistics, qa)
+        suspect = f"; QA: SUSPECT, {verdict.reason}" if verdict.suspect else ""
+        return f"{progress} {result.name}: done in {duration:.1f} s{where}{suspect}"
     said = f"; DP3 said: {result.error}" if result.error and result.error != result.reason else ""
     return (
         f"{progress} {result.name}: FAILED after {duration:.1f} s{where}: "
@@ -124,10 +129,12 @@ class BatchRun:
         self.started = time.monotonic()
         self.report_files = ReportFiles(self.layout.report_dir(batch.batch_id))
         self.dask_report: DaskPerformanceReport | None = None
+        self.qa = QALimits.from_config(batch.qa)
 
     def record_result(self, result: TaskResult) -> None:
         self.results[result.name] = result
-        line = _report_line(len(self.results), self.total, time.monotonic() - self.started, result)
+        elapsed = time.monotonic() - self.started
+        line = _report_line(len(self.results), self.total, elapsed, result, self.qa)
         (log.info if result.status == Status.DONE else log.error)(line)
 
     def run(self) -> None:
@@ -201,7 +208,7 @@ class BatchRun:
 
     def write_reports(self, results: list[TaskResult]) -> None:
         """The summary of every MS (from the records on disk) and this batch's report."""
-        summary = Summary(self.layout, self.batch.all_measurement_sets, self.store)
+        summary = Summary(self.layout, self.batch.all_measurement_sets, self.store, self.qa)
         rows, problem = summary.write(
             results, {ms.name for ms in self.batch.measurement_sets}, self.batch.batch_id
         )

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from dp3batch.books.commit import BatchStopped, commit, remove_leftovers
 from dp3batch.books.fingerprints import input_tree, output_tree
-from dp3batch.books.layout import PARSET_NAME, temporary_path
+from dp3batch.books.layout import PARSET_NAME, OutputLayout, temporary_path
 from dp3batch.books.records import CompletionRecord, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
@@ -45,6 +45,7 @@ from dp3batch.dask_stage.task import Task
 from dp3batch.dp3.command import hand_rerun_command
 from dp3batch.dp3.install import dp3_environment
 from dp3batch.dp3.log import parse_flag_counts, parse_step_times
+from dp3batch.dp3.parameters import DP3Parameters
 from dp3batch.dp3.parset import arguments_for_dp3, write_parset
 from dp3batch.dp3.translation import run_parameters
 from dp3batch.inputs.tables import (
@@ -57,6 +58,13 @@ from dp3batch.inputs.tables import (
     write_lock_holder,
 )
 from dp3batch.inputs.windows import windows_record
+from dp3batch.report.flagging import (
+    FlaggingReport,
+    InputFlags,
+    count_input_flags,
+    import_libraries,
+    prepare_flagging_report,
+)
 
 POLL_SECONDS = 0.5
 # casacore waits forever for a lock; DP3 then prints this and nothing more.
@@ -307,6 +315,7 @@ def process_measurement_set(task: Task) -> TaskResult:
     # items), else the steps' own `msin.band`, if any.
     reading = parameters.with_band(task.band)
     doing = "preparing the run"  # for a failure that is not DP3's: what was being done
+    flagging: FlaggingReport | None = None
     try:
         missing = input_gone(task.input)
         if missing:  # deleted (or replaced) after the run was planned
@@ -327,16 +336,20 @@ def process_measurement_set(task: Task) -> TaskResult:
             # Also when the lock went after planning: the MS was not inspected then.
             return _failed(result, started, log_path, lock_message(task.input, holder), "")
 
-        def read_input() -> tuple[Shape, InputGrid]:
+        def read_input() -> tuple[Shape, InputGrid, InputFlags]:
             # While DP3 runs: casacore's first import and the reads of the input cost this
             # task 0.1 s, which would otherwise pass between two DP3 runs of its worker.
             if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV): stopped at once
                 raise NoRows("the input MS has no rows: there is nothing to process")
-            shape = read_shape(task.input, with_flags=True, band=reading.selected_band())
-            return shape, read_input_grid(task.input, reading)
+            shape, input_flags = read_input_flags(task.input, reading)
+            grid = read_input_grid(task.input, reading)
+            import_libraries()  # of the flagging report, needed right after DP3
+            return shape, grid, input_flags
 
         doing = "running DP3"
-        exited, (shape_in, grid) = _run_dp3(arguments, log_path, worker, key, read_input)
+        exited, (shape_in, grid, input_flags) = _run_dp3(
+            arguments, log_path, worker, key, read_input
+        )
         result = replace(result, peak_memory_bytes=exited.peak_memory_bytes)
         if exited.code != 0:
             reason = disk_full_problem(output.parent) or exit_description(exited.code)
@@ -357,6 +370,7 @@ def process_measurement_set(task: Task) -> TaskResult:
         if problems:
             problem = "output check failed: " + "; ".join(problems)
             return _failed(result, started, log_path, problem, problem)
+        flagging = flagging_report(task, temporary, dp3_output, input_flags, log_path)
         doing = f"writing {PARSET_NAME}"
         finished = _now()
         final_run = run_parameters(reading, task.input, task.output, threads, memory_gb)
@@ -408,6 +422,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             output_files=output_state.files,
             batch_id=task.batch_id,
             peak_memory_bytes=exited.peak_memory_bytes,
+            flag_statistics=flagging.statistics if flagging else None,
         )
         # Last, after every read of the input: what DP3 read is what the record describes.
         changed = input_changed_since(task.input, input_state.fingerprint)
@@ -416,6 +431,8 @@ def process_measurement_set(task: Task) -> TaskResult:
         write_record(temporary, record)
         doing = "committing the output"
         commit(temporary, output, task.guard)
+        if flagging:
+            flagging.publish()
     except (TaskCancelled, BatchStopped):
         raise  # the temporary output goes in `finally`
     except (NoRows, RowsOutOfTimeOrder) as error:
@@ -430,7 +447,48 @@ def process_measurement_set(task: Task) -> TaskResult:
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
+        if flagging:
+            flagging.discard()  # unless published
     return TaskResult.from_record(record, result.log)
+
+
+def read_input_flags(path: str, reading: DP3Parameters) -> tuple[Shape, InputFlags]:
+    """The input's shape and the flags it already has (per antenna and per channel, of the
+    channels DP3 reads): its FLAG column is read once for both."""
+    band = reading.selected_band()
+    startchan, nchan = (_plain_integer(reading.msin.get(key)) for key in ("startchan", "nchan"))
+    whole_window = not startchan and not nchan
+    counts = count_input_flags(path, band, startchan or 0, nchan or 0)
+    shape = read_shape(path, with_flags=not whole_window, band=band)
+    if whole_window:
+        shape = replace(shape, flagged_fraction=counts.fraction)
+    return shape, counts
+
+
+def _plain_integer(value: Any) -> int | None:
+    try:
+        return int(str(value).strip()) if value is not None else None
+    except ValueError:
+        return None  # an expression DP3 evaluates: all channels are counted
+
+
+def flagging_report(
+    task: Task, output: Path, dp3_output: str, input_flags: InputFlags, log_path: Path
+) -> FlaggingReport | None:
+    """The output's flagging report (published after the commit), or None when it could not
+    be made: the output is fine all the same, and the MS's log says why."""
+    try:
+        return prepare_flagging_report(
+            output,
+            OutputLayout(Path(task.output).parent).qa_dir,
+            task.name,
+            dp3_output,
+            input_flags,
+        )
+    except Exception as error:  # the report must never cost the MS its output
+        with contextlib.suppress(OSError), open(log_path, "a") as log:
+            log.write(f"# flagging report failed: {type(error).__name__}: {error}\n")
+        return None
 
 
 # Above this many bytes of arguments, DP3 gets a parset file instead: Linux refuses an argument

@@ -38,39 +38,53 @@ _FLAGS_SET_BY = re.compile(r"^Flags set by \S+ (\S+?)\.?\s*$")
 _TOTAL_FLAGGED = re.compile(r"^Total flagged:\s+([\d.]+)%\s+\((\d+) out of (\d+) visibilities\)")
 
 
-# Inside a step's section: its per-channel table ("   0-   9:    3%   4% ...") and the TOTAL
-# row of its per-baseline table, which is the percentage per antenna (DP3's own rounding).
+# Inside a step's section: its per-channel table ("   0-   9:    3%   4% ...") and its
+# per-baseline table, whose TOTAL row is the percentage per antenna (DP3's own rounding, whole
+# percent). DP3 prints the per-baseline table in blocks of 15 antennas (columns), each block
+# with its header (" ant   15   16 ...") and its own TOTAL row: every block is read.
 _CHANNEL_ROW = re.compile(r"^\s*\d+-\s*\d+:((?:\s+\d+%)+)\s*$")
+_ANTENNA_HEADER = re.compile(r"^\s*ant((?:\s+\d+)+)\s*$")
 _TOTAL_ROW = re.compile(r"^TOTAL((?:\s+\d+%)+)\s*$")
 _PERCENT = re.compile(r"(\d+)%")
 
 
 def parse_flag_counts(log_text: str) -> dict[str, dict]:
     """What each PreFlagger and AOFlagger step flagged, as DP3 itself counted it (before any
-    averaging): {step: {percent, flagged, visibilities, per_channel, per_antenna}}, the last
-    two in whole percent, by channel and by antenna index."""
+    averaging, and only the flags the step set itself: not those already set before it):
+    {step: {percent, flagged, visibilities, per_channel, per_antenna}}, the last two in
+    whole percent, by channel (of the data the step saw) and by antenna index (every block
+    of DP3's per-baseline table; None for an antenna DP3 did not print)."""
     counts: dict[str, dict] = {}
     step = None
     channels: list[int] = []
-    antennas: list[int] = []
+    antennas: dict[int, int] = {}
+    columns: list[int] = []
     for line in log_text.splitlines():
         match = _FLAGS_SET_BY.match(line)
         if match:
-            step, channels, antennas = match.group(1), [], []
+            step, channels, antennas, columns = match.group(1), [], {}, []
             continue
         if step is None:
             continue
         if row := _CHANNEL_ROW.match(line):
             channels += [int(value) for value in _PERCENT.findall(row.group(1))]
+        elif header := _ANTENNA_HEADER.match(line):
+            columns = [int(index) for index in header.group(1).split()]
         elif row := _TOTAL_ROW.match(line):
-            antennas = [int(value) for value in _PERCENT.findall(row.group(1))]
+            values = [int(value) for value in _PERCENT.findall(row.group(1))]
+            # A TOTAL row without a header before it (never seen): antennas in order.
+            indices = columns or range(len(antennas), len(antennas) + len(values))
+            antennas.update(zip(indices, values, strict=False))
+            columns = []
         elif match := _TOTAL_FLAGGED.match(line):
             counts[step] = {
                 "percent": float(match.group(1)),
                 "flagged": int(match.group(2)),
                 "visibilities": int(match.group(3)),
                 "per_channel": channels,
-                "per_antenna": antennas,
+                "per_antenna": [
+                    antennas.get(index) for index in range(max(antennas, default=-1) + 1)
+                ],
             }
             step = None
     return counts

@@ -20,6 +20,7 @@ from typing import Any
 from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS
 from dp3batch.books.fingerprints import extra_inputs_fingerprint
 from dp3batch.books.layout import OutputLayout
+from dp3batch.books.qa import QALimits
 from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
 from dp3batch.config.errors import ConfigError
 from dp3batch.config.steps import Chain
@@ -390,7 +391,13 @@ def batch_specification(
         planned_at=plan.planned_at,
         measurement_sets=tuple(_pending_ms(plan, item, reason) for item, reason in plan.pending),
         run_dir=run_dir,
+        qa=qa_limits(config).to_json() if qa_limits(config).enabled else None,
     )
+
+
+def qa_limits(config: dict[str, Any]) -> QALimits:
+    """The config's `qa:` limits (all None: no QA verdict)."""
+    return QALimits.from_config(config.get("qa"))
 
 
 def _pending_ms(plan: Plan, item: WorkItem, reason: str) -> PendingMS:

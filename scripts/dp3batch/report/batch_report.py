@@ -1,5 +1,6 @@
 """The report of one batch, written by the central job when its DP3 tasks are done: the
-summary table (TSV and HTML), three plots, and dask's performance report.
+summary table (TSV and HTML), the plots, the MSs' flagging report PNGs, and dask's
+performance report.
 
 `snakemake --report` collects these files (see rules/process.smk); drawing them here, as
 plain SVG, costs milliseconds, where a separate Snakemake job with matplotlib cost seconds
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dp3batch.books.qa import SUSPECT
 from dp3batch.books.status import Status
 from dp3batch.books.write_errors import write_problem
 from dp3batch.report.html import write_summary_html
@@ -59,6 +62,11 @@ class ReportFiles:
     def dask(self) -> Path:
         return self.directory / "dask-report.html"
 
+    @property
+    def flagging(self) -> Path:
+        """The PNGs of the batch's flagging reports (see copy_flagging_plots)."""
+        return self.directory / "flagging"
+
     def as_dict(self) -> dict[str, str]:
         names = (
             "table",
@@ -69,6 +77,7 @@ class ReportFiles:
             "durations",
             "step_times",
             "dask",
+            "flagging",
         )
         return {name: str(getattr(self, name)) for name in names}
 
@@ -102,21 +111,48 @@ def write_batch_report(rows: list[SummaryRow], files: ReportFiles, title: str) -
     plot_flagged_per_station(rows, files.stations)
     plot_durations(rows, files.durations)
     plot_step_times(rows, files.step_times)
+    copy_flagging_plots(rows, files.flagging)
+
+
+# The HTML report embeds every plot: past this many MSs it shows the suspect ones first,
+# then the others by name (all of them are in <output_dir>/qa/).
+FLAGGING_PLOTS_IN_REPORT = 50
+
+
+def copy_flagging_plots(rows: list[SummaryRow], directory: Path) -> list[Path]:
+    """The flagging report PNGs of the MSs the report describes (this batch's, else every
+    complete one), copied into the batch's report: suspect MSs first, at most
+    FLAGGING_PLOTS_IN_REPORT of them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shown = sorted(
+        (row for row in _complete_rows(rows) if row.flagging_report),
+        key=lambda row: (row.qa != SUSPECT, row.name),
+    )[:FLAGGING_PLOTS_IN_REPORT]
+    copied = []
+    for row in shown:
+        source = Path(str(row.flagging_report))
+        target = directory / source.name
+        try:
+            shutil.copyfile(source, target)
+        except OSError:
+            continue  # removed since, or unreadable: the report goes on without it
+        copied.append(target)
+    return copied
 
 
 def plot_flagged_fractions(rows: list[SummaryRow], path: str | Path) -> None:
-    """Flagged fraction per MS: the input's, and the output's (after averaging, where a
-    sample stays unflagged unless all its inputs were)."""
-    shown = [row for row in rows if row.flagged_after is not None]
-    # What each flagging step flagged, as DP3 counted it: the number that matters.
-    steps = sorted({step for row in shown for step in row.flags_by_step})
+    """Flagged percentage per MS: the input's, each flagging step's (DP3's count), all of it
+    before averaging, and the output's (after averaging, where a sample stays unflagged
+    unless all its inputs were)."""
+    shown = [row for row in rows if row.flagged_output_pct is not None]
+    steps = list(dict.fromkeys(step for row in shown for step in row.flags_by_step))
     step_colours = ["#cc6677", "#ddcc77", "#117733", "#aa4499"]
     bar_chart(
         path,
-        "Flagged fraction per MS",
+        "Flagged per MS",
         [row.name for row in shown],
         [
-            Series("input", [100 * (row.flagged_before or 0) for row in shown], "#88ccee"),
+            Series("input", [row.flagged_input_pct for row in shown], "#88ccee"),
             *(
                 Series(
                     f"by {step} (DP3)",
@@ -125,8 +161,9 @@ def plot_flagged_fractions(rows: list[SummaryRow], path: str | Path) -> None:
                 )
                 for index, step in enumerate(steps)
             ),
+            Series("before averaging", [row.flagged_total_pct for row in shown], "#cc3311"),
             Series(
-                "output (after averaging)", [100 * row.flagged_after for row in shown], "#332288"
+                "output (after averaging)", [row.flagged_output_pct for row in shown], "#332288"
             ),
         ],
         "flagged visibilities (%)",
@@ -156,18 +193,27 @@ def _flag_steps(rows: list[SummaryRow]) -> list[str]:
 
 def plot_rfi_spectrum(rows: list[SummaryRow], path: str | Path) -> None:
     """The RFI spectrum: per flagging step, the percentage of visibilities it flagged per
-    channel (DP3's own count), averaged over the MSs of the batch."""
+    channel (DP3's own count), and all flags before averaging (input + every step),
+    averaged over the MSs of the batch."""
     rows = _complete_rows(rows)
+    samples = {
+        step: [
+            dict(enumerate((row.flags_by_step.get(step) or {}).get("per_channel") or []))
+            for row in rows
+        ]
+        for step in _flag_steps(rows)
+    }
+    samples["before averaging (input + every step)"] = [
+        dict(enumerate(row.flag_statistics.get("channel_total_pct") or [])) for row in rows
+    ]
     series = []
-    for index, step in enumerate(_flag_steps(rows)):
-        mean = _mean_by_key(
-            [
-                dict(enumerate((row.flags_by_step.get(step) or {}).get("per_channel") or []))
-                for row in rows
-            ]
-        )
+    for index, (label, sample) in enumerate(samples.items()):
+        mean = _mean_by_key([{k: v for k, v in s.items() if v is not None} for s in sample])
+        if not mean:
+            continue
         values = [mean.get(channel) for channel in range(max(mean, default=-1) + 1)]
-        series.append(Series(step, values, STEP_COLOURS[index % len(STEP_COLOURS)]))
+        colour = "#cc3311" if label.startswith("before") else STEP_COLOURS[index % 4]
+        series.append(Series(label, values, colour))
     line_chart(
         path,
         f"RFI spectrum: flagged per channel, mean over {len(rows)} MS(s)",
@@ -178,34 +224,48 @@ def plot_rfi_spectrum(rows: list[SummaryRow], path: str | Path) -> None:
     )
 
 
+def _station_means(rows: list[SummaryRow], values_of) -> dict[str, float]:
+    return _mean_by_key(
+        [
+            {
+                name: value
+                for name, value in zip(row.stations or [], values_of(row) or [], strict=False)
+                if value is not None
+            }
+            for row in rows
+        ]
+    )
+
+
 def plot_flagged_per_station(rows: list[SummaryRow], path: str | Path) -> None:
-    """Per flagging step, the percentage of each station's visibilities it flagged (DP3's
-    own count per antenna), averaged over the MSs of the batch: a bad station stands out."""
+    """Per station, all its flags before averaging (input + every step) and what each
+    flagging step flagged (DP3's own count per antenna), averaged over the MSs of the
+    batch: a bad station stands out."""
     rows = _complete_rows(rows)
-    steps = _flag_steps(rows)
     means = {
-        step: _mean_by_key(
-            [
-                dict(
-                    zip(
-                        row.stations or [],
-                        (row.flags_by_step.get(step) or {}).get("per_antenna") or [],
-                        strict=False,
-                    )
-                )
-                for row in rows
-            ]
-        )
-        for step in steps
+        "before averaging (input + every step)": _station_means(
+            rows, lambda row: row.flag_statistics.get("station_total_pct")
+        ),
+        **{
+            f"by {step} (DP3)": _station_means(
+                rows, lambda row, step=step: (row.flags_by_step.get(step) or {}).get("per_antenna")
+            )
+            for step in _flag_steps(rows)
+        },
     }
+    means = {label: mean for label, mean in means.items() if mean}
     stations = list(dict.fromkeys(name for mean in means.values() for name in mean))
     bar_chart(
         path,
         f"Flagged per station, mean over {len(rows)} MS(s)",
         stations,
         [
-            Series(step, [means[step].get(name) for name in stations], STEP_COLOURS[index % 4])
-            for index, step in enumerate(steps)
+            Series(
+                label,
+                [mean.get(name) for name in stations],
+                "#cc3311" if label.startswith("before") else STEP_COLOURS[index % 4],
+            )
+            for index, (label, mean) in enumerate(means.items())
         ],
         "flagged visibilities (%)",
         maximum=100.0,

@@ -21,14 +21,23 @@ from typing import Any
 from dp3batch.books.batch_spec import MSPaths
 from dp3batch.books.codec import from_json, to_json
 from dp3batch.books.layout import RECORD_NAME, OutputLayout, ms_log_file
+from dp3batch.books.qa import SUSPECT, QALimits, QAVerdict, qa_verdict
 from dp3batch.books.record_checks import without_collections
 from dp3batch.books.records import CompletionRecord, RecordStore
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
 from dp3batch.books.write_errors import write_problem
 
-# The prefix of the columns of each flagging step (`flagged_aoflagger`: DP3's percentage).
+# The columns of each flagging step (`flagged_aoflagger_pct`: DP3's percentage).
 STEP_FLAGS_PREFIX = "flagged_"
+# No QA limits: no verdict (QALimits is frozen, so one is shared).
+NO_QA = QALimits()
+PERCENT_SUFFIX = "_pct"
+
+
+def step_flag_column(step: str) -> str:
+    """The column of one flagging step: `flagged_aoflagger_pct`."""
+    return f"{STEP_FLAGS_PREFIX}{step}{PERCENT_SUFFIX}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +47,9 @@ class SummaryRow:
 
     name: str
     status: Status
+    # The QA verdict (books.qa): "ok", "suspect" (and why), or None when QA is off.
+    qa: str | None = None
+    qa_reason: str | None = None
     duration_seconds: float | None = None
     # What the dispatch took for the size of the job (largest first), beside it.
     size_estimate_bytes: int | None = None
@@ -52,10 +64,13 @@ class SummaryRow:
     time_resolution_after: float | None = None
     freq_resolution_before: float | None = None
     freq_resolution_after: float | None = None
-    # Fractions read with casacore; "after" from the averaged output, where a sample is
-    # flagged only if all its inputs were.
-    flagged_before: float | None = None
-    flagged_after: float | None = None
+    # Percentages flagged, every one of them (see docs/report.md): in the input; then
+    # (columns `flagged_<step>_pct`, see step_flags) by each flagging step, DP3's count; in
+    # all before averaging (input + every step); and in the output, after averaging, where a
+    # sample is flagged only if all its inputs were.
+    flagged_input_pct: float | None = None
+    flagged_total_pct: float | None = None
+    flagged_output_pct: float | None = None
     output_bytes: int | None = None
     finished: str | None = None
     log: str | None = None
@@ -64,23 +79,26 @@ class SummaryRow:
     output: str | None = None
     # DP3's peak resident memory (its ru_maxrss), for sizing jobs; after the older columns.
     peak_memory_bytes: int | None = None
+    # The PNG of the output's flagging report (its zarr dataset is beside it).
+    flagging_report: str | None = None
     # JSON only: DP3's time per step, its flag counts per step (the RFI spectrum and the
-    # per-station plot), the stations by antenna index.
+    # per-station plot), the stations by antenna index, the flagging report's statistics.
     step_seconds: Mapping[str, float] = field(default_factory=dict)
     flags_by_step: Mapping[str, Any] = field(default_factory=dict)
     stations: tuple[str, ...] = ()
+    flag_statistics: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def step_flags(self) -> dict[str, float | None]:
         """Per flagging step, DP3's own percentage of the visibilities it flagged, as the
-        columns `flagged_<step>`."""
+        columns `flagged_<step>_pct`."""
         return {
-            f"{STEP_FLAGS_PREFIX}{step}": count.get("percent")
+            step_flag_column(step): count.get("percent")
             for step, count in self.flags_by_step.items()
         }
 
     def to_json(self) -> dict[str, Any]:
-        """Every field in order, then one `flagged_<step>` entry per flagging step."""
+        """Every field in order, then one `flagged_<step>_pct` entry per flagging step."""
         return {**to_json(self), **self.step_flags}
 
     @classmethod
@@ -88,23 +106,43 @@ class SummaryRow:
         return from_json(cls, data, what)
 
 
-# The TSV's columns: every field of a row but those in the JSON only, then one
-# `flagged_<step>` column per flagging step.
-JSON_ONLY = ("step_seconds", "flags_by_step", "stations")
+# The TSV's columns: every field of a row but those in the JSON only, with one
+# `flagged_<step>_pct` column per flagging step after `flagged_input_pct`.
+JSON_ONLY = ("step_seconds", "flags_by_step", "stations", "flag_statistics")
 COLUMNS = [item.name for item in fields(SummaryRow) if item.name not in JSON_ONLY]
 
 
+def tsv_columns(step_columns: list[str]) -> list[str]:
+    """COLUMNS with the steps' columns after the input's, in the order of the chain."""
+    position = COLUMNS.index("flagged_input_pct") + 1
+    steps = [column for column in step_columns if column not in COLUMNS]
+    return COLUMNS[:position] + steps + COLUMNS[position:]
+
+
+def _pct(fraction: float | None) -> float | None:
+    return None if fraction is None else round(100 * fraction, 3)
+
+
 def _row_from(
-    ms: MSPaths, status: Status, log: str, source: CompletionRecord | TaskResult | None
+    ms: MSPaths,
+    status: Status,
+    log: str,
+    source: CompletionRecord | TaskResult | None,
+    qa: QALimits = NO_QA,
 ) -> SummaryRow:
-    """The summary row of one MS: what its record (or its result) says of the run."""
+    """The summary row of one MS: what its record (or its result) says of the run, and the
+    QA verdict of its flags under the current limits."""
     if source is None:
         return SummaryRow(name=ms.name, status=status, log=log, input=ms.input, output=ms.output)
     before = source.shape_before or {}
     after = source.shape_after or {}
+    statistics = dict(source.flag_statistics or {})
+    verdict = qa_verdict(statistics, qa) if status.complete else QAVerdict()
     return SummaryRow(
         name=ms.name,
         status=status,
+        qa=verdict.status,
+        qa_reason=verdict.reason or None,
         duration_seconds=source.duration_seconds,
         size_estimate_bytes=source.size_estimate_bytes,
         worker=source.worker,
@@ -118,8 +156,9 @@ def _row_from(
         time_resolution_after=after.get("interval"),
         freq_resolution_before=before.get("channel_width"),
         freq_resolution_after=after.get("channel_width"),
-        flagged_before=before.get("flagged_fraction"),
-        flagged_after=after.get("flagged_fraction"),
+        flagged_input_pct=_pct(before.get("flagged_fraction")),
+        flagged_total_pct=statistics.get("total_pct"),
+        flagged_output_pct=_pct(after.get("flagged_fraction")),
         output_bytes=source.output_bytes,
         finished=source.finished,
         log=log,
@@ -128,9 +167,11 @@ def _row_from(
         input=source.input,
         output=source.output,
         peak_memory_bytes=source.peak_memory_bytes,
+        flagging_report=statistics.get("png"),
         step_seconds=dict(source.step_seconds or {}),
         flags_by_step=dict(source.flags_by_step or {}),
         stations=tuple(source.stations or ()),
+        flag_statistics=statistics,
     )
 
 
@@ -141,6 +182,7 @@ def collect_rows(
     batch_names: set[str] | None = None,
     batch_id: str | None = None,
     store: RecordStore | None = None,
+    qa: QALimits = NO_QA,
 ) -> list[SummaryRow]:
     """One row per MS, built from the completion records on disk, so that it is true after
     any fault: an MS of this run's batch (`batch_names`) whose record that batch made (its
@@ -160,11 +202,11 @@ def collect_rows(
         record = store.record(ms.output)
         made_now = record is not None and batch_id is not None and record.batch_id == batch_id
         if record is not None and ms.name in batch_names and made_now:
-            rows.append(_row_from(ms, Status.DONE, log, record))
+            rows.append(_row_from(ms, Status.DONE, log, record, qa))
         elif result is not None and result.status in (Status.FAILED, Status.NOT_PROCESSED):
             rows.append(_row_from(ms, result.status, result.log, result))
         elif record is not None and ms.name not in batch_names:
-            rows.append(_row_from(ms, Status.UP_TO_DATE, log, record))
+            rows.append(_row_from(ms, Status.UP_TO_DATE, log, record, qa))
         else:
             rows.append(_row_from(ms, Status.NOT_PROCESSED, log, None))
     return rows
@@ -201,8 +243,7 @@ def write_summary(
     try:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         table = io.StringIO()
-        step_columns = sorted({key for row in rows for key in row.step_flags})
-        columns = COLUMNS + [key for key in step_columns if key not in COLUMNS]
+        columns = tsv_columns(list(dict.fromkeys(key for row in rows for key in row.step_flags)))
         writer = csv.DictWriter(
             table,
             fieldnames=columns,
@@ -216,7 +257,10 @@ def write_summary(
         for entry in data:
             writer.writerow({key: _tsv_cell(entry.get(key)) for key in columns})
         contents = {
-            json_path: json.dumps({"counts": counts, "measurement_sets": data}, indent=2),
+            json_path: json.dumps(
+                {"counts": counts, "measurement_sets": data, "suspect": suspect_list(rows)},
+                indent=2,
+            ),
             tsv_path: table.getvalue(),
         }
         for (path, text), temporary in zip(contents.items(), temporaries, strict=True):
@@ -234,6 +278,11 @@ def write_summary(
             "an earlier run was removed, as it no longer told the truth"
         )
     return None
+
+
+def suspect_list(rows: list[SummaryRow]) -> list[dict[str, str]]:
+    """The MSs the QA verdict found suspect, with why (the summary's last entry)."""
+    return [{"name": row.name, "reason": row.qa_reason or ""} for row in rows if row.qa == SUSPECT]
 
 
 def rows_written_since(json_path: Path, since: Path) -> list[SummaryRow] | None:
@@ -273,16 +322,19 @@ def refresh_summary(
     tsv_path: Path,
     digest: str | None = None,
     store: RecordStore | None = None,
+    qa: QALimits = NO_QA,
 ) -> str | None:
     """The summary of a run with nothing to do, rebuilt only when the records changed since
     it was last written (a digest beside it says which records it was built from).
     `digest`: `records_digest(measurement_sets)`, if the caller has it already."""
     digest_path = _digest_path(json_path)
     digest = digest or records_digest(measurement_sets)
+    if qa.enabled:  # the verdicts depend on the limits too: a changed limit rebuilds it
+        digest += " qa " + json.dumps(qa.to_json(), sort_keys=True)
     if _read_text(digest_path) == digest and json_path.is_file() and tsv_path.is_file():
         return None
     with without_collections():  # every record parsed: see record_checks
-        rows = collect_rows(measurement_sets, [], log_dir, store=store)
+        rows = collect_rows(measurement_sets, [], log_dir, store=store, qa=qa)
         problem = write_summary(rows, json_path, tsv_path)
     if problem is None:
         with contextlib.suppress(OSError):
@@ -298,10 +350,12 @@ class Summary:
         layout: OutputLayout,
         measurement_sets: Sequence[MSPaths],
         store: RecordStore | None = None,
+        qa: QALimits = NO_QA,
     ):
         self.layout = layout
         self.measurement_sets = measurement_sets
         self.store = store or RecordStore()
+        self.qa = qa
 
     def write(
         self,
@@ -317,6 +371,7 @@ class Summary:
             batch_names,
             batch_id,
             self.store,
+            self.qa,
         )
         return rows, write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)
 
@@ -329,6 +384,7 @@ class Summary:
             self.layout.summary_tsv,
             digest,
             self.store,
+            self.qa,
         )
 
     def rows_written_since(self, marker: Path) -> list[SummaryRow] | None:

@@ -44,9 +44,10 @@ from dp3batch.planning.plan import (
     describe_pending,
     make_plan,
     output_dir_path,
+    qa_limits,
 )
 from dp3batch.report.batch_report import ReportFiles
-from dp3batch.report.summary import Summary, SummaryRow, records_digest
+from dp3batch.report.summary import Summary, SummaryRow, records_digest, suspect_list
 from dp3batch.rule_layer.flags import (
     CommandLineFlags,
     all_forced,
@@ -108,7 +109,9 @@ class Run:
 
     @property
     def summary(self) -> Summary:
-        return Summary(self.layout, all_measurement_sets(self.plan), self.plan.store)
+        return Summary(
+            self.layout, all_measurement_sets(self.plan), self.plan.store, qa_limits(self.config)
+        )
 
     def described_batch(self) -> str | None:
         """The batch the report describes: this run's, else the last one that ran."""
@@ -151,14 +154,23 @@ class Run:
             return []
         batch = self.described_batch()
         if self.flags.report:
-            return list(self.report_files(batch).values()) if batch else []
+            return self._earlier_report(batch) if batch else []
         if self.batch:
             return [self.batch_marker(self.batch), *self.report_files(self.batch).values()]
         if batch:
             # Every record exists (nothing is pending): the last report stands for them, and
             # Snakemake need not check thousands of files.
-            return list(self.report_files(batch).values())
+            return self._earlier_report(batch)
         return [str(ms.output / RECORD_NAME) for ms in self.plan.measurement_sets]
+
+    def _earlier_report(self, batch: str) -> list[str]:
+        """The files of a batch that ran before. A batch of a version before issue 27 has no
+        `flagging/` directory of flagging plots: an empty one stands for it (no rule could
+        make it, and Snakemake would refuse the run or the report)."""
+        files = ReportFiles(self.layout.report_dir(batch))
+        if files.directory.is_dir():
+            files.flagging.mkdir(exist_ok=True)
+        return list(files.as_dict().values())
 
     # --- the hooks ------------------------------------------------------------------
 
@@ -215,6 +227,13 @@ class Run:
             f" (status of each: {self.layout.summary_tsv};"
             f" HTML report: {self.flags.command('--report', 'report.html')})"
         )
+        suspect = suspect_list(rows)
+        if suspect:
+            # A suspect MS is still data: said last, and the exit code does not change.
+            reports = self.layout.qa_dir
+            _say(f"QA: {len(suspect)} of {done} MS(s) suspect (flagging reports: {reports}/):")
+            for entry in suspect:
+                _say(f"  {entry['name']}: {entry['reason']}")
 
     def _central_job_killed(self) -> str | None:
         """The central job ended without a word (its pid file is left: no `finally` ran),

@@ -70,6 +70,11 @@ class SyntheticMSSpec:
     # "window" (all rows of window 0, then window 1, ...) or "time" (sorted by time).
     n_windows: int = 1
     window_order: str = "window"
+    # A station made bad on purpose: its baselines already flagged in the input for the
+    # first `bad_station_flagged_fraction` of the time slots (a station that failed early in
+    # the night), as a test of the per-station flag accounting.
+    bad_station: int | None = None
+    bad_station_flagged_fraction: float = 0.8
 
     def __post_init__(self) -> None:
         if self.n_antennas < 2 or self.n_times < 1 or self.n_channels < 1:
@@ -80,6 +85,17 @@ class SyntheticMSSpec:
             raise ValueError(f"rfi_channels {self.rfi_channels} outside 0..{self.n_channels - 1}")
         if any(not 0 <= t < self.n_times for t in self.rfi_times):
             raise ValueError(f"rfi_times {self.rfi_times} outside 0..{self.n_times - 1}")
+        if self.bad_station is not None and not 0 <= self.bad_station < self.n_antennas:
+            raise ValueError(f"bad_station {self.bad_station} outside 0..{self.n_antennas - 1}")
+        if not 0 <= self.bad_station_flagged_fraction <= 1:
+            raise ValueError(f"bad_station_flagged_fraction must be in [0, 1]: {self}")
+
+    @property
+    def bad_station_times(self) -> int:
+        """How many time slots (the first ones) of the bad station are flagged in the input."""
+        if self.bad_station is None:
+            return 0
+        return round(self.bad_station_flagged_fraction * self.n_times)
 
     @property
     def n_baselines(self) -> int:
@@ -390,6 +406,7 @@ def _fill_main_table(ms: tables.table, spec: SyntheticMSSpec) -> None:
     times_per_chunk = max(1, CHUNK_BYTES // (row_bytes * n_bl))
     cell = (spec.n_channels, N_CORRELATIONS)
     flags = np.zeros((times_per_chunk * n_bl, *cell), dtype=bool)
+    bad_baselines = np.flatnonzero((pairs == spec.bad_station).any(axis=1))
     for t0 in range(0, spec.n_times, times_per_chunk):
         nt = min(times_per_chunk, spec.n_times - t0)
         nr = nt * n_bl
@@ -408,6 +425,9 @@ def _fill_main_table(ms: tables.table, spec: SyntheticMSSpec) -> None:
             shape = (n_bl, other_channels.size, N_CORRELATIONS)
             data[rows, other_channels] += _rfi(rng, shape, rfi_amp)
         ms.putcol("DATA", data, startrow=t0 * n_bl, nrow=nr)
+        flags[:nr] = False
+        for t in range(t0, min(t0 + nt, spec.bad_station_times)):
+            flags[(t - t0) * n_bl + bad_baselines] = True
         ms.putcol("FLAG", flags[:nr], startrow=t0 * n_bl, nrow=nr)
 
 
@@ -566,6 +586,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--telescope", default="LOFAR", help="OBSERVATION::TELESCOPE_NAME (default LOFAR)"
     )
+    parser.add_argument(
+        "--rfi-channels",
+        type=lambda text: tuple(int(channel) for channel in text.split(",") if channel),
+        help="channels hit by strong narrow-band RFI, comma-separated (default 5)",
+    )
+    parser.add_argument(
+        "--bad-station",
+        type=int,
+        help="index of a station whose first 80%% of time slots are flagged in the input",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing MSs")
     args = parser.parse_args(argv)
     if args.count < 1:
@@ -581,6 +611,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None
     }
     fields["include_autocorrelations"] = args.autocorrelations
+    if args.rfi_channels is not None:
+        fields["rfi_channels"] = args.rfi_channels
+    if args.bad_station is not None:
+        fields["bad_station"] = args.bad_station
     fields["telescope_name"] = args.telescope
     try:
         if args.size_mb is not None:

@@ -1,0 +1,660 @@
+"""The flagging report of one output: what is flagged, where, and by whom.
+
+A function of the output MS and DP3's log (and, when the workflow made the output, the flags
+its input already had): an xarray dataset with the output's flagged and total visibility
+counts over time x baseline x frequency (antenna names, baseline lengths, frequencies and
+times as coordinates) and the counts DP3 printed per flagging step, before any averaging;
+saved as zarr (`xr.open_zarr`) beside a PNG of it. See docs/report.md.
+
+It runs on the dask worker right after DP3 (see dask_stage.execution), and as the command
+`dp3batch-flagging-report` (report.flagging_command) for any MS. It reads the output once.
+xarray, zarr and matplotlib are imported on first use: the planning never needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dp3batch.dp3.log import parse_flag_counts
+
+ROWS_PER_READ = 20_000
+# MJD seconds of the Unix epoch (1970-01-01 is MJD 40587).
+UNIX_EPOCH_MJD_SECONDS = 40587 * 86400.0
+ZARR_SUFFIX = "_flagging_report.zarr"
+PNG_SUFFIX = "_flagging_report.png"
+
+
+def import_libraries() -> None:
+    """Import xarray, zarr and matplotlib (about 1.5 s of CPU, once per process): the worker
+    does it while its first DP3 runs, so that the report right after DP3 is not held up."""
+    import matplotlib.figure  # noqa: F401
+    import xarray  # noqa: F401
+    import zarr  # noqa: F401
+    from matplotlib.backends import backend_agg  # noqa: F401
+
+
+def report_paths(qa_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """`<qa_dir>/<name>_flagging_report.zarr` and `.png` (the reference pipeline's names)."""
+    return Path(qa_dir) / f"{name}{ZARR_SUFFIX}", Path(qa_dir) / f"{name}{PNG_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class InputFlags:
+    """The flags an MS already has, over the channels DP3 reads of it: flagged correlation
+    samples in all, per antenna (of the baselines it is part of) and per channel."""
+
+    rows: int
+    channels: int
+    correlations: int
+    flagged: int
+    antenna_flagged: tuple[int, ...]
+    # Rows of each antenna's baselines (an autocorrelation counts once).
+    antenna_rows: tuple[int, ...]
+    channel_flagged: tuple[int, ...]
+    # The frequencies (Hz) of those channels.
+    frequencies: tuple[float, ...] = ()
+
+    @property
+    def visibilities(self) -> int:
+        """Baselines x times x channels, as DP3 counts visibilities."""
+        return self.rows * self.channels
+
+    @property
+    def fraction(self) -> float:
+        samples = self.visibilities * self.correlations
+        return self.flagged / samples if samples else 0.0
+
+    def antenna_pct(self) -> np.ndarray:
+        samples = np.asarray(self.antenna_rows) * self.channels * self.correlations
+        return _percent(self.antenna_flagged, samples)
+
+    def channel_pct(self) -> np.ndarray:
+        return _percent(self.channel_flagged, np.full(self.channels, self.rows * self.correlations))
+
+
+def count_input_flags(
+    path: str | Path, band: int | None = None, startchan: int = 0, nchan: int = 0
+) -> InputFlags:
+    """The flags of an MS (of one band's rows, `DATA_DESC_ID`), per antenna and per channel,
+    over channels `startchan` to `startchan + nchan` (0: to the end), read in blocks of rows."""
+    from casacore import tables
+
+    with tables.table(os.path.join(path, "ANTENNA"), ack=False, readonly=True) as antennas:
+        n_antennas = antennas.nrows()
+    antenna_flagged = np.zeros(n_antennas, dtype=np.int64)
+    antenna_rows = np.zeros(n_antennas, dtype=np.int64)
+    channel_flagged: np.ndarray | int = 0
+    channels = correlations = 0
+    with tables.table(str(path), ack=False, readonly=True) as whole:
+        table = whole if band is None else whole.query(f"DATA_DESC_ID=={int(band)}")
+        try:
+            rows = table.nrows()
+            has_flag_row = "FLAG_ROW" in table.colnames()
+            for start in range(0, rows, ROWS_PER_READ):
+                count = min(ROWS_PER_READ, rows - start)
+                flags = table.getcol("FLAG", startrow=start, nrow=count)
+                flags = flags[:, startchan : startchan + nchan if nchan else None]
+                if has_flag_row:
+                    # A row with FLAG_ROW set is flagged whole, as DP3 reads it.
+                    whole_row = table.getcol("FLAG_ROW", startrow=start, nrow=count).astype(bool)
+                    flags = flags | whole_row[:, None, None]
+                _, channels, correlations = flags.shape
+                antenna1 = table.getcol("ANTENNA1", startrow=start, nrow=count)
+                antenna2 = table.getcol("ANTENNA2", startrow=start, nrow=count)
+                per_channel = np.count_nonzero(flags, axis=2)  # rows x channels
+                per_row = per_channel.sum(axis=1)
+                channel_flagged = channel_flagged + per_channel.sum(axis=0)
+                cross = antenna1 != antenna2  # an autocorrelation counts once for its antenna
+                for antenna, weights in ((antenna1, per_row), (antenna2[cross], per_row[cross])):
+                    antenna_flagged += np.bincount(
+                        antenna, weights=weights, minlength=n_antennas
+                    ).astype(np.int64)
+                    antenna_rows += np.bincount(antenna, minlength=n_antennas)
+        finally:
+            if band is not None:
+                table.close()
+    channel_flagged = np.atleast_1d(np.asarray(channel_flagged, dtype=np.int64))[:channels]
+    with tables.table(os.path.join(path, "DATA_DESCRIPTION"), ack=False) as description:
+        window = int(description.getcell("SPECTRAL_WINDOW_ID", band or 0))
+    with tables.table(os.path.join(path, "SPECTRAL_WINDOW"), ack=False) as windows:
+        frequencies = windows.getcell("CHAN_FREQ", window)[startchan:][:channels]
+    return InputFlags(
+        rows=rows,
+        channels=channels,
+        correlations=correlations,
+        flagged=int(channel_flagged.sum()),
+        antenna_flagged=tuple(int(value) for value in antenna_flagged),
+        antenna_rows=tuple(int(value) for value in antenna_rows),
+        channel_flagged=tuple(int(value) for value in channel_flagged),
+        frequencies=tuple(float(value) for value in frequencies),
+    )
+
+
+def _percent(flagged: np.ndarray, total: np.ndarray) -> np.ndarray:
+    flagged, total = np.asarray(flagged, dtype=float), np.asarray(total, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 100.0 * flagged / np.where(total > 0, total, 1), np.nan)
+
+
+def _read_output(path: Path) -> dict[str, Any]:
+    """The output's flags as counts over time x baseline x frequency, and its coordinates."""
+    from casacore import tables
+
+    with tables.table(str(path / "ANTENNA"), ack=False, readonly=True) as antennas:
+        names = [str(name) for name in antennas.getcol("NAME")]
+        positions = antennas.getcol("POSITION")
+    with tables.table(str(path / "SPECTRAL_WINDOW"), ack=False, readonly=True) as window:
+        frequencies = np.asarray(window.getcell("CHAN_FREQ", 0), dtype=float)
+    with tables.table(str(path), ack=False, readonly=True) as table:
+        rows = table.nrows()
+        time_column = table.getcol("TIME")
+        antenna1 = table.getcol("ANTENNA1")
+        antenna2 = table.getcol("ANTENNA2")
+        times = np.unique(time_column)
+        n_antennas = len(names)
+        pair = antenna1.astype(np.int64) * n_antennas + antenna2
+        pairs = np.unique(pair)
+        time_index = np.searchsorted(times, time_column)
+        baseline_index = np.searchsorted(pairs, pair)
+        flagged = np.zeros((len(times), len(pairs), len(frequencies)), dtype=np.uint8)
+        total = np.zeros_like(flagged)
+        for start in range(0, rows, ROWS_PER_READ):
+            count = min(ROWS_PER_READ, rows - start)
+            flags = table.getcol("FLAG", startrow=start, nrow=count)
+            where = (time_index[start : start + count], baseline_index[start : start + count])
+            flagged[where] = np.count_nonzero(flags, axis=2)
+            total[where] = flags.shape[2]
+    first, second = pairs // n_antennas, pairs % n_antennas
+    lengths = np.linalg.norm(positions[second] - positions[first], axis=1)
+    return {
+        "names": names,
+        "times": times,
+        "frequencies": frequencies,
+        "first": first,
+        "second": second,
+        "lengths": lengths,
+        "flagged": flagged,
+        "total": total,
+    }
+
+
+def flagging_dataset(
+    output: str | Path,
+    dp3_log: str | None = None,
+    input_flags: InputFlags | None = None,
+) -> Any:
+    """The flagging report of one output MS (an xarray Dataset): its flags over time x
+    baseline x frequency, DP3's counts per flagging step (from its log, before averaging),
+    the flags the input had, and what they add up to per station and per channel."""
+    import xarray as xr
+
+    output = Path(output)
+    read = _read_output(output)
+    names = read["names"]
+    n_antennas = len(names)
+    times = (read["times"] - UNIX_EPOCH_MJD_SECONDS) * 1e9
+    dataset = xr.Dataset(
+        {
+            "flagged": (
+                ("time", "baseline", "frequency"),
+                read["flagged"],
+                {"description": "flagged correlations of the output (after averaging)"},
+            ),
+            "total": (
+                ("time", "baseline", "frequency"),
+                read["total"],
+                {"description": "correlations of the output (0: no row for it)"},
+            ),
+        },
+        coords={
+            "time": ("time", times.astype("datetime64[ns]"), {"description": "UTC"}),
+            "baseline": ("baseline", np.arange(len(read["first"]))),
+            "frequency": ("frequency", read["frequencies"], {"units": "Hz"}),
+            "antenna": ("antenna", np.array(names, dtype=str)),
+            "baseline_antenna1": ("baseline", np.array(names, dtype=str)[read["first"]]),
+            "baseline_antenna2": ("baseline", np.array(names, dtype=str)[read["second"]]),
+            "baseline_length": ("baseline", read["lengths"], {"units": "m"}),
+        },
+        attrs={
+            "title": f"Flagging report of {output.name}",
+            "ms": str(output),
+            "made_by": "dp3batch",
+        },
+    )
+    steps = parse_flag_counts(dp3_log or "")
+    if steps:
+        dataset = _with_steps(dataset, steps, n_antennas)
+    if input_flags is not None:
+        dataset = _with_input(dataset, input_flags)
+    if steps and input_flags is not None:
+        dataset = _with_totals(dataset, steps, input_flags)
+    return dataset
+
+
+def _with_steps(dataset: Any, steps: Mapping[str, dict], n_antennas: int) -> Any:
+    names = list(steps)
+    channels = max((len(count["per_channel"]) for count in steps.values()), default=0)
+
+    def padded(values: list, length: int) -> list[float]:
+        values = [np.nan if value is None else value for value in values][:length]
+        return values + [np.nan] * (length - len(values))
+
+    dataset = dataset.assign_coords(step=("step", np.array(names, dtype=str))).assign(
+        step_flagged=("step", [steps[name]["flagged"] for name in names]),
+        step_visibilities=("step", [steps[name]["visibilities"] for name in names]),
+        step_flagged_pct=(
+            "step",
+            [steps[name]["percent"] for name in names],
+            {"description": "visibilities the step flagged itself (DP3's count)"},
+        ),
+        step_antenna_flagged_pct=(
+            ("step", "antenna"),
+            [padded(steps[name]["per_antenna"], n_antennas) for name in names],
+            {"description": "DP3's per-antenna percentage (whole percent)"},
+        ),
+    )
+    if not channels:  # DP3 printed no per-channel table
+        return dataset
+    return dataset.assign_coords(input_channel=("input_channel", np.arange(channels))).assign(
+        step_channel_flagged_pct=(
+            ("step", "input_channel"),
+            [padded(steps[name]["per_channel"], channels) for name in names],
+            {"description": "DP3's per-channel percentage (whole percent)"},
+        ),
+    )
+
+
+def _with_input(dataset: Any, flags: InputFlags) -> Any:
+    channels = flags.channels
+    if "input_channel" in dataset.coords and dataset.sizes["input_channel"] != channels:
+        return dataset  # the steps saw another channel grid: not comparable
+    dataset = dataset.assign_coords(input_channel=("input_channel", np.arange(channels)))
+    if len(flags.frequencies) == channels:
+        dataset = dataset.assign_coords(
+            input_frequency=("input_channel", np.asarray(flags.frequencies), {"units": "Hz"})
+        )
+    antennas = dataset.sizes["antenna"]
+    return dataset.assign(
+        input_flagged_pct=((), 100.0 * flags.fraction),
+        input_antenna_flagged_pct=("antenna", flags.antenna_pct()[:antennas]),
+        input_channel_flagged_pct=("input_channel", flags.channel_pct()),
+    )
+
+
+def _with_totals(dataset: Any, steps: Mapping[str, dict], flags: InputFlags) -> Any:
+    """Flagged at full resolution after every flagging step: what the input had plus what
+    each step flagged itself (DP3 counts only the flags a step adds). Only when every step
+    saw the input's own visibilities (none ran after an averager or on inserted slots)."""
+    if "input_antenna_flagged_pct" not in dataset:
+        return dataset
+    visibilities = flags.visibilities
+    if any(count["visibilities"] != visibilities for count in steps.values()):
+        return dataset
+    station = dataset["input_antenna_flagged_pct"] + dataset["step_antenna_flagged_pct"].sum(
+        "step", min_count=1
+    ).fillna(0)
+    channel = dataset["input_channel_flagged_pct"]
+    if "step_channel_flagged_pct" in dataset:
+        channel = channel + dataset["step_channel_flagged_pct"].sum("step", min_count=1).fillna(0)
+    total = 100.0 * (flags.fraction * visibilities + sum(c["flagged"] for c in steps.values()))
+    return dataset.assign(
+        total_flagged_pct=((), min(100.0, total / visibilities)),
+        total_antenna_flagged_pct=station.clip(max=100.0).assign_attrs(
+            description="input + every flagging step, before averaging"
+        ),
+        total_channel_flagged_pct=channel.clip(max=100.0).assign_attrs(
+            description="input + every flagging step, before averaging"
+        ),
+    )
+
+
+def _rounded(values: Any) -> list[float | None]:
+    return [None if not np.isfinite(value) else round(float(value), 3) for value in values]
+
+
+def _scalar(dataset: Any, name: str) -> float | None:
+    if name not in dataset:
+        return None
+    value = float(dataset[name])
+    return round(value, 3) if np.isfinite(value) else None
+
+
+def station_output_pct(dataset: Any) -> np.ndarray:
+    """Per station, the percentage of the output's correlations flagged on its baselines."""
+    index = {name: position for position, name in enumerate(dataset["antenna"].values)}
+    first = np.array([index[name] for name in dataset["baseline_antenna1"].values], dtype=int)
+    second = np.array([index[name] for name in dataset["baseline_antenna2"].values], dtype=int)
+    flagged = dataset["flagged"].sum(("time", "frequency"), dtype=np.int64).values
+    total = dataset["total"].sum(("time", "frequency"), dtype=np.int64).values
+    cross = first != second
+    n = dataset.sizes["antenna"]
+    station_flagged = np.bincount(first, flagged, n) + np.bincount(second[cross], flagged[cross], n)
+    station_total = np.bincount(first, total, n) + np.bincount(second[cross], total[cross], n)
+    return _percent(station_flagged, station_total)
+
+
+def flag_statistics(dataset: Any) -> dict[str, Any]:
+    """What the completion record keeps of the report (JSON): the percentages flagged in the
+    input, at full resolution after every flagging step (before averaging), and in the
+    output, in all, per station and per channel. The summary, the batch report and the QA
+    verdict are made from it."""
+    flagged = int(dataset["flagged"].sum(dtype=np.int64))
+    total = int(dataset["total"].sum(dtype=np.int64))
+    output_channel = _percent(
+        dataset["flagged"].sum(("time", "baseline"), dtype=np.int64).values,
+        dataset["total"].sum(("time", "baseline"), dtype=np.int64).values,
+    )
+    statistics: dict[str, Any] = {
+        "output_pct": round(100.0 * flagged / total, 3) if total else None,
+        "input_pct": _scalar(dataset, "input_flagged_pct"),
+        "total_pct": _scalar(dataset, "total_flagged_pct"),
+        "stations": [str(name) for name in dataset["antenna"].values],
+        "station_output_pct": _rounded(station_output_pct(dataset)),
+        "station_input_pct": None,
+        "station_total_pct": None,
+        "output_frequency_hz": [float(value) for value in dataset["frequency"].values],
+        "channel_output_pct": _rounded(output_channel),
+        "input_frequency_hz": None,
+        "channel_input_pct": None,
+        "channel_total_pct": None,
+    }
+    if "input_frequency" in dataset.coords:
+        statistics["input_frequency_hz"] = [float(v) for v in dataset["input_frequency"].values]
+    for key, name in (
+        ("station_input_pct", "input_antenna_flagged_pct"),
+        ("station_total_pct", "total_antenna_flagged_pct"),
+        ("channel_input_pct", "input_channel_flagged_pct"),
+        ("channel_total_pct", "total_channel_flagged_pct"),
+    ):
+        if name in dataset:
+            statistics[key] = _rounded(dataset[name].values)
+    return statistics
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+
+
+def _remove_stale(path: Path) -> None:
+    """What killed attempts left beside `path` (its `.tmp-`/`.old-` copies), and only that:
+    matched by name, never as a pattern (an MS name may hold any character)."""
+    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(path.parent):
+            if entry.name.startswith(prefixes) and not entry.is_symlink():
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    Path(entry.path).unlink(missing_ok=True)
+
+
+def _replace(new: Path, path: Path) -> None:
+    """Rename `new` to `path`; a directory there is moved aside first, then removed."""
+    if path.is_dir() and not path.is_symlink():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.rename(path, old)
+        os.rename(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class FlaggingReport:
+    """A report written to temporary names beside its final ones: `publish` renames them
+    into place (after the output's commit), `discard` removes them."""
+
+    statistics: dict[str, Any]
+    files: list[tuple[Path, Path]]
+
+    def publish(self) -> None:
+        for temporary, final in self.files:
+            _replace(temporary, final)
+        self.files = []
+
+    def discard(self) -> None:
+        for temporary, _ in self.files:
+            _remove(temporary)
+        self.files = []
+
+
+def prepare_flagging_report(
+    output: str | Path,
+    qa_dir: str | Path,
+    name: str,
+    dp3_log: str | None = None,
+    input_flags: InputFlags | None = None,
+) -> FlaggingReport:
+    """The flagging report of one output (`<qa_dir>/<name>_flagging_report.zarr` and
+    `.png`), written under temporary names; its statistics (see `flag_statistics`) name
+    the final files and the seconds it took."""
+    started = time.perf_counter()
+    dataset = flagging_dataset(output, dp3_log, input_flags)
+    zarr_path, png_path = report_paths(qa_dir, name)
+    zarr_path.parent.mkdir(parents=True, exist_ok=True)
+    report = FlaggingReport(flag_statistics(dataset), [])
+    try:
+        for final in (zarr_path, png_path):
+            _remove_stale(final)
+            report.files.append((_temporary(final), final))
+        dataset.to_zarr(report.files[0][0], mode="w", consolidated=True, zarr_format=2)
+        plot_flagging_report(dataset, report.files[1][0])
+    except BaseException:
+        report.discard()
+        raise
+    report.statistics.update(
+        zarr=str(zarr_path), png=str(png_path), seconds=round(time.perf_counter() - started, 3)
+    )
+    return report
+
+
+def make_flagging_report(
+    output: str | Path,
+    qa_dir: str | Path,
+    name: str,
+    dp3_log: str | None = None,
+    input_flags: InputFlags | None = None,
+) -> dict[str, Any]:
+    """`prepare_flagging_report`, published at once; returns its statistics."""
+    report = prepare_flagging_report(output, qa_dir, name, dp3_log, input_flags)
+    report.publish()
+    return report.statistics
+
+
+def _worst(values: Any, labels: list[str]) -> tuple[str, float] | None:
+    values = np.asarray(values, dtype=float)
+    if values.size == 0 or not np.isfinite(values).any():
+        return None
+    position = int(np.nanargmax(values))
+    return labels[position], float(values[position])
+
+
+def plot_flagging_report(dataset: Any, path: str | Path) -> None:
+    """The PNG: the flagged fraction of the output as a time x frequency waterfall, per
+    channel (before and after averaging), per baseline length and per station. Drawn with
+    matplotlib's object API (no pyplot: the embedded cluster's tasks share one process)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13, 8.5), dpi=80)
+    FigureCanvasAgg(figure)
+    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.92, hspace=0.3, wspace=0.2)
+    (waterfall, spectrum), (lengths, stations) = figure.subplots(2, 2)
+    flagged = dataset["flagged"].values
+    total = dataset["total"].values
+    frequencies_mhz = dataset["frequency"].values / 1e6
+    times = dataset["time"].values
+    _waterfall(figure, waterfall, flagged, total, frequencies_mhz, times)
+    _spectrum(spectrum, dataset, flagged, total, frequencies_mhz)
+
+    per_baseline = _percent(flagged.sum(axis=(0, 2)), total.sum(axis=(0, 2)))
+    lengths.plot(dataset["baseline_length"].values / 1e3, per_baseline, ".", color="#4477aa")
+    lengths.set(
+        title="Output: flagged per baseline",
+        xlabel="baseline length (km)",
+        ylabel="flagged (%)",
+        ylim=(-2, 102),
+    )
+
+    names = [str(name) for name in dataset["antenna"].values]
+    positions = np.arange(len(names))
+    output_station = station_output_pct(dataset)
+    # One artist per series, not one per station: 512 stations draw as fast as 16.
+    stations.stairs(
+        np.nan_to_num(output_station),
+        np.arange(len(names) + 1) - 0.5,
+        fill=True,
+        color="#332288",
+        label="output",
+    )
+    before = None
+    if "total_antenna_flagged_pct" in dataset:
+        before = dataset["total_antenna_flagged_pct"].values
+        stations.plot(
+            positions,
+            before,
+            "_",
+            color="#cc3311",
+            markersize=6,
+            mew=2,
+            label="before averaging: input + every step",
+        )
+    # At most about 24 names, and always the most flagged station's.
+    every = max(1, -(-len(names) // 24))
+    ticks = set(positions[::every].tolist())
+    judged = before if before is not None else output_station
+    if len(names) and np.isfinite(judged).any():
+        ticks.add(int(np.nanargmax(judged)))
+    ticks = sorted(ticks)
+    stations.set_xticks(ticks, [names[i] for i in ticks], rotation=90, fontsize="x-small")
+    stations.set(title="Flagged per station", ylabel="flagged (%)", ylim=(0, 102))
+    stations.legend(loc="upper right", fontsize="small")
+
+    output_pct = 100 * int(flagged.sum(dtype=np.int64)) / max(1, int(total.sum(dtype=np.int64)))
+    headline = [f"output {output_pct:.1f} % flagged"]
+    if "total_flagged_pct" in dataset:
+        headline.append(f"before averaging {float(dataset['total_flagged_pct']):.1f} %")
+    if worst := _worst(before if before is not None else output_station, names):
+        headline.append(f"worst station {worst[0]} ({worst[1]:.0f} %)")
+    if worst_channel := _worst_channel(dataset):
+        headline.append(f"worst channel {worst_channel}")
+    figure.suptitle(f"{dataset.attrs.get('title', 'Flagging report')}: " + ", ".join(headline))
+    figure.savefig(path, format="png", pil_kwargs={"compress_level": 1})
+
+
+def _waterfall(figure, axes, flagged, total, frequencies_mhz, times) -> None:
+    fraction = _percent(flagged.sum(axis=1), total.sum(axis=1))
+    minutes = (times - times[0]) / np.timedelta64(60, "s") if len(times) else np.zeros(0)
+    extent = None
+    if len(minutes) and len(frequencies_mhz):
+        half_channel = np.ptp(frequencies_mhz) / max(1, len(frequencies_mhz) - 1) / 2 or 0.1
+        half_time = np.ptp(minutes) / max(1, len(minutes) - 1) / 2 or 0.5
+        extent = (
+            frequencies_mhz[0] - half_channel,
+            frequencies_mhz[-1] + half_channel,
+            minutes[-1] + half_time,
+            minutes[0] - half_time,
+        )
+    image = axes.imshow(
+        fraction, aspect="auto", interpolation="nearest", vmin=0, vmax=100, extent=extent
+    )
+    figure.colorbar(image, ax=axes, label="flagged (%)", pad=0.01)
+    start = str(times[0])[:19].replace("T", " ") if len(times) else "?"
+    axes.set(
+        title="Output: flagged per time and channel (all baselines)",
+        xlabel="frequency (MHz)",
+        ylabel=f"minutes since {start} UTC",
+    )
+
+
+def _spectrum(axes, dataset, flagged, total, frequencies_mhz) -> None:
+    """Per channel: the output's flags, and where known the flags before averaging."""
+    output = _percent(flagged.sum(axis=(0, 1)), total.sum(axis=(0, 1)))
+    axes.plot(
+        frequencies_mhz,
+        output,
+        color="#332288",
+        drawstyle="steps-mid",
+        label="output (after averaging)",
+    )
+    axes.set(
+        title="Flagged per channel", xlabel="frequency (MHz)", ylabel="flagged (%)", ylim=(-2, 102)
+    )
+    if "input_frequency" in dataset.coords:
+        before_axes, axis = axes, dataset["input_frequency"].values / 1e6
+    else:  # channels of the input, whose frequencies are not known here
+        before_axes, axis = (
+            axes.twiny(),
+            dataset["input_channel"].values if "input_channel" in dataset.coords else None,
+        )
+        before_axes.set_xlabel("channel (as DP3 read it)")
+    if "total_channel_flagged_pct" in dataset:
+        before_axes.plot(
+            axis,
+            dataset["total_channel_flagged_pct"].values,
+            color="#cc3311",
+            drawstyle="steps-mid",
+            label="before averaging: input + every step",
+        )
+        before_axes.plot(
+            axis,
+            dataset["input_channel_flagged_pct"].values,
+            color="#88ccee",
+            drawstyle="steps-mid",
+            label="input",
+        )
+    elif "step_channel_flagged_pct" in dataset:
+        for step in dataset["step"].values:
+            before_axes.plot(
+                axis,
+                dataset["step_channel_flagged_pct"].sel(step=step).values,
+                drawstyle="steps-mid",
+                label=f"by {step} (DP3)",
+            )
+    handles = [line for ax in {axes, before_axes} for line in ax.get_lines()]
+    axes.legend(handles=handles, loc="upper right", fontsize="small")
+
+
+def worst_channel(dataset: Any) -> tuple[int, float | None, float] | None:
+    """(channel, frequency in Hz or None, percent) of the most flagged channel before
+    averaging (input + every step), else of the output."""
+    if "total_channel_flagged_pct" in dataset:
+        values = dataset["total_channel_flagged_pct"].values
+        frequencies = (
+            dataset["input_frequency"].values if "input_frequency" in dataset.coords else None
+        )
+    else:
+        values = _percent(
+            dataset["flagged"].values.sum(axis=(0, 1)), dataset["total"].values.sum(axis=(0, 1))
+        )
+        frequencies = dataset["frequency"].values
+    if values.size == 0 or not np.isfinite(values).any():
+        return None
+    channel = int(np.nanargmax(values))
+    frequency = None if frequencies is None else float(frequencies[channel])
+    return channel, frequency, float(values[channel])
+
+
+def _worst_channel(dataset: Any) -> str | None:
+    found = worst_channel(dataset)
+    if found is None:
+        return None
+    channel, frequency, percent = found
+    where = f" ({frequency / 1e6:.3f} MHz)" if frequency is not None else ""
+    return f"{channel}{where} ({percent:.0f} %)"
