@@ -181,6 +181,12 @@ def test_sdm_mode_reads_the_sdm_s_table_and_keeps_each_run_s_files_in_its_logs(
         assert task["output"] == str(tmp_path / "out" / f"{ms.stem}.ms")
         assert task["dp3_parameters"]["applycal.parmdb"] == str(table)
     assert (run / "dask-report.html").is_file()
+    # This run's flagging reports, beside its other files (hard links of the outputs' own).
+    for name in ("obs_0", "obs_1"):
+        kept = run / "qa" / f"{name}_flagging_report.png"
+        own = tmp_path / "out" / "qa" / f"{name}_flagging_report.png"
+        assert kept.read_bytes() == own.read_bytes()
+        assert (run / "qa" / f"{name}_flagging_report.zarr" / ".zmetadata").is_file()
 
     # The same config by the plain route gives the same outputs.
     plain = snakemake(

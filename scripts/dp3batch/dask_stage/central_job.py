@@ -385,6 +385,7 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
     run.write_reports(results)
     if run_files is not None:
         keep_with_the_run(run.report_files.dask, run_files.dask_report)
+        keep_flagging_reports(results, run_files)
     return 0
 
 
@@ -394,6 +395,34 @@ def keep_with_the_run(source: Path, kept: Path) -> None:
     with contextlib.suppress(OSError):
         if source.is_file():
             shutil.copyfile(source, kept)
+
+
+def keep_flagging_reports(results: list[TaskResult], run_files: RunFiles) -> None:
+    """This batch's flagging reports among the run's own files (`qa/`): hard links where the
+    filesystem allows (no second copy of the data), else copies. One that cannot be kept is
+    left out: the output directory's `qa/` has it."""
+    for result in results:
+        statistics = result.flag_statistics or {}
+        if result.status != Status.DONE:
+            continue
+        for key in ("zarr", "png"):
+            source = Path(str(statistics.get(key) or ""))
+            if not statistics.get(key) or not source.exists():
+                continue
+            kept = run_files.qa / source.name
+            with contextlib.suppress(OSError):
+                run_files.qa.mkdir(exist_ok=True)
+                if source.is_dir():
+                    shutil.copytree(source, kept, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(str(source), str(kept))
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another filesystem (an SDM elsewhere), or no hard links there
+        shutil.copy2(source, destination)
 
 
 def end_process(code: int) -> NoReturn:
