@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, DASK, make_inputs, port_open, wait_until
+from conftest import BIN, DASK, REPO, make_inputs, port_open, wait_until
 from dp3batch.dask_stage.central_job import task_for
 from dp3batch.dask_stage.preflight import shared_paths
 from dp3batch.planning.plan import batch_specification, make_plan
@@ -84,7 +84,12 @@ class Hosts:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"},
+            # The workers run this checkout's dp3batch, as pre-flight checks they do.
+            env={
+                **os.environ,
+                "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+                "PYTHONPATH": str(REPO / "scripts"),
+            },
         )
         self.processes.append(process)
         return process

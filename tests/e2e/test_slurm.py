@@ -138,6 +138,8 @@ def slurm_workers(slurm, tmp_path: Path, jobs: int) -> Iterator[tuple[Starter, s
         *("--jobs", str(jobs), "--cores", "1", "--processes", "1", "--memory", "2GB"),
         *("--queue", "debug", "--account", "dp3test", "--walltime", "00:10:00"),
         *("--prologue", f"source {BIN / 'activate'}"),
+        # Workers import this checkout's dp3batch, as the workflow does (pre-flight checks).
+        *("--prologue", f"export PYTHONPATH={REPO / 'scripts'}"),
     ) as starter:
         scheduler = starter.scheduler()
         yield starter, scheduler, worker_jobs(scheduler, jobs)
@@ -288,3 +290,54 @@ def test_an_ms_cut_by_the_walltime_is_retried_and_its_partial_output_discarded(
 def _stopped_dp3(marker: str) -> psutil.Process | None:
     process = _running_dp3(marker)
     return process if process and process.status() == psutil.STATUS_STOPPED else None
+
+
+LATE_WORKER_JOB = """#!/bin/bash
+#SBATCH --partition=debug --account=dp3test --ntasks=1 --cpus-per-task=1 --mem=2G
+#SBATCH --time=00:10:00
+source {activate}
+export PYTHONPATH={scripts}
+exec dask worker {scheduler} --nthreads 1 --resources process=1 --no-dashboard \\
+    --memory-limit 2GB --name late-job-$SLURM_JOB_ID
+"""
+
+
+def test_a_worker_job_that_starts_late_joins_the_batch_once_checked(slurm, workflow, tmp_path):
+    """A batch job whose worker joins mid-batch (the queue was busy): it is asked the
+    pre-flight check when it joins, then gets work; no MS waits for it, none is lost."""
+    names = [f"obs_{index}" for index in range(6)]
+    make_inputs(workflow.directory / "inputs", 6, **SLOW_MS)
+    marker = str(workflow.directory)
+    with slurm_workers(slurm, tmp_path, jobs=1) as (starter, scheduler, workers):
+        workflow.config["scheduler"] = scheduler
+        script = tmp_path / "late-worker.sh"
+        script.write_text(
+            LATE_WORKER_JOB.format(
+                activate=BIN / "activate", scripts=REPO / "scripts", scheduler=scheduler
+            )
+        )
+        snakemake = workflow.start()
+        late_job = None
+        try:
+            assert wait_until(lambda: dp3_processes(marker), timeout=120, interval=0.1)
+            submitted = slurm.command(
+                "sbatch", "--parsable", f"--output={tmp_path / 'late-%j.out'}", str(script)
+            )
+            assert submitted.returncode == 0, submitted.stderr
+            late_job = submitted.stdout.strip().split(";")[0]
+            assert snakemake.wait(timeout=240) == 0, (
+                workflow.directory / "snakemake.out"
+            ).read_text()
+        finally:
+            if snakemake.poll() is None:
+                os.killpg(snakemake.pid, signal.SIGKILL)
+            if late_job:
+                slurm.command("scancel", late_job)
+        output = (workflow.directory / "snakemake.out").read_text()
+        assert all(workflow.record(name) for name in names)
+        by_worker = {workflow.record(name)["worker"] for name in names}
+        late = by_worker - set(workers)
+        assert late, f"the late job's worker got no MS: {by_worker} ({output})"
+        assert f"worker(s) joined and can run DP3: {next(iter(late))}" in output
+        assert "Traceback" not in output
+        assert not dp3_processes(marker), "DP3 left running"

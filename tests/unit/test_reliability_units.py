@@ -241,9 +241,10 @@ def test_the_central_job_keeps_dasks_chatter_quiet_after_importing_dask():
         "_configure_logging(None)\n"
         "import distributed  # as the cluster's start does\n"
         "print(logging.getLogger('distributed.batched').getEffectiveLevel())\n"
+        "print(logging.getLogger('distributed.client').getEffectiveLevel())\n"
     )
     answer = run_python(script)
-    assert answer.stdout.strip() == str(logging.CRITICAL), answer.stderr[-2000:]
+    assert answer.stdout.split() == [str(logging.CRITICAL)] * 2, answer.stderr[-2000:]
 
 
 def test_the_verdict_reads_only_a_summary_written_after_the_batchs_result(tmp_path):

@@ -93,6 +93,9 @@ class BatchSpec:
     extra_inputs_fingerprint: str
     # How long the batch waits for workers holding `process` to come back.
     worker_wait_seconds: float
+    # How long a worker holding one of the batch's tasks may be silent before the batch
+    # takes it as frozen and runs its MS elsewhere (None in older specifications: 60).
+    worker_silence_seconds: float | None = field(default=None, metadata={"omit_none": True})
     all_measurement_sets: tuple[MSPaths, ...]
     # Below this duration no dask performance report is kept.
     dask_report_min_seconds: float

@@ -40,7 +40,13 @@ class BatchStopped(RuntimeError):
     """The batch stopped (interrupted, or its scheduler lost) before this commit."""
 
 
+class AttemptRevoked(BatchStopped):
+    """The batch gave this attempt's MS to another attempt (its worker fell silent)."""
+
+
 BATCH_STOPPED = "stopped"
+# A guard line `revoked <attempt>`: that attempt (a dask task key) may commit nothing.
+REVOKED = "revoked "
 
 
 # A commit holds the guard's shared lock for a rename, the central job its exclusive lock for
@@ -68,19 +74,27 @@ def flock_with_deadline(handle, mode: int, seconds: float = GUARD_LOCK_SECONDS) 
             time.sleep(0.01)
 
 
-def commit(temporary: Path, output: Path, guard: str | None) -> None:
+def commit(temporary: Path, output: Path, guard: str | None, attempt: str | None = None) -> None:
     """Put the finished output in place; an older output is moved aside first, then removed.
 
-    Only while the batch goes on: the central job writes BATCH_STOPPED into the guard file
-    under an exclusive lock when it is interrupted or loses its scheduler, so no output is
-    committed after that (a commit holds the shared lock from its check to its rename)."""
+    Only while the batch goes on, and only if the batch still counts on this `attempt` (the
+    task's dask key): the central job writes BATCH_STOPPED into the guard file under an
+    exclusive lock when it ends, is interrupted or loses its scheduler, and `revoked
+    <attempt>` when it gives the MS to another attempt (a worker fell silent), so no such
+    output is committed after that (a commit holds the shared lock from its check to its
+    rename)."""
     if not guard or not os.path.exists(guard):  # a task run on its own, outside a batch
         guard = os.devnull
     with open(guard) as guard_file:
         if guard != os.devnull:
             flock_with_deadline(guard_file, fcntl.LOCK_SH)
-            if guard_file.read().strip() == BATCH_STOPPED:
+            lines = guard_file.read().splitlines()
+            if BATCH_STOPPED in lines:
                 raise BatchStopped("the batch was stopped before this output was committed")
+            if attempt is not None and REVOKED + attempt in lines:
+                raise AttemptRevoked(
+                    f"attempt {attempt} was revoked: its MS was given to another attempt"
+                )
         replaced = None
         if output.is_symlink():
             raise RuntimeError(f"{output} is a link: not replacing it")
@@ -93,11 +107,20 @@ def commit(temporary: Path, output: Path, guard: str | None) -> None:
 
 
 def stop_commits(guard: Path) -> None:
-    """In the central job: no task of this batch commits an output after this returns."""
+    """In the central job: no task of this batch commits an output after this returns. (The
+    line is added: the attempts revoked before stay on record.)"""
+    with open(guard, "a") as guard_file:
+        flock_with_deadline(guard_file, fcntl.LOCK_EX)
+        guard_file.write(BATCH_STOPPED + "\n")
+        guard_file.flush()
+        os.fsync(guard_file.fileno())
+
+
+def revoke_attempts(guard: Path, attempts: list[str]) -> None:
+    """In the central job: none of these attempts (dask task keys) commits an output after
+    this returns, even one whose worker wakes up later (a frozen worker's late result)."""
     with open(guard, "a+") as guard_file:
         flock_with_deadline(guard_file, fcntl.LOCK_EX)
-        guard_file.seek(0)
-        guard_file.truncate()
-        guard_file.write(BATCH_STOPPED + "\n")
+        guard_file.write("".join(f"{REVOKED}{attempt}\n" for attempt in attempts))
         guard_file.flush()
         os.fsync(guard_file.fileno())

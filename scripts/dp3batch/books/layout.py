@@ -6,6 +6,7 @@
         .NAME.ms.old-<12 hex>       an output being replaced (removed right after)
         .dp3batch.lock              held (flock) by the batch that writes here
         .record-checks.json         what a rerun checks of each record (see record_checks)
+        .forced-unfinished.json     MSs a forced run did not finish (see forced)
         summary.tsv, summary.json   the status of every MS, after every run
         logs/NAME.log               DP3's output for one MS
         logs/failed.txt             the failures of the last batch
@@ -36,6 +37,7 @@ FAILURES_NAME = "failed.txt"
 SUMMARY_TSV = "summary.tsv"
 SUMMARY_JSON = "summary.json"
 RECORD_CHECKS_NAME = ".record-checks.json"
+FORCED_NOTE_NAME = ".forced-unfinished.json"
 
 RUNS_NAME = "runs"
 RUN_NAME = "dp3batch"
@@ -162,6 +164,11 @@ class OutputLayout:
     @property
     def record_checks(self) -> Path:
         return self.output_dir / RECORD_CHECKS_NAME
+
+    @property
+    def forced_note(self) -> Path:
+        """The MSs a forced run (-F, -R) did not finish: the next run processes them."""
+        return self.output_dir / FORCED_NOTE_NAME
 
     @property
     def failures(self) -> Path:

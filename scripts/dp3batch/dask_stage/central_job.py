@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,13 +23,14 @@ from typing import Any, NoReturn
 from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.codec import ContractError
 from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
+from dp3batch.books.forced import ForcedItem, is_forced, read_forced_note, write_forced_note
 from dp3batch.books.layout import OutputLayout, RunFiles, leftover_owner, ms_log_file
 from dp3batch.books.qa import QALimits, qa_verdict
 from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_to_json
 from dp3batch.books.write_errors import QuietFileHandler, write_problem
-from dp3batch.dask_stage.cluster import ClusterError, cluster_client, package_zip
+from dp3batch.dask_stage.cluster import FILE_ONLY, ClusterError, cluster_client
 from dp3batch.dask_stage.dask_report import DaskPerformanceReport, write_no_report
 from dp3batch.dask_stage.dispatch import (
     Dispatch,
@@ -44,6 +44,9 @@ from dp3batch.dask_stage.interrupts import Interrupted, ignore_interrupts, inter
 from dp3batch.dask_stage.lock import BatchError, output_dir_lock
 from dp3batch.dask_stage.preflight import PROBE_PREFIX, preflight
 from dp3batch.dask_stage.task import Task
+from dp3batch.dask_stage.watchdog import DEFAULT_SILENCE_SECONDS, ClusterWatch
+from dp3batch.dask_stage.worker_checks import check_workers
+from dp3batch.dask_stage.worker_faults import own_package_identity
 from dp3batch.report.batch_report import ReportFiles, write_report_files
 from dp3batch.report.summary import NO_QA, Summary
 
@@ -52,9 +55,9 @@ log = logging.getLogger("dp3batch")
 file_log = logging.getLogger("dp3batch.batch_log")
 
 
-def task_for(batch: BatchSpec, ms: PendingMS) -> Task:
+def task_for(batch: BatchSpec, ms: PendingMS, code_digest: str | None = None) -> Task:
     """The task of one MS of a batch (what a worker receives)."""
-    return Task.of(batch, ms)
+    return Task.of(batch, ms, code_digest)
 
 
 def _progress(done: int, total: int, elapsed: float) -> str:
@@ -130,6 +133,8 @@ class BatchRun:
         self.report_files = ReportFiles(self.layout.report_dir(batch.batch_id))
         self.dask_report: DaskPerformanceReport | None = None
         self.qa = QALimits.from_config(batch.qa)
+        # The cluster as this batch saw it (None until pre-flight has passed).
+        self.watch: ClusterWatch | None = None
 
     def record_result(self, result: TaskResult) -> None:
         self.results[result.name] = result
@@ -151,39 +156,109 @@ class BatchRun:
             pending, completed = still_pending(batch, self.store)
             for name in completed:
                 log.info("%s: completed by another run meanwhile; not processed again", name)
-            if not pending:
-                return
-            guard = layout.batch_guard(batch.batch_id)
-            guard.write_text("running\n")
-            tasks = [task_for(batch, ms) for ms in pending]
-            with cluster_client(batch) as client, tempfile.TemporaryDirectory() as scratch:
-                preflight(client, batch)
-                if batch.scheduler:
-                    client.upload_file(str(package_zip(Path(scratch))), load=True)
-                dispatch = Dispatch(
-                    tasks=tasks,
-                    batch_id=batch.batch_id,
-                    scheduler_address=batch.scheduler or client.scheduler.address,
-                    worker_grace=batch.worker_wait_seconds,
-                    on_result=self.record_result,
-                    orphaned=orphaned,
-                )
-                log.info("%d DP3 task(s) to run, largest first", len(tasks))
-                self.dask_report = DaskPerformanceReport(
-                    client, self.report_files.dask, batch.dask_report_min_seconds
-                )
-                self.dask_report.start()
+            # Before any DP3 runs: whatever ends this batch (even SIGKILL), the next run
+            # finishes the forced MSs it did not.
+            self._note_forced(pending)
+            try:
+                if pending:
+                    self._run_tasks(pending, orphaned)
+            finally:
+                self._note_forced([])
+
+    def _run_tasks(self, pending: list[PendingMS], orphaned) -> None:
+        batch = self.batch
+        guard = self.layout.batch_guard(batch.batch_id)
+        guard.write_text("running\n")
+        with cluster_client(batch) as client:
+            # Workers of an external cluster run the workflow's code from their own
+            # environment (nothing is uploaded): each is asked which dp3batch it imports.
+            expected = own_package_identity() if batch.scheduler else None
+            silence = batch.worker_silence_seconds or DEFAULT_SILENCE_SECONDS
+            start = preflight(client, batch, expected, silence)
+            address = batch.scheduler or client.scheduler.address
+            self.watch = ClusterWatch(
+                client,
+                batch.batch_id,
+                address,
+                start.scheduler_id,
+                silence,
+                guard,
+                check_joiners=None if expected is None else self._joiner_check(client, expected),
+                committed=self._committed_result,
+            )
+            self.watch.excluded.update(start.excluded)
+            self.watch.begin(start.workers)
+            digest = None if expected is None else expected.get("digest")
+            tasks = [task_for(batch, ms, digest) for ms in pending]
+            dispatch = Dispatch(
+                tasks=tasks,
+                batch_id=batch.batch_id,
+                scheduler_address=address,
+                worker_grace=batch.worker_wait_seconds,
+                on_result=self.record_result,
+                orphaned=orphaned,
+                watch=self.watch,
+            )
+            log.info("%d DP3 task(s) to run, largest first", len(tasks))
+            self.dask_report = DaskPerformanceReport(
+                client, self.report_files.dask, batch.dask_report_min_seconds
+            )
+            self.dask_report.start()
+            try:
+                fan_out(client, dispatch)
+                self.dask_report.finish()
+            except (Interrupted, ClusterError):
+                ignore_interrupts()
                 try:
-                    fan_out(client, dispatch)
-                    self.dask_report.finish()
-                except (Interrupted, ClusterError):
-                    ignore_interrupts()
-                    try:
-                        stop_commits(guard)  # nothing is committed from here on
-                    except LockTimeout as error:
-                        log.error("Error: %s", error)
-                    stop_running(client, dispatch)
-                    raise
+                    stop_commits(guard)  # nothing is committed from here on
+                except LockTimeout as error:
+                    log.error("Error: %s", error)
+                stop_running(client, dispatch)
+                raise
+            # Nothing of this batch commits after its end (a late attempt of a worker that
+            # woke up, say): every MS has its result.
+            with contextlib.suppress(LockTimeout, OSError):
+                stop_commits(guard)
+
+    def _joiner_check(self, client, expected: dict[str, Any]):
+        batch = self.batch
+
+        def check(joined):
+            return check_workers(client, joined, batch.dp3_executable, expected, batch.dp3_version)
+
+        return check
+
+    def _committed_result(self, task: Task) -> TaskResult | None:
+        """The result of an MS this batch committed, from its record (an attempt that
+        committed just before its worker fell silent)."""
+        ms = next((ms for ms in self.batch.measurement_sets if ms.name == task.name), None)
+        return None if ms is None else self._from_record(ms)
+
+    def _note_forced(self, pending: list[PendingMS]) -> None:
+        """Keep `.forced-unfinished.json` true: the forced MSs of this batch that are about to
+        run (`pending`), and any earlier ones, stay noted until an output made since their
+        force stands. Called under the output directory's lock."""
+        note_path = self.layout.forced_note
+        noted = read_forced_note(note_path)
+        for ms in pending:
+            if is_forced(ms.reason) and ms.output not in noted:
+                noted[ms.output] = ForcedItem(ms.name, ms.output, self.batch.planned_at)
+        known = {ms.output for ms in self.batch.all_measurement_sets}
+        known |= {ms.output for ms in self.batch.measurement_sets}
+        owed = []
+        for output, item in noted.items():
+            record = self.store.record(output)
+            if output in known and item.owed(None if record is None else record.finished):
+                owed.append(item)
+        try:
+            write_forced_note(note_path, owed)
+        except OSError as error:
+            log.error(
+                "Error: could not note the forced MSs not processed yet in %s (%s): run "
+                "with -F again to process them",
+                note_path,
+                error,
+            )
 
     def final_results(self, why_unfinished: str) -> list[TaskResult]:
         """One result per MS of the batch. An MS without a result may still have been
@@ -197,8 +272,16 @@ class BatchRun:
                 )
                 if result.status != Status.DONE:
                     result = replace(result, status=Status.NOT_PROCESSED)
+            elif result.status != Status.DONE:
+                # Another attempt may have committed it (a task re-run after its worker or
+                # scheduler was lost): the record on disk has the last word.
+                result = self._from_record(ms) or result
             results.append(result)
         return results
+
+    def excluded_workers(self) -> dict[str, str]:
+        """Workers this batch gave no (more) work, and why."""
+        return dict(self.watch.excluded) if self.watch is not None else {}
 
     def _from_record(self, ms: PendingMS) -> TaskResult | None:
         record = self.store.record(ms.output)
@@ -235,8 +318,14 @@ class BatchRun:
             )
 
 
-def failure_report(results: list[TaskResult]) -> str:
-    """Every MS of the batch that is not done, with why, DP3's words and its log."""
+def failure_report(
+    results: list[TaskResult],
+    excluded: dict[str, str] | None = None,
+    ended_by: str | None = None,
+) -> str:
+    """Every MS of the batch that is not done, with why, DP3's words and its log; the
+    workers the batch gave no work (a DP3 that does not start there, a silent worker); and
+    what ended the batch early (`ended_by`: a lost scheduler, no workers left), in full."""
     failed = [result for result in results if result.status == Status.FAILED]
     skipped = [result for result in results if result.status == Status.NOT_PROCESSED]
     lines = []
@@ -249,8 +338,17 @@ def failure_report(results: list[TaskResult]) -> str:
             lines.append(f"      log: {result.log}")
     if skipped:
         lines.append(f"{len(skipped)} of {len(results)} MS(s) not processed:")
-        reasons = dict.fromkeys(str(result.reason) for result in skipped)
+        # What ended the batch is said once, below, in full.
+        early = ended_by.splitlines()[0] if ended_by else None
+        reasons = dict.fromkeys(str(r.reason) for r in skipped if str(r.reason) != early)
         lines += [f"  {', '.join(r.name for r in skipped)}", *(f"  ({r})" for r in reasons)]
+    if excluded:
+        lines.append(
+            f"{len(excluded)} worker(s) were left out of this batch (no DP3 task, or no more):"
+        )
+        lines += [f"  {worker}: {why}" for worker, why in sorted(excluded.items())]
+    if ended_by:
+        lines.append(f"The batch ended early. Error: {ended_by}")
     lines.append("Fix the cause and run again: only the MSs not done will be processed.")
     return "\n".join(lines)
 
@@ -266,9 +364,19 @@ def write_batch_result(path: Path, results: list[TaskResult]) -> None:
         raise
 
 
+class _ForTheTerminal(logging.Filter):
+    """Leaves out what is logged with `extra=FILE_ONLY` (dask's own warnings; an error the
+    run prints once more at its very end)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "terminal", True)
+
+
 def _configure_logging(log_file: str | None, run_log: Path | None = None) -> None:
     """To the terminal, the batch's log, and (appended) the run's own log."""
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    terminal = logging.StreamHandler()
+    terminal.addFilter(_ForTheTerminal())
+    handlers: list[logging.Handler] = [terminal]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(QuietFileHandler(log_file))
@@ -290,7 +398,11 @@ def _configure_logging(log_file: str | None, run_log: Path | None = None) -> Non
     # levels from dask's config, so they are set here after that import.
     import distributed  # noqa: F401
 
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    # Also those given a level of their own (`distributed.client`: a reconnection cut short
+    # as the batch stops after losing its scheduler logged a traceback).
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _leftovers_after_stop(run: BatchRun) -> str:
@@ -332,16 +444,24 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
     total = len(batch.measurement_sets)
     log.info("batch %s: %d MS(s), output in %s", batch.batch_id, total, batch.output_dir)
     run = BatchRun(batch)
+    ended_by = None
     try:
         run.run()
         results = run.final_results("not run")
     except (WorkersLost, SchedulerLost) as error:
-        log.error("Error: %s", error)
+        # In full once, at the end of the run (the failure report); a headline here.
+        log.error("Stopping the batch: %s (more at the end of the run)", error.headline)
+        log.info("Error: %s", error, extra=FILE_ONLY)
+        ended_by = str(error)
         results = run.final_results(str(error).splitlines()[0])
     except (ClusterError, BatchError) as error:
-        log.error("Error: %s", error)
-        with contextlib.suppress(OSError):
+        # Printed once, at the very end of the run (Snakefile `onerror`, from the failures
+        # file); here only into the batch's log. Without that file, here too.
+        try:
             layout.failures.write_text(f"Error: {error}\n")
+            log.error("Error: %s", error, extra=FILE_ONLY)
+        except OSError:
+            log.error("Error: %s", error)
         return 2
     except OSError as error:  # the batch's own files (its guard, its lock) cannot be written
         log.error("Error: the batch could not go on: %s", write_problem(error))
@@ -368,11 +488,18 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
         time.monotonic() - run.started,
         batch.output_dir,
     )
+    excluded = run.excluded_workers()
     if done < total:
         # Shown once, at the very end of the run (Snakefile `onerror`), not here too.
-        report = failure_report(results)
+        report = failure_report(results, excluded, ended_by)
         with contextlib.suppress(OSError):
             layout.failures.write_text(report + "\n")
+    elif excluded:
+        log.warning(
+            "Warning: every MS is done, but %d worker(s) were left out of this batch:\n%s",
+            len(excluded),
+            "\n".join(f"  {worker}: {why}" for worker, why in sorted(excluded.items())),
+        )
     try:
         write_batch_result(Path(marker), results)
     except OSError as error:

@@ -9,15 +9,17 @@ import logging
 import os
 import socket
 import threading
-import zipfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from dp3batch.books.batch_spec import BatchSpec
 from dp3batch.dask_stage.memory import gib, memory_limit, worker_share
 
 log = logging.getLogger("dp3batch")
+# `log.info(..., extra=FILE_ONLY)`: for the batch's log file, not the terminal (see
+# central_job's logging: dask's own warnings, and an error the run prints again at its end).
+FILE_ONLY = {"terminal": False}
 
 PROCESS_RESOURCE = "process"
 CONNECT_TIMEOUT_SECONDS = 10
@@ -70,6 +72,12 @@ class SchedulerUnresponsive(ClusterError):
     """A request to the scheduler got no answer in time (a stopped or overloaded scheduler)."""
 
 
+class SchedulerLost(ClusterError):
+    """The scheduler stopped answering, closed the connection, or was restarted."""
+
+    headline = "the dask scheduler was lost"
+
+
 def call_with_deadline(function, seconds: float, what: str):
     """`function()`, or SchedulerUnresponsive after `seconds`: dask's synchronous calls wait
     for a scheduler that stopped answering as long as its TCP connection stays open."""
@@ -98,6 +106,9 @@ class WorkerInfo:
     process_slots: float
     memory_limit: int | None
     host: str
+    # When the scheduler last heard from it (the scheduler's clock), if it says.
+    last_seen: float | None = None
+    name: str | None = None
 
 
 def worker_command(address: str) -> str:
@@ -135,9 +146,20 @@ def available_cores() -> int:
 
 
 def describe_workers(client, deadline: float = SCHEDULER_ANSWER_SECONDS) -> list[WorkerInfo]:
+    return describe_cluster(client, deadline)[1]
+
+
+def describe_cluster(
+    client, deadline: float = SCHEDULER_ANSWER_SECONDS
+) -> tuple[str, list[WorkerInfo]]:
+    """The scheduler's id (a new one after a restart) and its workers, in one request."""
     info = call_with_deadline(
         lambda: client.scheduler_info(n_workers=-1), deadline, "a request for the workers"
     )
+    return str(info.get("id", "")), _workers_of(info)
+
+
+def _workers_of(info: dict) -> list[WorkerInfo]:
     workers = []
     for address, worker in info.get("workers", {}).items():
         workers.append(
@@ -147,9 +169,47 @@ def describe_workers(client, deadline: float = SCHEDULER_ANSWER_SECONDS) -> list
                 process_slots=float(worker.get("resources", {}).get(PROCESS_RESOURCE, 0)),
                 memory_limit=worker.get("memory_limit") or None,
                 host=worker.get("host", ""),
+                last_seen=worker.get("last_seen"),
+                name=None if worker.get("name") is None else str(worker.get("name")),
             )
         )
     return workers
+
+
+def _unreachable(address: str, cause: str) -> ClusterError:
+    plain = address.removeprefix("tcp://")
+    return ClusterError(
+        f"cannot reach the dask scheduler at {plain} ({cause}).\n"
+        "Start one with `dask scheduler` (it listens on port 8786) and its workers with\n"
+        f"    {worker_command(address)}\n"
+        "or leave `scheduler` empty to use an embedded local cluster."
+    )
+
+
+# A dask scheduler sends its handshake the moment a connection opens (within milliseconds);
+# a web server says nothing until it is asked, and then answers within milliseconds too.
+SPEAKS_FIRST_SECONDS = 1.0
+HTTP_ANSWER_SECONDS = 3.0
+
+
+def speaks_http(host: str, port: int, timeout: float = CONNECT_TIMEOUT_SECONDS) -> bool:
+    """Whether the server at host:port is a web server (dask's dashboard on 8787 is the usual
+    mistake) rather than a dask scheduler. Raises OSError if nothing listens there.
+
+    A dask scheduler speaks first, and is never sent anything here. A server that stays
+    silent is asked `GET /` and is a web server if it answers `HTTP/`."""
+    with socket.create_connection((host, port), timeout=timeout) as probe:
+        probe.settimeout(SPEAKS_FIRST_SECONDS)
+        try:
+            return probe.recv(5) == b"HTTP/"
+        except TimeoutError:
+            pass  # silent: not a dask scheduler that answers
+        probe.settimeout(min(timeout, HTTP_ANSWER_SECONDS))
+        try:
+            probe.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            return probe.recv(5) == b"HTTP/"
+        except OSError:
+            return False
 
 
 @contextlib.contextmanager
@@ -158,10 +218,20 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Iterator:
     from distributed import Client
 
     plain = address.removeprefix("tcp://")
+    host, _, port = plain.rpartition(":")
     try:
         # A refused connection is known at once; dask's client would retry until its timeout.
-        host, _, port = plain.rpartition(":")
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        web = speaks_http(host.strip("[]"), int(port), timeout)
+    except OSError as error:
+        raise _unreachable(address, str(error) or "no answer") from error
+    if web:
+        raise ClusterError(
+            f"{plain} answers HTTP: it is a web page (dask's dashboard listens on port 8787), "
+            "not the dask scheduler. The scheduler listens on another port, usually 8786: "
+            f'scheduler={host}:8786 (`dask scheduler` prints both: "Scheduler at: '
+            'tcp://HOST:8786" and "dashboard at: HOST:8787").'
+        )
+    try:
         # Client(timeout=) does not bound the handshake with a scheduler that accepts the
         # connection and then says nothing (a stopped one, or another program on the port).
         client = call_with_deadline(
@@ -170,13 +240,7 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Iterator:
             "the connection handshake",
         )
     except (OSError, TimeoutError, SchedulerUnresponsive) as error:
-        cause = str(error) or f"no answer within {timeout:.0f} s"
-        raise ClusterError(
-            f"cannot reach the dask scheduler at {plain} ({cause}).\n"
-            "Start one with `dask scheduler` (it listens on port 8786) and its workers with\n"
-            f"    {worker_command(address)}\n"
-            "or leave `scheduler` empty to use an embedded local cluster."
-        ) from error
+        raise _unreachable(address, str(error) or f"no answer within {timeout:.0f} s") from error
     try:
         yield client
     finally:
@@ -214,7 +278,13 @@ def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
         **EMBEDDED_MEMORY_CONFIG,
         "distributed.scheduler.allowed-failures": 2,
     }
-    with dask.config.set(settings):
+    with (
+        dask.config.set(settings),
+        warnings.catch_warnings(record=True) as dask_warnings,
+    ):
+        # dask's own warnings ("Port 8787 is already in use": another cluster's dashboard)
+        # go to the batch's log; the dashboard's actual address is logged by the pre-flight.
+        warnings.simplefilter("always")
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
@@ -226,6 +296,8 @@ def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
             memory_limit=memory_per_worker,
             silence_logs=40,
         )
+    for warning in dask_warnings:
+        log.info("dask: %s", " ".join(str(warning.message).split()), extra=FILE_ONLY)
     _serve_dashboard_when_asked(cluster.scheduler)
     try:
         client = Client(cluster, set_as_default=False)
@@ -279,17 +351,6 @@ def _serve_dashboard_when_asked(scheduler) -> None:
     scheduler.http_application.add_handlers(
         r".*$", [Rule(UntilLoaded(DASHBOARD_PAGES), LoadDashboard)]
     )
-
-
-def package_zip(directory: Path) -> Path:
-    """This package as a zip, for workers of an external cluster that do not have it."""
-    package = Path(__file__).resolve().parents[1]
-    archive = directory / "dp3batch.zip"
-    with zipfile.ZipFile(archive, "w") as bundle:
-        for source in sorted(package.rglob("*")):
-            if source.suffix in (".py", ".yaml"):
-                bundle.write(source, f"dp3batch/{source.relative_to(package)}")
-    return archive
 
 
 @contextlib.contextmanager

@@ -23,9 +23,8 @@ from dp3batch.books.task_result import TaskResult
 from dp3batch.dask_stage.cluster import (
     SCHEDULER_ANSWER_SECONDS,
     ClusterError,
-    SchedulerUnresponsive,
+    SchedulerLost,
     call_with_deadline,
-    describe_workers,
     worker_command,
 )
 from dp3batch.dask_stage.execution import process_measurement_set
@@ -33,6 +32,10 @@ from dp3batch.dask_stage.interrupts import Interrupted
 from dp3batch.dask_stage.memory import gib
 from dp3batch.dask_stage.task import Task
 from dp3batch.dask_stage.task_keys import task_keys
+from dp3batch.dask_stage.watchdog import ClusterWatch
+from dp3batch.dask_stage.worker_faults import WorkerCannotRun
+
+__all__ = ["Dispatch", "SchedulerLost", "WorkersLost", "fan_out", "lost_result", "stop_running"]
 
 log = logging.getLogger("dp3batch")
 
@@ -44,9 +47,7 @@ STOP_SECONDS = 15.0
 class WorkersLost(ClusterError):
     """No worker has held the `process` resource for the whole grace period."""
 
-
-class SchedulerLost(ClusterError):
-    """The scheduler stopped answering, or closed the connection."""
+    headline = "no worker that can run DP3 is left"
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Dispatch:
     orphaned: threading.Event = field(default_factory=threading.Event)
     # Submitted and not finished: what to stop when the batch ends early.
     in_flight: dict[Any, Task] = field(default_factory=dict)
+    # The cluster as the batch sees it: silent and excluded workers, the scheduler's id.
+    watch: ClusterWatch | None = None
 
 
 def largest_first(tasks: list[Task]) -> list[Task]:
@@ -91,6 +94,9 @@ def fan_out(client, dispatch: Dispatch) -> None:
     keys = task_keys([task.name for task in dispatch.tasks], dispatch.batch_id)
     finished = threading.Event()  # set by a future's callback when it completes
     in_flight = dispatch.in_flight
+    watch = dispatch.watch or ClusterWatch(
+        client, dispatch.batch_id, dispatch.scheduler_address, "", float("inf"), None
+    )
     slots = 0
     no_worker_since: float | None = None
     next_check = 0.0
@@ -99,53 +105,76 @@ def fan_out(client, dispatch: Dispatch) -> None:
             raise Interrupted("Snakemake has gone")
         now = time.monotonic()
         if now >= next_check:
-            slots = _process_slots(client, dispatch.scheduler_address)
+            watch.look()
+            # Tasks of silent workers, and tasks whose allowed workers all left, run again.
+            taken, committed = watch.take_from_silent(in_flight)
+            for result in committed:
+                dispatch.on_result(result)
+            done_names = {result.name for result in committed}
+            for future in [*taken, *watch.stranded(in_flight)]:
+                task = in_flight.pop(future)
+                watch.finished(future)
+                if task.name not in done_names:
+                    queue.insert(0, task)
+            slots = watch.slots()
             next_check = now + HEALTH_CHECK_SECONDS
             if slots:
                 no_worker_since = None
             elif no_worker_since is None:
                 no_worker_since = now
-                log.error(
-                    "no worker holds the process resource any more: waiting up to %.0f s for "
-                    "workers to come back",
-                    dispatch.worker_grace,
-                )
+                log.error(watch.no_slots_message(dispatch.worker_grace))
             elif now - no_worker_since > dispatch.worker_grace:
                 raise WorkersLost(
                     f"no dask worker holding the process resource was left for "
                     f"{dispatch.worker_grace:.0f} s. Start workers with:\n    "
                     f"{worker_command(dispatch.scheduler_address)}"
                 )
+        restriction = watch.restriction()
         while queue and len(in_flight) < slots:
             task = queue.pop(0)
             future = client.submit(
                 process_measurement_set,
                 task,
-                key=keys[task.name],
+                key=watch.key(task, keys[task.name]),
                 resources={"process": 1},
                 priority=task.size,
                 pure=False,
+                workers=restriction,
             )
             in_flight[future] = task
+            watch.submitted(future, restriction)
             future.add_done_callback(lambda _: finished.set())
         finished.wait(WAIT_SECONDS)
         finished.clear()
-        for future in [future for future in in_flight if future.done()]:
-            dispatch.on_result(_result_of(future, in_flight.pop(future)))
+        done = [future for future in in_flight if future.done()]
+        if any(future.cancelled() for future in done):
+            # The client cancels every future when its connection to the scheduler breaks.
+            watch.raise_if_scheduler_lost()
+            watch.look()  # reconnected already: to another scheduler?
+        for future in done:
+            task = in_flight.pop(future)
+            watch.finished(future)
+            fault = _worker_fault(future)
+            if fault is not None:
+                if watch.cannot_run(fault, task):
+                    queue.insert(0, task)  # to another worker
+                else:
+                    dispatch.on_result(lost_result(task, fault.problem, str(fault)))
+                continue
+            result = _result_of(future, task)
+            watch.ran(result)
+            dispatch.on_result(result)
 
 
-def _process_slots(client, address: str) -> int:
-    """Total `process` slots of the scheduler's workers (each runs one DP3 per slot)."""
+def _worker_fault(future) -> WorkerCannotRun | None:
+    """The task met a worker that cannot run it (not the MS's fault)."""
+    if future.status != "error":
+        return None
     try:
-        workers = describe_workers(client, SCHEDULER_ANSWER_SECONDS)
-    except SchedulerUnresponsive:
-        raise SchedulerLost(
-            f"the dask scheduler at {address} stopped answering (nothing for "
-            f"{SCHEDULER_ANSWER_SECONDS} s): is it stopped, overloaded, or its host down?"
-        ) from None
-    except (OSError, RuntimeError) as error:  # the connection closed: the scheduler is gone
-        raise SchedulerLost(f"lost the dask scheduler at {address}: {error}") from error
-    return sum(int(worker.process_slots) for worker in workers)
+        error = future.exception(timeout=SCHEDULER_ANSWER_SECONDS)
+    except Exception:  # noqa: BLE001 - no exception to read: not a worker's fault
+        return None
+    return error if isinstance(error, WorkerCannotRun) else None
 
 
 def _result_of(future, task: Task) -> TaskResult:

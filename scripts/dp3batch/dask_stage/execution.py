@@ -42,6 +42,12 @@ from dp3batch.dask_stage.output_check import (
     read_input_grid,
 )
 from dp3batch.dask_stage.task import Task
+from dp3batch.dask_stage.worker_faults import (
+    WorkerCannotRun,
+    dp3_start_problem,
+    own_package_identity,
+    package_problem,
+)
 from dp3batch.dp3.command import hand_rerun_command
 from dp3batch.dp3.install import dp3_environment
 from dp3batch.dp3.log import parse_flag_counts, parse_step_times
@@ -89,6 +95,10 @@ class NoRows(RuntimeError):
 
 class InputLocked(RuntimeError):
     """Another process holds the input MS locked for writing."""
+
+
+class DP3DidNotStart(RuntimeError):
+    """DP3 could not start on this worker (see worker_faults.dp3_start_problem)."""
 
 
 def _die_with_parent() -> None:
@@ -150,16 +160,19 @@ def _run_dp3(
     this task that need not wait for DP3); if it raises, DP3 is stopped."""
     environment = dp3_environment()
     with open(log_path, "a") as log:
-        process = subprocess.Popen(
-            arguments,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=environment,
-            preexec_fn=_die_with_parent,
-            # Its own process group: stopping it also stops what a wrapper script started.
-            start_new_session=True,
-        )
+        try:
+            process = subprocess.Popen(
+                arguments,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=environment,
+                preexec_fn=_die_with_parent,
+                # Its own process group: stopping it also stops what a wrapper script started.
+                start_new_session=True,
+            )
+        except OSError as error:  # not there, not executable: this worker's fault
+            raise DP3DidNotStart(f"DP3 could not start: {error.strerror}: {arguments[0]}") from None
     lock_wait_seen = None
     try:
         read = meanwhile()
@@ -209,6 +222,15 @@ def _reap(process: subprocess.Popen) -> DP3Exit:
         return DP3Exit(process.wait())
     process.returncode = os.waitstatus_to_exitcode(status)  # as Popen.wait would set it
     return DP3Exit(process.returncode, usage.ru_maxrss * 1024)
+
+
+def _log_tail(log_path: Path, size: int = 4096) -> str:
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log_path.stat().st_size - size))
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _waits_for_lock(log_path: Path) -> bool:
@@ -290,6 +312,10 @@ def process_measurement_set(task: Task) -> TaskResult:
     """
     worker, key, threads, memory_limit = _current_dask_task()
     worker_address = getattr(worker, "address", None) or socket.gethostname()
+    if task.code_digest is not None:  # a worker that runs other code must not run it
+        problem = package_problem(own_package_identity(), {"digest": task.code_digest})
+        if problem is not None:
+            raise WorkerCannotRun(worker_address, problem)
     output = Path(task.output)
     log_path = Path(task.log)
     started = time.time()
@@ -351,6 +377,8 @@ def process_measurement_set(task: Task) -> TaskResult:
             arguments, log_path, worker, key, read_input
         )
         result = replace(result, peak_memory_bytes=exited.peak_memory_bytes)
+        if exited.code != 0 and (problem := dp3_start_problem(exited.code, _log_tail(log_path))):
+            raise DP3DidNotStart(problem)
         if exited.code != 0:
             reason = disk_full_problem(output.parent) or exit_description(exited.code)
             if exited.code == -signal.SIGKILL:  # DP3 had no say: its last line is progress
@@ -430,11 +458,17 @@ def process_measurement_set(task: Task) -> TaskResult:
             return _failed(result, started, log_path, changed, changed)
         write_record(temporary, record)
         doing = "committing the output"
-        commit(temporary, output, task.guard)
+        commit(temporary, output, task.guard, None if key is None else str(key))
         if flagging:
             flagging.publish()
     except (TaskCancelled, BatchStopped):
         raise  # the temporary output goes in `finally`
+    except DP3DidNotStart as error:
+        # Not the MS's fault: the central job gives it to another worker.
+        with contextlib.suppress(OSError):
+            with open(log_path, "a") as log:
+                log.write(f"# {error} on {worker_address}: given to another worker\n")
+        raise WorkerCannotRun(worker_address, str(error)) from None
     except (NoRows, RowsOutOfTimeOrder) as error:
         return _failed(result, started, log_path, str(error), str(error))
     except InputLocked as error:

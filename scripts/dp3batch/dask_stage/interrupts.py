@@ -45,14 +45,13 @@ def interruptible() -> Iterator[threading.Event]:
                 orphaned.set()
                 return
 
-    interrupted = threading.Event()
+    interrupted: dict[str, object] = {}
 
     def on_signal(signum, frame):
         # Once only: Ctrl-C reaches this job directly and again through Snakemake (SIGTERM);
         # a second exception raised while the first unwinds would break its clean-up.
-        if interrupted.is_set():
+        if not _first_call(interrupted):
             return
-        interrupted.set()
         raise Interrupted(signal.Signals(signum).name)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in HANDLED_SIGNALS}
@@ -64,6 +63,14 @@ def interruptible() -> Iterator[threading.Event]:
         stop.set()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _first_call(calls: dict[str, object]) -> bool:
+    """True for the first call only, also when a signal handler is re-entered between any two
+    of its steps: `setdefault` is a single step (a threading.Event's lock is not: a handler
+    re-entered while the first call holds it would wait forever)."""
+    token = object()
+    return calls.setdefault("first", token) is token
 
 
 def ignore_interrupts() -> None:
@@ -79,10 +86,18 @@ def forward_interrupts_to_batch(pid_file: Path) -> None:
     """In the Snakemake process: on SIGINT, SIGTERM or SIGHUP, stop the central job and wait
     (at most FORWARD_WAIT_SECONDS) until it has stopped every DP3, before Snakemake's own
     handler runs. Without this, Snakemake returns to the shell while DP3s still run (Ctrl-C),
-    or waits for the whole batch (SIGTERM)."""
+    or waits for the whole batch (SIGTERM).
+
+    The signal often comes more than once (the terminal, `timeout`, `srun` or a job wrapper
+    each forward it): only the first is acted on and passed to Snakemake; a repeat, also one
+    that arrives while the first is being handled, is ignored. The handler imports nothing
+    (an import cut short by a repeated signal left a half-initialised module behind)."""
     handlers = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+    handled: dict[str, object] = {}
 
     def on_signal(signum, frame):
+        if not _first_call(handled):
+            return
         _stop_central_job(pid_file)
         handler = handlers.get(signum)
         if callable(handler):
@@ -100,14 +115,25 @@ def _stop_central_job(pid_file: Path) -> None:
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError, IndexError):
         return  # not started yet, or already gone
-    import psutil
-
     deadline = time.monotonic() + FORWARD_WAIT_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            # An exited child stays a zombie until Snakemake reaps it; that is stopped enough.
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
+    while time.monotonic() < deadline and not _stopped(pid):
         time.sleep(0.1)
+
+
+def _stopped(pid: int) -> bool:
+    """Whether a process has ended: gone, or a zombie until Snakemake reaps it (stopped
+    enough). Read from /proc, with no import: this runs inside a signal handler."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # `pid (comm) state ...`; comm may hold spaces and parentheses.
+            return stat.read().rpartition(b")")[2].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):  # no /proc: ask the process itself
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+        return False

@@ -1,6 +1,6 @@
 """Before anything is submitted: some worker holds the `process` resource (a task whose
-resource no worker holds would wait forever), and every worker that does sees the batch's
-paths as this machine does."""
+resource no worker holds would wait forever), every worker that does runs this batch's code
+and DP3 (worker_checks), and sees the batch's paths as this machine does."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from dp3batch.books.batch_spec import BatchSpec
 from dp3batch.dask_stage.cluster import (
@@ -18,9 +21,13 @@ from dp3batch.dask_stage.cluster import (
     SchedulerUnresponsive,
     WorkerInfo,
     call_with_deadline,
+    describe_cluster,
     describe_workers,
     worker_command,
 )
+from dp3batch.dask_stage.watchdog import first_silences, silence_bound
+from dp3batch.dask_stage.worker_checks import check_workers
+from dp3batch.dask_stage.worker_faults import describe_identity
 
 log = logging.getLogger("dp3batch")
 
@@ -186,9 +193,32 @@ def shared_paths(batch: BatchSpec) -> list[tuple[str, str, str]]:
     return paths
 
 
-def preflight(client, batch: BatchSpec) -> None:
+@dataclass(frozen=True)
+class ClusterStart:
+    """The cluster as pre-flight found it: what the batch may use and what it may not."""
+
+    # The scheduler's id (another one at the same address means it was restarted).
+    scheduler_id: str
+    # Every worker of the scheduler, and those that hold `process` and passed the checks.
+    workers: list[WorkerInfo]
+    eligible: list[WorkerInfo]
+    # Worker → why it gets no work in this batch (named in the failure report).
+    excluded: dict[str, str] = field(default_factory=dict)
+
+
+def preflight(
+    client,
+    batch: BatchSpec,
+    expected_package: dict[str, Any] | None = None,
+    silence_seconds: float = float("inf"),
+) -> ClusterStart:
+    """Before anything is submitted. For an external cluster (`expected_package`: the code
+    this batch runs) every worker holding `process` is also asked which dp3batch it imports
+    and whether its DP3 starts (worker_checks): another dp3batch or DP3 version stops the
+    run; a DP3 that does not start, or a silent worker, keeps that worker out of the batch."""
     address = batch.scheduler or client.scheduler.address
-    all_workers = wait_for_process_workers(client, address)
+    wait_for_process_workers(client, address)
+    scheduler_id, all_workers = describe_cluster(client)
     workers = [worker for worker in all_workers if worker.process_slots >= 1]
     for worker in all_workers:
         slots = f"{worker.process_slots:g} DP3 slot(s)" if worker.process_slots else "NO process"
@@ -201,14 +231,83 @@ def preflight(client, batch: BatchSpec) -> None:
             'a worker holds "process" > 1: it may run several DP3s at once, each with all of '
             'its threads (oversubscription); start workers with --resources "process=1"'
         )
+    excluded: dict[str, str] = {}
+    if expected_package is not None:
+        excluded = _check_external_workers(
+            client, batch, workers, expected_package, silence_seconds
+        )
+    eligible = [worker for worker in workers if worker.address not in excluded]
+    for worker_address, why in excluded.items():
+        log.error("worker %s gets no DP3 task in this batch: %s", worker_address, why)
+    if not eligible:
+        raise ClusterError(
+            f"none of the {len(workers)} worker(s) holding process can run this batch's DP3:\n"
+            + "\n".join(f"  worker {where}: {why}" for where, why in excluded.items())
+            + "\nFix DP3 on those hosts (run `DP3 --version` there as the worker does), or "
+            f"start other workers:\n    {worker_command(address)}"
+        )
     dashboard = getattr(client, "dashboard_link", None)
     if not batch.scheduler:
         dashboard = f"{dashboard} (loaded when first opened)"
     log.info(
         "%d worker(s) can run DP3, %d thread(s) in all; dashboard: %s",
-        len(workers),
-        sum(worker.threads for worker in workers),
+        len(eligible),
+        sum(worker.threads for worker in eligible),
         dashboard,
     )
     # Workers on other hosts must see the same files at the same paths (a shared filesystem).
-    check_worker_paths(client, [worker.address for worker in workers], shared_paths(batch))
+    check_worker_paths(client, [worker.address for worker in eligible], shared_paths(batch))
+    return ClusterStart(scheduler_id, all_workers, eligible, excluded)
+
+
+def _check_external_workers(
+    client,
+    batch: BatchSpec,
+    workers: list[WorkerInfo],
+    expected_package: dict[str, Any],
+    silence_seconds: float,
+) -> dict[str, str]:
+    """Worker → why it is left out of the batch; ClusterError for a setup to fix."""
+    excluded: dict[str, str] = {}
+    silences = first_silences(workers, 0.0)
+    bound = silence_bound(silence_seconds, len(workers))
+    for worker in workers:
+        lag = silences[worker.address].seconds(0.0)
+        if lag > bound:
+            excluded[worker.address] = (
+                f"the scheduler has not heard from it for {lag:.0f} s (frozen, paused or cut off?)"
+            )
+    asked = [worker for worker in workers if worker.address not in excluded]
+    findings = check_workers(
+        client, asked, batch.dp3_executable, expected_package, batch.dp3_version
+    )
+    for warning in findings.oversubscribed:
+        log.warning("Warning: %s", warning)
+    if findings.mismatched:
+        raise ClusterError(mismatch_message(findings.mismatched, expected_package, batch))
+    excluded.update(findings.cannot_start)
+    for worker_address in findings.silent:
+        excluded[worker_address] = "it did not answer the pre-flight check (frozen?)"
+    return excluded
+
+
+def mismatch_message(
+    mismatched: dict[str, str], expected_package: dict[str, Any], batch: BatchSpec
+) -> str:
+    """One message naming every worker that runs other code or another DP3, and what to do."""
+    scripts = str(Path(expected_package.get("path", "scripts/dp3batch")).parent)
+    address = (batch.scheduler or "HOST:8786").removeprefix("tcp://")
+    lines = [
+        f"{len(mismatched)} worker(s) do not run this batch's code and DP3 "
+        f"({describe_identity(expected_package)}, DP3 {batch.dp3_version}):"
+    ]
+    lines += [f"  worker {where}: {why}" for where, why in sorted(mismatched.items())]
+    lines.append(
+        "Workers run the workflow's code and DP3 from their own environment (nothing is "
+        "uploaded to them), so they must share the environment Snakemake runs in. Restart "
+        "those workers from it, with this checkout's code first on their path:\n"
+        f"    PYTHONPATH={scripts} dask worker {address} --nworkers N --nthreads T "
+        '--resources "process=1"\n'
+        "or stop them."
+    )
+    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The task of one MS: everything a worker needs to run DP3 on it and commit the output.
 
 Plain, typed data built by the central job from the batch specification; dask pickles it
-to the worker (external workers import this module from the package the batch uploads).
+to the worker (workers import this module from the environment they share with the workflow).
 """
 
 from __future__ import annotations
@@ -36,9 +36,12 @@ class Task:
     guard: str | None = None
     # The batch's id, written into the completion record (who made it, without clocks).
     batch_id: str | None = None
+    # The digest of the dp3batch code the batch runs (worker_faults.package_identity): a
+    # worker that runs other code does not run the task. None: not checked.
+    code_digest: str | None = None
 
     @classmethod
-    def of(cls, batch: BatchSpec, ms: PendingMS) -> Task:
+    def of(cls, batch: BatchSpec, ms: PendingMS, code_digest: str | None = None) -> Task:
         """The task of one pending MS of a batch: the batch's shared values, unless the MS
         carries its own parameters (AOFlagger's strategy for its telescope, see planning)."""
         return cls(
@@ -56,4 +59,5 @@ class Task:
             locked_by=ms.locked_by,
             guard=str(OutputLayout(Path(batch.output_dir)).batch_guard(batch.batch_id)),
             batch_id=batch.batch_id,
+            code_digest=code_digest,
         )

@@ -19,6 +19,7 @@ from typing import Any
 
 from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS
 from dp3batch.books.fingerprints import extra_inputs_fingerprint
+from dp3batch.books.forced import FORCED, FORCED_EARLIER, read_forced_note
 from dp3batch.books.layout import OutputLayout
 from dp3batch.books.qa import QALimits
 from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
@@ -43,9 +44,6 @@ from dp3batch.inputs.step_files import check_extra_inputs
 from dp3batch.inputs.tables import read_telescope_name, window_channels, write_lock_holder
 from dp3batch.planning.items import check_selected_band, per_window_items
 from dp3batch.planning.parallel import map_over_cores
-
-# The reason of an MS that is processed again only because Snakemake's -F or -R said so.
-FORCED = "forced"
 
 
 @dataclass(frozen=True)
@@ -137,9 +135,15 @@ def make_plan(
         measurement_sets=items,
         store=store,
     )
+    # Forced MSs an interrupted or failed forced run did not finish (books.forced).
+    owed = read_forced_note(OutputLayout(settings.output_dir).forced_note)
     for item, reason in zip(items, reasons, strict=True):
         if reason is None and force:
             reason = FORCED
+        if reason is None and (noted := owed.get(str(item.output))) is not None:
+            record = store.record(item.output)
+            if noted.owed(None if record is None else record.finished):
+                reason = FORCED_EARLIER
         if reason is not None:
             plan.pending.append((item, reason))
     if plan.pending:
@@ -386,6 +390,7 @@ def batch_specification(
         extra_inputs_fingerprint=plan.expectation.extra_inputs_fingerprint,
         # Set by validate_config from the schema if the config leaves them out.
         worker_wait_seconds=config["worker_wait_seconds"],
+        worker_silence_seconds=config["worker_silence_seconds"],
         all_measurement_sets=all_measurement_sets(plan),
         dask_report_min_seconds=config["dask_report_min_seconds"],
         planned_at=plan.planned_at,

@@ -163,7 +163,10 @@ class DaskCluster:
         self.environment: dict[str, str] = dict(environment or {})
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # The scheduler's web server (dask's dashboard), answering HTTP.
+        self.dashboard_port = free_port()
         self.processes: list[subprocess.Popen] = []
+        self.scheduler: subprocess.Popen | None = None
 
     def _start(self, arguments: list[str], name: str, **environment: str) -> subprocess.Popen:
         log = open(self.directory / f"{name}-{len(self.processes)}.log", "w")
@@ -199,7 +202,7 @@ class DaskCluster:
         environment = {}
         if allowed_failures is not None:
             environment["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(allowed_failures)
-        self._start(
+        self.scheduler = self._start(
             [
                 self.dask_executable,
                 "scheduler",
@@ -208,42 +211,80 @@ class DaskCluster:
                 "--port",
                 str(self.port),
                 "--dashboard-address",
-                f"127.0.0.1:{free_port()}",
+                f"127.0.0.1:{self.dashboard_port}",
             ],
             "scheduler",
             **environment,
         )
-        wait_until(lambda: port_open(self.port), 30)
+        if not wait_until(lambda: port_open(self.port), 30):
+            raise RuntimeError(f"the dask scheduler did not listen on port {self.port} in 30 s")
 
-    def start_workers(self, count: int = 1, threads: int = 1, resources: str | None = "process=1"):
-        arguments = [
-            self.dask_executable,
-            "worker",
-            self.address,
-            "--nworkers",
-            str(count),
-            "--nthreads",
-            str(threads),
-            "--no-dashboard",
-            "--memory-limit",
-            "4GB",
-        ]
+    def start_workers(
+        self,
+        count: int = 1,
+        threads: int | None = 1,
+        resources: str | None = "process=1",
+        **environment: str,
+    ) -> subprocess.Popen:
+        """`dask worker --nworkers count` (without --nthreads when `threads` is None, as
+        users often start them); `environment` is added to the workers' own."""
+        arguments = [self.dask_executable, "worker", self.address, "--nworkers", str(count)]
+        if threads is not None:
+            arguments += ["--nthreads", str(threads)]
+        arguments += ["--no-dashboard", "--memory-limit", "4GB"]
         if resources:
             arguments += ["--resources", resources]
-        return self._start(arguments, "worker")
+        return self._start(arguments, "worker", **environment)
+
+    def workers_of(self, process: subprocess.Popen, timeout: float = 30) -> list[psutil.Process]:
+        """The worker processes proper of one `dask worker` (see `worker_processes`)."""
+        return wait_until(lambda: self.worker_processes([process]), timeout)
+
+    def worker_address(self, worker: psutil.Process) -> str:
+        """The dask address of one worker process (asked of the scheduler)."""
+        return self.worker_addresses()[worker.pid]
+
+    def worker_addresses(self) -> dict[int, str]:
+        """Worker process id → its dask address, for every worker of the scheduler (asked in
+        a child process, as `wait_for_dask_workers` does)."""
+        script = (
+            "import json, os, sys; from distributed import Client\n"
+            "with Client(sys.argv[1], timeout='10s') as client:\n"
+            "    print(json.dumps(client.run(os.getpid)))\n"
+        )
+        python = str(Path(self.dask_executable).parent / "python")
+        answer = subprocess.run(
+            [python, "-c", script, self.address],
+            check=True,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        )
+        return {pid: address for address, pid in json.loads(answer.stdout).items()}
+
+    def stop_process(self, process: subprocess.Popen) -> None:
+        """SIGKILL one started process group: a scheduler, or a `dask worker` with its nannies
+        and workers (their DP3s, in sessions of their own, die with their workers)."""
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
 
     def wait_for_workers(self, count: int, timeout: float = 60) -> None:
         # The client must be the cluster's own version of distributed.
         python = str(Path(self.dask_executable).parent / "python")
         wait_for_dask_workers(self.address, count, timeout, python)
 
-    def worker_processes(self) -> list[psutil.Process]:
-        """The worker processes proper (children of the nannies)."""
+    def worker_processes(self, started=None) -> list[psutil.Process]:
+        """The worker processes proper (of the `dask worker` commands `started`, by default
+        all): each nanny, inside the command's process, spawns its worker through
+        multiprocessing, beside the resource tracker."""
         found = []
-        for process in self.processes:
+        for process in self.processes if started is None else started:
             try:
                 for child in psutil.Process(process.pid).children(recursive=True):
-                    if "DP3" not in " ".join(child.cmdline()) and child.parent().pid != process.pid:
+                    if "spawn_main" in " ".join(child.cmdline()):
                         found.append(child)
             except psutil.NoSuchProcess:
                 continue
@@ -251,11 +292,8 @@ class DaskCluster:
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait(timeout=10)
+            # A stopped (SIGSTOPped) process dies of SIGKILL all the same.
+            self.stop_process(process)
 
 
 def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -1,0 +1,402 @@
+"""Watching the cluster while a batch runs on it, as an operator who keeps it up for a week
+would: workers come and go, one freezes, one cannot start DP3, the scheduler restarts.
+
+- **The scheduler.** Every look asks it for its workers. No answer, a closed connection, or
+  another scheduler at the same address (a restart: its id changed) ends the batch at once
+  (`SchedulerLost`): the tasks went with the old scheduler, and so did its workers.
+- **Silent workers.** The scheduler notes when it last heard from each worker (a heartbeat
+  every 0.5-5 s). A worker that holds one of the batch's tasks and has been silent for the
+  batch's bound (`worker_silence_seconds`) is frozen, paused or cut off: its attempts are
+  revoked (they can never commit, see books.commit), their tasks cancelled, the worker
+  removed from the scheduler (it closes if it ever wakes up), and the MSs run again
+  elsewhere. dask's own `worker-ttl` would take 5-10 minutes, or never when a site sets it
+  to null.
+- **Workers that cannot run the batch.** A worker whose DP3 does not start, or that runs
+  other code than the batch, is excluded: the batch's tasks are then submitted only to the
+  other workers (`restriction`). A task that met such a worker runs again elsewhere.
+- **Workers that join mid-batch** (a batch job that started late) are asked the pre-flight
+  check of worker_checks before they count.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dp3batch.books.commit import LockTimeout, revoke_attempts
+from dp3batch.books.task_result import TaskResult
+from dp3batch.dask_stage.cluster import (
+    SCHEDULER_ANSWER_SECONDS,
+    SchedulerLost,
+    SchedulerUnresponsive,
+    WorkerInfo,
+    call_with_deadline,
+    describe_cluster,
+    worker_command,
+)
+from dp3batch.dask_stage.task import Task
+from dp3batch.dask_stage.worker_checks import WorkerFindings
+from dp3batch.dask_stage.worker_faults import WorkerCannotRun
+
+log = logging.getLogger("dp3batch")
+
+# worker_silence_seconds of a batch specification that has none (the schema's default).
+DEFAULT_SILENCE_SECONDS = 60.0
+# A worker whose DP3 failed to start this many times in a row gets no more work.
+START_FAILURES_TO_EXCLUDE = 2
+# An MS whose DP3 failed to start this many times (on as many workers) fails.
+START_FAILURES_PER_MS = 3
+
+
+def heartbeat_interval(workers: int) -> float:
+    """How often a worker tells the scheduler it is alive, for a cluster of `workers`
+    (distributed.scheduler.heartbeat_interval, 2026.8.0)."""
+    if workers <= 10:
+        return 0.5
+    if workers < 50:
+        return 1.0
+    if workers < 200:
+        return 2.0
+    return workers / 200 + 1
+
+
+def silence_bound(configured: float, workers: int) -> float:
+    """The configured bound, but never under 4 heartbeats: on a cluster of thousands of
+    workers a heartbeat comes every 10-50 s."""
+    return max(configured, 4 * heartbeat_interval(workers))
+
+
+@dataclass
+class Silence:
+    """When the scheduler's note of a worker last changed, by our clock: a frozen worker's
+    note stops changing. (Comparing notes, never clocks, makes it immune to clock skew
+    between this machine and the scheduler's.)"""
+
+    last_seen: float | None
+    changed_at: float
+
+    def update(self, last_seen: float | None, now: float) -> None:
+        if last_seen != self.last_seen:
+            self.last_seen, self.changed_at = last_seen, now
+
+    def seconds(self, now: float) -> float:
+        return now - self.changed_at
+
+
+def first_silences(workers: list[WorkerInfo], now: float) -> dict[str, Silence]:
+    """At the start: how long each worker has been silent already, from how far its last
+    heartbeat lags the freshest one (both on the scheduler's clock)."""
+    known = [worker.last_seen for worker in workers if worker.last_seen is not None]
+    freshest = max(known, default=None)
+    silences = {}
+    for worker in workers:
+        lag = 0.0
+        if freshest is not None and worker.last_seen is not None:
+            lag = max(0.0, freshest - worker.last_seen)
+        silences[worker.address] = Silence(worker.last_seen, now - lag)
+    return silences
+
+
+@dataclass
+class ClusterWatch:
+    """What the batch knows of its cluster; `look()` refreshes it (see the module's doc)."""
+
+    client: Any
+    batch_id: str
+    scheduler_address: str
+    # The scheduler's id when the batch began (empty: not known, not compared).
+    scheduler_id: str
+    silence_seconds: float
+    # The batch's guard file (attempts are revoked there), or None outside a batch.
+    guard: Path | None
+    # Checks workers that join mid-batch (None: an embedded cluster, whose workers are ours).
+    check_joiners: Callable[[list[WorkerInfo]], WorkerFindings] | None = None
+    # The result of an MS committed before its attempt was revoked (from its record).
+    committed: Callable[[Task], TaskResult | None] | None = None
+    # Worker → why it gets no work in this batch (named in the failure report).
+    excluded: dict[str, str] = field(default_factory=dict)
+    # Every worker looked at so far (checked, or there at pre-flight).
+    known: set[str] = field(default_factory=set)
+    silences: dict[str, Silence] = field(default_factory=dict)
+    workers: list[WorkerInfo] = field(default_factory=list)
+    # Worker → DP3 start failures in a row; MS name → attempts so far, start failures.
+    start_failures: dict[str, int] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    ms_start_failures: dict[str, list[str]] = field(default_factory=dict)
+    # Futures submitted with a restriction, and to which workers.
+    restricted: dict[Any, frozenset[str]] = field(default_factory=dict)
+
+    def begin(self, workers: list[WorkerInfo]) -> None:
+        """The workers found at pre-flight (checked there)."""
+        self.workers = workers
+        self.known.update(worker.address for worker in workers)
+        self.silences = first_silences(workers, time.monotonic())
+        bound = silence_bound(self.silence_seconds, len(workers))
+        if bound > self.silence_seconds:
+            log.info(
+                "a worker silent for %.0f s is taken as frozen (%d workers heartbeat every "
+                "%.1f s; worker_silence_seconds is %.0f)",
+                bound,
+                len(workers),
+                heartbeat_interval(len(workers)),
+                self.silence_seconds,
+            )
+
+    # --- the scheduler and its workers ----------------------------------------------
+
+    def look(self) -> None:
+        """Ask the scheduler for its workers; SchedulerLost if it is gone or another one."""
+        self.raise_if_scheduler_lost()
+        try:
+            scheduler_id, workers = describe_cluster(self.client, SCHEDULER_ANSWER_SECONDS)
+        except SchedulerUnresponsive:
+            raise SchedulerLost(
+                f"the dask scheduler at {self.scheduler_address} stopped answering (nothing "
+                f"for {SCHEDULER_ANSWER_SECONDS} s): is it stopped, overloaded, or its host "
+                "down?"
+            ) from None
+        except (OSError, RuntimeError) as error:  # the connection closed: the scheduler is gone
+            raise SchedulerLost(
+                f"lost the dask scheduler at {self.scheduler_address}: {error}"
+            ) from error
+        if self.scheduler_id and scheduler_id and scheduler_id != self.scheduler_id:
+            raise SchedulerLost(self._restarted())
+        now = time.monotonic()
+        for worker in workers:
+            silence = self.silences.setdefault(worker.address, Silence(worker.last_seen, now))
+            silence.update(worker.last_seen, now)
+        present = {worker.address for worker in workers}
+        for address in list(self.silences):
+            if address not in present:
+                del self.silences[address]
+        self.workers = workers
+        joined = [w for w in workers if w.address not in self.known and w.process_slots >= 1]
+        self.known.update(worker.address for worker in workers)
+        if joined and self.check_joiners is not None:
+            self._check(joined)
+
+    def raise_if_scheduler_lost(self) -> None:
+        """The client's connection broke (it cancels every future and reconnects, to a new
+        scheduler if one was started at the address): the batch's tasks are lost."""
+        status = getattr(self.client, "status", "running")
+        if status in ("connecting", "closing", "closed", "failed"):
+            raise SchedulerLost(
+                f"lost the connection to the dask scheduler at {self.scheduler_address} "
+                "(stopped or restarted?): the tasks it held are lost, and its workers with "
+                "it. Restart the workers if the scheduler was restarted, then run again."
+            )
+
+    def _restarted(self) -> str:
+        return (
+            f"the dask scheduler at {self.scheduler_address} was restarted during the batch "
+            "(another scheduler answers there): the tasks it held are lost, and the workers "
+            "that were connected to it closed with it. Start workers for the new scheduler "
+            f"({worker_command(self.scheduler_address)}), then run again."
+        )
+
+    def _check(self, joined: list[WorkerInfo]) -> None:
+        names = ", ".join(worker.address for worker in joined)
+        try:
+            findings = self.check_joiners(joined)
+        except Exception as error:  # noqa: BLE001 - a check that fails excludes, never ends
+            for worker in joined:
+                self.exclude(worker.address, f"it joined and could not be checked ({error})")
+            return
+        for address, why in {**findings.mismatched, **findings.cannot_start}.items():
+            self.exclude(address, why)
+        for address in findings.silent:
+            self.exclude(address, "it joined and did not answer the check (frozen?)")
+        for warning in findings.oversubscribed:
+            log.warning("Warning: %s", warning)
+        good = [w.address for w in joined if w.address not in self.excluded]
+        if good:
+            log.info("worker(s) joined and can run DP3: %s", ", ".join(good))
+        elif names:
+            log.info("worker(s) joined: %s", names)
+
+    def exclude(self, address: str, why: str) -> None:
+        if address in self.excluded:
+            return
+        self.excluded[address] = why
+        log.error("worker %s gets no more DP3 tasks in this batch: %s", address, why)
+
+    # --- what the batch may use -----------------------------------------------------
+
+    def eligible(self) -> list[WorkerInfo]:
+        return [
+            worker
+            for worker in self.workers
+            if worker.process_slots >= 1 and worker.address not in self.excluded
+        ]
+
+    def slots(self) -> int:
+        """The `process` slots the batch may fill (excluded workers left out)."""
+        return sum(int(worker.process_slots) for worker in self.eligible())
+
+    def restriction(self) -> list[str] | None:
+        """The workers a task may go to: None (any worker with `process`) unless some such
+        worker is excluded. A restriction also keeps away a worker that joins before it
+        is checked."""
+        if not any(
+            worker.address in self.excluded for worker in self.workers if worker.process_slots
+        ):
+            return None
+        return sorted(worker.address for worker in self.eligible())
+
+    def no_slots_message(self, grace: float) -> str:
+        if self.excluded:
+            return (
+                f"no worker that can run this batch's DP3 is left ({len(self.excluded)} "
+                f"excluded): waiting up to {grace:.0f} s for other workers"
+            )
+        return (
+            f"no worker holds the process resource any more: waiting up to {grace:.0f} s for "
+            "workers to come back"
+        )
+
+    # --- attempts -------------------------------------------------------------------
+
+    def key(self, task: Task, first_key: str) -> str:
+        """The dask key of the next attempt at `task`: its first key, then `<key>-<n>` (a
+        fresh key per attempt: a revoked attempt's key stays revoked)."""
+        number = self.attempts.get(task.name, 0) + 1
+        self.attempts[task.name] = number
+        return first_key if number == 1 else f"{first_key}-{number}"
+
+    def submitted(self, future: Any, restriction: list[str] | None) -> None:
+        if restriction is not None:
+            self.restricted[future] = frozenset(restriction)
+
+    def finished(self, future: Any) -> None:
+        self.restricted.pop(future, None)
+
+    def stranded(self, in_flight: dict[Any, Task]) -> list[Any]:
+        """Futures whose every allowed worker has gone: they would wait forever."""
+        present = {worker.address for worker in self.workers}
+        return [
+            future
+            for future, allowed in self.restricted.items()
+            if future in in_flight and not allowed & present
+        ]
+
+    def ran(self, result: TaskResult) -> None:
+        """DP3 started on this result's worker: its start failures in a row end."""
+        if result.worker:
+            self.start_failures.pop(result.worker, None)
+
+    def cannot_run(self, fault: WorkerCannotRun, task: Task) -> bool:
+        """A task met a worker that cannot run it; True if its MS may run again elsewhere."""
+        failures = self.start_failures.get(fault.worker, 0) + 1
+        self.start_failures[fault.worker] = failures
+        log.warning("%s: not run on %s: %s", task.name, fault.worker, fault.problem)
+        if failures >= START_FAILURES_TO_EXCLUDE or fault.problem.startswith(
+            ("runs dp3batch", "cannot import dp3batch")
+        ):
+            self.exclude(fault.worker, fault.problem)
+        on_workers = self.ms_start_failures.setdefault(task.name, [])
+        on_workers.append(fault.worker)
+        return len(on_workers) < START_FAILURES_PER_MS
+
+    # --- silent workers -------------------------------------------------------------
+
+    def silent_workers(self) -> dict[str, float]:
+        """Workers silent for longer than the bound → for how long (seconds)."""
+        now = time.monotonic()
+        bound = silence_bound(self.silence_seconds, len(self.workers))
+        return {
+            address: silence.seconds(now)
+            for address, silence in self.silences.items()
+            if silence.seconds(now) > bound
+        }
+
+    def take_from_silent(self, in_flight: dict[Any, Task]) -> tuple[list[Any], list[TaskResult]]:
+        """The batch's futures held by silent workers, revoked and cancelled, each worker
+        removed from the scheduler; returns those futures (their MSs run again) and the
+        results of MSs found committed before their attempt was revoked."""
+        silent = self.silent_workers()
+        if not silent or not in_flight:
+            for address, seconds in silent.items():
+                self._exclude_silent(address, seconds, [])
+            return [], []
+        processing = call_with_deadline(
+            lambda: self.client.processing(workers=list(silent)),
+            SCHEDULER_ANSWER_SECONDS,
+            "a request for the tasks of silent workers",
+        )
+        by_key = {str(future.key): future for future in in_flight}
+        taken: list[Any] = []
+        results: list[TaskResult] = []
+        for address, seconds in sorted(silent.items()):
+            held = [by_key[str(key)] for key in processing.get(address, ()) if str(key) in by_key]
+            if not held:
+                self._exclude_silent(address, seconds, [])
+                continue
+            if self.guard is not None:
+                try:
+                    revoke_attempts(self.guard, [str(future.key) for future in held])
+                except LockTimeout as error:
+                    log.error(
+                        "Error: cannot move the tasks of silent worker %s: %s", address, error
+                    )
+                    continue
+            self._cancel(held)
+            self._remove_from_scheduler(address)
+            names = [in_flight[future].name for future in held]
+            self._exclude_silent(address, seconds, names)
+            for future in held:
+                done = self.committed(in_flight[future]) if self.committed else None
+                if done is not None:
+                    results.append(done)
+            taken += held
+        return taken, results
+
+    def _exclude_silent(self, address: str, seconds: float, names: list[str]) -> None:
+        if address in self.excluded:
+            return
+        held = f"; its task(s) {', '.join(names)} run again elsewhere" if names else ""
+        why = (
+            f"the scheduler has not heard from it for {seconds:.0f} s (frozen, paused or cut "
+            f"off?){held}"
+        )
+        if names:
+            why += "; it was removed from the scheduler, and a late result of it is never kept"
+        self.exclude(address, why)
+
+    def _cancel(self, futures: list[Any]) -> None:
+        try:
+            call_with_deadline(
+                lambda: self.client.cancel(futures, force=True),
+                SCHEDULER_ANSWER_SECONDS,
+                "cancel",
+            )
+        except Exception as error:  # noqa: BLE001 - revoked already: it cannot commit
+            log.error("could not cancel the tasks of a silent worker: %s", error)
+
+    def _remove_from_scheduler(self, address: str) -> None:
+        """What dask's worker-ttl would do, sooner: the scheduler forgets the worker, which
+        closes if it ever wakes up (its DP3 dies with it)."""
+        try:
+            call_with_deadline(
+                lambda: self.client.run_on_scheduler(
+                    _remove_worker_function(), address, self.batch_id
+                ),
+                SCHEDULER_ANSWER_SECONDS,
+                "removing a silent worker",
+            )
+        except Exception as error:  # noqa: BLE001 - it is excluded all the same
+            log.error("could not remove silent worker %s from the scheduler: %s", address, error)
+
+
+def _remove_worker_function():
+    """Runs on the scheduler (pickled by value: the scheduler need not import dp3batch)."""
+
+    async def remove_worker(address, batch_id, dask_scheduler=None):
+        return await dask_scheduler.remove_worker(
+            address, stimulus_id=f"dp3batch-silent-worker-{batch_id}", close=True
+        )
+
+    return remove_worker

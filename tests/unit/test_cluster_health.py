@@ -1,0 +1,523 @@
+"""Unit tests of what keeps a long-lived cluster healthy for the batches on it: a DP3 that
+cannot start, the code a worker imports, silent workers and revoked attempts, a restarted
+scheduler, threads per core, and the dashboard's port taken for the scheduler's."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from contract_examples import make_spec
+from dp3batch.books.commit import (
+    AttemptRevoked,
+    BatchStopped,
+    commit,
+    revoke_attempts,
+    stop_commits,
+)
+from dp3batch.books.layout import temporary_path
+from dp3batch.books.status import Status
+from dp3batch.books.task_result import TaskResult
+from dp3batch.dask_stage import watchdog
+from dp3batch.dask_stage.central_job import failure_report
+from dp3batch.dask_stage.cluster import SchedulerLost, WorkerInfo, speaks_http
+from dp3batch.dask_stage.preflight import mismatch_message
+from dp3batch.dask_stage.watchdog import (
+    ClusterWatch,
+    Silence,
+    first_silences,
+    heartbeat_interval,
+    silence_bound,
+)
+from dp3batch.dask_stage.worker_checks import judge_workers, oversubscribed_hosts
+from dp3batch.dask_stage.worker_faults import (
+    WorkerCannotRun,
+    describe_identity,
+    dp3_start_problem,
+    own_package_identity,
+    package_identity_function,
+    package_problem,
+)
+
+# --- a DP3 that cannot start ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "output", "expected"),
+    [
+        (127, "/opt/dp3/bin/DP3: not found\n", "DP3 could not start (exit 127): /opt/dp3/bin/DP3"),
+        (126, "bash: /opt/DP3: Permission denied\n", "(exit 126): bash: /opt/DP3: Permission"),
+        (
+            127,
+            "DP3: error while loading shared libraries: libcasa_tables.so.7: cannot open "
+            "shared object file: No such file or directory\n",
+            "(exit 127): DP3: error while loading shared libraries: libcasa_tables.so.7",
+        ),
+        (
+            1,
+            "Traceback (most recent call last):\nImportError: libaoflagger.so: cannot open "
+            "shared object file: No such file or directory\n",
+            "(exit 1): ImportError: libaoflagger.so: cannot open shared object file",
+        ),
+        (127, "# obs_1: DP3 on tcp://w:1\n", "(exit 127): it printed nothing"),
+    ],
+)
+def test_a_dp3_that_cannot_start_is_told_from_a_failing_ms(exit_code, output, expected):
+    assert expected in dp3_start_problem(exit_code, output)
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "output"),
+    [
+        (1, "std::exception: No such MS /data/obs_1.ms\n"),  # the MS's fault
+        (-9, ""),  # killed mid-run
+        (0, "error while loading shared libraries: noise in a log of a run that worked"),
+    ],
+)
+def test_a_dp3_that_started_is_not_a_worker_fault(exit_code, output):
+    assert dp3_start_problem(exit_code, output) is None
+
+
+def test_a_worker_fault_pickles_back_to_the_central_job_as_it_is():
+    import pickle
+
+    fault = pickle.loads(pickle.dumps(WorkerCannotRun("tcp://10.0.0.7:4000", "DP3 ...")))
+    assert (fault.worker, fault.problem) == ("tcp://10.0.0.7:4000", "DP3 ...")
+    assert str(fault) == "tcp://10.0.0.7:4000: DP3 ..."
+
+
+# --- which dp3batch a worker imports -------------------------------------------------------
+
+
+def _package(root: Path, source: str) -> Path:
+    package = root / "dp3batch"
+    (package / "books").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "books" / "commit.py").write_text(source)
+    (package / "books" / "notes.txt").write_text("not code: not part of the digest")
+    return root
+
+
+def _identity_in(path_entry: Path, also: str = "") -> dict:
+    """The identity a worker with PYTHONPATH=`path_entry` reports (a fresh interpreter)."""
+    import json
+
+    code = (
+        "import json, sys\n"
+        "from dp3batch.dask_stage.worker_faults import package_identity_function\n"
+        "identify = package_identity_function()\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "for name in [m for m in sys.modules if m.startswith('dp3batch')]:\n"
+        "    del sys.modules[name]\n"
+        f"{also}"
+        "print(json.dumps(identify()))\n"
+    )
+    here = Path(__file__).resolve().parents[2] / "scripts"
+    answer = subprocess.run(
+        [sys.executable, "-c", code, str(path_entry)],
+        env={**os.environ, "PYTHONPATH": str(here)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert answer.returncode == 0, answer.stderr
+    return json.loads(answer.stdout)
+
+
+def test_the_digest_is_of_the_code_only_and_tells_two_checkouts_apart(tmp_path):
+    same_a = _identity_in(_package(tmp_path / "a", "X = 1\n"))
+    same_b = _identity_in(_package(tmp_path / "b", "X = 1\n"))
+    other = _identity_in(_package(tmp_path / "c", "X = 2\n"))
+    assert same_a["digest"] == same_b["digest"] != other["digest"]
+    assert same_a["path"] == str(tmp_path / "a" / "dp3batch")
+    assert package_problem(same_b, same_a) is None
+    problem = package_problem(other, same_a)
+    assert f"runs dp3batch {other['digest']} from {tmp_path / 'c' / 'dp3batch'}" in problem
+    assert f"not dp3batch {same_a['digest']}" in problem
+
+
+def test_a_worker_whose_code_changed_under_it_runs_what_it_loaded(tmp_path):
+    # A `git pull` under a running worker: it runs the modules it imported before.
+    root = _package(tmp_path / "a", "X = 1\n")
+    changed = _identity_in(
+        root,
+        also=(
+            "identify()\nopen(sys.argv[1] + '/dp3batch/books/commit.py', 'w').write('X = 2\\n')\n"
+        ),
+    )
+    assert changed["digest"] != changed["on_disk"]
+    expected = {"digest": changed["digest"], "path": changed["path"]}
+    assert "its files changed after it loaded them" in package_problem(changed, expected)
+
+
+def test_a_worker_without_dp3batch_says_so():
+    identity = _identity_in(
+        Path("/nonexistent"),
+        also="sys.path[:] = [p for p in sys.path if not p.endswith(('scripts', 'packages'))]\n",
+    )
+    assert "cannot import dp3batch" in identity["error"]
+    assert package_problem(identity, {"digest": "0" * 16}) == identity["error"]
+    assert describe_identity(identity) == identity["error"]
+
+
+def test_this_process_and_the_identity_function_agree():
+    assert own_package_identity() == package_identity_function()()
+    assert len(own_package_identity()["digest"]) == 16
+
+
+# --- what pre-flight makes of each worker's answer -----------------------------------------
+
+EXPECTED = {"digest": "a" * 16, "path": "/checkout/scripts/dp3batch", "on_disk": "a" * 16}
+
+
+def _worker(address: str, host: str = "10.0.0.7", threads: int = 1, slots: float = 1) -> WorkerInfo:
+    return WorkerInfo(address, threads, slots, None, host)
+
+
+def _answer(version: str | None = "6.6.0", exit_code: int | None = 0, cpus: str = "0,1", **kw):
+    output = kw.pop("output", f"DP3 {version}" if version else "")
+    dp3 = {"exit": exit_code, "output": output, "version": version}
+    return {"package": kw.pop("package", EXPECTED), "hostname": "node7", "cpus": cpus, "dp3": dp3}
+
+
+def test_pre_flight_sorts_workers_into_good_mismatched_and_cannot_start():
+    workers = [_worker(f"tcp://10.0.0.7:{port}") for port in (1, 2, 3, 4, 5)]
+    answers = {
+        "tcp://10.0.0.7:1": _answer(),
+        "tcp://10.0.0.7:2": _answer(package={"digest": "b" * 16, "path": "/old/dp3batch"}),
+        "tcp://10.0.0.7:3": _answer(version="6.5.0"),
+        "tcp://10.0.0.7:4": _answer(
+            version=None,
+            exit_code=127,
+            output="DP3: error while loading shared libraries: libhdf5.so.103",
+        ),
+        "tcp://10.0.0.7:5": RuntimeError("boom"),
+    }
+    findings = judge_workers(answers, workers, EXPECTED, "6.6.0")
+    assert sorted(findings.mismatched) == ["tcp://10.0.0.7:2", "tcp://10.0.0.7:3"]
+    assert (
+        "runs dp3batch bbbbbbbbbbbbbbbb from /old/dp3batch"
+        in findings.mismatched["tcp://10.0.0.7:2"]
+    )
+    assert "its DP3 is version 6.5.0, not 6.6.0" in findings.mismatched["tcp://10.0.0.7:3"]
+    assert findings.cannot_start["tcp://10.0.0.7:4"] == (
+        "`DP3 --version` exited 127: DP3: error while loading shared libraries: libhdf5.so.103"
+    )
+    assert "the check failed there: RuntimeError: boom" in findings.cannot_start["tcp://10.0.0.7:5"]
+
+
+def test_the_mismatch_message_names_each_worker_and_how_to_restart_it():
+    batch = make_spec(scheduler="node1:8786")
+    message = mismatch_message(
+        {"tcp://10.0.0.7:2": "runs dp3batch bbbb from /old/dp3batch, not ..."}, EXPECTED, batch
+    )
+    assert message.startswith("1 worker(s) do not run this batch's code and DP3")
+    assert "  worker tcp://10.0.0.7:2: runs dp3batch bbbb from /old/dp3batch" in message
+    assert (
+        "PYTHONPATH=/checkout/scripts dask worker node1:8786 --nworkers N --nthreads T "
+        '--resources "process=1"'
+    ) in message
+
+
+def test_more_threads_than_cores_on_a_host_is_named_with_the_fix():
+    # The seed's `dask worker --nworkers 4` without --nthreads on 2 cores: 2 threads each.
+    workers = [_worker(f"tcp://10.0.0.7:{port}", threads=2) for port in (1, 2, 3, 4)]
+    workers.append(_worker("tcp://10.0.0.8:1", host="10.0.0.8", threads=2))  # 2 cores: fine
+    answers = {worker.address: _answer() for worker in workers}
+    warnings = oversubscribed_hosts(answers, workers)
+    assert warnings == [
+        "host node7 (10.0.0.7): 4 worker(s) holding process hold 8 thread(s) for its 2 core(s), "
+        "so their DP3s compete for the cores. Start them with --nthreads so that workers x "
+        "threads = cores (here --nworkers 2 --nthreads 1)."
+    ]
+
+
+def test_two_batch_jobs_on_one_host_are_judged_by_their_own_cores():
+    # Two Slurm jobs on one node, each bound to its own core: not oversubscribed.
+    workers = [_worker("tcp://10.0.0.7:1"), _worker("tcp://10.0.0.7:2")]
+    answers = {"tcp://10.0.0.7:1": _answer(cpus="0"), "tcp://10.0.0.7:2": _answer(cpus="1")}
+    assert oversubscribed_hosts(answers, workers) == []
+
+
+# --- silent workers --------------------------------------------------------------------------
+
+
+def test_the_silence_bound_never_undercuts_the_heartbeats():
+    assert heartbeat_interval(2) == 0.5 and heartbeat_interval(5000) == 26
+    assert silence_bound(60, 4) == 60
+    assert silence_bound(1, 4) == 2.0
+    assert silence_bound(60, 5000) == 104
+
+
+def test_silence_is_measured_by_our_clock_from_when_the_note_stops_changing():
+    # The scheduler's clock may be hours off ours: only a change of its note counts.
+    silence = Silence(last_seen=1_000_000.0, changed_at=10.0)
+    silence.update(1_000_000.5, 11.0)
+    silence.update(1_000_000.5, 30.0)
+    assert silence.seconds(30.0) == 19.0
+
+
+def test_at_the_start_a_worker_lagging_the_freshest_heartbeat_is_silent_already():
+    workers = [
+        replace(_worker("tcp://a:1"), last_seen=5000.0),
+        replace(_worker("tcp://b:1"), last_seen=4900.0),
+        _worker("tcp://c:1"),  # the scheduler did not say
+    ]
+    silences = first_silences(workers, now=100.0)
+    assert silences["tcp://a:1"].seconds(100.0) == 0
+    assert silences["tcp://b:1"].seconds(100.0) == 100
+    assert silences["tcp://c:1"].seconds(100.0) == 0
+
+
+class FakeClient:
+    """The calls ClusterWatch makes of a dask client, answered from plain attributes."""
+
+    def __init__(self):
+        self.status = "running"
+        self.scheduler_id = "Scheduler-1"
+        self.workers: dict[str, dict] = {}
+        self.held: dict[str, list[str]] = {}
+        self.cancelled: list = []
+        self.removed: list[str] = []
+
+    def scheduler_info(self, n_workers=-1):
+        return {"id": self.scheduler_id, "workers": self.workers}
+
+    def processing(self, workers):
+        return {address: self.held.get(address, []) for address in workers}
+
+    def cancel(self, futures, force=False):
+        self.cancelled += futures
+
+    def run_on_scheduler(self, function, address, batch_id):
+        self.removed.append(address)
+
+
+def _join(client: FakeClient, address: str, last_seen: float, slots: int = 1) -> None:
+    client.workers[address] = {
+        "nthreads": 1,
+        "resources": {"process": slots},
+        "host": "h",
+        "last_seen": last_seen,
+    }
+
+
+def _task(name: str):
+    return SimpleNamespace(name=name)
+
+
+class Future:
+    """What ClusterWatch reads of a dask future: its key (and that it can be a dict key)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+
+def test_a_silent_worker_s_task_is_revoked_cancelled_and_given_back(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(watchdog.time, "monotonic", lambda: clock[0])
+    client = FakeClient()
+    _join(client, "tcp://frozen:1", 1.0)
+    _join(client, "tcp://alive:1", 1.0)
+    guard = tmp_path / "batch.guard"
+    guard.write_text("running\n")
+    watch = ClusterWatch(client, "B1", "s:8786", "Scheduler-1", 10.0, guard)
+    watch.look()
+    frozen_task, alive_task = _task("obs_0"), _task("obs_1")
+    frozen_future = Future("dp3 obs_0-B1-0")
+    alive_future = Future("dp3 obs_1-B1-1")
+    in_flight = {frozen_future: frozen_task, alive_future: alive_task}
+    client.held = {"tcp://frozen:1": [frozen_future.key], "tcp://alive:1": [alive_future.key]}
+    for second in range(1, 12):  # the alive worker heartbeats, the frozen one does not
+        clock[0] = 100.0 + second
+        client.workers["tcp://alive:1"]["last_seen"] = 1.0 + second
+        watch.look()
+        taken, committed = watch.take_from_silent(in_flight)
+        if taken:
+            break
+    assert clock[0] == 111.0  # the first look past the 10 s bound
+    assert taken == [frozen_future] and committed == []
+    assert client.cancelled == [frozen_future]
+    assert client.removed == ["tcp://frozen:1"]
+    assert "revoked dp3 obs_0-B1-0" in guard.read_text().splitlines()
+    assert "obs_0 run again elsewhere" in watch.excluded["tcp://frozen:1"]
+    assert watch.restriction() == ["tcp://alive:1"]
+    # The next attempt has a key of its own, which the revocation does not cover.
+    assert watch.key(frozen_task, "dp3 obs_0-B1-0") == "dp3 obs_0-B1-0"
+    assert watch.key(frozen_task, "dp3 obs_0-B1-0") == "dp3 obs_0-B1-0-2"
+
+
+def test_an_ms_a_silent_worker_committed_just_before_is_kept(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(watchdog.time, "monotonic", lambda: clock[0])
+    client = FakeClient()
+    _join(client, "tcp://frozen:1", 1.0)
+    done = TaskResult(name="obs_0", input="i", output="o", log="l", status=Status.DONE)
+    watch = ClusterWatch(client, "B1", "s:8786", "", 5.0, None, committed=lambda task: done)
+    watch.look()
+    future = Future("k0")
+    client.held = {"tcp://frozen:1": ["k0"]}
+    clock[0] = 6.0
+    watch.look()
+    assert watch.take_from_silent({future: _task("obs_0")}) == ([future], [done])
+
+
+def test_a_restarted_scheduler_or_a_broken_connection_is_a_lost_scheduler():
+    client = FakeClient()
+    _join(client, "tcp://w:1", 1.0)
+    watch = ClusterWatch(client, "B1", "s:8786", "Scheduler-1", 60.0, None)
+    watch.look()
+    client.scheduler_id = "Scheduler-2"
+    with pytest.raises(SchedulerLost, match="was restarted during the batch"):
+        watch.look()
+    client.scheduler_id = "Scheduler-1"
+    client.status = "connecting"  # the client lost its connection and tries again
+    with pytest.raises(SchedulerLost, match="lost the connection to the dask scheduler"):
+        watch.look()
+
+
+def test_a_worker_whose_dp3_keeps_failing_to_start_gets_no_more_work():
+    client = FakeClient()
+    for address in ("tcp://broken:1", "tcp://good:1", "tcp://good:2"):
+        _join(client, address, 1.0)
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    watch.look()
+    fault = WorkerCannotRun("tcp://broken:1", "DP3 could not start (exit 127): libx.so")
+    assert watch.cannot_run(fault, _task("obs_0")) is True  # to another worker
+    assert "tcp://broken:1" not in watch.excluded  # once may be a fluke
+    assert watch.cannot_run(fault, _task("obs_1")) is True
+    assert watch.excluded["tcp://broken:1"] == "DP3 could not start (exit 127): libx.so"
+    assert watch.restriction() == ["tcp://good:1", "tcp://good:2"]
+    assert watch.slots() == 2
+
+
+def test_a_worker_whose_dp3_started_again_is_not_counted_against():
+    client = FakeClient()
+    _join(client, "tcp://w:1", 1.0)
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    watch.look()
+    fault = WorkerCannotRun("tcp://w:1", "DP3 could not start (exit 127): NFS hiccup")
+    watch.cannot_run(fault, _task("obs_0"))
+    watch.ran(
+        TaskResult(
+            name="obs_1", input="i", output="o", log="l", worker="tcp://w:1", status=Status.DONE
+        )
+    )
+    watch.cannot_run(fault, _task("obs_2"))
+    assert not watch.excluded
+
+
+def test_an_ms_whose_dp3_fails_to_start_everywhere_fails_after_three_workers():
+    client = FakeClient()
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    task = _task("obs_0")
+    faults = [WorkerCannotRun(f"tcp://w:{n}", "DP3 could not start (exit 127)") for n in (1, 2, 3)]
+    assert [watch.cannot_run(fault, task) for fault in faults] == [True, True, False]
+
+
+def test_a_task_whose_allowed_workers_all_left_is_stranded():
+    client = FakeClient()
+    _join(client, "tcp://a:1", 1.0)
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    watch.look()
+    future = Future("k")
+    watch.submitted(future, ["tcp://a:1"])
+    assert watch.stranded({future: _task("x")}) == []
+    del client.workers["tcp://a:1"]
+    _join(client, "tcp://b:1", 1.0)
+    watch.look()
+    assert watch.stranded({future: _task("x")}) == [future]
+
+
+# --- revoked attempts never commit -----------------------------------------------------------
+
+
+def test_a_revoked_attempt_never_commits_and_a_later_one_does(tmp_path):
+    guard = tmp_path / "batch.guard"
+    guard.write_text("running\n")
+    output = tmp_path / "obs_0.ms"
+    late, retry = temporary_path(output), temporary_path(output)
+    late.mkdir()
+    retry.mkdir()
+    (retry / "made_by").write_text("the retry")
+    revoke_attempts(guard, ["dp3 obs_0-B1-0"])
+    commit(retry, output, str(guard), "dp3 obs_0-B1-0-2")
+    (late / "made_by").write_text("the frozen worker, waking up")
+    with pytest.raises(AttemptRevoked, match="was revoked"):
+        commit(late, output, str(guard), "dp3 obs_0-B1-0")
+    assert (output / "made_by").read_text() == "the retry"
+    assert issubclass(AttemptRevoked, BatchStopped)  # the task cleans up as for a stop
+    stop_commits(guard)  # a guard of several lines still stops every commit
+    with pytest.raises(BatchStopped):
+        commit(late, tmp_path / "obs_1.ms", str(guard), "dp3 obs_1-B1-1")
+
+
+# --- the dashboard's port is not the scheduler's -------------------------------------------
+
+
+def _serve(server) -> int:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
+def test_a_web_server_is_told_from_a_scheduler_without_sending_a_scheduler_anything():
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    talker = socket.create_server(("127.0.0.1", 0))
+    received = []
+
+    def speak_first():  # a dask scheduler greets first, and must never be sent HTTP
+        connection, _ = talker.accept()
+        connection.sendall(b"\x00\x00\x00\x00dask handshake")
+        connection.settimeout(1)
+        try:
+            received.append(connection.recv(100))
+        except OSError:  # silence, or the probe closed the connection: nothing was sent
+            received.append(b"")
+        connection.close()
+
+    try:
+        assert speaks_http("127.0.0.1", _serve(web)) is True
+        greeter = threading.Thread(target=speak_first, daemon=True)
+        greeter.start()
+        assert speaks_http("127.0.0.1", talker.getsockname()[1]) is False
+        greeter.join(timeout=5)
+        assert received == [b""]
+    finally:
+        web.shutdown()
+        talker.close()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(OSError):
+        speaks_http("127.0.0.1", port)
+
+
+# --- the failure report ------------------------------------------------------------------------
+
+
+def test_the_failure_report_names_excluded_workers_and_what_ended_the_batch():
+    result = TaskResult(
+        name="obs_3",
+        input="/d/obs_3.ms",
+        output="/r/obs_3.ms",
+        log="/r/logs/obs_3.log",
+        status=Status.NOT_PROCESSED,
+        reason="lost the connection to the dask scheduler",
+    )
+    report = failure_report(
+        [result],
+        {"tcp://10.0.0.7:4000": "DP3 could not start (exit 127): libx.so"},
+        "lost the connection to the dask scheduler at s:8786 (stopped or restarted?)\nmore",
+    )
+    assert "1 worker(s) were left out of this batch (no DP3 task, or no more):" in report
+    assert "  tcp://10.0.0.7:4000: DP3 could not start (exit 127): libx.so" in report
+    assert report.count("stopped or restarted?") == 1
+    assert report.splitlines()[-1].startswith("Fix the cause and run again")
