@@ -95,7 +95,10 @@ def write_report_files(rows: list[SummaryRow], files: ReportFiles, title: str) -
         if not os.path.exists(path):
             with contextlib.suppress(OSError):  # an empty file needs no room, only a name
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-                Path(path).touch()
+                if Path(path) == files.flagging:  # a directory() output of the rule
+                    Path(path).mkdir()
+                else:
+                    Path(path).touch()
     return problem
 
 
