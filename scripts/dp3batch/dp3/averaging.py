@@ -83,3 +83,51 @@ def msin_channels(parameters: DP3Parameters, window_channels: int) -> int | None
         if requested > 0:  # 0 means all channels from startchan on
             channels = requested
     return channels
+
+
+# DP3's units of a `freqresolution` (a bare number is in Hz).
+_FREQUENCY_UNITS = {"hz": 1.0, "khz": 1e3, "mhz": 1e6, "ghz": 1e9}
+
+
+def frequency_in_hz(value: str) -> float | None:
+    """A `freqresolution` as DP3 reads it (`12207`, `48.828kHz`, `0.2 MHz`), or None when it
+    is not one (an expression only DP3 evaluates)."""
+    text = value.strip().lower().replace(" ", "")
+    for unit in sorted(_FREQUENCY_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], _FREQUENCY_UNITS[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        return float(number) * scale
+    except ValueError:
+        return None
+
+
+def frequency_averaging(parameters: DP3Parameters, channel_width_hz: float) -> int | None:
+    """How many input channels make one output channel of the whole chain: the product of
+    each Averager's and Demixer's channel factor, a `freqresolution` worked out as DP3 does
+    (`max(1, int(freqresolution / width + 0.5))`, the width of the channels that step
+    reads; an explicit `freqstep` wins over it). None when a factor is an expression only
+    DP3 evaluates."""
+    total = 1
+    width = abs(channel_width_hz)
+    for step in parameters.steps:
+        if step.type not in AVERAGING_STEPS:
+            continue
+        factor = plain_integer(step.value("freqstep"))
+        if step.value("freqstep") is not None and factor is None:
+            return None
+        resolution = step.value("freqresolution")
+        if factor is None or factor <= 0:
+            if resolution is None:
+                factor = 1
+            else:
+                hz = frequency_in_hz(resolution)
+                if hz is None:
+                    return None
+                factor = max(1, int(hz / width + 0.5)) if hz > 0 and width > 0 else 1
+        total *= factor
+        width *= factor
+    return total
