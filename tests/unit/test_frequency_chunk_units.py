@@ -186,3 +186,16 @@ def test_a_pending_ms_carries_its_chunks_through_json():
     chunked = PendingMS.from_json({**pending.to_json(), "chunks": [chunk.to_json()]})
     assert chunked.chunks == (chunk,)
     assert chunk.label == "chunk 1/2 (120.0–122.0 MHz)"
+
+
+def test_dp3batch_run_maps_the_reference_option_to_the_config_key(tmp_path):
+    from dp3batch.cli import make_parser, snakemake_command
+
+    arguments = make_parser().parse_args(
+        ["run", "-c", "c.yaml", "-o", "out", "--frequency-chunk-hz", "2e6", "in.ms"]
+    )
+    command = snakemake_command(arguments, [])
+    config = command[command.index("--config") + 1 :]
+    assert "frequency_chunk_hz=2000000.0" in config
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["run", "-c", "c", "-o", "o", "--frequency-chunk-hz", "0", "x"])
