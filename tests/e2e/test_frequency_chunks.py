@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,54 @@ def test_a_killed_batch_is_resumed_chunk_by_chunk(workflow):
     for name, text in kept.items():
         (entry,) = [chunk for chunk in chunks if chunk["name"] == name.removesuffix(".ms")]
         assert entry["finished"] == json.loads(text)["finished"]  # made by the killed run
+
+
+def test_a_failed_chunk_or_join_check_fails_its_ms_alone_and_keeps_the_chunks(workflow):
+    """A chunk DP3 fails on fails its MS alone (the other chunks are kept); a join whose
+    output differs from its chunks (a flag flipped after DP3 wrote it) fails the check, and
+    its chunks stay. The rerun redoes the failed chunk only, then both joins."""
+    inputs = workflow.directory / "inputs"
+    make_ms(inputs / "obs_a.ms")
+    make_ms(inputs / "obs_b.ms", seed=1)
+    triggers = workflow.directory / "fail-now"
+    triggers.touch()
+    wrapper = workflow.directory / "faulty-dp3"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >> {workflow.directory}/dp3-runs.txt\n'
+        f'if [ -e {triggers} ] && [[ "$*" == *obs_a_ch0004-0007.ms.tmp* ]]; then\n'
+        '  echo "Error: injected failure"; exit 1\nfi\n'
+        f'{DP3} "$@"; code=$?\n'
+        f'if [ -e {triggers} ] && [[ "$*" == *"steps=[]"* ]] && [[ "$*" == *obs_b* ]]; then\n'
+        "  out=$(printf '%s\\n' \"$@\" | sed -n 's/^msout=//p')\n"
+        f'  {sys.executable} -c "from casacore import tables; '
+        "t = tables.table('$out', readonly=False, ack=False); f = t.getcol('FLAG'); "
+        "f[0, 0, 0] = not f[0, 0, 0]; t.putcol('FLAG', f); t.close()\"\n"
+        "fi\nexit $code\n"
+    )
+    wrapper.chmod(0o755)
+    workflow.config.update(
+        steps=CHANNEL_LOCAL,
+        local_cluster=CLUSTER,
+        frequency_chunk_hz=4 * WIDTH,
+        dp3_executable=str(wrapper),
+    )
+    result = workflow.run()
+    assert result.returncode != 0
+    assert "obs_a (" in result.output and "chunk 2/4 (120.68–121.46 MHz)" in result.output
+    assert "join check failed: obs_b_ch0000-0003.ms: its flags differ" in result.output
+    assert not workflow.output("obs_a").exists() and not workflow.output("obs_b").exists()
+    kept_a = sorted((workflow.output_dir / ".obs_a.ms.chunks").glob("*.ms/dp3_completion.json"))
+    kept_b = sorted((workflow.output_dir / ".obs_b.ms.chunks").glob("*.ms/dp3_completion.json"))
+    assert len(kept_a) == 3 and len(kept_b) == 4
+    triggers.unlink()
+    (workflow.directory / "dp3-runs.txt").unlink()
+    again = workflow.run()
+    assert again.returncode == 0, again.output
+    chunk_runs, joins = _runs(workflow.directory)
+    assert len(chunk_runs) == 1 and "obs_a_ch0004-0007" in chunk_runs[0]
+    assert len(joins) == 2
+    assert not (workflow.output_dir / ".obs_b.ms.chunks").exists()
 
 
 @pytest.mark.parametrize(
