@@ -199,3 +199,34 @@ def test_dp3batch_run_maps_the_reference_option_to_the_config_key(tmp_path):
     assert "frequency_chunk_hz=2000000.0" in config
     with pytest.raises(SystemExit):
         make_parser().parse_args(["run", "-c", "c", "-o", "o", "--frequency-chunk-hz", "0", "x"])
+
+
+def test_the_join_check_passes_a_join_equal_to_its_chunk_and_names_what_differs(tmp_path):
+    import shutil
+
+    from casacore import tables
+    from conftest import make_ms
+    from dp3batch.dask_stage.join_check import join_problems
+
+    joined = make_ms(tmp_path / "joined.ms", n_channels=8)
+    same = tmp_path / "same.ms"
+    shutil.copytree(joined, same)
+    with tables.table(f"{joined}::SPECTRAL_WINDOW", ack=False) as spw:
+        grid = list(spw.getcell("CHAN_FREQ", 0))
+    assert join_problems([str(same)], str(joined), grid) == []
+    assert (
+        "not the grid an unchunked run makes"
+        in join_problems([str(same)], str(joined), [frequency + 1.0 for frequency in grid])[0]
+    )
+    assert join_problems([str(same), str(same)], str(joined)) == [
+        "the join has 8 channels, its chunks 16 together"
+    ]
+    with tables.table(str(same), readonly=False, ack=False) as table:
+        flags = table.getcol("FLAG")
+        flags[3, 2, 0] = not flags[3, 2, 0]
+        table.putcol("FLAG", flags)
+    assert join_problems([str(same)], str(joined)) == [
+        "same.ms: its flags differ from its channels in the join"
+    ]
+    shorter = make_ms(tmp_path / "shorter.ms", n_channels=8, n_times=10)
+    assert "shorter.ms: 150 rows, the join 300" in join_problems([str(shorter)], str(joined))
