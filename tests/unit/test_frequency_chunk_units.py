@@ -230,3 +230,48 @@ def test_the_join_check_passes_a_join_equal_to_its_chunk_and_names_what_differs(
     ]
     shorter = make_ms(tmp_path / "shorter.ms", n_channels=8, n_times=10)
     assert "shorter.ms: 150 rows, the join 300" in join_problems([str(shorter)], str(joined))
+
+
+def test_a_joined_outputs_flag_figures_are_its_chunks_weighted_and_side_by_side():
+    from dp3batch.report.chunk_flags import merged_flag_counts, merged_flag_statistics
+
+    first = {
+        "total_pct": 10.0,
+        "stations": ["a", "b"],
+        "station_total_pct": [0.0, 20.0],
+        "channel_total_pct": [10.0, 10.0],
+    }
+    second = {
+        "total_pct": 40.0,
+        "stations": ["a", "b"],
+        "station_total_pct": [30.0, 50.0],
+        "channel_total_pct": [40.0, 40.0, 40.0, 40.0],
+    }
+    merged = merged_flag_statistics([first, second], [2, 4])
+    assert merged["total_pct"] == 30.0
+    assert merged["station_total_pct"] == [20.0, 40.0]
+    assert merged["channel_total_pct"] == [10.0, 10.0, 40.0, 40.0, 40.0, 40.0]
+    assert merged["output_pct"] is None  # no chunk said: nothing is made up
+    assert merged_flag_statistics([first, None], [2, 4]) is None
+    step = {
+        "percent": 10.0,
+        "flagged": 10,
+        "visibilities": 100,
+        "per_channel": [1],
+        "per_antenna": [0, 20],
+    }
+    other = {
+        "percent": 40.0,
+        "flagged": 120,
+        "visibilities": 300,
+        "per_channel": [2],
+        "per_antenna": [40, 60],
+    }
+    counts = merged_flag_counts([{"preflagger": step}, {"preflagger": other}])
+    assert counts["preflagger"] == {
+        "percent": 32.5,
+        "flagged": 130,
+        "visibilities": 400,
+        "per_channel": [1, 2],
+        "per_antenna": [30, 50],
+    }

@@ -47,6 +47,7 @@ from dp3batch.dp3.averaging import frequency_averaging, msin_channels, plain_int
 from dp3batch.dp3.parameters import format_value
 from dp3batch.dp3.parset import literal, literal_list, write_parset
 from dp3batch.inputs.tables import read_shape, window_frequencies
+from dp3batch.report.chunk_flags import merged_flag_counts, merged_flag_statistics
 
 
 def join_run(task: Task, chunk_outputs: list[str], msout: str, threads: int) -> list[tuple]:
@@ -244,12 +245,16 @@ def join_chunks(task: Task) -> TaskResult:
             required_files=tuple(required),
             output_bytes=_disk_usage(temporary),
             step_seconds=_sum_step_seconds(done),
-            flags_by_step=None,
+            flags_by_step=merged_flag_counts([record.flags_by_step for record in done]),
             output_fingerprint=output_state.fingerprint,
             input_files=input_state.files,
             output_files=output_state.files,
             batch_id=task.batch_id,
             peak_memory_bytes=max((record.peak_memory_bytes or 0) for record in done) or None,
+            # The chunks' figures together (no flagging report files of its own yet).
+            flag_statistics=merged_flag_statistics(
+                [record.flag_statistics for record in done], [chunk.nchan for chunk in chunks]
+            ),
             frequency_chunks={
                 "width_hz": task.frequency_chunk_hz,
                 "chunks": [

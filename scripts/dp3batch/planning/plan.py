@@ -278,6 +278,9 @@ def plan_frequency_chunks(plan: Plan, settings: ChainSettings) -> None:
     def cut(pending: tuple[WorkItem, str]) -> ItemChunks:
         item, reason = pending
         own = plan.ms_parameters.get(item.name)
+        if own is None and settings.per_ms.varies:
+            # A dry run inspects no telescope: the chunks' fingerprints need it all the same.
+            own = settings.per_ms.for_telescope(read_telescope_name(item.input))
         parameters = own.parameters if own else settings.parameters
         fingerprint = own.fingerprint if own else settings.chain_fingerprint
         expected = replace(settings.expectation, parameters_fingerprint=fingerprint)
