@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from calibration_data import write_sky_model
 from casacore import tables
 from conftest import make_ms
 from dp3batch.dp3.install import dp3_environment, find_dp3_executable, wheel_aoflagger_strategy
@@ -291,3 +293,34 @@ def test_four_windows_are_each_chunked_and_a_narrow_ms_is_one_chunk(workflow):
             )
             _assert_identical(workflow.output(name), hand)
     assert "frequency_chunks" not in workflow.record("narrow")
+
+
+def test_a_demixers_solutions_are_kept_per_chunk_named_by_channel_range(workflow):
+    """Each chunk's Demixer solutions (`instrument`) end up in the joined output, named by
+    the chunk's channels, and the output is complete only with all of them."""
+    make_ms(workflow.directory / "inputs" / "obs.ms")
+    write_sky_model(workflow.directory / "sky" / "two_sources.skymodel")
+    workflow.config.update(
+        steps=[
+            {
+                "Demixer": {
+                    "skymodel": "two_sources.skymodel",
+                    "subtractsources": ["bright_a", "bright_b"],
+                }
+            }
+        ],
+        extra_inputs_dir="sky",
+        local_cluster=CLUSTER,
+        frequency_chunk_hz=8 * WIDTH,
+    )
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    output = workflow.output("obs")
+    names = ["instrument_ch0000-0007", "instrument_ch0008-0015"]
+    assert workflow.record("obs")["required_files"] == names
+    for name in names:
+        with tables.table(str(output / name), ack=False) as solutions:
+            assert solutions.nrows() > 0
+    assert not (output / "instrument").exists()
+    shutil.rmtree(output / names[1])
+    assert "obs: incomplete" in workflow.run("-n").output
