@@ -64,9 +64,12 @@ def case(scratch: Path, name: str, count: int, chunks: int, size: float, rounds:
     inputs = copies_of(scratch / f"{name}-inputs", spec, count)
     times: dict[str, list[float]] = {"unchunked": [], f"{chunks} chunks": []}
     for round_ in range(rounds):
-        times["unchunked"].append(timed(scratch, inputs[0].parent, "unchunked", round_, None))
+        # Each contender in a directory of its own (no output of another case to replace).
+        times["unchunked"].append(
+            timed(scratch, inputs[0].parent, f"{name}-unchunked", round_, None)
+        )
         times[f"{chunks} chunks"].append(
-            timed(scratch, inputs[0].parent, f"chunks{chunks}", round_, chunks)
+            timed(scratch, inputs[0].parent, f"{name}-chunks{chunks}", round_, chunks)
         )
     medians = {label: statistics.median(values) for label, values in times.items()}
     return {
