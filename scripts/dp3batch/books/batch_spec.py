@@ -108,6 +108,8 @@ class BatchSpec:
     run_dir: str | None = field(default=None, metadata={"omit_none": True})
     # The config's `qa:` limits (books.qa.QALimits), or None: no QA verdict.
     qa: Mapping[str, Any] | None = field(default=None, metadata={"omit_none": True})
+    # Which outputs get flagging report files (config `qa.flagging_report`; None: auto).
+    flagging_report: str | None = field(default=None, metadata={"omit_none": True})
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)

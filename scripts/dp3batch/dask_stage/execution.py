@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from dp3batch.books.commit import BatchStopped, commit, remove_leftovers
 from dp3batch.books.fingerprints import input_tree, output_tree
 from dp3batch.books.layout import PARSET_NAME, OutputLayout, temporary_path
+from dp3batch.books.qa import QALimits, qa_verdict
 from dp3batch.books.records import CompletionRecord, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
@@ -373,6 +374,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             return shape, grid, input_flags
 
         doing = "running DP3"
+        dp3_started = time.monotonic()
         exited, (shape_in, grid, input_flags) = _run_dp3(
             arguments, log_path, worker, key, read_input
         )
@@ -398,7 +400,9 @@ def process_measurement_set(task: Task) -> TaskResult:
         if problems:
             problem = "output check failed: " + "; ".join(problems)
             return _failed(result, started, log_path, problem, problem)
-        flagging = flagging_report(task, temporary, dp3_output, input_flags, log_path)
+        flagging = flagging_report(
+            task, temporary, dp3_output, input_flags, log_path, time.monotonic() - dp3_started
+        )
         doing = f"writing {PARSET_NAME}"
         finished = _now()
         final_run = run_parameters(reading, task.input, task.output, threads, memory_gb)
@@ -506,8 +510,35 @@ def _plain_integer(value: Any) -> int | None:
         return None  # an expression DP3 evaluates: all channels are counted
 
 
+# Under `qa.flagging_report: auto`, outputs whose DP3 run took at least this long get the
+# report's files: their ~0.7 s of CPU is then under 5 % of the task.
+FLAGGING_FILES_MIN_DP3_SECONDS = 20.0
+
+
+def wants_flagging_files(task: Task, dp3_seconds: float) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether an output gets its flagging report's files (config `qa.flagging_report`),
+    judged from its statistics: under `auto`, when they are cheap beside the task or the
+    output is suspect (where an operator looks first)."""
+
+    def decide(statistics: Mapping[str, Any]) -> bool:
+        if task.flagging_report == "always":
+            return True
+        if task.flagging_report == "never":
+            return False
+        if dp3_seconds >= FLAGGING_FILES_MIN_DP3_SECONDS:
+            return True
+        return qa_verdict(statistics, QALimits.from_config(task.qa)).suspect
+
+    return decide
+
+
 def flagging_report(
-    task: Task, output: Path, dp3_output: str, input_flags: InputFlags, log_path: Path
+    task: Task,
+    output: Path,
+    dp3_output: str,
+    input_flags: InputFlags,
+    log_path: Path,
+    dp3_seconds: float,
 ) -> FlaggingReport | None:
     """The output's flagging report (published after the commit), or None when it could not
     be made: the output is fine all the same, and the MS's log says why."""
@@ -518,6 +549,7 @@ def flagging_report(
             task.name,
             dp3_output,
             input_flags,
+            wants_flagging_files(task, dp3_seconds),
         )
     except Exception as error:  # the report must never cost the MS its output
         with contextlib.suppress(OSError), open(log_path, "a") as log:

@@ -6,8 +6,10 @@ to the worker (workers import this module from the environment they share with t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.layout import OutputLayout, ms_log_file
@@ -39,6 +41,10 @@ class Task:
     # The digest of the dp3batch code the batch runs (worker_faults.package_identity): a
     # worker that runs other code does not run the task. None: not checked.
     code_digest: str | None = None
+    # Which outputs get flagging report files (`qa.flagging_report`), and the QA limits
+    # that make an output suspect (books.qa.QALimits as JSON; None: no verdict).
+    flagging_report: str = "auto"
+    qa: Mapping[str, Any] | None = None
 
     @classmethod
     def of(cls, batch: BatchSpec, ms: PendingMS, code_digest: str | None = None) -> Task:
@@ -60,4 +66,6 @@ class Task:
             guard=str(OutputLayout(Path(batch.output_dir)).batch_guard(batch.batch_id)),
             batch_id=batch.batch_id,
             code_digest=code_digest,
+            flagging_report=batch.flagging_report or "auto",
+            qa=batch.qa,
         )

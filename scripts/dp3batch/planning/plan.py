@@ -397,6 +397,7 @@ def batch_specification(
         measurement_sets=tuple(_pending_ms(plan, item, reason) for item, reason in plan.pending),
         run_dir=run_dir,
         qa=qa_limits(config).to_json() if qa_limits(config).enabled else None,
+        flagging_report=(config.get("qa") or {}).get("flagging_report") or "auto",
     )
 
 
