@@ -146,6 +146,19 @@ def _cancelled(worker: Any, key: Any) -> bool:
     return task is None or task.state in ("cancelled", "released", "forgotten")
 
 
+def _attempted_in_this_batch(log_path: Path, batch_id: str | None) -> bool:
+    """Whether an attempt of this batch already started on this MS (its log's header names
+    the batch): then it may have left a temporary output. Unknown batch: assume so."""
+    if batch_id is None:
+        return True
+    try:
+        with open(log_path, errors="replace") as log:
+            head = log.read(4096)  # the header's second line
+    except OSError:
+        return False
+    return f"\n# batch {batch_id}\n" in head
+
+
 def last_error_line(log_path: Path) -> str:
     """DP3's most telling line: the last one that mentions an error, else the last line."""
     try:
@@ -369,7 +382,11 @@ def process_measurement_set(task: Task) -> TaskResult:
             return _failed(result, started, log_path, missing, missing)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         output.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(output.parent, {output.name})
+        if _attempted_in_this_batch(log_path, task.batch_id):
+            # What an earlier attempt of this batch left (a killed worker's): the central job
+            # removed those of earlier runs once, so the directory (thousands of entries) is
+            # not scanned by every task.
+            remove_leftovers(output.parent, {output.name})
         input_state = input_tree(Path(task.input))
         memory_gb = aoflagger_memory_gb(share)
         run = run_parameters(reading, task.input, str(temporary), threads, memory_gb)
@@ -377,7 +394,8 @@ def process_measurement_set(task: Task) -> TaskResult:
         arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
         with open(log_path, "w") as log:
             log.write(f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n")
-            log.write(f"# started {result.started}\n# command: {' '.join(arguments)}\n")
+            log.write(f"# batch {task.batch_id}\n# started {result.started}\n")
+            log.write(f"# command: {' '.join(arguments)}\n")
         holder = write_lock_holder(task.input) or task.locked_by
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.

@@ -34,12 +34,11 @@ PNG_SUFFIX = "_flagging_report.png"
 
 
 def import_libraries() -> None:
-    """Import xarray, zarr and matplotlib (about 1.5 s of CPU, once per process): the worker
-    does it while its first DP3 runs, so that the report right after DP3 is not held up."""
-    import matplotlib.figure  # noqa: F401
+    """Import xarray (once per process): the worker does it while its first DP3 runs, so that
+    the statistics right after DP3 are not held up. zarr and matplotlib (about 1 s of CPU
+    more) are imported when an output first gets the report's files: most small ones never
+    do (see `qa.flagging_report`)."""
     import xarray  # noqa: F401
-    import zarr  # noqa: F401
-    from matplotlib.backends import backend_agg  # noqa: F401
 
 
 def report_paths(qa_dir: str | Path, name: str) -> tuple[Path, Path]:
