@@ -28,6 +28,11 @@ Each case prints its figures and writes benchmarks/results/<case>.json.
   dry run all pending <= 5 s.
 - threads (P4): the default embedded cluster; every 50 ms the running DP3 threads (state R
   in /proc) are counted. Target: never more than the cores.
+- many (issue 30): `--many N` small MSs (8 stations, 20 times, 16 channels; default 400) in
+  one run on the embedded default against an ideal 2-slot pool of the same DP3 commands (and
+  the reference pipeline with `--reference-venv`): wall-time ratio, CPU per MS beside DP3's
+  own, peak memory of Snakemake and the central job, the no-op rerun and the rerun after
+  1 % of the outputs are deleted. Targets at 400: <= 1.10 x the pool, <= 10 ms per MS.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -451,7 +457,7 @@ def reference_pipeline(
     strategy = next(
         (
             a.split("=", 1)[1]
-            for a in records(workflow_output)["obs_00.ms"]["dp3_arguments"]
+            for a in next(iter(records(workflow_output).values()))["dp3_arguments"]
             if a.startswith("aoflagger.strategy=")
         ),
         None,
@@ -698,9 +704,113 @@ def threads(scratch: Path, count: int = 6) -> dict:
     }
 
 
+# --- many small MSs (issue 30) ------------------------------------------------------------
+
+# DP3 about 0.25-0.5 s on each: what an operator of thousands of MSs pays per MS shows.
+SMALL = SyntheticMSSpec(n_antennas=8, n_times=20, n_channels=16)
+
+
+class MemorySampler:
+    """Peak resident memory of the Snakemake process and of the central job (the
+    `process_batch.py` script), sampled every `interval` seconds."""
+
+    def __init__(self, marker: str, interval: float = 0.5):
+        self.marker = marker
+        self.interval = interval
+        self.peaks = {"snakemake": 0, "central_job": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for process in psutil.process_iter(["cmdline", "memory_info"]):
+                cmdline = " ".join(process.info.get("cmdline") or [])
+                memory = process.info.get("memory_info")
+                if self.marker not in cmdline or memory is None:
+                    continue
+                if "process_batch.py" in cmdline:
+                    kind = "central_job"
+                elif "bin/snakemake" in cmdline:
+                    kind = "snakemake"
+                else:
+                    continue
+                self.peaks[kind] = max(self.peaks[kind], memory.rss)
+            time.sleep(self.interval)
+
+    def summary(self) -> dict[str, float]:
+        return {f"{kind}_peak_mib": round(rss / 2**20, 1) for kind, rss in self.peaks.items()}
+
+
+def children_cpu_seconds() -> float:
+    """CPU (user + system) of every child process this one has waited for, and theirs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def many(scratch: Path, count: int, reference_venv: Path | None) -> dict[str, Any]:
+    """`count` small MSs (hard links of one) in one run: the workflow on its embedded
+    default against an ideal 2-slot pool of the DP3 commands it ran (and the reference
+    pipeline, given its venv), in wall time and in CPU beside DP3 per MS; the peak memory of
+    Snakemake and the central job; the no-op rerun; the rerun after 1 % are deleted."""
+    template = scratch / "template" / "obs_00000.ms"
+    generate_measurement_set(template, SMALL)
+    inputs = []
+    for index in range(count):
+        path = scratch / "inputs" / f"obs_{index:05d}.ms"
+        link_tree(template, path, skip={"table.lock"})
+        inputs.append(path)
+    settle([template])
+    workflow = Workflow(scratch / "workflow")
+    workflow.config.update({"inputs": [str(scratch / "inputs" / "*.ms")], "steps": STEPS})
+    cpu = children_cpu_seconds()
+    with MemorySampler(str(workflow.directory)) as memory:
+        seconds, output = run_workflow(workflow)
+    workflow_cpu = children_cpu_seconds() - cpu
+    commands = dp3_commands(workflow.output_dir, scratch / "pool")
+    cpu = children_cpu_seconds()
+    pool, _ = run_pool(list(commands.values()), slots=2)
+    pool_cpu = children_cpu_seconds() - cpu
+    shutil.rmtree(scratch / "pool")
+    noop, noop_output = run_workflow(workflow)
+    assert "are complete and up to date" in noop_output, noop_output[-2000:]
+    deleted = sorted(workflow.output_dir.glob("*.ms"))[:: max(1, 100)]  # 1 %
+    for path in deleted:
+        shutil.rmtree(path)
+    partial, _ = run_workflow(workflow)
+    results: dict[str, Any] = {
+        "ms_count": count,
+        "ms_bytes": ms_bytes(template),
+        "pool_seconds": round(pool, 2),
+        "workflow_seconds": round(seconds, 2),
+        "workflow_over_pool": round(seconds / pool, 3),
+        "central_job_seconds": central_job_seconds(output),
+        # Snakemake, the central job, the cluster and every task, beside DP3's own CPU.
+        "cpu_beside_dp3_ms_per_ms": round(1000 * (workflow_cpu - pool_cpu) / count, 1),
+        "dp3_cpu_ms_per_ms": round(1000 * pool_cpu / count, 1),
+        **memory.summary(),
+        "noop_rerun_seconds": round(noop, 2),
+        "rerun_after_1pct_deleted": {"deleted": len(deleted), "seconds": round(partial, 2)},
+        "targets": "workflow / pool <= 1.10 (400 MSs); <= 10 ms CPU per MS beside DP3; "
+        "memory flat in the MS count; no-op rerun <= 3 s",
+    }
+    if reference_venv:
+        reference = reference_pipeline(scratch, reference_venv, inputs, workflow.output_dir)
+        reference["reference_over_pool"] = round(reference["seconds"] / pool, 3)
+        results["reference_pipeline"] = reference
+    return results
+
+
 # --- main ---------------------------------------------------------------------------------
 
-CASES = ("throughput", "uneven", "bookkeeping", "threads")
+CASES = ("throughput", "uneven", "bookkeeping", "threads", "many")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -714,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a venv with ska-sdp-batch-preprocess installed: run it beside the workflow",
     )
     parser.add_argument("--counts", default="1000,10000", help="MS counts of the bookkeeping case")
+    parser.add_argument("--many", type=int, default=400, help="MS count of the many case")
     parser.add_argument(
         "--rounds",
         type=int,
@@ -741,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
             elif case == "bookkeeping":
                 counts = tuple(int(value) for value in args.counts.split(","))
                 results = {"bookkeeping": bookkeeping(scratch, counts)}
+            elif case == "many":
+                results = {f"many-{args.many}": many(scratch, args.many, args.reference_venv)}
             else:
                 results = {"threads": threads(scratch)}
             for name, result in results.items():

@@ -78,6 +78,15 @@ def make_parser() -> argparse.ArgumentParser:
         "the chunks not done (config key frequency_chunk_hz)",
     )
     optional.add_argument(
+        "--flagging-report",
+        choices=("always", "auto", "never"),
+        default="always",
+        help="Which outputs get a flagging report (qa/NAME_flagging_report.zarr and .png): "
+        "every one, as the reference pipeline (default); `auto`: those whose DP3 run took "
+        "at least 20 s and the suspect ones (a report costs about 0.7 s of CPU, most of a "
+        "small MS's task); `never`. The flag statistics of every MS are kept either way",
+    )
+    optional.add_argument(
         "-n",
         "--dry-run",
         action="store_true",
@@ -104,6 +113,8 @@ def snakemake_command(arguments: argparse.Namespace, passed_on: Sequence[str]) -
         "inputs": [str(Path(path).expanduser().absolute()) for path in arguments.input_ms],
         "output_dir": str(Path(arguments.output_dir).expanduser().absolute()),
     }
+    # Snakemake merges a mapping given with --config into the config file's, key by key.
+    overrides["qa"] = {"flagging_report": arguments.flagging_report}
     if arguments.dask_scheduler:
         overrides["scheduler"] = arguments.dask_scheduler
     if arguments.sdm_path:

@@ -38,6 +38,20 @@ def run_with_one_failure(workflow):
     return workflow, inputs, result
 
 
+def test_only_the_suspect_small_ms_gets_flagging_report_files(run_with_one_failure):
+    workflow, _, _ = run_with_one_failure
+    qa = workflow.output_dir / "qa"
+    assert sorted(path.name for path in qa.iterdir()) == [
+        "obs_0_flagging_report.png",
+        "obs_0_flagging_report.zarr",
+    ]
+    # Both keep their statistics (summary, report, QA verdict); only obs_0's name files.
+    suspect, fine = (workflow.record(name)["flag_statistics"] for name in ("obs_0", "obs_1"))
+    assert suspect["png"] == str(qa / "obs_0_flagging_report.png")
+    assert fine["output_pct"] is not None and fine["station_output_pct"]
+    assert "png" not in fine and "zarr" not in fine
+
+
 def test_summary_lists_every_ms_with_its_status(run_with_one_failure):
     workflow, inputs, _ = run_with_one_failure
     summary = json.loads((workflow.output_dir / "summary.json").read_text())
@@ -121,8 +135,9 @@ def test_report_builds_with_table_and_plots(run_with_one_failure):
         "flagged_per_station.svg",
         "duration.svg",
         "dp3_step_time.svg",
+        # The suspect MS's flagging report; obs_1 is small and fine: under the default
+        # `qa.flagging_report: auto` its files would cost more than its DP3 run.
         "obs_0_flagging_report.png",
-        "obs_1_flagging_report.png",
         "dask-report.html",
     }
     assert all(result["caption"] for result in results.values())
@@ -222,7 +237,7 @@ def test_report_as_a_person_sees_it_in_chromium(run_with_one_failure):
     shown = rendered(report, SHOW_EVERY_RESULT, width=1400, height=1000)
     assert set(shown) == set(embedded_results(report.read_text()))
     plots = [name for name in shown if name.endswith((".svg", ".png"))]
-    assert len(plots) == 7  # five SVG plots and the two done MSs' flagging reports
+    assert len(plots) == 6  # five SVG plots and the suspect MS's flagging report
     for name, seen in shown.items():
         assert seen["shown"] and seen["drawn"], (name, seen)
         assert seen["width"] > 300 and seen["height"] > 100, (name, seen)

@@ -15,6 +15,9 @@ from dp3batch.books.qa import QALimits, qa_verdict
 from dp3batch.books.records import write_record
 from dp3batch.config.errors import ConfigError
 from dp3batch.config.validation import validate_config
+from dp3batch.dask_stage.execution import FLAGGING_FILES_MIN_DP3_SECONDS, wants_flagging_files
+from dp3batch.dask_stage.task import Task
+from dp3batch.dp3.parameters import DP3Parameters
 from dp3batch.report.flagging import (
     count_input_flags,
     flag_statistics,
@@ -26,6 +29,17 @@ from dp3batch.report.flagging_command import main as flagging_command
 from dp3batch.report.summary import collect_rows, write_summary
 from dp3batch.testing.synthetic_ms import SyntheticMSSpec, generate_measurement_set
 
+TASK = {
+    "name": "bad",
+    "input": "bad.ms",
+    "output": "out/bad.ms",
+    "log": "out/logs/bad.log",
+    "dp3_executable": "DP3",
+    "dp3_version": "6.6.0",
+    "parameters": DP3Parameters({}, {}, ()),
+    "parameters_fingerprint": "",
+    "extra_inputs_fingerprint": "",
+}
 STATIONS = 17  # two blocks of DP3's per-antenna table
 BAD = 15
 
@@ -111,6 +125,36 @@ def test_report_files_appear_only_when_published(bad_ms, tmp_path):
     import xarray as xr
 
     assert int(xr.open_zarr(qa / "bad_flagging_report.zarr")["flagged"].sum()) > 0
+
+
+def test_an_output_without_report_files_removes_those_of_the_output_it_replaced(bad_ms, tmp_path):
+    qa = tmp_path / "qa"
+    make_flagging_report(bad_ms, qa, "bad")  # an earlier output of this MS had them
+    report = prepare_flagging_report(bad_ms, qa, "bad", with_files=lambda statistics: False)
+    assert report.statistics["output_pct"] is not None and "png" not in report.statistics
+    assert len(list(qa.iterdir())) == 2  # until this output is committed
+    report.publish()
+    assert list(qa.iterdir()) == []  # they described the output this one replaced
+
+
+@pytest.mark.parametrize(
+    ("mode", "dp3_seconds", "limits", "wanted"),
+    [
+        ("always", 0.1, None, True),
+        ("never", 3600.0, {"max_flagged_fraction": 0.01}, False),
+        ("auto", 0.1, None, False),  # small: the report would cost more than DP3
+        ("auto", FLAGGING_FILES_MIN_DP3_SECONDS, None, True),
+        ("auto", 0.1, {"max_station_flagged_fraction": 0.5}, True),  # suspect: BAD at 80 %
+        ("auto", 0.1, {"max_station_flagged_fraction": 0.9}, False),
+    ],
+)
+def test_which_outputs_get_report_files(bad_ms, mode, dp3_seconds, limits, wanted):
+    counts = count_input_flags(str(bad_ms))
+    statistics = flag_statistics(
+        flagging_dataset(bad_ms, aoflagger_log(counts.visibilities), counts)
+    )
+    task = Task(**{**TASK, "flagging_report": mode, "qa": limits})
+    assert wants_flagging_files(task, dp3_seconds)(statistics) is wanted
 
 
 def test_command_writes_the_report_and_names_what_it_cannot_read(bad_ms, tmp_path, capsys):

@@ -114,6 +114,8 @@ class BatchSpec:
     qa: Mapping[str, Any] | None = field(default=None, metadata={"omit_none": True})
     # The config's `frequency_chunk_hz` (None: off), written into joined outputs' records.
     frequency_chunk_hz: float | None = field(default=None, metadata={"omit_none": True})
+    # Which outputs get flagging report files (config `qa.flagging_report`; None: auto).
+    flagging_report: str | None = field(default=None, metadata={"omit_none": True})
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)

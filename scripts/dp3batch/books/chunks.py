@@ -81,7 +81,16 @@ def chunk_parameters(parameters: DP3Parameters, startchan: int, nchan: int) -> D
         for key, value in parameters.msout.items()
         if not key.startswith(JOIN_ONLY_MSOUT_PREFIXES)
     }
-    return replace(parameters, msin=msin, msout=msout)
+    # AOFlagger's quality statistics (QUALITY_* subtables) of a chunk cover its channels
+    # only, and the join would carry the first chunk's alone: a chunk collects none (40 % of
+    # AOFlagger's time, measured), so a joined output holds none rather than wrong ones.
+    steps = tuple(
+        replace(step, added={**step.added, "keepstatistics": False})
+        if step.type == "aoflagger"
+        else step
+        for step in parameters.steps
+    )
+    return replace(parameters, msin=msin, msout=msout, steps=steps)
 
 
 def join_msout(parameters: DP3Parameters) -> dict[str, Any]:

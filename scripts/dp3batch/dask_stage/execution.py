@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime
+import functools
 import os
 import select
 import shutil
@@ -18,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 from dp3batch.books.commit import BatchStopped, commit, remove_leftovers
 from dp3batch.books.fingerprints import input_tree, output_tree
 from dp3batch.books.layout import PARSET_NAME, OutputLayout, temporary_path
+from dp3batch.books.qa import QALimits, qa_verdict
 from dp3batch.books.records import CompletionRecord, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
@@ -107,6 +109,24 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+@functools.cache
+def _pdeathsig_launcher() -> tuple[str, ...] | None:
+    """util-linux's `setpriv --pdeathsig KILL --`, where it has that option (2.33 and later):
+    it sets the same death signal and execs DP3, so that starting DP3 needs no Python code
+    in the child. A `preexec_fn` makes Python fork the whole worker (15 ms a task against
+    5 ms, measured) and may deadlock in a process with threads, as a dask worker is."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    try:
+        usage = subprocess.run(
+            [setpriv, "--help"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (setpriv, "--pdeathsig", "KILL", "--") if "--pdeathsig" in usage else None
+
+
 def _current_dask_task() -> tuple[Any, Any, int, int | None]:
     """(worker, task key, threads, memory limit in bytes) when running in a dask worker."""
     try:
@@ -124,6 +144,19 @@ def _cancelled(worker: Any, key: Any) -> bool:
         return False
     task = worker.state.tasks.get(key)
     return task is None or task.state in ("cancelled", "released", "forgotten")
+
+
+def _attempted_in_this_batch(log_path: Path, batch_id: str | None) -> bool:
+    """Whether an attempt of this batch already started on this MS (its log's header names
+    the batch): then it may have left a temporary output. Unknown batch: assume so."""
+    if batch_id is None:
+        return True
+    try:
+        with open(log_path, errors="replace") as log:
+            head = log.read(4096)  # the header's second line
+    except OSError:
+        return False
+    return f"\n# batch {batch_id}\n" in head
 
 
 def last_error_line(log_path: Path) -> str:
@@ -159,15 +192,16 @@ def _run_dp3(
     """How DP3 ended, and what `meanwhile` returned: it runs once DP3 has started (work of
     this task that need not wait for DP3); if it raises, DP3 is stopped."""
     environment = dp3_environment()
+    launcher = _pdeathsig_launcher()
     with open(log_path, "a") as log:
         try:
             process = subprocess.Popen(
-                arguments,
+                [*launcher, *arguments] if launcher else arguments,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=environment,
-                preexec_fn=_die_with_parent,
+                preexec_fn=None if launcher else _die_with_parent,
                 # Its own process group: stopping it also stops what a wrapper script started.
                 start_new_session=True,
             )
@@ -348,7 +382,11 @@ def process_measurement_set(task: Task) -> TaskResult:
             return _failed(result, started, log_path, missing, missing)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         output.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(output.parent, {output.name})
+        if _attempted_in_this_batch(log_path, task.batch_id):
+            # What an earlier attempt of this batch left (a killed worker's): the central job
+            # removed those of earlier runs once, so the directory (thousands of entries) is
+            # not scanned by every task.
+            remove_leftovers(output.parent, {output.name})
         input_state = input_tree(Path(task.input))
         memory_gb = aoflagger_memory_gb(share)
         run = run_parameters(reading, task.input, str(temporary), threads, memory_gb)
@@ -356,7 +394,8 @@ def process_measurement_set(task: Task) -> TaskResult:
         arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
         with open(log_path, "w") as log:
             log.write(f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n")
-            log.write(f"# started {result.started}\n# command: {' '.join(arguments)}\n")
+            log.write(f"# batch {task.batch_id}\n# started {result.started}\n")
+            log.write(f"# command: {' '.join(arguments)}\n")
         holder = write_lock_holder(task.input) or task.locked_by
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.
@@ -373,6 +412,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             return shape, grid, input_flags
 
         doing = "running DP3"
+        dp3_started = time.monotonic()
         exited, (shape_in, grid, input_flags) = _run_dp3(
             arguments, log_path, worker, key, read_input
         )
@@ -398,7 +438,9 @@ def process_measurement_set(task: Task) -> TaskResult:
         if problems:
             problem = "output check failed: " + "; ".join(problems)
             return _failed(result, started, log_path, problem, problem)
-        flagging = flagging_report(task, temporary, dp3_output, input_flags, log_path)
+        flagging = flagging_report(
+            task, temporary, dp3_output, input_flags, log_path, time.monotonic() - dp3_started
+        )
         doing = f"writing {PARSET_NAME}"
         finished = _now()
         final_run = run_parameters(reading, task.input, task.output, threads, memory_gb)
@@ -506,8 +548,35 @@ def _plain_integer(value: Any) -> int | None:
         return None  # an expression DP3 evaluates: all channels are counted
 
 
+# Under `qa.flagging_report: auto`, outputs whose DP3 run took at least this long get the
+# report's files: their ~0.7 s of CPU is then under 5 % of the task.
+FLAGGING_FILES_MIN_DP3_SECONDS = 20.0
+
+
+def wants_flagging_files(task: Task, dp3_seconds: float) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether an output gets its flagging report's files (config `qa.flagging_report`),
+    judged from its statistics: under `auto`, when they are cheap beside the task or the
+    output is suspect (where an operator looks first)."""
+
+    def decide(statistics: Mapping[str, Any]) -> bool:
+        if task.flagging_report == "always":
+            return True
+        if task.flagging_report == "never":
+            return False
+        if dp3_seconds >= FLAGGING_FILES_MIN_DP3_SECONDS:
+            return True
+        return qa_verdict(statistics, QALimits.from_config(task.qa)).suspect
+
+    return decide
+
+
 def flagging_report(
-    task: Task, output: Path, dp3_output: str, input_flags: InputFlags, log_path: Path
+    task: Task,
+    output: Path,
+    dp3_output: str,
+    input_flags: InputFlags,
+    log_path: Path,
+    dp3_seconds: float,
 ) -> FlaggingReport | None:
     """The output's flagging report (published after the commit), or None when it could not
     be made: the output is fine all the same, and the MS's log says why."""
@@ -518,6 +587,7 @@ def flagging_report(
             task.name,
             dp3_output,
             input_flags,
+            wants_flagging_files(task, dp3_seconds),
         )
     except Exception as error:  # the report must never cost the MS its output
         with contextlib.suppress(OSError), open(log_path, "a") as log:

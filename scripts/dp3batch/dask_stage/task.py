@@ -6,8 +6,10 @@ to the worker (workers import this module from the environment they share with t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.chunks import PlannedChunk, chunk_parameters
@@ -44,6 +46,10 @@ class Task:
     # dask_stage.join), and the width they were cut to. None: a DP3 run of the chain.
     chunks: tuple[PlannedChunk, ...] | None = None
     frequency_chunk_hz: float | None = None
+    # Which outputs get flagging report files (`qa.flagging_report`), and the QA limits
+    # that make an output suspect (books.qa.QALimits as JSON; None: no verdict).
+    flagging_report: str = "auto"
+    qa: Mapping[str, Any] | None = None
 
     @classmethod
     def of(cls, batch: BatchSpec, ms: PendingMS, code_digest: str | None = None) -> Task:
@@ -65,6 +71,8 @@ class Task:
             guard=str(OutputLayout(Path(batch.output_dir)).batch_guard(batch.batch_id)),
             batch_id=batch.batch_id,
             code_digest=code_digest,
+            flagging_report=batch.flagging_report or "auto",
+            qa=batch.qa,
         )
 
     @classmethod
@@ -84,6 +92,9 @@ class Task:
             parameters_fingerprint=chunk.parameters_fingerprint,
             # Its share of the MS's work, for largest-first dispatch.
             size=ms.size * chunk.nchan // channels,
+            # Its flag statistics go into the joined output's record; report files of a
+            # chunk would be removed with it.
+            flagging_report="never",
         )
 
     @classmethod

@@ -504,6 +504,7 @@ def batch_specification(
         run_dir=run_dir,
         qa=qa_limits(config).to_json() if qa_limits(config).enabled else None,
         frequency_chunk_hz=plan.frequency_chunk_hz,
+        flagging_report=(config.get("qa") or {}).get("flagging_report") or "auto",
     )
 
 

@@ -17,7 +17,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,11 @@ PNG_SUFFIX = "_flagging_report.png"
 
 
 def import_libraries() -> None:
-    """Import xarray, zarr and matplotlib (about 1.5 s of CPU, once per process): the worker
-    does it while its first DP3 runs, so that the report right after DP3 is not held up."""
-    import matplotlib.figure  # noqa: F401
+    """Import xarray (once per process): the worker does it while its first DP3 runs, so that
+    the statistics right after DP3 are not held up. zarr and matplotlib (about 1 s of CPU
+    more) are imported when an output first gets the report's files: most small ones never
+    do (see `qa.flagging_report`)."""
     import xarray  # noqa: F401
-    import zarr  # noqa: F401
-    from matplotlib.backends import backend_agg  # noqa: F401
 
 
 def report_paths(qa_dir: str | Path, name: str) -> tuple[Path, Path]:
@@ -418,14 +417,21 @@ def _remove(path: Path) -> None:
 @dataclass
 class FlaggingReport:
     """A report written to temporary names beside its final ones: `publish` renames them
-    into place (after the output's commit), `discard` removes them."""
+    into place (after the output's commit) and removes the files of an earlier output that
+    this one has none of; `discard` removes the temporary ones."""
 
     statistics: dict[str, Any]
     files: list[tuple[Path, Path]]
+    # The final files this output's report would have: those not made are stale on publish.
+    finals: tuple[Path, ...] = ()
 
     def publish(self) -> None:
+        made = {final for _, final in self.files}
         for temporary, final in self.files:
             _replace(temporary, final)
+        for final in self.finals:
+            if final not in made and (final.exists() or final.is_symlink()):
+                _remove(final)  # it described an earlier output
         self.files = []
 
     def discard(self) -> None:
@@ -434,33 +440,40 @@ class FlaggingReport:
         self.files = []
 
 
+def _always(statistics: Mapping[str, Any]) -> bool:
+    return True
+
+
 def prepare_flagging_report(
     output: str | Path,
     qa_dir: str | Path,
     name: str,
     dp3_log: str | None = None,
     input_flags: InputFlags | None = None,
+    with_files: Callable[[Mapping[str, Any]], bool] = _always,
 ) -> FlaggingReport:
-    """The flagging report of one output (`<qa_dir>/<name>_flagging_report.zarr` and
-    `.png`), written under temporary names; its statistics (see `flag_statistics`) name
-    the final files and the seconds it took."""
+    """The flagging report of one output: its statistics (see `flag_statistics`, with the
+    seconds it took) and, where `with_files(statistics)`, its files
+    (`<qa_dir>/<name>_flagging_report.zarr` and `.png`) under temporary names, which the
+    statistics name. Rendering the files costs about 0.7 s of CPU whatever the MS's size
+    (most of a small MS's task), the statistics a read of the output's flags."""
     started = time.perf_counter()
     dataset = flagging_dataset(output, dp3_log, input_flags)
     zarr_path, png_path = report_paths(qa_dir, name)
-    zarr_path.parent.mkdir(parents=True, exist_ok=True)
-    report = FlaggingReport(flag_statistics(dataset), [])
-    try:
-        for final in (zarr_path, png_path):
-            _remove_stale(final)
-            report.files.append((_temporary(final), final))
-        dataset.to_zarr(report.files[0][0], mode="w", consolidated=True, zarr_format=2)
-        plot_flagging_report(dataset, report.files[1][0])
-    except BaseException:
-        report.discard()
-        raise
-    report.statistics.update(
-        zarr=str(zarr_path), png=str(png_path), seconds=round(time.perf_counter() - started, 3)
-    )
+    report = FlaggingReport(flag_statistics(dataset), [], (zarr_path, png_path))
+    if with_files(report.statistics):
+        zarr_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            for final in (zarr_path, png_path):
+                _remove_stale(final)
+                report.files.append((_temporary(final), final))
+            dataset.to_zarr(report.files[0][0], mode="w", consolidated=True, zarr_format=2)
+            plot_flagging_report(dataset, report.files[1][0])
+        except BaseException:
+            report.discard()
+            raise
+        report.statistics.update(zarr=str(zarr_path), png=str(png_path))
+    report.statistics["seconds"] = round(time.perf_counter() - started, 3)
     return report
 
 
