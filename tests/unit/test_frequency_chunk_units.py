@@ -165,6 +165,50 @@ def test_config_takes_a_width_as_a_number_or_a_yaml_string_and_refuses_others():
     assert config["frequency_chunk_hz"] is None
 
 
+def _chunk(index: int, reason: str | None = "missing") -> PlannedChunk:
+    return PlannedChunk(
+        index=index,
+        count=4,
+        name=f"obs_ch{index}",
+        output=f"/out/.obs.ms.chunks/obs_ch{index}.ms",
+        log=f"/out/logs/chunks/obs_ch{index}.log",
+        startchan=4 * (index - 1),
+        nchan=4,
+        low_hz=120e6,
+        high_hz=121e6,
+        parameters_fingerprint="f",
+        reason=reason,
+    )
+
+
+def test_the_embedded_cluster_counts_each_chunk_to_run_as_a_task():
+    from contract_examples import make_spec
+    from dp3batch.books.batch_spec import parallel_tasks
+
+    whole = PendingMS(
+        name="a", input="/in/a.ms", output="/out/a.ms", band=None, reason="missing", size=1
+    )
+    chunked = PendingMS(
+        name="obs",
+        input="/in/obs.ms",
+        output="/out/obs.ms",
+        band=None,
+        reason="missing",
+        size=1,
+        chunks=(_chunk(1), _chunk(2, None), _chunk(3), _chunk(4)),
+    )
+    joined_only = PendingMS(
+        name="b",
+        input="/in/b.ms",
+        output="/out/b.ms",
+        band=None,
+        reason="missing",
+        size=1,
+        chunks=(_chunk(1, None), _chunk(2, None)),
+    )
+    assert parallel_tasks(make_spec(measurement_sets=(whole, chunked, joined_only))) == 5
+
+
 def test_a_pending_ms_carries_its_chunks_through_json():
     chunk = PlannedChunk(
         index=1,

@@ -125,6 +125,15 @@ class BatchSpec:
         return from_json(cls, data, what)
 
 
+def parallel_tasks(batch: BatchSpec) -> int:
+    """How many DP3 tasks of the batch can run at once: one per MS, or per frequency chunk
+    to run (the embedded cluster has no more workers than that)."""
+    return sum(
+        max(1, sum(1 for chunk in ms.chunks or () if chunk.reason is not None))
+        for ms in batch.measurement_sets
+    )
+
+
 def task_list(batch: BatchSpec) -> list[dict[str, Any]]:
     """One entry per DP3 task of the batch (a run's `task-list.json`): what it reads (the
     input, its window and, for a frequency chunk, its channels), what it writes, its log and

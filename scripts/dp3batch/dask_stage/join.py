@@ -85,7 +85,9 @@ def chunk_problem(task: Task, chunk: PlannedChunk, input_fingerprint: str) -> st
 
 def _expected_grid(task: Task) -> list[float] | None:
     """The channel frequencies an unchunked run makes of the window (None: not known)."""
-    frequencies, widths = window_frequencies(task.input, task.band)
+    frequencies, widths = window_frequencies(
+        task.input, task.parameters.with_band(task.band).selected_band()
+    )
     first = plain_integer(format_value(task.parameters.msin.get("startchan", 0)))
     count = msin_channels(task.parameters, len(widths))
     if first is None or count is None:

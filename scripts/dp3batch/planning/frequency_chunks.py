@@ -176,7 +176,10 @@ def item_chunks(
     """Cut a pending item's window (the channels its msin reads) and find why each chunk is
     pending: its own output's completion record against the chunk's fingerprint, so that a
     rerun redoes only the chunks that are missing, failed, damaged or out of date."""
-    frequencies, widths = window_frequencies(item.input, item.band)
+    # The window DP3 reads: the item's own, else the steps' `msin.band`.
+    frequencies, widths = window_frequencies(
+        item.input, parameters.with_band(item.band).selected_band()
+    )
     first = plain_integer(format_value(parameters.msin.get("startchan", 0)))
     count = msin_channels(parameters, len(widths))
     if first is None or count is None:

@@ -445,11 +445,14 @@ def describe_pending(plan: Plan, limit: int = 50) -> str:
     if not plan.pending:
         return f"All {total} MS(s) in {plan.output_dir} are complete and up to date."
     lines = [f"{len(plan.pending)} of {total} MS(s) to process (DP3 {plan.dp3_version}):"]
+    chunk_lines = 0
     for item, reason in plan.pending[:limit]:
         lines.append(f"  {item.name}: {reason}{_chunking_note(plan, item.name)}")
-        for chunk in plan.chunks.get(item.name, ()):
-            if chunk.reason is not None:
-                lines.append(f"  {item.name} {chunk.label}: {chunk.reason}")
+        owed = [chunk for chunk in plan.chunks.get(item.name, ()) if chunk.reason is not None]
+        # Each pending chunk has a line, up to `limit` in all (its MS's line counts them).
+        for chunk in owed[: max(0, limit - chunk_lines)]:
+            lines.append(f"  {item.name} {chunk.label}: {chunk.reason}")
+        chunk_lines += len(owed)
     if len(plan.pending) > limit:
         lines.append(f"  ... and {len(plan.pending) - limit} more")
     return "\n".join(lines)
