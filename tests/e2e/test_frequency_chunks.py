@@ -72,7 +72,12 @@ def test_a_channel_local_chain_chunked_is_bit_identical_to_unchunked(workflow):
     the unchunked output, its record lists each chunk, the chunk directory is gone, the
     summary and task list show the chunks, and a rerun does nothing."""
     make_ms(workflow.directory / "inputs" / "obs_SB001.ms")
-    workflow.config.update(steps=CHANNEL_LOCAL, local_cluster=CLUSTER, output_dir="plain")
+    workflow.config.update(
+        steps=CHANNEL_LOCAL,
+        local_cluster=CLUSTER,
+        output_dir="plain",
+        qa={"flagging_report": "always"},
+    )
     assert workflow.run().returncode == 0
     workflow.config.update(output_dir="results", frequency_chunk_hz=4 * WIDTH)
     dry = workflow.run("-n")
@@ -103,6 +108,11 @@ def test_a_channel_local_chain_chunked_is_bit_identical_to_unchunked(workflow):
     ]
     for key in ("flagged_total_pct", "flagged_output_pct", "flagged_preflagger_pct"):
         assert row[key] == pytest.approx(plain[key], abs=0.01), key
+    # The joined output's flagging report files, where the unchunked run puts them.
+    assert row["flagging_report"] == str(
+        workflow.output_dir / "qa" / "obs_SB001_flagging_report.png"
+    )
+    assert Path(row["flagging_report"]).is_file()
     (run_dir,) = (workflow.output_dir / "runs").iterdir()
     tasks = json.loads((run_dir / "task-list.json").read_text())["tasks"]
     assert [task.get("chunk") for task in tasks] == ["1/4", "2/4", "3/4", "4/4", None]

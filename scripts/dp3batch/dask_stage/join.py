@@ -10,6 +10,7 @@ each chunk (its channels, band, fingerprints, worker, times and flagged percenta
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import time
@@ -20,7 +21,7 @@ from typing import Any
 from dp3batch.books.chunks import PlannedChunk, channel_range, chunk_directory, join_msout
 from dp3batch.books.commit import BatchStopped, commit, remove_leftovers
 from dp3batch.books.fingerprints import input_tree, output_tree, output_unchanged
-from dp3batch.books.layout import PARSET_NAME, temporary_path
+from dp3batch.books.layout import PARSET_NAME, OutputLayout, temporary_path
 from dp3batch.books.records import CompletionRecord, read_record, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
@@ -35,6 +36,7 @@ from dp3batch.dask_stage.execution import (
     disk_full_problem,
     dp3_command,
     exit_description,
+    wants_flagging_files,
 )
 from dp3batch.dask_stage.join_check import averaged_grid, join_problems
 from dp3batch.dask_stage.task import Task
@@ -48,6 +50,12 @@ from dp3batch.dp3.parameters import format_value
 from dp3batch.dp3.parset import literal, literal_list, write_parset
 from dp3batch.inputs.tables import read_shape, window_frequencies
 from dp3batch.report.chunk_flags import merged_flag_counts, merged_flag_statistics
+from dp3batch.report.flagging import (
+    FlaggingReport,
+    count_input_flags,
+    prepare_flagging_report,
+    report_paths,
+)
 
 
 def join_run(task: Task, chunk_outputs: list[str], msout: str, threads: int) -> list[tuple]:
@@ -170,6 +178,7 @@ def join_chunks(task: Task) -> TaskResult:
     )
     temporary = temporary_path(output)
     doing = "preparing the join"
+    flagging: FlaggingReport | None = None
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         remove_leftovers(output.parent, {output.name})
@@ -210,12 +219,26 @@ def join_chunks(task: Task) -> TaskResult:
             "removed once the join is committed."
         )
         write_parset(temporary / PARSET_NAME, final_run, header)
+        done = [record for record in records if record is not None]
+        # The chunks' figures together (DP3's per-step counts included), and the report's
+        # files where they are wanted (made from the joined output and the input's flags).
+        statistics = merged_flag_statistics(
+            [record.flag_statistics for record in done], [chunk.nchan for chunk in chunks]
+        )
+        doing = "making the flagging report"
+        flagging = joined_flagging_report(task, temporary, done, statistics, log_path)
+        if statistics is not None:
+            statistics.update(
+                {
+                    key: flagging.statistics[key]
+                    for key in ("zarr", "png")
+                    if key in flagging.statistics
+                }
+            )
         doing = "writing the completion record"
         shape_out = read_shape(str(temporary), with_flags=True)
         output_state = output_tree(temporary)
-        first = records[0]
-        assert first is not None and all(record is not None for record in records)
-        done = [record for record in records if record is not None]
+        first = done[0]
         record = CompletionRecord(
             name=task.name,
             input=task.input,
@@ -253,10 +276,7 @@ def join_chunks(task: Task) -> TaskResult:
             output_files=output_state.files,
             batch_id=task.batch_id,
             peak_memory_bytes=max((record.peak_memory_bytes or 0) for record in done) or None,
-            # The chunks' figures together (no flagging report files of its own yet).
-            flag_statistics=merged_flag_statistics(
-                [record.flag_statistics for record in done], [chunk.nchan for chunk in chunks]
-            ),
+            flag_statistics=statistics,
             frequency_chunks={
                 "width_hz": task.frequency_chunk_hz,
                 "chunks": [
@@ -269,6 +289,7 @@ def join_chunks(task: Task) -> TaskResult:
         commit(temporary, output, task.guard, None if key is None else str(key))
         # Only now: until the join is committed, a rerun joins these chunks again.
         shutil.rmtree(chunk_directory(output), ignore_errors=True)
+        flagging.publish()
     except (TaskCancelled, BatchStopped):
         raise
     except DP3DidNotStart as error:
@@ -280,7 +301,39 @@ def join_chunks(task: Task) -> TaskResult:
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
+        if flagging is not None:
+            flagging.discard()  # unless published
     return replace(TaskResult.from_record(record, result.log), status=Status.DONE)
+
+
+def joined_flagging_report(
+    task: Task,
+    joined: Path,
+    records: list[CompletionRecord],
+    statistics: dict[str, Any] | None,
+    log_path: Path,
+) -> FlaggingReport:
+    """The joined output's flagging report files, where `qa.flagging_report` wants them
+    (judged from the chunks' figures together and the DP3 time of all chunks), else none
+    (publishing it then removes an earlier output's files, as for any output)."""
+    qa_dir = OutputLayout(Path(task.output).parent).qa_dir
+    nothing = FlaggingReport({}, [], report_paths(qa_dir, task.name))
+    seconds = sum(record.duration_seconds for record in records)
+    if statistics is None or not wants_flagging_files(task, seconds)(statistics):
+        return nothing
+    chunks = task.chunks or ()
+    try:
+        input_flags = count_input_flags(
+            task.input,
+            task.parameters.with_band(task.band).selected_band(),
+            chunks[0].startchan,
+            sum(chunk.nchan for chunk in chunks),
+        )
+        return prepare_flagging_report(joined, qa_dir, task.name, None, input_flags)
+    except Exception as error:  # the report must never cost the MS its output
+        with contextlib.suppress(OSError), open(log_path, "a") as log:
+            log.write(f"# flagging report failed: {type(error).__name__}: {error}\n")
+        return nothing
 
 
 def _keep_solutions(chunks: list[PlannedChunk], task: Task, temporary: Path) -> list[str]:
