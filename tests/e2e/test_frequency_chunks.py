@@ -118,10 +118,16 @@ def test_a_channel_local_chain_chunked_is_bit_identical_to_unchunked(workflow):
     assert [task.get("chunk") for task in tasks] == ["1/4", "2/4", "3/4", "4/4", None]
     assert tasks[2]["startchan"] == 8 and tasks[2]["dp3_parameters"]["msin.nchan"] == "4"
     assert tasks[-1]["joins"] == [task["output"] for task in tasks[:4]]
+    (html,) = (workflow.output_dir / "report").glob("*/summary.html")
+    assert "Frequency chunks" in html.read_text() and "obs_SB001" in html.read_text()
     again = workflow.run()
     assert again.returncode == 0 and "are complete and up to date" in again.output
     changed = workflow.run("-n", "--config", f"frequency_chunk_hz={8 * WIDTH}")
     assert "obs_SB001: steps changed: frequency_chunk_hz (2 frequency chunks" in changed.output
+    # A damaged joined output is made again from scratch: its chunks went with the join.
+    (output / "table.f1").unlink()
+    damaged = workflow.run("-n")
+    assert "obs_SB001: output changed (4 frequency chunks: 4 to process" in damaged.output
 
 
 def test_a_non_local_chain_is_each_chunk_as_dp3_by_hand_and_the_join_a_hand_join(workflow):
