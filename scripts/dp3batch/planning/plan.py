@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS
-from dp3batch.books.chunks import PlannedChunk, chunked_fingerprint, frequency_span
+from dp3batch.books.chunks import (
+    PlannedChunk,
+    chunk_directory,
+    chunked_fingerprint,
+    frequency_span,
+)
 from dp3batch.books.fingerprints import extra_inputs_fingerprint
 from dp3batch.books.forced import FORCED, FORCED_EARLIER, read_forced_note
-from dp3batch.books.layout import OutputLayout
+from dp3batch.books.layout import OutputLayout, check_output_names
 from dp3batch.books.qa import QALimits
 from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
 from dp3batch.config.errors import ConfigError
@@ -297,6 +302,9 @@ def plan_frequency_chunks(plan: Plan, settings: ChainSettings) -> None:
         if chunks.refused:
             refused.append(f"  {_described(item)}: {chunks.refused}")
         elif chunks.chunks:
+            # A chunk's entries are longer than the output's: they must fit the filesystem.
+            names = [Path(chunk.output).name for chunk in chunks.chunks]
+            check_output_names(chunk_directory(item.output), names)
             plan.chunks[item.name] = chunks.chunks
         elif chunks.single is not None:
             single = chunks.single
