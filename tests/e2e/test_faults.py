@@ -195,11 +195,30 @@ def test_a_damaged_output_is_reprocessed(workflow):
     assert (workflow.output("obs_1") / "dp3_completion.json").read_bytes() == untouched
 
 
+def _slow_start_wrapper(directory, seconds: float):
+    """A DP3 wrapper that waits `seconds` before a task's run (its msout is a temporary
+    output), not before `DP3 --version`: a batch that surely lasts while another run plans,
+    however loaded the machine."""
+    from dp3batch.dp3.install import find_dp3_executable
+
+    wrapper = directory / "slow-start-dp3.sh"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f'if [[ "$*" == *".tmp-"* ]]; then sleep {seconds}; fi\n'
+        f'exec "{find_dp3_executable(None)}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 def test_two_runs_on_one_output_dir_process_each_ms_once(workflow, tmp_path):
     names = [f"obs_{index}" for index in range(3)]
-    make_inputs(workflow.directory / "inputs", 3, **SLOW_MS)
+    make_inputs(workflow.directory / "inputs", 3)
     workflow.config["inputs"] = [str(workflow.directory / "inputs" / "*.ms")]
     workflow.config["output_dir"] = str(workflow.directory / "results")
+    # The second run plans while the first's DP3 runs wait: it finds them all pending.
+    workflow.config["dp3_executable"] = str(_slow_start_wrapper(tmp_path, 8))
+    workflow.config["steps"] = []  # DP3 copies: no AOFlagger strategy to name
     first = workflow.start()
     time.sleep(0.3)
     other_directory = tmp_path / "elsewhere"
