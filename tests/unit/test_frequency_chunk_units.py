@@ -319,3 +319,103 @@ def test_a_joined_outputs_flag_figures_are_its_chunks_weighted_and_side_by_side(
         "per_channel": [1, 2],
         "per_antenna": [30, 50],
     }
+
+
+def _plan_with_chunks(tmp_path, chunks_per_ms: dict[str, tuple[PlannedChunk, ...]], single=()):
+    from dp3batch.books.records import Expectation
+    from dp3batch.inputs.discovery import WorkItem
+    from dp3batch.planning.plan import Plan
+
+    names = [*chunks_per_ms, *single]
+    items = [
+        WorkItem(name, tmp_path / "in" / f"{name}.ms", tmp_path / f"{name}.ms") for name in names
+    ]
+    plan = Plan(
+        scheduler=None,
+        chain=parse_steps([]),
+        output_dir=tmp_path,
+        dp3_executable="DP3",
+        dp3_version="6.6.0",
+        parameters=_parameters(),
+        expectation=Expectation("p", "e", "6.6.0"),
+        measurement_sets=items,
+        pending=[(item, "missing") for item in items],
+        frequency_chunk_hz=4 * WIDTH,
+    )
+    plan.chunks.update(chunks_per_ms)
+    plan.single_chunk.update({name: "119.9–121.5 MHz" for name in single})
+    return plan
+
+
+def test_the_dry_run_lists_each_chunk_to_run_and_says_when_an_ms_fits_in_one(tmp_path):
+    from dp3batch.planning.plan import describe_pending
+
+    chunks = (_chunk(1), _chunk(2, None), _chunk(3), _chunk(4))
+    text = describe_pending(_plan_with_chunks(tmp_path, {"obs": chunks}, single=("narrow",)))
+    assert "  obs: missing (4 frequency chunks: 3 to process, 1 done and kept, then joined)" in text
+    assert "  obs chunk 3/4 (120.0–121.0 MHz): missing" in text
+    assert "chunk 2/4" not in text  # done and kept
+    assert "  narrow: missing (one frequency chunk: 119.9–121.5 MHz fits in" in text
+    # At most `limit` chunk lines in all: 10,000 chunks do not flood the terminal.
+    many = {f"ms{index}": chunks for index in range(30)}
+    listed = describe_pending(_plan_with_chunks(tmp_path, many), limit=50)
+    assert listed.count(" chunk ") == 50
+
+
+def test_list_changes_params_names_outputs_of_another_chunk_width(tmp_path):
+    from dp3batch.books.chunks import CHUNK_WIDTH_CHANGED
+    from dp3batch.rule_layer.flags import changed_outputs
+
+    plan = _plan_with_chunks(tmp_path, {"obs": (_chunk(1),)})
+    plan.pending = [(plan.pending[0][0], CHUNK_WIDTH_CHANGED)]
+    assert changed_outputs(plan, "params") == [str(tmp_path / "obs.ms")]
+
+
+def test_planning_cuts_a_real_window_and_finds_each_chunk_missing(tmp_path):
+    from conftest import make_ms
+    from dp3batch.books.records import Expectation, RecordStore
+    from dp3batch.inputs.discovery import WorkItem
+    from dp3batch.planning.frequency_chunks import item_chunks
+
+    source = make_ms(tmp_path / "obs.ms", n_channels=16)
+    item = WorkItem("obs", source, tmp_path / "out" / "obs.ms")
+    parameters = _parameters({"Averager": {"freqstep": 2}})
+    found = item_chunks(
+        item,
+        parameters,
+        "f",
+        4 * WIDTH,
+        Expectation("f", "e", "6.6.0"),
+        RecordStore(),
+        tmp_path / "out" / "logs",
+        "missing",
+    )
+    assert [(chunk.startchan, chunk.nchan, chunk.reason) for chunk in found.chunks] == [
+        (0, 4, "missing"),
+        (4, 4, "missing"),
+        (8, 4, "missing"),
+        (12, 4, "missing"),
+    ]
+    assert found.chunks[1].output == str(tmp_path / "out" / ".obs.ms.chunks" / "obs_ch0004-0007.ms")
+    narrow = item_chunks(
+        item,
+        parameters,
+        "f",
+        16 * WIDTH,
+        Expectation("f", "e", "6.6.0"),
+        RecordStore(),
+        tmp_path,
+        "missing",
+    )
+    assert narrow.chunks == () and narrow.single is not None and narrow.single.nchan == 16
+    refused = item_chunks(
+        item,
+        parameters,
+        "f",
+        WIDTH,
+        Expectation("f", "e", "6.6.0"),
+        RecordStore(),
+        tmp_path,
+        "missing",
+    )
+    assert refused.refused.endswith("a width that works: frequency_chunk_hz=390625")

@@ -26,6 +26,8 @@ from dp3batch.books.codec import from_json, to_json
 from dp3batch.dp3.parameters import DP3Parameters
 
 CHUNKS_SUFFIX = ".chunks"
+# The pending reason of an output made by the same chain with another chunk width.
+CHUNK_WIDTH_CHANGED = "steps changed: frequency_chunk_hz"
 # Keys of `msout` a chunk leaves to the join: a chunk is an intermediate product, written
 # plainly, so that (e.g.) Dysco compresses the joined data once, not twice.
 JOIN_ONLY_MSOUT_PREFIXES = ("storagemanager",)

@@ -19,6 +19,7 @@ from typing import Any
 
 from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS
 from dp3batch.books.chunks import (
+    CHUNK_WIDTH_CHANGED,
     PlannedChunk,
     chunk_directory,
     chunked_fingerprint,
@@ -251,7 +252,7 @@ def pending_items(
             parameters = own.parameters
         reason = pending_reason(item.input, item.output, expected, store)
         if reason == "steps changed" and _only_chunking_changed(item, parameters, store):
-            reason = "steps changed: frequency_chunk_hz"
+            reason = CHUNK_WIDTH_CHANGED
         return reason
 
     items = discover_measurement_sets(inputs, settings.output_dir, base)
