@@ -149,6 +149,10 @@ class BatchRun:
             self._chunk_result(owner, result)
             return
         self.results[result.name] = result
+        if result.status == Status.DONE:
+            # Chunks an earlier chunked run left of this MS (interrupted, or another width
+            # since) are superseded by the output just committed.
+            shutil.rmtree(chunk_directory(Path(result.output)), ignore_errors=True)
         elapsed = time.monotonic() - self.started
         line = _report_line(len(self.results), self.total, elapsed, result, self.qa)
         (log.info if result.status == Status.DONE else log.error)(line)
