@@ -340,3 +340,30 @@ def test_a_demixers_solutions_are_kept_per_chunk_named_by_channel_range(workflow
     assert not (output / "instrument").exists()
     shutil.rmtree(output / names[1])
     assert "obs: incomplete" in workflow.run("-n").output
+
+
+def test_turning_chunking_off_makes_the_ms_whole_and_removes_its_leftover_chunks(workflow):
+    """A chunked run that failed leaves its done chunks; a run without chunking makes the
+    MS whole, and the chunks it supersedes go."""
+    make_ms(workflow.directory / "inputs" / "obs.ms")
+    wrapper = workflow.directory / "failing-dp3"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        'if [[ "$*" == *obs_ch0008-0015.ms.tmp* ]]; then echo "Error: injected"; exit 1; fi\n'
+        f'exec {DP3} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    workflow.config.update(
+        steps=CHANNEL_LOCAL,
+        local_cluster=CLUSTER,
+        frequency_chunk_hz=8 * WIDTH,
+        dp3_executable=str(wrapper),
+    )
+    assert workflow.run().returncode != 0
+    chunk_dir = workflow.output_dir / ".obs.ms.chunks"
+    assert (chunk_dir / "obs_ch0000-0007.ms" / "dp3_completion.json").is_file()
+    result = workflow.run("--config", "frequency_chunk_hz=")
+    assert result.returncode == 0, result.output
+    assert "obs: missing\n" in result.output
+    assert "frequency_chunks" not in workflow.record("obs")
+    assert not chunk_dir.exists()
