@@ -367,3 +367,25 @@ def test_turning_chunking_off_makes_the_ms_whole_and_removes_its_leftover_chunks
     assert "obs: missing\n" in result.output
     assert "frequency_chunks" not in workflow.record("obs")
     assert not chunk_dir.exists()
+
+
+def test_dp3batch_run_takes_the_reference_option(tmp_path):
+    """`dp3batch run --frequency-chunk-hz W` (the reference pipeline's option) cuts the MSs
+    as `frequency_chunk_hz` does."""
+    from conftest import BIN
+
+    source = make_ms(tmp_path / "obs.ms")
+    config = tmp_path / "bpp.yaml"
+    config.write_text("steps:\n  - Averager: {freqstep: 2}\n")
+    completed = subprocess.run(
+        [str(BIN / "dp3batch"), "run", "-c", str(config), "-o", str(tmp_path / "out")]
+        + ["--frequency-chunk-hz", str(8 * WIDTH), "-n", str(source)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    assert "frequency_chunk_hz=1562500.0" in completed.stderr.splitlines()[0]
+    assert "obs: missing (2 frequency chunks: 2 to process, then joined)" in output
