@@ -419,3 +419,14 @@ def test_planning_cuts_a_real_window_and_finds_each_chunk_missing(tmp_path):
         "missing",
     )
     assert refused.refused.endswith("a width that works: frequency_chunk_hz=390625")
+
+
+def test_chunks_also_hold_whole_demixer_solution_intervals():
+    from dp3batch.dp3.averaging import chunk_alignment
+
+    demixer = {"Demixer": {"skymodel": "/sky.skymodel", "freqstep": 4, "demixfreqstep": 16}}
+    assert chunk_alignment(_parameters(demixer), WIDTH) == 16
+    # After an Averager of 2, the Demixer's 16 channels are 32 input channels.
+    averaged = _parameters({"Averager": {"freqstep": 2}}, demixer)
+    assert chunk_alignment(averaged, WIDTH) == 32
+    assert chunk_alignment(_parameters({"Averager": {"freqstep": 3}}), WIDTH) == 3

@@ -13,6 +13,7 @@ Measured with the dp3 6.6.0 wheel:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from dp3batch.dp3.parameters import DP3Parameters, DP3Step, format_value
 
@@ -131,3 +132,28 @@ def frequency_averaging(parameters: DP3Parameters, channel_width_hz: float) -> i
         total *= factor
         width *= factor
     return total
+
+
+def chunk_alignment(parameters: DP3Parameters, channel_width_hz: float) -> int | None:
+    """How many input channels every frequency chunk must be a multiple of: the chain's
+    total averaging (`frequency_averaging`), and a Demixer's `demixfreqstep` (the channels
+    it solves over, in the channels that step reads), so that neither an output channel nor
+    a Demixer solution spans two chunks. None when a factor is an expression."""
+    averaging = frequency_averaging(parameters, channel_width_hz)
+    if averaging is None:
+        return None
+    alignment, before = averaging, 1
+    for step in parameters.steps:
+        if step.type == "demixer" and step.value("demixfreqstep") is not None:
+            solving = plain_integer(step.value("demixfreqstep"))
+            if solving is None:
+                return None
+            alignment = math.lcm(alignment, before * max(1, solving))
+        if step.type in AVERAGING_STEPS:
+            factor = frequency_averaging(
+                replace(parameters, steps=(step,)), channel_width_hz * before
+            )
+            if factor is None:
+                return None
+            before *= factor
+    return alignment

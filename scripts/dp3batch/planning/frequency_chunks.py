@@ -24,7 +24,7 @@ from dp3batch.books.chunks import (
 )
 from dp3batch.books.forced import FORCED
 from dp3batch.books.records import Expectation, RecordStore, pending_reason
-from dp3batch.dp3.averaging import frequency_averaging, msin_channels, plain_integer
+from dp3batch.dp3.averaging import chunk_alignment, msin_channels, plain_integer
 from dp3batch.dp3.parameters import DP3Parameters, format_value
 from dp3batch.inputs.discovery import WorkItem
 from dp3batch.inputs.tables import window_frequencies
@@ -188,7 +188,7 @@ def item_chunks(
             "as numbers to cut it into frequency chunks"
         )
     frequencies, widths = frequencies[first : first + count], widths[first : first + count]
-    averaging = frequency_averaging(parameters, widths[0] if widths else 0.0)
+    averaging = chunk_alignment(parameters, widths[0] if widths else 0.0)
     if averaging is None:
         return ItemChunks(
             refused="the chain's frequency averaging (freqstep) is an expression only DP3 "
