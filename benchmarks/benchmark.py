@@ -226,18 +226,15 @@ def mean_dp3_timer_seconds(log_dir: Path) -> float:
     return round(statistics.mean(timers), 3)
 
 
-class ThreadSampler:
-    """Samples the process table every 50 ms: DP3 processes whose command line mentions
-    `marker`, their `numthreads`, and how many of their threads are running (state R)."""
+class PeriodicSampler:
+    """Calls `sample()` every `interval` seconds in a thread, from `with` to its end."""
 
-    def __init__(self, marker: str, interval: float = 0.05):
-        self.marker = marker
+    def __init__(self, interval: float):
         self.interval = interval
-        self.samples: list[tuple[int, int, int]] = []  # (processes, numthreads sum, running)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> ThreadSampler:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -247,18 +244,34 @@ class ThreadSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            processes = numthreads = running = 0
-            for process in psutil.process_iter(["cmdline"]):
-                cmdline = process.info.get("cmdline") or []
-                if not (any("DP3" in part for part in cmdline[:2]) and self.marker in str(cmdline)):
-                    continue
-                processes += 1
-                numthreads += next(
-                    (int(a.split("=")[1]) for a in cmdline if a.startswith("numthreads=")), 0
-                )
-                running += _running_threads(process.pid)
-            self.samples.append((processes, numthreads, running))
+            self.sample()
             time.sleep(self.interval)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class ThreadSampler(PeriodicSampler):
+    """Samples the process table every 50 ms: DP3 processes whose command line mentions
+    `marker`, their `numthreads`, and how many of their threads are running (state R)."""
+
+    def __init__(self, marker: str, interval: float = 0.05):
+        super().__init__(interval)
+        self.marker = marker
+        self.samples: list[tuple[int, int, int]] = []  # (processes, numthreads sum, running)
+
+    def sample(self) -> None:
+        processes = numthreads = running = 0
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info.get("cmdline") or []
+            if not (any("DP3" in part for part in cmdline[:2]) and self.marker in str(cmdline)):
+                continue
+            processes += 1
+            numthreads += next(
+                (int(a.split("=")[1]) for a in cmdline if a.startswith("numthreads=")), 0
+            )
+            running += _running_threads(process.pid)
+        self.samples.append((processes, numthreads, running))
 
     def summary(self) -> dict[str, Any]:
         busy = [sample for sample in self.samples if sample[0]]
@@ -710,40 +723,28 @@ def threads(scratch: Path, count: int = 6) -> dict:
 SMALL = SyntheticMSSpec(n_antennas=8, n_times=20, n_channels=16)
 
 
-class MemorySampler:
+class MemorySampler(PeriodicSampler):
     """Peak resident memory of the Snakemake process and of the central job (the
     `process_batch.py` script), sampled every `interval` seconds."""
 
     def __init__(self, marker: str, interval: float = 0.5):
+        super().__init__(interval)
         self.marker = marker
-        self.interval = interval
         self.peaks = {"snakemake": 0, "central_job": 0}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for process in psutil.process_iter(["cmdline", "memory_info"]):
-                cmdline = " ".join(process.info.get("cmdline") or [])
-                memory = process.info.get("memory_info")
-                if self.marker not in cmdline or memory is None:
-                    continue
-                if "process_batch.py" in cmdline:
-                    kind = "central_job"
-                elif "bin/snakemake" in cmdline:
-                    kind = "snakemake"
-                else:
-                    continue
-                self.peaks[kind] = max(self.peaks[kind], memory.rss)
-            time.sleep(self.interval)
+    def sample(self) -> None:
+        for process in psutil.process_iter(["cmdline", "memory_info"]):
+            cmdline = " ".join(process.info.get("cmdline") or [])
+            memory = process.info.get("memory_info")
+            if self.marker not in cmdline or memory is None:
+                continue
+            if "process_batch.py" in cmdline:
+                kind = "central_job"
+            elif "bin/snakemake" in cmdline:
+                kind = "snakemake"
+            else:
+                continue
+            self.peaks[kind] = max(self.peaks[kind], memory.rss)
 
     def summary(self) -> dict[str, float]:
         return {f"{kind}_peak_mib": round(rss / 2**20, 1) for kind, rss in self.peaks.items()}

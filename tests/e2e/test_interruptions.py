@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import dp3_processes, make_inputs, wait_until
 
-SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
+SLOW_MS = {"n_antennas": 16, "n_times": 100, "n_channels": 64}
 COUNT = 6
 NAMES = [f"obs_{index}" for index in range(COUNT)]
 

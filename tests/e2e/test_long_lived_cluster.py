@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import time
 from pathlib import Path
 
@@ -20,14 +19,11 @@ import psutil
 import pytest
 from conftest import BIN, REPO, dp3_processes, make_inputs, wait_until
 from dp3batch.dp3.install import wheel_aoflagger_strategy
+from dp3batch.testing.soak import LOADER_ERROR, site_wrapper
 
 # DP3 takes a few seconds on each of these: long enough to inflict a fault mid-task.
 SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
 REAL_DP3 = str(BIN / "DP3.py")
-LOADER_ERROR = (
-    "error while loading shared libraries: libcasa_tables.so.7: cannot open shared object "
-    "file: No such file or directory"
-)
 
 
 def _output(workflow) -> str:
@@ -48,26 +44,6 @@ def _finish(process, timeout: float) -> float:
         process.wait()
         pytest.fail(f"the run did not end within {timeout} s")
     return time.monotonic() - started
-
-
-def _site_wrapper(directory: Path, broken_for: str) -> Path:
-    """A site's DP3 wrapper that fails to start DP3 (a loader error, exit 127) on a worker
-    started with DP3BATCH_TEST_BROKEN_DP3 set: for every call (`always`), or only for real
-    runs (`runs`: `DP3 --version` still answers, as when a library is loaded late)."""
-    broken = '[ -n "$DP3BATCH_TEST_BROKEN_DP3" ]'
-    if broken_for == "runs":
-        broken += ' && [ "$1" != "--version" ]'
-    wrapper = directory / "site-dp3.sh"
-    wrapper.write_text(
-        "#!/bin/bash\n"
-        f"if {broken}; then\n"
-        f'  echo "{REAL_DP3}: {LOADER_ERROR}" >&2\n'
-        "  exit 127\n"
-        "fi\n"
-        f'exec "{REAL_DP3}" "$@"\n'
-    )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    return wrapper
 
 
 def _use_wrapper(workflow, wrapper: Path) -> None:
@@ -110,7 +86,7 @@ def test_a_worker_whose_dp3_cannot_start_gets_no_work_and_is_named(
 ):
     names = [f"obs_{index}" for index in range(6)]
     make_inputs(workflow.directory / "inputs", 6)
-    _use_wrapper(workflow, _site_wrapper(workflow.directory, broken_for))
+    _use_wrapper(workflow, site_wrapper(workflow.directory / "site-dp3.sh", REAL_DP3, broken_for))
     dask_cluster.start_scheduler()
     dask_cluster.start_workers(count=1)
     broken = dask_cluster.start_workers(count=1, DP3BATCH_TEST_BROKEN_DP3="1")

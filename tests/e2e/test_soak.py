@@ -22,7 +22,7 @@ from dp3batch.testing.soak import (
 )
 
 # DP3 takes a few seconds on each (more on a loaded machine).
-MS = {"n_antennas": 16, "n_times": 120, "n_channels": 64}
+MS = {"n_antennas": 16, "n_times": 80, "n_channels": 64}
 DP3 = str(BIN / "DP3.py")
 
 

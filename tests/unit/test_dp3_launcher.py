@@ -1,0 +1,79 @@
+"""How a task starts DP3 (dask_stage.execution): through util-linux's `setpriv --pdeathsig`
+where it exists (no Python code between fork and exec in a threaded worker), else with a
+`preexec_fn` that sets the same death signal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from dp3batch.dask_stage import execution
+
+
+@pytest.fixture
+def fresh_launcher():
+    execution._pdeathsig_launcher.cache_clear()
+    yield execution._pdeathsig_launcher
+    execution._pdeathsig_launcher.cache_clear()
+
+
+def test_setpriv_with_pdeathsig_is_used_where_it_exists(fresh_launcher):
+    launcher = fresh_launcher()
+    assert launcher is not None and launcher[1:] == ("--pdeathsig", "KILL", "--")
+
+
+def test_without_setpriv_there_is_no_launcher(fresh_launcher, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no setpriv there
+    assert fresh_launcher() is None
+
+
+def test_a_process_started_through_the_launcher_dies_with_the_thread_that_started_it(
+    fresh_launcher, tmp_path
+):
+    """A parent process starts `sleep` as a task would, then is killed: the kernel kills
+    the sleep (its death signal), as it kills DP3 when its worker dies."""
+    pid_file = tmp_path / "pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from dp3batch.dask_stage.execution import _pdeathsig_launcher\n"
+            "child = subprocess.Popen([*_pdeathsig_launcher(), 'sleep', '600'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(600)\n",
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        time.sleep(0.2)  # setpriv has exec'd sleep
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            # Reaped by init once killed; a zombie still answers kill(0).
+            try:
+                with open(f"/proc/{child}/stat") as stat:
+                    if stat.read().split(") ")[1].startswith("Z"):
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the child outlived the process that started it")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
