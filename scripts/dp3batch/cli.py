@@ -69,6 +69,15 @@ def make_parser() -> argparse.ArgumentParser:
         "models, strategies) are resolved against (the option of the 2.x releases)",
     )
     optional.add_argument(
+        "--frequency-chunk-hz",
+        type=_positive_hz,
+        metavar="W",
+        help="Split the processing of each input MeasurementSet (each spectral window) into "
+        "independent frequency chunks with a maximum width (in Hz), whole averaged channels "
+        "each: one DP3 task per chunk, then a checked join into NAME.ms. A rerun redoes only "
+        "the chunks not done (config key frequency_chunk_hz)",
+    )
+    optional.add_argument(
         "--flagging-report",
         choices=("always", "auto", "never"),
         default="always",
@@ -85,6 +94,16 @@ def make_parser() -> argparse.ArgumentParser:
     )
     optional.add_argument("-h", "--help", action="help", help="show this help message and exit")
     return parser
+
+
+def _positive_hz(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a width in Hz above 0 (e.g. 2e6), not {text!r}")
+    return value
 
 
 def snakemake_command(arguments: argparse.Namespace, passed_on: Sequence[str]) -> list[str]:
@@ -116,6 +135,9 @@ def snakemake_command(arguments: argparse.Namespace, passed_on: Sequence[str]) -
         # JSON is YAML, which Snakemake reads each value as: any path survives as it is.
         *(f"{key}={json.dumps(value)}" for key, value in overrides.items()),
     ]
+    if arguments.frequency_chunk_hz is not None:
+        # After the user's --configfile: the option wins over the file's key.
+        command.append(f"frequency_chunk_hz={arguments.frequency_chunk_hz!r}")
     if arguments.dry_run:
         command.append("-n")
     return command + list(passed_on)

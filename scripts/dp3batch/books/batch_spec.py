@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dp3batch.books.chunks import PlannedChunk, chunk_parameters
 from dp3batch.books.codec import ContractError, from_json, to_json
 from dp3batch.books.layout import PARSET_NAME, ms_log_file
 from dp3batch.dp3.parameters import DP3Parameters
@@ -59,6 +60,9 @@ class PendingMS:
     # None if there was none: a record of another origin once the batch holds the lock was
     # made meanwhile by another run.
     record_origin: str | None = field(default=None, metadata={"omit_none": True})
+    # Its frequency chunks (books.chunks), done ones included, when it is cut into several;
+    # None: one DP3 run makes its output.
+    chunks: tuple[PlannedChunk, ...] | None = field(default=None, metadata={"omit_none": True})
 
     def __post_init__(self) -> None:
         if (self.parameters is None) != (self.parameters_fingerprint is None):
@@ -108,6 +112,8 @@ class BatchSpec:
     run_dir: str | None = field(default=None, metadata={"omit_none": True})
     # The config's `qa:` limits (books.qa.QALimits), or None: no QA verdict.
     qa: Mapping[str, Any] | None = field(default=None, metadata={"omit_none": True})
+    # The config's `frequency_chunk_hz` (None: off), written into joined outputs' records.
+    frequency_chunk_hz: float | None = field(default=None, metadata={"omit_none": True})
     # Which outputs get flagging report files (config `qa.flagging_report`; None: auto).
     flagging_report: str | None = field(default=None, metadata={"omit_none": True})
 
@@ -119,23 +125,62 @@ class BatchSpec:
         return from_json(cls, data, what)
 
 
+def parallel_tasks(batch: BatchSpec) -> int:
+    """How many DP3 tasks of the batch can run at once: one per MS, or per frequency chunk
+    to run (the embedded cluster has no more workers than that)."""
+    return sum(
+        max(1, sum(1 for chunk in ms.chunks or () if chunk.reason is not None))
+        for ms in batch.measurement_sets
+    )
+
+
 def task_list(batch: BatchSpec) -> list[dict[str, Any]]:
     """One entry per DP3 task of the batch (a run's `task-list.json`): what it reads (the
-    input and its window), what it writes, its log and parset, why it runs, and the DP3
-    parameters that define its result."""
+    input, its window and, for a frequency chunk, its channels), what it writes, its log and
+    parset, why it runs, and the DP3 parameters that define its result. A chunked MS has one
+    entry per chunk to run, then its join (which reads the chunk outputs)."""
     tasks = []
     for ms in batch.measurement_sets:
         parameters = (ms.parameters or batch.parameters).with_band(ms.band)
+        entry = {
+            "name": ms.name,
+            "input": ms.input,
+            "band": ms.band,
+            "output": ms.output,
+            "log": ms_log_file(batch.log_dir, ms.name),
+            "parset": str(Path(ms.output) / PARSET_NAME),
+            "reason": ms.reason,
+            "dp3_parameters": dict(parameters.pairs()),
+        }
+        if not ms.chunks:
+            tasks.append(entry)
+            continue
+        for chunk in ms.chunks:
+            if chunk.reason is None:
+                continue  # done and up to date: kept for the join
+            own = chunk_parameters(parameters, chunk.startchan, chunk.nchan)
+            tasks.append(
+                {
+                    **entry,
+                    "name": chunk.name,
+                    "chunk": f"{chunk.index}/{chunk.count}",
+                    "startchan": chunk.startchan,
+                    "nchan": chunk.nchan,
+                    "low_hz": chunk.low_hz,
+                    "high_hz": chunk.high_hz,
+                    "output": chunk.output,
+                    "log": chunk.log,
+                    "parset": str(Path(chunk.output) / PARSET_NAME),
+                    "reason": chunk.reason,
+                    "dp3_parameters": dict(own.pairs()),
+                }
+            )
         tasks.append(
             {
-                "name": ms.name,
-                "input": ms.input,
-                "band": ms.band,
-                "output": ms.output,
-                "log": ms_log_file(batch.log_dir, ms.name),
-                "parset": str(Path(ms.output) / PARSET_NAME),
-                "reason": ms.reason,
-                "dp3_parameters": dict(parameters.pairs()),
+                **entry,
+                "name": f"{ms.name} join",
+                "joins": [chunk.output for chunk in ms.chunks],
+                "dp3_parameters": {"msin": [chunk.output for chunk in ms.chunks], "steps": "[]"},
             }
         )
     return tasks

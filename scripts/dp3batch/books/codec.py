@@ -230,6 +230,8 @@ def _read(fields: Fields, key: str, annotation: Any) -> Any:
         if element is str:
             return fields.optional_strings(key) if optional else fields.strings(key)
         if dataclasses.is_dataclass(element):
+            if optional and fields.data.get(key) is None:
+                return None
             return tuple(from_json(element, item.data, item.what) for item in fields.objects(key))
     if origin is Mapping or kind is Mapping:
         mapping = fields.optional_mapping(key) if optional else fields.mapping(key)

@@ -4,6 +4,7 @@
         NAME.ms/                    an output: the DP3 MS, its completion record and parset
         .NAME.ms.tmp-<12 hex>       an output being written (renamed to NAME.ms when checked)
         .NAME.ms.old-<12 hex>       an output being replaced (removed right after)
+        .NAME.ms.chunks/            frequency chunks of NAME.ms until its join (books.chunks)
         .dp3batch.lock              held (flock) by the batch that writes here
         .record-checks.json         what a rerun checks of each record (see record_checks)
         .forced-unfinished.json     MSs a forced run did not finish (see forced)

@@ -106,6 +106,9 @@ class CompletionRecord:
     # percentages in the input, before averaging and in the output, per station and per
     # channel, and the report's files. Left out when there is none (older records).
     flag_statistics: Mapping[str, Any] | None = field(default=None, metadata={"omit_none": True})
+    # Of an output joined from frequency chunks: the width, and each chunk's channels, band,
+    # fingerprints, worker, times and flagged percentages (see dask_stage.join).
+    frequency_chunks: Mapping[str, Any] | None = field(default=None, metadata={"omit_none": True})
 
     def to_json(self) -> dict[str, Any]:
         """The record as it is written: `format` first, then every field in order."""

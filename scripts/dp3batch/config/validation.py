@@ -103,6 +103,17 @@ def check_config_against_schema(config: dict, schema: dict | None = None) -> Non
         raise ConfigError(_schema_error_message(jsonschema.exceptions.best_match(errors), config))
 
 
+def coerce_frequency(value: Any) -> Any:
+    """`frequency_chunk_hz: 2e6` in a YAML file is a string to PyYAML (YAML 1.1 wants
+    `2.0e+6`): a number written so is taken as one; anything else is left to the schema."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def validate_config(config: dict) -> tuple[str | None, Chain]:
     """Check the whole config; return the normalised scheduler address and the parsed chain.
 
@@ -112,6 +123,7 @@ def validate_config(config: dict) -> tuple[str | None, Chain]:
     schema = load_schema()
     fill_defaults(config, schema)
     scheduler = coerce_scheduler(config.get("scheduler"))
+    config["frequency_chunk_hz"] = coerce_frequency(config.get("frequency_chunk_hz"))
     sdm_path = config.get("sdm_path")
     chain = parse_steps(config.get("steps"), sdm_path if isinstance(sdm_path, str) else None)
     check_config_against_schema(config, schema)

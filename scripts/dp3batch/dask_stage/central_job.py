@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from dp3batch.books.batch_spec import BatchSpec, PendingMS
+from dp3batch.books.chunks import chunk_directory
 from dp3batch.books.codec import ContractError
 from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
 from dp3batch.books.forced import ForcedItem, is_forced, read_forced_note, write_forced_note
@@ -135,12 +136,85 @@ class BatchRun:
         self.qa = QALimits.from_config(batch.qa)
         # The cluster as this batch saw it (None until pre-flight has passed).
         self.watch: ClusterWatch | None = None
+        # Frequency chunks: the MS of each chunk task, their results, and the joins that
+        # became ready (the fan-out submits them first).
+        self.chunk_owner: dict[str, PendingMS] = {}
+        self.chunk_results: dict[str, TaskResult] = {}
+        self.ready_joins: list[Task] = []
+        self.code_digest: str | None = None
 
     def record_result(self, result: TaskResult) -> None:
+        owner = self.chunk_owner.get(result.name)
+        if owner is not None:
+            self._chunk_result(owner, result)
+            return
         self.results[result.name] = result
+        if result.status == Status.DONE:
+            # Chunks an earlier chunked run left of this MS (interrupted, or another width
+            # since) are superseded by the output just committed.
+            shutil.rmtree(chunk_directory(Path(result.output)), ignore_errors=True)
         elapsed = time.monotonic() - self.started
         line = _report_line(len(self.results), self.total, elapsed, result, self.qa)
         (log.info if result.status == Status.DONE else log.error)(line)
+
+    def _chunk_result(self, ms: PendingMS, result: TaskResult) -> None:
+        """A chunk's result: said on a line of its own; the MS's join is ready once every
+        chunk is done, and the MS fails (alone) with the first chunk that fails."""
+        self.chunk_results[result.name] = result
+        chunk = next(chunk for chunk in ms.chunks or () if chunk.name == result.name)
+        duration = result.duration_seconds or 0.0
+        where = f" on {result.worker}" if result.worker else ""
+        if result.status == Status.DONE:
+            log.info("  %s %s: done in %.1f s%s", ms.name, chunk.label, duration, where)
+            if ms.name not in self.results and self._chunks_done(ms) == len(ms.chunks or ()):
+                self.ready_joins.append(Task.join_of(self.batch, ms, self.code_digest))
+            return
+        log.error(
+            "  %s %s: FAILED after %.1f s%s: %s; log: %s",
+            ms.name,
+            chunk.label,
+            duration,
+            where,
+            result.reason,
+            result.log,
+        )
+        if ms.name not in self.results:
+            self.record_result(
+                replace(
+                    result, name=ms.name, output=ms.output, reason=f"{chunk.label}: {result.reason}"
+                )
+            )
+
+    def _chunks_done(self, ms: PendingMS) -> int:
+        """The chunks of a chunked MS whose outputs are done: before this batch, or by it."""
+        return sum(
+            1
+            for chunk in ms.chunks or ()
+            if chunk.reason is None
+            or (
+                (found := self.chunk_results.get(chunk.name)) is not None
+                and found.status == Status.DONE
+            )
+        )
+
+    def _tasks(self, pending: list[PendingMS], digest: str | None) -> list[Task]:
+        """The tasks of the pending MSs: one per MS, or for a chunked one, one per chunk to
+        run (its join follows them), or its join alone when every chunk is done already."""
+        tasks = []
+        for ms in pending:
+            if not ms.chunks:
+                tasks.append(task_for(self.batch, ms, digest))
+                continue
+            # What a killed run left of a chunk being written (the chunks themselves stay).
+            names = {Path(chunk.output).name for chunk in ms.chunks}
+            remove_leftovers(chunk_directory(Path(ms.output)), names)
+            owed = [chunk for chunk in ms.chunks if chunk.reason is not None]
+            for chunk in owed:
+                self.chunk_owner[chunk.name] = ms
+                tasks.append(Task.chunk_of(self.batch, ms, chunk, digest))
+            if not owed:
+                tasks.append(Task.join_of(self.batch, ms, digest))
+        return tasks
 
     def run(self) -> None:
         batch, layout = self.batch, self.layout
@@ -189,7 +263,8 @@ class BatchRun:
             self.watch.excluded.update(start.excluded)
             self.watch.begin(start.workers)
             digest = None if expected is None else expected.get("digest")
-            tasks = [task_for(batch, ms, digest) for ms in pending]
+            self.code_digest = digest
+            tasks = self._tasks(pending, digest)
             dispatch = Dispatch(
                 tasks=tasks,
                 batch_id=batch.batch_id,
@@ -198,6 +273,7 @@ class BatchRun:
                 on_result=self.record_result,
                 orphaned=orphaned,
                 watch=self.watch,
+                ready=self.ready_joins,
             )
             log.info("%d DP3 task(s) to run, largest first", len(tasks))
             self.dask_report = DaskPerformanceReport(
@@ -268,7 +344,7 @@ class BatchRun:
             result = self.results.get(ms.name)
             if result is None:
                 result = self._from_record(ms) or lost_result(
-                    task_for(self.batch, ms), why_unfinished
+                    task_for(self.batch, ms), why_unfinished + self._chunks_kept(ms)
                 )
                 if result.status != Status.DONE:
                     result = replace(result, status=Status.NOT_PROCESSED)
@@ -278,6 +354,13 @@ class BatchRun:
                 result = self._from_record(ms) or result
             results.append(result)
         return results
+
+    def _chunks_kept(self, ms: PendingMS) -> str:
+        """For an MS cut into chunks and not joined: how many of its chunks are done and kept
+        (a rerun redoes only the others)."""
+        if not ms.chunks:
+            return ""
+        return f" ({self._chunks_done(ms)} of {len(ms.chunks)} frequency chunks done and kept)"
 
     def excluded_workers(self) -> dict[str, str]:
         """Workers this batch gave no (more) work, and why."""
@@ -469,12 +552,14 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
     except KeyboardInterrupt as interrupt:
         cause = getattr(interrupt, "cause", "an interrupt")
         done = sum(1 for result in run.results.values() if result.status == Status.DONE)
+        chunks = sum(1 for result in run.chunk_results.values() if result.status == Status.DONE)
         log.error(
-            "Interrupted (%s): %d of %d MS(s) finished before it and are kept; %s; run again "
-            "to process the remaining MSs.",
+            "Interrupted (%s): %d of %d MS(s)%s finished before it and are kept; %s; run "
+            "again to process the remaining MSs.",
             cause,
             done,
             total,
+            f" and {chunks} frequency chunk(s)" if chunks else "",
             _leftovers_after_stop(run),
         )
         return 130

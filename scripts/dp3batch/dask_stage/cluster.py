@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dp3batch.books.batch_spec import BatchSpec
+from dp3batch.books.batch_spec import BatchSpec, parallel_tasks
 from dp3batch.dask_stage.memory import gib, memory_limit, worker_share
 
 log = logging.getLogger("dp3batch")
@@ -363,7 +363,7 @@ def cluster_client(batch: BatchSpec) -> Iterator:
     local = batch.local_cluster
     n_workers, threads = local_cluster_size(
         available_cores(),
-        len(batch.measurement_sets),
+        parallel_tasks(batch),  # a chunked MS: one per chunk
         local.get("n_workers"),
         local.get("threads_per_worker"),
     )

@@ -29,9 +29,10 @@ from dp3batch.dask_stage.cluster import (
 )
 from dp3batch.dask_stage.execution import process_measurement_set
 from dp3batch.dask_stage.interrupts import Interrupted
+from dp3batch.dask_stage.join import join_chunks
 from dp3batch.dask_stage.memory import gib
 from dp3batch.dask_stage.task import Task
-from dp3batch.dask_stage.task_keys import task_keys
+from dp3batch.dask_stage.task_keys import task_keys, task_label
 from dp3batch.dask_stage.watchdog import ClusterWatch
 from dp3batch.dask_stage.worker_faults import WorkerCannotRun
 
@@ -64,6 +65,9 @@ class Dispatch:
     in_flight: dict[Any, Task] = field(default_factory=dict)
     # The cluster as the batch sees it: silent and excluded workers, the scheduler's id.
     watch: ClusterWatch | None = None
+    # Tasks that became ready during the batch (a join, once its chunks are done): `on_result`
+    # appends them; they are submitted before the rest.
+    ready: list[Task] = field(default_factory=list)
 
 
 def largest_first(tasks: list[Task]) -> list[Task]:
@@ -100,7 +104,12 @@ def fan_out(client, dispatch: Dispatch) -> None:
     slots = 0
     no_worker_since: float | None = None
     next_check = 0.0
-    while queue or in_flight:
+    while queue or in_flight or dispatch.ready:
+        for task in dispatch.ready:
+            keys.setdefault(task.name, f"{task_label(task.name)}-{dispatch.batch_id}-{len(keys)}")
+        if dispatch.ready:  # joins whose chunks are all done: they finish an MS
+            queue[:0] = dispatch.ready
+            dispatch.ready.clear()
         if dispatch.orphaned.is_set():
             raise Interrupted("Snakemake has gone")
         now = time.monotonic()
@@ -133,7 +142,7 @@ def fan_out(client, dispatch: Dispatch) -> None:
         while queue and len(in_flight) < slots:
             task = queue.pop(0)
             future = client.submit(
-                process_measurement_set,
+                join_chunks if task.chunks else process_measurement_set,
                 task,
                 key=watch.key(task, keys[task.name]),
                 resources={"process": 1},

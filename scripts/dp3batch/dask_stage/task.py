@@ -7,11 +7,12 @@ to the worker (workers import this module from the environment they share with t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from dp3batch.books.batch_spec import BatchSpec, PendingMS
+from dp3batch.books.chunks import PlannedChunk, chunk_parameters
 from dp3batch.books.layout import OutputLayout, ms_log_file
 from dp3batch.dp3.parameters import DP3Parameters
 
@@ -41,6 +42,10 @@ class Task:
     # The digest of the dp3batch code the batch runs (worker_faults.package_identity): a
     # worker that runs other code does not run the task. None: not checked.
     code_digest: str | None = None
+    # A join: the frequency chunks whose outputs DP3 reads as one into `output` (see
+    # dask_stage.join), and the width they were cut to. None: a DP3 run of the chain.
+    chunks: tuple[PlannedChunk, ...] | None = None
+    frequency_chunk_hz: float | None = None
     # Which outputs get flagging report files (`qa.flagging_report`), and the QA limits
     # that make an output suspect (books.qa.QALimits as JSON; None: no verdict).
     flagging_report: str = "auto"
@@ -68,4 +73,35 @@ class Task:
             code_digest=code_digest,
             flagging_report=batch.flagging_report or "auto",
             qa=batch.qa,
+        )
+
+    @classmethod
+    def chunk_of(
+        cls, batch: BatchSpec, ms: PendingMS, chunk: PlannedChunk, code_digest: str | None = None
+    ) -> Task:
+        """The DP3 run of one frequency chunk of a pending MS: the MS's task, reading the
+        chunk's channels into the chunk's own output, with its own log and fingerprint."""
+        whole = cls.of(batch, ms, code_digest)
+        channels = max(1, sum(each.nchan for each in ms.chunks or (chunk,)))
+        return replace(
+            whole,
+            name=chunk.name,
+            output=chunk.output,
+            log=chunk.log,
+            parameters=chunk_parameters(whole.parameters, chunk.startchan, chunk.nchan),
+            parameters_fingerprint=chunk.parameters_fingerprint,
+            # Its share of the MS's work, for largest-first dispatch.
+            size=ms.size * chunk.nchan // channels,
+            # Its flag statistics go into the joined output's record; report files of a
+            # chunk would be removed with it.
+            flagging_report="never",
+        )
+
+    @classmethod
+    def join_of(cls, batch: BatchSpec, ms: PendingMS, code_digest: str | None = None) -> Task:
+        """The join of a chunked MS's chunk outputs into its output (after every chunk)."""
+        return replace(
+            cls.of(batch, ms, code_digest),
+            chunks=ms.chunks,
+            frequency_chunk_hz=batch.frequency_chunk_hz,
         )

@@ -13,6 +13,7 @@ Measured with the dp3 6.6.0 wheel:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from dp3batch.dp3.parameters import DP3Parameters, DP3Step, format_value
 
@@ -83,3 +84,76 @@ def msin_channels(parameters: DP3Parameters, window_channels: int) -> int | None
         if requested > 0:  # 0 means all channels from startchan on
             channels = requested
     return channels
+
+
+# DP3's units of a `freqresolution` (a bare number is in Hz).
+_FREQUENCY_UNITS = {"hz": 1.0, "khz": 1e3, "mhz": 1e6, "ghz": 1e9}
+
+
+def frequency_in_hz(value: str) -> float | None:
+    """A `freqresolution` as DP3 reads it (`12207`, `48.828kHz`, `0.2 MHz`), or None when it
+    is not one (an expression only DP3 evaluates)."""
+    text = value.strip().lower().replace(" ", "")
+    for unit in sorted(_FREQUENCY_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], _FREQUENCY_UNITS[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        return float(number) * scale
+    except ValueError:
+        return None
+
+
+def frequency_averaging(parameters: DP3Parameters, channel_width_hz: float) -> int | None:
+    """How many input channels make one output channel of the whole chain: the product of
+    each Averager's and Demixer's channel factor, a `freqresolution` worked out as DP3 does
+    (`max(1, int(freqresolution / width + 0.5))`, the width of the channels that step
+    reads; an explicit `freqstep` wins over it). None when a factor is an expression only
+    DP3 evaluates."""
+    total = 1
+    width = abs(channel_width_hz)
+    for step in parameters.steps:
+        if step.type not in AVERAGING_STEPS:
+            continue
+        factor = plain_integer(step.value("freqstep"))
+        if step.value("freqstep") is not None and factor is None:
+            return None
+        resolution = step.value("freqresolution")
+        if factor is None or factor <= 0:
+            if resolution is None:
+                factor = 1
+            else:
+                hz = frequency_in_hz(resolution)
+                if hz is None:
+                    return None
+                factor = max(1, int(hz / width + 0.5)) if hz > 0 and width > 0 else 1
+        total *= factor
+        width *= factor
+    return total
+
+
+def chunk_alignment(parameters: DP3Parameters, channel_width_hz: float) -> int | None:
+    """How many input channels every frequency chunk must be a multiple of: the chain's
+    total averaging (`frequency_averaging`), and a Demixer's `demixfreqstep` (the channels
+    it solves over, in the channels that step reads), so that neither an output channel nor
+    a Demixer solution spans two chunks. None when a factor is an expression."""
+    averaging = frequency_averaging(parameters, channel_width_hz)
+    if averaging is None:
+        return None
+    alignment, before = averaging, 1
+    for step in parameters.steps:
+        if step.type == "demixer" and step.value("demixfreqstep") is not None:
+            solving = plain_integer(step.value("demixfreqstep"))
+            if solving is None:
+                return None
+            alignment = math.lcm(alignment, before * max(1, solving))
+        if step.type in AVERAGING_STEPS:
+            factor = frequency_averaging(
+                replace(parameters, steps=(step,)), channel_width_hz * before
+            )
+            if factor is None:
+                return None
+            before *= factor
+    return alignment

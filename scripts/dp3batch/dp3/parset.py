@@ -111,6 +111,25 @@ def literal(path: str | Path, key: str = "a path") -> str:
     return text
 
 
+# What DP3 takes for the syntax of a list value (`[a,b]`): a path holding one cannot be an item.
+_LIST_SYNTAX = ",[]"
+
+
+def literal_list(paths: Iterable[str | Path], key: str = "a list of paths") -> str:
+    """A list value DP3 reads as exactly these paths (`msin=[a.ms,b.ms]`), each a `literal`;
+    a path holding `,`, `[` or `]` is refused (DP3 would split or nest it)."""
+    items = []
+    for path in paths:
+        text = str(path)
+        if any(character in text for character in _LIST_SYNTAX):
+            raise UnsafeParameter(
+                f"DP3 parameter {key}: {shown(text)} has one of {_LIST_SYNTAX!r} in it, which "
+                "DP3 reads as the syntax of a list"
+            )
+        items.append(literal(text, key))
+    return "[" + ",".join(items) + "]"
+
+
 def _checked(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Every pair of a run, refused if DP3 would read it as something else: a key that is not
     a DP3 key, a value with a control character (a line break writes parameters of its own).

@@ -163,6 +163,21 @@ def window_channels(path: str | Path, band: int | None = None) -> int:
         return int(spw.getcell("NUM_CHAN", window))
 
 
+def window_frequencies(
+    path: str | Path, band: int | None = None
+) -> tuple[list[float], list[float]]:
+    """CHAN_FREQ and CHAN_WIDTH (Hz) of the spectral window that `band` reads (see
+    window_channels)."""
+    window = 0
+    if band is not None:
+        with open_subtable(path, "DATA_DESCRIPTION") as description:
+            window = int(description.getcell("SPECTRAL_WINDOW_ID", band))
+    with open_subtable(path, "SPECTRAL_WINDOW") as spw:
+        frequencies = [float(value) for value in spw.getcell("CHAN_FREQ", window)]
+        widths = [float(value) for value in spw.getcell("CHAN_WIDTH", window)]
+    return frequencies, widths
+
+
 def read_telescope_name(path: str | Path) -> str:
     """OBSERVATION::TELESCOPE_NAME of the MS's first observation, as DP3 and AOFlagger read
     it ("" when the MS has none)."""

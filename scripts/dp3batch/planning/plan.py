@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS
+from dp3batch.books.chunks import (
+    CHUNK_WIDTH_CHANGED,
+    PlannedChunk,
+    chunk_directory,
+    chunked_fingerprint,
+    frequency_span,
+)
 from dp3batch.books.fingerprints import extra_inputs_fingerprint
 from dp3batch.books.forced import FORCED, FORCED_EARLIER, read_forced_note
-from dp3batch.books.layout import OutputLayout
+from dp3batch.books.layout import OutputLayout, check_output_names
 from dp3batch.books.qa import QALimits
 from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
 from dp3batch.config.errors import ConfigError
@@ -39,9 +46,11 @@ from dp3batch.inputs.discovery import (
     check_readable,
     data_size,
     discover_measurement_sets,
+    output_name,
 )
 from dp3batch.inputs.step_files import check_extra_inputs
 from dp3batch.inputs.tables import read_telescope_name, window_channels, write_lock_holder
+from dp3batch.planning.frequency_chunks import ItemChunks, item_chunks
 from dp3batch.planning.items import check_selected_band, per_window_items
 from dp3batch.planning.parallel import map_over_cores
 
@@ -59,6 +68,10 @@ class ChainSettings:
     expectation: Expectation
     # The parameters of MSs whose AOFlagger strategy depends on their telescope.
     per_ms: PerMSParameters
+    # The config's `frequency_chunk_hz` (None: off), and the chain's own fingerprint (the
+    # expectation's is that of outputs made with this chunk width, see books.chunks).
+    frequency_chunk_hz: float | None = None
+    chain_fingerprint: str = ""
 
 
 @dataclass
@@ -87,6 +100,11 @@ class Plan:
     locked: dict[str, int] = field(default_factory=dict)
     # Of each pending MS: the bytes of its main table (what dispatch sorts by).
     sizes: dict[str, int] = field(default_factory=dict)
+    # With `frequency_chunk_hz`: the chunks of each pending MS cut into several, and the
+    # one block of those that fit in one (no chunk, no join).
+    frequency_chunk_hz: float | None = None
+    chunks: dict[str, tuple[PlannedChunk, ...]] = field(default_factory=dict)
+    single_chunk: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -134,6 +152,7 @@ def make_plan(
         expectation=settings.expectation,
         measurement_sets=items,
         store=store,
+        frequency_chunk_hz=settings.frequency_chunk_hz,
     )
     # Forced MSs an interrupted or failed forced run did not finish (books.forced).
     owed = read_forced_note(OutputLayout(settings.output_dir).forced_note)
@@ -157,6 +176,8 @@ def make_plan(
         check = _start_parameter_check(plan.pending, settings)
     try:
         inspect_pending(plan, settings, inspect_inputs)
+        if settings.frequency_chunk_hz is not None:
+            plan_frequency_chunks(plan, settings)
         if check is not None:
             check.result()
     finally:
@@ -181,6 +202,9 @@ def chain_settings(
     check_extra_inputs(files)
     file_keys = {key for key, _ in files}
     version = dp3_version(executable)
+    width = config.get("frequency_chunk_hz")
+    width = None if width is None else float(width)
+    fingerprint = parameters_fingerprint(parameters.pairs(), file_keys)
     return ChainSettings(
         scheduler=scheduler,
         chain=chain,
@@ -189,11 +213,13 @@ def chain_settings(
         dp3_version=version,
         parameters=parameters,
         expectation=Expectation(
-            parameters_fingerprint=parameters_fingerprint(parameters.pairs(), file_keys),
+            parameters_fingerprint=chunked_fingerprint(fingerprint, width),
             extra_inputs_fingerprint=extra_inputs_fingerprint(files),
             dp3_version=version,
         ),
         per_ms=PerMSParameters(chain, extra_dir, executable, parameters, file_keys),
+        frequency_chunk_hz=width,
+        chain_fingerprint=fingerprint,
     )
 
 
@@ -214,13 +240,20 @@ def pending_items(
     expectation, per_ms = settings.expectation, settings.per_ms
 
     def reason_of(item: WorkItem) -> str | None:
-        expected = expectation
+        expected, parameters = expectation, settings.parameters
         if per_ms.varies:
-            telescope = _telescope(item, store)
+            own = per_ms.for_telescope(_telescope(item, store))
             expected = replace(
-                expectation, parameters_fingerprint=per_ms.for_telescope(telescope).fingerprint
+                expectation,
+                parameters_fingerprint=chunked_fingerprint(
+                    own.fingerprint, settings.frequency_chunk_hz
+                ),
             )
-        return pending_reason(item.input, item.output, expected, store)
+            parameters = own.parameters
+        reason = pending_reason(item.input, item.output, expected, store)
+        if reason == "steps changed" and _only_chunking_changed(item, parameters, store):
+            reason = CHUNK_WIDTH_CHANGED
+        return reason
 
     items = discover_measurement_sets(inputs, settings.output_dir, base)
     if "band" not in settings.chain.msin:
@@ -229,6 +262,69 @@ def pending_items(
     if (band := settings.parameters.selected_band()) is not None:
         check_selected_band(items, band, settings.output_dir, store)
     return items, map_over_cores(reason_of, items)
+
+
+def _only_chunking_changed(item: WorkItem, parameters: DP3Parameters, store: RecordStore) -> bool:
+    """Whether the output was made by this very chain, and so only `frequency_chunk_hz`
+    (part of the expected fingerprint, see books.chunks) changed."""
+    record = store.record(item.output)
+    return record is not None and tuple(record.parameters) == tuple(parameters.pairs())
+
+
+def plan_frequency_chunks(plan: Plan, settings: ChainSettings) -> None:
+    """With `frequency_chunk_hz`: cut each pending item's window into chunks, each with its
+    own pending reason; refuse the run, before anything runs, when some window cannot be
+    cut (naming each, with a width that would work). Items another process holds locked are
+    left whole: their task fails alone, naming the lock."""
+    width = settings.frequency_chunk_hz
+    assert width is not None
+    log_dir = OutputLayout(settings.output_dir).log_dir
+    unlocked = [(item, reason) for item, reason in plan.pending if item.name not in plan.locked]
+
+    def cut(pending: tuple[WorkItem, str]) -> ItemChunks:
+        item, reason = pending
+        own = plan.ms_parameters.get(item.name)
+        if own is None and settings.per_ms.varies:
+            # A dry run inspects no telescope: the chunks' fingerprints need it all the same.
+            own = settings.per_ms.for_telescope(read_telescope_name(item.input))
+        parameters = own.parameters if own else settings.parameters
+        fingerprint = own.fingerprint if own else settings.chain_fingerprint
+        expected = replace(settings.expectation, parameters_fingerprint=fingerprint)
+        try:
+            return item_chunks(
+                item, parameters, fingerprint, width, expected, plan.store, log_dir, reason
+            )
+        except Exception as error:  # casacore: an unreadable window fails its own task
+            return ItemChunks(refused=f"its spectral window cannot be read: {error}")
+
+    found = map_over_cores(cut, unlocked)
+    refused = []
+    for (item, _), chunks in zip(unlocked, found, strict=True):
+        if chunks.refused:
+            refused.append(f"  {_described(item)}: {chunks.refused}")
+        elif chunks.chunks:
+            # A chunk's entries are longer than the output's: they must fit the filesystem.
+            names = [Path(chunk.output).name for chunk in chunks.chunks]
+            check_output_names(chunk_directory(item.output), names)
+            plan.chunks[item.name] = chunks.chunks
+        elif chunks.single is not None:
+            single = chunks.single
+            plan.single_chunk[item.name] = frequency_span(single.low_hz, single.high_hz)
+    if refused:
+        shown = refused[:NAMED_IN_MESSAGE]
+        if len(refused) > NAMED_IN_MESSAGE:
+            shown.append(f"  ... and {len(refused) - NAMED_IN_MESSAGE} more")
+        raise ConfigError(
+            f"frequency_chunk_hz: {width:g} Hz cannot cut {len(refused)} pending MS(s) into "
+            "frequency chunks that keep each averaged channel whole:\n" + "\n".join(shown)
+        )
+
+
+def _described(item: WorkItem) -> str:
+    """An item as a message names it: its input, and its window if it is one of several."""
+    if item.name != output_name(item.input):
+        return f"{item.input} (spectral window {item.band})"
+    return str(item.input)
 
 
 def inspect_pending(plan: Plan, settings: ChainSettings, inspect_inputs: bool) -> None:
@@ -358,11 +454,33 @@ def describe_pending(plan: Plan, limit: int = 50) -> str:
     if not plan.pending:
         return f"All {total} MS(s) in {plan.output_dir} are complete and up to date."
     lines = [f"{len(plan.pending)} of {total} MS(s) to process (DP3 {plan.dp3_version}):"]
+    chunk_lines = 0
     for item, reason in plan.pending[:limit]:
-        lines.append(f"  {item.name}: {reason}")
+        lines.append(f"  {item.name}: {reason}{_chunking_note(plan, item.name)}")
+        owed = [chunk for chunk in plan.chunks.get(item.name, ()) if chunk.reason is not None]
+        # Each pending chunk has a line, up to `limit` in all (its MS's line counts them).
+        for chunk in owed[: max(0, limit - chunk_lines)]:
+            lines.append(f"  {item.name} {chunk.label}: {chunk.reason}")
+        chunk_lines += len(owed)
     if len(plan.pending) > limit:
         lines.append(f"  ... and {len(plan.pending) - limit} more")
     return "\n".join(lines)
+
+
+def _chunking_note(plan: Plan, name: str) -> str:
+    """How a pending MS is cut (with `frequency_chunk_hz`): its chunks and what is left of
+    them, or that it fits in one."""
+    chunks = plan.chunks.get(name)
+    if chunks:
+        owed = sum(1 for chunk in chunks if chunk.reason is not None)
+        done = len(chunks) - owed
+        kept = f", {done} done and kept" if done else ""
+        return f" ({len(chunks)} frequency chunks: {owed} to process{kept}, then joined)"
+    if name in plan.single_chunk:
+        return (
+            f" (one frequency chunk: {plan.single_chunk[name]} fits in frequency_chunk_hz; no join)"
+        )
+    return ""
 
 
 def all_measurement_sets(plan: Plan) -> tuple[MSPaths, ...]:
@@ -397,6 +515,7 @@ def batch_specification(
         measurement_sets=tuple(_pending_ms(plan, item, reason) for item, reason in plan.pending),
         run_dir=run_dir,
         qa=qa_limits(config).to_json() if qa_limits(config).enabled else None,
+        frequency_chunk_hz=plan.frequency_chunk_hz,
         flagging_report=(config.get("qa") or {}).get("flagging_report") or "auto",
     )
 
@@ -419,7 +538,10 @@ def _pending_ms(plan: Plan, item: WorkItem, reason: str) -> PendingMS:
         reason=reason,
         size=plan.sizes.get(item.name, 0),
         parameters=own.parameters if own else None,
-        parameters_fingerprint=own.fingerprint if own else None,
+        parameters_fingerprint=(
+            chunked_fingerprint(own.fingerprint, plan.frequency_chunk_hz) if own else None
+        ),
         locked_by=plan.locked.get(item.name),
         record_origin=origin,
+        chunks=plan.chunks.get(item.name),
     )

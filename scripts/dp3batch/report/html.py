@@ -21,7 +21,8 @@ STATUS_COLOURS = {
 # Clicking a header sorts by that column (numbers by value, the rest as text); a second
 # click reverses. Cells carry their sort key in data-sort.
 _SORT_SCRIPT = """
-document.querySelectorAll("th").forEach(function (header, column) {
+document.querySelectorAll("th").forEach(function (header) {
+  var column = header.cellIndex;  // within its own table (the chunks have one too)
   header.addEventListener("click", function () {
     var body = header.closest("table").tBodies[0];
     var ascending = header.dataset.order !== "ascending";
@@ -180,6 +181,52 @@ def html_headers(steps: list[str]) -> list[str]:
     ]
 
 
+CHUNK_HEADERS = [
+    "MS",
+    "chunk",
+    "channels",
+    "band (MHz)",
+    "worker",
+    "duration (s)",
+    "flagged % before averaging",
+    "flagged % output",
+]
+
+
+def chunk_table(rows: list[SummaryRow]) -> list[str]:
+    """The chunks of each MS joined from frequency chunks: one line each (none without)."""
+    lines = []
+    for row in rows:
+        chunks = list((row.frequency_chunks or {}).get("chunks") or [])
+        for chunk in chunks:
+            duration = chunk.get("duration_seconds")
+            start, nchan = chunk.get("startchan", 0), chunk.get("nchan", 0)
+            low, high = chunk.get("low_hz") or 0.0, chunk.get("high_hz") or 0.0
+            cells = [
+                _cell(html.escape(row.name), sort=row.name, css="name"),
+                _cell(f"{chunk.get('index')}/{len(chunks)}", sort=chunk.get("index") or 0),
+                _cell(f"{start}–{start + nchan - 1}", sort=start, css="number"),
+                _cell(f"{low / 1e6:.3f}–{high / 1e6:.3f}", sort=low, css="number"),
+                _worker(chunk.get("worker")),
+                _cell(
+                    "" if duration is None else f"{duration:.1f}", sort=duration or "", css="number"
+                ),
+                _percent_cell(chunk.get("flagged_total_pct")),
+                _percent_cell(chunk.get("flagged_output_pct")),
+            ]
+            lines.append("<tr>" + "".join(cells) + "</tr>")
+    if not lines:
+        return []
+    return [
+        "<p>Frequency chunks (each MS above joined from them):</p>",
+        '<table id="chunks"><thead><tr>',
+        *(f"<th>{html.escape(header)}</th>" for header in CHUNK_HEADERS),
+        "</tr></thead><tbody>",
+        *lines,
+        "</tbody></table>",
+    ]
+
+
 def write_summary_html(rows: list[SummaryRow], path: str | Path, title: str) -> None:
     """The summary as one self-contained HTML page: a sortable table, one row per MS."""
     counts: dict[str, int] = {}
@@ -201,6 +248,8 @@ def write_summary_html(rows: list[SummaryRow], path: str | Path, title: str) -> 
         *(f"<th>{html.escape(header)}</th>" for header in html_headers(steps)),
         "</tr></thead><tbody>",
         *(_html_row(row, steps) for row in rows),
-        f"</tbody></table><script>{_SORT_SCRIPT}</script></body></html>",
+        "</tbody></table>",
+        *chunk_table(rows),
+        f"<script>{_SORT_SCRIPT}</script></body></html>",
     ]
     Path(path).write_text("\n".join(page))

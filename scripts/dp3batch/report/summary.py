@@ -87,6 +87,9 @@ class SummaryRow:
     flags_by_step: Mapping[str, Any] = field(default_factory=dict)
     stations: tuple[str, ...] = ()
     flag_statistics: Mapping[str, Any] = field(default_factory=dict)
+    # JSON only: of an output joined from frequency chunks, the width and each chunk (its
+    # channels, band, worker, duration, flagged percentages; see dask_stage.join).
+    frequency_chunks: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def step_flags(self) -> dict[str, float | None]:
@@ -108,7 +111,7 @@ class SummaryRow:
 
 # The TSV's columns: every field of a row but those in the JSON only, with one
 # `flagged_<step>_pct` column per flagging step after `flagged_input_pct`.
-JSON_ONLY = ("step_seconds", "flags_by_step", "stations", "flag_statistics")
+JSON_ONLY = ("step_seconds", "flags_by_step", "stations", "flag_statistics", "frequency_chunks")
 COLUMNS = [item.name for item in fields(SummaryRow) if item.name not in JSON_ONLY]
 
 
@@ -172,6 +175,7 @@ def _row_from(
         flags_by_step=dict(source.flags_by_step or {}),
         stations=tuple(source.stations or ()),
         flag_statistics=statistics,
+        frequency_chunks=dict(getattr(source, "frequency_chunks", None) or {}),
     )
 
 

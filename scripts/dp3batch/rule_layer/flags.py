@@ -19,13 +19,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dp3batch.books.chunks import CHUNK_WIDTH_CHANGED
 from dp3batch.planning.plan import Plan
 
 PROCESS_RULE = "process_measurement_sets"
 
 # Pending reasons (see completion.pending_reason) per `--list-changes` kind.
 CHANGE_REASONS = {
-    "params": ("steps changed",),
+    "params": ("steps changed", CHUNK_WIDTH_CHANGED),
     "input": ("input changed", "calibration or sky model file changed"),
     "code": ("DP3 changed",),
 }
