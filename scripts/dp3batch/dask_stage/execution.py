@@ -83,7 +83,7 @@ DISK_FULL_BYTES = 16 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
-# What a task reads while its DP3 runs (see _run_dp3).
+# What a task reads while its DP3 runs (see run_dp3).
 Read = TypeVar("Read")
 
 
@@ -127,7 +127,7 @@ def _pdeathsig_launcher() -> tuple[str, ...] | None:
     return (setpriv, "--pdeathsig", "KILL", "--") if "--pdeathsig" in usage else None
 
 
-def _current_dask_task() -> tuple[Any, Any, int, int | None]:
+def current_dask_task() -> tuple[Any, Any, int, int | None]:
     """(worker, task key, threads, memory limit in bytes) when running in a dask worker."""
     try:
         from distributed import get_worker
@@ -173,7 +173,7 @@ def last_error_line(log_path: Path) -> str:
     return lines[-1] if lines else "(DP3 printed nothing)"
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
@@ -186,7 +186,7 @@ class DP3Exit:
     peak_memory_bytes: int | None = None
 
 
-def _run_dp3(
+def run_dp3(
     arguments: list[str], log_path: Path, worker: Any, key: Any, meanwhile: Callable[[], Read]
 ) -> tuple[DP3Exit, Read]:
     """How DP3 ended, and what `meanwhile` returned: it runs once DP3 has started (work of
@@ -344,7 +344,7 @@ def process_measurement_set(task: Task) -> TaskResult:
     output_check). A DP3 failure is a result (status "failed"), not an exception, so dask
     does not retry it; lost workers are retried by the scheduler.
     """
-    worker, key, threads, memory_limit = _current_dask_task()
+    worker, key, threads, memory_limit = current_dask_task()
     worker_address = getattr(worker, "address", None) or socket.gethostname()
     if task.code_digest is not None:  # a worker that runs other code must not run it
         problem = package_problem(own_package_identity(), {"digest": task.code_digest})
@@ -361,7 +361,7 @@ def process_measurement_set(task: Task) -> TaskResult:
         log=str(log_path),
         worker=worker_address,
         numthreads=threads,
-        started=_now(),
+        started=now(),
         status=Status.NOT_PROCESSED,
         size_estimate_bytes=task.size or None,
     )
@@ -379,7 +379,7 @@ def process_measurement_set(task: Task) -> TaskResult:
     try:
         missing = input_gone(task.input)
         if missing:  # deleted (or replaced) after the run was planned
-            return _failed(result, started, log_path, missing, missing)
+            return failed(result, started, log_path, missing, missing)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         output.parent.mkdir(parents=True, exist_ok=True)
         if _attempted_in_this_batch(log_path, task.batch_id):
@@ -399,7 +399,7 @@ def process_measurement_set(task: Task) -> TaskResult:
         holder = write_lock_holder(task.input) or task.locked_by
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.
-            return _failed(result, started, log_path, lock_message(task.input, holder), "")
+            return failed(result, started, log_path, lock_message(task.input, holder), "")
 
         def read_input() -> tuple[Shape, InputGrid, InputFlags]:
             # While DP3 runs: casacore's first import and the reads of the input cost this
@@ -413,7 +413,7 @@ def process_measurement_set(task: Task) -> TaskResult:
 
         doing = "running DP3"
         dp3_started = time.monotonic()
-        exited, (shape_in, grid, input_flags) = _run_dp3(
+        exited, (shape_in, grid, input_flags) = run_dp3(
             arguments, log_path, worker, key, read_input
         )
         result = replace(result, peak_memory_bytes=exited.peak_memory_bytes)
@@ -423,8 +423,8 @@ def process_measurement_set(task: Task) -> TaskResult:
             reason = disk_full_problem(output.parent) or exit_description(exited.code)
             if exited.code == -signal.SIGKILL:  # DP3 had no say: its last line is progress
                 reason += ": " + possibly_out_of_memory(share, host_limit, result.peak_memory_bytes)
-                return _failed(result, started, log_path, reason, reason)
-            return _failed(result, started, log_path, reason)
+                return failed(result, started, log_path, reason, reason)
+            return failed(result, started, log_path, reason)
         doing = "checking the output"
         shape_out = read_shape(str(temporary), with_flags=True)
         dp3_output = log_path.read_text(errors="replace")  # read once, parsed three times
@@ -437,12 +437,12 @@ def process_measurement_set(task: Task) -> TaskResult:
         ]
         if problems:
             problem = "output check failed: " + "; ".join(problems)
-            return _failed(result, started, log_path, problem, problem)
+            return failed(result, started, log_path, problem, problem)
         flagging = flagging_report(
             task, temporary, dp3_output, input_flags, log_path, time.monotonic() - dp3_started
         )
         doing = f"writing {PARSET_NAME}"
-        finished = _now()
+        finished = now()
         final_run = run_parameters(reading, task.input, task.output, threads, memory_gb)
         rerun = hand_rerun_command(
             task.dp3_executable, task.output, str(output / PARSET_NAME), reading
@@ -484,7 +484,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             shape_after=shape_out.as_dict(),
             shape_expected=expected.as_dict() if expected else None,
             required_files=tuple(required_files),
-            output_bytes=_disk_usage(temporary),
+            output_bytes=disk_usage(temporary),
             step_seconds=parse_step_times(dp3_output),
             flags_by_step=parse_flag_counts(dp3_output),
             output_fingerprint=output_state.fingerprint,
@@ -497,7 +497,7 @@ def process_measurement_set(task: Task) -> TaskResult:
         # Last, after every read of the input: what DP3 read is what the record describes.
         changed = input_changed_since(task.input, input_state.fingerprint)
         if changed:
-            return _failed(result, started, log_path, changed, changed)
+            return failed(result, started, log_path, changed, changed)
         write_record(temporary, record)
         doing = "committing the output"
         commit(temporary, output, task.guard, None if key is None else str(key))
@@ -512,14 +512,14 @@ def process_measurement_set(task: Task) -> TaskResult:
                 log.write(f"# {error} on {worker_address}: given to another worker\n")
         raise WorkerCannotRun(worker_address, str(error)) from None
     except (NoRows, RowsOutOfTimeOrder) as error:
-        return _failed(result, started, log_path, str(error), str(error))
+        return failed(result, started, log_path, str(error), str(error))
     except InputLocked as error:
         reason = lock_message(task.input, write_lock_holder(task.input) or 0)
-        return _failed(result, started, log_path, reason, str(error))
+        return failed(result, started, log_path, reason, str(error))
     except Exception as error:  # not DP3's failure: DP3's last line would mislead
         problem = disk_full_problem(output.parent) or f"{type(error).__name__}: {error}"
         reason = f"while {doing}: {problem}"
-        return _failed(result, started, log_path, reason, reason)
+        return failed(result, started, log_path, reason, reason)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
@@ -610,19 +610,19 @@ def dp3_command(executable: str, run: list[tuple[str, str]], parset_path: Path) 
     return [executable, str(parset_path)]
 
 
-def _disk_usage(path: Path | str) -> int:
+def disk_usage(path: Path | str) -> int:
     """Bytes of the files under `path` (os.scandir: a tenth of pathlib's rglob's cost)."""
     total = 0
     with os.scandir(path) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                total += _disk_usage(entry.path)
+                total += disk_usage(entry.path)
             elif entry.is_file(follow_symlinks=False):
                 total += entry.stat(follow_symlinks=False).st_size
     return total
 
 
-def _failed(
+def failed(
     result: TaskResult, started: float, log_path: Path, reason: str, error: str | None = None
 ) -> TaskResult:
     """A failed result. `error` is the line to show beside the reason; by default DP3's most
@@ -636,6 +636,6 @@ def _failed(
         status=Status.FAILED,
         reason=reason,
         error=error_line,
-        finished=_now(),
+        finished=now(),
         duration_seconds=round(time.time() - started, 3),
     )

@@ -28,14 +28,14 @@ from dp3batch.books.task_result import TaskResult
 from dp3batch.dask_stage.execution import (
     DP3DidNotStart,
     TaskCancelled,
-    _current_dask_task,
-    _disk_usage,
-    _failed,
-    _now,
-    _run_dp3,
+    current_dask_task,
     disk_full_problem,
+    disk_usage,
     dp3_command,
     exit_description,
+    failed,
+    now,
+    run_dp3,
     wants_flagging_files,
 )
 from dp3batch.dask_stage.join_check import averaged_grid, join_problems
@@ -156,7 +156,7 @@ def _shape_before(records: list[CompletionRecord]) -> dict[str, Any]:
 def join_chunks(task: Task) -> TaskResult:
     """Join one MS's chunk outputs into its output; returns a result for the report. A
     failed join (or check) is a failed result of that MS alone, naming the reason."""
-    worker, key, threads, _ = _current_dask_task()
+    worker, key, threads, _ = current_dask_task()
     worker_address = getattr(worker, "address", None) or socket.gethostname()
     if task.code_digest is not None:
         problem = package_problem(own_package_identity(), {"digest": task.code_digest})
@@ -172,7 +172,7 @@ def join_chunks(task: Task) -> TaskResult:
         log=str(log_path),
         worker=worker_address,
         numthreads=threads,
-        started=_now(),
+        started=now(),
         status=Status.NOT_PROCESSED,
         size_estimate_bytes=task.size or None,
     )
@@ -188,7 +188,7 @@ def join_chunks(task: Task) -> TaskResult:
             if problem:
                 reason = f"join: {problem}; run again to redo it"
                 log_path.write_text(f"# {task.name}: join of {len(chunks)} chunks\n")
-                return _failed(result, started, log_path, reason, reason)
+                return failed(result, started, log_path, reason, reason)
         records = [read_record(chunk.output) for chunk in chunks]
         chunk_outputs = [chunk.output for chunk in chunks]
         run = join_run(task, chunk_outputs, str(temporary), threads)
@@ -199,18 +199,18 @@ def join_chunks(task: Task) -> TaskResult:
             )
             log.write(f"# started {result.started}\n# command: {' '.join(arguments)}\n")
         doing = "running DP3 (the join)"
-        exited, _ = _run_dp3(arguments, log_path, worker, key, lambda: None)
+        exited, _ = run_dp3(arguments, log_path, worker, key, lambda: None)
         if exited.code != 0:
             reason = "join: " + (disk_full_problem(output.parent) or exit_description(exited.code))
-            return _failed(result, started, log_path, reason)
+            return failed(result, started, log_path, reason)
         doing = "checking the join"
         problems = join_problems(chunk_outputs, str(temporary), _expected_grid(task))
         if problems:
             reason = "join check failed: " + "; ".join(problems)
-            return _failed(result, started, log_path, reason, reason)
+            return failed(result, started, log_path, reason, reason)
         required = _keep_solutions(chunks, task, temporary)
         doing = f"writing {PARSET_NAME}"
-        finished = _now()
+        finished = now()
         final_run = join_run(task, chunk_outputs, task.output, threads)
         header = (
             f"DP3 parset of the join of {task.output} from {len(chunks)} frequency chunks, "
@@ -268,7 +268,7 @@ def join_chunks(task: Task) -> TaskResult:
             shape_after=shape_out.as_dict(),
             shape_expected={"channels": sum(chunk.nchan for chunk in chunks)},
             required_files=tuple(required),
-            output_bytes=_disk_usage(temporary),
+            output_bytes=disk_usage(temporary),
             step_seconds=_sum_step_seconds(done),
             flags_by_step=merged_flag_counts([record.flags_by_step for record in done]),
             output_fingerprint=output_state.fingerprint,
@@ -297,7 +297,7 @@ def join_chunks(task: Task) -> TaskResult:
     except Exception as error:  # not DP3's failure: DP3's last line would mislead
         problem = disk_full_problem(output.parent) or f"{type(error).__name__}: {error}"
         reason = f"while {doing}: {problem}"
-        return _failed(result, started, log_path, reason, reason)
+        return failed(result, started, log_path, reason, reason)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
