@@ -337,6 +337,51 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class TaskStart:
+    """Where and when a task (a run of the chain, or a join) started, and the result it
+    reports until it has an outcome (NOT_PROCESSED)."""
+
+    worker: Any
+    key: Any
+    threads: int
+    memory: int | None
+    worker_address: str
+    started: float
+    result: TaskResult
+
+
+def start_task(task: Task) -> TaskStart:
+    """The start of every task on a worker: which worker, and a refusal (WorkerCannotRun)
+    where it runs other code than the batch."""
+    worker, key, threads, memory_limit = current_dask_task()
+    worker_address = getattr(worker, "address", None) or socket.gethostname()
+    if task.code_digest is not None:  # a worker that runs other code must not run it
+        problem = package_problem(own_package_identity(), {"digest": task.code_digest})
+        if problem is not None:
+            raise WorkerCannotRun(worker_address, problem)
+    result = TaskResult(
+        name=task.name,
+        input=task.input,
+        output=task.output,
+        log=str(Path(task.log)),
+        worker=worker_address,
+        numthreads=threads,
+        started=now(),
+        status=Status.NOT_PROCESSED,
+        size_estimate_bytes=task.size or None,
+    )
+    return TaskStart(worker, key, threads, memory_limit, worker_address, time.time(), result)
+
+
+def remove_own_leftovers(output: Path, log_path: Path, batch_id: str | None) -> None:
+    """What an earlier attempt of this batch left of `output` (a killed worker's temporary
+    copy): the central job removed those of earlier runs once, so the directory (thousands of
+    entries) is scanned only when the task's log says this batch tried it before."""
+    if _attempted_in_this_batch(log_path, batch_id):
+        remove_leftovers(output.parent, {output.name})
+
+
 def process_measurement_set(task: Task) -> TaskResult:
     """Run the chain on one MS and commit its output; returns a result for the report.
 
@@ -344,27 +389,11 @@ def process_measurement_set(task: Task) -> TaskResult:
     output_check). A DP3 failure is a result (status "failed"), not an exception, so dask
     does not retry it; lost workers are retried by the scheduler.
     """
-    worker, key, threads, memory_limit = current_dask_task()
-    worker_address = getattr(worker, "address", None) or socket.gethostname()
-    if task.code_digest is not None:  # a worker that runs other code must not run it
-        problem = package_problem(own_package_identity(), {"digest": task.code_digest})
-        if problem is not None:
-            raise WorkerCannotRun(worker_address, problem)
+    start = start_task(task)
+    worker, key, threads, memory_limit = start.worker, start.key, start.threads, start.memory
+    worker_address, started, result = start.worker_address, start.started, start.result
     output = Path(task.output)
     log_path = Path(task.log)
-    started = time.time()
-    # What every outcome reports; NOT_PROCESSED until it has one.
-    result = TaskResult(
-        name=task.name,
-        input=task.input,
-        output=task.output,
-        log=str(log_path),
-        worker=worker_address,
-        numthreads=threads,
-        started=now(),
-        status=Status.NOT_PROCESSED,
-        size_estimate_bytes=task.size or None,
-    )
     temporary = temporary_path(output)
     # A worker's share of memory, capped by what this host's limits leave it (an external
     # worker's own limit is dask's guess, blind to a batch job's cgroup).
@@ -382,11 +411,7 @@ def process_measurement_set(task: Task) -> TaskResult:
             return failed(result, started, log_path, missing, missing)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         output.parent.mkdir(parents=True, exist_ok=True)
-        if _attempted_in_this_batch(log_path, task.batch_id):
-            # What an earlier attempt of this batch left (a killed worker's): the central job
-            # removed those of earlier runs once, so the directory (thousands of entries) is
-            # not scanned by every task.
-            remove_leftovers(output.parent, {output.name})
+        remove_own_leftovers(output, log_path, task.batch_id)
         input_state = input_tree(Path(task.input))
         memory_gb = aoflagger_memory_gb(share)
         run = run_parameters(reading, task.input, str(temporary), threads, memory_gb)

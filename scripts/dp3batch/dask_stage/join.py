@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from dp3batch.books.chunks import PlannedChunk, channel_range, chunk_directory, join_msout
-from dp3batch.books.commit import BatchStopped, commit, remove_leftovers
+from dp3batch.books.commit import BatchStopped, commit
 from dp3batch.books.fingerprints import input_tree, output_tree, output_unchanged
 from dp3batch.books.layout import PARSET_NAME, OutputLayout, temporary_path
 from dp3batch.books.records import CompletionRecord, read_record, write_record
@@ -28,22 +27,21 @@ from dp3batch.books.task_result import TaskResult
 from dp3batch.dask_stage.execution import (
     DP3DidNotStart,
     TaskCancelled,
-    current_dask_task,
     disk_full_problem,
     disk_usage,
     dp3_command,
     exit_description,
     failed,
     now,
+    remove_own_leftovers,
     run_dp3,
+    start_task,
     wants_flagging_files,
 )
 from dp3batch.dask_stage.join_check import averaged_grid, join_problems
 from dp3batch.dask_stage.task import Task
 from dp3batch.dask_stage.worker_faults import (
     WorkerCannotRun,
-    own_package_identity,
-    package_problem,
 )
 from dp3batch.dp3.averaging import frequency_averaging, msin_channels, plain_integer
 from dp3batch.dp3.parameters import format_value
@@ -156,32 +154,17 @@ def _shape_before(records: list[CompletionRecord]) -> dict[str, Any]:
 def join_chunks(task: Task) -> TaskResult:
     """Join one MS's chunk outputs into its output; returns a result for the report. A
     failed join (or check) is a failed result of that MS alone, naming the reason."""
-    worker, key, threads, _ = current_dask_task()
-    worker_address = getattr(worker, "address", None) or socket.gethostname()
-    if task.code_digest is not None:
-        problem = package_problem(own_package_identity(), {"digest": task.code_digest})
-        if problem is not None:
-            raise WorkerCannotRun(worker_address, problem)
+    start = start_task(task)
+    worker, key, threads = start.worker, start.key, start.threads
+    worker_address, started, result = start.worker_address, start.started, start.result
     chunks = list(task.chunks or ())
     output, log_path = Path(task.output), Path(task.log)
-    started = time.time()
-    result = TaskResult(
-        name=task.name,
-        input=task.input,
-        output=task.output,
-        log=str(log_path),
-        worker=worker_address,
-        numthreads=threads,
-        started=now(),
-        status=Status.NOT_PROCESSED,
-        size_estimate_bytes=task.size or None,
-    )
     temporary = temporary_path(output)
     doing = "preparing the join"
     flagging: FlaggingReport | None = None
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(output.parent, {output.name})
+        remove_own_leftovers(output, log_path, task.batch_id)
         input_state = input_tree(Path(task.input))
         for chunk in chunks:
             problem = chunk_problem(task, chunk, input_state.fingerprint)
@@ -197,7 +180,8 @@ def join_chunks(task: Task) -> TaskResult:
             log.write(
                 f"# {task.name}: join of {len(chunks)} frequency chunks on {worker_address}\n"
             )
-            log.write(f"# started {result.started}\n# command: {' '.join(arguments)}\n")
+            log.write(f"# batch {task.batch_id}\n# started {result.started}\n")
+            log.write(f"# command: {' '.join(arguments)}\n")
         doing = "running DP3 (the join)"
         exited, _ = run_dp3(arguments, log_path, worker, key, lambda: None)
         if exited.code != 0:
