@@ -235,8 +235,15 @@ def test_two_runs_on_one_output_dir_process_each_ms_once(workflow, tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     records = {name: workflow.record(name) for name in names}
     assert all(records.values())
-    # Each MS ran once: the second run found them done once it held the lock.
-    assert "completed by another run meanwhile" in second.stdout + second.stderr
+    # Each MS ran once: the run that took the lock second (either may) found them done,
+    # reported them complete and up to date, and succeeded.
+    outputs = [_output(workflow), second.stdout + second.stderr]
+    waited = [output for output in outputs if "completed by another run meanwhile" in output]
+    assert len(waited) == 1, outputs
+    assert "0 of 3 MS(s) done (3 more by another run)" in waited[0], waited[0]
+    assert "3 of 3 MS(s) complete" in waited[0], waited[0]
+    assert {row["status"] for row in _summary(workflow).values()} <= {"done", "up to date"}
+    assert len({record["batch_id"] for record in records.values()}) == 1
     for name in names:
         assert (workflow.directory / "results" / "logs" / f"{name}.log").read_text().count(
             "# started"

@@ -137,3 +137,17 @@ def test_a_record_this_batch_made_is_done_even_stamped_before_the_planning(tmp_p
     result = run.final_results("its worker was lost")[0]
     assert result.status == Status.DONE
     assert replace(result, log="").finished == BEHIND
+
+
+def test_an_ms_another_run_completed_meanwhile_is_up_to_date_not_unprocessed(tmp_path):
+    """The run that waited for the lock processes nothing of it and must not fail for it:
+    its result and its summary row say up to date, from the other run's record."""
+    source, output = _up_to_date_output(tmp_path, "a", batch_id="other", finished=BEHIND)
+    batch = _batch(tmp_path, [_pending("a", source, output, "missing", None)])
+    run = BatchRun(batch)
+    run.completed_elsewhere = {"a"}
+    (result,) = run.final_results("not run")
+    assert result.status == Status.UP_TO_DATE
+    paths = [MSPaths("a", str(source), str(output))]
+    rows = collect_rows(paths, [result], tmp_path / "logs", {"a"}, "this-batch")
+    assert rows[0].status == Status.UP_TO_DATE

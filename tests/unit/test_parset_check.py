@@ -62,7 +62,9 @@ def test_planning_that_fails_meanwhile_stops_the_running_check(tmp_path):
     dp3 = _fake_dp3(tmp_path, f"echo $$ > {pid_file}; exec sleep 30")
     check = ParameterCheck(dp3, DP3Parameters({}, {}, ()), tmp_path / "obs_00.ms")
     deadline = time.monotonic() + 10
-    while not pid_file.exists() and time.monotonic() < deadline:
+    # The file exists (empty) a moment before the shell writes its pid into it.
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, "the check's DP3 did not start"
         time.sleep(0.01)
     started = time.monotonic()
     check.cancel()

@@ -142,6 +142,9 @@ class BatchRun:
         self.chunk_results: dict[str, TaskResult] = {}
         self.ready_joins: list[Task] = []
         self.code_digest: str | None = None
+        # MSs another run completed while this one waited for the lock: up to date, not
+        # processed again.
+        self.completed_elsewhere: set[str] = set()
 
     def record_result(self, result: TaskResult) -> None:
         owner = self.chunk_owner.get(result.name)
@@ -228,6 +231,7 @@ class BatchRun:
                 for probe in directory.glob(f"{PROBE_PREFIX}*"):  # of a path check cut short
                     probe.unlink(missing_ok=True)
             pending, completed = still_pending(batch, self.store)
+            self.completed_elsewhere = set(completed)
             for name in completed:
                 log.info("%s: completed by another run meanwhile; not processed again", name)
             # Before any DP3 runs: whatever ends this batch (even SIGKILL), the next run
@@ -342,7 +346,11 @@ class BatchRun:
         results = []
         for ms in self.batch.measurement_sets:
             result = self.results.get(ms.name)
-            if result is None:
+            if result is None and ms.name in self.completed_elsewhere:
+                result = self._up_to_date(ms) or lost_result(
+                    task_for(self.batch, ms), "its output was removed meanwhile"
+                )
+            elif result is None:
                 result = self._from_record(ms) or lost_result(
                     task_for(self.batch, ms), why_unfinished + self._chunks_kept(ms)
                 )
@@ -365,6 +373,14 @@ class BatchRun:
     def excluded_workers(self) -> dict[str, str]:
         """Workers this batch gave no (more) work, and why."""
         return dict(self.watch.excluded) if self.watch is not None else {}
+
+    def _up_to_date(self, ms: PendingMS) -> TaskResult | None:
+        """The result of an MS another run completed meanwhile, from that run's record."""
+        record = self.store.record(ms.output)
+        if record is None:
+            return None
+        result = TaskResult.from_record(record, ms_log_file(self.batch.log_dir, ms.name))
+        return replace(result, status=Status.UP_TO_DATE)
 
     def _from_record(self, ms: PendingMS) -> TaskResult | None:
         record = self.store.record(ms.output)
@@ -566,15 +582,17 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
     finally:
         pid_file.unlink(missing_ok=True)
     done = sum(1 for result in results if result.status == Status.DONE)
+    elsewhere = sum(1 for result in results if result.status == Status.UP_TO_DATE)
     log.info(
-        "%d of %d MS(s) done in %.1f s; outputs in %s",
+        "%d of %d MS(s) done%s in %.1f s; outputs in %s",
         done,
         total,
+        f" ({elsewhere} more by another run)" if elsewhere else "",
         time.monotonic() - run.started,
         batch.output_dir,
     )
     excluded = run.excluded_workers()
-    if done < total:
+    if done + elsewhere < total:
         # Shown once, at the very end of the run (Snakefile `onerror`), not here too.
         report = failure_report(results, excluded, ended_by)
         with contextlib.suppress(OSError):

@@ -10,8 +10,8 @@ locks, telescopes, calibration), and DP3's own check of the keys beside it.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -437,15 +437,14 @@ def _telescope(item: WorkItem, store: RecordStore) -> str:
     return read_telescope_name(item.input)
 
 
-def batch_id(plan: Plan, now: datetime.datetime | None = None) -> str:
-    """A name for this batch: its start time and a digest of what it processes.
+def batch_id(now: datetime.datetime | None = None) -> str:
+    """A name for this batch: its start time and 32 random bits.
 
-    Unique per run, so the central job's marker never looks done for a later batch."""
+    Unique per run, so the central job's marker never looks done for a later batch, and
+    two runs started in the same second (even on one output directory, from two hosts)
+    never take each other's records for their own."""
     now = now or datetime.datetime.now(datetime.UTC)
-    digest = hashlib.sha256(
-        "\n".join(f"{item.name}:{reason}" for item, reason in plan.pending).encode()
-    ).hexdigest()[:8]
-    return f"{now:%Y%m%dT%H%M%S}-{digest}"
+    return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
 
 
 def describe_pending(plan: Plan, limit: int = 50) -> str:

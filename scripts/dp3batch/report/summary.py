@@ -209,7 +209,11 @@ def collect_rows(
             rows.append(_row_from(ms, Status.DONE, log, record, qa))
         elif result is not None and result.status in (Status.FAILED, Status.NOT_PROCESSED):
             rows.append(_row_from(ms, result.status, result.log, result))
-        elif record is not None and ms.name not in batch_names:
+        elif record is not None and (
+            ms.name not in batch_names
+            # completed by another run while this batch waited for the lock
+            or (result is not None and result.status == Status.UP_TO_DATE)
+        ):
             rows.append(_row_from(ms, Status.UP_TO_DATE, log, record, qa))
         else:
             rows.append(_row_from(ms, Status.NOT_PROCESSED, log, None))

@@ -89,7 +89,7 @@ class Run:
             _exit(touch_refusal(plan, flags))
         run = cls(config, flags, plan, OutputLayout(plan.output_dir))
         if plan.pending and not flags.report and flags.list_changes is None:
-            run.batch = batch_id(plan)
+            run.batch = batch_id()
         if not flags.processes_nothing:
             run.run_files = run._make_run_files()
         run._say(describe_pending(plan))
