@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 from contract_examples import make_record
 from dp3batch.books.batch_spec import MSPaths
-from dp3batch.books.records import write_record
+from dp3batch.books.records import RecordStore, write_record
 from dp3batch.books.status import Status
 from dp3batch.dask_stage.dask_report import DaskPerformanceReport
 from dp3batch.dp3.log import parse_step_times
@@ -174,6 +174,67 @@ def test_a_no_op_summary_is_rebuilt_only_when_a_record_changed(tmp_path):
     (output / "dp3_completion.json").unlink()  # ...and rebuilt when a record changed
     refresh_summary(sets, tmp_path / "logs", *paths)
     assert "not processed" in paths[1].read_text()
+
+
+def _batch_outputs(tmp_path, names, batch_id="b1"):
+    sets = []
+    for name in names:
+        output = tmp_path / "results" / f"{name}.ms"
+        output.mkdir(parents=True)
+        write_record(output, make_record(name=name, output=str(output), batch_id=batch_id))
+        sets.append(MSPaths(name, f"/in/{name}.ms", str(output)))
+    return sets
+
+
+class _NoRecordReads(RecordStore):
+    def record(self, output):
+        raise AssertionError(f"record of {output} read")
+
+
+def test_the_no_op_after_a_batch_keeps_its_rows_and_makes_them_up_to_date(tmp_path):
+    """The records are unchanged since the batch wrote the summary: none is read again, and
+    the summary is the one a rebuild from the records gives."""
+    from dp3batch.books.layout import OutputLayout
+    from dp3batch.report.summary import Summary, refresh_summary
+
+    sets = _batch_outputs(tmp_path, ["a", "b"])
+    layout = OutputLayout(tmp_path / "results")
+    rows, problem = Summary(layout, sets).write((), {"a", "b"}, "b1")
+    assert problem is None and {row.status for row in rows} == {Status.DONE}
+    paths = (layout.summary_json, layout.summary_tsv)
+    assert refresh_summary(sets, layout.log_dir, *paths, store=_NoRecordReads()) is None
+    kept = [path.read_text() for path in paths]
+    assert "done" not in kept[1] and kept[1].count("up to date") == 2
+    (tmp_path / "results" / ".summary.digest").unlink()  # rebuilt from the records
+    assert refresh_summary(sets, layout.log_dir, *paths) is None
+    assert [path.read_text() for path in paths] == kept
+
+
+def test_a_batch_summary_with_an_ms_not_complete_is_rebuilt_from_the_records(tmp_path):
+    from dp3batch.books.layout import OutputLayout
+    from dp3batch.report.summary import Summary, refresh_summary
+
+    sets = _batch_outputs(tmp_path, ["a"])
+    sets.append(MSPaths("b", "/in/b.ms", str(tmp_path / "results" / "b.ms")))  # no output
+    layout = OutputLayout(tmp_path / "results")
+    Summary(layout, sets).write((), {"a", "b"}, "b1")
+    paths = (layout.summary_json, layout.summary_tsv)
+    with pytest.raises(AssertionError, match="record of"):
+        refresh_summary(sets, layout.log_dir, *paths, store=_NoRecordReads())
+
+
+def test_a_record_changed_after_the_batch_summary_rebuilds_it(tmp_path):
+    from dp3batch.books.layout import OutputLayout
+    from dp3batch.report.summary import Summary, refresh_summary
+
+    sets = _batch_outputs(tmp_path, ["a"])
+    layout = OutputLayout(tmp_path / "results")
+    Summary(layout, sets).write((), {"a"}, "b1")
+    output = tmp_path / "results" / "a.ms"
+    write_record(output, make_record(name="a", output=str(output), batch_id="b2"))
+    paths = (layout.summary_json, layout.summary_tsv)
+    with pytest.raises(AssertionError, match="record of"):
+        refresh_summary(sets, layout.log_dir, *paths, store=_NoRecordReads())
 
 
 def test_flag_counts_per_step_are_read_from_dp3s_tables():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -270,3 +271,10 @@ def _member(fields: Fields, key: str, kind: type[enum.Enum], optional: bool) -> 
     except ValueError:
         known = ", ".join(repr(str(member.value)) for member in kind)
         raise ContractError(f"{fields.what}: '{key}' {value!r} is not one of {known}") from None
+
+
+def json_lines(entries: list[Any]) -> str:
+    """A JSON list with one entry per line: readable with any pager, and written by json's
+    C encoder (an indented dump takes its pure-Python one, ten times slower over 10,000
+    MSs)."""
+    return "[\n" + ",\n".join(json.dumps(entry) for entry in entries) + "\n]"

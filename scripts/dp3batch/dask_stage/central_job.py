@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
-import json
 import logging
 import os
 import shutil
@@ -22,7 +21,7 @@ from typing import Any, NoReturn
 
 from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.chunks import chunk_directory
-from dp3batch.books.codec import ContractError
+from dp3batch.books.codec import ContractError, json_lines
 from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
 from dp3batch.books.forced import ForcedItem, is_forced, read_forced_note, write_forced_note
 from dp3batch.books.layout import OutputLayout, RunFiles, leftover_owner, ms_log_file
@@ -396,6 +395,11 @@ class BatchRun:
         )
         if problem:  # said once, by the rule layer, which writes it again when it ends
             file_log.error("Error: %s", problem)
+        # The summary has just parsed every record: what the next run checks of each is
+        # kept now, so that the rerun right after this batch reads none of them.
+        self.store.keep_checks(
+            self.layout.record_checks, [ms.output for ms in self.batch.all_measurement_sets]
+        )
         dask_problem = None
         if not self.report_files.dask.exists():
             try:
@@ -456,7 +460,7 @@ def write_batch_result(path: Path, results: list[TaskResult]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     try:
-        temporary.write_text(json.dumps(results_to_json(results), indent=2) + "\n")
+        temporary.write_text(json_lines(results_to_json(results)) + "\n")
         temporary.replace(path)
     except OSError:  # a full disk: no half-written copy is left to take space
         temporary.unlink(missing_ok=True)

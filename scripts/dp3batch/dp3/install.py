@@ -5,6 +5,7 @@ measures data), its version, and the AOFlagger strategies the dp3 wheel ships bu
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -209,6 +210,7 @@ def aoflagger_default_strategy_name(telescope: str | None) -> str:
     return f"{stem}-default.lua"
 
 
+@functools.cache
 def wheel_strategies_directory(executable: str) -> Path | None:
     """Where the dp3 wheel keeps AOFlagger's strategies, when DP3 is the wheel's `DP3.py`.
 
@@ -222,6 +224,7 @@ def wheel_strategies_directory(executable: str) -> Path | None:
     return directory if directory.is_dir() else None
 
 
+@functools.cache  # asked for every MS of a rerun; the wheel does not change meanwhile
 def wheel_aoflagger_strategy(executable: str, telescope: str | None = None) -> str | None:
     """The strategy the wheel's DP3 must be given for an MS of `telescope`: the one AOFlagger
     itself would pick (None unless DP3 is the wheel's `DP3.py`)."""

@@ -14,12 +14,12 @@ import io
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from dp3batch.books.batch_spec import MSPaths
-from dp3batch.books.codec import from_json, to_json
+from dp3batch.books.codec import from_json, json_lines, to_json
 from dp3batch.books.layout import RECORD_NAME, OutputLayout, ms_log_file
 from dp3batch.books.qa import SUSPECT, QALimits, QAVerdict, qa_verdict
 from dp3batch.books.record_checks import without_collections
@@ -240,7 +240,8 @@ def write_summary(
     Returns a problem (e.g. a full disk) instead of raising: the run's own outcome matters
     more than its summary, and no half-written file is left behind."""
     json_path, tsv_path = Path(json_path), Path(tsv_path)
-    # Only refresh_summary vouches for a summary with its digest: any other write drops it.
+    # A summary is vouched for by the digest its writer notes after it (refresh_summary,
+    # Summary.write): until then, none.
     with contextlib.suppress(OSError):
         _digest_path(json_path).unlink()
     counts: dict[str, int] = {}
@@ -265,9 +266,9 @@ def write_summary(
         for entry in data:
             writer.writerow({key: _tsv_cell(entry.get(key)) for key in columns})
         contents = {
-            json_path: json.dumps(
-                {"counts": counts, "measurement_sets": data, "suspect": suspect_list(rows)},
-                indent=2,
+            json_path: (
+                f'{{"counts": {json.dumps(counts)},\n"measurement_sets": {json_lines(data)},\n'
+                f'"suspect": {json_lines(suspect_list(rows))}}}\n'
             ),
             tsv_path: table.getvalue(),
         }
@@ -323,6 +324,17 @@ def records_digest(measurement_sets: Sequence[MSPaths]) -> str:
     return digest.hexdigest()
 
 
+# A summary written after a batch notes its records' digest behind this: a run with nothing
+# to do finds every row there, its statuses to update (done by that batch: now up to date).
+AFTER_A_BATCH = "after a batch "
+
+
+def _noted_digest(digest: str, qa: QALimits) -> str:
+    if qa.enabled:  # the verdicts depend on the limits too: a changed limit rebuilds it
+        digest += " qa " + json.dumps(qa.to_json(), sort_keys=True)
+    return digest
+
+
 def refresh_summary(
     measurement_sets: Sequence[MSPaths],
     log_dir: Path,
@@ -333,21 +345,40 @@ def refresh_summary(
     qa: QALimits = NO_QA,
 ) -> str | None:
     """The summary of a run with nothing to do, rebuilt only when the records changed since
-    it was last written (a digest beside it says which records it was built from).
-    `digest`: `records_digest(measurement_sets)`, if the caller has it already."""
+    it was last written (a digest beside it says which records it was built from); after a
+    batch whose records are unchanged since, its rows are kept and only their statuses
+    change. `digest`: `records_digest(measurement_sets)`, if the caller has it already."""
     digest_path = _digest_path(json_path)
-    digest = digest or records_digest(measurement_sets)
-    if qa.enabled:  # the verdicts depend on the limits too: a changed limit rebuilds it
-        digest += " qa " + json.dumps(qa.to_json(), sort_keys=True)
-    if _read_text(digest_path) == digest and json_path.is_file() and tsv_path.is_file():
+    digest = _noted_digest(digest or records_digest(measurement_sets), qa)
+    noted = _read_text(digest_path)
+    files_there = json_path.is_file() and tsv_path.is_file()
+    if noted == digest and files_there:
         return None
-    with without_collections():  # every record parsed: see record_checks
-        rows = collect_rows(measurement_sets, [], log_dir, store=store, qa=qa)
-        problem = write_summary(rows, json_path, tsv_path)
+    rows = None
+    if noted == AFTER_A_BATCH + digest and files_there:
+        rows = _rows_now_up_to_date(json_path)
+    if rows is None:
+        with without_collections():  # every record parsed: see record_checks
+            rows = collect_rows(measurement_sets, [], log_dir, store=store, qa=qa)
+    problem = write_summary(rows, json_path, tsv_path)
     if problem is None:
         with contextlib.suppress(OSError):
             digest_path.write_text(digest)
     return problem
+
+
+def _rows_now_up_to_date(json_path: Path) -> list[SummaryRow] | None:
+    """The rows of a summary written after a batch, each MS that batch did now up to date;
+    None when the file cannot be read or an MS was not complete (rebuilt from the records)."""
+    try:
+        with without_collections():
+            entries = json.loads(json_path.read_bytes())["measurement_sets"]
+            rows = [SummaryRow.from_json(entry, f"{json_path}: row") for entry in entries]
+    except (OSError, ValueError, KeyError, TypeError):  # ContractError is a ValueError
+        return None
+    if not all(row.status.complete for row in rows):
+        return None
+    return [replace(row, status=Status.UP_TO_DATE) for row in rows]
 
 
 class Summary:
@@ -372,6 +403,8 @@ class Summary:
         batch_id: str | None = None,
     ) -> tuple[list[SummaryRow], str | None]:
         """The rows after a batch (see `collect_rows`), written; and a problem, if any."""
+        # Before any record is read: a record that changes after this no longer matches it.
+        digest = records_digest(self.measurement_sets)
         rows = collect_rows(
             self.measurement_sets,
             batch_results,
@@ -381,7 +414,13 @@ class Summary:
             self.store,
             self.qa,
         )
-        return rows, write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)
+        problem = write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)
+        if problem is None and all(row.status.complete for row in rows):
+            with contextlib.suppress(OSError):
+                _digest_path(self.layout.summary_json).write_text(
+                    AFTER_A_BATCH + _noted_digest(digest, self.qa)
+                )
+        return rows, problem
 
     def refresh(self, digest: str | None = None) -> str | None:
         """After a run with nothing to do: rebuilt only if the records changed."""
