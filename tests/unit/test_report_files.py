@@ -223,6 +223,27 @@ def test_a_batch_summary_with_an_ms_not_complete_is_rebuilt_from_the_records(tmp
         refresh_summary(sets, layout.log_dir, *paths, store=_NoRecordReads())
 
 
+def test_a_batch_summary_laid_out_otherwise_is_rebuilt_from_the_records(tmp_path):
+    """An earlier version wrote it indented: not read line by line, rebuilt as now."""
+    import json
+
+    from dp3batch.books.layout import OutputLayout
+    from dp3batch.report.summary import Summary, refresh_summary
+
+    sets = _batch_outputs(tmp_path, ["a", "b"])
+    layout = OutputLayout(tmp_path / "results")
+    Summary(layout, sets).write((), {"a", "b"}, "b1")
+    data = json.loads(layout.summary_json.read_text())
+    layout.summary_json.write_text(json.dumps(data, indent=2))
+    paths = (layout.summary_json, layout.summary_tsv)
+    with pytest.raises(AssertionError, match="record of"):
+        refresh_summary(sets, layout.log_dir, *paths, store=_NoRecordReads())
+    assert refresh_summary(sets, layout.log_dir, *paths) is None
+    rebuilt = json.loads(layout.summary_json.read_text())
+    assert [entry["status"] for entry in rebuilt["measurement_sets"]] == ["up to date"] * 2
+    assert not list(layout.output_dir.glob("*.tmp"))
+
+
 def test_a_record_changed_after_the_batch_summary_rebuilds_it(tmp_path):
     from dp3batch.books.layout import OutputLayout
     from dp3batch.report.summary import Summary, refresh_summary

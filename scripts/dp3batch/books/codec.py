@@ -277,4 +277,6 @@ def json_lines(entries: list[Any]) -> str:
     """A JSON list with one entry per line: readable with any pager, and written by json's
     C encoder (an indented dump takes its pure-Python one, ten times slower over 10,000
     MSs)."""
+    if not entries:
+        return "[]"
     return "[\n" + ",\n".join(json.dumps(entry) for entry in entries) + "\n]"

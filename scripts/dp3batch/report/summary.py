@@ -13,8 +13,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -266,10 +267,7 @@ def write_summary(
         for entry in data:
             writer.writerow({key: _tsv_cell(entry.get(key)) for key in columns})
         contents = {
-            json_path: (
-                f'{{"counts": {json.dumps(counts)},\n"measurement_sets": {json_lines(data)},\n'
-                f'"suspect": {json_lines(suspect_list(rows))}}}\n'
-            ),
+            json_path: _summary_json(counts, data, suspect_list(rows)),
             tsv_path: table.getvalue(),
         }
         for (path, text), temporary in zip(contents.items(), temporaries, strict=True):
@@ -354,31 +352,84 @@ def refresh_summary(
     files_there = json_path.is_file() and tsv_path.is_file()
     if noted == digest and files_there:
         return None
-    rows = None
-    if noted == AFTER_A_BATCH + digest and files_there:
-        rows = _rows_now_up_to_date(json_path)
-    if rows is None:
+    if noted == AFTER_A_BATCH + digest and files_there and _mark_up_to_date(json_path, tsv_path):
+        problem = None
+    else:
         with without_collections():  # every record parsed: see record_checks
             rows = collect_rows(measurement_sets, [], log_dir, store=store, qa=qa)
-    problem = write_summary(rows, json_path, tsv_path)
+        problem = write_summary(rows, json_path, tsv_path)
     if problem is None:
         with contextlib.suppress(OSError):
             digest_path.write_text(digest)
     return problem
 
 
-def _rows_now_up_to_date(json_path: Path) -> list[SummaryRow] | None:
-    """The rows of a summary written after a batch, each MS that batch did now up to date;
-    None when the file cannot be read or an MS was not complete (rebuilt from the records)."""
+def _summary_json(counts: dict[str, int], entries: list[Any], suspect: list[Any]) -> str:
+    # Laid out so that _mark_up_to_date can read it one line at a time.
+    return (
+        f"{_COUNTS_LINE}{json.dumps(counts)},\n{_ENTRIES_LINE}"
+        + "".join(f"{json.dumps(entry)},\n" for entry in entries[:-1])
+        + "".join(f"{json.dumps(entry)}\n" for entry in entries[-1:])
+        + f'],\n"suspect": {json_lines(suspect)}}}\n'
+    )
+
+
+_COUNTS_LINE = '{"counts": '
+_ENTRIES_LINE = '"measurement_sets": [\n'
+
+
+def _mark_up_to_date(json_path: Path, tsv_path: Path) -> bool:
+    """A summary written after a batch, with each MS that batch did now up to date: only
+    the statuses change, one line at a time (memory flat in the number of MSs; the files
+    stay as `write_summary` writes them). False when a file is not laid out as it writes
+    them, cannot be rewritten, or an MS was not complete: the caller rebuilds it from the
+    records."""
+    done, up_to_date = Status.DONE.value, Status.UP_TO_DATE.value
+    temporaries = [path.with_name(f"{path.name}.tmp") for path in (json_path, tsv_path)]
     try:
-        with without_collections():
-            entries = json.loads(json_path.read_bytes())["measurement_sets"]
-            rows = [SummaryRow.from_json(entry, f"{json_path}: row") for entry in entries]
-    except (OSError, ValueError, KeyError, TypeError):  # ContractError is a ValueError
-        return None
-    if not all(row.status.complete for row in rows):
-        return None
-    return [replace(row, status=Status.UP_TO_DATE) for row in rows]
+        with open(json_path) as source, open(temporaries[0], "w") as target:
+            head = source.readline()
+            if not head.startswith(_COUNTS_LINE) or not head.endswith(",\n"):
+                return False
+            counts = json.loads(head[len(_COUNTS_LINE) : -2])
+            if not set(counts) <= {done, up_to_date}:
+                return False
+            total = sum(counts.values())
+            new_counts = {up_to_date: total} if total else {}
+            target.write(f"{_COUNTS_LINE}{json.dumps(new_counts)},\n")
+            if source.readline() != _ENTRIES_LINE:
+                return False
+            target.write(_ENTRIES_LINE)
+            for _ in range(total):
+                line = source.readline()
+                text, comma = (line[:-2], ",") if line.endswith(",\n") else (line[:-1], "")
+                entry = json.loads(text)
+                if entry["status"] not in (done, up_to_date):
+                    return False
+                entry["status"] = up_to_date
+                target.write(f"{json.dumps(entry)}{comma}\n")
+            if source.readline() != "],\n":  # not as many MSs as counted
+                return False
+            target.write("],\n")
+            shutil.copyfileobj(source, target)  # the suspect MSs
+        with open(tsv_path) as source, open(temporaries[1], "w") as target:
+            header = source.readline()
+            column = header.rstrip("\n").split("\t").index("status")
+            target.write(header)
+            for line in source:
+                cells = line.split("\t")  # no cell holds a tab or a line break (_tsv_cell)
+                if cells[column] == done:
+                    cells[column] = up_to_date
+                target.write("\t".join(cells))
+        for temporary, path in zip(temporaries, (json_path, tsv_path), strict=True):
+            temporary.replace(path)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+    finally:
+        for temporary in temporaries:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+    return True
 
 
 class Summary:
