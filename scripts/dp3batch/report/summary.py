@@ -292,15 +292,59 @@ def suspect_list(rows: list[SummaryRow]) -> list[dict[str, str]]:
     return [{"name": row.name, "reason": row.qa_reason or ""} for row in rows if row.qa == SUSPECT]
 
 
-def rows_written_since(json_path: Path, since: Path) -> list[SummaryRow] | None:
-    """The rows of a summary written after `since` was (the batch's result: the central job
-    writes the summary from the records right after it), else None."""
+@dataclass(frozen=True)
+class Verdict:
+    """What a run says as it ends: how many MSs have each status, and the suspect ones."""
+
+    counts: Mapping[str, int]
+    suspect: tuple[Mapping[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, rows: Sequence[SummaryRow]) -> Verdict:
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row.status] = counts.get(row.status, 0) + 1
+        return cls(counts, tuple(suspect_list(list(rows))))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def complete(self) -> int:
+        return sum(count for status, count in self.counts.items() if Status(status).complete)
+
+
+def verdict_written_since(json_path: Path, since: Path) -> Verdict | None:
+    """The verdict of a summary written after `since` was (the batch's result: the central
+    job writes the summary from the records right after it), else None. Read one line at a
+    time, the MSs' own lines skipped: memory flat in their number."""
     try:
         if json_path.stat().st_mtime_ns < since.stat().st_mtime_ns:
             return None
-        rows = json.loads(json_path.read_text())["measurement_sets"]
-        return [SummaryRow.from_json(row, f"{json_path}: row") for row in rows]
-    except (OSError, ValueError, KeyError, TypeError):  # ContractError is a ValueError
+        with open(json_path) as source:
+            head = source.readline()
+            if not head.startswith(_COUNTS_LINE) or source.readline() != _ENTRIES_LINE:
+                return None
+            counts = json.loads(head[len(_COUNTS_LINE) : -2])
+            for line in source:
+                if line == "],\n":
+                    break
+            rest = json.loads("{" + source.read())
+        if not isinstance(counts, dict) or not all(
+            isinstance(count, int) and Status(status) for status, count in counts.items()
+        ):
+            return None
+        suspect = rest["suspect"]
+        if not isinstance(suspect, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str) for entry in suspect
+        ):
+            return None
+        suspect = [
+            {"name": entry["name"], "reason": str(entry.get("reason") or "")} for entry in suspect
+        ]
+        return Verdict(counts, tuple(suspect))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
@@ -485,6 +529,7 @@ class Summary:
             self.qa,
         )
 
-    def rows_written_since(self, marker: Path) -> list[SummaryRow] | None:
-        """The rows the central job wrote after its batch marker, else None."""
-        return rows_written_since(self.layout.summary_json, marker)
+    def verdict_written_since(self, marker: Path) -> Verdict | None:
+        """The verdict of the summary the central job wrote after its batch marker, else
+        None."""
+        return verdict_written_since(self.layout.summary_json, marker)

@@ -47,7 +47,7 @@ from dp3batch.planning.plan import (
     qa_limits,
 )
 from dp3batch.report.batch_report import ReportFiles
-from dp3batch.report.summary import Summary, SummaryRow, records_digest, suspect_list
+from dp3batch.report.summary import Summary, Verdict, records_digest
 from dp3batch.rule_layer.flags import (
     CommandLineFlags,
     all_forced,
@@ -183,13 +183,13 @@ class Run:
         """The central job has written the summary from the records (rebuilt here only if it
         could not); the run fails, with the failure report last, unless every MS is done."""
         marker = Path(self.batch_marker(self.batch)) if self.batch else None
-        rows = self.summary.rows_written_since(marker) if marker else None
-        if rows:
-            self._announce(rows)
+        verdict = self.summary.verdict_written_since(marker) if marker else None
+        if verdict is not None and verdict.total:
+            self._announce(verdict)
         else:
-            rows = self._write_summary()
+            verdict = self._write_summary()
         _release_snakemake_timers()
-        if not all(row.status.complete for row in rows):
+        if verdict.complete < verdict.total:
             self._report_failure()
             sys.exit(1)
 
@@ -210,24 +210,25 @@ class Run:
             return []
         return results_from_json(json.loads(marker.read_text()), str(marker))
 
-    def _write_summary(self) -> list[SummaryRow]:
+    def _write_summary(self) -> Verdict:
         """From the completion records on disk and this run's batch result, if any."""
         names = {ms.name for ms, _ in self.plan.pending} if self.batch else set()
         rows, problem = self.summary.write(self._batch_results(), names, self.batch)
         if problem:
             self._say(f"Error: {problem}")
-        self._announce(rows)
-        return rows
+        verdict = Verdict.of(rows)
+        self._announce(verdict)
+        return verdict
 
-    def _announce(self, rows: list[SummaryRow]) -> None:
+    def _announce(self, verdict: Verdict) -> None:
         """The run's closing line: how many MSs are complete, and where to look."""
-        done = sum(1 for row in rows if row.status.complete)
+        done = verdict.complete
         self._say(
-            f"\n{done} of {len(rows)} MS(s) complete in {self.plan.output_dir}/"
+            f"\n{done} of {verdict.total} MS(s) complete in {self.plan.output_dir}/"
             f" (status of each: {self.layout.summary_tsv};"
             f" HTML report: {self.flags.command('--report', 'report.html')})"
         )
-        suspect = suspect_list(rows)
+        suspect = verdict.suspect
         if suspect:
             # A suspect MS is still data: said last, and the exit code does not change.
             reports = self.layout.qa_dir
