@@ -246,7 +246,7 @@ def test_summary_judges_with_the_current_limits_and_lists_suspect_mss(tmp_path):
     json_path, tsv_path = tmp_path / "s.json", tmp_path / "s.tsv"
     assert write_summary([row], json_path, tsv_path) is None
     summary = json.loads(json_path.read_text())
-    assert list(summary) == ["counts", "measurement_sets", "suspect"]
+    assert list(summary) == ["batch", "counts", "measurement_sets", "suspect"]
     assert summary["suspect"] == [{"name": "a", "reason": row.qa_reason}]
     header = tsv_path.read_text().splitlines()[0].split("\t")
     flag_columns = [column for column in header if column.startswith("flagged_")]

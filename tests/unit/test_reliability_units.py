@@ -24,7 +24,7 @@ from dp3batch.dask_stage.execution import exit_description
 from dp3batch.dask_stage.task import Task
 from dp3batch.dp3.parset import literal, parset_text
 from dp3batch.inputs.discovery import discover_measurement_sets
-from dp3batch.report.summary import SummaryRow, Verdict, verdict_written_since, write_summary
+from dp3batch.report.summary import SummaryRow, Verdict, verdict_of_batch, write_summary
 
 
 def fake_ms(path: Path) -> Path:
@@ -247,26 +247,22 @@ def test_the_central_job_keeps_dasks_chatter_quiet_after_importing_dask():
     assert answer.stdout.split() == [str(logging.CRITICAL)] * 2, answer.stderr[-2000:]
 
 
-def test_the_verdict_reads_only_a_summary_written_after_the_batchs_result(tmp_path):
+def test_the_verdict_is_read_from_the_summary_only_when_that_batch_wrote_it(tmp_path):
     # onsuccess takes the verdict of the summary the central job wrote right after the
-    # batch's result, and builds the rows itself from the records only when that summary is
-    # older (or unreadable).
-    summary, marker = tmp_path / "summary.json", tmp_path / "batch.json"
+    # batch, and builds the rows itself from the records only when the summary is another
+    # batch's (or unreadable).
+    summary = tmp_path / "summary.json"
     rows = [
         SummaryRow(name="a", status=Status.DONE),
         SummaryRow(name="b", status=Status.FAILED),
         SummaryRow(name="c", status=Status.UP_TO_DATE, qa="suspect", qa_reason="all flagged"),
     ]
-    marker.write_text("[]")
-    assert write_summary(rows, summary, tmp_path / "summary.tsv") is None
-    os.utime(marker, ns=(0, summary.stat().st_mtime_ns - 1))
-    verdict = verdict_written_since(summary, marker)
+    assert write_summary(rows, summary, tmp_path / "summary.tsv", "b1") is None
+    verdict = verdict_of_batch(summary, "b1")
     assert verdict == Verdict.of(rows)
     assert (verdict.complete, verdict.total) == (2, 3)
     assert verdict.suspect == ({"name": "c", "reason": "all flagged"},)
-    os.utime(marker, ns=(0, summary.stat().st_mtime_ns + 1))
-    assert verdict_written_since(summary, marker) is None
-    assert verdict_written_since(tmp_path / "missing.json", marker) is None
-    summary.write_text('{"counts": {"done": 1}, "measurement_sets": [], "suspect": []}')
-    os.utime(marker, ns=(0, summary.stat().st_mtime_ns - 1))
-    assert verdict_written_since(summary, marker) is None  # not laid out as written
+    assert verdict_of_batch(summary, "b2") is None
+    assert verdict_of_batch(tmp_path / "missing.json", "b1") is None
+    summary.write_text('{"batch": "b1", "counts": {"done": 1}, "measurement_sets": []}')
+    assert verdict_of_batch(summary, "b1") is None  # not laid out as written

@@ -105,7 +105,8 @@ def write_report_files(rows: list[SummaryRow], files: ReportFiles, title: str) -
 def write_batch_report(rows: list[SummaryRow], files: ReportFiles, title: str) -> None:
     """Everything but the dask report (see dask_report), from the summary rows."""
     files.directory.mkdir(parents=True, exist_ok=True)
-    problem = write_summary(rows, files.table.with_suffix(".json"), files.table)
+    batch_id = files.directory.name  # report/<batch>/
+    problem = write_summary(rows, files.table.with_suffix(".json"), files.table, batch_id)
     if problem:
         raise OSError(problem)
     write_summary_html(rows, files.html, title)

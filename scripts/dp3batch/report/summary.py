@@ -234,9 +234,13 @@ def _tsv_cell(value: Any) -> str:
 
 
 def write_summary(
-    rows: list[SummaryRow], json_path: str | Path, tsv_path: str | Path
+    rows: list[SummaryRow],
+    json_path: str | Path,
+    tsv_path: str | Path,
+    batch_id: str | None = None,
 ) -> str | None:
-    """The machine-readable summary: JSON (with per-step times) and TSV (one line per MS).
+    """The machine-readable summary: JSON (with per-step times) and TSV (one line per MS);
+    the JSON names the batch it was written after (`batch_id`), if any.
 
     Returns a problem (e.g. a full disk) instead of raising: the run's own outcome matters
     more than its summary, and no half-written file is left behind."""
@@ -267,7 +271,7 @@ def write_summary(
         for entry in data:
             writer.writerow({key: _tsv_cell(entry.get(key)) for key in columns})
         contents = {
-            json_path: _summary_json(counts, data, suspect_list(rows)),
+            json_path: _summary_json(batch_id, counts, data, suspect_list(rows)),
             tsv_path: table.getvalue(),
         }
         for (path, text), temporary in zip(contents.items(), temporaries, strict=True):
@@ -315,18 +319,18 @@ class Verdict:
         return sum(count for status, count in self.counts.items() if Status(status).complete)
 
 
-def verdict_written_since(json_path: Path, since: Path) -> Verdict | None:
-    """The verdict of a summary written after `since` was (the batch's result: the central
-    job writes the summary from the records right after it), else None. Read one line at a
-    time, the MSs' own lines skipped: memory flat in their number."""
+def verdict_of_batch(json_path: Path, batch_id: str) -> Verdict | None:
+    """The verdict of a summary written after the batch `batch_id` (the central job writes
+    it from the records right after the batch), else None. Read one line at a time, the MSs'
+    own lines skipped: memory flat in their number. (Which batch wrote it is what its first
+    line says: Snakemake touches the batch's files after the job, so their times cannot.)"""
     try:
-        if json_path.stat().st_mtime_ns < since.stat().st_mtime_ns:
-            return None
         with open(json_path) as source:
-            head = source.readline()
-            if not head.startswith(_COUNTS_LINE) or source.readline() != _ENTRIES_LINE:
+            if _json_line(source.readline(), _BATCH_LINE) != batch_id:
                 return None
-            counts = json.loads(head[len(_COUNTS_LINE) : -2])
+            counts = _json_line(source.readline(), _COUNTS_LINE)
+            if source.readline() != _ENTRIES_LINE:
+                return None
             for line in source:
                 if line == "],\n":
                     break
@@ -408,18 +412,29 @@ def refresh_summary(
     return problem
 
 
-def _summary_json(counts: dict[str, int], entries: list[Any], suspect: list[Any]) -> str:
-    # Laid out so that _mark_up_to_date can read it one line at a time.
+def _summary_json(
+    batch_id: str | None, counts: dict[str, int], entries: list[Any], suspect: list[Any]
+) -> str:
+    # Laid out so that _mark_up_to_date and verdict_of_batch can read it one line at a time.
     return (
-        f"{_COUNTS_LINE}{json.dumps(counts)},\n{_ENTRIES_LINE}"
+        f"{_BATCH_LINE}{json.dumps(batch_id)},\n{_COUNTS_LINE}{json.dumps(counts)},\n"
+        f"{_ENTRIES_LINE}"
         + "".join(f"{json.dumps(entry)},\n" for entry in entries[:-1])
         + "".join(f"{json.dumps(entry)}\n" for entry in entries[-1:])
         + f'],\n"suspect": {json_lines(suspect)}}}\n'
     )
 
 
-_COUNTS_LINE = '{"counts": '
+_BATCH_LINE = '{"batch": '
+_COUNTS_LINE = '"counts": '
 _ENTRIES_LINE = '"measurement_sets": [\n'
+
+
+def _json_line(line: str, start: str) -> Any:
+    """The value on a line `start` VALUE `,` of a summary (ValueError if it is not one)."""
+    if not line.startswith(start) or not line.endswith(",\n"):
+        raise ValueError(f"not a line {start}...")
+    return json.loads(line[len(start) : -2])
 
 
 def _mark_up_to_date(json_path: Path, tsv_path: Path) -> bool:
@@ -432,15 +447,14 @@ def _mark_up_to_date(json_path: Path, tsv_path: Path) -> bool:
     temporaries = [path.with_name(f"{path.name}.tmp") for path in (json_path, tsv_path)]
     try:
         with open(json_path) as source, open(temporaries[0], "w") as target:
-            head = source.readline()
-            if not head.startswith(_COUNTS_LINE) or not head.endswith(",\n"):
-                return False
-            counts = json.loads(head[len(_COUNTS_LINE) : -2])
-            if not set(counts) <= {done, up_to_date}:
+            _json_line(source.readline(), _BATCH_LINE)
+            counts = _json_line(source.readline(), _COUNTS_LINE)
+            if not isinstance(counts, dict) or not set(counts) <= {done, up_to_date}:
                 return False
             total = sum(counts.values())
             new_counts = {up_to_date: total} if total else {}
-            target.write(f"{_COUNTS_LINE}{json.dumps(new_counts)},\n")
+            # No batch ran: the statuses are this run's.
+            target.write(f"{_BATCH_LINE}null,\n{_COUNTS_LINE}{json.dumps(new_counts)},\n")
             if source.readline() != _ENTRIES_LINE:
                 return False
             target.write(_ENTRIES_LINE)
@@ -509,7 +523,7 @@ class Summary:
             self.store,
             self.qa,
         )
-        problem = write_summary(rows, self.layout.summary_json, self.layout.summary_tsv)
+        problem = write_summary(rows, self.layout.summary_json, self.layout.summary_tsv, batch_id)
         if problem is None and all(row.status.complete for row in rows):
             with contextlib.suppress(OSError):
                 _digest_path(self.layout.summary_json).write_text(
@@ -529,7 +543,6 @@ class Summary:
             self.qa,
         )
 
-    def verdict_written_since(self, marker: Path) -> Verdict | None:
-        """The verdict of the summary the central job wrote after its batch marker, else
-        None."""
-        return verdict_written_since(self.layout.summary_json, marker)
+    def verdict_of_batch(self, batch_id: str) -> Verdict | None:
+        """The verdict of the summary the central job wrote after the batch, else None."""
+        return verdict_of_batch(self.layout.summary_json, batch_id)

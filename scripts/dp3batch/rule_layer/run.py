@@ -182,8 +182,7 @@ class Run:
     def on_success(self) -> None:
         """The central job has written the summary from the records (rebuilt here only if it
         could not); the run fails, with the failure report last, unless every MS is done."""
-        marker = Path(self.batch_marker(self.batch)) if self.batch else None
-        verdict = self.summary.verdict_written_since(marker) if marker else None
+        verdict = self.summary.verdict_of_batch(self.batch) if self.batch else None
         if verdict is not None and verdict.total:
             self._announce(verdict)
         else:
