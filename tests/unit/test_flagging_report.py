@@ -21,6 +21,7 @@ from dp3batch.dp3.parameters import DP3Parameters
 from dp3batch.report.flagging import (
     count_input_flags,
     flag_statistics,
+    flagging_data,
     flagging_dataset,
     make_flagging_report,
     prepare_flagging_report,
@@ -77,13 +78,14 @@ def test_input_flags_per_station_and_channel(bad_ms):
 
 
 def test_dataset_sums_are_the_flag_column(bad_ms):
-    dataset = flagging_dataset(bad_ms)
+    data = flagging_data(bad_ms)
+    dataset = flagging_dataset(data)
     with tables.table(str(bad_ms), ack=False) as table:
         flags = table.getcol("FLAG")
     assert int(dataset["flagged"].sum()) == int(flags.sum())
     assert int(dataset["total"].sum()) == flags.size
     assert dict(dataset.sizes) == {"time": 10, "baseline": 136, "frequency": 8, "antenna": 17}
-    statistics = flag_statistics(dataset)
+    statistics = flag_statistics(data)
     assert int(np.argmax(statistics["station_output_pct"])) == BAD
     assert statistics["stations"][BAD] == "CS016HBA0"
     # Nothing before averaging without DP3's log and the input's flags.
@@ -93,14 +95,12 @@ def test_dataset_sums_are_the_flag_column(bad_ms):
 def test_totals_before_averaging_are_the_input_plus_every_step(bad_ms):
     counts = count_input_flags(bad_ms)
     log = aoflagger_log(counts.visibilities, flagged=counts.visibilities // 10)
-    statistics = flag_statistics(flagging_dataset(bad_ms, log, counts))
+    statistics = flag_statistics(flagging_data(bad_ms, log, counts))
     assert statistics["input_pct"] == pytest.approx(100 * counts.fraction, abs=1e-3)
     assert statistics["total_pct"] == pytest.approx(100 * counts.fraction + 10, abs=1e-3)
     assert statistics["station_total_pct"][BAD] == pytest.approx(80.0)
     # A step that saw other visibilities (after an averager, inserted slots): no totals.
-    other = flag_statistics(
-        flagging_dataset(bad_ms, aoflagger_log(counts.visibilities // 2), counts)
-    )
+    other = flag_statistics(flagging_data(bad_ms, aoflagger_log(counts.visibilities // 2), counts))
     assert other["total_pct"] is None and other["station_input_pct"][BAD] == pytest.approx(80.0)
 
 
@@ -150,9 +150,7 @@ def test_an_output_without_report_files_removes_those_of_the_output_it_replaced(
 )
 def test_which_outputs_get_report_files(bad_ms, mode, dp3_seconds, limits, wanted):
     counts = count_input_flags(str(bad_ms))
-    statistics = flag_statistics(
-        flagging_dataset(bad_ms, aoflagger_log(counts.visibilities), counts)
-    )
+    statistics = flag_statistics(flagging_data(bad_ms, aoflagger_log(counts.visibilities), counts))
     task = Task(**{**TASK, "flagging_report": mode, "qa": limits})
     assert wants_flagging_files(task, dp3_seconds)(statistics) is wanted
 

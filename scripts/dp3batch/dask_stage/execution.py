@@ -70,7 +70,6 @@ from dp3batch.report.flagging import (
     FlaggingReport,
     InputFlags,
     count_input_flags,
-    import_libraries,
     prepare_flagging_report,
 )
 
@@ -433,7 +432,6 @@ def process_measurement_set(task: Task) -> TaskResult:
                 raise NoRows("the input MS has no rows: there is nothing to process")
             shape, input_flags = read_input_flags(task.input, reading)
             grid = read_input_grid(task.input, reading)
-            import_libraries()  # of the flagging report, needed right after DP3
             return shape, grid, input_flags
 
         doing = "running DP3"

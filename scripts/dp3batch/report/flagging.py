@@ -8,7 +8,8 @@ saved as zarr (`xr.open_zarr`) beside a PNG of it. See docs/report.md.
 
 It runs on the dask worker right after DP3 (see dask_stage.execution), and as the command
 `dp3batch-flagging-report` (report.flagging_command) for any MS. It reads the output once.
-xarray, zarr and matplotlib are imported on first use: the planning never needs them.
+The statistics every output gets are computed with numpy (FlaggingData); xarray, zarr and
+matplotlib are imported only where an output gets the report's files.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,6 @@ ROWS_PER_READ = 20_000
 UNIX_EPOCH_MJD_SECONDS = 40587 * 86400.0
 ZARR_SUFFIX = "_flagging_report.zarr"
 PNG_SUFFIX = "_flagging_report.png"
-
-
-def import_libraries() -> None:
-    """Import xarray (once per process): the worker does it while its first DP3 runs, so that
-    the statistics right after DP3 are not held up. zarr and matplotlib (about 1 s of CPU
-    more) are imported when an output first gets the report's files: most small ones never
-    do (see `qa.flagging_report`)."""
-    import xarray  # noqa: F401
 
 
 def report_paths(qa_dir: str | Path, name: str) -> tuple[Path, Path]:
@@ -186,197 +179,260 @@ def _read_output(path: Path) -> dict[str, Any]:
     }
 
 
-def flagging_dataset(
+@dataclass(frozen=True)
+class FlaggingData:
+    """The flagging report's numbers, as numpy arrays: what the statistics are computed from
+    (on every output), and what the xarray dataset of its files holds (only where they are
+    made: building the dataset costs more than the numbers)."""
+
+    output: Path
+    names: list[str]
+    read: dict[str, Any]  # see _read_output
+    # DP3's counts per flagging step (from its log, before averaging); NaN where it printed
+    # none. `step_channel_pct` is None when it printed no per-channel table.
+    steps: Mapping[str, dict]
+    step_antenna_pct: np.ndarray | None = None
+    step_channel_pct: np.ndarray | None = None
+    # The flags the input had (None: not given, or over another channel grid than DP3's).
+    input_flags: InputFlags | None = None
+    input_antenna_pct: np.ndarray | None = None
+    input_channel_pct: np.ndarray | None = None
+    input_frequency: np.ndarray | None = None
+    # Input + every flagging step, at full resolution (None unless every step saw the
+    # input's own visibilities).
+    total_pct: float | None = None
+    total_antenna_pct: np.ndarray | None = None
+    total_channel_pct: np.ndarray | None = None
+
+    @property
+    def channel_count(self) -> int:
+        """The channels of the steps' or the input's grid (before averaging)."""
+        for values in (self.step_channel_pct, self.input_channel_pct):
+            if values is not None:
+                return values.shape[-1]
+        return 0
+
+    def station_output_pct(self) -> np.ndarray:
+        """Per station, the percentage of the output's correlations flagged on its
+        baselines."""
+        first, second = self.read["first"], self.read["second"]
+        flagged = self.read["flagged"].sum(axis=(0, 2), dtype=np.int64)
+        total = self.read["total"].sum(axis=(0, 2), dtype=np.int64)
+        cross = first != second
+        n = len(self.names)
+        station_flagged = np.bincount(first, flagged, n) + np.bincount(
+            second[cross], flagged[cross], n
+        )
+        station_total = np.bincount(first, total, n) + np.bincount(second[cross], total[cross], n)
+        return _percent(station_flagged, station_total)
+
+
+def flagging_data(
     output: str | Path,
     dp3_log: str | None = None,
     input_flags: InputFlags | None = None,
-) -> Any:
-    """The flagging report of one output MS (an xarray Dataset): its flags over time x
-    baseline x frequency, DP3's counts per flagging step (from its log, before averaging),
-    the flags the input had, and what they add up to per station and per channel."""
-    import xarray as xr
-
+) -> FlaggingData:
+    """The flagging report's numbers of one output (see FlaggingData): its flags over time x
+    baseline x frequency, DP3's counts per flagging step, the flags the input had, and what
+    they add up to per station and per channel."""
     output = Path(output)
     read = _read_output(output)
     names = read["names"]
-    n_antennas = len(names)
-    times = (read["times"] - UNIX_EPOCH_MJD_SECONDS) * 1e9
-    dataset = xr.Dataset(
-        {
-            "flagged": (
-                ("time", "baseline", "frequency"),
-                read["flagged"],
-                {"description": "flagged correlations of the output (after averaging)"},
-            ),
-            "total": (
-                ("time", "baseline", "frequency"),
-                read["total"],
-                {"description": "correlations of the output (0: no row for it)"},
-            ),
-        },
-        coords={
-            "time": ("time", times.astype("datetime64[ns]"), {"description": "UTC"}),
-            "baseline": ("baseline", np.arange(len(read["first"]))),
-            "frequency": ("frequency", read["frequencies"], {"units": "Hz"}),
-            "antenna": ("antenna", np.array(names, dtype=str)),
-            "baseline_antenna1": ("baseline", np.array(names, dtype=str)[read["first"]]),
-            "baseline_antenna2": ("baseline", np.array(names, dtype=str)[read["second"]]),
-            "baseline_length": ("baseline", read["lengths"], {"units": "m"}),
-        },
-        attrs={
-            "title": f"Flagging report of {output.name}",
-            "ms": str(output),
-            "made_by": "dp3batch",
-        },
-    )
-    steps = parse_flag_counts(dp3_log or "")
-    if steps:
-        dataset = _with_steps(dataset, steps, n_antennas)
+    data = FlaggingData(output, names, read, parse_flag_counts(dp3_log or ""))
+    if data.steps:
+        data = _with_steps(data)
     if input_flags is not None:
-        dataset = _with_input(dataset, input_flags)
-    if steps and input_flags is not None:
-        dataset = _with_totals(dataset, steps, input_flags)
-    return dataset
+        data = _with_input(data, input_flags)
+    if data.steps and data.input_flags is not None:
+        data = _with_totals(data)
+    return data
 
 
-def _with_steps(dataset: Any, steps: Mapping[str, dict], n_antennas: int) -> Any:
-    names = list(steps)
+def _with_steps(data: FlaggingData) -> FlaggingData:
+    steps = data.steps
     channels = max((len(count["per_channel"]) for count in steps.values()), default=0)
 
     def padded(values: list, length: int) -> list[float]:
         values = [np.nan if value is None else value for value in values][:length]
         return values + [np.nan] * (length - len(values))
 
-    dataset = dataset.assign_coords(step=("step", np.array(names, dtype=str))).assign(
-        step_flagged=("step", [steps[name]["flagged"] for name in names]),
-        step_visibilities=("step", [steps[name]["visibilities"] for name in names]),
-        step_flagged_pct=(
-            "step",
-            [steps[name]["percent"] for name in names],
-            {"description": "visibilities the step flagged itself (DP3's count)"},
-        ),
-        step_antenna_flagged_pct=(
-            ("step", "antenna"),
-            [padded(steps[name]["per_antenna"], n_antennas) for name in names],
-            {"description": "DP3's per-antenna percentage (whole percent)"},
-        ),
-    )
-    if not channels:  # DP3 printed no per-channel table
-        return dataset
-    return dataset.assign_coords(input_channel=("input_channel", np.arange(channels))).assign(
-        step_channel_flagged_pct=(
-            ("step", "input_channel"),
-            [padded(steps[name]["per_channel"], channels) for name in names],
-            {"description": "DP3's per-channel percentage (whole percent)"},
-        ),
-    )
-
-
-def _with_input(dataset: Any, flags: InputFlags) -> Any:
-    channels = flags.channels
-    if "input_channel" in dataset.coords and dataset.sizes["input_channel"] != channels:
-        return dataset  # the steps saw another channel grid: not comparable
-    dataset = dataset.assign_coords(input_channel=("input_channel", np.arange(channels)))
-    if len(flags.frequencies) == channels:
-        dataset = dataset.assign_coords(
-            input_frequency=("input_channel", np.asarray(flags.frequencies), {"units": "Hz"})
+    antenna = np.array(
+        [padded(count["per_antenna"], len(data.names)) for count in steps.values()], dtype=float
+    ).reshape(len(steps), len(data.names))
+    channel = None
+    if channels:  # else DP3 printed no per-channel table
+        channel = np.array(
+            [padded(count["per_channel"], channels) for count in steps.values()], dtype=float
         )
-    antennas = dataset.sizes["antenna"]
-    return dataset.assign(
-        input_flagged_pct=((), 100.0 * flags.fraction),
-        input_antenna_flagged_pct=("antenna", flags.antenna_pct()[:antennas]),
-        input_channel_flagged_pct=("input_channel", flags.channel_pct()),
+    return replace(data, step_antenna_pct=antenna, step_channel_pct=channel)
+
+
+def _with_input(data: FlaggingData, flags: InputFlags) -> FlaggingData:
+    if data.step_channel_pct is not None and data.step_channel_pct.shape[1] != flags.channels:
+        return data  # the steps saw another channel grid: not comparable
+    frequency = None
+    if len(flags.frequencies) == flags.channels:
+        frequency = np.asarray(flags.frequencies, dtype=float)
+    antenna = flags.antenna_pct()[: len(data.names)]
+    if len(antenna) != len(data.names):
+        return data  # another array of stations than the output's: not comparable
+    return replace(
+        data,
+        input_flags=flags,
+        input_antenna_pct=antenna,
+        input_channel_pct=flags.channel_pct(),
+        input_frequency=frequency,
     )
 
 
-def _with_totals(dataset: Any, steps: Mapping[str, dict], flags: InputFlags) -> Any:
+def _with_totals(data: FlaggingData) -> FlaggingData:
     """Flagged at full resolution after every flagging step: what the input had plus what
     each step flagged itself (DP3 counts only the flags a step adds). Only when every step
     saw the input's own visibilities (none ran after an averager or on inserted slots)."""
-    if "input_antenna_flagged_pct" not in dataset:
-        return dataset
+    flags = data.input_flags
+    assert flags is not None and data.step_antenna_pct is not None
     visibilities = flags.visibilities
-    if any(count["visibilities"] != visibilities for count in steps.values()):
-        return dataset
-    station = dataset["input_antenna_flagged_pct"] + dataset["step_antenna_flagged_pct"].sum(
-        "step", min_count=1
-    ).fillna(0)
-    channel = dataset["input_channel_flagged_pct"]
-    if "step_channel_flagged_pct" in dataset:
-        channel = channel + dataset["step_channel_flagged_pct"].sum("step", min_count=1).fillna(0)
-    total = 100.0 * (flags.fraction * visibilities + sum(c["flagged"] for c in steps.values()))
-    return dataset.assign(
-        total_flagged_pct=((), min(100.0, total / visibilities)),
-        total_antenna_flagged_pct=station.clip(max=100.0).assign_attrs(
-            description="input + every flagging step, before averaging"
-        ),
-        total_channel_flagged_pct=channel.clip(max=100.0).assign_attrs(
-            description="input + every flagging step, before averaging"
-        ),
+    if any(count["visibilities"] != visibilities for count in data.steps.values()):
+        return data
+    station = data.input_antenna_pct + np.nansum(data.step_antenna_pct, axis=0)
+    channel = data.input_channel_pct
+    if data.step_channel_pct is not None:
+        channel = channel + np.nansum(data.step_channel_pct, axis=0)
+    flagged = flags.fraction * visibilities + sum(c["flagged"] for c in data.steps.values())
+    return replace(
+        data,
+        total_pct=min(100.0, 100.0 * flagged / visibilities),
+        total_antenna_pct=np.minimum(station, 100.0),
+        total_channel_pct=np.minimum(channel, 100.0),
     )
 
 
-def _rounded(values: Any) -> list[float | None]:
+def flagging_dataset(data: FlaggingData) -> Any:
+    """The flagging report of one output as an xarray Dataset (what its zarr holds)."""
+    import xarray as xr
+
+    read = data.read
+    names = np.array(data.names, dtype=str)
+    times = (read["times"] - UNIX_EPOCH_MJD_SECONDS) * 1e9
+    variables: dict[str, Any] = {
+        "flagged": (
+            ("time", "baseline", "frequency"),
+            read["flagged"],
+            {"description": "flagged correlations of the output (after averaging)"},
+        ),
+        "total": (
+            ("time", "baseline", "frequency"),
+            read["total"],
+            {"description": "correlations of the output (0: no row for it)"},
+        ),
+    }
+    coords: dict[str, Any] = {
+        "time": ("time", times.astype("datetime64[ns]"), {"description": "UTC"}),
+        "baseline": ("baseline", np.arange(len(read["first"]))),
+        "frequency": ("frequency", read["frequencies"], {"units": "Hz"}),
+        "antenna": ("antenna", names),
+        "baseline_antenna1": ("baseline", names[read["first"]]),
+        "baseline_antenna2": ("baseline", names[read["second"]]),
+        "baseline_length": ("baseline", read["lengths"], {"units": "m"}),
+    }
+    steps = data.steps
+    before_averaging = "input + every flagging step, before averaging"
+    if steps:
+        whole = "whole percent"
+        coords["step"] = ("step", np.array(list(steps), dtype=str))
+        variables.update(
+            step_flagged=("step", [count["flagged"] for count in steps.values()]),
+            step_visibilities=("step", [count["visibilities"] for count in steps.values()]),
+            step_flagged_pct=(
+                "step",
+                [count["percent"] for count in steps.values()],
+                {"description": "visibilities the step flagged itself (DP3's count)"},
+            ),
+            step_antenna_flagged_pct=(
+                ("step", "antenna"),
+                data.step_antenna_pct,
+                {"description": f"DP3's per-antenna percentage ({whole})"},
+            ),
+        )
+        if data.step_channel_pct is not None:
+            variables["step_channel_flagged_pct"] = (
+                ("step", "input_channel"),
+                data.step_channel_pct,
+                {"description": f"DP3's per-channel percentage ({whole})"},
+            )
+    if data.channel_count:
+        coords["input_channel"] = ("input_channel", np.arange(data.channel_count))
+    if data.input_flags is not None:
+        if data.input_frequency is not None:
+            coords["input_frequency"] = ("input_channel", data.input_frequency, {"units": "Hz"})
+        variables.update(
+            input_flagged_pct=((), 100.0 * data.input_flags.fraction),
+            input_antenna_flagged_pct=("antenna", data.input_antenna_pct),
+            input_channel_flagged_pct=("input_channel", data.input_channel_pct),
+        )
+    if data.total_pct is not None:
+        variables.update(
+            total_flagged_pct=((), data.total_pct),
+            total_antenna_flagged_pct=(
+                "antenna",
+                data.total_antenna_pct,
+                {"description": before_averaging},
+            ),
+            total_channel_flagged_pct=(
+                "input_channel",
+                data.total_channel_pct,
+                {"description": before_averaging},
+            ),
+        )
+    return xr.Dataset(
+        variables,
+        coords=coords,
+        attrs={
+            "title": f"Flagging report of {data.output.name}",
+            "ms": str(data.output),
+            "made_by": "dp3batch",
+        },
+    )
+
+
+def _rounded(values: Any) -> list[float | None] | None:
+    if values is None:
+        return None
     return [None if not np.isfinite(value) else round(float(value), 3) for value in values]
 
 
-def _scalar(dataset: Any, name: str) -> float | None:
-    if name not in dataset:
-        return None
-    value = float(dataset[name])
-    return round(value, 3) if np.isfinite(value) else None
+def _rounded_scalar(value: float | None) -> float | None:
+    return round(float(value), 3) if value is not None and np.isfinite(value) else None
 
 
-def station_output_pct(dataset: Any) -> np.ndarray:
-    """Per station, the percentage of the output's correlations flagged on its baselines."""
-    index = {name: position for position, name in enumerate(dataset["antenna"].values)}
-    first = np.array([index[name] for name in dataset["baseline_antenna1"].values], dtype=int)
-    second = np.array([index[name] for name in dataset["baseline_antenna2"].values], dtype=int)
-    flagged = dataset["flagged"].sum(("time", "frequency"), dtype=np.int64).values
-    total = dataset["total"].sum(("time", "frequency"), dtype=np.int64).values
-    cross = first != second
-    n = dataset.sizes["antenna"]
-    station_flagged = np.bincount(first, flagged, n) + np.bincount(second[cross], flagged[cross], n)
-    station_total = np.bincount(first, total, n) + np.bincount(second[cross], total[cross], n)
-    return _percent(station_flagged, station_total)
-
-
-def flag_statistics(dataset: Any) -> dict[str, Any]:
+def flag_statistics(data: FlaggingData) -> dict[str, Any]:
     """What the completion record keeps of the report (JSON): the percentages flagged in the
     input, at full resolution after every flagging step (before averaging), and in the
     output, in all, per station and per channel. The summary, the batch report and the QA
     verdict are made from it."""
-    flagged = int(dataset["flagged"].sum(dtype=np.int64))
-    total = int(dataset["total"].sum(dtype=np.int64))
+    read = data.read
+    flagged = int(read["flagged"].sum(dtype=np.int64))
+    total = int(read["total"].sum(dtype=np.int64))
     output_channel = _percent(
-        dataset["flagged"].sum(("time", "baseline"), dtype=np.int64).values,
-        dataset["total"].sum(("time", "baseline"), dtype=np.int64).values,
+        read["flagged"].sum(axis=(0, 1), dtype=np.int64),
+        read["total"].sum(axis=(0, 1), dtype=np.int64),
     )
-    statistics: dict[str, Any] = {
+    flags = data.input_flags
+    frequency = data.input_frequency if flags is not None else None
+    return {
         "output_pct": round(100.0 * flagged / total, 3) if total else None,
-        "input_pct": _scalar(dataset, "input_flagged_pct"),
-        "total_pct": _scalar(dataset, "total_flagged_pct"),
-        "stations": [str(name) for name in dataset["antenna"].values],
-        "station_output_pct": _rounded(station_output_pct(dataset)),
-        "station_input_pct": None,
-        "station_total_pct": None,
-        "output_frequency_hz": [float(value) for value in dataset["frequency"].values],
+        "input_pct": None if flags is None else _rounded_scalar(100.0 * flags.fraction),
+        "total_pct": _rounded_scalar(data.total_pct),
+        "stations": list(data.names),
+        "station_output_pct": _rounded(data.station_output_pct()),
+        "station_input_pct": _rounded(data.input_antenna_pct),
+        "station_total_pct": _rounded(data.total_antenna_pct),
+        "output_frequency_hz": [float(value) for value in read["frequencies"]],
         "channel_output_pct": _rounded(output_channel),
-        "input_frequency_hz": None,
-        "channel_input_pct": None,
-        "channel_total_pct": None,
+        "input_frequency_hz": None if frequency is None else [float(v) for v in frequency],
+        "channel_input_pct": _rounded(data.input_channel_pct),
+        "channel_total_pct": _rounded(data.total_channel_pct),
     }
-    if "input_frequency" in dataset.coords:
-        statistics["input_frequency_hz"] = [float(v) for v in dataset["input_frequency"].values]
-    for key, name in (
-        ("station_input_pct", "input_antenna_flagged_pct"),
-        ("station_total_pct", "total_antenna_flagged_pct"),
-        ("channel_input_pct", "input_channel_flagged_pct"),
-        ("channel_total_pct", "total_channel_flagged_pct"),
-    ):
-        if name in dataset:
-            statistics[key] = _rounded(dataset[name].values)
-    return statistics
 
 
 def _temporary(path: Path) -> Path:
@@ -458,17 +514,18 @@ def prepare_flagging_report(
     statistics name. Rendering the files costs about 0.7 s of CPU whatever the MS's size
     (most of a small MS's task), the statistics a read of the output's flags."""
     started = time.perf_counter()
-    dataset = flagging_dataset(output, dp3_log, input_flags)
+    data = flagging_data(output, dp3_log, input_flags)
     zarr_path, png_path = report_paths(qa_dir, name)
-    report = FlaggingReport(flag_statistics(dataset), [], (zarr_path, png_path))
+    report = FlaggingReport(flag_statistics(data), [], (zarr_path, png_path))
     if with_files(report.statistics):
+        dataset = flagging_dataset(data)
         zarr_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             for final in (zarr_path, png_path):
                 _remove_stale(final)
                 report.files.append((_temporary(final), final))
             dataset.to_zarr(report.files[0][0], mode="w", consolidated=True, zarr_format=2)
-            plot_flagging_report(dataset, report.files[1][0])
+            plot_flagging_report(dataset, report.files[1][0], data.station_output_pct())
         except BaseException:
             report.discard()
             raise
@@ -498,7 +555,7 @@ def _worst(values: Any, labels: list[str]) -> tuple[str, float] | None:
     return labels[position], float(values[position])
 
 
-def plot_flagging_report(dataset: Any, path: str | Path) -> None:
+def plot_flagging_report(dataset: Any, path: str | Path, output_station: np.ndarray) -> None:
     """The PNG: the flagged fraction of the output as a time x frequency waterfall, per
     channel (before and after averaging), per baseline length and per station. Drawn with
     matplotlib's object API (no pyplot: the embedded cluster's tasks share one process)."""
@@ -527,7 +584,6 @@ def plot_flagging_report(dataset: Any, path: str | Path) -> None:
 
     names = [str(name) for name in dataset["antenna"].values]
     positions = np.arange(len(names))
-    output_station = station_output_pct(dataset)
     # One artist per series, not one per station: 512 stations draw as fast as 16.
     stations.stairs(
         np.nan_to_num(output_station),
