@@ -58,6 +58,7 @@ from dp3batch.dp3.parset import arguments_for_dp3, write_parset
 from dp3batch.dp3.translation import run_parameters
 from dp3batch.inputs.tables import (
     Shape,
+    held_open,
     lock_message,
     read_shape,
     read_station_names,
@@ -174,6 +175,20 @@ def last_error_line(log_path: Path) -> str:
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+# What a task reads of its input and its output: held open while it does (see held_open).
+INPUT_SUBTABLES = ("ANTENNA", "DATA_DESCRIPTION", "SPECTRAL_WINDOW", "OBSERVATION")
+OUTPUT_SUBTABLES = ("ANTENNA", "SPECTRAL_WINDOW")
+
+
+@dataclass(frozen=True)
+class InputDescription:
+    """What the completion record says of the input beside its shape and flags."""
+
+    windows: dict[str, Any]
+    telescope: str
+    stations: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -425,18 +440,24 @@ def process_measurement_set(task: Task) -> TaskResult:
             # Also when the lock went after planning: the MS was not inspected then.
             return failed(result, started, log_path, lock_message(task.input, holder), "")
 
-        def read_input() -> tuple[Shape, InputGrid, InputFlags]:
+        def read_input() -> tuple[Shape, InputGrid, InputFlags, InputDescription]:
             # While DP3 runs: casacore's first import and the reads of the input cost this
             # task 0.1 s, which would otherwise pass between two DP3 runs of its worker.
-            if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV): stopped at once
-                raise NoRows("the input MS has no rows: there is nothing to process")
-            shape, input_flags = read_input_flags(task.input, reading)
-            grid = read_input_grid(task.input, reading)
-            return shape, grid, input_flags
+            with held_open(task.input, INPUT_SUBTABLES):
+                if row_count(task.input) == 0:  # DP3 crashes on it (SIGSEGV): stopped now
+                    raise NoRows("the input MS has no rows: there is nothing to process")
+                shape, input_flags = read_input_flags(task.input, reading)
+                grid = read_input_grid(task.input, reading)
+                described = InputDescription(
+                    windows_record(task.input),
+                    read_telescope_name(task.input),
+                    tuple(read_station_names(task.input)),
+                )
+            return shape, grid, input_flags, described
 
         doing = "running DP3"
         dp3_started = time.monotonic()
-        exited, (shape_in, grid, input_flags) = run_dp3(
+        exited, (shape_in, grid, input_flags, described) = run_dp3(
             arguments, log_path, worker, key, read_input
         )
         result = replace(result, peak_memory_bytes=exited.peak_memory_bytes)
@@ -449,21 +470,22 @@ def process_measurement_set(task: Task) -> TaskResult:
                 return failed(result, started, log_path, reason, reason)
             return failed(result, started, log_path, reason)
         doing = "checking the output"
-        shape_out = read_shape(str(temporary), with_flags=True)
-        dp3_output = log_path.read_text(errors="replace")  # read once, parsed three times
-        expected, problems = check_output(grid, reading, dp3_output, shape_out)
-        required_files = parameters.required_output_files()
-        problems += [
-            f"DP3 wrote no {name} into the output"
-            for name in required_files
-            if not (temporary / name).exists()
-        ]
-        if problems:
-            problem = "output check failed: " + "; ".join(problems)
-            return failed(result, started, log_path, problem, problem)
-        flagging = flagging_report(
-            task, temporary, dp3_output, input_flags, log_path, time.monotonic() - dp3_started
-        )
+        with held_open(temporary, OUTPUT_SUBTABLES):
+            shape_out = read_shape(str(temporary), with_flags=True)
+            dp3_output = log_path.read_text(errors="replace")  # read once, parsed three times
+            expected, problems = check_output(grid, reading, dp3_output, shape_out)
+            required_files = parameters.required_output_files()
+            problems += [
+                f"DP3 wrote no {name} into the output"
+                for name in required_files
+                if not (temporary / name).exists()
+            ]
+            if problems:
+                problem = "output check failed: " + "; ".join(problems)
+                return failed(result, started, log_path, problem, problem)
+            flagging = flagging_report(
+                task, temporary, dp3_output, input_flags, log_path, time.monotonic() - dp3_started
+            )
         doing = f"writing {PARSET_NAME}"
         finished = now()
         final_run = run_parameters(reading, task.input, task.output, threads, memory_gb)
@@ -487,13 +509,13 @@ def process_measurement_set(task: Task) -> TaskResult:
             output=task.output,
             input_fingerprint=input_state.fingerprint,
             band=task.band,
-            windows=windows_record(task.input),
+            windows=described.windows,
             parameters=tuple(parameters.pairs()),
             parameters_fingerprint=task.parameters_fingerprint,
             extra_inputs_fingerprint=task.extra_inputs_fingerprint,
             dp3_version=task.dp3_version,
-            telescope=read_telescope_name(task.input),
-            stations=tuple(read_station_names(task.input)),
+            telescope=described.telescope,
+            stations=described.stations,
             aoflagger_strategies=parameters.aoflagger_strategies(),
             dp3_executable=task.dp3_executable,
             dp3_arguments=tuple(arguments[1:]),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +39,27 @@ def open_subtable(path: str | Path, name: str):
     if os.path.isfile(os.path.join(directory, "table.dat")):
         return tables.table(directory, ack=False, readonly=True)
     return tables.table(f"{path}::{name}", ack=False, readonly=True)
+
+
+@contextlib.contextmanager
+def held_open(path: str | Path, subtables: Iterable[str] = ()) -> Iterator[None]:
+    """Keeps an MS's main table (and these subtables) open, read-only, while a group of
+    reads opens them again and again: casacore then shares the open table (an open costs
+    0.06 ms instead of 0.3-0.6 ms; a task opens its input and its output 18 times). Best
+    effort: a table that cannot be opened here is opened by the reads as before, with their
+    own messages."""
+    from casacore import tables
+
+    held = []
+    try:
+        with contextlib.suppress(RuntimeError, OSError):
+            held.append(tables.table(str(path), ack=False, readonly=True))
+            for name in subtables:
+                held.append(open_subtable(path, name))
+        yield
+    finally:
+        for table in reversed(held):
+            table.close()
 
 
 def write_lock_holder(ms: str | Path) -> int | None:
