@@ -4,6 +4,7 @@ ahead (or behind) is neither taken for this batch's work nor for another run's."
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -151,3 +152,37 @@ def test_an_ms_another_run_completed_meanwhile_is_up_to_date_not_unprocessed(tmp
     paths = [MSPaths("a", str(source), str(output))]
     rows = collect_rows(paths, [result], tmp_path / "logs", {"a"}, "this-batch")
     assert rows[0].status == Status.UP_TO_DATE
+
+
+def test_a_store_that_keeps_only_checks_reads_each_record_once_and_keeps_its_check(
+    tmp_path, monkeypatch
+):
+    """The central job's store: the summary parses every record once; what the next run
+    checks of each is then kept without reading any again."""
+    from dp3batch.books import records
+    from dp3batch.books.record_checks import KeptChecks
+
+    source, output = _up_to_date_output(tmp_path, "a", batch_id="b1")
+    record_file = output / "dp3_completion.json"
+    settled = record_file.stat().st_mtime_ns - 2 * records.SETTLED_NS
+    os.utime(record_file, ns=(settled, settled))
+    store = RecordStore(keep_records=False)
+    record = store.record(output)
+    assert record is not None and record.batch_id == "b1"
+    assert not store._parsed  # the record itself is not kept
+
+    def no_second_read(text, path):
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr(records, "_parse_record", no_second_read)
+    assert store.check(output) == record.check()
+    checks = tmp_path / "checks.json"
+    store.keep_checks(checks, [output])
+    kept = KeptChecks.load(checks)
+    assert kept.check(str(record_file), _identity(record_file)) == record.check()
+
+
+def _identity(path: Path):
+    from dp3batch.books.record_checks import file_identity
+
+    return file_identity(os.stat(path))

@@ -158,9 +158,13 @@ class RecordStore:
     the record's file is unchanged. Planning builds it and passes it to whatever reads
     records; the processes planning forks inherit it."""
 
-    def __init__(self, kept: KeptChecks | None = None):
+    def __init__(self, kept: KeptChecks | None = None, keep_records: bool = True):
         self.kept = kept or KeptChecks()
         self._parsed: dict[str, tuple[Identity, CompletionRecord | None]] = {}
+        # keep_records=False: a reader that reads each record once (the central job's
+        # summary over 10,000 MSs) keeps only each record's check, a tenth of its memory.
+        self._keep_records = keep_records
+        self._checks: dict[str, tuple[Identity, RecordCheck | None]] = {}
 
     @classmethod
     def load(cls, checks_file: Path) -> RecordStore:
@@ -185,6 +189,9 @@ class RecordStore:
         check = self.kept.check(path, identity)
         if check is not None:
             return check
+        seen = self._checks.get(path)
+        if seen is not None and seen[0] == identity:
+            return seen[1]
         found = self._read(path)
         record = None if found is None else found[1]
         return None if record is None else record.check()
@@ -200,8 +207,10 @@ class RecordStore:
                 if cached is not None and cached[0] == identity:
                     return cached
                 record = _parse_record(handle.read(), path)
-                if _settled(stat):
+                if _settled(stat) and self._keep_records:
                     self._parsed[path] = (identity, record)
+                elif _settled(stat):
+                    self._checks[path] = (identity, None if record is None else record.check())
                 return identity, record
         except (OSError, ValueError):  # ValueError: not text (UnicodeDecodeError)
             return None
@@ -240,6 +249,12 @@ class RecordStore:
                 digest = None  # not the state of every record kept: the next run looks again
                 continue
             # Usually parsed already, by this run's summary: no need to open it again.
+            seen = self._checks.get(path)
+            if seen is not None and seen[0] == identity:
+                if seen[1] is not None:
+                    current.append((path, identity, seen[1]))
+                    changed = True
+                continue
             found = self._read(path)
             if found is not None and found[1] is not None and found[0] == identity:
                 current.append((path, identity, found[1].check()))

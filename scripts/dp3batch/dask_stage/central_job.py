@@ -126,8 +126,9 @@ class BatchRun:
         self.batch = batch
         self.layout = OutputLayout(Path(batch.output_dir))
         self.results: dict[str, TaskResult] = {}
-        # The records this batch reads: each is parsed once while its file is unchanged.
-        self.store = RecordStore()
+        # The records this batch reads (the summary reads every one, once): what the next
+        # run checks of each is kept, not the whole record.
+        self.store = RecordStore(keep_records=False)
         self.total = len(batch.measurement_sets)
         self.started = time.monotonic()
         self.report_files = ReportFiles(self.layout.report_dir(batch.batch_id))
