@@ -219,6 +219,9 @@ def test_two_runs_on_one_output_dir_process_each_ms_once(workflow, tmp_path):
     # The second run plans while the first's DP3 runs wait: it finds them all pending.
     workflow.config["dp3_executable"] = str(_slow_start_wrapper(tmp_path, 8))
     workflow.config["steps"] = []  # DP3 copies: no AOFlagger strategy to name
+    # One worker per MS: the three waits overlap (they use no CPU), so the first run lasts
+    # one wait, not two.
+    workflow.config["local_cluster"] = {"n_workers": 3, "threads_per_worker": 1}
     first = workflow.start()
     time.sleep(0.3)
     other_directory = tmp_path / "elsewhere"
