@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -219,6 +220,9 @@ def test_two_runs_on_one_output_dir_process_each_ms_once(workflow, tmp_path):
     # The second run plans while the first's DP3 runs wait: it finds them all pending.
     workflow.config["dp3_executable"] = str(_slow_start_wrapper(tmp_path, 8))
     workflow.config["steps"] = []  # DP3 copies: no AOFlagger strategy to name
+    # One worker per MS: the three waits overlap (they use no CPU), so the first run lasts
+    # one wait, not two.
+    workflow.config["local_cluster"] = {"n_workers": 3, "threads_per_worker": 1}
     first = workflow.start()
     time.sleep(0.3)
     other_directory = tmp_path / "elsewhere"
@@ -263,6 +267,22 @@ def test_unrelated_hidden_entries_in_output_dir_are_never_touched(workflow):
     assert "left behind" not in result.output
 
 
+def _run_processes(workflow, session: int) -> list[psutil.Process]:
+    """Live processes of a run: in Snakemake's session, or working in its directory."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if os.getsid(process.pid) == session or Path(process.cwd()).is_relative_to(
+                workflow.directory
+            ):
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
 def test_ctrl_c_returns_only_when_every_dp3_has_stopped(workflow):
     names = [f"obs_{index}" for index in range(6)]
     make_inputs(workflow.directory / "inputs", 6, **SLOW_MS)
@@ -276,7 +296,8 @@ def test_ctrl_c_returns_only_when_every_dp3_has_stopped(workflow):
         # Control is back: nothing may run or be committed any more.
         assert not dp3_processes(str(workflow.directory))
         committed = _complete(workflow, names)
-        time.sleep(3)
+        # A late commit could only come from a process of the run: give them 3 s to end.
+        wait_until(lambda: not _run_processes(workflow, snakemake.pid), 3)
         assert _complete(workflow, names) == committed
     finally:
         if snakemake.poll() is None:

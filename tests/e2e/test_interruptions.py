@@ -13,7 +13,7 @@ import pytest
 from conftest import dp3_processes, make_inputs, wait_until
 
 SLOW_MS = {"n_antennas": 16, "n_times": 100, "n_channels": 64}
-COUNT = 6
+COUNT = 4
 NAMES = [f"obs_{index}" for index in range(COUNT)]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from casacore import tables
-from conftest import damage_ms, make_inputs
+from conftest import Workflow, damage_ms, make_inputs
 from dp3batch.report.html import STATUS_COLOURS
 
 
@@ -21,8 +21,7 @@ def _flagged_fraction(path) -> float:
         return float(np.mean(table.getcol("FLAG")))
 
 
-@pytest.fixture
-def run_with_one_failure(workflow):
+def _run_with_one_failure(workflow: Workflow):
     inputs = make_inputs(workflow.directory / "inputs", 3)
     # Pre-flag part of one input, so that "before" is not trivially zero.
     with tables.table(str(inputs[0]), readonly=False, ack=False) as table:
@@ -36,6 +35,18 @@ def run_with_one_failure(workflow):
     result = workflow.run()
     assert result.returncode != 0
     return workflow, inputs, result
+
+
+@pytest.fixture(scope="module")
+def run_with_one_failure(tmp_path_factory):
+    """One run shared by the tests that only read its outputs (or add a report beside them)."""
+    return _run_with_one_failure(Workflow(tmp_path_factory.mktemp("report")))
+
+
+@pytest.fixture
+def own_run_with_one_failure(workflow):
+    """The same run, for a test that changes its inputs and runs again."""
+    return _run_with_one_failure(workflow)
 
 
 def test_only_the_suspect_small_ms_gets_flagging_report_files(run_with_one_failure):
@@ -52,8 +63,8 @@ def test_only_the_suspect_small_ms_gets_flagging_report_files(run_with_one_failu
     assert "png" not in fine and "zarr" not in fine
 
 
-def test_summary_lists_every_ms_with_its_status(run_with_one_failure):
-    workflow, inputs, _ = run_with_one_failure
+def test_summary_lists_every_ms_with_its_status(own_run_with_one_failure):
+    workflow, inputs, _ = own_run_with_one_failure
     summary = json.loads((workflow.output_dir / "summary.json").read_text())
     rows = {row["name"]: row for row in summary["measurement_sets"]}
     assert {name: row["status"] for name, row in rows.items()} == {

@@ -287,13 +287,18 @@ class BatchRun:
             try:
                 fan_out(client, dispatch)
                 self.dask_report.finish()
-            except (Interrupted, ClusterError):
+            except (Interrupted, ClusterError) as error:
                 ignore_interrupts()
                 try:
                     stop_commits(guard)  # nothing is committed from here on
-                except LockTimeout as error:
-                    log.error("Error: %s", error)
-                stop_running(client, dispatch)
+                except LockTimeout as lock_error:
+                    log.error("Error: %s", lock_error)
+                if isinstance(error, SchedulerLost) and error.unanswered:
+                    # Asking it to cancel would only wait out the request's deadline.
+                    if dispatch.in_flight:
+                        log.error("could not stop the running tasks: the scheduler does not answer")
+                else:
+                    stop_running(client, dispatch)
                 raise
             # Nothing of this batch commits after its end (a late attempt of a worker that
             # woke up, say): every MS has its result.

@@ -26,6 +26,8 @@ CONNECT_TIMEOUT_SECONDS = 10
 # How long one request to the scheduler may take before it counts as not answering.
 SCHEDULER_ANSWER_SECONDS = 15
 CLOSE_SECONDS = 10
+# Closing a client of a scheduler known not to answer: nothing to wait for.
+UNANSWERED_CLOSE_SECONDS = 1
 LOCAL_DASHBOARD_LINK = "http://127.0.0.1:{port}/status"
 # dask's periodic work that a batch of DP3 child processes has no use for. With its defaults
 # the embedded cluster used 0.8 CPU-seconds more per 20 s of batch, taken from DP3 on a
@@ -73,9 +75,16 @@ class SchedulerUnresponsive(ClusterError):
 
 
 class SchedulerLost(ClusterError):
-    """The scheduler stopped answering, closed the connection, or was restarted."""
+    """The scheduler stopped answering, closed the connection, or was restarted.
+
+    `unanswered`: it stopped answering (its connection still open): a request to cancel the
+    batch's tasks, or a client's goodbye, would only wait out its deadline too."""
 
     headline = "the dask scheduler was lost"
+
+    def __init__(self, message: str, unanswered: bool = False):
+        super().__init__(message)
+        self.unanswered = unanswered
 
 
 def call_with_deadline(function, seconds: float, what: str):
@@ -241,18 +250,20 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Iterator:
         )
     except (OSError, TimeoutError, SchedulerUnresponsive) as error:
         raise _unreachable(address, str(error) or f"no answer within {timeout:.0f} s") from error
+    unanswered = False
     try:
         yield client
+    except SchedulerLost as error:
+        unanswered = error.unanswered
+        raise
     finally:
-        close_quietly(client)
+        close_quietly(client, UNANSWERED_CLOSE_SECONDS if unanswered else CLOSE_SECONDS)
 
 
-def close_quietly(closable) -> None:
-    """Close a client or cluster within CLOSE_SECONDS, whatever state its scheduler is in."""
+def close_quietly(closable, seconds: float = CLOSE_SECONDS) -> None:
+    """Close a client or cluster within `seconds`, whatever state its scheduler is in."""
     with contextlib.suppress(Exception):
-        call_with_deadline(
-            lambda: closable.close(timeout=CLOSE_SECONDS), CLOSE_SECONDS + 5, "closing"
-        )
+        call_with_deadline(lambda: closable.close(timeout=seconds), seconds + 5, "closing")
 
 
 @contextlib.contextmanager

@@ -157,7 +157,8 @@ class ClusterWatch:
             raise SchedulerLost(
                 f"the dask scheduler at {self.scheduler_address} stopped answering (nothing "
                 f"for {SCHEDULER_ANSWER_SECONDS} s): is it stopped, overloaded, or its host "
-                "down?"
+                "down?",
+                unanswered=True,
             ) from None
         except (OSError, RuntimeError) as error:  # the connection closed: the scheduler is gone
             raise SchedulerLost(
