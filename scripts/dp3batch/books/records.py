@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -165,6 +165,8 @@ class RecordStore:
         # summary over 10,000 MSs) keeps only each record's check, a tenth of its memory.
         self._keep_records = keep_records
         self._checks: dict[str, tuple[Identity, RecordCheck | None]] = {}
+        # Thousands of records list the same files: each list is held once.
+        self._file_lists: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     @classmethod
     def load(cls, checks_file: Path) -> RecordStore:
@@ -210,10 +212,19 @@ class RecordStore:
                 if _settled(stat) and self._keep_records:
                     self._parsed[path] = (identity, record)
                 elif _settled(stat):
-                    self._checks[path] = (identity, None if record is None else record.check())
+                    check = None if record is None else self._shared_lists(record.check())
+                    self._checks[path] = (identity, check)
                 return identity, record
         except (OSError, ValueError):  # ValueError: not text (UnicodeDecodeError)
             return None
+
+    def _shared_lists(self, check: RecordCheck) -> RecordCheck:
+        lists = {}
+        for name in ("input_files", "output_files", "required_files"):
+            files = getattr(check, name)
+            if files is not None:
+                lists[name] = self._file_lists.setdefault(files, files)
+        return replace(check, **lists)
 
     def keep_checks(
         self, checks_file: Path, outputs: Iterable[Path | str], digest: str | None = None
