@@ -211,7 +211,7 @@ class RecordStore:
                 record = _parse_record(handle.read(), path)
                 if _settled(stat) and self._keep_records:
                     self._parsed[path] = (identity, record)
-                elif _settled(stat):
+                elif _settled(stat):  # its check only
                     check = None if record is None else self._shared_lists(record.check())
                     self._checks[path] = (identity, check)
                 return identity, record

@@ -352,7 +352,7 @@ class BatchRun:
         for ms in self.batch.measurement_sets:
             result = self.results.get(ms.name)
             if result is None and ms.name in self.completed_elsewhere:
-                result = self._up_to_date(ms) or lost_result(
+                result = self._from_record(ms, by_any_batch=True) or lost_result(
                     task_for(self.batch, ms), "its output was removed meanwhile"
                 )
             elif result is None:
@@ -379,19 +379,16 @@ class BatchRun:
         """Workers this batch gave no (more) work, and why."""
         return dict(self.watch.excluded) if self.watch is not None else {}
 
-    def _up_to_date(self, ms: PendingMS) -> TaskResult | None:
-        """The result of an MS another run completed meanwhile, from that run's record."""
+    def _from_record(self, ms: PendingMS, by_any_batch: bool = False) -> TaskResult | None:
+        """The result an MS's record gives: done when this batch made it; `by_any_batch`
+        (another run completed it while this one waited for the lock): up to date."""
         record = self.store.record(ms.output)
-        if record is None:
+        if record is None or (record.batch_id != self.batch.batch_id and not by_any_batch):
             return None
         result = TaskResult.from_record(record, ms_log_file(self.batch.log_dir, ms.name))
-        return replace(result, status=Status.UP_TO_DATE)
-
-    def _from_record(self, ms: PendingMS) -> TaskResult | None:
-        record = self.store.record(ms.output)
-        if record is None or record.batch_id != self.batch.batch_id:
-            return None
-        return TaskResult.from_record(record, ms_log_file(self.batch.log_dir, ms.name))
+        if record.batch_id != self.batch.batch_id:
+            result = replace(result, status=Status.UP_TO_DATE)
+        return result
 
     def write_reports(self, results: list[TaskResult]) -> None:
         """The summary of every MS (from the records on disk) and this batch's report."""

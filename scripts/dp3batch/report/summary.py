@@ -249,9 +249,7 @@ def write_summary(
     # Summary.write): until then, none.
     with contextlib.suppress(OSError):
         _digest_path(json_path).unlink()
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.status] = counts.get(row.status, 0) + 1
+    verdict = Verdict.of(rows)
     temporaries = (json_path.with_suffix(".json.tmp"), tsv_path.with_suffix(".tsv.tmp"))
     try:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +273,7 @@ def write_summary(
             lines.append(json.dumps(entry))
             writer.writerow({key: _tsv_cell(entry.get(key)) for key in columns})
         contents = {
-            json_path: _summary_json(batch_id, counts, lines, suspect_list(rows)),
+            json_path: _summary_json(batch_id, dict(verdict.counts), lines, list(verdict.suspect)),
             tsv_path: table.getvalue(),
         }
         for (path, text), temporary in zip(contents.items(), temporaries, strict=True):
