@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -184,6 +185,38 @@ def test_ms_whose_retries_run_out_is_reported_failed_and_the_others_finish(
     assert f"{len(failed)} of 4 MS(s) failed" in output
     for name in failed:
         assert f"{name} ({workflow.directory / 'inputs' / name}.ms): its worker died" in output
+    assert not dp3_processes(marker)
+
+
+def test_workers_that_die_together_do_not_fail_the_mss_dask_moved_between_them(
+    workflow, dask_cluster
+):
+    """A whole `dask worker --nworkers 4` killed mid-DP3 (its host or batch job went down):
+    dask hands each task from dying worker to dying worker and counts every death, more
+    than the scheduler's allowed-failures (1), and gives up on it. The workers died
+    together, which counts once: each such MS runs again on the workers started after,
+    and every MS is done."""
+    make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
+    dask_cluster.start_scheduler(allowed_failures=1)
+    command = dask_cluster.start_workers(count=4, threads=1)
+    dask_cluster.wait_for_workers(4)
+    workflow.config["scheduler"] = dask_cluster.address
+    snakemake = workflow.start()
+    marker = str(workflow.directory)
+    try:
+        assert wait_until(lambda: len(dp3_processes(marker)) >= 3, timeout=60, interval=0.05)
+        dask_cluster.stop_process(command)
+        dask_cluster.start_workers(count=2, threads=1)
+        code = snakemake.wait(timeout=240)
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    output = (workflow.directory / "snakemake.out").read_text()
+    assert code == 0, output
+    # dask gave up on at least one MS after more deaths than it allows.
+    assert re.search(r"the [234] worker\(s\) that held it died together", output), output
+    names = [f"obs_{index}" for index in range(4)]
+    assert _complete(workflow, names) == names
     assert not dp3_processes(marker)
 
 

@@ -38,6 +38,7 @@ from dp3batch.dask_stage.watchdog import (
     silence_bound,
 )
 from dp3batch.dask_stage.worker_checks import judge_workers, oversubscribed_hosts
+from dp3batch.dask_stage.worker_deaths import deaths_charged, deaths_of, together, workers_met
 from dp3batch.dask_stage.worker_faults import (
     WorkerCannotRun,
     describe_identity,
@@ -287,6 +288,7 @@ class FakeClient:
         self.held: dict[str, list[str]] = {}
         self.cancelled: list = []
         self.removed: list[str] = []
+        self.events: list[tuple[float, dict]] = []
 
     def scheduler_info(self, n_workers=-1):
         return {"id": self.scheduler_id, "workers": self.workers}
@@ -299,6 +301,9 @@ class FakeClient:
 
     def run_on_scheduler(self, function, address, batch_id):
         self.removed.append(address)
+
+    def get_events(self, topic):
+        return self.events
 
 
 def _join(client: FakeClient, address: str, last_seen: float, slots: int = 1) -> None:
@@ -435,6 +440,90 @@ def test_a_task_whose_allowed_workers_all_left_is_stranded():
     _join(client, "tcp://b:1", 1.0)
     watch.look()
     assert watch.stranded({future: _task("x")}) == [future]
+
+
+# --- workers that die together -----------------------------------------------------------
+
+
+def _removed(at: float, worker: str, *tasks: str, expected: bool = False) -> tuple[float, dict]:
+    """A scheduler `remove-worker` event, as `client.get_events("all")` gives it."""
+    message = {
+        "action": "remove-worker",
+        "processing-tasks": set(tasks),
+        "expected": expected,
+        "worker": worker,
+    }
+    return at, message
+
+
+# As a scheduler logged it: a `dask worker --nworkers 4` killed while each of its workers ran
+# one task; dask handed each task to the next worker before it learnt that one died too.
+WHOLE_COMMAND_KILLED = [
+    (1000.0, {"action": "add-worker", "worker": "tcp://a:1"}),
+    _removed(1796304573.391, "tcp://a:1", "t1"),
+    _removed(1796304573.398, "tcp://a:2", "t1", "t2"),
+    _removed(1796304573.399, "tcp://a:3", "t2", "t0"),
+    _removed(1796304573.400, "tcp://a:4", "t3", "t0"),
+]
+
+
+def test_workers_that_died_together_count_once_against_each_task_they_held():
+    deaths = deaths_of(WHOLE_COMMAND_KILLED)
+    assert [death.worker for death in deaths] == [f"tcp://a:{n}" for n in (1, 2, 3, 4)]
+    assert [workers_met(deaths, task) for task in ("t0", "t1", "t2", "t3")] == [2, 2, 2, 1]
+    assert [deaths_charged(deaths, task) for task in ("t0", "t1", "t2", "t3")] == [1, 1, 1, 1]
+    assert deaths_charged(deaths, "another batch's task") == 0
+
+
+def test_workers_that_died_apart_each_count_and_expected_removals_do_not():
+    events = [
+        _removed(10.0, "tcp://a:1", "t0"),  # killed by its task, say
+        _removed(70.0, "tcp://b:1", "t0"),  # and again a minute later
+        _removed(71.0, "tcp://c:1", "t0", expected=True),  # retired, not dead
+        _removed(71.5, "tcp://d:1", "t1"),  # died 1.5 s after b: together with it
+    ]
+    deaths = deaths_of(reversed(events))  # sorted by time whatever the order given
+    assert [death.worker for death in deaths] == ["tcp://a:1", "tcp://b:1", "tcp://d:1"]
+    assert deaths_charged(deaths, "t0") == 2
+    assert [[death.worker for death in group] for group in together(deaths)] == [
+        ["tcp://a:1"],
+        ["tcp://b:1", "tcp://d:1"],
+    ]
+
+
+def _killed_worker(key: str, allowed: int):
+    """What ClusterWatch reads of dask's KilledWorker."""
+    return SimpleNamespace(task=key, allowed_failures=allowed)
+
+
+def test_an_ms_whose_workers_died_together_runs_again_while_within_allowed_failures():
+    client = FakeClient()
+    client.events = WHOLE_COMMAND_KILLED
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    task = _task("obs_0")
+    assert watch.survives_deaths(task, _killed_worker("t0", allowed=1)) is True
+    # Its next attempt met another whole command's death: two, over the one allowed.
+    client.events = [*WHOLE_COMMAND_KILLED, _removed(2e9, "tcp://b:1", "t0-2")]
+    assert watch.survives_deaths(task, _killed_worker("t0-2", allowed=1)) is False
+
+
+def test_an_ms_whose_worker_died_alone_with_no_failure_allowed_fails():
+    client = FakeClient()
+    client.events = [_removed(5.0, "tcp://a:1", "t0")]
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    assert watch.survives_deaths(_task("obs_0"), _killed_worker("t0", allowed=0)) is False
+
+
+def test_deaths_that_cannot_be_read_leave_dask_s_verdict():
+    client = FakeClient()
+
+    def unanswered(topic):
+        raise OSError("connection closed")
+
+    client.get_events = unanswered
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    assert watch.survives_deaths(_task("obs_0"), _killed_worker("t0", allowed=3)) is False
+    assert watch.survives_deaths(_task("obs_0"), RuntimeError("no task, no allowance")) is False
 
 
 # --- revoked attempts never commit -----------------------------------------------------------

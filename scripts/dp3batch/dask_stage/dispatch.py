@@ -163,39 +163,43 @@ def fan_out(client, dispatch: Dispatch) -> None:
         for future in done:
             task = in_flight.pop(future)
             watch.finished(future)
-            fault = _worker_fault(future)
-            if fault is not None:
+            fault = _error_of(future)
+            if isinstance(fault, WorkerCannotRun):
                 if watch.cannot_run(fault, task):
                     queue.insert(0, task)  # to another worker
                 else:
                     dispatch.on_result(lost_result(task, fault.problem, str(fault)))
+                continue
+            if type(fault).__name__ == "KilledWorker":
+                if watch.survives_deaths(task, fault):
+                    queue.insert(0, task)  # its workers died together: not its fault
+                else:
+                    dispatch.on_result(lost_result(task, killed_worker_reason(fault)))
                 continue
             result = _result_of(future, task)
             watch.ran(result)
             dispatch.on_result(result)
 
 
-def _worker_fault(future) -> WorkerCannotRun | None:
-    """The task met a worker that cannot run it (not the MS's fault)."""
+def _error_of(future) -> BaseException | None:
+    """The exception of a task that raised one (a worker that cannot run it, dask's
+    KilledWorker, an internal error), or None."""
     if future.status != "error":
         return None
     try:
-        error = future.exception(timeout=SCHEDULER_ANSWER_SECONDS)
-    except Exception:  # noqa: BLE001 - no exception to read: not a worker's fault
+        return future.exception(timeout=SCHEDULER_ANSWER_SECONDS)
+    except Exception:  # noqa: BLE001 - no exception to read: `_result_of` names the problem
         return None
-    return error if isinstance(error, WorkerCannotRun) else None
 
 
 def _result_of(future, task: Task) -> TaskResult:
     try:
         return future.result(timeout=SCHEDULER_ANSWER_SECONDS)
-    except Exception as error:  # a lost worker (KilledWorker) or an internal error
-        if type(error).__name__ == "KilledWorker":
-            return lost_result(task, killed_worker_reason(error))
+    except Exception as error:  # an internal error (KilledWorker was read by `_error_of`)
         return lost_result(task, f"{type(error).__name__}: {error}", str(error))
 
 
-def killed_worker_reason(error: Exception) -> str:
+def killed_worker_reason(error: BaseException) -> str:
     """dask's KilledWorker: each worker that ran the task died (a worker is killed with
     SIGKILL by the kernel's out-of-memory killer, by a batch system, or by hand), with the
     memory limit of the last one."""

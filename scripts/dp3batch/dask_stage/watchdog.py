@@ -40,6 +40,7 @@ from dp3batch.dask_stage.cluster import (
 )
 from dp3batch.dask_stage.task import Task
 from dp3batch.dask_stage.worker_checks import WorkerFindings
+from dp3batch.dask_stage.worker_deaths import deaths_charged, deaths_of, workers_met
 from dp3batch.dask_stage.worker_faults import WorkerCannotRun
 
 log = logging.getLogger("dp3batch")
@@ -127,6 +128,8 @@ class ClusterWatch:
     start_failures: dict[str, int] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     ms_start_failures: dict[str, list[str]] = field(default_factory=dict)
+    # MS name → worker deaths counted against it so far (see worker_deaths).
+    deaths: dict[str, int] = field(default_factory=dict)
     # Futures submitted with a restriction, and to which workers.
     restricted: dict[Any, frozenset[str]] = field(default_factory=dict)
 
@@ -301,6 +304,40 @@ class ClusterWatch:
         on_workers = self.ms_start_failures.setdefault(task.name, [])
         on_workers.append(fault.worker)
         return len(on_workers) < START_FAILURES_PER_MS
+
+    def survives_deaths(self, task: Task, error: Exception) -> bool:
+        """dask gave up on `task` because workers holding it died (`error`: KilledWorker);
+        True if it may run again: the deaths that count against it (workers that died
+        together count once, see worker_deaths), over all its attempts, are within the
+        scheduler's allowed failures."""
+        allowed = getattr(error, "allowed_failures", None)
+        key = str(getattr(error, "task", ""))
+        if not isinstance(allowed, int) or not key:
+            return False
+        try:
+            events = call_with_deadline(
+                lambda: self.client.get_events("all"),
+                SCHEDULER_ANSWER_SECONDS,
+                "a request for the scheduler's events",
+            )
+        except Exception as error_reading:  # noqa: BLE001 - unknown deaths: dask's verdict
+            log.error("could not read which workers died: %s", error_reading)
+            return False
+        deaths = deaths_of(events)
+        charged = self.deaths.get(task.name, 0) + deaths_charged(deaths, key)
+        self.deaths[task.name] = charged
+        if charged > allowed:
+            return False
+        log.warning(
+            "%s: the %d worker(s) that held it died together (a whole dask worker command, "
+            "its host or its job went down; %d of %d allowed failure(s) counted): it runs "
+            "again",
+            task.name,
+            workers_met(deaths, key),
+            charged,
+            allowed,
+        )
+        return True
 
     # --- silent workers -------------------------------------------------------------
 

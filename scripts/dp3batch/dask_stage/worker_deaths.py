@@ -1,0 +1,72 @@
+"""Which worker deaths count against a task, when dask gave up on it (`KilledWorker`).
+
+dask counts every worker that dies while it holds a task, and marks the task failed once
+more than `allowed-failures` have. When a whole `dask worker --nworkers 4` command, or its
+host or batch job, goes down, its workers leave the scheduler within milliseconds of one
+another, and dask hands a task from each dying worker to the next before it learns that
+one is dying too: one MS met four deaths in 10 ms, and failed, although nothing it did
+killed anything. A task that kills its worker (out of memory) kills it alone.
+
+So workers that died within `TOGETHER_SECONDS` of one another count once together, and a
+worker that died alone counts once: the task may run again while those counts stay within
+the scheduler's `allowed-failures` (see ClusterWatch.survives_deaths). The deaths are read
+from the scheduler's own `remove-worker` events, which name the tasks each worker held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+# Workers that left the scheduler this close together went down together.
+TOGETHER_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Death:
+    """A worker that left the scheduler unexpectedly, and the tasks it held then."""
+
+    time: float
+    worker: str
+    tasks: frozenset[str]
+
+
+def deaths_of(events: Iterable[tuple[float, Any]]) -> list[Death]:
+    """The unexpected `remove-worker` events among the scheduler's `all` events, by time.
+
+    An expected removal (a worker closed by its nanny, or retired) is not a death."""
+    deaths = []
+    for timestamp, message in events:
+        if not isinstance(message, dict) or message.get("action") != "remove-worker":
+            continue
+        if message.get("expected"):
+            continue
+        tasks = frozenset(str(key) for key in message.get("processing-tasks") or ())
+        deaths.append(Death(float(timestamp), str(message.get("worker", "")), tasks))
+    return sorted(deaths, key=lambda death: death.time)
+
+
+def together(deaths: list[Death], seconds: float = TOGETHER_SECONDS) -> list[list[Death]]:
+    """`deaths` (sorted by time) in groups: each death within `seconds` of the one before
+    it in its group."""
+    groups: list[list[Death]] = []
+    for death in deaths:
+        if groups and death.time - groups[-1][-1].time <= seconds:
+            groups[-1].append(death)
+        else:
+            groups.append([death])
+    return groups
+
+
+def deaths_charged(deaths: list[Death], task: str, seconds: float = TOGETHER_SECONDS) -> int:
+    """How many of the deaths `task` met count against it: one per group of workers that
+    died together (and one per worker that died alone) among those that held it."""
+    return sum(
+        1 for group in together(deaths, seconds) if any(task in death.tasks for death in group)
+    )
+
+
+def workers_met(deaths: list[Death], task: str) -> int:
+    """How many dying workers held `task` (what dask counted)."""
+    return sum(1 for death in deaths if task in death.tasks)
