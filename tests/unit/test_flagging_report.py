@@ -242,7 +242,7 @@ def test_summary_judges_with_the_current_limits_and_lists_suspect_mss(tmp_path):
     (row,) = collect_rows(sets, [], tmp_path / "logs", qa=strict)
     assert row.qa == "suspect" and "CS002" in row.qa_reason
     json_path, tsv_path = tmp_path / "s.json", tmp_path / "s.tsv"
-    assert write_summary([row], json_path, tsv_path) is None
+    assert write_summary([row], json_path, tsv_path)[1] is None
     summary = json.loads(json_path.read_text())
     assert list(summary) == ["batch", "counts", "measurement_sets", "suspect"]
     assert summary["suspect"] == [{"name": "a", "reason": row.qa_reason}]

@@ -40,6 +40,7 @@ from dp3batch.dp3.averaging import (
 )
 from dp3batch.dp3.parameters import DP3Parameters, DP3Step
 from dp3batch.report.batch_report import ReportFiles, write_report_files
+from dp3batch.report.summary import SummaryFiles, write_summary
 from dp3batch.rule_layer.flags import command_line_flags
 
 # --- memory limits -------------------------------------------------------------------------
@@ -256,7 +257,9 @@ def test_report_files_exist_whatever_could_not_be_written(tmp_path):
     files = ReportFiles(tmp_path / "report" / "b1")
     files.directory.mkdir(parents=True)
     files.table.mkdir()  # the table cannot be written: a directory has its name
-    problem = write_report_files([], files, "Batch b1")
+    summary = SummaryFiles(tmp_path / "summary.json", tmp_path / "summary.tsv")
+    assert write_summary([], summary.json, summary.tsv, "b1")[1] is None
+    problem = write_report_files([], files, "Batch b1", summary)
     assert problem
     assert all(os.path.exists(path) for path in files.as_dict().values())
 

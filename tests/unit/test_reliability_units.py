@@ -153,7 +153,7 @@ def test_a_signal_is_named():
 
 def test_summary_cells_hold_no_line_breaks(tmp_path):
     rows = [SummaryRow(name="a", status=Status.FAILED, error="line one\nline two\tend")]
-    assert write_summary(rows, tmp_path / "s.json", tmp_path / "s.tsv") is None
+    assert write_summary(rows, tmp_path / "s.json", tmp_path / "s.tsv")[1] is None
     lines = (tmp_path / "s.tsv").read_text().splitlines()
     assert len(lines) == 2
     row = next(csv.DictReader(lines, delimiter="\t"))
@@ -163,7 +163,7 @@ def test_summary_cells_hold_no_line_breaks(tmp_path):
 def test_a_summary_that_cannot_be_written_leaves_no_partial_file(tmp_path):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    problem = write_summary([], blocker / "s.json", blocker / "s.tsv")
+    _, problem = write_summary([], blocker / "s.json", blocker / "s.tsv")
     assert problem and "could not write the summary" in problem
     assert sorted(os.listdir(tmp_path)) == ["not-a-directory"]
 
@@ -257,7 +257,7 @@ def test_the_verdict_is_read_from_the_summary_only_when_that_batch_wrote_it(tmp_
         SummaryRow(name="b", status=Status.FAILED),
         SummaryRow(name="c", status=Status.UP_TO_DATE, qa="suspect", qa_reason="all flagged"),
     ]
-    assert write_summary(rows, summary, tmp_path / "summary.tsv", "b1") is None
+    assert write_summary(rows, summary, tmp_path / "summary.tsv", "b1")[1] is None
     verdict = verdict_of_batch(summary, "b1")
     assert verdict == Verdict.of(rows)
     assert (verdict.complete, verdict.total) == (2, 3)

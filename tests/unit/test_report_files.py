@@ -3,6 +3,7 @@ report page of a short batch."""
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ElementTree
 
 import pytest
@@ -13,7 +14,8 @@ from dp3batch.books.status import Status
 from dp3batch.dask_stage.dask_report import DaskPerformanceReport
 from dp3batch.dp3.log import parse_step_times
 from dp3batch.report.batch_report import ReportFiles, write_batch_report
-from dp3batch.report.summary import SummaryRow
+from dp3batch.report.summary import SummaryFiles, SummaryRow, write_summary
+from dp3batch.report.text_files import write_lines
 
 DONE, FAILED, UP_TO_DATE = Status.DONE, Status.FAILED, Status.UP_TO_DATE
 
@@ -34,6 +36,18 @@ def _row(name: str, status: Status, **fields) -> SummaryRow:
     return SummaryRow(name=name, status=status, **{**defaults, **fields})
 
 
+def _report(rows: list[SummaryRow], files: ReportFiles, title: str) -> None:
+    """As the central job writes it: the summary first (the batch's rows kept whole, the
+    others slim), then the report from the rows it kept and a copy of it."""
+    summary = SummaryFiles(files.directory / "out.json", files.directory / "out.tsv")
+    files.directory.mkdir(parents=True, exist_ok=True)
+    kept, problem = write_summary(
+        rows, summary.json, summary.tsv, "B1", keep_whole=lambda row: row.status == DONE
+    )
+    assert problem is None
+    write_batch_report(kept, files, title, summary)
+
+
 def _bars(svg_path) -> dict[str, float]:
     """The <title> of each bar: `<label> <series>: <value>`."""
     root = ElementTree.parse(svg_path).getroot()
@@ -48,7 +62,7 @@ def test_batch_report_writes_every_file_with_every_ms(tmp_path):
         _row("c", UP_TO_DATE),
     ]
     files = ReportFiles(tmp_path / "report" / "B1")
-    write_batch_report(rows, files, "Batch B1")
+    _report(rows, files, "Batch B1")
     durations = _bars(files.durations)
     assert durations == {"a duration": 2.5, "b duration": 1.0, "c duration": 1.0}
     flagged = _bars(files.flagged)
@@ -77,7 +91,7 @@ def test_rfi_spectrum_and_stations_average_dps_counts_over_the_batch(tmp_path):
         _row("c", UP_TO_DATE),
     ]
     files = ReportFiles(tmp_path)
-    write_batch_report(rows, files, "Batch")
+    _report(rows, files, "Batch")
     stations = _bars(files.stations)
     assert stations == {"CS001 by aoflagger (DP3)": 5.0, "CS002 by aoflagger (DP3)": 8.0}
     root = ElementTree.parse(files.spectrum).getroot()
@@ -87,6 +101,41 @@ def test_rfi_spectrum_and_stations_average_dps_counts_over_the_batch(tmp_path):
     # Means of the two MSs of this batch (the up-to-date one is not in it): 3, 100, 5 %.
     ratio = (heights[0] - heights[1]) / (heights[2] - heights[1])
     assert abs(ratio - (100 - 3) / (100 - 5)) < 0.01
+
+
+def test_only_the_batch_s_rows_are_kept_whole_and_the_summary_holds_every_row_whole(tmp_path):
+    rows = [_row("a", DONE), _row("b", UP_TO_DATE, flag_statistics={"channel_total_pct": [1]})]
+    kept, problem = write_summary(
+        rows, tmp_path / "s.json", tmp_path / "s.tsv", keep_whole=lambda row: row.status == DONE
+    )
+    assert problem is None
+    assert kept[0] == rows[0]
+    # The up-to-date row kept slim: what its TSV line and the report's table show.
+    assert kept[1].stations == () and kept[1].flag_statistics == {}
+    assert kept[1].flags_by_step == {"aoflagger": {"percent": 5.0}}
+    assert kept[1].step_flags == rows[1].step_flags
+    entries = json.loads((tmp_path / "s.json").read_text())["measurement_sets"]
+    assert [SummaryRow.from_json(entry) for entry in entries] == rows
+    # The TSV from slim rows is the TSV of whole rows.
+    whole, _ = write_summary(rows, tmp_path / "w.json", tmp_path / "w.tsv", keep_whole=bool)
+    assert whole == rows
+    assert (tmp_path / "w.tsv").read_text() == (tmp_path / "s.tsv").read_text()
+
+
+def test_a_batch_with_nothing_done_reports_the_statistics_of_the_complete_mss(tmp_path):
+    # Every MS of the batch failed: the plots describe the up-to-date ones, whole, read
+    # again from the summary (the rows kept of them are slim).
+    other = {"aoflagger": {"percent": 7.0, "per_channel": [4, 100, 6], "per_antenna": [9, 5]}}
+    rows = [
+        _row("a", FAILED),
+        _row("b", UP_TO_DATE),
+        _row("c", UP_TO_DATE, flags_by_step=other, stations=("CS002", "CS001")),
+    ]
+    files = ReportFiles(tmp_path / "report" / "B1")
+    _report(rows, files, "Batch B1")
+    stations = _bars(files.stations)
+    assert stations == {"CS001 by aoflagger (DP3)": 5.0, "CS002 by aoflagger (DP3)": 8.0}
+    assert files.table.read_text() == (files.directory / "out.tsv").read_text()
 
 
 def test_dp3_per_channel_and_per_antenna_tables_are_parsed():
@@ -300,3 +349,10 @@ Total DP3 time       2.00 real        0.05 user        0.04 system
     assert times == pytest.approx(
         {"MsReader": 0.144, "preflagger": 0.0, "aoflagger": 0.6, "msout": 1.256}
     )
+
+
+@pytest.mark.parametrize("lines", [[], ["one"], ["one", "", "three"]])
+@pytest.mark.parametrize("end", ["", "\n"])
+def test_a_page_written_line_by_line_is_the_page_joined(tmp_path, lines, end):
+    write_lines(tmp_path / "page", iter(lines), end)
+    assert (tmp_path / "page").read_text() == "\n".join(lines) + end

@@ -48,7 +48,7 @@ from dp3batch.dask_stage.watchdog import DEFAULT_SILENCE_SECONDS, ClusterWatch
 from dp3batch.dask_stage.worker_checks import check_workers
 from dp3batch.dask_stage.worker_faults import own_package_identity
 from dp3batch.report.batch_report import ReportFiles, write_report_files
-from dp3batch.report.summary import NO_QA, Summary
+from dp3batch.report.summary import NO_QA, Summary, SummaryFiles
 
 log = logging.getLogger("dp3batch")
 # The batch log only (not the terminal).
@@ -414,7 +414,8 @@ class BatchRun:
         # Its files are the central rule's outputs: each exists afterwards, whatever failed,
         # or Snakemake would fail the job and delete them all (the batch marker too).
         title = f"Batch {self.batch.batch_id}"
-        missing = write_report_files(rows, self.report_files, title) or dask_problem
+        summary_files = SummaryFiles(self.layout.summary_json, self.layout.summary_tsv)
+        missing = write_report_files(rows, self.report_files, title, summary_files) or dask_problem
         if missing:
             log.warning(
                 "Warning: the report of this batch (%s) is incomplete: %s. The MSs and their "

@@ -20,7 +20,7 @@ from dp3batch.books.qa import SUSPECT
 from dp3batch.books.status import Status
 from dp3batch.books.write_errors import write_problem
 from dp3batch.report.html import write_summary_html
-from dp3batch.report.summary import SummaryRow, write_summary
+from dp3batch.report.summary import SummaryFiles, SummaryRow, complete_rows_in
 from dp3batch.report.svg_chart import Series, bar_chart, line_chart
 
 
@@ -82,13 +82,15 @@ class ReportFiles:
         return {name: str(getattr(self, name)) for name in names}
 
 
-def write_report_files(rows: list[SummaryRow], files: ReportFiles, title: str) -> str | None:
+def write_report_files(
+    rows: list[SummaryRow], files: ReportFiles, title: str, summary: SummaryFiles
+) -> str | None:
     """The batch's report (see write_batch_report), never raising: what could not be
     written, or None. Every file of the report exists afterwards (empty if it could not be
     written), so that a full disk costs the report and not the run."""
     problem = None
     try:
-        write_batch_report(rows, files, title)
+        write_batch_report(rows, files, title, summary)
     except OSError as error:
         problem = write_problem(error)
     for path in files.as_dict().values():
@@ -102,17 +104,24 @@ def write_report_files(rows: list[SummaryRow], files: ReportFiles, title: str) -
     return problem
 
 
-def write_batch_report(rows: list[SummaryRow], files: ReportFiles, title: str) -> None:
-    """Everything but the dask report (see dask_report), from the summary rows."""
+def write_batch_report(
+    rows: list[SummaryRow], files: ReportFiles, title: str, summary: SummaryFiles
+) -> None:
+    """Everything but the dask report (see dask_report), from the summary rows (as
+    `write_summary` returns them: the batch's whole, the others slim) and a copy of the
+    summary written after the batch (`summary`)."""
     files.directory.mkdir(parents=True, exist_ok=True)
-    batch_id = files.directory.name  # report/<batch>/
-    problem = write_summary(rows, files.table.with_suffix(".json"), files.table, batch_id)
-    if problem:
-        raise OSError(problem)
+    shutil.copyfile(summary.json, files.table.with_suffix(".json"))
+    shutil.copyfile(summary.tsv, files.table)
     write_summary_html(rows, files.html, title)
     plot_flagged_fractions(rows, files.flagged)
-    plot_rfi_spectrum(rows, files.spectrum)
-    plot_flagged_per_station(rows, files.stations)
+    # The MSs the flag statistics describe: this batch's, else every complete one (whole
+    # rows, read again from the summary: the rows given of MSs not done now are slim).
+    described = _complete_rows(rows)
+    if not any(row.status == Status.DONE for row in described):
+        described = complete_rows_in(summary.json)
+    plot_rfi_spectrum(described, files.spectrum)
+    plot_flagged_per_station(described, files.stations)
     plot_durations(rows, files.durations)
     plot_step_times(rows, files.step_times)
     copy_flagging_plots(rows, files.flagging)

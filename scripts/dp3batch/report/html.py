@@ -4,12 +4,14 @@ coloured, with each MS's log and parset."""
 from __future__ import annotations
 
 import html
+import itertools
 from pathlib import Path
 from typing import Any
 
 from dp3batch.books.qa import OK, SUSPECT
 from dp3batch.books.status import Status
 from dp3batch.report.summary import SummaryRow, step_flag_column
+from dp3batch.report.text_files import write_lines
 
 STATUS_COLOURS = {
     Status.DONE: "#d4edda",
@@ -238,7 +240,7 @@ def write_summary_html(rows: list[SummaryRow], path: str | Path, title: str) -> 
     if suspect:
         totals += f"; QA: {len(suspect)} suspect ({', '.join(suspect[:10])}"
         totals += f" and {len(suspect) - 10} more)" if len(suspect) > 10 else ")"
-    page = [
+    head = (
         "<!DOCTYPE html>",
         '<html><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
@@ -247,9 +249,9 @@ def write_summary_html(rows: list[SummaryRow], path: str | Path, title: str) -> 
         '<table id="summary"><thead><tr>',
         *(f"<th>{html.escape(header)}</th>" for header in html_headers(steps)),
         "</tr></thead><tbody>",
-        *(_html_row(row, steps) for row in rows),
-        "</tbody></table>",
-        *chunk_table(rows),
-        f"<script>{_SORT_SCRIPT}</script></body></html>",
-    ]
-    Path(path).write_text("\n".join(page))
+    )
+    script = f"<script>{_SORT_SCRIPT}</script></body></html>"
+    tail = ("</tbody></table>", *chunk_table(rows), script)
+    # One table row at a time (see text_files).
+    table = (_html_row(row, steps) for row in rows)
+    write_lines(path, itertools.chain(head, table, tail), end="")

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import filecmp
 import hashlib
-import io
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from dp3batch.books.batch_spec import MSPaths
 from dp3batch.books.codec import from_json, json_lines, to_json
@@ -110,6 +110,32 @@ class SummaryRow:
         return from_json(cls, data, what)
 
 
+@dataclass(frozen=True)
+class SummaryFiles:
+    """Where a summary is: its JSON and its TSV."""
+
+    json: Path
+    tsv: Path
+
+
+def slim_row(row: SummaryRow) -> SummaryRow:
+    """`row` without what only its JSON and the report's spectrum and station plots read
+    (per-channel and per-station statistics, stations): its TSV line, its line in the
+    report's table and its bar in the flagged-per-MS plot are the same. A whole row of the
+    many-case chain weighs about 11 KB; 10,000 of them were most of a batch's memory."""
+    if not row.flag_statistics and not row.stations:
+        return row
+    return replace(
+        row,
+        flag_statistics={},
+        stations=(),
+        flags_by_step={
+            step: {"percent": (count or {}).get("percent")}
+            for step, count in row.flags_by_step.items()
+        },
+    )
+
+
 # The TSV's columns: every field of a row but those in the JSON only, with one
 # `flagged_<step>_pct` column per flagging step after `flagged_input_pct`.
 JSON_ONLY = ("step_seconds", "flags_by_step", "stations", "flag_statistics", "frequency_chunks")
@@ -189,36 +215,49 @@ def collect_rows(
     store: RecordStore | None = None,
     qa: QALimits = NO_QA,
 ) -> list[SummaryRow]:
-    """One row per MS, built from the completion records on disk, so that it is true after
-    any fault: an MS of this run's batch (`batch_names`) whose record that batch made (its
-    `batch_id`, never a comparison of two hosts' clocks) is done, even if its result was lost
-    with the scheduler or an interrupt; a failed result without such a record is failed,
-    whatever record an earlier run left.
+    """Every row of `iter_rows`, whole."""
+    return list(
+        iter_rows(measurement_sets, batch_results, log_dir, batch_names, batch_id, store, qa)
+    )
+
+
+def iter_rows(
+    measurement_sets: Sequence[MSPaths],
+    batch_results: Sequence[TaskResult] | None,
+    log_dir: str | Path,
+    batch_names: set[str] | None = None,
+    batch_id: str | None = None,
+    store: RecordStore | None = None,
+    qa: QALimits = NO_QA,
+) -> Iterator[SummaryRow]:
+    """One row per MS, in order, made as it is asked for, from the completion records on
+    disk, so that it is true after any fault: an MS of this run's batch (`batch_names`)
+    whose record that batch made (its `batch_id`, never a comparison of two hosts' clocks)
+    is done, even if its result was lost with the scheduler or an interrupt; a failed
+    result without such a record is failed, whatever record an earlier run left.
 
     `measurement_sets` are every MS of the workflow; `store` reads their records (a new
     one if not given)."""
     store = store or RecordStore()
     in_batch = {result.name: result for result in batch_results or []}
     batch_names = set(batch_names or ()) | set(in_batch)
-    rows = []
     for ms in measurement_sets:
         result = in_batch.get(ms.name)
         log = ms_log_file(log_dir, ms.name)
         record = store.record(ms.output)
         made_now = record is not None and batch_id is not None and record.batch_id == batch_id
         if record is not None and ms.name in batch_names and made_now:
-            rows.append(_row_from(ms, Status.DONE, log, record, qa))
+            yield (_row_from(ms, Status.DONE, log, record, qa))
         elif result is not None and result.status in (Status.FAILED, Status.NOT_PROCESSED):
-            rows.append(_row_from(ms, result.status, result.log, result))
+            yield (_row_from(ms, result.status, result.log, result))
         elif record is not None and (
             ms.name not in batch_names
             # completed by another run while this batch waited for the lock
             or (result is not None and result.status == Status.UP_TO_DATE)
         ):
-            rows.append(_row_from(ms, Status.UP_TO_DATE, log, record, qa))
+            yield (_row_from(ms, Status.UP_TO_DATE, log, record, qa))
         else:
-            rows.append(_row_from(ms, Status.NOT_PROCESSED, log, None))
-    return rows
+            yield (_row_from(ms, Status.NOT_PROCESSED, log, None))
 
 
 def _read_text(path: Path) -> str | None:
@@ -234,51 +273,48 @@ def _tsv_cell(value: Any) -> str:
 
 
 def write_summary(
-    rows: list[SummaryRow],
+    rows: Iterable[SummaryRow],
     json_path: str | Path,
     tsv_path: str | Path,
     batch_id: str | None = None,
-) -> str | None:
+    keep_whole: Callable[[SummaryRow], bool] = lambda row: False,
+) -> tuple[list[SummaryRow], str | None]:
     """The machine-readable summary: JSON (with per-step times) and TSV (one line per MS);
     the JSON names the batch it was written after (`batch_id`), if any.
 
-    Returns a problem (e.g. a full disk) instead of raising: the run's own outcome matters
+    Each row's JSON is written as the row is made: memory grows with the MSs' slim rows
+    only (`slim_row`; those `keep_whole` says are kept whole). Returns the rows so kept,
+    and a problem (e.g. a full disk) instead of raising: the run's own outcome matters
     more than its summary, and no half-written file is left behind."""
     json_path, tsv_path = Path(json_path), Path(tsv_path)
     # A summary is vouched for by the digest its writer notes after it (refresh_summary,
     # Summary.write): until then, none.
     with contextlib.suppress(OSError):
         _digest_path(json_path).unlink()
-    verdict = Verdict.of(rows)
+    entries = json_path.with_name(f"{json_path.name}.entries.tmp")
     temporaries = (json_path.with_suffix(".json.tmp"), tsv_path.with_suffix(".tsv.tmp"))
+    kept: list[SummaryRow] = []
     try:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        table = io.StringIO()
-        columns = tsv_columns(list(dict.fromkeys(key for row in rows for key in row.step_flags)))
-        writer = csv.DictWriter(
-            table,
-            fieldnames=columns,
-            delimiter="\t",
-            extrasaction="ignore",
-            lineterminator="\n",
-            quoting=csv.QUOTE_NONE,
-            escapechar="\\",
-        )
-        writer.writeheader()
-        # Each row's JSON made, written out as text and dropped: at 10,000 MSs, the dicts of
-        # every row at once weighed more than the rows.
-        lines = []
-        for row in rows:
-            entry = row.to_json()
-            lines.append(json.dumps(entry))
-            writer.writerow({key: _tsv_cell(entry.get(key)) for key in columns})
-        contents = {
-            json_path: _summary_json(batch_id, dict(verdict.counts), lines, list(verdict.suspect)),
-            tsv_path: table.getvalue(),
-        }
-        for (path, text), temporary in zip(contents.items(), temporaries, strict=True):
-            if _read_text(path) != text:  # unchanged files are left alone (no-op reruns)
-                temporary.write_text(text)
+        with open(entries, "w") as target:
+            separator = ""
+            for row in rows:
+                target.write(f"{separator}{json.dumps(row.to_json())}")
+                separator = ",\n"
+                kept.append(row if keep_whole(row) else slim_row(row))
+            target.write("\n" if separator else "")
+        verdict = Verdict.of(kept)
+        with open(temporaries[0], "w") as target, open(entries) as source:
+            target.write(f"{_BATCH_LINE}{json.dumps(batch_id)},\n")
+            target.write(f"{_COUNTS_LINE}{json.dumps(dict(verdict.counts))},\n{_ENTRIES_LINE}")
+            shutil.copyfileobj(source, target)
+            target.write(f'],\n"suspect": {json_lines(list(verdict.suspect))}}}\n')
+        with open(temporaries[1], "w") as target:
+            _write_tsv(kept, target)
+        for path, temporary in zip((json_path, tsv_path), temporaries, strict=True):
+            if _same_file(temporary, path):  # unchanged files are left alone (no-op reruns)
+                temporary.unlink()
+            else:
                 temporary.replace(path)
     except OSError as error:
         # No half-written copy left to take space, and no summary of an earlier run that
@@ -286,11 +322,38 @@ def write_summary(
         for path in (*temporaries, json_path, tsv_path):
             with contextlib.suppress(OSError):
                 path.unlink()
-        return (
+        return kept, (
             f"could not write the summary {tsv_path} ({write_problem(error)}); the summary of "
             "an earlier run was removed, as it no longer told the truth"
         )
-    return None
+    finally:
+        with contextlib.suppress(OSError):
+            entries.unlink()
+    return kept, None
+
+
+def _write_tsv(rows: list[SummaryRow], target: TextIO) -> None:
+    columns = tsv_columns(list(dict.fromkeys(key for row in rows for key in row.step_flags)))
+    writer = csv.DictWriter(
+        target,
+        fieldnames=columns,
+        delimiter="\t",
+        extrasaction="ignore",
+        lineterminator="\n",
+        quoting=csv.QUOTE_NONE,
+        escapechar="\\",
+    )
+    writer.writeheader()
+    for row in rows:
+        entry = row.to_json()
+        writer.writerow({key: _tsv_cell(entry.get(key)) for key in columns})
+
+
+def _same_file(new: Path, old: Path) -> bool:
+    try:
+        return filecmp.cmp(new, old, shallow=False)
+    except OSError:
+        return False
 
 
 def suspect_list(rows: list[SummaryRow]) -> list[dict[str, str]]:
@@ -406,26 +469,12 @@ def refresh_summary(
         problem = None
     else:
         with without_collections():  # every record parsed: see record_checks
-            rows = collect_rows(measurement_sets, [], log_dir, store=store, qa=qa)
-        problem = write_summary(rows, json_path, tsv_path)
+            rows = iter_rows(measurement_sets, [], log_dir, store=store, qa=qa)
+            _, problem = write_summary(rows, json_path, tsv_path)
     if problem is None:
         with contextlib.suppress(OSError):
             digest_path.write_text(digest)
     return problem
-
-
-def _summary_json(
-    batch_id: str | None, counts: dict[str, int], lines: list[str], suspect: list[Any]
-) -> str:
-    """The JSON of a summary whose rows are `lines` (each one row's JSON). Laid out so that
-    _mark_up_to_date and verdict_of_batch can read it one line at a time."""
-    return (
-        f"{_BATCH_LINE}{json.dumps(batch_id)},\n{_COUNTS_LINE}{json.dumps(counts)},\n"
-        f"{_ENTRIES_LINE}"
-        + "".join(f"{line},\n" for line in lines[:-1])
-        + "".join(f"{line}\n" for line in lines[-1:])
-        + f'],\n"suspect": {json_lines(suspect)}}}\n'
-    )
 
 
 _BATCH_LINE = '{"batch": '
@@ -438,6 +487,26 @@ def _json_line(line: str, start: str) -> Any:
     if not line.startswith(start) or not line.endswith(",\n"):
         raise ValueError(f"not a line {start}...")
     return json.loads(line[len(start) : -2])
+
+
+def complete_rows_in(json_path: Path) -> list[SummaryRow]:
+    """The whole rows of the complete MSs of a summary `write_summary` wrote, read one line
+    at a time (an empty list if it cannot be read)."""
+    rows = []
+    try:
+        with open(json_path) as source:
+            _json_line(source.readline(), _BATCH_LINE)
+            counts = _json_line(source.readline(), _COUNTS_LINE)
+            if source.readline() != _ENTRIES_LINE:
+                return []
+            for _ in range(sum(counts.values())):
+                line = source.readline()
+                entry = json.loads(line[:-2] if line.endswith(",\n") else line[:-1])
+                if Status(entry["status"]).complete:
+                    rows.append(SummaryRow.from_json(entry))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return rows
 
 
 def _mark_up_to_date(json_path: Path, tsv_path: Path) -> bool:
@@ -514,19 +583,26 @@ class Summary:
         batch_names: set[str] | None = None,
         batch_id: str | None = None,
     ) -> tuple[list[SummaryRow], str | None]:
-        """The rows after a batch (see `collect_rows`), written; and a problem, if any."""
+        """The rows after a batch (see `iter_rows`), written; and a problem, if any. The
+        rows returned are slim (`slim_row`) but those this batch did, which the batch's
+        report describes in full."""
         # Before any record is read: a record that changes after this no longer matches it.
         digest = records_digest(self.measurement_sets)
-        rows = collect_rows(
-            self.measurement_sets,
-            batch_results,
-            self.layout.log_dir,
-            batch_names,
+        rows, problem = write_summary(
+            iter_rows(
+                self.measurement_sets,
+                batch_results,
+                self.layout.log_dir,
+                batch_names,
+                batch_id,
+                self.store,
+                self.qa,
+            ),
+            self.layout.summary_json,
+            self.layout.summary_tsv,
             batch_id,
-            self.store,
-            self.qa,
+            keep_whole=lambda row: row.status == Status.DONE,
         )
-        problem = write_summary(rows, self.layout.summary_json, self.layout.summary_tsv, batch_id)
         if problem is None and all(row.status.complete for row in rows):
             with contextlib.suppress(OSError):
                 _digest_path(self.layout.summary_json).write_text(

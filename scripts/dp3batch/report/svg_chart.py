@@ -7,10 +7,12 @@ HTML report embeds SVG as it is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+
+from dp3batch.report.text_files import write_lines
 
 WIDTH = 760
 LABEL_WIDTH = 190
@@ -67,31 +69,41 @@ def bar_chart(
     maximum: float | None = None,
 ) -> None:
     """Write one chart: a row per label, one bar per series in each row."""
+    write_lines(path, _bar_chart_lines(title, labels, series, value_label, maximum))
+
+
+def _bar_chart_lines(
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[Series],
+    value_label: str,
+    maximum: float | None,
+) -> Iterator[str]:
     rows = max(1, len(labels))
     per_row = max(1, len(series))
     bar_height = (ROW_HEIGHT - 4) / per_row
     height = TOP + rows * ROW_HEIGHT + BOTTOM
     plot_width = WIDTH - LABEL_WIDTH - 20
     top = maximum or _axis_maximum(series)
-    parts = _opening(height, title)
+    yield from _opening(height, title)
     for tick in range(5):
         value = top * tick / 4
         x = LABEL_WIDTH + plot_width * tick / 4
-        parts.append(
+        yield (
             f'<line x1="{x:.1f}" y1="{TOP - 4}" x2="{x:.1f}" y2="{TOP + rows * ROW_HEIGHT}" '
             'stroke="#dddddd"/>'
         )
-        parts.append(
+        yield (
             f'<text x="{x:.1f}" y="{TOP + rows * ROW_HEIGHT + 14}" text-anchor="middle" '
             f"{FONT}>{value:g}</text>"
         )
-    parts.append(
+    yield (
         f'<text x="{LABEL_WIDTH + plot_width / 2}" y="{height - 8}" text-anchor="middle" '
         f"{FONT}>{escape(value_label)}</text>"
     )
     for row, label in enumerate(labels):
         y = TOP + row * ROW_HEIGHT
-        parts.append(
+        yield (
             f'<text x="{LABEL_WIDTH - 6}" y="{y + ROW_HEIGHT / 2 + 4:.1f}" text-anchor="end" '
             f"{FONT}>{escape(label)}</text>"
         )
@@ -101,7 +113,7 @@ def bar_chart(
                 continue
             colour = one.colour if isinstance(one.colour, str) else one.colour[row]
             width = plot_width * min(max(value, 0.0), top) / top
-            parts.append(
+            yield (
                 f'<rect x="{LABEL_WIDTH}" y="{y + 2 + index * bar_height:.1f}" '
                 f'width="{width:.1f}" height="{bar_height:.1f}" fill="{colour}">'
                 f"<title>{escape(label)} {escape(one.name)}: {value:g}</title></rect>"
@@ -109,10 +121,9 @@ def bar_chart(
     for index, one in enumerate(series):
         if len(series) > 1 and isinstance(one.colour, str):
             x = 20 + index * 180
-            parts.append(f'<rect x="{x}" y="26" width="10" height="10" fill="{one.colour}"/>')
-            parts.append(f'<text x="{x + 14}" y="35" {FONT}>{escape(one.name)}</text>')
-    parts.append("</svg>")
-    Path(path).write_text("\n".join(parts) + "\n")
+            yield (f'<rect x="{x}" y="26" width="10" height="10" fill="{one.colour}"/>')
+            yield (f'<text x="{x + 14}" y="35" {FONT}>{escape(one.name)}</text>')
+    yield "</svg>"
 
 
 def line_chart(
