@@ -248,11 +248,16 @@ def test_dp3batch_run_maps_the_reference_option_to_the_config_key(tmp_path):
 def test_the_join_check_passes_a_join_equal_to_its_chunk_and_names_what_differs(tmp_path):
     import shutil
 
+    import numpy as np
     from casacore import tables
     from conftest import make_ms
     from dp3batch.dask_stage.join_check import join_problems
 
     joined = make_ms(tmp_path / "joined.ms", n_channels=8)
+    with tables.table(str(joined), readonly=False, ack=False) as table:  # as DP3 writes one
+        description = tables.makearrcoldesc("WEIGHT_SPECTRUM", 0.0, ndim=2, valuetype="float")
+        table.addcols(description)
+        table.putcol("WEIGHT_SPECTRUM", np.ones(table.getcol("FLAG").shape, dtype="float32"))
     same = tmp_path / "same.ms"
     shutil.copytree(joined, same)
     with tables.table(f"{joined}::SPECTRAL_WINDOW", ack=False) as spw:
@@ -272,8 +277,24 @@ def test_the_join_check_passes_a_join_equal_to_its_chunk_and_names_what_differs(
     assert join_problems([str(same)], str(joined)) == [
         "same.ms: its flags differ from its channels in the join"
     ]
+    shutil.rmtree(same)
+    shutil.copytree(joined, same)
+    with tables.table(str(same), readonly=False, ack=False) as table:
+        weights = table.getcol("WEIGHT_SPECTRUM")
+        weights[5, 7, 1] *= 2
+        table.putcol("WEIGHT_SPECTRUM", weights)
+        uvw = table.getcol("UVW")
+        uvw[4, 2] += 1e-9
+        table.putcol("UVW", uvw)
+    assert join_problems([str(same)], str(joined)) == [
+        "same.ms: its uvw coordinates, weights differ from its channels in the join"
+    ]
     shorter = make_ms(tmp_path / "shorter.ms", n_channels=8, n_times=10)
     assert "shorter.ms: 150 rows, the join 300" in join_problems([str(shorter)], str(joined))
+    without = make_ms(tmp_path / "without.ms", n_channels=8)
+    assert join_problems([str(without)], str(joined)) == [
+        "without.ms: has no WEIGHT_SPECTRUM column, the join has"
+    ]
 
 
 def test_a_joined_outputs_flag_figures_are_its_chunks_weighted_and_side_by_side():

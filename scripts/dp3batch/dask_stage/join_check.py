@@ -2,9 +2,9 @@
 
 DP3 reads the chunk outputs as one MS, concatenated in frequency (`msin=[c0.ms,c1.ms,…]`,
 `steps=[]`). What it writes must be exactly the chunks side by side: the same rows, time
-grid and baselines as every chunk; as many channels as all of them; CHAN_FREQ the chunks'
-own, contiguous, and the grid an unchunked run makes; every chunk's flags and visibilities
-in its channels of the join, bit for bit.
+grid, baselines and uvw coordinates as every chunk; as many channels as all of them;
+CHAN_FREQ the chunks' own, contiguous, and the grid an unchunked run makes; every chunk's
+flags, visibilities and weights in its channels of the join, bit for bit.
 """
 
 from __future__ import annotations
@@ -19,6 +19,20 @@ from dp3batch.inputs.tables import open_subtable
 ROWS_PER_BLOCK = 10_000
 # Relative tolerance of a frequency against the grid computed here (DP3 computes in double).
 FREQUENCY_TOLERANCE = 1e-9
+
+
+# The columns compared row by row, and what each is to a reader. Those per channel are
+# compared in each chunk's channels of the join; the others whole.
+COMPARED = {
+    "TIME": "time grid",
+    "ANTENNA1": "baselines",
+    "ANTENNA2": "baselines",
+    "UVW": "uvw coordinates",
+    "FLAG": "flags",
+    "DATA": "visibilities",
+    "WEIGHT_SPECTRUM": "weights",
+}
+PER_CHANNEL = ("FLAG", "DATA", "WEIGHT_SPECTRUM")
 
 
 def _window(path: str) -> tuple[list[float], list[float]]:
@@ -77,28 +91,28 @@ def join_problems(
         if problems:
             return problems
         mismatched: dict[str, set[str]] = {}
+        present = set(out.colnames())
+        compared = [column for column in COMPARED if column in present]
+        for name, part in zip(names, parts, strict=True):
+            missing = sorted(set(compared) - set(part.colnames()))
+            if missing:
+                problems.append(f"{name}: has no {', '.join(missing)} column, the join has")
+        if problems:
+            return problems
         for start in range(0, rows, ROWS_PER_BLOCK):
             count = min(ROWS_PER_BLOCK, rows - start)
             joined_block = {
-                column: out.getcol(column, startrow=start, nrow=count)
-                for column in ("TIME", "ANTENNA1", "ANTENNA2", "FLAG", "DATA")
+                column: out.getcol(column, startrow=start, nrow=count) for column in compared
             }
             for name, part, offset, nchan in zip(names, parts, offsets, counts, strict=True):
                 for column, values in joined_block.items():
                     own = part.getcol(column, startrow=start, nrow=count)
-                    if column in ("FLAG", "DATA"):
+                    if column in PER_CHANNEL:
                         values = values[:, offset : offset + nchan]
-                    if not np.array_equal(values, own, equal_nan=column == "DATA"):
+                    if not np.array_equal(values, own, equal_nan=values.dtype.kind in "fc"):
                         mismatched.setdefault(name, set()).add(column)
-    what = {
-        "TIME": "time grid",
-        "ANTENNA1": "baselines",
-        "ANTENNA2": "baselines",
-        "FLAG": "flags",
-        "DATA": "visibilities",
-    }
     for name, columns in mismatched.items():
-        differing = sorted({what[column] for column in columns})
+        differing = sorted({COMPARED[column] for column in columns})
         problems.append(f"{name}: its {', '.join(differing)} differ from its channels in the join")
     return problems
 
