@@ -77,3 +77,33 @@ def test_a_process_started_through_the_launcher_dies_with_the_thread_that_starte
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_dp3_of_an_earlier_attempt_does_not_write_into_the_next_attempt_s_log(tmp_path):
+    # A frozen worker's DP3 holds the log open for appending, as run_dp3 opened it; it wakes
+    # up after the MS's next attempt began its log.
+    log = tmp_path / "obs.log"
+    execution.new_log(log, "# attempt 1\n")
+    with open(log, "a") as stdout:
+        earlier = subprocess.Popen(
+            ["sh", "-c", "echo before; read line; echo 'Total flagged: 99%'"],
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            text=True,
+        )
+    try:
+        assert _wait_for(lambda: "before" in log.read_text())
+        execution.new_log(log, "# attempt 2\n")
+        earlier.communicate("wake up\n", timeout=10)  # it prints as it ends
+    finally:
+        earlier.kill()
+    assert log.read_text() == "# attempt 2\n"
+
+
+def _wait_for(condition, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False

@@ -159,6 +159,18 @@ def _attempted_in_this_batch(log_path: Path, batch_id: str | None) -> bool:
     return f"\n# batch {batch_id}\n" in head
 
 
+def new_log(log_path: Path, header: str) -> None:
+    """This attempt's log, begun with `header`, as a new file. A DP3 of an earlier attempt
+    that still runs (its worker froze, and woke up after the MS was given to another) holds
+    the old log open for appending: written over in place, the log would get that DP3's
+    lines appended, and they would be read as this attempt's (its flag counts, its step
+    times)."""
+    with contextlib.suppress(FileNotFoundError):
+        log_path.unlink()
+    with open(log_path, "w") as log:
+        log.write(header)
+
+
 def last_error_line(log_path: Path) -> str:
     """DP3's most telling line: the last one that mentions an error, else the last line."""
     try:
@@ -431,10 +443,12 @@ def process_measurement_set(task: Task) -> TaskResult:
         run = run_parameters(reading, task.input, str(temporary), threads, memory_gb)
         doing = "writing DP3's log"
         arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
-        with open(log_path, "w") as log:
-            log.write(f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n")
-            log.write(f"# batch {task.batch_id}\n# started {result.started}\n")
-            log.write(f"# command: {' '.join(arguments)}\n")
+        new_log(
+            log_path,
+            f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n"
+            f"# batch {task.batch_id}\n# started {result.started}\n"
+            f"# command: {' '.join(arguments)}\n",
+        )
         holder = write_lock_holder(task.input) or task.locked_by
         if holder is not None:
             # Also when the lock went after planning: the MS was not inspected then.

@@ -32,6 +32,7 @@ from dp3batch.dask_stage.execution import (
     dp3_command,
     exit_description,
     failed,
+    new_log,
     now,
     remove_own_leftovers,
     run_dp3,
@@ -170,18 +171,18 @@ def join_chunks(task: Task) -> TaskResult:
             problem = chunk_problem(task, chunk, input_state.fingerprint)
             if problem:
                 reason = f"join: {problem}; run again to redo it"
-                log_path.write_text(f"# {task.name}: join of {len(chunks)} chunks\n")
+                new_log(log_path, f"# {task.name}: join of {len(chunks)} chunks\n")
                 return failed(result, started, log_path, reason, reason)
         records = [read_record(chunk.output) for chunk in chunks]
         chunk_outputs = [chunk.output for chunk in chunks]
         run = join_run(task, chunk_outputs, str(temporary), threads)
         arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
-        with open(log_path, "w") as log:
-            log.write(
-                f"# {task.name}: join of {len(chunks)} frequency chunks on {worker_address}\n"
-            )
-            log.write(f"# batch {task.batch_id}\n# started {result.started}\n")
-            log.write(f"# command: {' '.join(arguments)}\n")
+        new_log(
+            log_path,
+            f"# {task.name}: join of {len(chunks)} frequency chunks on {worker_address}\n"
+            f"# batch {task.batch_id}\n# started {result.started}\n"
+            f"# command: {' '.join(arguments)}\n",
+        )
         doing = "running DP3 (the join)"
         exited, _ = run_dp3(arguments, log_path, worker, key, lambda: None)
         if exited.code != 0:
