@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,7 +38,7 @@ from dp3batch.dask_stage.watchdog import (
     heartbeat_interval,
     silence_bound,
 )
-from dp3batch.dask_stage.worker_checks import judge_workers, oversubscribed_hosts
+from dp3batch.dask_stage.worker_checks import WorkerFindings, judge_workers, oversubscribed_hosts
 from dp3batch.dask_stage.worker_deaths import deaths_charged, deaths_of, together, workers_met
 from dp3batch.dask_stage.worker_faults import (
     WorkerCannotRun,
@@ -47,6 +48,7 @@ from dp3batch.dask_stage.worker_faults import (
     package_identity_function,
     package_problem,
 )
+from dp3batch.testing.harness import wait_until
 
 # --- a DP3 that cannot start ---------------------------------------------------------------
 
@@ -440,6 +442,51 @@ def test_a_task_whose_allowed_workers_all_left_is_stranded():
     _join(client, "tcp://b:1", 1.0)
     watch.look()
     assert watch.stranded({future: _task("x")}) == [future]
+
+
+def test_a_joiner_is_checked_beside_the_batch_and_counts_only_once_checked():
+    client = FakeClient()
+    _join(client, "tcp://old:1", 1.0)
+    answer = threading.Event()
+    asked: list[list[str]] = []
+
+    def slow_check(joined):  # a frozen joiner: the check waits for its deadline
+        asked.append([worker.address for worker in joined])
+        assert answer.wait(10)
+        return WorkerFindings(cannot_start={"tcp://broken:1": "DP3 could not start"})
+
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None, check_joiners=slow_check)
+    watch.known.add("tcp://old:1")  # checked at pre-flight
+    watch.look()
+    _join(client, "tcp://new:1", 1.0)
+    _join(client, "tcp://broken:1", 1.0)
+    started = time.monotonic()
+    watch.look()
+    assert time.monotonic() - started < 1  # the batch goes on while they are checked
+    assert asked == [["tcp://new:1", "tcp://broken:1"]]
+    # Not used meanwhile: tasks go only to the checked worker.
+    assert watch.slots() == 1 and watch.restriction() == ["tcp://old:1"]
+    answer.set()
+    assert wait_until(lambda: not watch.look() and not watch.checking, 10)
+    assert watch.slots() == 2
+    assert watch.restriction() == ["tcp://new:1", "tcp://old:1"]
+    assert watch.excluded == {"tcp://broken:1": "DP3 could not start"}
+    watch.look()
+    assert len(asked) == 1  # each joiner is checked once
+
+
+def test_a_joiner_whose_check_fails_is_excluded_and_the_batch_goes_on():
+    client = FakeClient()
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None, check_joiners=_failing_check)
+    _join(client, "tcp://new:1", 1.0)
+    watch.look()
+    assert wait_until(lambda: not watch.look() and not watch.checking, 10)
+    assert "could not be checked (no answer)" in watch.excluded["tcp://new:1"]
+    assert watch.slots() == 0
+
+
+def _failing_check(joined):
+    raise RuntimeError("no answer")
 
 
 # --- workers that die together -----------------------------------------------------------

@@ -15,12 +15,14 @@ would: workers come and go, one freezes, one cannot start DP3, the scheduler res
   other code than the batch, is excluded: the batch's tasks are then submitted only to the
   other workers (`restriction`). A task that met such a worker runs again elsewhere.
 - **Workers that join mid-batch** (a batch job that started late) are asked the pre-flight
-  check of worker_checks before they count.
+  check of worker_checks before they count; the check runs beside the batch, which goes on
+  meanwhile (a frozen joiner would hold it for the check's whole deadline).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,6 +132,10 @@ class ClusterWatch:
     ms_start_failures: dict[str, list[str]] = field(default_factory=dict)
     # MS name → worker deaths counted against it so far (see worker_deaths).
     deaths: dict[str, int] = field(default_factory=dict)
+    # Workers that joined and are being checked (`check_joiners`, in a thread of its own:
+    # a frozen joiner takes the check's whole deadline), and the checks under way.
+    checking: set[str] = field(default_factory=set)
+    checks: list[JoinerCheck] = field(default_factory=list)
     # Futures submitted with a restriction, and to which workers.
     restricted: dict[Any, frozenset[str]] = field(default_factory=dict)
 
@@ -181,7 +187,16 @@ class ClusterWatch:
         joined = [w for w in workers if w.address not in self.known and w.process_slots >= 1]
         self.known.update(worker.address for worker in workers)
         if joined and self.check_joiners is not None:
-            self._check(joined)
+            self.checks.append(JoinerCheck.start(self.check_joiners, joined))
+            self.checking.update(worker.address for worker in joined)
+        self._apply_checks()
+
+    def _apply_checks(self) -> None:
+        """What the checks that ended found: each joiner counts from now, or is excluded."""
+        for check in [check for check in self.checks if check.ended.is_set()]:
+            self.checks.remove(check)
+            self.checking.difference_update(worker.address for worker in check.joined)
+            self._check(check.joined, check.findings, check.error)
 
     def raise_if_scheduler_lost(self) -> None:
         """The client's connection broke (it cancels every future and reconnects, to a new
@@ -202,11 +217,14 @@ class ClusterWatch:
             f"({worker_command(self.scheduler_address)}), then run again."
         )
 
-    def _check(self, joined: list[WorkerInfo]) -> None:
+    def _check(
+        self,
+        joined: list[WorkerInfo],
+        findings: WorkerFindings | None,
+        error: Exception | None,
+    ) -> None:
         names = ", ".join(worker.address for worker in joined)
-        try:
-            findings = self.check_joiners(joined)
-        except Exception as error:  # noqa: BLE001 - a check that fails excludes, never ends
+        if findings is None:  # a check that fails excludes, never ends the batch
             for worker in joined:
                 self.exclude(worker.address, f"it joined and could not be checked ({error})")
             return
@@ -234,7 +252,9 @@ class ClusterWatch:
         return [
             worker
             for worker in self.workers
-            if worker.process_slots >= 1 and worker.address not in self.excluded
+            if worker.process_slots >= 1
+            and worker.address not in self.excluded
+            and worker.address not in self.checking
         ]
 
     def slots(self) -> int:
@@ -246,7 +266,9 @@ class ClusterWatch:
         worker is excluded. A restriction also keeps away a worker that joins before it
         is checked."""
         if not any(
-            worker.address in self.excluded for worker in self.workers if worker.process_slots
+            worker.address in self.excluded or worker.address in self.checking
+            for worker in self.workers
+            if worker.process_slots
         ):
             return None
         return sorted(worker.address for worker in self.eligible())
@@ -427,6 +449,34 @@ class ClusterWatch:
             )
         except Exception as error:  # noqa: BLE001 - it is excluded all the same
             log.error("could not remove silent worker %s from the scheduler: %s", address, error)
+
+
+@dataclass
+class JoinerCheck:
+    """The check of workers that joined mid-batch, run in a thread of its own so that the
+    batch goes on meanwhile (the check's own deadline bounds it)."""
+
+    joined: list[WorkerInfo]
+    ended: threading.Event = field(default_factory=threading.Event)
+    findings: WorkerFindings | None = None
+    error: Exception | None = None
+
+    @classmethod
+    def start(
+        cls, check: Callable[[list[WorkerInfo]], WorkerFindings], joined: list[WorkerInfo]
+    ) -> JoinerCheck:
+        started = cls(joined)
+
+        def run() -> None:
+            try:
+                started.findings = check(joined)
+            except Exception as error:  # noqa: BLE001 - said when the check is applied
+                started.error = error
+            finally:
+                started.ended.set()
+
+        threading.Thread(target=run, name="dp3batch-joiner-check", daemon=True).start()
+        return started
 
 
 def _remove_worker_function():
