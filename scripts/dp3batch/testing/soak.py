@@ -44,18 +44,24 @@ LOADER_ERROR = (
     "file: No such file or directory"
 )
 BROKEN_DP3_VARIABLE = "DP3BATCH_TEST_BROKEN_DP3"
+# A worker started with this set never answers `DP3 --version` (a hung filesystem).
+HUNG_DP3_VARIABLE = "DP3BATCH_TEST_HUNG_DP3"
 
 
 def site_wrapper(path: Path, dp3: str, broken_for: str = "always") -> Path:
     """A site's DP3 wrapper that runs `dp3`, except on a worker started with
     BROKEN_DP3_VARIABLE set: there DP3 cannot start (a loader error, exit 127), for every
     call (`always`), or only for real runs (`runs`: `DP3 --version` still answers, as when a
-    library is loaded late)."""
+    library is loaded late). On a worker started with HUNG_DP3_VARIABLE set, `DP3
+    --version` never answers."""
     broken = f'[ -n "${BROKEN_DP3_VARIABLE}" ]'
     if broken_for == "runs":
         broken += ' && [ "$1" != "--version" ]'
     path.write_text(
         "#!/bin/bash\n"
+        f'if [ -n "${HUNG_DP3_VARIABLE}" ] && [ "$1" = "--version" ]; then\n'
+        "  exec sleep 600\n"
+        "fi\n"
         f"if {broken}; then\n"
         f'  echo "{dp3}: {LOADER_ERROR}" >&2\n'
         "  exit 127\n"
