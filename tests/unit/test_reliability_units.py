@@ -163,9 +163,12 @@ def test_summary_cells_hold_no_line_breaks(tmp_path):
 def test_a_summary_that_cannot_be_written_leaves_no_partial_file(tmp_path):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    _, problem = write_summary([], blocker / "s.json", blocker / "s.tsv")
+    rows = [SummaryRow(name=name, status=Status.UP_TO_DATE) for name in ("a", "b")]
+    kept, problem = write_summary(iter(rows), blocker / "s.json", blocker / "s.tsv")
     assert problem and "could not write the summary" in problem
     assert sorted(os.listdir(tmp_path)) == ["not-a-directory"]
+    # Every row is still returned: the run's verdict is counted from them.
+    assert kept == rows
 
 
 def test_largest_first_is_stable_for_equal_sizes():

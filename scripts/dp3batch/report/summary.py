@@ -247,17 +247,17 @@ def iter_rows(
         record = store.record(ms.output)
         made_now = record is not None and batch_id is not None and record.batch_id == batch_id
         if record is not None and ms.name in batch_names and made_now:
-            yield (_row_from(ms, Status.DONE, log, record, qa))
+            yield _row_from(ms, Status.DONE, log, record, qa)
         elif result is not None and result.status in (Status.FAILED, Status.NOT_PROCESSED):
-            yield (_row_from(ms, result.status, result.log, result))
+            yield _row_from(ms, result.status, result.log, result)
         elif record is not None and (
             ms.name not in batch_names
             # completed by another run while this batch waited for the lock
             or (result is not None and result.status == Status.UP_TO_DATE)
         ):
-            yield (_row_from(ms, Status.UP_TO_DATE, log, record, qa))
+            yield _row_from(ms, Status.UP_TO_DATE, log, record, qa)
         else:
-            yield (_row_from(ms, Status.NOT_PROCESSED, log, None))
+            yield _row_from(ms, Status.NOT_PROCESSED, log, None)
 
 
 def _read_text(path: Path) -> str | None:
@@ -293,6 +293,7 @@ def write_summary(
         _digest_path(json_path).unlink()
     entries = json_path.with_name(f"{json_path.name}.entries.tmp")
     temporaries = (json_path.with_suffix(".json.tmp"), tsv_path.with_suffix(".tsv.tmp"))
+    rows = iter(rows)
     kept: list[SummaryRow] = []
     try:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +323,8 @@ def write_summary(
         for path in (*temporaries, json_path, tsv_path):
             with contextlib.suppress(OSError):
                 path.unlink()
+        # Every row all the same: the run's verdict is counted from them.
+        kept += [row if keep_whole(row) else slim_row(row) for row in rows]
         return kept, (
             f"could not write the summary {tsv_path} ({write_problem(error)}); the summary of "
             "an earlier run was removed, as it no longer told the truth"
