@@ -377,6 +377,34 @@ def test_an_ms_a_silent_worker_committed_just_before_is_kept(tmp_path, monkeypat
     assert watch.take_from_silent({future: _task("obs_0")}) == ([future], [done])
 
 
+def test_a_worker_silent_without_a_task_gets_tasks_again_once_heard_from(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(watchdog.time, "monotonic", lambda: clock[0])
+    client = FakeClient()
+    _join(client, "tcp://paused:1", 1.0)
+    _join(client, "tcp://busy:1", 1.0)
+    watch = ClusterWatch(client, "B1", "s:8786", "", 5.0, None)
+    watch.look()
+    future = Future("k0")
+    client.held = {"tcp://busy:1": ["k0"]}
+    clock[0] = 6.0  # both silent past the 5 s bound; only the busy one held a task
+    watch.look()
+    taken, _ = watch.take_from_silent({future: _task("obs_0")})
+    assert taken == [future]
+    assert set(watch.excluded) == {"tcp://paused:1", "tcp://busy:1"}
+    assert watch.slots() == 0
+    clock[0] = 7.0  # both heartbeat again
+    client.workers["tcp://paused:1"]["last_seen"] = 7.0
+    client.workers["tcp://busy:1"]["last_seen"] = 7.0
+    watch.look()
+    # The paused one had no task: it is used again. The busy one's attempt was revoked and
+    # it was removed from the scheduler: it stays out.
+    assert set(watch.excluded) == {"tcp://busy:1"}
+    assert watch.restriction() == ["tcp://paused:1"]
+    assert watch.take_from_silent({}) == ([], [])
+    assert set(watch.excluded) == {"tcp://busy:1"}
+
+
 def test_a_restarted_scheduler_or_a_broken_connection_is_a_lost_scheduler():
     client = FakeClient()
     _join(client, "tcp://w:1", 1.0)

@@ -10,7 +10,8 @@ would: workers come and go, one freezes, one cannot start DP3, the scheduler res
   revoked (they can never commit, see books.commit), their tasks cancelled, the worker
   removed from the scheduler (it closes if it ever wakes up), and the MSs run again
   elsewhere. dask's own `worker-ttl` would take 5-10 minutes, or never when a site sets it
-  to null.
+  to null. A silent worker that held none of the batch's tasks only gets none while it is
+  silent: heard from again, it is used again.
 - **Workers that cannot run the batch.** A worker whose DP3 does not start, or that runs
   other code than the batch, is excluded: the batch's tasks are then submitted only to the
   other workers (`restriction`). A task that met such a worker runs again elsewhere.
@@ -132,6 +133,8 @@ class ClusterWatch:
     ms_start_failures: dict[str, list[str]] = field(default_factory=dict)
     # MS name → worker deaths counted against it so far (see worker_deaths).
     deaths: dict[str, int] = field(default_factory=dict)
+    # Workers excluded for their silence alone (they held no task): readmitted if heard again.
+    silent_only: set[str] = field(default_factory=set)
     # Workers that joined and are being checked (`check_joiners`, in a thread of its own:
     # a frozen joiner takes the check's whole deadline), and the checks under way.
     checking: set[str] = field(default_factory=set)
@@ -183,6 +186,7 @@ class ClusterWatch:
         for address in list(self.silences):
             if address not in present:
                 del self.silences[address]
+        self._readmit_heard_again(now)
         self.workers = workers
         joined = [w for w in workers if w.address not in self.known and w.process_slots >= 1]
         self.known.update(worker.address for worker in workers)
@@ -424,7 +428,23 @@ class ClusterWatch:
         )
         if names:
             why += "; it was removed from the scheduler, and a late result of it is never kept"
+        else:  # it held none of the batch's tasks: it stays in the cluster, and may come back
+            self.silent_only.add(address)
         self.exclude(address, why)
+
+    def _readmit_heard_again(self, now: float) -> None:
+        """Workers excluded for their silence alone (they held no task of the batch, so none
+        was revoked) that the scheduler hears from again get tasks again: a worker paused
+        for a minute is not lost for the rest of a night's batch."""
+        bound = silence_bound(self.silence_seconds, len(self.workers))
+        for address in sorted(self.silent_only):
+            silence = self.silences.get(address)
+            if silence is None:  # it left the cluster
+                self.silent_only.discard(address)
+            elif silence.seconds(now) < bound:
+                self.silent_only.discard(address)
+                del self.excluded[address]
+                log.info("worker %s is heard from again: it gets DP3 tasks again", address)
 
     def _cancel(self, futures: list[Any]) -> None:
         try:
