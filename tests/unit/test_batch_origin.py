@@ -15,7 +15,7 @@ from dp3batch.books.records import RecordStore, record_origin, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
 from dp3batch.dask_stage.central_job import BatchRun, still_pending
-from dp3batch.report.summary import collect_rows
+from dp3batch.report.summary import iter_rows
 
 PLANNED_AT = "2026-12-01T10:00:00.000+00:00"
 # Stamps of a worker whose clock runs a day ahead of, or behind, the host that planned.
@@ -121,7 +121,7 @@ def test_a_failure_of_this_batch_wins_over_a_record_it_did_not_write(tmp_path):
         status=Status.FAILED,
         reason="DP3 exited with code 1",
     )
-    rows = collect_rows(paths, [failed], tmp_path / "logs", {"a"}, "this-batch")
+    rows = list(iter_rows(paths, [failed], tmp_path / "logs", {"a"}, "this-batch"))
     assert rows[0].status == Status.FAILED
     run = BatchRun(_batch(tmp_path, [_pending("a", source, output, "input changed", "old")]))
     assert run.final_results("not run")[0].status == Status.NOT_PROCESSED
@@ -132,7 +132,7 @@ def test_a_record_this_batch_made_is_done_even_stamped_before_the_planning(tmp_p
     when its result was lost (rebuilt from the record)."""
     source, output = _up_to_date_output(tmp_path, "a", batch_id="this-batch", finished=BEHIND)
     paths = [MSPaths("a", str(source), str(output))]
-    rows = collect_rows(paths, [], tmp_path / "logs", {"a"}, "this-batch")
+    rows = list(iter_rows(paths, [], tmp_path / "logs", {"a"}, "this-batch"))
     assert rows[0].status == Status.DONE
     run = BatchRun(_batch(tmp_path, [_pending("a", source, output, "missing", None)]))
     result = run.final_results("its worker was lost")[0]
@@ -150,7 +150,7 @@ def test_an_ms_another_run_completed_meanwhile_is_up_to_date_not_unprocessed(tmp
     (result,) = run.final_results("not run")
     assert result.status == Status.UP_TO_DATE
     paths = [MSPaths("a", str(source), str(output))]
-    rows = collect_rows(paths, [result], tmp_path / "logs", {"a"}, "this-batch")
+    rows = list(iter_rows(paths, [result], tmp_path / "logs", {"a"}, "this-batch"))
     assert rows[0].status == Status.UP_TO_DATE
 
 

@@ -23,7 +23,7 @@ from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_from_json, results_to_json
 from dp3batch.dask_stage.central_job import failure_report, main, task_for
 from dp3batch.dp3.parameters import DP3Parameters
-from dp3batch.report.summary import collect_rows
+from dp3batch.report.summary import iter_rows
 
 # --- round trips --------------------------------------------------------------------------
 
@@ -230,7 +230,7 @@ def test_summary_rows_from_typed_results_and_records(tmp_path):
         write_record(outputs[name], record)
     paths = [MSPaths(name, f"/in/{name}.ms", str(output)) for name, output in outputs.items()]
     results = [replace(TaskResult.from_json(written_marker()[1]), output=str(outputs["demo_1"]))]
-    rows = collect_rows(paths, results, tmp_path / "logs", {"demo_0", "demo_1"}, "b-demo_0")
+    rows = list(iter_rows(paths, results, tmp_path / "logs", {"demo_0", "demo_1"}, "b-demo_0"))
     by_name = {row.name: row.to_json() for row in rows}
     assert {name: row["status"] for name, row in by_name.items()} == {
         "demo_0": Status.DONE,

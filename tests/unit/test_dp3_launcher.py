@@ -12,6 +12,7 @@ import time
 
 import pytest
 from dp3batch.dask_stage import execution
+from dp3batch.testing.harness import wait_until
 
 
 @pytest.fixture
@@ -92,18 +93,9 @@ def test_a_dp3_of_an_earlier_attempt_does_not_write_into_the_next_attempt_s_log(
             text=True,
         )
     try:
-        assert _wait_for(lambda: "before" in log.read_text())
+        assert wait_until(lambda: "before" in log.read_text(), 10, 0.02)
         execution.new_log(log, "# attempt 2\n")
         earlier.communicate("wake up\n", timeout=10)  # it prints as it ends
     finally:
         earlier.kill()
     assert log.read_text() == "# attempt 2\n"
-
-
-def _wait_for(condition, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False

@@ -27,7 +27,7 @@ from dp3batch.report.flagging import (
     prepare_flagging_report,
 )
 from dp3batch.report.flagging_command import main as flagging_command
-from dp3batch.report.summary import collect_rows, write_summary
+from dp3batch.report.summary import iter_rows, write_summary
 from dp3batch.testing.synthetic_ms import SyntheticMSSpec, generate_measurement_set
 
 TASK = {
@@ -236,10 +236,10 @@ def test_summary_judges_with_the_current_limits_and_lists_suspect_mss(tmp_path):
     output.mkdir(parents=True)
     write_record(output, make_record(name="a", output=str(output), flag_statistics=STATISTICS))
     sets = [MSPaths("a", "/in/a.ms", str(output))]
-    (row,) = collect_rows(sets, [], tmp_path / "logs")
+    (row,) = list(iter_rows(sets, [], tmp_path / "logs"))
     assert row.qa is None and row.flagged_total_pct == 30.0
     strict = QALimits(max_station_flagged_fraction=0.5)
-    (row,) = collect_rows(sets, [], tmp_path / "logs", qa=strict)
+    (row,) = list(iter_rows(sets, [], tmp_path / "logs", qa=strict))
     assert row.qa == "suspect" and "CS002" in row.qa_reason
     json_path, tsv_path = tmp_path / "s.json", tmp_path / "s.tsv"
     assert write_summary([row], json_path, tsv_path)[1] is None

@@ -8,18 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from dp3batch.dask_stage import interrupts
-
-
-def _eventually(condition, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
+from dp3batch.testing.harness import wait_until
 
 
 def test_the_first_call_is_told_from_any_repeat():
@@ -33,7 +24,7 @@ def test_a_process_is_stopped_when_gone_or_a_zombie():
     assert interrupts._stopped(os.getpid()) is False
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
-        assert _eventually(lambda: interrupts._stopped(child.pid))  # a zombie until reaped
+        assert wait_until(lambda: interrupts._stopped(child.pid), 10, 0.02)  # a zombie until reaped
     finally:
         child.wait()
     assert interrupts._stopped(child.pid) is True

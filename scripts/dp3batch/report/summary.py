@@ -206,21 +206,6 @@ def _row_from(
     )
 
 
-def collect_rows(
-    measurement_sets: Sequence[MSPaths],
-    batch_results: Sequence[TaskResult] | None,
-    log_dir: str | Path,
-    batch_names: set[str] | None = None,
-    batch_id: str | None = None,
-    store: RecordStore | None = None,
-    qa: QALimits = NO_QA,
-) -> list[SummaryRow]:
-    """Every row of `iter_rows`, whole."""
-    return list(
-        iter_rows(measurement_sets, batch_results, log_dir, batch_names, batch_id, store, qa)
-    )
-
-
 def iter_rows(
     measurement_sets: Sequence[MSPaths],
     batch_results: Sequence[TaskResult] | None,
