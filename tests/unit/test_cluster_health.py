@@ -405,6 +405,25 @@ def test_a_worker_silent_without_a_task_gets_tasks_again_once_heard_from(monkeyp
     assert set(watch.excluded) == {"tcp://busy:1"}
 
 
+def test_a_silent_worker_also_found_unable_to_run_dp3_stays_excluded(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(watchdog.time, "monotonic", lambda: clock[0])
+    client = FakeClient()
+    _join(client, "tcp://w:1", 1.0)
+    watch = ClusterWatch(client, "B1", "s:8786", "", 5.0, None)
+    watch.look()
+    clock[0] = 6.0
+    watch.look()
+    watch.take_from_silent({})
+    assert "has not heard from it" in watch.excluded["tcp://w:1"]
+    # Its check ends meanwhile (it was silent because the check blocked it): DP3 hangs.
+    watch.exclude("tcp://w:1", "`DP3 --version` did not end")
+    client.workers["tcp://w:1"]["last_seen"] = 7.0
+    clock[0] = 7.0
+    watch.look()
+    assert watch.excluded == {"tcp://w:1": "`DP3 --version` did not end"}
+
+
 def test_a_restarted_scheduler_or_a_broken_connection_is_a_lost_scheduler():
     client = FakeClient()
     _join(client, "tcp://w:1", 1.0)

@@ -245,8 +245,11 @@ class ClusterWatch:
             log.info("worker(s) joined: %s", names)
 
     def exclude(self, address: str, why: str) -> None:
-        if address in self.excluded:
+        """`address` gets no more tasks in this batch (said once); a worker excluded only
+        for its silence so far is then excluded for good."""
+        if address in self.excluded and address not in self.silent_only:
             return
+        self.silent_only.discard(address)
         self.excluded[address] = why
         log.error("worker %s gets no more DP3 tasks in this batch: %s", address, why)
 
@@ -428,9 +431,9 @@ class ClusterWatch:
         )
         if names:
             why += "; it was removed from the scheduler, and a late result of it is never kept"
-        else:  # it held none of the batch's tasks: it stays in the cluster, and may come back
-            self.silent_only.add(address)
         self.exclude(address, why)
+        if not names:  # it held none of the batch's tasks: it stays in the cluster, may return
+            self.silent_only.add(address)
 
     def _readmit_heard_again(self, now: float) -> None:
         """Workers excluded for their silence alone (they held no task of the batch, so none
