@@ -276,3 +276,15 @@ def test_the_fields_of_issue_24_are_optional_and_written_last():
     )
     assert PendingMS.from_json(pending.to_json()) == pending
     assert "record_origin" not in replace(pending, record_origin=None).to_json()
+
+
+def test_a_done_result_kept_by_the_batch_names_its_report_files_and_nothing_heavier():
+    record = make_record(flag_statistics={"total_pct": 5.0, "png": "/qa/a.png", "zarr": "/z"})
+    whole = TaskResult.from_record(record, "/logs/a.log")
+    kept = whole.without_statistics()
+    assert kept.flag_statistics == {"png": "/qa/a.png", "zarr": "/z"}
+    assert kept.flags_by_step is None and kept.stations is None
+    assert replace(kept, flag_statistics=None) == replace(
+        whole, flag_statistics=None, flags_by_step=None, stations=None
+    )
+    assert results_from_json(results_to_json([kept]), "marker") == [kept]

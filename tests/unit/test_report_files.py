@@ -3,6 +3,7 @@ report page of a short batch."""
 
 from __future__ import annotations
 
+import io
 import json
 import xml.etree.ElementTree as ElementTree
 
@@ -14,7 +15,13 @@ from dp3batch.books.status import Status
 from dp3batch.dask_stage.dask_report import DaskPerformanceReport
 from dp3batch.dp3.log import parse_step_times
 from dp3batch.report.batch_report import ReportFiles, write_batch_report
-from dp3batch.report.summary import SummaryFiles, SummaryRow, write_summary
+from dp3batch.report.summary import (
+    SummaryFiles,
+    SummaryRow,
+    _write_tsv,
+    complete_rows_in,
+    write_summary,
+)
 from dp3batch.report.text_files import write_lines
 
 DONE, FAILED, UP_TO_DATE = Status.DONE, Status.FAILED, Status.UP_TO_DATE
@@ -41,9 +48,7 @@ def _report(rows: list[SummaryRow], files: ReportFiles, title: str) -> None:
     others slim), then the report from the rows it kept and a copy of it."""
     summary = SummaryFiles(files.directory / "out.json", files.directory / "out.tsv")
     files.directory.mkdir(parents=True, exist_ok=True)
-    kept, problem = write_summary(
-        rows, summary.json, summary.tsv, "B1", keep_whole=lambda row: row.status == DONE
-    )
+    kept, problem = write_summary(rows, summary.json, summary.tsv, "B1")
     assert problem is None
     write_batch_report(kept, files, title, summary)
 
@@ -103,23 +108,23 @@ def test_rfi_spectrum_and_stations_average_dps_counts_over_the_batch(tmp_path):
     assert abs(ratio - (100 - 3) / (100 - 5)) < 0.01
 
 
-def test_only_the_batch_s_rows_are_kept_whole_and_the_summary_holds_every_row_whole(tmp_path):
+def test_the_rows_are_kept_slim_and_the_summary_holds_every_row_whole(tmp_path):
     rows = [_row("a", DONE), _row("b", UP_TO_DATE, flag_statistics={"channel_total_pct": [1]})]
-    kept, problem = write_summary(
-        rows, tmp_path / "s.json", tmp_path / "s.tsv", keep_whole=lambda row: row.status == DONE
-    )
+    kept, problem = write_summary(rows, tmp_path / "s.json", tmp_path / "s.tsv")
     assert problem is None
-    assert kept[0] == rows[0]
-    # The up-to-date row kept slim: what its TSV line and the report's table show.
-    assert kept[1].stations == () and kept[1].flag_statistics == {}
+    # What their TSV lines and the report's table show, and no more.
+    assert [row.stations for row in kept] == [(), ()]
+    assert [row.flag_statistics for row in kept] == [{}, {}]
     assert kept[1].flags_by_step == {"aoflagger": {"percent": 5.0}}
-    assert kept[1].step_flags == rows[1].step_flags
+    assert [row.step_flags for row in kept] == [row.step_flags for row in rows]
     entries = json.loads((tmp_path / "s.json").read_text())["measurement_sets"]
     assert [SummaryRow.from_json(entry) for entry in entries] == rows
+    assert list(complete_rows_in(tmp_path / "s.json")) == rows
+    assert list(complete_rows_in(tmp_path / "s.json", DONE)) == rows[:1]
     # The TSV from slim rows is the TSV of whole rows.
-    whole, _ = write_summary(rows, tmp_path / "w.json", tmp_path / "w.tsv", keep_whole=bool)
-    assert whole == rows
-    assert (tmp_path / "w.tsv").read_text() == (tmp_path / "s.tsv").read_text()
+    whole = io.StringIO()
+    _write_tsv(rows, whole)
+    assert whole.getvalue() == (tmp_path / "s.tsv").read_text()
 
 
 def test_a_batch_with_nothing_done_reports_the_statistics_of_the_complete_mss(tmp_path):

@@ -28,7 +28,7 @@ from dp3batch.books.layout import OutputLayout, RunFiles, leftover_owner, ms_log
 from dp3batch.books.qa import QALimits, qa_verdict
 from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
 from dp3batch.books.status import Status
-from dp3batch.books.task_result import TaskResult, results_to_json
+from dp3batch.books.task_result import FLAGGING_REPORT_FILES, TaskResult, results_to_json
 from dp3batch.books.write_errors import QuietFileHandler, write_problem
 from dp3batch.dask_stage.cluster import FILE_ONLY, ClusterError, cluster_client
 from dp3batch.dask_stage.dask_report import DaskPerformanceReport, write_no_report
@@ -159,11 +159,13 @@ class BatchRun:
         elapsed = time.monotonic() - self.started
         line = _report_line(len(self.results), self.total, elapsed, result, self.qa)
         (log.info if result.status == Status.DONE else log.error)(line)
+        if result.status == Status.DONE:  # the summary reads its record, whole
+            self.results[result.name] = result.without_statistics()
 
     def _chunk_result(self, ms: PendingMS, result: TaskResult) -> None:
         """A chunk's result: said on a line of its own; the MS's join is ready once every
         chunk is done, and the MS fails (alone) with the first chunk that fails."""
-        self.chunk_results[result.name] = result
+        self.chunk_results[result.name] = result.without_statistics()
         chunk = next(chunk for chunk in ms.chunks or () if chunk.name == result.name)
         duration = result.duration_seconds or 0.0
         where = f" on {result.worker}" if result.worker else ""
@@ -643,7 +645,7 @@ def keep_flagging_reports(results: list[TaskResult], run_files: RunFiles) -> Non
         statistics = result.flag_statistics or {}
         if result.status != Status.DONE:
             continue
-        for key in ("zarr", "png"):
+        for key in FLAGGING_REPORT_FILES:
             source = Path(str(statistics.get(key) or ""))
             if not statistics.get(key) or not source.exists():
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,13 +116,11 @@ def write_batch_report(
     shutil.copyfile(summary.tsv, files.table)
     write_summary_html(rows, files.html, title)
     plot_flagged_fractions(rows, files.flagged)
-    # The MSs the flag statistics describe: this batch's, else every complete one (whole
-    # rows, read again from the summary: the rows given of MSs not done now are slim).
-    described = _complete_rows(rows)
-    if not any(row.status == Status.DONE for row in described):
-        described = complete_rows_in(summary.json)
-    plot_rfi_spectrum(described, files.spectrum)
-    plot_flagged_per_station(described, files.stations)
+    # The MSs the flag statistics describe: this batch's, else every complete one, whole,
+    # read again from the summary one at a time (the rows given are slim).
+    described = Status.DONE if any(row.status == Status.DONE for row in rows) else None
+    plot_rfi_spectrum(complete_rows_in(summary.json, described), files.spectrum)
+    plot_flagged_per_station(complete_rows_in(summary.json, described), files.stations)
     plot_durations(rows, files.durations)
     plot_step_times(rows, files.step_times)
     copy_flagging_plots(rows, files.flagging)
@@ -192,44 +191,53 @@ def _complete_rows(rows: list[SummaryRow]) -> list[SummaryRow]:
     return done or [row for row in rows if row.status == Status.UP_TO_DATE]
 
 
-def _mean_by_key(samples: list[dict[Any, float]]) -> dict[Any, float]:
-    totals: dict[Any, list[float]] = {}
-    for sample in samples:
-        for key, value in sample.items():
-            totals.setdefault(key, []).append(value)
-    return {key: sum(values) / len(values) for key, values in totals.items()}
+class Means:
+    """Means by key of values added one at a time (memory: one sum per key)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[Any, list[float]] = {}  # key → [sum, count]
+
+    def add(self, key: Any, value: float | None) -> None:
+        if value is not None:
+            total = self.sums.setdefault(key, [0.0, 0])
+            total[0] += value
+            total[1] += 1
+
+    def add_all(self, pairs: Iterable[tuple[Any, float | None]]) -> None:
+        for key, value in pairs:
+            self.add(key, value)
+
+    def means(self) -> dict[Any, float]:
+        return {key: total / count for key, (total, count) in self.sums.items()}
 
 
-def _flag_steps(rows: list[SummaryRow]) -> list[str]:
-    return list(dict.fromkeys(step for row in rows for step in row.flags_by_step or {}))
+BEFORE_AVERAGING = "before averaging (input + every step)"
 
 
-def plot_rfi_spectrum(rows: list[SummaryRow], path: str | Path) -> None:
+def plot_rfi_spectrum(rows: Iterable[SummaryRow], path: str | Path) -> None:
     """The RFI spectrum: per flagging step, the percentage of visibilities it flagged per
     channel (DP3's own count), and all flags before averaging (input + every step),
-    averaged over the MSs of the batch."""
-    rows = _complete_rows(rows)
-    samples = {
-        step: [
-            dict(enumerate((row.flags_by_step.get(step) or {}).get("per_channel") or []))
-            for row in rows
-        ]
-        for step in _flag_steps(rows)
-    }
-    samples["before averaging (input + every step)"] = [
-        dict(enumerate(row.flag_statistics.get("channel_total_pct") or [])) for row in rows
-    ]
+    averaged over the MSs `rows` (read once, one at a time)."""
+    by_step: dict[str, Means] = {}
+    before = Means()
+    count = 0
+    for row in rows:
+        count += 1
+        for step, counts in row.flags_by_step.items():
+            channels = (counts or {}).get("per_channel") or []
+            by_step.setdefault(step, Means()).add_all(enumerate(channels))
+        before.add_all(enumerate(row.flag_statistics.get("channel_total_pct") or []))
     series = []
-    for index, (label, sample) in enumerate(samples.items()):
-        mean = _mean_by_key([{k: v for k, v in s.items() if v is not None} for s in sample])
+    for index, (label, sums) in enumerate([*by_step.items(), (BEFORE_AVERAGING, before)]):
+        mean = sums.means()
         if not mean:
             continue
         values = [mean.get(channel) for channel in range(max(mean, default=-1) + 1)]
-        colour = "#cc3311" if label.startswith("before") else STEP_COLOURS[index % 4]
+        colour = "#cc3311" if label == BEFORE_AVERAGING else STEP_COLOURS[index % 4]
         series.append(Series(label, values, colour))
     line_chart(
         path,
-        f"RFI spectrum: flagged per channel, mean over {len(rows)} MS(s)",
+        f"RFI spectrum: flagged per channel, mean over {count} MS(s)",
         series,
         "channel (of the input)",
         "flagged visibilities (%)",
@@ -237,46 +245,35 @@ def plot_rfi_spectrum(rows: list[SummaryRow], path: str | Path) -> None:
     )
 
 
-def _station_means(rows: list[SummaryRow], values_of) -> dict[str, float]:
-    return _mean_by_key(
-        [
-            {
-                name: value
-                for name, value in zip(row.stations or [], values_of(row) or [], strict=False)
-                if value is not None
-            }
-            for row in rows
-        ]
-    )
-
-
-def plot_flagged_per_station(rows: list[SummaryRow], path: str | Path) -> None:
+def plot_flagged_per_station(rows: Iterable[SummaryRow], path: str | Path) -> None:
     """Per station, all its flags before averaging (input + every step) and what each
-    flagging step flagged (DP3's own count per antenna), averaged over the MSs of the
-    batch: a bad station stands out."""
-    rows = _complete_rows(rows)
-    means = {
-        "before averaging (input + every step)": _station_means(
-            rows, lambda row: row.flag_statistics.get("station_total_pct")
-        ),
-        **{
-            f"by {step} (DP3)": _station_means(
-                rows, lambda row, step=step: (row.flags_by_step.get(step) or {}).get("per_antenna")
+    flagging step flagged (DP3's own count per antenna), averaged over the MSs `rows`
+    (read once, one at a time): a bad station stands out."""
+    before = Means()
+    by_step: dict[str, Means] = {}
+    count = 0
+    for row in rows:
+        count += 1
+        names = row.stations or ()
+        before.add_all(zip(names, row.flag_statistics.get("station_total_pct") or [], strict=False))
+        for step, counts in row.flags_by_step.items():
+            per_antenna = (counts or {}).get("per_antenna") or []
+            by_step.setdefault(f"by {step} (DP3)", Means()).add_all(
+                zip(names, per_antenna, strict=False)
             )
-            for step in _flag_steps(rows)
-        },
-    }
+    means = {BEFORE_AVERAGING: before.means()}
+    means.update({label: sums.means() for label, sums in by_step.items()})
     means = {label: mean for label, mean in means.items() if mean}
     stations = list(dict.fromkeys(name for mean in means.values() for name in mean))
     bar_chart(
         path,
-        f"Flagged per station, mean over {len(rows)} MS(s)",
+        f"Flagged per station, mean over {count} MS(s)",
         stations,
         [
             Series(
                 label,
                 [mean.get(name) for name in stations],
-                "#cc3311" if label.startswith("before") else STEP_COLOURS[index % 4],
+                "#cc3311" if label == BEFORE_AVERAGING else STEP_COLOURS[index % 4],
             )
             for index, (label, mean) in enumerate(means.items())
         ],

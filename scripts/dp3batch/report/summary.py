@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -262,13 +262,12 @@ def write_summary(
     json_path: str | Path,
     tsv_path: str | Path,
     batch_id: str | None = None,
-    keep_whole: Callable[[SummaryRow], bool] = lambda row: False,
 ) -> tuple[list[SummaryRow], str | None]:
     """The machine-readable summary: JSON (with per-step times) and TSV (one line per MS);
     the JSON names the batch it was written after (`batch_id`), if any.
 
     Each row's JSON is written as the row is made: memory grows with the MSs' slim rows
-    only (`slim_row`; those `keep_whole` says are kept whole). Returns the rows so kept,
+    only (`slim_row`; `complete_rows_in` reads them whole again). Returns the slim rows,
     and a problem (e.g. a full disk) instead of raising: the run's own outcome matters
     more than its summary, and no half-written file is left behind."""
     json_path, tsv_path = Path(json_path), Path(tsv_path)
@@ -287,7 +286,7 @@ def write_summary(
             for row in rows:
                 target.write(f"{separator}{json.dumps(row.to_json())}")
                 separator = ",\n"
-                kept.append(row if keep_whole(row) else slim_row(row))
+                kept.append(slim_row(row))
             target.write("\n" if separator else "")
         verdict = Verdict.of(kept)
         with open(temporaries[0], "w") as target, open(entries) as source:
@@ -309,7 +308,7 @@ def write_summary(
             with contextlib.suppress(OSError):
                 path.unlink()
         # Every row all the same: the run's verdict is counted from them.
-        kept += [row if keep_whole(row) else slim_row(row) for row in rows]
+        kept += [slim_row(row) for row in rows]
         return kept, (
             f"could not write the summary {tsv_path} ({write_problem(error)}); the summary of "
             "an earlier run was removed, as it no longer told the truth"
@@ -477,24 +476,23 @@ def _json_line(line: str, start: str) -> Any:
     return json.loads(line[len(start) : -2])
 
 
-def complete_rows_in(json_path: Path) -> list[SummaryRow]:
-    """The whole rows of the complete MSs of a summary `write_summary` wrote, read one line
-    at a time (an empty list if it cannot be read)."""
-    rows = []
+def complete_rows_in(json_path: Path, status: Status | None = None) -> Iterator[SummaryRow]:
+    """The whole rows of the complete MSs (only those of `status`, if given) of a summary
+    `write_summary` wrote, read one line at a time; none if it cannot be read."""
     try:
         with open(json_path) as source:
             _json_line(source.readline(), _BATCH_LINE)
             counts = _json_line(source.readline(), _COUNTS_LINE)
             if source.readline() != _ENTRIES_LINE:
-                return []
+                return
             for _ in range(sum(counts.values())):
                 line = source.readline()
                 entry = json.loads(line[:-2] if line.endswith(",\n") else line[:-1])
-                if Status(entry["status"]).complete:
-                    rows.append(SummaryRow.from_json(entry))
+                complete = Status(entry["status"]).complete
+                if complete and (status is None or entry["status"] == status):
+                    yield SummaryRow.from_json(entry)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return []
-    return rows
+        return
 
 
 def _mark_up_to_date(json_path: Path, tsv_path: Path) -> bool:
@@ -571,9 +569,8 @@ class Summary:
         batch_names: set[str] | None = None,
         batch_id: str | None = None,
     ) -> tuple[list[SummaryRow], str | None]:
-        """The rows after a batch (see `iter_rows`), written; and a problem, if any. The
-        rows returned are slim (`slim_row`) but those this batch did, which the batch's
-        report describes in full."""
+        """The rows after a batch (see `iter_rows`), written, slim (`slim_row`); and a
+        problem, if any."""
         # Before any record is read: a record that changes after this no longer matches it.
         digest = records_digest(self.measurement_sets)
         rows, problem = write_summary(
@@ -589,7 +586,6 @@ class Summary:
             self.layout.summary_json,
             self.layout.summary_tsv,
             batch_id,
-            keep_whole=lambda row: row.status == Status.DONE,
         )
         if problem is None and all(row.status.complete for row in rows):
             with contextlib.suppress(OSError):
