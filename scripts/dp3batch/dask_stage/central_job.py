@@ -151,16 +151,16 @@ class BatchRun:
         if owner is not None:
             self._chunk_result(owner, result)
             return
-        self.results[result.name] = result
-        if result.status == Status.DONE:
+        done = result.status == Status.DONE
+        # A done MS's summary row is read from its record, whole: its statistics need not stay.
+        self.results[result.name] = result.without_statistics() if done else result
+        if done:
             # Chunks an earlier chunked run left of this MS (interrupted, or another width
             # since) are superseded by the output just committed.
             shutil.rmtree(chunk_directory(Path(result.output)), ignore_errors=True)
         elapsed = time.monotonic() - self.started
         line = _report_line(len(self.results), self.total, elapsed, result, self.qa)
-        (log.info if result.status == Status.DONE else log.error)(line)
-        if result.status == Status.DONE:  # the summary reads its record, whole
-            self.results[result.name] = result.without_statistics()
+        (log.info if done else log.error)(line)
 
     def _chunk_result(self, ms: PendingMS, result: TaskResult) -> None:
         """A chunk's result: said on a line of its own; the MS's join is ready once every

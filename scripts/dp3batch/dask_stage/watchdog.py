@@ -135,9 +135,8 @@ class ClusterWatch:
     deaths: dict[str, int] = field(default_factory=dict)
     # Workers excluded for their silence alone (they held no task): readmitted if heard again.
     silent_only: set[str] = field(default_factory=set)
-    # Workers that joined and are being checked (`check_joiners`, in a thread of its own:
-    # a frozen joiner takes the check's whole deadline), and the checks under way.
-    checking: set[str] = field(default_factory=set)
+    # The checks of joined workers under way (`check_joiners`, each in a thread of its own:
+    # a frozen joiner takes the check's whole deadline).
     checks: list[JoinerCheck] = field(default_factory=list)
     # Futures submitted with a restriction, and to which workers.
     restricted: dict[Any, frozenset[str]] = field(default_factory=dict)
@@ -192,14 +191,17 @@ class ClusterWatch:
         self.known.update(worker.address for worker in workers)
         if joined and self.check_joiners is not None:
             self.checks.append(JoinerCheck.start(self.check_joiners, joined))
-            self.checking.update(worker.address for worker in joined)
         self._apply_checks()
+
+    @property
+    def checking(self) -> set[str]:
+        """The joined workers whose check has not answered yet."""
+        return {worker.address for check in self.checks for worker in check.joined}
 
     def _apply_checks(self) -> None:
         """What the checks that ended found: each joiner counts from now, or is excluded."""
         for check in [check for check in self.checks if check.ended.is_set()]:
             self.checks.remove(check)
-            self.checking.difference_update(worker.address for worker in check.joined)
             self._check(check.joined, check.findings, check.error)
 
     def raise_if_scheduler_lost(self) -> None:
@@ -256,12 +258,13 @@ class ClusterWatch:
     # --- what the batch may use -----------------------------------------------------
 
     def eligible(self) -> list[WorkerInfo]:
+        checking = self.checking
         return [
             worker
             for worker in self.workers
             if worker.process_slots >= 1
             and worker.address not in self.excluded
-            and worker.address not in self.checking
+            and worker.address not in checking
         ]
 
     def slots(self) -> int:
@@ -272,8 +275,9 @@ class ClusterWatch:
         """The workers a task may go to: None (any worker with `process`) unless some such
         worker is excluded. A restriction also keeps away a worker that joins before it
         is checked."""
+        checking = self.checking
         if not any(
-            worker.address in self.excluded or worker.address in self.checking
+            worker.address in self.excluded or worker.address in checking
             for worker in self.workers
             if worker.process_slots
         ):

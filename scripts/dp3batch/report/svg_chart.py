@@ -121,8 +121,8 @@ def _bar_chart_lines(
     for index, one in enumerate(series):
         if len(series) > 1 and isinstance(one.colour, str):
             x = 20 + index * 180
-            yield (f'<rect x="{x}" y="26" width="10" height="10" fill="{one.colour}"/>')
-            yield (f'<text x="{x + 14}" y="35" {FONT}>{escape(one.name)}</text>')
+            yield f'<rect x="{x}" y="26" width="10" height="10" fill="{one.colour}"/>'
+            yield f'<text x="{x + 14}" y="35" {FONT}>{escape(one.name)}</text>'
     yield "</svg>"
 
 
