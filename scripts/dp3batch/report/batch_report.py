@@ -108,19 +108,23 @@ def write_report_files(
 def write_batch_report(
     rows: list[SummaryRow], files: ReportFiles, title: str, summary: SummaryFiles
 ) -> None:
-    """Everything but the dask report (see dask_report), from the summary rows (as
-    `write_summary` returns them: the batch's whole, the others slim) and a copy of the
-    summary written after the batch (`summary`)."""
+    """Everything but the dask report (see dask_report), from the summary rows (slim, as
+    `write_summary` returns them) and the summary written after the batch (`summary`):
+    copied, and read again for the flag statistics."""
     files.directory.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(summary.json, files.table.with_suffix(".json"))
     shutil.copyfile(summary.tsv, files.table)
     write_summary_html(rows, files.html, title)
     plot_flagged_fractions(rows, files.flagged)
     # The MSs the flag statistics describe: this batch's, else every complete one, whole,
-    # read again from the summary one at a time (the rows given are slim).
+    # read again from the summary one at a time (the rows given are slim), once for both.
     described = Status.DONE if any(row.status == Status.DONE for row in rows) else None
-    plot_rfi_spectrum(complete_rows_in(summary.json, described), files.spectrum)
-    plot_flagged_per_station(complete_rows_in(summary.json, described), files.stations)
+    spectrum, stations = RfiSpectrum(), StationFlags()
+    for row in complete_rows_in(summary.json, described):
+        spectrum.add(row)
+        stations.add(row)
+    spectrum.plot(files.spectrum)
+    stations.plot(files.stations)
     plot_durations(rows, files.durations)
     plot_step_times(rows, files.step_times)
     copy_flagging_plots(rows, files.flagging)
@@ -214,72 +218,83 @@ class Means:
 BEFORE_AVERAGING = "before averaging (input + every step)"
 
 
-def plot_rfi_spectrum(rows: Iterable[SummaryRow], path: str | Path) -> None:
+class RfiSpectrum:
     """The RFI spectrum: per flagging step, the percentage of visibilities it flagged per
     channel (DP3's own count), and all flags before averaging (input + every step),
-    averaged over the MSs `rows` (read once, one at a time)."""
-    by_step: dict[str, Means] = {}
-    before = Means()
-    count = 0
-    for row in rows:
-        count += 1
+    averaged over the MSs added one at a time."""
+
+    def __init__(self) -> None:
+        self.by_step: dict[str, Means] = {}
+        self.before = Means()
+        self.count = 0
+
+    def add(self, row: SummaryRow) -> None:
+        self.count += 1
         for step, counts in row.flags_by_step.items():
             channels = (counts or {}).get("per_channel") or []
-            by_step.setdefault(step, Means()).add_all(enumerate(channels))
-        before.add_all(enumerate(row.flag_statistics.get("channel_total_pct") or []))
-    series = []
-    for index, (label, sums) in enumerate([*by_step.items(), (BEFORE_AVERAGING, before)]):
-        mean = sums.means()
-        if not mean:
-            continue
-        values = [mean.get(channel) for channel in range(max(mean, default=-1) + 1)]
-        colour = "#cc3311" if label == BEFORE_AVERAGING else STEP_COLOURS[index % 4]
-        series.append(Series(label, values, colour))
-    line_chart(
-        path,
-        f"RFI spectrum: flagged per channel, mean over {count} MS(s)",
-        series,
-        "channel (of the input)",
-        "flagged visibilities (%)",
-        maximum=100.0,
-    )
+            self.by_step.setdefault(step, Means()).add_all(enumerate(channels))
+        self.before.add_all(enumerate(row.flag_statistics.get("channel_total_pct") or []))
+
+    def plot(self, path: str | Path) -> None:
+        series = []
+        labelled = [*self.by_step.items(), (BEFORE_AVERAGING, self.before)]
+        for index, (label, sums) in enumerate(labelled):
+            mean = sums.means()
+            if not mean:
+                continue
+            values = [mean.get(channel) for channel in range(max(mean, default=-1) + 1)]
+            colour = "#cc3311" if label == BEFORE_AVERAGING else STEP_COLOURS[index % 4]
+            series.append(Series(label, values, colour))
+        line_chart(
+            path,
+            f"RFI spectrum: flagged per channel, mean over {self.count} MS(s)",
+            series,
+            "channel (of the input)",
+            "flagged visibilities (%)",
+            maximum=100.0,
+        )
 
 
-def plot_flagged_per_station(rows: Iterable[SummaryRow], path: str | Path) -> None:
+class StationFlags:
     """Per station, all its flags before averaging (input + every step) and what each
-    flagging step flagged (DP3's own count per antenna), averaged over the MSs `rows`
-    (read once, one at a time): a bad station stands out."""
-    before = Means()
-    by_step: dict[str, Means] = {}
-    count = 0
-    for row in rows:
-        count += 1
+    flagging step flagged (DP3's own count per antenna), averaged over the MSs added one at
+    a time: a bad station stands out."""
+
+    def __init__(self) -> None:
+        self.before = Means()
+        self.by_step: dict[str, Means] = {}
+        self.count = 0
+
+    def add(self, row: SummaryRow) -> None:
+        self.count += 1
         names = row.stations or ()
-        before.add_all(zip(names, row.flag_statistics.get("station_total_pct") or [], strict=False))
+        totals = row.flag_statistics.get("station_total_pct") or []
+        self.before.add_all(zip(names, totals, strict=False))
         for step, counts in row.flags_by_step.items():
             per_antenna = (counts or {}).get("per_antenna") or []
-            by_step.setdefault(f"by {step} (DP3)", Means()).add_all(
-                zip(names, per_antenna, strict=False)
-            )
-    means = {BEFORE_AVERAGING: before.means()}
-    means.update({label: sums.means() for label, sums in by_step.items()})
-    means = {label: mean for label, mean in means.items() if mean}
-    stations = list(dict.fromkeys(name for mean in means.values() for name in mean))
-    bar_chart(
-        path,
-        f"Flagged per station, mean over {count} MS(s)",
-        stations,
-        [
-            Series(
-                label,
-                [mean.get(name) for name in stations],
-                "#cc3311" if label == BEFORE_AVERAGING else STEP_COLOURS[index % 4],
-            )
-            for index, (label, mean) in enumerate(means.items())
-        ],
-        "flagged visibilities (%)",
-        maximum=100.0,
-    )
+            sums = self.by_step.setdefault(f"by {step} (DP3)", Means())
+            sums.add_all(zip(names, per_antenna, strict=False))
+
+    def plot(self, path: str | Path) -> None:
+        means = {BEFORE_AVERAGING: self.before.means()}
+        means.update({label: sums.means() for label, sums in self.by_step.items()})
+        means = {label: mean for label, mean in means.items() if mean}
+        stations = list(dict.fromkeys(name for mean in means.values() for name in mean))
+        bar_chart(
+            path,
+            f"Flagged per station, mean over {self.count} MS(s)",
+            stations,
+            [
+                Series(
+                    label,
+                    [mean.get(name) for name in stations],
+                    "#cc3311" if label == BEFORE_AVERAGING else STEP_COLOURS[index % 4],
+                )
+                for index, (label, mean) in enumerate(means.items())
+            ],
+            "flagged visibilities (%)",
+            maximum=100.0,
+        )
 
 
 STATUS_COLOURS = {Status.DONE: "#4477aa", Status.UP_TO_DATE: "#bbbbbb", Status.FAILED: "#cc3311"}

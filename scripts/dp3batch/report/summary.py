@@ -378,10 +378,8 @@ def verdict_of_batch(json_path: Path, batch_id: str) -> Verdict | None:
     line says: Snakemake touches the batch's files after the job, so their times cannot.)"""
     try:
         with open(json_path) as source:
-            if _json_line(source.readline(), _BATCH_LINE) != batch_id:
-                return None
-            counts = _json_line(source.readline(), _COUNTS_LINE)
-            if source.readline() != _ENTRIES_LINE:
+            batch, counts = _read_head(source)
+            if batch != batch_id:
                 return None
             for line in source:
                 if line == "],\n":
@@ -476,18 +474,30 @@ def _json_line(line: str, start: str) -> Any:
     return json.loads(line[len(start) : -2])
 
 
+def _read_head(source: TextIO) -> tuple[Any, Any]:
+    """The batch and the counts of a summary `write_summary` wrote, read up to its first MS
+    (ValueError if it is not laid out so)."""
+    batch = _json_line(source.readline(), _BATCH_LINE)
+    counts = _json_line(source.readline(), _COUNTS_LINE)
+    if source.readline() != _ENTRIES_LINE:
+        raise ValueError("no list of MSs where a summary has it")
+    return batch, counts
+
+
+def _entry_line(line: str) -> tuple[dict[str, Any], str]:
+    """One MS's entry in a summary, and the comma after it ("" for the last)."""
+    text, comma = (line[:-2], ",") if line.endswith(",\n") else (line[:-1], "")
+    return json.loads(text), comma
+
+
 def complete_rows_in(json_path: Path, status: Status | None = None) -> Iterator[SummaryRow]:
     """The whole rows of the complete MSs (only those of `status`, if given) of a summary
     `write_summary` wrote, read one line at a time; none if it cannot be read."""
     try:
         with open(json_path) as source:
-            _json_line(source.readline(), _BATCH_LINE)
-            counts = _json_line(source.readline(), _COUNTS_LINE)
-            if source.readline() != _ENTRIES_LINE:
-                return
+            _, counts = _read_head(source)
             for _ in range(sum(counts.values())):
-                line = source.readline()
-                entry = json.loads(line[:-2] if line.endswith(",\n") else line[:-1])
+                entry, _ = _entry_line(source.readline())
                 complete = Status(entry["status"]).complete
                 if complete and (status is None or entry["status"] == status):
                     yield SummaryRow.from_json(entry)
@@ -505,21 +515,16 @@ def _mark_up_to_date(json_path: Path, tsv_path: Path) -> bool:
     temporaries = [path.with_name(f"{path.name}.tmp") for path in (json_path, tsv_path)]
     try:
         with open(json_path) as source, open(temporaries[0], "w") as target:
-            _json_line(source.readline(), _BATCH_LINE)
-            counts = _json_line(source.readline(), _COUNTS_LINE)
+            _, counts = _read_head(source)
             if not isinstance(counts, dict) or not set(counts) <= {done, up_to_date}:
                 return False
             total = sum(counts.values())
             new_counts = {up_to_date: total} if total else {}
             # No batch ran: the statuses are this run's.
             target.write(f"{_BATCH_LINE}null,\n{_COUNTS_LINE}{json.dumps(new_counts)},\n")
-            if source.readline() != _ENTRIES_LINE:
-                return False
             target.write(_ENTRIES_LINE)
             for _ in range(total):
-                line = source.readline()
-                text, comma = (line[:-2], ",") if line.endswith(",\n") else (line[:-1], "")
-                entry = json.loads(text)
+                entry, comma = _entry_line(source.readline())
                 if entry["status"] not in (done, up_to_date):
                     return False
                 entry["status"] = up_to_date
