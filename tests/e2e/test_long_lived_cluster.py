@@ -109,7 +109,8 @@ def test_a_worker_whose_dp3_cannot_start_gets_no_work_and_is_named(
 def test_a_joiner_that_never_answers_its_check_does_not_hold_the_batch(workflow, dask_cluster):
     """A worker joins mid-batch and its `DP3 --version` never answers (a hung filesystem):
     the check waits for it up to its deadline (90 s) beside the batch, which goes on with
-    the other worker meanwhile and never gives the joiner a task."""
+    the other worker meanwhile and never gives the joiner a task. The check runs beside the
+    joiner's event loop, which keeps beating: it is not taken for frozen."""
     names = [f"obs_{index}" for index in range(4)]
     make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
     _use_wrapper(workflow, site_wrapper(workflow.directory / "site-dp3.sh", REAL_DP3))
@@ -117,16 +118,17 @@ def test_a_joiner_that_never_answers_its_check_does_not_hold_the_batch(workflow,
     dask_cluster.start_workers(count=1)
     dask_cluster.wait_for_workers(1)
     (good,) = dask_cluster.worker_addresses().values()
-    workflow.config["scheduler"] = dask_cluster.address
+    workflow.config.update(scheduler=dask_cluster.address, worker_silence_seconds=5)
     marker = str(workflow.directory)
     started = time.monotonic()
     snakemake = workflow.start()
     try:
         assert wait_until(lambda: dp3_processes(marker), 120, 0.05)
-        # (Its check runs in its event loop: it answers nothing else until the check's
-        # deadline, so it is not asked for its address here.)
         dask_cluster.start_workers(count=1, DP3BATCH_TEST_HUNG_DP3="1")
         dask_cluster.wait_for_workers(2)
+        joiner = next(
+            address for address in dask_cluster.worker_addresses().values() if address != good
+        )
         _finish(snakemake, 180)
     finally:
         if snakemake.poll() is None:
@@ -139,6 +141,9 @@ def test_a_joiner_that_never_answers_its_check_does_not_hold_the_batch(workflow,
     # Held for the check's 90 s, the batch took over 100 s here; alone it takes about 20.
     assert elapsed < 75, (elapsed, output)
     assert "Traceback" not in output
+    # Its check outlasted the batch and the silence bound (5 s): heard all along.
+    assert f"  {joiner}: it joined mid-batch and its check (its dp3batch" in output
+    assert "has not heard from it" not in output, output
 
 
 def test_a_frozen_worker_s_ms_runs_elsewhere_within_the_bound_and_its_late_result_is_never_kept(

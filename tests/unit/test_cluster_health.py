@@ -536,6 +536,29 @@ def _failing_check(joined):
     raise RuntimeError("no answer")
 
 
+def test_a_joiner_whose_check_is_still_under_way_long_after_it_joined_is_named():
+    client = FakeClient()
+    answer = threading.Event()
+    watch = ClusterWatch(
+        client,
+        "B1",
+        "s:8786",
+        "",
+        60.0,
+        None,
+        check_joiners=lambda joined: answer.wait(10) and WorkerFindings(),
+    )
+    _join(client, "tcp://hung:1", 1.0)
+    watch.look()
+    assert watch.unanswered_checks(longer_than=0.2) == {}  # a check takes a moment
+    time.sleep(0.3)
+    (why,) = watch.unanswered_checks(longer_than=0.2).values()
+    assert list(watch.unanswered_checks(longer_than=0.2)) == ["tcp://hung:1"]
+    assert why.startswith("it joined mid-batch and its check") and "had not answered" in why
+    answer.set()
+    assert wait_until(lambda: not watch.unanswered_checks(longer_than=0.2), 10)
+
+
 # --- workers that die together -----------------------------------------------------------
 
 

@@ -136,6 +136,8 @@ class BatchRun:
         self.qa = QALimits.from_config(batch.qa)
         # The cluster as this batch saw it (None until pre-flight has passed).
         self.watch: ClusterWatch | None = None
+        # Joiners whose check had not answered, long after they joined, when the batch ended.
+        self.unchecked_joiners: dict[str, str] = {}
         # Frequency chunks: the MS of each chunk task, their results, and the joins that
         # became ready (the fan-out submits them first).
         self.chunk_owner: dict[str, PendingMS] = {}
@@ -302,6 +304,9 @@ class BatchRun:
                 else:
                     stop_running(client, dispatch)
                 raise
+            finally:
+                # Before the client closes, which ends the checks still under way with an error.
+                self.unchecked_joiners = self.watch.unanswered_checks()
             # Nothing of this batch commits after its end (a late attempt of a worker that
             # woke up, say): every MS has its result.
             with contextlib.suppress(LockTimeout, OSError):
@@ -378,8 +383,11 @@ class BatchRun:
         return f" ({self._chunks_done(ms)} of {len(ms.chunks)} frequency chunks done and kept)"
 
     def excluded_workers(self) -> dict[str, str]:
-        """Workers this batch gave no (more) work, and why."""
-        return dict(self.watch.excluded) if self.watch is not None else {}
+        """Workers this batch gave no (more) work, and why; joiners whose check was still
+        under way (and had taken long) among them."""
+        if self.watch is None:
+            return {}
+        return {**self.unchecked_joiners, **self.watch.excluded}
 
     def _from_record(self, ms: PendingMS, by_any_batch: bool = False) -> TaskResult | None:
         """The result an MS's record gives: done when this batch made it; `by_any_batch`

@@ -52,6 +52,9 @@ log = logging.getLogger("dp3batch")
 DEFAULT_SILENCE_SECONDS = 60.0
 # A worker whose DP3 failed to start this many times in a row gets no more work.
 START_FAILURES_TO_EXCLUDE = 2
+# A joiner's check that takes longer than this is named if the batch ends before it answers
+# (it usually answers within a second or two).
+UNANSWERED_CHECK_SECONDS = 10.0
 # An MS whose DP3 failed to start this many times (on as many workers) fails.
 START_FAILURES_PER_MS = 3
 
@@ -190,6 +193,10 @@ class ClusterWatch:
         joined = [w for w in workers if w.address not in self.known and w.process_slots >= 1]
         self.known.update(worker.address for worker in workers)
         if joined and self.check_joiners is not None:
+            log.info(
+                "worker(s) joined: %s; checked (dp3batch, `DP3 --version`) before any work",
+                ", ".join(worker.address for worker in joined),
+            )
             self.checks.append(JoinerCheck.start(self.check_joiners, joined))
         self._apply_checks()
 
@@ -197,6 +204,20 @@ class ClusterWatch:
     def checking(self) -> set[str]:
         """The joined workers whose check has not answered yet."""
         return {worker.address for check in self.checks for worker in check.joined}
+
+    def unanswered_checks(self, longer_than: float = UNANSWERED_CHECK_SECONDS) -> dict[str, str]:
+        """Joiners whose check has gone on for over `longer_than` s (their DP3 or filesystem
+        hung?), and why they got no work: said at the end of a batch that ended first."""
+        now = time.monotonic()
+        return {
+            worker.address: (
+                f"it joined mid-batch and its check (its dp3batch, `DP3 --version`) had not "
+                f"answered after {now - check.started:.0f} s when the batch ended"
+            )
+            for check in self.checks
+            if now - check.started > longer_than and not check.ended.is_set()
+            for worker in check.joined
+        }
 
     def _apply_checks(self) -> None:
         """What the checks that ended found: each joiner counts from now, or is excluded."""
@@ -484,6 +505,7 @@ class JoinerCheck:
     batch goes on meanwhile (the check's own deadline bounds it)."""
 
     joined: list[WorkerInfo]
+    started: float = field(default_factory=time.monotonic)
     ended: threading.Event = field(default_factory=threading.Event)
     findings: WorkerFindings | None = None
     error: Exception | None = None

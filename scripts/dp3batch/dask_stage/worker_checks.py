@@ -99,7 +99,16 @@ def _worker_check_function():
         }
         return answer
 
-    return check_worker
+    async def check_worker_beside_the_event_loop(
+        dp3_executable: str, timeout: float
+    ) -> dict[str, Any]:
+        import asyncio
+
+        # `client.run` calls a plain function in the worker's event loop: a `DP3 --version`
+        # that hangs would stop its heartbeats, and the worker would be taken for frozen.
+        return await asyncio.to_thread(check_worker, dp3_executable, timeout)
+
+    return check_worker_beside_the_event_loop
 
 
 def judge_workers(
