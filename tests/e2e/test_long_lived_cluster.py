@@ -207,6 +207,41 @@ def test_a_frozen_worker_s_ms_runs_elsewhere_within_the_bound_and_its_late_resul
     assert any(line.startswith(f"revoked dp3 {frozen_name}") for line in guard.splitlines())
 
 
+def test_a_worker_silent_at_preflight_is_checked_and_used_once_heard_from_again(
+    workflow, dask_cluster
+):
+    """A worker paused when the batch starts (a node swapping, a VM being moved) gets no
+    work while it is silent; heard from again, it is checked as a joiner is, then used."""
+    names = [f"obs_{index}" for index in range(6)]
+    make_inputs(workflow.directory / "inputs", 6, **SLOW_MS)
+    dask_cluster.start(workers=2, threads=1)
+    paused_pid, paused = sorted(dask_cluster.worker_addresses().items())[0]
+    workflow.config.update(scheduler=dask_cluster.address, worker_silence_seconds=5)
+    marker = str(workflow.directory)
+    worker = psutil.Process(paused_pid)
+    worker.suspend()
+    snakemake = None
+    try:
+        time.sleep(8)  # silent past the 5 s bound when the batch starts
+        snakemake = workflow.start()
+        assert wait_until(lambda: dp3_processes(marker), 120, 0.05)
+        worker.resume()
+        _finish(snakemake, 180)
+    finally:
+        worker.resume()
+        if snakemake is not None and snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    output = _output(workflow)
+    assert snakemake.returncode == 0, output
+    assert f"worker {paused} gets no DP3 task while it is silent" in output
+    assert f"worker {paused}, silent at pre-flight, is heard from again" in output
+    assert f"worker(s) joined and can run DP3: {paused}" in output
+    assert [name for name in names if workflow.record(name) is None] == []
+    assert paused in {workflow.record(name)["worker"] for name in names}, output
+    assert "left out of this batch" not in output
+    assert "Traceback" not in output
+
+
 def test_a_scheduler_restarted_mid_batch_ends_the_batch_at_once_with_a_true_report(
     workflow, dask_cluster
 ):

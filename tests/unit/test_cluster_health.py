@@ -29,7 +29,7 @@ from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
 from dp3batch.dask_stage import watchdog
 from dp3batch.dask_stage.central_job import failure_report
-from dp3batch.dask_stage.cluster import SchedulerLost, WorkerInfo, speaks_http
+from dp3batch.dask_stage.cluster import SchedulerLost, WorkerInfo, describe_cluster, speaks_http
 from dp3batch.dask_stage.preflight import mismatch_message
 from dp3batch.dask_stage.watchdog import (
     ClusterWatch,
@@ -403,6 +403,57 @@ def test_a_worker_silent_without_a_task_gets_tasks_again_once_heard_from(monkeyp
     assert watch.restriction() == ["tcp://paused:1"]
     assert watch.take_from_silent({}) == ([], [])
     assert set(watch.excluded) == {"tcp://busy:1"}
+
+
+def test_a_worker_silent_at_preflight_is_checked_once_heard_from_and_then_used(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(watchdog.time, "monotonic", lambda: clock[0])
+    client = FakeClient()
+    _join(client, "tcp://good:1", 90.0)
+    _join(client, "tcp://paused:1", 80.0)  # 10 s behind the freshest heartbeat
+    checked: list[list[str]] = []
+    answer = threading.Event()
+
+    def check(joined):
+        checked.append([worker.address for worker in joined])
+        assert answer.wait(10)
+        return WorkerFindings()
+
+    watch = ClusterWatch(client, "B1", "s:8786", "", 5.0, None, check_joiners=check)
+    # As the central job sets it up from pre-flight, which left the paused one out unchecked.
+    watch.excluded["tcp://paused:1"] = "the scheduler has not heard from it for 10 s"
+    watch.unchecked.add("tcp://paused:1")
+    watch.begin(describe_cluster(client)[1])
+    watch.look()
+    assert watch.restriction() == ["tcp://good:1"] and checked == []
+    clock[0] = 101.0  # it heartbeats again
+    client.workers["tcp://paused:1"]["last_seen"] = 101.0
+    watch.look()
+    assert "tcp://paused:1" not in watch.excluded
+    assert watch.restriction() == ["tcp://good:1"]  # no work before its check answers
+    assert checked == [["tcp://paused:1"]]
+    answer.set()
+    assert wait_until(lambda: not watch.look() and not watch.checking, 10)
+    assert watch.restriction() is None and watch.slots() == 2  # both used
+    watch.look()
+    assert len(checked) == 1
+
+
+def test_a_worker_silent_at_preflight_stays_out_while_silent():
+    client = FakeClient()
+    _join(client, "tcp://good:1", 90.0)
+    _join(client, "tcp://paused:1", 80.0)
+    watch = ClusterWatch(
+        client, "B1", "s:8786", "", 5.0, None, check_joiners=lambda j: WorkerFindings()
+    )
+    watch.excluded["tcp://paused:1"] = "the scheduler has not heard from it for 10 s"
+    watch.unchecked.add("tcp://paused:1")
+    watch.begin(describe_cluster(client)[1])
+    for _ in range(3):
+        client.workers["tcp://good:1"]["last_seen"] += 1.0
+        watch.look()
+    assert "tcp://paused:1" in watch.excluded and not watch.checking
+    assert watch.restriction() == ["tcp://good:1"]
 
 
 def test_a_silent_worker_also_found_unable_to_run_dp3_stays_excluded(monkeypatch):

@@ -269,6 +269,7 @@ class BatchRun:
                 committed=self._committed_result,
             )
             self.watch.excluded.update(start.excluded)
+            self.watch.unchecked.update(start.silent)
             self.watch.begin(start.workers)
             digest = None if expected is None else expected.get("digest")
             self.code_digest = digest

@@ -204,6 +204,8 @@ class ClusterStart:
     eligible: list[WorkerInfo]
     # Worker → why it gets no work in this batch (named in the failure report).
     excluded: dict[str, str] = field(default_factory=dict)
+    # Those of them left out for their silence, unchecked: heard again, they are checked.
+    silent: list[str] = field(default_factory=list)
 
 
 def preflight(
@@ -232,13 +234,22 @@ def preflight(
             'its threads (oversubscription); start workers with --resources "process=1"'
         )
     excluded: dict[str, str] = {}
+    silent: list[str] = []
     if expected_package is not None:
-        excluded = _check_external_workers(
+        excluded, silent = _check_external_workers(
             client, batch, workers, expected_package, silence_seconds
         )
     eligible = [worker for worker in workers if worker.address not in excluded]
     for worker_address, why in excluded.items():
-        log.error("worker %s gets no DP3 task in this batch: %s", worker_address, why)
+        if worker_address in silent:
+            log.error(
+                "worker %s gets no DP3 task while it is silent: %s; heard from again, it is "
+                "checked, then used",
+                worker_address,
+                why,
+            )
+        else:
+            log.error("worker %s gets no DP3 task in this batch: %s", worker_address, why)
     if not eligible:
         raise ClusterError(
             f"none of the {len(workers)} worker(s) holding process can run this batch's DP3:\n"
@@ -257,7 +268,7 @@ def preflight(
     )
     # Workers on other hosts must see the same files at the same paths (a shared filesystem).
     check_worker_paths(client, [worker.address for worker in eligible], shared_paths(batch))
-    return ClusterStart(scheduler_id, all_workers, eligible, excluded)
+    return ClusterStart(scheduler_id, all_workers, eligible, excluded, silent)
 
 
 def _check_external_workers(
@@ -266,8 +277,9 @@ def _check_external_workers(
     workers: list[WorkerInfo],
     expected_package: dict[str, Any],
     silence_seconds: float,
-) -> dict[str, str]:
-    """Worker → why it is left out of the batch; ClusterError for a setup to fix."""
+) -> tuple[dict[str, str], list[str]]:
+    """Worker → why it is left out of the batch, and those left out for their silence;
+    ClusterError for a setup to fix."""
     excluded: dict[str, str] = {}
     silences = first_silences(workers, 0.0)
     bound = silence_bound(silence_seconds, len(workers))
@@ -288,7 +300,8 @@ def _check_external_workers(
     excluded.update(findings.cannot_start)
     for worker_address in findings.silent:
         excluded[worker_address] = "it did not answer the pre-flight check (frozen?)"
-    return excluded
+    silent = [address for address in excluded if address not in findings.cannot_start]
+    return excluded, silent
 
 
 def mismatch_message(

@@ -138,6 +138,9 @@ class ClusterWatch:
     deaths: dict[str, int] = field(default_factory=dict)
     # Workers excluded for their silence alone (they held no task): readmitted if heard again.
     silent_only: set[str] = field(default_factory=set)
+    # Workers left out at pre-flight for their silence, never checked: heard from again,
+    # they are checked as joiners are.
+    unchecked: set[str] = field(default_factory=set)
     # The checks of joined workers under way (`check_joiners`, each in a thread of its own:
     # a frozen joiner takes the check's whole deadline).
     checks: list[JoinerCheck] = field(default_factory=list)
@@ -463,8 +466,19 @@ class ClusterWatch:
     def _readmit_heard_again(self, now: float) -> None:
         """Workers excluded for their silence alone (they held no task of the batch, so none
         was revoked) that the scheduler hears from again get tasks again: a worker paused
-        for a minute is not lost for the rest of a night's batch."""
+        for a minute is not lost for the rest of a night's batch. One that was silent at
+        pre-flight is checked first."""
         bound = silence_bound(self.silence_seconds, len(self.workers))
+        for address in sorted(self.unchecked):
+            silence = self.silences.get(address)
+            if silence is None or self.check_joiners is None:
+                self.unchecked.discard(address)
+            elif silence.seconds(now) < bound:
+                # Not known any more: `look` checks it as a worker that joins.
+                self.unchecked.discard(address)
+                self.known.discard(address)
+                del self.excluded[address]
+                log.info("worker %s, silent at pre-flight, is heard from again", address)
         for address in sorted(self.silent_only):
             silence = self.silences.get(address)
             if silence is None:  # it left the cluster
