@@ -32,7 +32,7 @@ from dp3batch.dask_stage.interrupts import Interrupted
 from dp3batch.dask_stage.join import join_chunks
 from dp3batch.dask_stage.memory import gib
 from dp3batch.dask_stage.task import Task
-from dp3batch.dask_stage.task_keys import task_keys, task_label
+from dp3batch.dask_stage.task_keys import TaskKeys
 from dp3batch.dask_stage.watchdog import ClusterWatch
 from dp3batch.dask_stage.worker_faults import WorkerCannotRun
 
@@ -95,7 +95,7 @@ def fan_out(client, dispatch: Dispatch) -> None:
     Raises Interrupted (signal or lost parent), WorkersLost or SchedulerLost; the caller
     then stops what runs (`stop_running`)."""
     queue = largest_first(dispatch.tasks)
-    keys = task_keys([task.name for task in dispatch.tasks], dispatch.batch_id)
+    keys = TaskKeys([task.name for task in dispatch.tasks], dispatch.batch_id)
     finished = threading.Event()  # set by a future's callback when it completes
     in_flight = dispatch.in_flight
     watch = dispatch.watch or ClusterWatch(
@@ -105,8 +105,6 @@ def fan_out(client, dispatch: Dispatch) -> None:
     no_worker_since: float | None = None
     next_check = 0.0
     while queue or in_flight or dispatch.ready:
-        for task in dispatch.ready:
-            keys.setdefault(task.name, f"{task_label(task.name)}-{dispatch.batch_id}-{len(keys)}")
         if dispatch.ready:  # joins whose chunks are all done: they finish an MS
             queue[:0] = dispatch.ready
             dispatch.ready.clear()
@@ -144,7 +142,7 @@ def fan_out(client, dispatch: Dispatch) -> None:
             future = client.submit(
                 join_chunks if task.chunks else process_measurement_set,
                 task,
-                key=watch.key(task, keys[task.name]),
+                key=watch.key(task, keys.of(task.name)),
                 resources={"process": 1},
                 priority=task.size,
                 pure=False,
