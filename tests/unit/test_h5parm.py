@@ -4,6 +4,7 @@ refused (with a message naming the file), and how the choice reaches the DP3 par
 from __future__ import annotations
 
 import stat
+import threading
 from pathlib import Path
 
 import h5py
@@ -253,6 +254,29 @@ def test_invalid_layout_is_rejected_naming_the_file(tmp_path, make, message):
         options(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "make", [missing_title, val_shape_not_matching_axes, weight_shape_not_matching_val]
+)
+def test_a_refused_soltab_leaves_h5py_free_for_other_threads(tmp_path, make):
+    """h5py's iterator holds its global lock while suspended: one abandoned by the refusal
+    (its traceback still alive, as in a process that logs the error and goes on) kept every
+    other thread out of h5py, and a thread that freed an h5py object hung there."""
+    path = tmp_path / "solutions.h5"
+    make(path)
+    with pytest.raises(H5ParmError) as caught:
+        read_h5parm(path)
+    answers: list[int] = []  # the solsets the other thread found
+
+    def other_thread() -> None:
+        with h5py.File(path, "r") as handle:
+            answers.append(len(list(handle)))
+
+    thread = threading.Thread(target=other_thread, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert answers == [1], f"h5py is still locked by the refused read ({caught.value})"
 
 
 @pytest.mark.parametrize(("make", "message"), INVALID_LAYOUTS, ids=LAYOUT_IDS)

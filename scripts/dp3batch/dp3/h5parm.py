@@ -178,9 +178,13 @@ def read_h5parm(path: str | Path, solset: str | None = None) -> H5Parm:
             raise H5ParmError(
                 f"{path}: has no solset {solset!r} (it has: {', '.join(solsets) or 'none'})"
             )
+        # Listed first: h5py's iterator holds its global lock while it is suspended, so one
+        # abandoned by an error (a soltab refused below) would keep every other thread out of
+        # h5py until it is garbage-collected (a hang seen in a process that went on).
+        members = list(handle[solset].items())
         soltabs = tuple(
             _read_soltab(path, name, group)
-            for name, group in handle[solset].items()
+            for name, group in members
             if isinstance(group, h5py.Group)
         )
     return H5Parm(path, solset, soltabs, solsets)
