@@ -26,7 +26,7 @@ CONDA_TO_PIP = {"snakemake-minimal": "snakemake", "matplotlib-base": "matplotlib
 # In the environment files but pinned by nothing in requirements.txt.
 UNPINNED_TOOLS = {"python", "pip"}
 # In requirements.txt only: the test and style tools do not belong in a rule's environment.
-DEVELOPMENT_ONLY = {"pytest", "pytest-timeout", "ruff", "snakefmt"}
+DEVELOPMENT_ONLY = {"pytest", "pytest-timeout", "pytest-xdist", "execnet", "ruff", "snakefmt"}
 # Not on conda-forge: installed by pip inside the conda environment.
 PIP_ONLY = {"dp3"}
 
