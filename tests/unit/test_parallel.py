@@ -72,6 +72,26 @@ def test_the_first_failing_item_in_order_is_the_one_raised():
     assert out.strip() == f"item {first_bad} is bad"
 
 
+def test_a_child_ended_by_ctrl_c_before_the_caller_sees_it_is_an_interrupt():
+    # On a loaded machine the caller may find the pool broken before its own Ctrl-C is
+    # handled; here only a child gets it. That is an interrupt, not a lost process.
+    out = _run_in_a_fresh_process(
+        "import os, signal, time\n"
+        "parallel.usable_cores = lambda: 2\n"
+        "parent = os.getpid()\n"
+        "def work(item):\n"
+        "    if item == 0 and os.getpid() != parent:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.001)\n"
+        "    return item\n"
+        "try:\n"
+        f"    parallel.map_over_cores(work, list(range({2 * ITEMS_PER_PROCESS})))\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    assert out.strip() == "interrupted"
+
+
 def test_ctrl_c_ends_every_process_at_once_and_quietly(tmp_path):
     # Ctrl-C reaches the whole process group: the children end without a traceback of
     # their own, the caller gets KeyboardInterrupt within a moment, and no child is left.

@@ -62,14 +62,19 @@ def map_over_cores(function: Callable[[Item], Answer], items: Sequence[Item]) ->
         # Forked: the children receive the work as it is in memory (nothing is pickled but
         # the chunks' indices and their answers).
         context = multiprocessing.get_context("fork")
+        interrupted = context.RawValue("b", 0)  # set by a child that Ctrl-C ends
         with ProcessPoolExecutor(
             len(chunks),
             mp_context=context,
             initializer=_receive_work,
-            initargs=(function, chunks),
+            initargs=(function, chunks, interrupted),
         ) as pool:
             answers = list(pool.map(_run_chunk, range(len(chunks))))
     except BrokenProcessPool:
+        if interrupted.value:
+            # Ctrl-C ended a child before this process raised its own KeyboardInterrupt
+            # (on a loaded machine it can see the broken pool first): it is an interrupt.
+            raise KeyboardInterrupt from None
         raise PlanningProcessLost(
             "a process computing part of the plan ended before it answered (interrupted, "
             "killed, or out of memory); run again"
@@ -77,12 +82,19 @@ def map_over_cores(function: Callable[[Item], Answer], items: Sequence[Item]) ->
     return [answer for chunk in answers for answer in chunk]
 
 
-def _receive_work(function: Callable[[Any], Any], chunks: list[Sequence[Any]]) -> None:
+def _receive_work(
+    function: Callable[[Any], Any], chunks: list[Sequence[Any]], interrupted: Any
+) -> None:
     """In each child as it starts: its work, and Ctrl-C (which reaches the whole process
-    group) ends it quietly: the parent reports it, once."""
+    group) ends it quietly, noted in `interrupted`: the parent reports it, once."""
     global _child_work
     _child_work = (function, chunks)
-    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+
+    def end_quietly(signum: int, frame: Any) -> None:
+        interrupted.value = 1
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, end_quietly)
 
 
 def _run_chunk(index: int) -> list[Any]:
