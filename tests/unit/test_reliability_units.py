@@ -4,6 +4,7 @@ failures are named, the summary's format, and the order of dispatch."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import signal
@@ -169,6 +170,34 @@ def test_a_summary_that_cannot_be_written_leaves_no_partial_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["not-a-directory"]
     # Every row is still returned: the run's verdict is counted from them.
     assert kept == rows
+
+
+def test_two_runs_writing_the_summary_at_once_leave_a_whole_summary(tmp_path):
+    """Two runs on one output directory write their summaries after their batches, outside
+    the directory's lock: neither may take the other's half-written file, or fail and
+    remove the summary (the e2e two-runs test found summary.tsv gone)."""
+    import threading
+
+    paths = (tmp_path / "summary.json", tmp_path / "summary.tsv")
+    problems: list[str] = []
+
+    def writer(status: Status) -> None:
+        rows = [SummaryRow(name=f"obs_{index}", status=status) for index in range(300)]
+        for _ in range(30):
+            problem = write_summary(rows, *paths, batch_id=status.value)[1]
+            if problem:
+                problems.append(problem)
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in (Status.DONE, Status.FAILED)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert problems == []
+    summary = json.loads(paths[0].read_text())
+    assert len(summary["measurement_sets"]) == 300
+    assert len(paths[1].read_text().splitlines()) == 301
+    assert sorted(os.listdir(tmp_path)) == ["summary.json", "summary.tsv"]
 
 
 def test_largest_first_is_stable_for_equal_sizes():

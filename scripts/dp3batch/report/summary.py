@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from dp3batch.books.batch_spec import MSPaths
 from dp3batch.books.codec import from_json, json_lines, to_json
-from dp3batch.books.layout import RECORD_NAME, OutputLayout, ms_log_file
+from dp3batch.books.layout import RECORD_NAME, OutputLayout, ms_log_file, temporary_path
 from dp3batch.books.qa import SUSPECT, QALimits, QAVerdict, qa_verdict
 from dp3batch.books.record_checks import without_collections
 from dp3batch.books.records import CompletionRecord, RecordStore
@@ -275,8 +275,11 @@ def write_summary(
     # Summary.write): until then, none.
     with contextlib.suppress(OSError):
         _digest_path(json_path).unlink()
-    entries = json_path.with_name(f"{json_path.name}.entries.tmp")
-    temporaries = (json_path.with_suffix(".json.tmp"), tsv_path.with_suffix(".tsv.tmp"))
+    # Names of this write's own: two runs on one output directory write their summaries at
+    # the same time (after their batches, outside the directory's lock), and a shared name
+    # let one replace the other's half-written file, or fail and remove the summary.
+    entries = temporary_path(json_path.with_name(f"{json_path.name}.entries"))
+    temporaries = (temporary_path(json_path), temporary_path(tsv_path))
     rows = iter(rows)
     kept: list[SummaryRow] = []
     try:
