@@ -309,13 +309,19 @@ def test_more_threads_than_cores_on_a_host_is_warned_about(workflow, dask_cluste
 
 def test_dasks_port_warning_goes_to_the_log_not_the_terminal(workflow):
     make_inputs(workflow.directory / "inputs", 1)
-    # Another cluster's dashboard on 8787 (someone else's, or this test's).
+    # Another cluster's dashboard on 8787, held by this test for the whole run: a port that
+    # someone else holds may be freed mid-run (the suite's other process runs clusters too).
     holder = socket.socket()
-    try:
-        holder.bind(("127.0.0.1", 8787))
+
+    def bound() -> bool:
+        try:
+            holder.bind(("127.0.0.1", 8787))
+        except OSError:
+            return False
         holder.listen()
-    except OSError:
-        pass  # taken already: the same situation
+        return True
+
+    assert wait_until(bound, 120, 0.1), "port 8787 stayed taken for 2 minutes"
     try:
         result = workflow.run(timeout=180)
     finally:
