@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import numpy as np
+import yaml
 from casacore import tables
 from conftest import REPO, SMALL_MS, SNAKEMAKE, make_inputs
 
@@ -97,6 +99,35 @@ def test_batch_preprocessing_config_runs_unchanged_on_the_demo_data(workflow):
             ) as source_spw,
         ):
             assert spw.getcell("NUM_CHAN", 0) == source_spw.getcell("NUM_CHAN", 0) // 4
+
+
+def test_a_json_configfile_runs_as_its_yaml_would(workflow):
+    """Snakemake reads a JSON configfile into OrderedDicts; the run writes its config back as
+    YAML (its `config.yaml`), which failed on them with a traceback."""
+    make_inputs(workflow.directory / "inputs", 1)
+    config_file = workflow.directory / "config.json"
+    steps = [{"PreFlagger": {}}, {"Averager": {"timestep": 2, "freqstep": 2}}]
+    config_file.write_text(json.dumps({"inputs": ["inputs/*.ms"], "steps": steps}))
+    result = subprocess.run(
+        [
+            SNAKEMAKE,
+            "-s",
+            str(REPO / "Snakefile"),
+            "--cores",
+            "1",
+            "--configfile",
+            str(config_file),
+        ],
+        cwd=workflow.directory,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "1 of 1 MS(s) done" in output
+    [run_config] = (workflow.output_dir / "runs").glob("*/config.yaml")
+    assert yaml.safe_load(run_config.read_text())["steps"] == steps
 
 
 def test_invalid_config_is_one_clear_message(workflow):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -389,3 +390,15 @@ def test_parameters_beside_their_step_type_are_named_as_misindented():
         "under `Demixer:`, so YAML reads them beside it; indent them two spaces further than "
         "`Demixer`"
     )
+
+
+def test_a_config_read_from_json_is_made_plain_data_in_place():
+    # Snakemake reads a JSON configfile into OrderedDicts, which yaml.safe_dump refuses.
+    steps = [OrderedDict([("PreFlagger", OrderedDict())]), OrderedDict([("Averager", {})])]
+    config = {"inputs": ["inputs/*.ms"], "steps": steps}
+    validate_config(config)
+    assert type(config["steps"][0]) is dict and type(config["steps"][0]["PreFlagger"]) is dict
+    assert yaml.safe_load(yaml.safe_dump(config))["steps"] == [
+        {"PreFlagger": {}},
+        {"Averager": {}},
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,7 @@ def validate_config(config: dict) -> tuple[str | None, Chain]:
     whole config against the schema (parameter types and ranges, unknown keys).
     """
     schema = load_schema()
+    make_plain(config)
     fill_defaults(config, schema)
     scheduler = coerce_scheduler(config.get("scheduler"))
     config["frequency_chunk_hz"] = coerce_frequency(config.get("frequency_chunk_hz"))
@@ -128,6 +130,22 @@ def validate_config(config: dict) -> tuple[str | None, Chain]:
     chain = parse_steps(config.get("steps"), sdm_path if isinstance(sdm_path, str) else None)
     check_config_against_schema(config, schema)
     return scheduler, chain
+
+
+def plain_data(value: Any) -> Any:
+    """`value` with every mapping a dict and every sequence a list (strings as they are)."""
+    if isinstance(value, Mapping):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_data(item) for item in value]
+    return value
+
+
+def make_plain(config: dict) -> None:
+    """Snakemake reads a JSON configfile into OrderedDicts: make its values plain, in place,
+    so that the config is written back (the run's `config.yaml`) as YAML of plain data."""
+    for key, value in config.items():
+        config[key] = plain_data(value)
 
 
 def fill_defaults(config: dict, schema: dict) -> None:
