@@ -62,6 +62,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from dp3batch.dask_stage.cluster import quiet_cluster_environment  # noqa: E402
 from dp3batch.dp3.install import dp3_environment, find_dp3_executable  # noqa: E402
+from dp3batch.dp3.native import dp3_program  # noqa: E402
 from dp3batch.testing.harness import DaskCluster, Workflow  # noqa: E402
 from dp3batch.testing.synthetic_ms import (  # noqa: E402
     SyntheticMSSpec,
@@ -170,8 +171,12 @@ def records(output_dir: Path) -> dict[str, dict]:
     }
 
 
-def dp3_commands(output_dir: Path, new_output_dir: Path) -> dict[str, list[str]]:
-    """The exact DP3 command lines the workflow ran, by output name, writing elsewhere."""
+def dp3_commands(
+    output_dir: Path, new_output_dir: Path, as_started: bool = True
+) -> dict[str, list[str]]:
+    """The exact DP3 command lines the workflow ran, by output name, writing elsewhere.
+    `as_started`: DP3 started as the workflow started it (the native launcher in place of the
+    wheel's `DP3.py`, where it is usable: dp3/native.py); else as the record names it."""
     new_output_dir.mkdir(parents=True, exist_ok=True)
     commands = {}
     for name, record in records(output_dir).items():
@@ -179,7 +184,10 @@ def dp3_commands(output_dir: Path, new_output_dir: Path) -> dict[str, list[str]]
             f"msout={new_output_dir / name}" if argument.startswith("msout=") else argument
             for argument in record["dp3_arguments"]
         ]
-        commands[name] = [record["dp3_executable"], *arguments]
+        executable = record["dp3_executable"]
+        if as_started:
+            executable = dp3_program(executable, record["dp3_version"])
+        commands[name] = [executable, *arguments]
     return commands
 
 
@@ -809,12 +817,19 @@ def many(
     workflow_cpu = children_cpu_seconds() - cpu
     commands = dp3_commands(workflow.output_dir, scratch / "pool")
     every = max(1, count // pool_sample) if pool_sample else 1
-    sample = [commands[name] for name in sorted(commands)[::every]]
-    cpu = children_cpu_seconds()
-    pool, _ = run_pool(sample, slots=2)
-    pool *= len(commands) / len(sample)
-    pool_cpu = (children_cpu_seconds() - cpu) * len(commands) / len(sample)
-    shutil.rmtree(scratch / "pool")
+    names = sorted(commands)[::every]
+    pools: dict[str, tuple[float, float]] = {}  # makespan and CPU, scaled to every command
+    # The pool of the commands as the workflow started them, and of the wheel's `DP3.py`
+    # (the same DP3, started through Python and numpy: the issue's ideal pool).
+    python_commands = dp3_commands(workflow.output_dir, scratch / "pool", as_started=False)
+    for label, chosen in (("started", commands), ("dp3_py", python_commands)):
+        (scratch / "pool").mkdir(exist_ok=True)
+        cpu = children_cpu_seconds()
+        pool, _ = run_pool([chosen[name] for name in names], slots=2)
+        scale = len(commands) / len(names)
+        pools[label] = (pool * scale, (children_cpu_seconds() - cpu) * scale)
+        shutil.rmtree(scratch / "pool")
+    pool, pool_cpu = pools["started"]
     noop, noop_output = run_workflow(workflow, timeout=count + 600)
     assert "are complete and up to date" in noop_output, noop_output[-2000:]
     deleted = sorted(workflow.output_dir.glob("*.ms"))[:: max(1, 100)]  # 1 %
@@ -823,15 +838,19 @@ def many(
     partial, _ = run_workflow(workflow, timeout=count + 600)
     results: dict[str, Any] = {
         "ms_count": count,
-        "pool_commands_run": len(sample),
+        "pool_commands_run": len(names),
+        "dp3_started_as": commands[names[0]][0],
         "ms_bytes": ms_bytes(template),
         "pool_seconds": round(pool, 2),
         "workflow_seconds": round(seconds, 2),
         "workflow_over_pool": round(seconds / pool, 3),
+        "dp3_py_pool_seconds": round(pools["dp3_py"][0], 2),
+        "workflow_over_dp3_py_pool": round(seconds / pools["dp3_py"][0], 3),
         "central_job_seconds": central_job_seconds(output),
         # Snakemake, the central job, the cluster and every task, beside DP3's own CPU.
         "cpu_beside_dp3_ms_per_ms": round(1000 * (workflow_cpu - pool_cpu) / count, 1),
         "dp3_cpu_ms_per_ms": round(1000 * pool_cpu / count, 1),
+        "dp3_py_cpu_ms_per_ms": round(1000 * pools["dp3_py"][1] / count, 1),
         **memory.summary(),
         "noop_rerun_seconds": round(noop, 2),
         "rerun_after_1pct_deleted": {"deleted": len(deleted), "seconds": round(partial, 2)},
@@ -841,6 +860,9 @@ def many(
     if reference_venv:
         reference = reference_pipeline(scratch, reference_venv, inputs, workflow.output_dir)
         reference["reference_over_pool"] = round(reference["seconds"] / pool, 3)
+        reference["reference_over_dp3_py_pool"] = round(
+            reference["seconds"] / pools["dp3_py"][0], 3
+        )
         results["reference_pipeline"] = reference
     return results
 

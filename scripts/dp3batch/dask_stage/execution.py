@@ -53,6 +53,7 @@ from dp3batch.dask_stage.worker_faults import (
 from dp3batch.dp3.command import hand_rerun_command
 from dp3batch.dp3.install import dp3_environment
 from dp3batch.dp3.log import parse_flag_counts, parse_step_times
+from dp3batch.dp3.native import dp3_program
 from dp3batch.dp3.parameters import DP3Parameters
 from dp3batch.dp3.parset import arguments_for_dp3, write_parset
 from dp3batch.dp3.translation import run_parameters
@@ -442,7 +443,8 @@ def process_measurement_set(task: Task) -> TaskResult:
         memory_gb = aoflagger_memory_gb(share)
         run = run_parameters(reading, task.input, str(temporary), threads, memory_gb)
         doing = "writing DP3's log"
-        arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
+        program = dp3_program(task.dp3_executable, task.dp3_version)
+        arguments = dp3_command(program, run, log_path.with_suffix(".parset"))
         new_log(
             log_path,
             f"# {task.name}: DP3 on {worker_address} with {threads} thread(s)\n"

@@ -45,6 +45,7 @@ from dp3batch.dask_stage.worker_faults import (
     WorkerCannotRun,
 )
 from dp3batch.dp3.averaging import frequency_averaging, msin_channels, plain_integer
+from dp3batch.dp3.native import dp3_program
 from dp3batch.dp3.parameters import format_value
 from dp3batch.dp3.parset import literal, literal_list, write_parset
 from dp3batch.inputs.tables import read_shape, window_frequencies
@@ -176,7 +177,8 @@ def join_chunks(task: Task) -> TaskResult:
         records = [read_record(chunk.output) for chunk in chunks]
         chunk_outputs = [chunk.output for chunk in chunks]
         run = join_run(task, chunk_outputs, str(temporary), threads)
-        arguments = dp3_command(task.dp3_executable, run, log_path.with_suffix(".parset"))
+        program = dp3_program(task.dp3_executable, task.dp3_version)
+        arguments = dp3_command(program, run, log_path.with_suffix(".parset"))
         new_log(
             log_path,
             f"# {task.name}: join of {len(chunks)} frequency chunks on {worker_address}\n"

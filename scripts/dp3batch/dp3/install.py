@@ -150,7 +150,7 @@ def dp3_version(executable: str, environment: dict[str, str] | None = None) -> s
             known = json.loads(cache.read_text())
             if known["key"] == key:
                 return str(known["version"])
-    version = _ask_dp3_version(executable, environment)
+    version = ask_dp3_version(executable, environment)
     if key is not None:
         with contextlib.suppress(OSError):
             temporary = cache.with_suffix(f".{os.getpid()}")
@@ -159,7 +159,8 @@ def dp3_version(executable: str, environment: dict[str, str] | None = None) -> s
     return version
 
 
-def _ask_dp3_version(executable: str, environment: dict[str, str] | None = None) -> str:
+def ask_dp3_version(executable: str, environment: dict[str, str] | None = None) -> str:
+    """`executable --version`, asked now (no cache); raises DP3Error as `dp3_version`."""
     environment = environment or dp3_environment()
     try:
         completed = subprocess.run(
