@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-parallel test-unit lint benchmark
+.PHONY: setup run test test-serial test-unit lint benchmark
 
 setup: $(VENV)/.installed $(VENV)/libexec/dp3batch/DP3
 
@@ -24,14 +24,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 1
 
+# The suite in two processes, each taking whole test files (a file's tests share its
+# fixtures, and Slurm's session): about 12 minutes on 2 cores, where most end-to-end tests
+# wait on deadlines; 17 to 19 in one process (`make test-serial`).
 test: lint
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
-
-# The same suite in two processes, each taking whole test files (a file's tests share its
-# fixtures, and Slurm's session): 17.5 -> 11 minutes on 2 cores, where most end-to-end tests
-# wait on deadlines. Its other load and file order found three races one process hid.
-test-parallel: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -n 2 --dist loadfile
+
+test-serial: lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 # Seconds, no DP3 and no dask processes: the pure functions only (tests/unit/).
 test-unit: setup
