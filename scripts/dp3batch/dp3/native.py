@@ -5,7 +5,7 @@ it) before DP3 starts: 0.1 s of wall time and 0.15 s of CPU on every run, measur
 as much as DP3's whole work on a small MS. The launcher (`dp3_launcher.cc`, built into the
 environment by `make setup`) calls the very function `DP3.py` ends in,
 `dp3::base::ExecuteFromCommandLine` of the wheel's libDP3, with the same arguments: the same
-DP3, the same output bit for bit (tests/e2e/test_native_dp3.py).
+DP3, the same output column for column (tests/e2e/test_native_dp3.py).
 
 It stands in for `DP3.py` only where a run of the chain starts. Everything else still names
 `DP3.py` (the completion record, the hand-rerun line, the version): that is the DP3 that
@@ -16,6 +16,7 @@ is not used: DP3 then starts through `DP3.py`, as before.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -41,8 +42,6 @@ def launcher_path(prefix: str | Path | None = None) -> Path:
 
 def wheel_library() -> Path | None:
     """The dp3 wheel's libDP3 (`dp3.libs/libDP3-<hash>.so`), or None without the wheel."""
-    import importlib.util
-
     spec = importlib.util.find_spec("dp3")
     if spec is None or not spec.origin:
         return None
