@@ -13,6 +13,7 @@ import yaml
 from calibration_data import write_identity_h5parm, write_sky_model
 from casacore import tables
 from conftest import BIN, REPO, SNAKEMAKE, make_inputs
+from dp3batch.testing.harness import snakemake_command
 
 DP3BATCH = str(BIN / "dp3batch")
 COLUMNS = ("DATA", "FLAG", "WEIGHT_SPECTRUM", "UVW", "TIME")
@@ -71,17 +72,11 @@ def dp3batch_run(directory: Path, *arguments: str, timeout: float = 600):
 def snakemake(directory: Path, config_file: Path, config: dict):
     """The plain route: `snakemake --configfile C --config key=value ...`."""
     completed = subprocess.run(
-        [
-            SNAKEMAKE,
-            "-s",
-            str(REPO / "Snakefile"),
-            "--cores",
-            "1",
-            "--configfile",
-            str(config_file),
+        snakemake_command(
+            config_file,
             "--config",
             *(f"{key}={json.dumps(value)}" for key, value in config.items()),
-        ],
+        ),
         cwd=directory,
         capture_output=True,
         text=True,

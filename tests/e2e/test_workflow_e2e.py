@@ -9,6 +9,7 @@ import numpy as np
 import yaml
 from casacore import tables
 from conftest import REPO, SMALL_MS, SNAKEMAKE, make_inputs
+from dp3batch.testing.harness import snakemake_command
 
 
 def _flags(path) -> np.ndarray:
@@ -109,15 +110,7 @@ def test_a_json_configfile_runs_as_its_yaml_would(workflow):
     steps = [{"PreFlagger": {}}, {"Averager": {"timestep": 2, "freqstep": 2}}]
     config_file.write_text(json.dumps({"inputs": ["inputs/*.ms"], "steps": steps}))
     result = subprocess.run(
-        [
-            SNAKEMAKE,
-            "-s",
-            str(REPO / "Snakefile"),
-            "--cores",
-            "1",
-            "--configfile",
-            str(config_file),
-        ],
+        snakemake_command(config_file),
         cwd=workflow.directory,
         capture_output=True,
         text=True,

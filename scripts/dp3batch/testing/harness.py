@@ -50,6 +50,20 @@ def damage_ms(ms_path: Path) -> None:
         handle.truncate(biggest.stat().st_size // 10)
 
 
+def snakemake_command(config_file: Path | str, *extra: str) -> list[str]:
+    """The real `snakemake` command on this workflow with one config file, as a user types it."""
+    return [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--cores",
+        "1",
+        "--configfile",
+        str(config_file),
+        *extra,
+    ]
+
+
 class Workflow:
     """A working directory with its own config, and the real `snakemake` command run in it."""
 
@@ -71,16 +85,7 @@ class Workflow:
     def command(self, *extra: str) -> list[str]:
         config_file = self.directory / "test_config.yaml"
         config_file.write_text(yaml.safe_dump(self.config))
-        return [
-            SNAKEMAKE,
-            "-s",
-            str(REPO / "Snakefile"),
-            "--cores",
-            "1",
-            "--configfile",
-            str(config_file),
-            *extra,
-        ]
+        return snakemake_command(config_file, *extra)
 
     def run(self, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
         completed = subprocess.run(
