@@ -460,7 +460,7 @@ def rerun_breakdown(
 
 
 def reference_pipeline(
-    scratch: Path, venv: Path, inputs: list[Path], workflow_output: Path
+    scratch: Path, venv: Path, inputs: list[Path], workflow_output: Path, keep: bool = False
 ) -> dict[str, Any]:
     """SKA's batch pre-processing pipeline on a 2 x 1 cluster of its own dask version. Its
     workers call `DP3` from PATH: a wrapper runs the wheel's DP3 with the environment it
@@ -524,7 +524,8 @@ def reference_pipeline(
         shutil.rmtree(scratch / "reference_cluster", ignore_errors=True)
     # Its dask mode exits 0 even when DP3 failed: count the outputs it really wrote.
     written = [p for p in output_dir.glob("*.ms") if (p / "table.dat").is_file()]
-    shutil.rmtree(output_dir)
+    if not keep:  # kept: the caller removes it once its other contenders have run
+        shutil.rmtree(output_dir)
     return {
         "seconds": round(seconds, 2),
         "exit_code": completed.returncode,
@@ -815,21 +816,32 @@ def many(
     with MemorySampler(str(workflow.directory)) as memory:
         seconds, output = run_workflow(workflow, timeout=count * 5 + 600)
     workflow_cpu = children_cpu_seconds() - cpu
-    commands = dp3_commands(workflow.output_dir, scratch / "pool")
+    commands = dp3_commands(workflow.output_dir, scratch / "pool_started")
     every = max(1, count // pool_sample) if pool_sample else 1
     names = sorted(commands)[::every]
     pools: dict[str, tuple[float, float]] = {}  # makespan and CPU, scaled to every command
     # The pool of the commands as the workflow started them, and of the wheel's `DP3.py`
-    # (the same DP3, started through Python and numpy: the issue's ideal pool).
-    python_commands = dp3_commands(workflow.output_dir, scratch / "pool", as_started=False)
+    # (the same DP3, started through Python and numpy: the issue's ideal pool). Each writes
+    # a directory of its own, and nothing is deleted until every contender has run: ext4
+    # skips inodes freed in the last minutes when it allocates new ones, and a small MS's
+    # DP3 then spent 30-40 ms more CPU in the kernel (50 -> 80-93 ms a run, measured right
+    # after removing 200 outputs), which would weigh on whichever contender ran next.
+    python_commands = dp3_commands(workflow.output_dir, scratch / "pool_dp3_py", as_started=False)
     for label, chosen in (("started", commands), ("dp3_py", python_commands)):
-        (scratch / "pool").mkdir(exist_ok=True)
+        (scratch / f"pool_{label}").mkdir(exist_ok=True)
         cpu = children_cpu_seconds()
         pool, _ = run_pool([chosen[name] for name in names], slots=2)
         scale = len(commands) / len(names)
         pools[label] = (pool * scale, (children_cpu_seconds() - cpu) * scale)
-        shutil.rmtree(scratch / "pool")
     pool, pool_cpu = pools["started"]
+    reference = (
+        reference_pipeline(scratch, reference_venv, inputs, workflow.output_dir, keep=True)
+        if reference_venv
+        else None
+    )
+    for label in pools:
+        shutil.rmtree(scratch / f"pool_{label}")
+    shutil.rmtree(scratch / "reference_out", ignore_errors=True)
     noop, noop_output = run_workflow(workflow, timeout=count + 600)
     assert "are complete and up to date" in noop_output, noop_output[-2000:]
     deleted = sorted(workflow.output_dir.glob("*.ms"))[:: max(1, 100)]  # 1 %
@@ -857,8 +869,7 @@ def many(
         "targets": "workflow / pool <= 1.10 (400 MSs); <= 10 ms CPU per MS beside DP3; "
         "memory flat in the MS count; no-op rerun <= 3 s",
     }
-    if reference_venv:
-        reference = reference_pipeline(scratch, reference_venv, inputs, workflow.output_dir)
+    if reference is not None:
         reference["reference_over_pool"] = round(reference["seconds"] / pool, 3)
         reference["reference_over_dp3_py_pool"] = round(
             reference["seconds"] / pools["dp3_py"][0], 3
@@ -934,7 +945,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
                 print(json.dumps(result, indent=2), flush=True)
-            shutil.rmtree(scratch, ignore_errors=True)
+        # Each case's data stays until the last case has run: removing thousands of files
+        # makes the file creations that follow it slower (see `many`).
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
     return 0
