@@ -3,7 +3,7 @@ table's keywords when they are elsewhere."""
 
 import shutil
 
-from dp3batch.inputs.tables import open_subtable, station_names
+from dp3batch.inputs.tables import open_subtable, read_table, station_names
 from dp3batch.testing.harness import make_ms
 
 
@@ -29,3 +29,18 @@ def test_a_subtable_stored_elsewhere_is_found_through_the_main_tables_keyword(tm
         main.putkeyword("ANTENNA", f"Table: {moved}")
     assert not (ms / "ANTENNA").exists()
     assert station_names(ms) == expected
+
+
+def test_read_table_reads_what_casacore_reads_and_cannot_write(tmp_path):
+    import numpy as np
+    from casacore import tables
+
+    ms = make_ms(tmp_path / "obs.ms")
+    with tables.table(str(ms), ack=False) as plain, read_table(ms) as lean:
+        assert lean.nrows() == plain.nrows() > 0
+        assert lean.colnames() == plain.colnames()
+        for column in ("TIME", "ANTENNA1", "FLAG", "DATA"):
+            assert np.array_equal(lean.getcol(column), plain.getcol(column))
+        assert not lean.iswritable()
+    with read_table(f"{ms}::SPECTRAL_WINDOW") as windows:
+        assert windows.nrows() == 1

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from dp3batch.inputs.tables import open_subtable
+from dp3batch.inputs.tables import open_subtable, read_table
 
 # Rows read at a time: bounded memory for wide-band MSs.
 ROWS_PER_BLOCK = 10_000
@@ -59,7 +59,6 @@ def join_problems(
 ) -> list[str]:
     """What is wrong with the joined output (none: it is its chunks, side by side)."""
     import numpy as np
-    from casacore import tables
 
     problems: list[str] = []
     frequencies, widths = _window(joined)
@@ -80,10 +79,8 @@ def join_problems(
     if problems:
         return problems
     with contextlib.ExitStack() as stack:
-        out = stack.enter_context(tables.table(joined, ack=False, readonly=True))
-        parts = [
-            stack.enter_context(tables.table(chunk, ack=False, readonly=True)) for chunk in chunks
-        ]
+        out = stack.enter_context(read_table(joined))
+        parts = [stack.enter_context(read_table(chunk)) for chunk in chunks]
         rows = out.nrows()
         for name, part in zip(names, parts, strict=True):
             if part.nrows() != rows:

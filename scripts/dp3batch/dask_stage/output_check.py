@@ -25,7 +25,7 @@ from dp3batch.dp3.averaging import (
     plain_integer,
 )
 from dp3batch.dp3.parameters import DP3Parameters, DP3Step, format_value
-from dp3batch.inputs.tables import Shape, open_subtable
+from dp3batch.inputs.tables import Shape, open_subtable, read_table
 
 # Time and channel selections of msin whose effect only DP3 can compute.
 _MSIN_TIME_SELECTION = ("starttime", "endtime", "starttimeslot", "ntimes")
@@ -85,11 +85,10 @@ def time_order_problem(path: str, time, rows) -> str | None:
 def read_input_grid(path: str, parameters: DP3Parameters) -> InputGrid:
     """Open the input MS and describe what DP3 reads of it with these parameters."""
     import numpy as np
-    from casacore import tables
 
     msin = {key: format_value(value) for key, value in parameters.msin.items()}
     band = parameters.selected_band()
-    with tables.table(str(path), ack=False, readonly=True) as table:
+    with read_table(str(path)) as table:
         ddid = table.getcol("DATA_DESC_ID")
         selected = np.ones(len(ddid), dtype=bool) if band is None else ddid == band
         windows_in_rows = len(np.unique(ddid))

@@ -10,7 +10,7 @@ from pathlib import Path
 from dp3batch.books.layout import RECORD_NAME, check_output_names
 from dp3batch.config.errors import ConfigError
 from dp3batch.dp3.parset import check_path, input_path_problem
-from dp3batch.inputs.tables import open_subtable
+from dp3batch.inputs.tables import open_subtable, read_table
 from dp3batch.inputs.windows import (
     Windows,
     window_name,
@@ -67,10 +67,9 @@ def check_readable(path: Path, data_column: str = "DATA") -> None:
 
     `data_column` is the column DP3 is told to read (`msin.datacolumn`). The caller checks
     first that no other process holds the MS locked (casacore would wait)."""
-    from casacore import tables
 
     try:
-        with tables.table(str(path), ack=False, readonly=True) as table:
+        with read_table(str(path)) as table:
             table.nrows()
             # DP3 (6.6) stops with "Table column DATA is unknown" on an MS without DATA even
             # when it is told to read another column (measured): both must be there.

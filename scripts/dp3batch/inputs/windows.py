@@ -26,7 +26,7 @@ from dp3batch.books.fingerprints import input_fingerprint, input_unchanged, tree
 from dp3batch.books.record_checks import RecordCheck
 from dp3batch.books.records import RecordStore
 from dp3batch.config.errors import ConfigError
-from dp3batch.inputs.tables import open_subtable, write_lock_holder
+from dp3batch.inputs.tables import open_subtable, read_table, write_lock_holder
 
 WINDOW_SUFFIX = "_spw"
 DESCRIPTION_TABLE = "DATA_DESCRIPTION"
@@ -60,13 +60,12 @@ def read_windows(path: str | Path) -> Windows:
     """Open the MS: DATA_DESCRIPTION's rows, and (only if there are several) which the main
     table's rows use. The caller checks first that no other process holds it locked."""
     import numpy as np
-    from casacore import tables
 
     with open_subtable(path, DESCRIPTION_TABLE) as description:
         descriptions = description.nrows()
     if descriptions <= 1:
         return Windows(descriptions, (0,) if descriptions else ())
-    with tables.table(str(path), ack=False, readonly=True) as table:
+    with read_table(str(path)) as table:
         used = np.unique(table.getcol("DATA_DESC_ID")) if table.nrows() else []
     return Windows(descriptions, tuple(int(band) for band in used))
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from dp3batch.dp3.log import parse_flag_counts
+from dp3batch.inputs.tables import read_table
 
 ROWS_PER_READ = 20_000
 # MJD seconds of the Unix epoch (1970-01-01 is MJD 40587).
@@ -78,15 +79,14 @@ def count_input_flags(
 ) -> InputFlags:
     """The flags of an MS (of one band's rows, `DATA_DESC_ID`), per antenna and per channel,
     over channels `startchan` to `startchan + nchan` (0: to the end), read in blocks of rows."""
-    from casacore import tables
 
-    with tables.table(os.path.join(path, "ANTENNA"), ack=False, readonly=True) as antennas:
+    with read_table(os.path.join(path, "ANTENNA")) as antennas:
         n_antennas = antennas.nrows()
     antenna_flagged = np.zeros(n_antennas, dtype=np.int64)
     antenna_rows = np.zeros(n_antennas, dtype=np.int64)
     channel_flagged: np.ndarray | int = 0
     channels = correlations = 0
-    with tables.table(str(path), ack=False, readonly=True) as whole:
+    with read_table(str(path)) as whole:
         table = whole if band is None else whole.query(f"DATA_DESC_ID=={int(band)}")
         try:
             rows = table.nrows()
@@ -115,9 +115,9 @@ def count_input_flags(
             if band is not None:
                 table.close()
     channel_flagged = np.atleast_1d(np.asarray(channel_flagged, dtype=np.int64))[:channels]
-    with tables.table(os.path.join(path, "DATA_DESCRIPTION"), ack=False) as description:
+    with read_table(os.path.join(path, "DATA_DESCRIPTION")) as description:
         window = int(description.getcell("SPECTRAL_WINDOW_ID", band or 0))
-    with tables.table(os.path.join(path, "SPECTRAL_WINDOW"), ack=False) as windows:
+    with read_table(os.path.join(path, "SPECTRAL_WINDOW")) as windows:
         frequencies = windows.getcell("CHAN_FREQ", window)[startchan:][:channels]
     return InputFlags(
         rows=rows,
@@ -139,14 +139,13 @@ def _percent(flagged: np.ndarray, total: np.ndarray) -> np.ndarray:
 
 def _read_output(path: Path) -> dict[str, Any]:
     """The output's flags as counts over time x baseline x frequency, and its coordinates."""
-    from casacore import tables
 
-    with tables.table(str(path / "ANTENNA"), ack=False, readonly=True) as antennas:
+    with read_table(str(path / "ANTENNA")) as antennas:
         names = [str(name) for name in antennas.getcol("NAME")]
         positions = antennas.getcol("POSITION")
-    with tables.table(str(path / "SPECTRAL_WINDOW"), ack=False, readonly=True) as window:
+    with read_table(str(path / "SPECTRAL_WINDOW")) as window:
         frequencies = np.asarray(window.getcell("CHAN_FREQ", 0), dtype=float)
-    with tables.table(str(path), ack=False, readonly=True) as table:
+    with read_table(str(path)) as table:
         rows = table.nrows()
         time_column = table.getcol("TIME")
         antenna1 = table.getcol("ANTENNA1")
