@@ -778,3 +778,27 @@ def test_the_failure_report_names_excluded_workers_and_what_ended_the_batch():
     assert "  tcp://10.0.0.7:4000: DP3 could not start (exit 127): libx.so" in report
     assert report.count("stopped or restarted?") == 1
     assert report.splitlines()[-1].startswith("Fix the cause and run again")
+
+
+def test_tasks_wait_for_a_slot_only_on_eligible_workers_that_returned_a_result():
+    client = FakeClient()
+    for address in ("tcp://a:1", "tcp://b:1", "tcp://broken:1"):
+        _join(client, address, 1.0)
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    watch.look()
+    assert watch.proven_workers() == []  # nothing returned yet: no task waits anywhere
+    watch.ran(
+        TaskResult(
+            name="obs_0", input="i", output="o", log="l", worker="tcp://b:1", status=Status.DONE
+        )
+    )
+    watch.ran(
+        TaskResult(
+            name="obs_1", input="i", output="o", log="l", worker="tcp://a:1", status=Status.DONE
+        )
+    )
+    assert watch.proven_workers() == ["tcp://a:1", "tcp://b:1"]
+    watch.exclude("tcp://a:1", "its DP3 cannot start")
+    _join(client, "tcp://joiner:1", 1.0)  # joined since: not proven
+    watch.look()
+    assert watch.proven_workers() == ["tcp://b:1"]

@@ -20,7 +20,7 @@ from dp3batch.books.commit import remove_leftovers
 from dp3batch.books.layout import leftover_owner, replaced_path, temporary_path
 from dp3batch.books.status import Status
 from dp3batch.config.errors import ConfigError
-from dp3batch.dask_stage.dispatch import largest_first
+from dp3batch.dask_stage.dispatch import PREFETCH_MAX_BYTES, in_flight_limit, largest_first
 from dp3batch.dask_stage.execution import exit_description
 from dp3batch.dask_stage.task import Task
 from dp3batch.dp3.parset import literal, parset_text
@@ -209,6 +209,21 @@ def test_largest_first_is_stable_for_equal_sizes():
         for name, size in [("a", 1), ("b", 8), ("c", 8), ("d", 2)]
     ]
     assert [task.name for task in largest_first(tasks)] == ["b", "c", "d", "a"]
+
+
+def test_small_tasks_get_one_more_in_flight_per_slot_and_large_ones_wait_for_a_free_slot():
+    batch = make_spec()
+
+    def task(size: int) -> Task:
+        return Task.of(
+            batch, PendingMS(name="a", input="/i", output="/o", band=None, reason="", size=size)
+        )
+
+    assert in_flight_limit(task(800_000), slots=2) == 4
+    assert in_flight_limit(task(PREFETCH_MAX_BYTES), slots=3) == 6
+    assert in_flight_limit(task(PREFETCH_MAX_BYTES + 1), slots=2) == 2
+    # Unknown size: it may be large.
+    assert in_flight_limit(task(0), slots=2) == 2
 
 
 # --- locks ----------------------------------------------------------------------------------

@@ -33,9 +33,9 @@ LOCAL_DASHBOARD_LINK = "http://127.0.0.1:{port}/status"
 # the embedded cluster used 0.8 CPU-seconds more per 20 s of batch, taken from DP3 on a
 # machine whose every core runs one: the statistical profiler samples each worker's threads
 # every 10 ms (a task only waits for DP3), the event loop's blocking check ticks every 20 ms,
-# work stealing looks for work to move every 100 ms (the fan-out never queues more tasks than
-# free slots), and the memory monitors measure every 0.1-0.5 s the memory of this process,
-# not DP3's.
+# work stealing looks for work to move every 100 ms (the fan-out queues no more tasks than
+# free slots, or one more per slot of small MSs), and the memory monitors measure every
+# 0.1-0.5 s the memory of this process, not DP3's.
 # The same for an external cluster's scheduler and workers: `quiet_cluster_environment()`.
 QUIET_CLUSTER_CONFIG = {
     "distributed.scheduler.work-stealing": False,

@@ -146,6 +146,8 @@ class ClusterWatch:
     checks: list[JoinerCheck] = field(default_factory=list)
     # Futures submitted with a restriction, and to which workers.
     restricted: dict[Any, frozenset[str]] = field(default_factory=dict)
+    # Workers that returned a result of this batch (its code and DP3 ran there).
+    proven: set[str] = field(default_factory=set)
 
     def begin(self, workers: list[WorkerInfo]) -> None:
         """The workers found at pre-flight (checked there)."""
@@ -348,6 +350,14 @@ class ClusterWatch:
         """DP3 started on this result's worker: its start failures in a row end."""
         if result.worker:
             self.start_failures.pop(result.worker, None)
+            self.proven.add(result.worker)
+
+    def proven_workers(self) -> list[str]:
+        """The eligible workers that returned a result of this batch: where a task may wait
+        for a slot (see dispatch.in_flight_limit). Not a worker that joined since, whose
+        check may still be under way, nor one whose DP3 cannot start: a task waiting there
+        would be stolen by it (where work stealing is on) or fail there."""
+        return sorted(worker.address for worker in self.eligible() if worker.address in self.proven)
 
     def cannot_run(self, fault: WorkerCannotRun, task: Task) -> bool:
         """A task met a worker that cannot run it; True if its MS may run again elsewhere."""
