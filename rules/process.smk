@@ -1,4 +1,6 @@
 rule process_measurement_sets:
+    input:
+        specification=get_batch_specification_file,
     output:
         batch=batch_marker("{batch}"),
         table=report(
@@ -60,7 +62,5 @@ rule process_measurement_sets:
         batch_log("{batch}"),
     conda:
         "../envs/dp3.yaml"
-    params:
-        batch=get_batch_specification,
-    script:
-        "../scripts/process_batch.py"
+    shell:
+        CENTRAL_JOB_SHELL

@@ -237,6 +237,11 @@ class RunFiles:
         return self.directory / "task-list.json"
 
     @property
+    def batch_specification(self) -> Path:
+        """What the central job runs (`BatchSpec.to_json()`), written before it starts."""
+        return self.directory / "batch-specification.json"
+
+    @property
     def dask_report(self) -> Path:
         return self.directory / "dask-report.html"
 

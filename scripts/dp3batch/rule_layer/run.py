@@ -139,12 +139,16 @@ class Run:
         """The report of one batch (a directory of its own: no two runs share a file)."""
         return ReportFiles(self.layout.report_dir(batch)).as_dict()
 
-    def batch_specification(self, batch: str) -> dict[str, Any]:
-        """Plain JSON (Snakemake pickles `params:`); the central job parses it once."""
-        return self._specification(batch).to_json()
+    def batch_specification_file(self, batch: str) -> list[str]:
+        """The central job's input: where this run wrote the batch's specification (none
+        for a run that processes nothing, a dry run among them: it runs no job)."""
+        if self.run_files is None or batch != self.batch:
+            return []
+        return [str(self.run_files.batch_specification)]
 
-    def _specification(self, batch: str) -> BatchSpec:
-        run_dir = str(self.run_files.directory) if self.run_files else None
+    def _specification(self, batch: str, run_files: RunFiles | None = None) -> BatchSpec:
+        run_files = run_files or self.run_files
+        run_dir = str(run_files.directory) if run_files else None
         return batch_specification(self.plan, self.config, batch, run_dir)
 
     def final_output(self) -> list[str]:
@@ -288,8 +292,13 @@ class Run:
                 f"{self.batch or 'none: nothing to process'}.\n"
                 + yaml.safe_dump(self.config, sort_keys=False, allow_unicode=True)
             )
-            tasks = task_list(self._specification(self.batch)) if self.batch else []
+            specification = self._specification(self.batch, files) if self.batch else None
+            tasks = task_list(specification) if specification else []
             files.task_list.write_text(json.dumps({"batch": self.batch, "tasks": tasks}, indent=2))
+            if specification:
+                # For the central job (a file, not Snakemake's `params:`: a script's params
+                # cost Snakemake 0.3 s of imports of pandas and numpy in every run).
+                files.batch_specification.write_text(json.dumps(specification.to_json()))
         except OSError as error:
             _exit(
                 f"Error: cannot write this run's files in {parent}: "
