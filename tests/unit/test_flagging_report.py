@@ -269,3 +269,14 @@ def test_a_no_op_summary_is_rebuilt_when_a_qa_limit_changed(tmp_path):
     assert json.loads(paths[0].read_text())["suspect"] == []
     refresh_summary(sets, tmp_path / "logs", *paths, qa=QALimits(max_flagged_fraction=0.1))
     assert json.loads(paths[0].read_text())["suspect"][0]["name"] == "a"
+
+
+@pytest.mark.parametrize("correlations", [1, 2, 3, 4, 8])
+def test_flagged_correlations_counts_as_numpy_counts_along_the_correlations(correlations):
+    from dp3batch.report.flagging import flagged_correlations
+
+    flags = np.random.default_rng(correlations).random((50, 16, correlations)) < 0.4
+    for chosen in (flags, flags[:, 3:11], flags[::2]):  # whole, and not contiguous
+        counts = flagged_correlations(chosen)
+        assert counts.shape == chosen.shape[:2]
+        assert np.array_equal(counts, np.count_nonzero(chosen, axis=2))

