@@ -242,6 +242,32 @@ def test_a_worker_silent_at_preflight_is_checked_and_used_once_heard_from_again(
     assert "Traceback" not in output
 
 
+def test_a_worker_that_joins_after_the_first_result_gets_work_beside_the_waiting_tasks(
+    workflow, dask_cluster
+):
+    """Small MSs: once the first worker returned a result, one task more waits on it. A
+    worker that joins then still gets its open task, however many wait on the first."""
+    names = [f"obs_{index}" for index in range(8)]
+    make_inputs(workflow.directory / "inputs", 8, **SLOW_MS)
+    dask_cluster.start(workers=1, threads=1)
+    (first,) = dask_cluster.worker_addresses().values()
+    workflow.config["scheduler"] = dask_cluster.address
+    snakemake = workflow.start()
+    try:
+        assert wait_until(lambda: any(workflow.record(name) for name in names), 120, 0.05)
+        joiner = dask_cluster.start_workers(count=1)
+        _finish(snakemake, 240)
+        joined = dask_cluster.worker_address(dask_cluster.workers_of(joiner)[0])
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    output = _output(workflow)
+    assert snakemake.returncode == 0, output
+    assert f"worker(s) joined and can run DP3: {joined}" in output
+    workers = [workflow.record(name)["worker"] for name in names]
+    assert joined in workers and first in workers, output
+
+
 def test_a_scheduler_restarted_mid_batch_ends_the_batch_at_once_with_a_true_report(
     workflow, dask_cluster
 ):

@@ -802,3 +802,5 @@ def test_tasks_wait_for_a_slot_only_on_eligible_workers_that_returned_a_result()
     _join(client, "tcp://joiner:1", 1.0)  # joined since: not proven
     watch.look()
     assert watch.proven_workers() == ["tcp://b:1"]
+    assert watch.slots(watch.proven_workers()) == 1
+    assert watch.slots() == 3  # b, broken (never returned a result) and the joiner

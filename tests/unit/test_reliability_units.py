@@ -20,7 +20,12 @@ from dp3batch.books.commit import remove_leftovers
 from dp3batch.books.layout import leftover_owner, replaced_path, temporary_path
 from dp3batch.books.status import Status
 from dp3batch.config.errors import ConfigError
-from dp3batch.dask_stage.dispatch import PREFETCH_MAX_BYTES, in_flight_limit, largest_first
+from dp3batch.dask_stage.dispatch import (
+    PREFETCH_MAX_BYTES,
+    Submission,
+    largest_first,
+    next_submission,
+)
 from dp3batch.dask_stage.execution import exit_description
 from dp3batch.dask_stage.task import Task
 from dp3batch.dp3.parset import literal, parset_text
@@ -211,7 +216,7 @@ def test_largest_first_is_stable_for_equal_sizes():
     assert [task.name for task in largest_first(tasks)] == ["b", "c", "d", "a"]
 
 
-def test_small_tasks_get_one_more_in_flight_per_slot_and_large_ones_wait_for_a_free_slot():
+def test_small_tasks_wait_one_per_proven_slot_and_large_ones_wait_for_a_free_slot():
     batch = make_spec()
 
     def task(size: int) -> Task:
@@ -219,11 +224,30 @@ def test_small_tasks_get_one_more_in_flight_per_slot_and_large_ones_wait_for_a_f
             batch, PendingMS(name="a", input="/i", output="/o", band=None, reason="", size=size)
         )
 
-    assert in_flight_limit(task(800_000), slots=2) == 4
-    assert in_flight_limit(task(PREFETCH_MAX_BYTES), slots=3) == 6
-    assert in_flight_limit(task(PREFETCH_MAX_BYTES + 1), slots=2) == 2
+    small, large = task(800_000), task(PREFETCH_MAX_BYTES + 1)
+    assert next_submission(small, 1, 0, slots=2, proven_slots=2) is Submission.OPEN
+    assert next_submission(small, 2, 1, slots=2, proven_slots=2) is Submission.WAITING
+    assert next_submission(task(PREFETCH_MAX_BYTES), 3, 2, slots=3, proven_slots=3) is (
+        Submission.WAITING
+    )
+    assert next_submission(small, 2, 2, slots=2, proven_slots=2) is None
+    assert next_submission(large, 2, 0, slots=2, proven_slots=2) is None
+    assert next_submission(large, 1, 0, slots=2, proven_slots=2) is Submission.OPEN
     # Unknown size: it may be large.
-    assert in_flight_limit(task(0), slots=2) == 2
+    assert next_submission(task(0), 2, 0, slots=2, proven_slots=2) is None
+    # Nothing returned yet: no task waits anywhere.
+    assert next_submission(small, 1, 0, slots=1, proven_slots=0) is None
+
+
+def test_a_worker_that_joins_gets_an_open_task_however_many_wait_on_the_others():
+    """One proven worker with its open task and its waiting one; a second worker joins (2
+    slots): the next task is open to it, and no more wait on the first."""
+    batch = make_spec()
+    small = Task.of(
+        batch, PendingMS(name="a", input="/i", output="/o", band=None, reason="", size=1000)
+    )
+    assert next_submission(small, 1, 1, slots=2, proven_slots=1) is Submission.OPEN
+    assert next_submission(small, 2, 1, slots=2, proven_slots=1) is None
 
 
 # --- locks ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from dp3batch.books.status import Status
@@ -43,12 +44,14 @@ log = logging.getLogger("dp3batch")
 
 WAIT_SECONDS = 0.5
 HEALTH_CHECK_SECONDS = 2.0
-# Up to this size (bytes of the main table, `Task.size`), an MS's DP3 takes about a second
-# or less, and the round trip from one task's end to the next one's start on that worker
+# Up to this size (bytes of the main table, `Task.size`), an MS's DP3 takes a few seconds
+# at most, and the round trip from one task's end to the next one's start on that worker
 # (the worker tells the scheduler, which tells this loop, which submits the next MS, which
 # the scheduler sends to a worker: 18 ms a task on 2 busy cores, measured) is a share of it
-# worth saving. So one such task more per slot waits on the workers, and a worker starts it
-# the moment its slot frees (then 5 ms). The price: a waiting task may wait on the busier
+# worth saving. So one such task more per slot of the workers that have returned a result
+# waits on those workers, and a worker starts it the moment its slot frees (then 5 ms).
+# Every slot keeps one task open to any worker besides, so that a worker that joins or
+# comes back still gets work. The price: a waiting task may wait on the busier
 # worker at the end (one small MS's time at most), and dask charges it with the death of a
 # worker it waited on as if it ran there (each MS may survive `allowed-failures` deaths).
 # A larger MS waits here for a free slot, and goes to the worker that is free.
@@ -86,10 +89,25 @@ def largest_first(tasks: list[Task]) -> list[Task]:
     return sorted(tasks, key=lambda task: -task.size)
 
 
-def in_flight_limit(next_task: Task, slots: int) -> int:
-    """How many tasks may be in flight before `next_task` is submitted: one per slot, and
-    one more per slot when `next_task` is small (see PREFETCH_MAX_BYTES)."""
-    return 2 * slots if 0 < next_task.size <= PREFETCH_MAX_BYTES else slots
+class Submission(Enum):
+    """Where the next task may go."""
+
+    OPEN = "open"  # to any eligible worker, which the scheduler picks
+    WAITING = "waiting"  # to the proven workers, where it waits for a slot to free
+
+
+def next_submission(
+    next_task: Task, open_tasks: int, waiting_tasks: int, slots: int, proven_slots: int
+) -> Submission | None:
+    """Whether `next_task` may be submitted now, and how: open while fewer tasks than
+    slots are open; when small (see PREFETCH_MAX_BYTES), waiting while fewer tasks than
+    the proven workers' slots wait; else not now. Counting the two apart keeps a slot of a
+    worker that joined since from starving behind tasks waiting on the others."""
+    if open_tasks < slots:
+        return Submission.OPEN
+    if 0 < next_task.size <= PREFETCH_MAX_BYTES and waiting_tasks < proven_slots:
+        return Submission.WAITING
+    return None
 
 
 def lost_result(task: Task, reason: str, error: str = "") -> TaskResult:
@@ -119,6 +137,7 @@ def fan_out(client, dispatch: Dispatch) -> None:
         client, dispatch.batch_id, dispatch.scheduler_address, "", float("inf"), None
     )
     slots = 0
+    waiting: set[Any] = set()  # the in-flight futures submitted to wait on proven workers
     no_worker_since: float | None = None
     next_check = 0.0
     while queue or in_flight or dispatch.ready:
@@ -154,11 +173,16 @@ def fan_out(client, dispatch: Dispatch) -> None:
                     f"{worker_command(dispatch.scheduler_address)}"
                 )
         restriction = watch.restriction()
-        while queue and len(in_flight) < in_flight_limit(queue[0], slots):
-            # A task beyond the free slots waits on a worker that has run this batch's tasks.
-            workers = restriction if len(in_flight) < slots else watch.proven_workers()
-            if workers == []:
+        proven = watch.proven_workers()
+        proven_slots = watch.slots(proven)
+        waiting.intersection_update(in_flight)
+        while queue:
+            submission = next_submission(
+                queue[0], len(in_flight) - len(waiting), len(waiting), slots, proven_slots
+            )
+            if submission is None:
                 break
+            workers = restriction if submission is Submission.OPEN else proven
             task = queue.pop(0)
             future = client.submit(
                 join_chunks if task.chunks else process_measurement_set,
@@ -170,6 +194,8 @@ def fan_out(client, dispatch: Dispatch) -> None:
                 workers=workers,
             )
             in_flight[future] = task
+            if submission is Submission.WAITING:
+                waiting.add(future)
             watch.submitted(future, workers)
             future.add_done_callback(lambda _: finished.set())
         finished.wait(WAIT_SECONDS)

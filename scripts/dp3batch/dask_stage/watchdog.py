@@ -293,9 +293,14 @@ class ClusterWatch:
             and worker.address not in checking
         ]
 
-    def slots(self) -> int:
-        """The `process` slots the batch may fill (excluded workers left out)."""
-        return sum(int(worker.process_slots) for worker in self.eligible())
+    def slots(self, among: list[str] | None = None) -> int:
+        """The `process` slots the batch may fill (excluded workers left out), of the
+        workers `among` when given."""
+        return sum(
+            int(worker.process_slots)
+            for worker in self.eligible()
+            if among is None or worker.address in among
+        )
 
     def restriction(self) -> list[str] | None:
         """The workers a task may go to: None (any worker with `process`) unless some such
@@ -354,7 +359,7 @@ class ClusterWatch:
 
     def proven_workers(self) -> list[str]:
         """The eligible workers that returned a result of this batch: where a task may wait
-        for a slot (see dispatch.in_flight_limit). Not a worker that joined since, whose
+        for a slot (see dispatch.next_submission). Not a worker that joined since, whose
         check may still be under way, nor one whose DP3 cannot start: a task waiting there
         would be stolen by it (where work stealing is on) or fail there."""
         return sorted(worker.address for worker in self.eligible() if worker.address in self.proven)
