@@ -317,6 +317,16 @@ def _join(client: FakeClient, address: str, last_seen: float, slots: int = 1) ->
     }
 
 
+def _watching(*addresses: str) -> tuple[FakeClient, ClusterWatch]:
+    """A watch of batch B1 that has seen `addresses` join (one slot each)."""
+    client = FakeClient()
+    for address in addresses:
+        _join(client, address, 1.0)
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    watch.look()
+    return client, watch
+
+
 def _task(name: str):
     return SimpleNamespace(name=name)
 
@@ -490,11 +500,7 @@ def test_a_restarted_scheduler_or_a_broken_connection_is_a_lost_scheduler():
 
 
 def test_a_worker_whose_dp3_keeps_failing_to_start_gets_no_more_work():
-    client = FakeClient()
-    for address in ("tcp://broken:1", "tcp://good:1", "tcp://good:2"):
-        _join(client, address, 1.0)
-    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
-    watch.look()
+    client, watch = _watching("tcp://broken:1", "tcp://good:1", "tcp://good:2")
     fault = WorkerCannotRun("tcp://broken:1", "DP3 could not start (exit 127): libx.so")
     assert watch.cannot_run(fault, _task("obs_0")) is True  # to another worker
     assert "tcp://broken:1" not in watch.excluded  # once may be a fluke
@@ -505,10 +511,7 @@ def test_a_worker_whose_dp3_keeps_failing_to_start_gets_no_more_work():
 
 
 def test_a_worker_whose_dp3_started_again_is_not_counted_against():
-    client = FakeClient()
-    _join(client, "tcp://w:1", 1.0)
-    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
-    watch.look()
+    client, watch = _watching("tcp://w:1")
     fault = WorkerCannotRun("tcp://w:1", "DP3 could not start (exit 127): NFS hiccup")
     watch.cannot_run(fault, _task("obs_0"))
     watch.ran(
@@ -529,10 +532,7 @@ def test_an_ms_whose_dp3_fails_to_start_everywhere_fails_after_three_workers():
 
 
 def test_a_task_whose_allowed_workers_all_left_is_stranded():
-    client = FakeClient()
-    _join(client, "tcp://a:1", 1.0)
-    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
-    watch.look()
+    client, watch = _watching("tcp://a:1")
     future = Future("k")
     watch.submitted(future, ["tcp://a:1"])
     assert watch.stranded({future: _task("x")}) == []
@@ -781,11 +781,7 @@ def test_the_failure_report_names_excluded_workers_and_what_ended_the_batch():
 
 
 def test_tasks_wait_for_a_slot_only_on_eligible_workers_that_returned_a_result():
-    client = FakeClient()
-    for address in ("tcp://a:1", "tcp://b:1", "tcp://broken:1"):
-        _join(client, address, 1.0)
-    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
-    watch.look()
+    client, watch = _watching("tcp://a:1", "tcp://b:1", "tcp://broken:1")
     assert watch.proven_workers() == []  # nothing returned yet: no task waits anywhere
     watch.ran(
         TaskResult(
