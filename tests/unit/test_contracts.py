@@ -22,7 +22,7 @@ from dp3batch.books.records import CompletionRecord, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_from_json, results_to_json
 from dp3batch.dask_stage.central_job import failure_report, main, task_for
-from dp3batch.dp3.parameters import DP3Parameters
+from dp3batch.dp3.parameters import DP3Parameters, DP3Step
 from dp3batch.report.summary import iter_rows
 
 # --- round trips --------------------------------------------------------------------------
@@ -37,6 +37,35 @@ def test_a_completion_record_round_trips():
 def test_a_batch_specification_round_trips_through_json():
     spec = make_spec(scheduler="localhost:8786", worker_wait_seconds=2.5)
     assert BatchSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+def test_equal_parameters_of_pending_mss_are_one_object_once_parsed():
+    def pending(name: str, strategy: str, fingerprint: str) -> PendingMS:
+        parameters = DP3Parameters({}, {}, (DP3Step("flag", "aoflagger", {"strategy": strategy}),))
+        return PendingMS(
+            name=name,
+            input=f"/i/{name}.ms",
+            output=f"/o/{name}.ms",
+            band=None,
+            reason="missing",
+            size=1,
+            parameters=parameters,
+            parameters_fingerprint=fingerprint,
+        )
+
+    spec = make_spec(
+        measurement_sets=(
+            pending("a", "lofar.lua", "f1"),
+            pending("b", "lofar.lua", "f1"),
+            pending("c", "mwa.lua", "f2"),
+            pending("d", "lofar.lua", "f1"),
+        )
+    )
+    parsed = BatchSpec.from_json(json.loads(json.dumps(spec.to_json())))
+    assert parsed == spec
+    a, b, c, d = (ms.parameters for ms in parsed.measurement_sets)
+    assert a is b is d
+    assert c is not a and c == spec.measurement_sets[2].parameters
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,15 @@
 """The batch specification: everything the central job needs, made by the rule layer
 (`planning.batch_specification`) and handed to `batch.main`.
 
-It travels through Snakemake's `params:` (which pickles it) as plain JSON from
-`BatchSpec.to_json()`, and is parsed once, by `BatchSpec.from_json()`, when the central job
-starts. The JSON keeps the keys it has always had.
+It travels as a JSON file from `BatchSpec.to_json()` (the run's `batch-specification.json`,
+an input of the central rule), and is parsed once, by `BatchSpec.from_json()`, when the
+central job starts. The JSON keeps the keys it has always had.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,24 @@ class BatchSpec:
 
     @classmethod
     def from_json(cls, data: object, what: str = "batch specification") -> BatchSpec:
-        return from_json(cls, data, what)
+        return share_parameters(from_json(cls, data, what))
+
+
+def share_parameters(batch: BatchSpec) -> BatchSpec:
+    """The batch with one object for the equal parameters of its pending MSs. Each MS of an
+    AOFlagger chain carries its telescope's (see ms_parameters), about 1 KB decoded: a
+    batch of 10,000 MSs held 10,000 equal copies for its whole run."""
+    shared: dict[str, DP3Parameters] = {}
+
+    def sharing(ms: PendingMS) -> PendingMS:
+        if ms.parameters is None or ms.parameters_fingerprint is None:
+            return ms
+        kept = shared.setdefault(ms.parameters_fingerprint, ms.parameters)
+        if kept is ms.parameters or kept != ms.parameters:
+            return ms
+        return replace(ms, parameters=kept)
+
+    return replace(batch, measurement_sets=tuple(sharing(ms) for ms in batch.measurement_sets))
 
 
 def parallel_tasks(batch: BatchSpec) -> int:
