@@ -2,8 +2,8 @@
 
     process_batch.py BATCH_SPECIFICATION_JSON BATCH_MARKER LOG_FILE
 
-The workflow's central rule runs it (a shell command, not Snakemake's `script:`, whose
-preamble costs Snakemake 0.3 s of imports in every run).
+The workflow's central rule runs it as a shell command (see
+dp3batch.rule_layer.central_job_shell).
 """
 
 import json

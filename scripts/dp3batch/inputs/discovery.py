@@ -67,7 +67,6 @@ def check_readable(path: Path, data_column: str = "DATA") -> None:
 
     `data_column` is the column DP3 is told to read (`msin.datacolumn`). The caller checks
     first that no other process holds the MS locked (casacore would wait)."""
-
     try:
         with read_table(str(path)) as table:
             table.nrows()

@@ -69,7 +69,6 @@ def held_open(path: str | Path, subtables: Iterable[str] = ()) -> Iterator[None]
     0.06 ms instead of 0.3-0.6 ms; a task opens its input and its output 18 times). Best
     effort: a table that cannot be opened here is opened by the reads as before, with their
     own messages."""
-
     held = []
     try:
         with contextlib.suppress(RuntimeError, OSError):
@@ -250,6 +249,5 @@ def read_station_names(path: str | Path) -> list[str]:
 
 
 def row_count(path: str | Path) -> int:
-
     with read_table(str(path)) as table:
         return table.nrows()

@@ -94,7 +94,6 @@ def count_input_flags(
 ) -> InputFlags:
     """The flags of an MS (of one band's rows, `DATA_DESC_ID`), per antenna and per channel,
     over channels `startchan` to `startchan + nchan` (0: to the end), read in blocks of rows."""
-
     with read_table(os.path.join(path, "ANTENNA")) as antennas:
         n_antennas = antennas.nrows()
     antenna_flagged = np.zeros(n_antennas, dtype=np.int64)
@@ -154,7 +153,6 @@ def _percent(flagged: np.ndarray, total: np.ndarray) -> np.ndarray:
 
 def _read_output(path: Path) -> dict[str, Any]:
     """The output's flags as counts over time x baseline x frequency, and its coordinates."""
-
     with read_table(str(path / "ANTENNA")) as antennas:
         names = [str(name) for name in antennas.getcol("NAME")]
         positions = antennas.getcol("POSITION")

@@ -296,8 +296,7 @@ class Run:
             tasks = task_list(specification) if specification else []
             files.task_list.write_text(json.dumps({"batch": self.batch, "tasks": tasks}, indent=2))
             if specification:
-                # For the central job (a file, not Snakemake's `params:`: a script's params
-                # cost Snakemake 0.3 s of imports of pandas and numpy in every run).
+                # For the central job: a file, not `params:` (see central_job_shell).
                 files.batch_specification.write_text(json.dumps(specification.to_json()))
         except OSError as error:
             _exit(
