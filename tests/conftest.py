@@ -21,6 +21,7 @@ from dp3batch.testing.harness import (  # noqa: F401  (re-exported for the test 
     free_port,
     make_inputs,
     make_ms,
+    output_dir_released,
     port_open,
     run_python,
     wait_for_dask_workers,

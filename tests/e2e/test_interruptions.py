@@ -10,7 +10,7 @@ import signal
 import time
 
 import pytest
-from conftest import dp3_processes, make_inputs, wait_until
+from conftest import dp3_processes, make_inputs, output_dir_released, wait_until
 
 SLOW_MS = {"n_antennas": 16, "n_times": 100, "n_channels": 64}
 COUNT = 4
@@ -38,6 +38,11 @@ def _interrupt_mid_batch(workflow, interrupt, *flags: str) -> dict[str, bytes]:
         interrupt(snakemake)
         assert wait_until(lambda: not dp3_processes(marker), timeout=15), "DP3 still running"
         wait_until(lambda: snakemake.poll() is not None, timeout=30)
+        # No DP3 may mean two slots between DP3 runs, with an MS being committed: what is
+        # finished is known once the central job has ended (after `kill -9` of Snakemake
+        # alone, it notices within a second), and no DP3 outlives it.
+        assert wait_until(lambda: output_dir_released(workflow.output_dir), timeout=30)
+        assert wait_until(lambda: not dp3_processes(marker), timeout=15), "DP3 outlived its run"
     finally:
         if snakemake.poll() is None:
             os.killpg(snakemake.pid, signal.SIGKILL)
@@ -56,7 +61,10 @@ def _interrupt_mid_batch(workflow, interrupt, *flags: str) -> dict[str, bytes]:
 def _rerun_completes_only_the_rest(workflow, finished: dict[str, bytes]) -> None:
     rerun = workflow.run()
     assert rerun.returncode == 0, rerun.output
-    assert f"{COUNT - len(finished)} of {COUNT} MS(s) to process" in rerun.output
+    plan = "\n".join(line for line in rerun.output.splitlines() if "obs_" in line or " of " in line)
+    assert f"{COUNT - len(finished)} of {COUNT} MS(s) to process" in rerun.output, (
+        f"finished when interrupted: {sorted(finished)}; the rerun's plan:\n{plan}"
+    )
     after = _records(workflow)
     assert sorted(after) == NAMES
     assert {name: after[name] for name in finished} == finished

@@ -7,6 +7,7 @@ Importable without pytest, so the benchmarks measure the workflow exactly as the
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import psutil
 import yaml
+
+from dp3batch.books.layout import OutputLayout
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -128,6 +131,22 @@ def dp3_processes(marker: str) -> list[psutil.Process]:
         if "DP3" in cmdline and marker in cmdline and "snakemake" not in cmdline:
             found.append(process)
     return found
+
+
+def output_dir_released(output_dir: Path) -> bool:
+    """Whether no run holds the output directory's lock: the central job of the last run
+    has ended (a Snakemake killed alone leaves it to notice, stop and exit on its own)."""
+    try:
+        handle = open(OutputLayout(output_dir).lock, "rb")
+    except FileNotFoundError:
+        return True
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return True
 
 
 def wait_until(condition, timeout: float, interval: float = 0.1):
