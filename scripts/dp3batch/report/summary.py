@@ -16,6 +16,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from json.decoder import scanstring
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -527,11 +528,7 @@ def _mark_up_to_date(json_path: Path, tsv_path: Path) -> bool:
             target.write(f"{_BATCH_LINE}null,\n{_COUNTS_LINE}{json.dumps(new_counts)},\n")
             target.write(_ENTRIES_LINE)
             for _ in range(total):
-                entry, comma = _entry_line(source.readline())
-                if entry["status"] not in (done, up_to_date):
-                    return False
-                entry["status"] = up_to_date
-                target.write(f"{json.dumps(entry)}{comma}\n")
+                target.write(_marked_up_to_date(source.readline()))
             if source.readline() != "],\n":  # not as many MSs as counted
                 return False
             target.write("],\n")
@@ -554,6 +551,26 @@ def _mark_up_to_date(json_path: Path, tsv_path: Path) -> bool:
             with contextlib.suppress(OSError):
                 temporary.unlink()
     return True
+
+
+_NAME_START = '{"name": "'
+_COMPLETE_STATUSES = tuple(
+    f', "status": {json.dumps(status.value)}, ' for status in (Status.DONE, Status.UP_TO_DATE)
+)
+_UP_TO_DATE_STATUS = _COMPLETE_STATUSES[1]
+
+
+def _marked_up_to_date(line: str) -> str:
+    """One complete MS's entry line (as `write_summary` writes it: the name, then the
+    status) with its status up to date; ValueError for any other line. Only the name is
+    read: parsing and writing again each of 10,000 entries took 0.8 s of a no-op rerun."""
+    if not line.startswith(_NAME_START) or not line.endswith(("},\n", "}\n")):
+        raise ValueError("not an entry line")
+    _, end = scanstring(line, len(_NAME_START))  # the name's closing quote, escapes read
+    for status in _COMPLETE_STATUSES:
+        if line.startswith(status, end):
+            return f"{line[:end]}{_UP_TO_DATE_STATUS}{line[end + len(status) :]}"
+    raise ValueError("not a complete MS's entry")
 
 
 class Summary:
