@@ -41,7 +41,7 @@ def _interrupt_mid_batch(workflow, interrupt, *flags: str) -> dict[str, bytes]:
         # No DP3 may mean two slots between DP3 runs, with an MS being committed: what is
         # finished is known once the central job has ended (after `kill -9` of Snakemake
         # alone, it notices within a second), and no DP3 outlives it.
-        assert wait_until(lambda: output_dir_released(workflow.output_dir), timeout=30)
+        assert output_dir_released(workflow.output_dir, timeout=30), "the run did not end"
         assert wait_until(lambda: not dp3_processes(marker), timeout=15), "DP3 outlived its run"
     finally:
         if snakemake.poll() is None:

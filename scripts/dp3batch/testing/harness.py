@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from dp3batch.books.commit import LockTimeout, flock_with_deadline
 from dp3batch.books.layout import OutputLayout
 
 REPO = Path(__file__).resolve().parents[3]
@@ -133,17 +134,18 @@ def dp3_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
-def output_dir_released(output_dir: Path) -> bool:
-    """Whether no run holds the output directory's lock: the central job of the last run
-    has ended (a Snakemake killed alone leaves it to notice, stop and exit on its own)."""
+def output_dir_released(output_dir: Path, timeout: float) -> bool:
+    """Whether no run holds the output directory's lock within `timeout` seconds: the
+    central job of the last run has ended (a Snakemake killed alone leaves it to notice,
+    stop and exit on its own)."""
     try:
         handle = open(OutputLayout(output_dir).lock, "rb")
     except FileNotFoundError:
         return True
     with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            flock_with_deadline(handle, fcntl.LOCK_EX, timeout)
+        except LockTimeout:
             return False
         fcntl.flock(handle, fcntl.LOCK_UN)
     return True
