@@ -4,6 +4,7 @@ type with a message naming it."""
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -16,12 +17,17 @@ from contract_examples import (
     written_record,
     written_spec,
 )
-from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS
-from dp3batch.books.codec import ContractError
+from dp3batch.books.batch_spec import BatchSpec, MSPaths, PendingMS, task_entries
+from dp3batch.books.codec import ContractError, write_contract, write_json_object
 from dp3batch.books.records import CompletionRecord, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult, results_from_json, results_to_json
-from dp3batch.dask_stage.central_job import failure_report, main, task_for
+from dp3batch.dask_stage.central_job import (
+    failure_report,
+    main,
+    task_for,
+    write_batch_result,
+)
 from dp3batch.dp3.parameters import DP3Parameters, DP3Step
 from dp3batch.report.summary import iter_rows
 
@@ -101,6 +107,67 @@ def test_a_task_result_round_trips(index):
     assert TaskResult.from_json(json.loads(json.dumps(result.to_json()))) == result
 
 
+@pytest.mark.parametrize("pending", [0, 1, 3], ids=["no-pending", "one", "three"])
+def test_a_specification_written_as_it_is_made_is_the_json_of_to_json(pending):
+    """The central job's input, written a field and an MS at a time: the same JSON value as
+    `to_json`, hostile names included, and it parses back to the same specification."""
+    names = ["a b", 'q"uote', "nön-ascii ✓"][:pending]
+    spec = make_spec(
+        measurement_sets=tuple(
+            PendingMS(
+                name=name,
+                input=f"/i/{name}.ms",
+                output=f"/o/{name}.ms",
+                band=None,
+                reason="missing",
+                size=index,
+            )
+            for index, name in enumerate(names)
+        ),
+        all_measurement_sets=tuple(
+            MSPaths(name, f"/i/{name}.ms", f"/o/{name}.ms") for name in names
+        ),
+    )
+    handle = io.StringIO()
+    write_contract(handle, spec)
+    written = handle.getvalue()
+    assert json.loads(written) == spec.to_json()
+    assert list(json.loads(written)) == list(spec.to_json())
+    assert BatchSpec.from_json(json.loads(written)) == spec
+    assert written.count("\n") >= 2 * pending  # an MS per line, in both lists
+
+
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_a_task_list_written_as_its_entries_are_made_reads_back_whole(count):
+    spec = make_spec(
+        measurement_sets=tuple(
+            PendingMS(
+                name=f"ms {index}",
+                input=f"/i/ms {index}.ms",
+                output=f"/o/ms {index}.ms",
+                band=None,
+                reason="missing",
+                size=1,
+            )
+            for index in range(count)
+        )
+    )
+    handle = io.StringIO()
+    write_json_object(handle, (("batch", "b1"), ("tasks", task_entries(spec))))
+    written = json.loads(handle.getvalue())
+    assert written == {"batch": "b1", "tasks": list(task_entries(spec))}
+    assert [task["name"] for task in written["tasks"]] == [f"ms {i}" for i in range(count)]
+
+
+def test_a_marker_written_as_results_come_is_the_list_of_their_json(tmp_path):
+    results = results_from_json(written_marker(), "marker")
+    marker = tmp_path / "batch.json"
+    write_batch_result(marker, results)
+    assert json.loads(marker.read_text()) == written_marker()
+    write_batch_result(marker, [])
+    assert json.loads(marker.read_text()) == []
+
+
 # --- what the workflow wrote reads back unchanged -----------------------------------------
 
 
@@ -120,7 +187,7 @@ def test_the_written_marker_reads_back_to_the_same_json_with_each_result_s_keys(
         Status.FAILED,
         Status.NOT_PROCESSED,
     ]
-    assert results_to_json(results) == written_marker()
+    assert list(results_to_json(results)) == written_marker()
     assert [list(entry) for entry in results_to_json(results)] == [
         list(entry) for entry in written_marker()
     ]
@@ -316,4 +383,4 @@ def test_a_done_result_kept_by_the_batch_names_its_report_files_and_nothing_heav
     assert replace(kept, flag_statistics=None) == replace(
         whole, flag_statistics=None, flags_by_step=None, stations=None
     )
-    assert results_from_json(results_to_json([kept]), "marker") == [kept]
+    assert results_from_json(list(results_to_json([kept])), "marker") == [kept]

@@ -8,7 +8,7 @@ central job starts. The JSON keeps the keys it has always had.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -151,12 +151,11 @@ def parallel_tasks(batch: BatchSpec) -> int:
     )
 
 
-def task_list(batch: BatchSpec) -> list[dict[str, Any]]:
-    """One entry per DP3 task of the batch (a run's `task-list.json`): what it reads (the
-    input, its window and, for a frequency chunk, its channels), what it writes, its log and
-    parset, why it runs, and the DP3 parameters that define its result. A chunked MS has one
-    entry per chunk to run, then its join (which reads the chunk outputs)."""
-    tasks = []
+def task_entries(batch: BatchSpec) -> Iterator[dict[str, Any]]:
+    """One entry per DP3 task of the batch (a run's `task-list.json`), made as it is written:
+    what it reads (the input, its window and, for a frequency chunk, its channels), what it
+    writes, its log and parset, why it runs, and the DP3 parameters that define its result. A
+    chunked MS has one entry per chunk to run, then its join (which reads the chunk outputs)."""
     for ms in batch.measurement_sets:
         parameters = (ms.parameters or batch.parameters).with_band(ms.band)
         entry = {
@@ -170,34 +169,29 @@ def task_list(batch: BatchSpec) -> list[dict[str, Any]]:
             "dp3_parameters": dict(parameters.pairs()),
         }
         if not ms.chunks:
-            tasks.append(entry)
+            yield entry
             continue
         for chunk in ms.chunks:
             if chunk.reason is None:
                 continue  # done and up to date: kept for the join
             own = chunk_parameters(parameters, chunk.startchan, chunk.nchan)
-            tasks.append(
-                {
-                    **entry,
-                    "name": chunk.name,
-                    "chunk": f"{chunk.index}/{chunk.count}",
-                    "startchan": chunk.startchan,
-                    "nchan": chunk.nchan,
-                    "low_hz": chunk.low_hz,
-                    "high_hz": chunk.high_hz,
-                    "output": chunk.output,
-                    "log": chunk.log,
-                    "parset": str(Path(chunk.output) / PARSET_NAME),
-                    "reason": chunk.reason,
-                    "dp3_parameters": dict(own.pairs()),
-                }
-            )
-        tasks.append(
-            {
+            yield {
                 **entry,
-                "name": f"{ms.name} join",
-                "joins": [chunk.output for chunk in ms.chunks],
-                "dp3_parameters": {"msin": [chunk.output for chunk in ms.chunks], "steps": "[]"},
+                "name": chunk.name,
+                "chunk": f"{chunk.index}/{chunk.count}",
+                "startchan": chunk.startchan,
+                "nchan": chunk.nchan,
+                "low_hz": chunk.low_hz,
+                "high_hz": chunk.high_hz,
+                "output": chunk.output,
+                "log": chunk.log,
+                "parset": str(Path(chunk.output) / PARSET_NAME),
+                "reason": chunk.reason,
+                "dp3_parameters": dict(own.pairs()),
             }
-        )
-    return tasks
+        yield {
+            **entry,
+            "name": f"{ms.name} join",
+            "joins": [chunk.output for chunk in ms.chunks],
+            "dp3_parameters": {"msin": [chunk.output for chunk in ms.chunks], "steps": "[]"},
+        }

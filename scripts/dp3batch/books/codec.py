@@ -21,8 +21,8 @@ import functools
 import json
 import types
 import typing
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TextIO, TypeVar
 
 from dp3batch.dp3.parameters import DP3Parameters
 
@@ -165,17 +165,62 @@ Contract = TypeVar("Contract")
 
 def to_json(contract: Any) -> dict[str, Any]:
     """A contract's JSON: `format` first if it has one, then its fields in their order."""
+    return {key: _encoded(value) for key, value in _json_fields(contract)}
+
+
+def _json_fields(contract: Any) -> Iterator[tuple[str, Any]]:
+    """(key, value) of each field the contract's JSON holds, in its order, not yet encoded."""
     cls = type(contract)
-    data: dict[str, Any] = {}
     if getattr(cls, "JSON_FORMAT", None) is not None:
-        data["format"] = cls.JSON_FORMAT
+        yield "format", cls.JSON_FORMAT
     omits_none = getattr(cls, "JSON_OMITS_NONE", False)
     for item in dataclasses.fields(contract):
         value = getattr(contract, item.name)
         if value is None and (omits_none or item.metadata.get("omit_none")):
             continue
-        data[item.name] = _encoded(value)
-    return data
+        yield item.name, value
+
+
+def write_contract(handle: TextIO, contract: Any) -> None:
+    """The contract's JSON (equal to `to_json`'s) written a field at a time, each list of
+    contracts an entry at a time (see write_json_object)."""
+    write_json_object(
+        handle,
+        (
+            (key, (_encoded(item) for item in value) if _contracts(value) else _encoded(value))
+            for key, value in _json_fields(contract)
+        ),
+    )
+
+
+def _contracts(value: Any) -> bool:
+    return isinstance(value, tuple | list) and bool(value) and dataclasses.is_dataclass(value[0])
+
+
+def write_json_object(handle: TextIO, fields: Iterable[tuple[str, Any]]) -> None:
+    """A JSON object written a field at a time; a field whose value is an iterator is a list
+    written an entry per line as the iterator gives them. A batch of 10,000 MSs then never
+    holds its whole JSON: its task list, dumped whole and indented, raised Snakemake's peak
+    memory by 46 MB."""
+    handle.write("{")
+    separator = "\n"
+    for key, value in fields:
+        handle.write(f"{separator}{json.dumps(key)}: ")
+        separator = ",\n"
+        if isinstance(value, Iterator):
+            write_json_list(handle, value)
+        else:
+            handle.write(json.dumps(value))
+    handle.write("\n}\n")
+
+
+def write_json_list(handle: TextIO, entries: Iterable[Any]) -> None:
+    """A JSON list, one entry per line (see json_lines), written as `entries` come."""
+    separator = "[\n"
+    for entry in entries:
+        handle.write(separator + json.dumps(entry))
+        separator = ",\n"
+    handle.write("[]" if separator == "[\n" else "\n]")
 
 
 def _encoded(value: Any) -> Any:

@@ -6,7 +6,7 @@ read back from it (`rules/common.smk`) with `from_json()`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -95,9 +95,9 @@ class TaskResult:
         return from_json(cls, data, what)
 
 
-def results_to_json(results: list[TaskResult]) -> list[dict[str, Any]]:
-    """The batch marker's content: one result per MS."""
-    return [result.to_json() for result in results]
+def results_to_json(results: Iterable[TaskResult]) -> Iterator[dict[str, Any]]:
+    """The batch marker's content: one result per MS, encoded as it is written."""
+    return (result.to_json() for result in results)
 
 
 def results_from_json(data: object, what: str) -> list[TaskResult]:

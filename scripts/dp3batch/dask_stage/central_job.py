@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from dp3batch.books.batch_spec import BatchSpec, PendingMS
 from dp3batch.books.chunks import chunk_directory
-from dp3batch.books.codec import ContractError, json_lines
+from dp3batch.books.codec import ContractError, write_json_list
 from dp3batch.books.commit import LockTimeout, remove_leftovers, stop_commits
 from dp3batch.books.forced import ForcedItem, is_forced, read_forced_note, write_forced_note
 from dp3batch.books.layout import OutputLayout, RunFiles, leftover_owner, ms_log_file
@@ -475,7 +475,9 @@ def write_batch_result(path: Path, results: list[TaskResult]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     try:
-        temporary.write_text(json_lines(results_to_json(results)) + "\n")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            write_json_list(handle, results_to_json(results))
+            handle.write("\n")
         temporary.replace(path)
     except OSError:  # a full disk: no half-written copy is left to take space
         temporary.unlink(missing_ok=True)

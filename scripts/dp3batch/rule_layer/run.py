@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 
 import yaml
 
-from dp3batch.books.batch_spec import BatchSpec, task_list
+from dp3batch.books.batch_spec import BatchSpec, task_entries
+from dp3batch.books.codec import write_contract, write_json_object
 from dp3batch.books.layout import (
     RECORD_NAME,
     OutputLayout,
@@ -293,11 +294,14 @@ class Run:
                 + yaml.safe_dump(self.config, sort_keys=False, allow_unicode=True)
             )
             specification = self._specification(self.batch, files) if self.batch else None
-            tasks = task_list(specification) if specification else []
-            files.task_list.write_text(json.dumps({"batch": self.batch, "tasks": tasks}, indent=2))
+            # Both written as they are made: at 10,000 MSs their whole JSON weighs tens of MB.
+            with open(files.task_list, "w", encoding="utf-8") as handle:
+                tasks = task_entries(specification) if specification else iter(())
+                write_json_object(handle, (("batch", self.batch), ("tasks", tasks)))
             if specification:
                 # For the central job: a file, not `params:` (see central_job_shell).
-                files.batch_specification.write_text(json.dumps(specification.to_json()))
+                with open(files.batch_specification, "w", encoding="utf-8") as handle:
+                    write_contract(handle, specification)
         except OSError as error:
             _exit(
                 f"Error: cannot write this run's files in {parent}: "
