@@ -1,4 +1,5 @@
-"""The benchmark's reading of DP3's own timer (benchmarks/benchmark.py)."""
+"""The benchmark's readings of a run (benchmarks/benchmark.py): DP3's own timer, and whether
+dask's performance report was rendered."""
 
 from __future__ import annotations
 
@@ -32,3 +33,14 @@ def test_the_mean_over_a_runs_ms_logs(tmp_path):
     (tmp_path / "obs_01.log").write_text(DP3_TAIL.replace("5.53 real", "5.73 real"))
     (tmp_path / "failed.txt").write_text("not a log of an MS")
     assert benchmark.mean_dp3_timer_seconds(tmp_path) == 5.63
+
+
+def test_a_dask_report_counts_as_rendered_unless_it_is_the_page_standing_for_none(tmp_path):
+    from dp3batch.dask_stage.dask_report import write_no_report
+
+    assert not benchmark.dask_report_rendered(tmp_path)  # no batch yet
+    report = tmp_path / "report" / "20261205T000000-abc" / "dask-report.html"
+    write_no_report(report, "its DP3 tasks took 35 s, less than dask_report_min_seconds")
+    assert not benchmark.dask_report_rendered(tmp_path)
+    report.write_text("<!DOCTYPE html>\n<html><head><title>Dask Performance Report</title>")
+    assert benchmark.dask_report_rendered(tmp_path)
