@@ -56,6 +56,18 @@ def test_a_record_rewritten_by_the_workflow_is_read_again(kept):
     assert store.check(output).dp3_version == "6.7.0"
 
 
+def test_a_kept_check_asked_again_is_built_once_and_not_trusted_once_its_record_changes(kept):
+    """Planning asks for an output's check up to three times in its pass: the second answer
+    is the first, while the record's file is the same."""
+    output, _, _, store = kept
+    first = store.check(output)
+    assert store.check(output) is first
+    write_record(output, make_record(dp3_version="6.7.0"))
+    assert store.check(output).dp3_version == "6.7.0"
+    (output / RECORD_NAME).unlink()
+    assert store.check(output) is None
+
+
 def test_a_record_edited_in_place_with_its_size_and_time_set_back_is_read_again(kept):
     output, _, _, store = kept
     path = output / RECORD_NAME

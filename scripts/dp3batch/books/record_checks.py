@@ -68,6 +68,9 @@ class KeptChecks:
         self._entries = entries or {}
         self._file_lists = file_lists or []
         self._checked_file_lists: dict[int, tuple[str, ...]] = {}
+        # Each check as built from its entry: planning asks for an output's check up to
+        # three times in its pass (windows, telescope, pending reason).
+        self._built: dict[str, tuple[Identity, RecordCheck]] = {}
         # The records' digest (summary.records_digest) the file was written with.
         self.digest = digest
 
@@ -87,15 +90,20 @@ class KeptChecks:
 
     def check(self, record_path: str, identity: Identity) -> RecordCheck | None:
         """The check kept for this record file, if it was kept for this very identity."""
+        built = self._built.get(record_path)
+        if built is not None and built[0] == identity:
+            return built[1]
         entry = self._entries.get(record_path)
         if entry is None:
             return None
         try:
             if tuple(entry[:5]) != identity:
                 return None
-            return self._check_from_entry(entry[5:])
+            check = self._check_from_entry(entry[5:])
         except (TypeError, ValueError, IndexError):  # not an entry this version wrote
             return None
+        self._built[record_path] = (identity, check)
+        return check
 
     def _check_from_entry(self, entry: list[Any]) -> RecordCheck:
         (

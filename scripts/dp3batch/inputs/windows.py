@@ -118,7 +118,9 @@ def _description_unchanged(record: RecordCheck, input_path: Path, fingerprint: A
         prefix = f"{DESCRIPTION_TABLE}/"
         files = [name[len(prefix) :] for name in record.input_files if name.startswith(prefix)]
     known = fingerprint if isinstance(fingerprint, str) else None
-    return tree_unchanged(Path(input_path) / DESCRIPTION_TABLE, known, files, input_fingerprint)
+    # Joined as text: planning does this for every MS of a rerun.
+    description = os.path.join(input_path, DESCRIPTION_TABLE)
+    return tree_unchanged(description, known, files, input_fingerprint)
 
 
 _WINDOW_OUTPUT = re.compile(rf"^(?P<name>.+){WINDOW_SUFFIX}[0-9]+\.ms$")

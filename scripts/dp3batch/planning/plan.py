@@ -429,9 +429,9 @@ def _telescope(item: WorkItem, store: RecordStore) -> str:
 
     The completion record names the telescope of the input it was made from; if the input
     changed since, the MS is pending anyway (and its telescope is read then)."""
-    if not item.output.exists():
-        return ""  # missing: pending whatever its parameters
     check = store.check(item.output)
+    if check is None and not item.output.exists():
+        return ""  # missing: pending whatever its parameters
     if check is not None and check.telescope is not None:
         return check.telescope
     return read_telescope_name(item.input)
