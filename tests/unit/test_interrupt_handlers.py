@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from dp3batch.dask_stage import interrupts
 from dp3batch.testing.harness import wait_until
 
@@ -57,3 +58,61 @@ def test_a_repeated_signal_in_snakemake_stops_the_batch_and_calls_snakemake_once
         if batch.poll() is None:
             batch.kill()
             batch.wait()
+
+
+def test_a_signal_that_lands_in_a_finaliser_still_stops_the_batch_without_a_traceback(
+    monkeypatch,
+):
+    """Python drops an exception raised in a `__del__` (a dask future's, released as the
+    fan-out lets it go) and hands it to `sys.unraisablehook`, which prints its traceback: the
+    stop is kept all the same, and the hook hears of it no more. Any other exception dropped
+    meanwhile still reaches the hook."""
+    heard: list = []
+    monkeypatch.setattr(sys, "unraisablehook", heard.append)
+
+    class Interrupting:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    class Failing:
+        def __del__(self):
+            raise ValueError("a bug elsewhere")
+
+    with interrupts.interruptible() as stop_request:
+        Interrupting()  # let go at once: the handler's Interrupted is raised in its __del__
+        assert stop_request.cause == "SIGINT"
+        assert heard == []
+        Failing()
+        assert [type(dropped.exc_value) for dropped in heard] == [ValueError]
+    assert sys.unraisablehook == heard.append  # given back as it was
+
+
+def test_the_first_cause_of_a_stop_is_kept():
+    stop_request = interrupts.StopRequest()
+    assert stop_request.cause is None
+    stop_request.request("SIGTERM")
+    stop_request.request("Snakemake has gone")
+    assert stop_request.cause == "SIGTERM"
+
+
+def test_the_fan_out_stops_at_its_next_turn_for_a_stop_whose_exception_was_dropped():
+    from contract_examples import make_spec
+    from dp3batch.dask_stage.central_job import task_for
+    from dp3batch.dask_stage.dispatch import Dispatch, fan_out
+
+    spec = make_spec()
+    stop_request = interrupts.StopRequest()
+    stop_request.request("SIGINT")
+    results: list = []
+    dispatch = Dispatch(
+        tasks=[task_for(spec, spec.measurement_sets[0])],
+        batch_id=spec.batch_id,
+        scheduler_address="tcp://192.0.2.1:8786",
+        worker_grace=1.0,
+        on_result=results.append,
+        stop=stop_request,
+        watch=object(),  # not asked: the stop comes first
+    )
+    with pytest.raises(interrupts.Interrupted, match="SIGINT"):
+        fan_out(None, dispatch)
+    assert results == [] and dispatch.in_flight == {}

@@ -40,7 +40,12 @@ from dp3batch.dask_stage.dispatch import (
     lost_result,
     stop_running,
 )
-from dp3batch.dask_stage.interrupts import Interrupted, ignore_interrupts, interruptible
+from dp3batch.dask_stage.interrupts import (
+    Interrupted,
+    StopRequest,
+    ignore_interrupts,
+    interruptible,
+)
 from dp3batch.dask_stage.lock import BatchError, output_dir_lock
 from dp3batch.dask_stage.preflight import PROBE_PREFIX, preflight
 from dp3batch.dask_stage.task import Task
@@ -226,7 +231,7 @@ class BatchRun:
     def run(self) -> None:
         batch, layout = self.batch, self.layout
         Path(batch.log_dir).mkdir(parents=True, exist_ok=True)
-        with output_dir_lock(layout.output_dir), interruptible() as orphaned:
+        with output_dir_lock(layout.output_dir), interruptible() as stop_request:
             # Shared files are touched only while the lock is held.
             layout.failures.unlink(missing_ok=True)
             for leftover in remove_leftovers(layout.output_dir, _known_outputs(batch)):
@@ -243,11 +248,11 @@ class BatchRun:
             self._note_forced(pending)
             try:
                 if pending:
-                    self._run_tasks(pending, orphaned)
+                    self._run_tasks(pending, stop_request)
             finally:
                 self._note_forced([])
 
-    def _run_tasks(self, pending: list[PendingMS], orphaned) -> None:
+    def _run_tasks(self, pending: list[PendingMS], stop_request: StopRequest) -> None:
         batch = self.batch
         guard = self.layout.batch_guard(batch.batch_id)
         guard.write_text("running\n")
@@ -280,7 +285,7 @@ class BatchRun:
                 scheduler_address=address,
                 worker_grace=batch.worker_wait_seconds,
                 on_result=self.record_result,
-                orphaned=orphaned,
+                stop=stop_request,
                 watch=self.watch,
                 ready=self.ready_joins,
             )

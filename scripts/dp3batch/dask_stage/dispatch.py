@@ -30,7 +30,7 @@ from dp3batch.dask_stage.cluster import (
     worker_command,
 )
 from dp3batch.dask_stage.execution import process_measurement_set
-from dp3batch.dask_stage.interrupts import Interrupted
+from dp3batch.dask_stage.interrupts import Interrupted, StopRequest
 from dp3batch.dask_stage.join import join_chunks
 from dp3batch.dask_stage.memory import gib
 from dp3batch.dask_stage.task import Task
@@ -74,7 +74,8 @@ class Dispatch:
     scheduler_address: str
     worker_grace: float
     on_result: Callable[[TaskResult], None]
-    orphaned: threading.Event = field(default_factory=threading.Event)
+    # Set by a signal or when Snakemake has gone (see interrupts.interruptible).
+    stop: StopRequest = field(default_factory=StopRequest)
     # Submitted and not finished: what to stop when the batch ends early.
     in_flight: dict[Any, Task] = field(default_factory=dict)
     # The cluster as the batch sees it: silent and excluded workers, the scheduler's id.
@@ -144,8 +145,8 @@ def fan_out(client, dispatch: Dispatch) -> None:
         if dispatch.ready:  # joins whose chunks are all done: they finish an MS
             queue[:0] = dispatch.ready
             dispatch.ready.clear()
-        if dispatch.orphaned.is_set():
-            raise Interrupted("Snakemake has gone")
+        if (cause := dispatch.stop.cause) is not None:
+            raise Interrupted(cause)
         now = time.monotonic()
         if now >= next_check:
             watch.look()

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,19 +31,37 @@ class Interrupted(KeyboardInterrupt):
         self.cause = cause
 
 
+class StopRequest:
+    """Why the batch must stop, once it must: the first signal's name, or that Snakemake has
+    gone. The fan-out asks at every turn. A signal handler's exception alone is not enough:
+    Python drops an exception raised in a `__del__` (printing its traceback), and a signal can
+    land in one, such as a dask future's, released as the fan-out lets it go."""
+
+    def __init__(self) -> None:
+        # One dict step: safe in a signal handler, and from the parent watch's thread.
+        self._cause: dict[str, str] = {}
+
+    def request(self, cause: str) -> None:
+        self._cause.setdefault("cause", cause)
+
+    @property
+    def cause(self) -> str | None:
+        return self._cause.get("cause")
+
+
 @contextlib.contextmanager
-def interruptible() -> Iterator[threading.Event]:
-    """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted` in the main thread, and yield an
-    event that is set when our parent process (Snakemake) dies: a killed Snakemake must not
-    leave DP3s running."""
+def interruptible() -> Iterator[StopRequest]:
+    """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted` in the main thread, and yield the
+    batch's StopRequest: the signal's, or that our parent process (Snakemake) died (a killed
+    Snakemake must not leave DP3s running)."""
     parent = os.getppid()
-    orphaned = threading.Event()
-    stop = threading.Event()
+    stop_request = StopRequest()
+    done = threading.Event()
 
     def watch_parent() -> None:
-        while not stop.wait(PARENT_POLL_SECONDS):
+        while not done.wait(PARENT_POLL_SECONDS):
             if os.getppid() != parent:
-                orphaned.set()
+                stop_request.request("Snakemake has gone")
                 return
 
     interrupted: dict[str, object] = {}
@@ -52,17 +71,29 @@ def interruptible() -> Iterator[threading.Event]:
         # a second exception raised while the first unwinds would break its clean-up.
         if not _first_call(interrupted):
             return
-        raise Interrupted(signal.Signals(signum).name)
+        cause = signal.Signals(signum).name
+        stop_request.request(cause)
+        raise Interrupted(cause)
+
+    def unraisable(hook_arguments) -> None:
+        # The handler's exception, dropped where Python drops exceptions: no traceback (the
+        # batch stops at the fan-out's next turn, and says so once).
+        if isinstance(hook_arguments.exc_value, Interrupted):
+            return
+        previous_hook(hook_arguments)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in HANDLED_SIGNALS}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     watcher = threading.Thread(target=watch_parent, name="dp3batch-parent-watch", daemon=True)
     watcher.start()
     try:
-        yield orphaned
+        yield stop_request
     finally:
-        stop.set()
+        done.set()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
 
 
 def _first_call(calls: dict[str, object]) -> bool:
