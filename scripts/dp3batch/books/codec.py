@@ -200,8 +200,8 @@ def _contracts(value: Any) -> bool:
 def write_json_object(handle: TextIO, fields: Iterable[tuple[str, Any]]) -> None:
     """A JSON object written a field at a time; a field whose value is an iterator is a list
     written an entry per line as the iterator gives them. A batch of 10,000 MSs then never
-    holds its whole JSON: its task list, dumped whole and indented, raised Snakemake's peak
-    memory by 46 MB."""
+    holds its whole JSON: its task list and specification, dumped whole, raised Snakemake's
+    peak memory by about 50 MB."""
     handle.write("{")
     separator = "\n"
     for key, value in fields:
@@ -215,7 +215,9 @@ def write_json_object(handle: TextIO, fields: Iterable[tuple[str, Any]]) -> None
 
 
 def write_json_list(handle: TextIO, entries: Iterable[Any]) -> None:
-    """A JSON list, one entry per line (see json_lines), written as `entries` come."""
+    """A JSON list, one entry per line, written as `entries` come: readable with any pager,
+    and each entry by json's C encoder (an indented dump takes its pure-Python one, ten
+    times slower over 10,000 MSs)."""
     separator = "[\n"
     for entry in entries:
         handle.write(separator + json.dumps(entry))
@@ -316,12 +318,3 @@ def _member(fields: Fields, key: str, kind: type[enum.Enum], optional: bool) -> 
     except ValueError:
         known = ", ".join(repr(str(member.value)) for member in kind)
         raise ContractError(f"{fields.what}: '{key}' {value!r} is not one of {known}") from None
-
-
-def json_lines(entries: list[Any]) -> str:
-    """A JSON list with one entry per line: readable with any pager, and written by json's
-    C encoder (an indented dump takes its pure-Python one, ten times slower over 10,000
-    MSs)."""
-    if not entries:
-        return "[]"
-    return "[\n" + ",\n".join(json.dumps(entry) for entry in entries) + "\n]"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dp3batch.books.batch_spec import MSPaths
-from dp3batch.books.codec import from_json, json_lines, to_json
+from dp3batch.books.codec import from_json, to_json, write_json_list
 from dp3batch.books.layout import RECORD_NAME, OutputLayout, ms_log_file, temporary_path
 from dp3batch.books.qa import SUSPECT, QALimits, QAVerdict, qa_verdict
 from dp3batch.books.record_checks import without_collections
@@ -297,7 +297,9 @@ def write_summary(
             target.write(f"{_BATCH_LINE}{json.dumps(batch_id)},\n")
             target.write(f"{_COUNTS_LINE}{json.dumps(dict(verdict.counts))},\n{_ENTRIES_LINE}")
             shutil.copyfileobj(source, target)
-            target.write(f'],\n"suspect": {json_lines(list(verdict.suspect))}}}\n')
+            target.write('],\n"suspect": ')
+            write_json_list(target, verdict.suspect)
+            target.write("}\n")
         with open(temporaries[1], "w") as target:
             _write_tsv(kept, target)
         for path, temporary in zip((json_path, tsv_path), temporaries, strict=True):
