@@ -259,6 +259,7 @@ WRITTEN_SPEC_JSON = """
     }
   ],
   "dask_report_min_seconds": 60,
+  "dask_report_task_stream": 2000,
   "planned_at": "2026-11-28T04:14:46.006+00:00",
   "measurement_sets": [
     {

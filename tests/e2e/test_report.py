@@ -30,6 +30,7 @@ def _run_with_one_failure(workflow: Workflow):
         table.putcol("FLAG", flags)
     damage_ms(inputs[2])
     workflow.config["dask_report_min_seconds"] = 0  # a short batch: have the dask report
+    workflow.config["dask_report_task_stream"] = 2  # ... showing the last 2 of its 3 tasks
     # obs_0's first quarter of rows is flagged: every station 25 %, so it is suspect.
     workflow.config["qa"] = {"max_station_flagged_fraction": 0.2}
     result = workflow.run()
@@ -169,6 +170,7 @@ def test_report_builds_with_table_and_plots(run_with_one_failure):
     # dask's own performance report of the batch, beside the plots.
     dask_report = results["dask-report.html"]["data"].decode()
     assert "Dask Performance Report" in dask_report
+    assert "last 2 of the 3 tasks of this batch (dask_report_task_stream)" in dask_report
     assert (report_dir / "dask-report.html").is_file()
 
 

@@ -22,3 +22,28 @@ def test_the_cluster_page_exports_the_same_settings_before_starting_a_cluster():
     block = block.split("dask scheduler", 1)[0]
     exported = dict(re.findall(r"(DASK_[A-Z_]+)=(\S+)", block))
     assert exported == quiet_cluster_environment()
+
+
+def test_the_embedded_cluster_keeps_short_developer_logs():
+    """Its scheduler, workers and client run in the central job's process: dask's logs of
+    messages and transitions stay short there, whatever the batch's length."""
+    from dp3batch.dask_stage.cluster import EMBEDDED_LOG_CONFIG, embedded_cluster
+
+    length = EMBEDDED_LOG_CONFIG["distributed.admin.low-level-log-length"]
+    with embedded_cluster(1, 1) as client:
+        for index in range(3 * length):
+            client.submit(abs, -index, pure=False).result(timeout=30)
+        scheduler = client.cluster.scheduler
+        (worker,) = client.cluster.workers.values()
+        logs = {
+            "client messages": client.scheduler_comm.recent_message_log,
+            "scheduler transitions": scheduler.transition_log,
+            "worker messages": worker.batched_stream.recent_message_log,
+            "worker stimuli": worker.state.stimulus_log,
+            **{
+                f"scheduler messages to {address}": comm.recent_message_log
+                for address, comm in scheduler.stream_comms.items()
+            },
+        }
+        assert {name: len(log) <= length for name, log in logs.items()} == dict.fromkeys(logs, True)
+        assert len(scheduler.transition_log) == length  # full: the bound is what held it

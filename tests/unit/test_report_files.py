@@ -12,7 +12,12 @@ from contract_examples import make_record
 from dp3batch.books.batch_spec import MSPaths
 from dp3batch.books.records import RecordStore, write_record
 from dp3batch.books.status import Status
-from dp3batch.dask_stage.dask_report import DaskPerformanceReport
+from dp3batch.dask_stage.dask_report import (
+    DaskPerformanceReport,
+    start_task_stream,
+    task_stream_counter,
+    task_stream_note,
+)
 from dp3batch.dp3.log import parse_step_times
 from dp3batch.report.batch_report import ReportFiles, write_batch_report
 from dp3batch.report.summary import (
@@ -80,7 +85,9 @@ def test_batch_report_writes_every_file_with_every_ms(tmp_path):
 
 
 def test_a_short_batch_gets_a_page_instead_of_a_dask_report(tmp_path):
-    report = DaskPerformanceReport(client=None, path=tmp_path / "dask.html", min_seconds=60)
+    report = DaskPerformanceReport(
+        client=None, path=tmp_path / "dask.html", min_seconds=60, task_stream_length=2000
+    )
     report.last_count = 0  # as if started
     report.finish()
     text = (tmp_path / "dask.html").read_text()
@@ -370,3 +377,49 @@ Total DP3 time       2.00 real        0.05 user        0.04 system
 def test_a_page_written_line_by_line_is_the_page_joined(tmp_path, lines, end):
     write_lines(tmp_path / "page", iter(lines), end)
     assert (tmp_path / "page").read_text() == "\n".join(lines) + end
+
+
+class _Scheduler:
+    """What the task stream's start and count use of a dask scheduler."""
+
+    def __init__(self):
+        self.plugins = {}
+        self.monitor = type("Monitor", (), {"count": 7})()
+
+    def add_plugin(self, plugin):
+        self.plugins[plugin.name] = plugin
+
+
+def _run_tasks(scheduler, count):
+    plugin = scheduler.plugins["task-stream"]
+    for index in range(count):
+        startstops = [{"action": "compute", "start": index, "stop": index + 1}]
+        plugin.transition(f"dp3-{index}", "processing", "memory", startstops=startstops)
+
+
+def test_the_task_stream_keeps_the_batch_s_last_tasks_and_says_how_many_ran():
+    scheduler = _Scheduler()
+    assert start_task_stream(3)(scheduler) == (7, 0)
+    _run_tasks(scheduler, 5)
+    ran, kept = task_stream_counter()(scheduler)
+    assert (ran, kept) == (5, 3)
+    assert "the last 3 of the 5 tasks of this batch" in task_stream_note(ran, kept)
+    # A second batch on the same scheduler: counted from its own start, stream kept.
+    plugin = scheduler.plugins["task-stream"]
+    assert start_task_stream(1000)(scheduler) == (7, 5)
+    assert scheduler.plugins["task-stream"] is plugin
+    _run_tasks(scheduler, 2)
+    ran, kept = task_stream_counter()(scheduler)
+    assert task_stream_note(ran - 5, kept) == ""
+
+
+def test_a_task_stream_kept_by_the_scheduler_already_is_left_as_it_is():
+    from distributed.diagnostics.task_stream import TaskStreamPlugin
+
+    scheduler = _Scheduler()
+    dashboards = TaskStreamPlugin(scheduler, maxlen=100)
+    scheduler.add_plugin(dashboards)
+    start_task_stream(3)(scheduler)
+    assert scheduler.plugins["task-stream"] is dashboards
+    _run_tasks(scheduler, 5)
+    assert task_stream_counter()(scheduler) == (5, 5)

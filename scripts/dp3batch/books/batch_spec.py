@@ -103,6 +103,8 @@ class BatchSpec:
     all_measurement_sets: tuple[MSPaths, ...]
     # Below this duration no dask performance report is kept.
     dask_report_min_seconds: float
+    # How many of the batch's last tasks the dask report's task stream shows.
+    dask_report_task_stream: int
     # When the pending set was taken (for people: which records a batch made is decided by
     # their `batch_id`, never by a comparison of clocks).
     planned_at: str

@@ -291,7 +291,10 @@ class BatchRun:
             )
             log.info("%d DP3 task(s) to run, largest first", len(tasks))
             self.dask_report = DaskPerformanceReport(
-                client, self.report_files.dask, batch.dask_report_min_seconds
+                client,
+                self.report_files.dask,
+                batch.dask_report_min_seconds,
+                batch.dask_report_task_stream,
             )
             self.dask_report.start()
             try:

@@ -56,6 +56,12 @@ EMBEDDED_MEMORY_CONFIG = {
     "distributed.worker.memory.terminate": False,
 }
 
+# dask keeps its last 1,000 messages of each connection, transitions and stimuli "for
+# developers" (`low-level-log-length`); with the embedded cluster in this process they held
+# tens of MB by a few thousand tasks (task specifications and results are in them) and grew
+# until some 25,000 tasks. Nothing of the workflow reads them.
+EMBEDDED_LOG_CONFIG = {"distributed.admin.low-level-log-length": 100}
+
 
 def quiet_cluster_environment() -> dict[str, str]:
     """QUIET_CLUSTER_CONFIG as the environment variables dask reads when a `dask scheduler`
@@ -287,6 +293,7 @@ def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
     settings = {
         **QUIET_CLUSTER_CONFIG,
         **EMBEDDED_MEMORY_CONFIG,
+        **EMBEDDED_LOG_CONFIG,
         "distributed.scheduler.allowed-failures": 2,
     }
     with (
@@ -311,7 +318,8 @@ def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
         log.info("dask: %s", " ".join(str(warning.message).split()), extra=FILE_ONLY)
     _serve_dashboard_when_asked(cluster.scheduler)
     try:
-        client = Client(cluster, set_as_default=False)
+        with dask.config.set(EMBEDDED_LOG_CONFIG):  # its connection's log too
+            client = Client(cluster, set_as_default=False)
         try:
             # It listens on this machine only (dask would name the host's outside address).
             with dask.config.set({"distributed.dashboard.link": LOCAL_DASHBOARD_LINK}):

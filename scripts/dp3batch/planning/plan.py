@@ -510,6 +510,7 @@ def batch_specification(
         worker_silence_seconds=config["worker_silence_seconds"],
         all_measurement_sets=all_measurement_sets(plan),
         dask_report_min_seconds=config["dask_report_min_seconds"],
+        dask_report_task_stream=config["dask_report_task_stream"],
         planned_at=plan.planned_at,
         measurement_sets=tuple(_pending_ms(plan, item, reason) for item, reason in plan.pending),
         run_dir=run_dir,
