@@ -13,7 +13,10 @@ import pytest
 from conftest import dp3_processes, make_inputs, output_dir_released, wait_until
 
 SLOW_MS = {"n_antennas": 16, "n_times": 100, "n_channels": 64}
-COUNT = 4
+# Two slots each run one MS and hold the next one waiting (small MSs): with 4, all four
+# could finish within the stop's latency on a loaded machine; the 5th and 6th are submitted
+# only by the central job, so an interruption always leaves some unfinished.
+COUNT = 6
 NAMES = [f"obs_{index}" for index in range(COUNT)]
 
 
