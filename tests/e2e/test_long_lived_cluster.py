@@ -110,9 +110,11 @@ def test_a_joiner_that_never_answers_its_check_does_not_hold_the_batch(workflow,
     """A worker joins mid-batch and its `DP3 --version` never answers (a hung filesystem):
     the check waits for it up to its deadline (90 s) beside the batch, which goes on with
     the other worker meanwhile and never gives the joiner a task. The check runs beside the
-    joiner's event loop, which keeps beating: it is not taken for frozen."""
-    names = [f"obs_{index}" for index in range(4)]
-    make_inputs(workflow.directory / "inputs", 4, **SLOW_MS)
+    joiner's event loop, which keeps beating: it is not taken for frozen. Eight MSs, so that the
+    batch outlasts the joiner's check by well over the 10 s after which the end of a batch
+    names an unanswered check (four, about 10 s after the join, could end first)."""
+    names = [f"obs_{index}" for index in range(8)]
+    make_inputs(workflow.directory / "inputs", 8, **SLOW_MS)
     _use_wrapper(workflow, site_wrapper(workflow.directory / "site-dp3.sh", REAL_DP3))
     dask_cluster.start_scheduler()
     dask_cluster.start_workers(count=1)
@@ -138,7 +140,7 @@ def test_a_joiner_that_never_answers_its_check_does_not_hold_the_batch(workflow,
     assert snakemake.returncode == 0, output
     assert [name for name in names if workflow.record(name) is None] == []
     assert {workflow.record(name)["worker"] for name in names} == {good}
-    # Held for the check's 90 s, the batch took over 100 s here; alone it takes about 20.
+    # Held for the check's 90 s, the batch would take over 100 s; alone it takes about 25.
     assert elapsed < 75, (elapsed, output)
     assert "Traceback" not in output
     # Its check outlasted the batch and the silence bound (5 s): heard all along.
