@@ -13,7 +13,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import damage_ms, dp3_processes, free_port, make_inputs, run_python, wait_until
+from conftest import (
+    BIN,
+    damage_ms,
+    dp3_processes,
+    free_port,
+    make_inputs,
+    run_python,
+    wait_until,
+)
 from dp3batch.dask_stage.cluster import embedded_cluster
 
 # DP3 takes about two seconds on each of these, long enough to kill something mid-task.
@@ -250,3 +258,73 @@ def test_a_batch_nobody_looks_at_never_loads_the_dashboard():
     )
     answer = run_python(script)
     assert answer.stdout.strip() == "False", answer.stderr[-2000:]
+
+
+def _held_twice_wrapper(path: Path, marker: str, attempts: Path) -> Path:
+    """A DP3 wrapper whose first two runs on the MS named `marker` never end (they wait to
+    be killed, as a DP3 that swells out of memory would); its later runs, and every other
+    run, are real DP3."""
+    path.write_text(
+        "#!/bin/bash\n"
+        f'case "$*" in *{marker}*)\n'
+        f'  n=$(cat "{attempts}" 2>/dev/null || echo 0); echo $((n + 1)) > "{attempts}"\n'
+        f'  if [ "$n" -lt 2 ]; then exec -a "DP3 $*" sleep 600; fi ;;\n'
+        "esac\n"
+        f'exec "{BIN / "DP3.py"}" "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def test_deaths_a_task_met_long_ago_still_count_against_it(workflow, dask_cluster):
+    """An MS that kills its worker (out of memory, say), twice, far apart: between the two
+    deaths the other workers returned many results, and the scheduler's recent events (10
+    kept here, 1,000 by default; each result adds one) no longer hold the first death. Both
+    count: with one lost worker allowed, the MS fails after its second death, and is not run
+    a third time as if its workers had died together."""
+    make_inputs(workflow.directory / "inputs", 1, prefix="heavy", n_antennas=8, n_times=10)
+    small = make_inputs(workflow.directory / "inputs", 20, n_antennas=8, n_times=10)
+    attempts = workflow.directory / "heavy-attempts"
+    wrapper = _held_twice_wrapper(workflow.directory / "site-DP3.sh", "heavy_0.ms", attempts)
+    workflow.config["dp3_executable"] = str(wrapper)
+    workflow.config["steps"] = [{"PreFlagger": None}, {"Averager": {"timestep": 2}}]
+    dask_cluster.start_scheduler(
+        allowed_failures=1, DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH="10"
+    )
+    dask_cluster.start_workers(count=3, threads=1)
+    dask_cluster.wait_for_workers(3)
+    workflow.config["scheduler"] = dask_cluster.address
+    marker = str(workflow.directory / "inputs" / "heavy_0.ms")
+
+    def done() -> int:
+        return sum(workflow.record(path.stem) is not None for path in small)
+
+    snakemake = workflow.start()
+    try:
+        for death in range(2):
+            held = wait_until(lambda: dp3_processes(marker), timeout=60, interval=0.05)
+            assert held, f"attempt {death + 1} of the heavy MS never started"
+            os.kill(held[0].parent().pid, signal.SIGKILL)  # its worker: its nanny starts another
+            if death == 0:  # its next attempt is held while the others return 15 results
+                assert wait_until(lambda: done() >= 15, timeout=120, interval=0.1), done()
+        code = snakemake.wait(timeout=240)
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    output = (workflow.directory / "snakemake.out").read_text()
+    assert attempts.read_text().strip() == "2", output  # never a third attempt
+    assert code != 0, output
+    assert workflow.record("heavy_0") is None
+    assert f"heavy_0 ({marker}): its worker died during every attempt" in output, output
+    assert "died together" not in output, output
+    assert done() == len(small), output
+    assert "1 of 21 MS(s) failed" in output, output
+    # The batch's client stopped listening: the scheduler lives on, and would keep it.
+    answer = run_python(
+        "from distributed import Client\n"
+        f"with Client('{dask_cluster.address}', timeout='10s') as client:\n"
+        "    print(client.run_on_scheduler(\n"
+        "        lambda dask_scheduler: len(dask_scheduler._broker._topics['all'].subscribers)\n"
+        "    ))\n"
+    )
+    assert answer.stdout.strip() == "0", answer.stderr[-2000:]

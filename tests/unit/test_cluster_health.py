@@ -291,6 +291,7 @@ class FakeClient:
         self.cancelled: list = []
         self.removed: list[str] = []
         self.events: list[tuple[float, dict]] = []
+        self.handlers: dict = {}
 
     def scheduler_info(self, n_workers=-1):
         return {"id": self.scheduler_id, "workers": self.workers}
@@ -306,6 +307,12 @@ class FakeClient:
 
     def get_events(self, topic):
         return self.events
+
+    def subscribe_topic(self, topic, handler):
+        self.handlers[topic] = handler
+
+    def unsubscribe_topic(self, topic):
+        del self.handlers[topic]
 
 
 def _join(client: FakeClient, address: str, last_seen: float, slots: int = 1) -> None:
@@ -680,6 +687,33 @@ def test_an_ms_whose_worker_died_alone_with_no_failure_allowed_fails():
     client.events = [_removed(5.0, "tcp://a:1", "t0")]
     watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
     assert watch.survives_deaths(_task("obs_0"), _killed_worker("t0", allowed=0)) is False
+
+
+def test_deaths_heard_since_the_batch_began_count_when_the_scheduler_no_longer_holds_them():
+    client = FakeClient()
+    _join(client, "tcp://a:1", 1.0)
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    watch.begin(describe_cluster(client)[1])
+    heard = client.handlers["all"]
+    heard((9.0, {"action": "gather", "count": 1}))
+    heard(_removed(10.0, "tcp://a:1", "t0"))  # its worker died an hour before the next
+    for result in range(2000):
+        heard((11.0 + result, {"action": "gather", "count": 1}))
+    heard(_removed(3610.0, "tcp://b:1", "t0"))
+    # The scheduler's events moved on: they hold the second death alone.
+    client.events = [_removed(3610.0, "tcp://b:1", "t0")]
+    assert [death.worker for death in deaths_of(watch.deaths_heard.events())] == [
+        "tcp://a:1",
+        "tcp://b:1",
+    ]
+    assert watch.survives_deaths(_task("obs_0"), _killed_worker("t0", allowed=1)) is False
+    watch.end()
+    assert client.handlers == {}
+
+
+def test_a_death_given_twice_is_one_death():
+    death = _removed(10.0, "tcp://a:1", "t0")
+    assert len(deaths_of([death, death, _removed(10.0, "tcp://b:1", "t0")])) == 2
 
 
 def test_deaths_that_cannot_be_read_leave_dask_s_verdict():

@@ -316,6 +316,7 @@ class BatchRun:
             finally:
                 # Before the client closes, which ends the checks still under way with an error.
                 self.unchecked_joiners = self.watch.unanswered_checks()
+                self.watch.end()
             # Nothing of this batch commits after its end (a late attempt of a worker that
             # woke up, say): every MS has its result.
             with contextlib.suppress(LockTimeout, OSError):

@@ -43,7 +43,12 @@ from dp3batch.dask_stage.cluster import (
 )
 from dp3batch.dask_stage.task import Task
 from dp3batch.dask_stage.worker_checks import WorkerFindings
-from dp3batch.dask_stage.worker_deaths import deaths_charged, deaths_of, workers_met
+from dp3batch.dask_stage.worker_deaths import (
+    DeathsHeard,
+    deaths_charged,
+    deaths_of,
+    workers_met,
+)
 from dp3batch.dask_stage.worker_faults import WorkerCannotRun
 
 log = logging.getLogger("dp3batch")
@@ -57,6 +62,8 @@ START_FAILURES_TO_EXCLUDE = 2
 UNANSWERED_CHECK_SECONDS = 10.0
 # An MS whose DP3 failed to start this many times (on as many workers) fails.
 START_FAILURES_PER_MS = 3
+# The scheduler's topic of cluster events, worker deaths among them (see worker_deaths).
+EVENTS_TOPIC = "all"
 
 
 def heartbeat_interval(workers: int) -> float:
@@ -148,12 +155,18 @@ class ClusterWatch:
     restricted: dict[Any, frozenset[str]] = field(default_factory=dict)
     # Workers that returned a result of this batch (its code and DP3 ran there).
     proven: set[str] = field(default_factory=set)
+    # The worker deaths the scheduler announced since `begin` (None: not listening; the
+    # scheduler's recent events are read instead).
+    deaths_heard: DeathsHeard | None = None
 
     def begin(self, workers: list[WorkerInfo]) -> None:
         """The workers found at pre-flight (checked there)."""
         self.workers = workers
         self.known.update(worker.address for worker in workers)
         self.silences = first_silences(workers, time.monotonic())
+        # Before any task is submitted (on the same connection): every death is heard.
+        self.deaths_heard = DeathsHeard()
+        self.client.subscribe_topic(EVENTS_TOPIC, self.deaths_heard)
         bound = silence_bound(self.silence_seconds, len(workers))
         if bound > self.silence_seconds:
             log.info(
@@ -164,6 +177,17 @@ class ClusterWatch:
                 heartbeat_interval(len(workers)),
                 self.silence_seconds,
             )
+
+    def end(self) -> None:
+        """Stop listening: a scheduler kept for many batches would otherwise keep every
+        batch's client among the topic's subscribers for good (dask does not drop a closed
+        client's subscriptions), and go through them all at each of its events."""
+        if self.deaths_heard is None:
+            return
+        try:
+            self.client.unsubscribe_topic(EVENTS_TOPIC)
+        except Exception as error:  # noqa: BLE001 - a lost scheduler: nothing to drop
+            log.debug("could not unsubscribe from the scheduler's events: %s", error)
 
     # --- the scheduler and its workers ----------------------------------------------
 
@@ -386,15 +410,18 @@ class ClusterWatch:
         key = str(getattr(error, "task", ""))
         if not isinstance(allowed, int) or not key:
             return False
-        try:
-            events = call_with_deadline(
-                lambda: self.client.get_events("all"),
-                SCHEDULER_ANSWER_SECONDS,
-                "a request for the scheduler's events",
-            )
-        except Exception as error_reading:  # noqa: BLE001 - unknown deaths: dask's verdict
-            log.error("could not read which workers died: %s", error_reading)
-            return False
+        if self.deaths_heard is not None:
+            events = self.deaths_heard.events()
+        else:  # the scheduler's recent events: an old death may have rolled out of them
+            try:
+                events = call_with_deadline(
+                    lambda: self.client.get_events(EVENTS_TOPIC),
+                    SCHEDULER_ANSWER_SECONDS,
+                    "a request for the scheduler's events",
+                )
+            except Exception as error_reading:  # noqa: BLE001 - unknown deaths: dask's verdict
+                log.error("could not read which workers died: %s", error_reading)
+                return False
         deaths = deaths_of(events)
         charged = self.deaths.get(task.name, 0) + deaths_charged(deaths, key)
         self.deaths[task.name] = charged

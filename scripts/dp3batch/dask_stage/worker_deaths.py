@@ -9,12 +9,17 @@ killed anything. A task that kills its worker (out of memory) kills it alone.
 
 So workers that died within `TOGETHER_SECONDS` of one another count once together, and a
 worker that died alone counts once: the task may run again while those counts stay within
-the scheduler's `allowed-failures` (see ClusterWatch.survives_deaths). The deaths are read
-from the scheduler's own `remove-worker` events, which name the tasks each worker held.
+the scheduler's `allowed-failures` (see ClusterWatch.survives_deaths). The deaths are the
+scheduler's own `remove-worker` events, which name the tasks each worker held, as it sends
+them to the batch's client (`DeathsHeard`): its `all` topic keeps only its last 1,000 events
+(`distributed.admin.low-level-log-length`) and every result the batch gathers adds one, so
+the first death of an MS whose attempts each take an hour would be gone from there by the
+time dask gives up on it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,19 +37,46 @@ class Death:
     tasks: frozenset[str]
 
 
-def deaths_of(events: Iterable[tuple[float, Any]]) -> list[Death]:
-    """The unexpected `remove-worker` events among the scheduler's `all` events, by time.
+def is_death(message: Any) -> bool:
+    """An unexpected `remove-worker` event (a worker closed by its nanny, or retired, was
+    expected to leave: not a death)."""
+    return (
+        isinstance(message, dict)
+        and message.get("action") == "remove-worker"
+        and not message.get("expected")
+    )
 
-    An expected removal (a worker closed by its nanny, or retired) is not a death."""
-    deaths = []
+
+def deaths_of(events: Iterable[tuple[float, Any]]) -> list[Death]:
+    """The deaths among the scheduler's `all` events, by time, each once."""
+    deaths = {}
     for timestamp, message in events:
-        if not isinstance(message, dict) or message.get("action") != "remove-worker":
-            continue
-        if message.get("expected"):
+        if not is_death(message):
             continue
         tasks = frozenset(str(key) for key in message.get("processing-tasks") or ())
-        deaths.append(Death(float(timestamp), str(message.get("worker", "")), tasks))
-    return sorted(deaths, key=lambda death: death.time)
+        death = Death(float(timestamp), str(message.get("worker", "")), tasks)
+        deaths[(death.time, death.worker)] = death
+    return sorted(deaths.values(), key=lambda death: death.time)
+
+
+class DeathsHeard:
+    """A handler for the scheduler's `all` topic (`client.subscribe_topic`) that keeps its
+    deaths, and only those (every gathered result sends an event there too). Called on the
+    client's event loop before dask's report that a task erred, which comes later on the same
+    connection: an MS's KilledWorker always finds its deaths here."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[float, Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: tuple[float, Any]) -> None:
+        if is_death(event[1]):
+            with self._lock:
+                self._events.append(event)
+
+    def events(self) -> list[tuple[float, Any]]:
+        with self._lock:
+            return list(self._events)
 
 
 def together(deaths: list[Death], seconds: float = TOGETHER_SECONDS) -> list[list[Death]]:

@@ -223,9 +223,9 @@ class DaskCluster:
         self.wait_for_workers(workers)
         return self.address
 
-    def start_scheduler(self, allowed_failures: int | None = None) -> None:
-        """`allowed_failures`: how many lost workers a task survives (dask's default is 3)."""
-        environment = {}
+    def start_scheduler(self, allowed_failures: int | None = None, **environment: str) -> None:
+        """`allowed_failures`: how many lost workers a task survives (dask's default is 3);
+        `environment` is added to the scheduler's own."""
         if allowed_failures is not None:
             environment["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(allowed_failures)
         self.scheduler = self._start(
