@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 from dataclasses import replace
 from pathlib import Path
 
@@ -384,3 +385,23 @@ def test_a_done_result_kept_by_the_batch_names_its_report_files_and_nothing_heav
         whole, flag_statistics=None, flags_by_step=None, stations=None
     )
     assert results_from_json(list(results_to_json([kept])), "marker") == [kept]
+
+
+def test_done_results_kept_by_the_batch_share_the_names_they_repeat():
+    """Each result arrives with its own copy of every key of its shapes and step times, and
+    of its worker's address; those kept hold one copy for all (the values stay their own)."""
+
+    def arrived(name: str) -> TaskResult:  # as a worker's pickled result is read back
+        record = make_record(name=name, worker="tcp://10.0.0.1:40000")
+        return pickle.loads(pickle.dumps(TaskResult.from_record(record, f"/logs/{name}.log")))
+
+    first, second = arrived("a"), arrived("b")
+    assert [key for key in first.shape_before] == [key for key in second.shape_before]
+    assert next(iter(first.shape_before)) is not next(iter(second.shape_before))
+    kept_first, kept_second = first.without_statistics(), second.without_statistics()
+    assert kept_first.shape_before == first.shape_before
+    assert kept_first.step_seconds == first.step_seconds
+    for field_name in ("shape_before", "shape_after", "step_seconds"):
+        keys = zip(getattr(kept_first, field_name), getattr(kept_second, field_name), strict=True)
+        assert all(one is other for one, other in keys), field_name
+    assert kept_first.worker is kept_second.worker

@@ -6,6 +6,7 @@ read back from it (`rules/common.smk`) with `from_json()`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -79,13 +80,24 @@ class TaskResult:
     def without_statistics(self) -> TaskResult:
         """This result without its flag counts and statistics (its record keeps them), but
         for where its flagging report's files are: what a batch keeps of each MS it did (at
-        10,000 MSs, the whole results weighed 110 MB)."""
+        10,000 MSs, the whole results weighed 110 MB). The names its mappings repeat from MS
+        to MS (shape, step) and its worker are kept once for all: 2.7 -> 1.9 KB a result."""
         files = {
             key: value
             for key, value in (self.flag_statistics or {}).items()
             if key in FLAGGING_REPORT_FILES
         }
-        return replace(self, flags_by_step=None, stations=None, flag_statistics=files or None)
+        return replace(
+            self,
+            flags_by_step=None,
+            stations=None,
+            flag_statistics=files or None,
+            worker=_shared(self.worker),
+            dp3_version=_shared(self.dp3_version),
+            shape_before=_shared_keys(self.shape_before),
+            shape_after=_shared_keys(self.shape_after),
+            step_seconds=_shared_keys(self.step_seconds),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)
@@ -93,6 +105,14 @@ class TaskResult:
     @classmethod
     def from_json(cls, data: object, what: str = "task result") -> TaskResult:
         return from_json(cls, data, what)
+
+
+def _shared(text: str | None) -> str | None:
+    return None if text is None else sys.intern(text)
+
+
+def _shared_keys(mapping: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if mapping is None else {sys.intern(str(k)): v for k, v in mapping.items()}
 
 
 def results_to_json(results: Iterable[TaskResult]) -> Iterator[dict[str, Any]]:
