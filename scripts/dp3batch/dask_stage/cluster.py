@@ -36,6 +36,12 @@ LOCAL_DASHBOARD_LINK = "http://127.0.0.1:{port}/status"
 # work stealing looks for work to move every 100 ms (the fan-out queues no more tasks than
 # free slots, or one more per slot of small MSs), and the memory monitors measure every
 # 0.1-0.5 s the memory of this process, not DP3's.
+# dask keeps its last 1,000 messages of each connection, transitions and stimuli "for
+# developers" (`low-level-log-length`): task specifications and results are in them, tens of
+# MB by a few thousand tasks with the embedded cluster in one process, and a scheduler keeps
+# 1,000 for each worker's connection. Nothing of the workflow reads them (it hears worker
+# deaths as they happen, see worker_deaths).
+SHORT_LOG_CONFIG = {"distributed.admin.low-level-log-length": 100}
 # The same for an external cluster's scheduler and workers: `quiet_cluster_environment()`.
 QUIET_CLUSTER_CONFIG = {
     "distributed.scheduler.work-stealing": False,
@@ -43,6 +49,7 @@ QUIET_CLUSTER_CONFIG = {
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
+    **SHORT_LOG_CONFIG,
 }
 
 
@@ -55,12 +62,6 @@ EMBEDDED_MEMORY_CONFIG = {
     "distributed.worker.memory.pause": False,
     "distributed.worker.memory.terminate": False,
 }
-
-# dask keeps its last 1,000 messages of each connection, transitions and stimuli "for
-# developers" (`low-level-log-length`); with the embedded cluster in this process they held
-# tens of MB by a few thousand tasks (task specifications and results are in them) and grew
-# until some 25,000 tasks. Nothing of the workflow reads them.
-EMBEDDED_LOG_CONFIG = {"distributed.admin.low-level-log-length": 100}
 
 
 def quiet_cluster_environment() -> dict[str, str]:
@@ -230,6 +231,7 @@ def speaks_http(host: str, port: int, timeout: float = CONNECT_TIMEOUT_SECONDS) 
 @contextlib.contextmanager
 def connect(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Iterator:
     """A client of an existing scheduler; a clear error if it does not answer in time."""
+    import dask
     from distributed import Client
 
     plain = address.removeprefix("tcp://")
@@ -249,11 +251,12 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Iterator:
     try:
         # Client(timeout=) does not bound the handshake with a scheduler that accepts the
         # connection and then says nothing (a stopped one, or another program on the port).
-        client = call_with_deadline(
-            lambda: Client(address, timeout=f"{timeout}s", set_as_default=False),
-            timeout + 5,
-            "the connection handshake",
-        )
+        with dask.config.set(SHORT_LOG_CONFIG):  # its connection's log
+            client = call_with_deadline(
+                lambda: Client(address, timeout=f"{timeout}s", set_as_default=False),
+                timeout + 5,
+                "the connection handshake",
+            )
     except (OSError, TimeoutError, SchedulerUnresponsive) as error:
         raise _unreachable(address, str(error) or f"no answer within {timeout:.0f} s") from error
     unanswered = False
@@ -293,7 +296,6 @@ def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
     settings = {
         **QUIET_CLUSTER_CONFIG,
         **EMBEDDED_MEMORY_CONFIG,
-        **EMBEDDED_LOG_CONFIG,
         "distributed.scheduler.allowed-failures": 2,
     }
     with (
@@ -318,7 +320,7 @@ def embedded_cluster(n_workers: int, threads_per_worker: int) -> Iterator:
         log.info("dask: %s", " ".join(str(warning.message).split()), extra=FILE_ONLY)
     _serve_dashboard_when_asked(cluster.scheduler)
     try:
-        with dask.config.set(EMBEDDED_LOG_CONFIG):  # its connection's log too
+        with dask.config.set(SHORT_LOG_CONFIG):  # its connection's log too
             client = Client(cluster, set_as_default=False)
         try:
             # It listens on this machine only (dask would name the host's outside address).

@@ -11,10 +11,10 @@ So workers that died within `TOGETHER_SECONDS` of one another count once togethe
 worker that died alone counts once: the task may run again while those counts stay within
 the scheduler's `allowed-failures` (see ClusterWatch.survives_deaths). The deaths are the
 scheduler's own `remove-worker` events, which name the tasks each worker held, as it sends
-them to the batch's client (`DeathsHeard`): its `all` topic keeps only its last 1,000 events
-(`distributed.admin.low-level-log-length`) and every result the batch gathers adds one, so
-the first death of an MS whose attempts each take an hour would be gone from there by the
-time dask gives up on it.
+them to the batch's client (`DeathsHeard`): its `all` topic keeps only its last events
+(`distributed.admin.low-level-log-length`: 1,000 by default, 100 in the clusters this
+workflow starts) and every result the batch gathers adds one, so the first death of an MS
+whose attempts each take an hour would be gone from there by the time dask gives up on it.
 """
 
 from __future__ import annotations
