@@ -32,6 +32,7 @@ from dp3batch.dask_stage.central_job import failure_report
 from dp3batch.dask_stage.cluster import SchedulerLost, WorkerInfo, describe_cluster, speaks_http
 from dp3batch.dask_stage.preflight import mismatch_message
 from dp3batch.dask_stage.watchdog import (
+    RUNS_AFTER_DEATHS_PER_MS,
     ClusterWatch,
     Silence,
     first_silences,
@@ -39,7 +40,13 @@ from dp3batch.dask_stage.watchdog import (
     silence_bound,
 )
 from dp3batch.dask_stage.worker_checks import WorkerFindings, judge_workers, oversubscribed_hosts
-from dp3batch.dask_stage.worker_deaths import deaths_charged, deaths_of, together, workers_met
+from dp3batch.dask_stage.worker_deaths import (
+    STARTED_TOPIC,
+    deaths_charged,
+    deaths_of,
+    together,
+    workers_met,
+)
 from dp3batch.dask_stage.worker_faults import (
     WorkerCannotRun,
     describe_identity,
@@ -694,9 +701,11 @@ def test_deaths_heard_since_the_batch_began_count_when_the_scheduler_no_longer_h
     _join(client, "tcp://a:1", 1.0)
     watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
     watch.begin(describe_cluster(client)[1])
-    heard = client.handlers["all"]
+    heard, started = client.handlers["all"], client.handlers[STARTED_TOPIC]
     heard((9.0, {"action": "gather", "count": 1}))
+    started(_started(9.5, "t0", "tcp://a:1"))
     heard(_removed(10.0, "tcp://a:1", "t0"))  # its worker died an hour before the next
+    started(_started(11.0, "t0", "tcp://b:1"))
     for result in range(2000):
         heard((11.0 + result, {"action": "gather", "count": 1}))
     heard(_removed(3610.0, "tcp://b:1", "t0"))
@@ -709,6 +718,64 @@ def test_deaths_heard_since_the_batch_began_count_when_the_scheduler_no_longer_h
     assert watch.survives_deaths(_task("obs_0"), _killed_worker("t0", allowed=1)) is False
     watch.end()
     assert client.handlers == {}
+
+
+def _started(at: float, key: str, worker: str) -> tuple[float, dict]:
+    """A task's start on a worker, as the scheduler sends it on STARTED_TOPIC."""
+    return at, {"key": key, "worker": worker}
+
+
+def _listening(*events: tuple[float, dict], starts=()) -> tuple[FakeClient, ClusterWatch]:
+    """A watch that began a batch, and heard `events` and `starts` since."""
+    client = FakeClient()
+    watch = ClusterWatch(client, "B1", "s:8786", "", 60.0, None)
+    watch.begin([])
+    for event in events:
+        client.handlers["all"](event)
+    for start in starts:
+        client.handlers[STARTED_TOPIC](start)
+    return client, watch
+
+
+def test_a_worker_an_ms_only_waited_on_does_not_count_against_it(caplog):
+    """With no failure allowed, dask gives up on every task a dying worker held: the one it
+    ran (t0) and the one waiting there for its slot (t1), which may run again."""
+    _, watch = _listening(
+        _removed(10.0, "tcp://a:1", "t0", "t1"), starts=[_started(5.0, "t0", "tcp://a:1")]
+    )
+    assert watch.survives_deaths(_task("obs_0"), _killed_worker("t0", allowed=0)) is False
+    with caplog.at_level("WARNING", logger="dp3batch"):
+        assert watch.survives_deaths(_task("obs_1"), _killed_worker("t1", allowed=0)) is True
+    assert "obs_1: the 1 worker(s) that held it died (1 before it started there); 0 of 0" in (
+        caplog.text
+    )
+
+
+def test_an_ms_that_started_where_it_waited_before_counts_that_death():
+    _, watch = _listening(
+        _removed(10.0, "tcp://a:1", "t1"),
+        starts=[_started(4.0, "t0", "tcp://a:1"), _started(9.0, "t1", "tcp://a:1")],
+    )
+    assert watch.survives_deaths(_task("obs_1"), _killed_worker("t1", allowed=0)) is False
+
+
+def test_an_ms_runs_again_after_deaths_a_bounded_number_of_times():
+    """Deaths that never count (its starts lost with its workers, say) still end an MS after
+    RUNS_AFTER_DEATHS_PER_MS more runs."""
+    deaths = [_removed(100.0 * n, f"tcp://w:{n}", f"t0-{n}") for n in range(1, 6)]
+    _, watch = _listening(*deaths)
+    verdicts = [
+        watch.survives_deaths(_task("obs_0"), _killed_worker(f"t0-{n}", allowed=0))
+        for n in range(1, 6)
+    ]
+    assert verdicts == [True] * RUNS_AFTER_DEATHS_PER_MS + [False] * (5 - RUNS_AFTER_DEATHS_PER_MS)
+
+
+def test_the_starts_of_a_finished_task_are_forgotten():
+    _, watch = _listening(starts=[_started(1.0, "t0", "tcp://a:1")])
+    assert watch.deaths_heard.started_on("t0") == {"tcp://a:1"}
+    watch.finished(SimpleNamespace(key="t0"))
+    assert watch.deaths_heard.started_on("t0") == frozenset()
 
 
 def test_a_death_given_twice_is_one_death():

@@ -59,7 +59,7 @@ def test_the_client_of_an_external_cluster_keeps_a_short_log_of_its_messages():
     length = SHORT_LOG_CONFIG["distributed.admin.low-level-log-length"]
     assert dask.config.get("distributed.admin.low-level-log-length") > length
     with LocalCluster(
-        n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=None
+        n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=":0"
     ) as cluster:
         assert cluster.scheduler.transition_log.maxlen > length
         with connect(cluster.scheduler_address) as client:

@@ -52,8 +52,8 @@ HEALTH_CHECK_SECONDS = 2.0
 # waits on those workers, and a worker starts it the moment its slot frees (then 5 ms).
 # Every slot keeps one task open to any worker besides, so that a worker that joins or
 # comes back still gets work. The price: a waiting task may wait on the busier
-# worker at the end (one small MS's time at most), and dask charges it with the death of a
-# worker it waited on as if it ran there (each MS may survive `allowed-failures` deaths).
+# worker at the end (one small MS's time at most). dask charges it with the death of a
+# worker it waited on as if it ran there; the batch does not (see worker_deaths).
 # A larger MS waits here for a free slot, and goes to the worker that is free.
 PREFETCH_MAX_BYTES = 64 * 1024**2
 STOP_SECONDS = 15.0
@@ -208,23 +208,31 @@ def fan_out(client, dispatch: Dispatch) -> None:
             watch.look()  # reconnected already: to another scheduler?
         for future in done:
             task = in_flight.pop(future)
+            _handle_done(future, task, dispatch, watch, queue)
             watch.finished(future)
-            fault = _error_of(future)
-            if isinstance(fault, WorkerCannotRun):
-                if watch.cannot_run(fault, task):
-                    queue.insert(0, task)  # to another worker
-                else:
-                    dispatch.on_result(lost_result(task, fault.problem, str(fault)))
-                continue
-            if type(fault).__name__ == "KilledWorker":
-                if watch.survives_deaths(task, fault):
-                    queue.insert(0, task)  # its workers died together: not its fault
-                else:
-                    dispatch.on_result(lost_result(task, killed_worker_reason(fault)))
-                continue
-            result = _result_of(future, task)
-            watch.ran(result)
-            dispatch.on_result(result)
+
+
+def _handle_done(
+    future: Any, task: Task, dispatch: Dispatch, watch: ClusterWatch, queue: list[Task]
+) -> None:
+    """A finished future: its result to `dispatch.on_result`, or its task back on `queue`
+    (its worker could not run it, or died of something else than it)."""
+    fault = _error_of(future)
+    if isinstance(fault, WorkerCannotRun):
+        if watch.cannot_run(fault, task):
+            queue.insert(0, task)  # to another worker
+        else:
+            dispatch.on_result(lost_result(task, fault.problem, str(fault)))
+        return
+    if type(fault).__name__ == "KilledWorker":
+        if watch.survives_deaths(task, fault):
+            queue.insert(0, task)  # its workers died together, or it only waited there
+        else:
+            dispatch.on_result(lost_result(task, killed_worker_reason(fault)))
+        return
+    result = _result_of(future, task)
+    watch.ran(result)
+    dispatch.on_result(result)
 
 
 def _error_of(future) -> BaseException | None:

@@ -44,6 +44,7 @@ from dp3batch.dask_stage.output_check import (
     read_input_grid,
 )
 from dp3batch.dask_stage.task import Task
+from dp3batch.dask_stage.worker_deaths import STARTED_TOPIC
 from dp3batch.dask_stage.worker_faults import (
     WorkerCannotRun,
     dp3_start_problem,
@@ -383,6 +384,8 @@ def start_task(task: Task) -> TaskStart:
     where it runs other code than the batch."""
     worker, key, threads, memory_limit = current_dask_task()
     worker_address = getattr(worker, "address", None) or socket.gethostname()
+    if worker is not None:  # a worker that dies from now on dies running it (worker_deaths)
+        worker.log_event(STARTED_TOPIC, {"key": str(key), "worker": worker_address})
     if task.code_digest is not None:  # a worker that runs other code must not run it
         problem = package_problem(own_package_identity(), {"digest": task.code_digest})
         if problem is not None:

@@ -44,10 +44,11 @@ from dp3batch.dask_stage.cluster import (
 from dp3batch.dask_stage.task import Task
 from dp3batch.dask_stage.worker_checks import WorkerFindings
 from dp3batch.dask_stage.worker_deaths import (
+    STARTED_TOPIC,
     DeathsHeard,
     deaths_charged,
     deaths_of,
-    workers_met,
+    ran_there,
 )
 from dp3batch.dask_stage.worker_faults import WorkerCannotRun
 
@@ -64,6 +65,10 @@ UNANSWERED_CHECK_SECONDS = 10.0
 START_FAILURES_PER_MS = 3
 # The scheduler's topic of cluster events, worker deaths among them (see worker_deaths).
 EVENTS_TOPIC = "all"
+# An MS whose dying workers dask gave up on runs again at most this many times in a batch,
+# whatever the deaths that count against it (a start it said and that was lost with its
+# worker would leave a death uncounted).
+RUNS_AFTER_DEATHS_PER_MS = 3
 
 
 def heartbeat_interval(workers: int) -> float:
@@ -141,8 +146,10 @@ class ClusterWatch:
     start_failures: dict[str, int] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     ms_start_failures: dict[str, list[str]] = field(default_factory=dict)
-    # MS name → worker deaths counted against it so far (see worker_deaths).
+    # MS name → worker deaths counted against it so far (see worker_deaths), and how many
+    # times it ran again after dask gave up on it.
     deaths: dict[str, int] = field(default_factory=dict)
+    runs_after_deaths: dict[str, int] = field(default_factory=dict)
     # Workers excluded for their silence alone (they held no task): readmitted if heard again.
     silent_only: set[str] = field(default_factory=set)
     # Workers left out at pre-flight for their silence, never checked: heard from again,
@@ -164,9 +171,11 @@ class ClusterWatch:
         self.workers = workers
         self.known.update(worker.address for worker in workers)
         self.silences = first_silences(workers, time.monotonic())
-        # Before any task is submitted (on the same connection): every death is heard.
+        # Before any task is submitted (on the same connection): every death is heard, and
+        # every start.
         self.deaths_heard = DeathsHeard()
         self.client.subscribe_topic(EVENTS_TOPIC, self.deaths_heard)
+        self.client.subscribe_topic(STARTED_TOPIC, self.deaths_heard.started)
         bound = silence_bound(self.silence_seconds, len(workers))
         if bound > self.silence_seconds:
             log.info(
@@ -184,10 +193,11 @@ class ClusterWatch:
         client's subscriptions), and go through them all at each of its events."""
         if self.deaths_heard is None:
             return
-        try:
-            self.client.unsubscribe_topic(EVENTS_TOPIC)
-        except Exception as error:  # noqa: BLE001 - a lost scheduler: nothing to drop
-            log.debug("could not unsubscribe from the scheduler's events: %s", error)
+        for topic in (EVENTS_TOPIC, STARTED_TOPIC):
+            try:
+                self.client.unsubscribe_topic(topic)
+            except Exception as error:  # noqa: BLE001 - a lost scheduler: nothing to drop
+                log.debug("could not unsubscribe from the scheduler's %s: %s", topic, error)
 
     # --- the scheduler and its workers ----------------------------------------------
 
@@ -365,6 +375,8 @@ class ClusterWatch:
 
     def finished(self, future: Any) -> None:
         self.restricted.pop(future, None)
+        if self.deaths_heard is not None:
+            self.deaths_heard.forget(str(future.key))
 
     def stranded(self, in_flight: dict[Any, Task]) -> list[Any]:
         """Futures whose every allowed worker has gone: they would wait forever."""
@@ -404,14 +416,19 @@ class ClusterWatch:
     def survives_deaths(self, task: Task, error: Exception) -> bool:
         """dask gave up on `task` because workers holding it died (`error`: KilledWorker);
         True if it may run again: the deaths that count against it (workers that died
-        together count once, see worker_deaths), over all its attempts, are within the
-        scheduler's allowed failures."""
+        together count once, and a worker it only waited on not at all, see
+        worker_deaths), over all its attempts, are within the scheduler's allowed failures.
+        """
         allowed = getattr(error, "allowed_failures", None)
         key = str(getattr(error, "task", ""))
         if not isinstance(allowed, int) or not key:
             return False
+        if self.runs_after_deaths.get(task.name, 0) >= RUNS_AFTER_DEATHS_PER_MS:
+            return False
+        started_on = None
         if self.deaths_heard is not None:
             events = self.deaths_heard.events()
+            started_on = self.deaths_heard.started_on(key)
         else:  # the scheduler's recent events: an old death may have rolled out of them
             try:
                 events = call_with_deadline(
@@ -422,17 +439,29 @@ class ClusterWatch:
             except Exception as error_reading:  # noqa: BLE001 - unknown deaths: dask's verdict
                 log.error("could not read which workers died: %s", error_reading)
                 return False
-        deaths = deaths_of(events)
-        charged = self.deaths.get(task.name, 0) + deaths_charged(deaths, key)
+        deaths = [death for death in deaths_of(events) if key in death.tasks]
+        charged = self.deaths.get(task.name, 0) + deaths_charged(deaths, key, started_on)
         self.deaths[task.name] = charged
         if charged > allowed:
             return False
+        self.runs_after_deaths[task.name] = self.runs_after_deaths.get(task.name, 0) + 1
+        ran = sum(1 for death in deaths if ran_there(death, started_on))
+        how = []
+        if ran > 1:
+            how.append(
+                f"{ran} while it ran, together: a whole dask worker command, its host or its "
+                "job went down"
+            )
+        elif ran:
+            how.append("1 while it ran")
+        if len(deaths) > ran:
+            how.append(f"{len(deaths) - ran} before it started there")
         log.warning(
-            "%s: the %d worker(s) that held it died together (a whole dask worker command, "
-            "its host or its job went down; %d of %d allowed failure(s) counted): it runs "
-            "again",
+            "%s: the %d worker(s) that held it died (%s); %d of %d allowed failure(s) "
+            "counted: it runs again",
             task.name,
-            workers_met(deaths, key),
+            len(deaths),
+            "; ".join(how),
             charged,
             allowed,
         )

@@ -7,6 +7,11 @@ another, and dask hands a task from each dying worker to the next before it lear
 one is dying too: one MS met four deaths in 10 ms, and failed, although nothing it did
 killed anything. A task that kills its worker (out of memory) kills it alone.
 
+dask also counts the death of a worker a task only waited on (a small MS waits for a slot
+on a busy worker, see dispatch.PREFETCH_MAX_BYTES): with no failure allowed, it failed with
+the MS that killed the worker. Each task says when it starts on a worker (an event on
+`STARTED_TOPIC`), and a death counts against it only if it started on that worker.
+
 So workers that died within `TOGETHER_SECONDS` of one another count once together, and a
 worker that died alone counts once: the task may run again while those counts stay within
 the scheduler's `allowed-failures` (see ClusterWatch.survives_deaths). The deaths are the
@@ -26,6 +31,8 @@ from typing import Any
 
 # Workers that left the scheduler this close together went down together.
 TOGETHER_SECONDS = 2.0
+# The scheduler's topic on which each task says it started on its worker.
+STARTED_TOPIC = "dp3batch-task-started"
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,16 @@ def deaths_of(events: Iterable[tuple[float, Any]]) -> list[Death]:
 
 class DeathsHeard:
     """A handler for the scheduler's `all` topic (`client.subscribe_topic`) that keeps its
-    deaths, and only those (every gathered result sends an event there too). Called on the
-    client's event loop before dask's report that a task erred, which comes later on the same
-    connection: an MS's KilledWorker always finds its deaths here."""
+    deaths, and only those (every gathered result sends an event there too), and one for
+    `STARTED_TOPIC` (`started`): where each task started. Called on the client's event loop
+    before dask's report that a task erred, which comes later on the same connection: an
+    MS's KilledWorker always finds its deaths here, and where it started before them (a
+    worker's messages reach the scheduler in order, the last before its connection closes).
+    """
 
     def __init__(self) -> None:
         self._events: list[tuple[float, Any]] = []
+        self._started: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, event: tuple[float, Any]) -> None:
@@ -74,9 +85,25 @@ class DeathsHeard:
             with self._lock:
                 self._events.append(event)
 
+    def started(self, event: tuple[float, Any]) -> None:
+        message = event[1]
+        if isinstance(message, dict) and "key" in message and "worker" in message:
+            with self._lock:
+                self._started.setdefault(str(message["key"]), set()).add(str(message["worker"]))
+
     def events(self) -> list[tuple[float, Any]]:
         with self._lock:
             return list(self._events)
+
+    def started_on(self, key: str) -> frozenset[str]:
+        """The workers `key` started on."""
+        with self._lock:
+            return frozenset(self._started.get(key, ()))
+
+    def forget(self, key: str) -> None:
+        """A task that ended: its starts are not needed any more."""
+        with self._lock:
+            self._started.pop(key, None)
 
 
 def together(deaths: list[Death], seconds: float = TOGETHER_SECONDS) -> list[list[Death]]:
@@ -91,12 +118,24 @@ def together(deaths: list[Death], seconds: float = TOGETHER_SECONDS) -> list[lis
     return groups
 
 
-def deaths_charged(deaths: list[Death], task: str, seconds: float = TOGETHER_SECONDS) -> int:
+def deaths_charged(
+    deaths: list[Death],
+    task: str,
+    started_on: frozenset[str] | None = None,
+    seconds: float = TOGETHER_SECONDS,
+) -> int:
     """How many of the deaths `task` met count against it: one per group of workers that
-    died together (and one per worker that died alone) among those that held it."""
+    died together (and one per worker that died alone) among those that held it, and that
+    it had started on (`started_on`; None: not known, every one)."""
     return sum(
-        1 for group in together(deaths, seconds) if any(task in death.tasks for death in group)
+        1
+        for group in together(deaths, seconds)
+        if any(task in death.tasks and ran_there(death, started_on) for death in group)
     )
+
+
+def ran_there(death: Death, started_on: frozenset[str] | None) -> bool:
+    return started_on is None or death.worker in started_on
 
 
 def workers_met(deaths: list[Death], task: str) -> int:
