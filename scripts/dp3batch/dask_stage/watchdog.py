@@ -439,28 +439,28 @@ class ClusterWatch:
             except Exception as error_reading:  # noqa: BLE001 - unknown deaths: dask's verdict
                 log.error("could not read which workers died: %s", error_reading)
                 return False
-        deaths = [death for death in deaths_of(events) if key in death.tasks]
-        charged = self.deaths.get(task.name, 0) + deaths_charged(deaths, key, started_on)
+        deaths = deaths_of(events)  # all of them: a death between two joins their groups
+        counted = deaths_charged(deaths, key, started_on)
+        charged = self.deaths.get(task.name, 0) + counted
         self.deaths[task.name] = charged
         if charged > allowed:
             return False
         self.runs_after_deaths[task.name] = self.runs_after_deaths.get(task.name, 0) + 1
-        ran = sum(1 for death in deaths if ran_there(death, started_on))
+        held = [death for death in deaths if key in death.tasks]
+        ran = sum(1 for death in held if ran_there(death, started_on))
         how = []
-        if ran > 1:
-            how.append(
-                f"{ran} while it ran, together: a whole dask worker command, its host or its "
-                "job went down"
-            )
-        elif ran:
-            how.append("1 while it ran")
-        if len(deaths) > ran:
-            how.append(f"{len(deaths) - ran} before it started there")
+        if ran:
+            text = f"{ran} while it ran"
+            if counted < ran:
+                text += ", together: a whole dask worker command, its host or its job went down"
+            how.append(text)
+        if len(held) > ran:
+            how.append(f"{len(held) - ran} before it started there")
         log.warning(
             "%s: the %d worker(s) that held it died (%s); %d of %d allowed failure(s) "
             "counted: it runs again",
             task.name,
-            len(deaths),
+            len(held),
             "; ".join(how),
             charged,
             allowed,
