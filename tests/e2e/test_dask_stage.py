@@ -222,7 +222,7 @@ def test_workers_that_die_together_do_not_fail_the_mss_dask_moved_between_them(
     output = (workflow.directory / "snakemake.out").read_text()
     assert code == 0, output
     # dask gave up on at least one MS after more deaths than it allows.
-    assert re.search(r"the [234] worker\(s\) that held it died \(.*\): it runs again", output), (
+    assert re.search(r"the [234] worker\(s\) that held it died \(.*: it runs again", output), (
         output
     )
     names = [f"obs_{index}" for index in range(4)]
