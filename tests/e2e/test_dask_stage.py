@@ -222,9 +222,7 @@ def test_workers_that_die_together_do_not_fail_the_mss_dask_moved_between_them(
     output = (workflow.directory / "snakemake.out").read_text()
     assert code == 0, output
     # dask gave up on at least one MS after more deaths than it allows.
-    assert re.search(r"the [234] worker\(s\) that held it died \(.*: it runs again", output), (
-        output
-    )
+    assert re.search(r"the [234] worker\(s\) that held it died \(.*: it runs again", output), output
     names = [f"obs_{index}" for index in range(4)]
     assert _complete(workflow, names) == names
     assert not dp3_processes(marker)
@@ -278,6 +276,16 @@ def _held_twice_wrapper(path: Path, marker: str, attempts: Path) -> Path:
     return path
 
 
+def _hold_heavy_twice(workflow) -> Path:
+    """The workflow runs DP3 through `_held_twice_wrapper`, holding `heavy_0.ms`, with a
+    chain that needs no AOFlagger strategy; returns the file that counts its attempts."""
+    attempts = workflow.directory / "heavy-attempts"
+    wrapper = _held_twice_wrapper(workflow.directory / "site-DP3.sh", "heavy_0.ms", attempts)
+    workflow.config["dp3_executable"] = str(wrapper)
+    workflow.config["steps"] = [{"PreFlagger": None}, {"Averager": {"timestep": 2}}]
+    return attempts
+
+
 def test_deaths_a_task_met_long_ago_still_count_against_it(workflow, dask_cluster):
     """An MS that kills its worker (out of memory, say), twice, far apart: between the two
     deaths the other workers returned many results, and the scheduler's recent events (10
@@ -286,10 +294,7 @@ def test_deaths_a_task_met_long_ago_still_count_against_it(workflow, dask_cluste
     a third time as if its workers had died together."""
     make_inputs(workflow.directory / "inputs", 1, prefix="heavy", n_antennas=8, n_times=10)
     small = make_inputs(workflow.directory / "inputs", 20, n_antennas=8, n_times=10)
-    attempts = workflow.directory / "heavy-attempts"
-    wrapper = _held_twice_wrapper(workflow.directory / "site-DP3.sh", "heavy_0.ms", attempts)
-    workflow.config["dp3_executable"] = str(wrapper)
-    workflow.config["steps"] = [{"PreFlagger": None}, {"Averager": {"timestep": 2}}]
+    attempts = _hold_heavy_twice(workflow)
     dask_cluster.start_scheduler(
         allowed_failures=1, DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH="10"
     )
@@ -343,10 +348,7 @@ def test_an_ms_that_only_waited_on_a_killed_worker_runs_again(workflow, dask_clu
     make_inputs(workflow.directory / "inputs", 1, prefix="big", n_antennas=8, n_times=40)
     make_inputs(workflow.directory / "inputs", 1, prefix="heavy", n_antennas=8, n_times=20)
     small = make_inputs(workflow.directory / "inputs", 3, n_antennas=8, n_times=10)
-    attempts = workflow.directory / "heavy-attempts"
-    wrapper = _held_twice_wrapper(workflow.directory / "site-DP3.sh", "heavy_0.ms", attempts)
-    workflow.config["dp3_executable"] = str(wrapper)
-    workflow.config["steps"] = [{"PreFlagger": None}, {"Averager": {"timestep": 2}}]
+    attempts = _hold_heavy_twice(workflow)
     dask_cluster.start_scheduler(allowed_failures=0)
     dask_cluster.start_workers(count=1, threads=1)
     dask_cluster.wait_for_workers(1)
@@ -366,6 +368,7 @@ def test_an_ms_that_only_waited_on_a_killed_worker_runs_again(workflow, dask_clu
     output = (workflow.directory / "snakemake.out").read_text()
     assert code != 0, output
     assert f"heavy_0 ({marker}): its worker died during every attempt" in output, output
+    assert attempts.read_text().strip() == "1", output  # it ran, and is not forgiven
     waited = re.findall(
         r"(obs_\d): the 1 worker\(s\) that held it died \(1 before it started there\); "
         r"0 of 0 allowed failure\(s\) counted: it runs again",
