@@ -48,7 +48,7 @@ from dp3batch.dask_stage.worker_deaths import (
     DeathsHeard,
     deaths_charged,
     deaths_of,
-    ran_there,
+    workers_met,
 )
 from dp3batch.dask_stage.worker_faults import WorkerCannotRun
 
@@ -446,21 +446,20 @@ class ClusterWatch:
         if charged > allowed:
             return False
         self.runs_after_deaths[task.name] = self.runs_after_deaths.get(task.name, 0) + 1
-        held = [death for death in deaths if key in death.tasks]
-        ran = sum(1 for death in held if ran_there(death, started_on))
+        held, ran = workers_met(deaths, key), workers_met(deaths, key, started_on)
         how = []
         if ran:
             text = f"{ran} while it ran"
             if counted < ran:
                 text += ", together: a whole dask worker command, its host or its job went down"
             how.append(text)
-        if len(held) > ran:
-            how.append(f"{len(held) - ran} before it started there")
+        if held > ran:
+            how.append(f"{held - ran} before it started there")
         log.warning(
             "%s: the %d worker(s) that held it died (%s); %d of %d allowed failure(s) "
             "counted: it runs again",
             task.name,
-            len(held),
+            held,
             "; ".join(how),
             charged,
             allowed,

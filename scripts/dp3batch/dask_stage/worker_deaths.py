@@ -138,6 +138,7 @@ def ran_there(death: Death, started_on: frozenset[str] | None) -> bool:
     return started_on is None or death.worker in started_on
 
 
-def workers_met(deaths: list[Death], task: str) -> int:
-    """How many dying workers held `task` (what dask counted)."""
-    return sum(1 for death in deaths if task in death.tasks)
+def workers_met(deaths: list[Death], task: str, started_on: frozenset[str] | None = None) -> int:
+    """How many dying workers held `task` (what dask counted), of those it had started on
+    when `started_on` is given."""
+    return sum(1 for death in deaths if task in death.tasks and ran_there(death, started_on))
