@@ -2,8 +2,9 @@
 table's keywords when they are elsewhere."""
 
 import shutil
+import threading
 
-from dp3batch.inputs.tables import open_subtable, read_table, station_names
+from dp3batch.inputs.tables import held_open, open_subtable, read_table, station_names
 from dp3batch.testing.harness import make_ms
 
 
@@ -44,3 +45,64 @@ def test_read_table_reads_what_casacore_reads_and_cannot_write(tmp_path):
         assert not lean.iswritable()
     with read_table(f"{ms}::SPECTRAL_WINDOW") as windows:
         assert windows.nrows() == 1
+
+
+def test_reads_inside_held_open_share_its_tables_and_leave_them_open(tmp_path):
+    ms = make_ms(tmp_path / "obs.ms")
+    with held_open(ms, ["ANTENNA"]):
+        with read_table(ms) as first:
+            rows = first.nrows()
+        with read_table(ms) as second, open_subtable(ms, "ANTENNA") as antennas:
+            # The first read's `with` has ended: the table it was lent is still readable.
+            assert first.nrows() == second.nrows() == rows > 0
+            assert list(antennas.getcol("NAME")) == station_names(ms)
+        held = read_table(ms)
+        held.close()
+        assert held.nrows() == rows
+    with read_table(ms) as own:
+        assert own.nrows() == rows
+    # Once held_open has ended, its table is closed: casacore refuses to read it.
+    try:
+        held.nrows()
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("held_open left its table open after it ended")
+
+
+def test_held_open_lends_its_tables_only_to_its_own_thread(tmp_path):
+    ms = make_ms(tmp_path / "obs.ms")
+    seen = {}
+
+    def read_elsewhere() -> None:
+        table = read_table(ms)
+        table.close()
+        try:
+            table.nrows()
+            seen["closed"] = False
+        except RuntimeError:
+            seen["closed"] = True
+
+    with held_open(ms):
+        other = threading.Thread(target=read_elsewhere)
+        other.start()
+        other.join(timeout=60)
+    assert seen == {"closed": True}  # the other thread opened, and closed, its own
+
+
+def test_nested_held_open_restores_the_outer_tables(tmp_path):
+    first = make_ms(tmp_path / "first.ms")
+    second = make_ms(tmp_path / "second.ms")
+    with held_open(first):
+        with held_open(second):
+            inner = read_table(second)
+            outer = read_table(first)
+        inner.close()
+        outer.close()
+        assert outer.nrows() > 0  # still held by the outer held_open
+        try:
+            inner.nrows()
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the inner held_open left its table open")
