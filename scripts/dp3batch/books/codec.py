@@ -21,7 +21,7 @@ import functools
 import json
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TextIO, TypeVar
 
 from dp3batch.dp3.parameters import DP3Parameters
@@ -126,7 +126,10 @@ class Fields:
 
     def strings(self, key: str) -> tuple[str, ...]:
         value = self._value(key, optional=False)
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        # By their types first, in C: a record lists its MS's files, 60 and more of them.
+        if not isinstance(value, list) or not (
+            set(map(type, value)) <= {str} or all(isinstance(item, str) for item in value)
+        ):
             raise self._wrong(key, "a list of strings")
         return tuple(value)
 
@@ -170,15 +173,25 @@ def to_json(contract: Any) -> dict[str, Any]:
 
 def _json_fields(contract: Any) -> Iterator[tuple[str, Any]]:
     """(key, value) of each field the contract's JSON holds, in its order, not yet encoded."""
-    cls = type(contract)
-    if getattr(cls, "JSON_FORMAT", None) is not None:
-        yield "format", cls.JSON_FORMAT
-    omits_none = getattr(cls, "JSON_OMITS_NONE", False)
-    for item in dataclasses.fields(contract):
-        value = getattr(contract, item.name)
-        if value is None and (omits_none or item.metadata.get("omit_none")):
+    json_format, names = _json_layout(type(contract))
+    if json_format is not None:
+        yield "format", json_format
+    for name, omit_none in names:
+        value = getattr(contract, name)
+        if value is None and omit_none:
             continue
-        yield item.name, value
+        yield name, value
+
+
+@functools.cache
+def _json_layout(cls: type) -> tuple[Any, tuple[tuple[str, bool], ...]]:
+    """A contract's `format` (or None) and, per field in order, its name and whether a None
+    is left out: read once per class (`dataclasses.fields` is slow for 10,000 rows)."""
+    omits_none = getattr(cls, "JSON_OMITS_NONE", False)
+    return getattr(cls, "JSON_FORMAT", None), tuple(
+        (item.name, bool(omits_none or item.metadata.get("omit_none")))
+        for item in dataclasses.fields(cls)
+    )
 
 
 def write_contract(handle: TextIO, contract: Any) -> None:
@@ -225,7 +238,13 @@ def write_json_list(handle: TextIO, entries: Iterable[Any]) -> None:
     handle.write("[]" if separator == "[\n" else "\n]")
 
 
+# What JSON holds as it is: asked first, by exact type (an Enum of str is not one of them).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _encoded(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value):
@@ -244,51 +263,67 @@ def from_json(cls: type[Contract], data: object, what: str) -> Contract:
     expected = getattr(cls, "JSON_FORMAT", None)
     if expected is not None and fields.data.get("format") != expected:
         raise ContractError(f"{what}: format {fields.data.get('format')!r} is not {expected}")
-    hints = _type_hints(cls)
-    return cls(
-        **{
-            item.name: _read(fields, item.name, hints[item.name])
-            for item in dataclasses.fields(cls)
-        }
-    )
+    return cls(**{name: read(fields, name) for name, read in _readers(cls)})
+
+
+Reader = Callable[[Fields, str], Any]
 
 
 @functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _readers(cls: type) -> tuple[tuple[str, Reader], ...]:
+    """Per field in order, its name and how it is read: its annotation is read once per
+    class, not once per field of every record (10,000 records after a batch)."""
+    hints = typing.get_type_hints(cls)
+    return tuple((item.name, _reader(hints[item.name])) for item in dataclasses.fields(cls))
 
 
-def _read(fields: Fields, key: str, annotation: Any) -> Any:
+def _reader(annotation: Any) -> Reader:
+    """How a field of this annotation is read from its object's Fields."""
     optional, kind = _unwrap_optional(annotation)
     origin = typing.get_origin(kind)
     if kind is str:
-        return fields.optional_text(key) if optional else fields.text(key)
+        return Fields.optional_text if optional else Fields.text
     if kind is int:
-        return fields.optional_integer(key) if optional else fields.integer(key)
+        return Fields.optional_integer if optional else Fields.integer
     if kind is float:
-        return fields.optional_number(key) if optional else fields.number(key)
+        return Fields.optional_number if optional else Fields.number
     if kind is DP3Parameters:
-        return fields.optional_dp3_parameters(key) if optional else fields.dp3_parameters(key)
+        return Fields.optional_dp3_parameters if optional else Fields.dp3_parameters
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        return _member(fields, key, kind, optional)
+        return lambda fields, key: _member(fields, key, kind, optional)
     if kind == Parameters:
-        return fields.parameters(key)
+        return Fields.parameters
     if origin is tuple:
         (element, _) = typing.get_args(kind)
         if element is str:
-            return fields.optional_strings(key) if optional else fields.strings(key)
+            return Fields.optional_strings if optional else Fields.strings
         if dataclasses.is_dataclass(element):
-            if optional and fields.data.get(key) is None:
-                return None
-            return tuple(from_json(element, item.data, item.what) for item in fields.objects(key))
+
+            def contracts(fields: Fields, key: str) -> Any:
+                if optional and fields.data.get(key) is None:
+                    return None
+                return tuple(
+                    from_json(element, item.data, item.what) for item in fields.objects(key)
+                )
+
+            return contracts
     if origin is Mapping or kind is Mapping:
-        mapping = fields.optional_mapping(key) if optional else fields.mapping(key)
         values = _checked_values(kind)
-        if mapping is None or values is None:
-            return mapping  # nested JSON another module owns, kept as read
-        entries = Fields(mapping, f"{fields.what}: {key}")
-        return {name: _read(entries, name, values) for name in entries.data}
-    raise TypeError(f"{fields.what}: no JSON reading for {key}: {annotation!r}")
+        read_value = None if values is None else _reader(values)
+
+        def mapping(fields: Fields, key: str) -> Any:
+            read = fields.optional_mapping(key) if optional else fields.mapping(key)
+            if read is None or read_value is None:
+                return read  # nested JSON another module owns, kept as read
+            entries = Fields(read, f"{fields.what}: {key}")
+            return {name: read_value(entries, name) for name in entries.data}
+
+        return mapping
+
+    def unreadable(fields: Fields, key: str) -> Any:
+        raise TypeError(f"{fields.what}: no JSON reading for {key}: {annotation!r}")
+
+    return unreadable
 
 
 def _checked_values(kind: Any) -> Any:
