@@ -4,6 +4,7 @@ table's keywords when they are elsewhere."""
 import shutil
 import threading
 
+import pytest
 from dp3batch.inputs.tables import held_open, open_subtable, read_table, station_names
 from dp3batch.testing.harness import make_ms
 
@@ -62,12 +63,8 @@ def test_reads_inside_held_open_share_its_tables_and_leave_them_open(tmp_path):
     with read_table(ms) as own:
         assert own.nrows() == rows
     # Once held_open has ended, its table is closed: casacore refuses to read it.
-    try:
+    with pytest.raises(RuntimeError):
         held.nrows()
-    except RuntimeError:
-        pass
-    else:
-        raise AssertionError("held_open left its table open after it ended")
 
 
 def test_held_open_lends_its_tables_only_to_its_own_thread(tmp_path):
@@ -100,9 +97,5 @@ def test_nested_held_open_restores_the_outer_tables(tmp_path):
         inner.close()
         outer.close()
         assert outer.nrows() > 0  # still held by the outer held_open
-        try:
+        with pytest.raises(RuntimeError):  # the inner held_open closed its table
             inner.nrows()
-        except RuntimeError:
-            pass
-        else:
-            raise AssertionError("the inner held_open left its table open")

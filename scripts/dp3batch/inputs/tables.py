@@ -56,10 +56,15 @@ _held = threading.local()
 def read_table(path: str | Path) -> Any:
     """An existing table (or `MS::SUBTABLE`), opened read-only, printing nothing; or, while
     `held_open` holds it in this thread, that open table."""
-    held = getattr(_held, "tables", None)
-    if held and (table := held.get(os.path.normpath(path))) is not None:
+    if (table := _lent(path)) is not None:
         return _Borrowed(table)
     return _read_only_table_class()(str(path), ack=False, readonly=True)
+
+
+def _lent(path: str | Path) -> Any | None:
+    """The table `held_open` holds at `path` in this thread, if any."""
+    held = getattr(_held, "tables", None)
+    return held.get(os.path.normpath(path)) if held else None
 
 
 class _Borrowed:
@@ -88,10 +93,7 @@ def open_subtable(path: str | Path, name: str):
     `MS::NAME` opens the whole main table first: 0.3 ms of the 0.5 ms a window lookup took,
     which a dry run over 10,000 MSs does 10,000 times."""
     directory = os.path.join(path, name)
-    held = getattr(_held, "tables", None)
-    if (held and os.path.normpath(directory) in held) or os.path.isfile(
-        os.path.join(directory, "table.dat")
-    ):
+    if _lent(directory) is not None or os.path.isfile(os.path.join(directory, "table.dat")):
         return read_table(directory)
     return read_table(f"{path}::{name}")
 
