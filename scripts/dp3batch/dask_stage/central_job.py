@@ -300,6 +300,12 @@ class BatchRun:
             try:
                 fan_out(client, dispatch)
                 self.dask_report.finish()
+                if dispatch.group_tasks:
+                    file_log.info(
+                        "%d small MS(s) ran several to a dask task, in %d task(s)",
+                        dispatch.grouped_mss,
+                        dispatch.group_tasks,
+                    )
             except (Interrupted, ClusterError) as error:
                 ignore_interrupts()
                 try:

@@ -1,5 +1,5 @@
-"""The fan-out: one dask task per MS, largest first, never more in flight than DP3 slots
-(and one more per slot while the MSs are small).
+"""The fan-out: one dask task per MS (small MSs several to a task, see groups), largest
+first, never more in flight than DP3 slots (and one more per slot while the MSs are small).
 
 Dask sends a task that needs a resource straight to a worker (it is never queued on the
 scheduler) and runs equal-priority tasks last in, first out there, so submitting a whole
@@ -30,6 +30,7 @@ from dp3batch.dask_stage.cluster import (
     worker_command,
 )
 from dp3batch.dask_stage.execution import process_measurement_set
+from dp3batch.dask_stage.groups import GroupResult, process_group, take_group
 from dp3batch.dask_stage.interrupts import Interrupted, StopRequest
 from dp3batch.dask_stage.join import join_chunks
 from dp3batch.dask_stage.memory import gib
@@ -83,6 +84,13 @@ class Dispatch:
     # Tasks that became ready during the batch (a join, once its chunks are done): `on_result`
     # appends them; they are submitted before the rest.
     ready: list[Task] = field(default_factory=list)
+    # The in-flight futures that run a group of small MSs (see groups), and their MSs; and
+    # the MSs whose group met a fault, which run alone from then on.
+    groups: dict[Any, tuple[Task, ...]] = field(default_factory=dict)
+    singles: set[str] = field(default_factory=set)
+    # How many groups were submitted, with how many MSs in all (for the batch log).
+    group_tasks: int = 0
+    grouped_mss: int = 0
 
 
 def largest_first(tasks: list[Task]) -> list[Task]:
@@ -158,7 +166,10 @@ def fan_out(client, dispatch: Dispatch) -> None:
             for future in [*taken, *watch.stranded(in_flight)]:
                 task = in_flight.pop(future)
                 watch.finished(future)
-                if task.name not in done_names:
+                members = dispatch.groups.pop(future, None)
+                if members is not None:
+                    _run_alone(members, done_names, dispatch, watch, queue)
+                elif task.name not in done_names:
                     queue.insert(0, task)
             slots = watch.slots()
             next_check = now + HEALTH_CHECK_SECONDS
@@ -184,10 +195,16 @@ def fan_out(client, dispatch: Dispatch) -> None:
             if submission is None:
                 break
             workers = restriction if submission is Submission.OPEN else proven
-            task = queue.pop(0)
+            group = take_group(queue, slots, dispatch.singles)
+            task = group[0]
+            function, argument = (
+                (process_group, tuple(group))
+                if len(group) > 1
+                else (join_chunks if task.chunks else process_measurement_set, task)
+            )
             future = client.submit(
-                join_chunks if task.chunks else process_measurement_set,
-                task,
+                function,
+                argument,
                 key=watch.key(task, keys.of(task.name)),
                 resources={"process": 1},
                 priority=task.size,
@@ -195,6 +212,10 @@ def fan_out(client, dispatch: Dispatch) -> None:
                 workers=workers,
             )
             in_flight[future] = task
+            if len(group) > 1:
+                dispatch.groups[future] = tuple(group)
+                dispatch.group_tasks += 1
+                dispatch.grouped_mss += len(group)
             if submission is Submission.WAITING:
                 waiting.add(future)
             watch.submitted(future, workers)
@@ -208,7 +229,11 @@ def fan_out(client, dispatch: Dispatch) -> None:
             watch.look()  # reconnected already: to another scheduler?
         for future in done:
             task = in_flight.pop(future)
-            _handle_done(future, task, dispatch, watch, queue)
+            members = dispatch.groups.pop(future, None)
+            if members is None:
+                _handle_done(future, task, dispatch, watch, queue)
+            else:
+                _handle_group_done(future, members, dispatch, watch, queue)
             watch.finished(future)
 
 
@@ -233,6 +258,69 @@ def _handle_done(
     result = _result_of(future, task)
     watch.ran(result)
     dispatch.on_result(result)
+
+
+def _handle_group_done(
+    future: Any,
+    members: tuple[Task, ...],
+    dispatch: Dispatch,
+    watch: ClusterWatch,
+    queue: list[Task],
+) -> None:
+    """A finished group: each MS's result to `dispatch.on_result`; the MSs a worker could not
+    run go to another, as a task would. A group that erred (its workers died, or an internal
+    error) gives what it committed, and its other MSs run again alone: an MS that kills its
+    worker then meets dask's count of deaths alone, and fails alone."""
+    fault = _error_of(future)
+    try:
+        outcome = None if fault is not None else future.result(timeout=SCHEDULER_ANSWER_SECONDS)
+    except Exception as error:  # noqa: BLE001 - named below, as for a task
+        fault = error
+        outcome = None
+    if isinstance(outcome, GroupResult):
+        for result in outcome.results:
+            watch.ran(result)
+            dispatch.on_result(result)
+        if outcome.cannot_run is not None and outcome.not_run:
+            first, *rest = outcome.not_run
+            # One start failure of the worker (as for a task), for the MS it failed on.
+            if watch.cannot_run(outcome.cannot_run, first):
+                queue[:0] = [first, *rest]
+            else:
+                queue[:0] = rest
+                fault_text = str(outcome.cannot_run)
+                dispatch.on_result(lost_result(first, outcome.cannot_run.problem, fault_text))
+        return
+    if type(fault).__name__ == "KilledWorker" or isinstance(fault, WorkerCannotRun):
+        _run_alone(members, set(), dispatch, watch, queue)
+        return
+    reason = f"{type(fault).__name__}: {fault}" if fault is not None else "no result"
+    for task in members:
+        done = watch.committed(task) if watch.committed else None
+        dispatch.on_result(done or lost_result(task, reason, str(fault or "")))
+
+
+def _run_alone(
+    members: tuple[Task, ...],
+    reported: set[str],
+    dispatch: Dispatch,
+    watch: ClusterWatch,
+    queue: list[Task],
+) -> None:
+    """A group taken back (its worker died or fell silent): the result of each MS it
+    committed (unless in `reported`) to `dispatch.on_result`, the others back on `queue`,
+    to run alone."""
+    again = []
+    for task in members:
+        if task.name in reported:
+            continue
+        done = watch.committed(task) if watch.committed else None
+        if done is not None:
+            dispatch.on_result(done)
+        else:
+            dispatch.singles.add(task.name)
+            again.append(task)
+    queue[:0] = again
 
 
 def _error_of(future) -> BaseException | None:

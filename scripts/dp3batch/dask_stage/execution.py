@@ -28,7 +28,7 @@ from dp3batch.books.commit import BatchStopped, commit, remove_leftovers
 from dp3batch.books.fingerprints import input_tree, output_tree
 from dp3batch.books.layout import PARSET_NAME, OutputLayout, temporary_path
 from dp3batch.books.qa import QALimits, qa_verdict
-from dp3batch.books.records import CompletionRecord, write_record
+from dp3batch.books.records import CompletionRecord, read_record, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
 from dp3batch.dask_stage.memory import (
@@ -419,6 +419,53 @@ def process_measurement_set(task: Task) -> TaskResult:
     output_check). A DP3 failure is a result (status "failed"), not an exception, so dask
     does not retry it; lost workers are retried by the scheduler.
     """
+    stages = Stages(task)
+    for _ in stages:  # both stages, in this thread
+        pass
+    assert stages.result is not None
+    return stages.result
+
+
+class Stages:
+    """The run of one MS as two stages, for process_group: the first `next` prepares and
+    runs DP3 (calling `beside` while DP3 runs), the second checks and commits the output;
+    it ends (StopIteration) with `result` set, after the first stage if that ended the run.
+    The second stage needs no DP3 slot: it may run while the next MS's DP3 does."""
+
+    def __init__(self, task: Task, beside: Callable[[], None] | None = None):
+        self._stages = _stages(task, beside)
+        self.result: TaskResult | None = None
+
+    def __iter__(self) -> Stages:
+        return self
+
+    def __next__(self) -> None:
+        try:
+            next(self._stages)
+        except StopIteration as end:
+            self.result = end.value
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Abandon the run between its stages: its temporary output is removed."""
+        self._stages.close()
+
+
+def committed_by_this_batch(task: Task) -> TaskResult | None:
+    """The result of an MS whose output an earlier attempt of this batch committed (its
+    worker died, or its group's did, before the result got back): not run again."""
+    if task.batch_id is None:
+        return None
+    record = read_record(task.output)
+    if record is None or record.batch_id != task.batch_id:
+        return None
+    return TaskResult.from_record(record, str(Path(task.log)))
+
+
+def _stages(task: Task, beside: Callable[[], None] | None = None):
+    done = committed_by_this_batch(task)
+    if done is not None:
+        return done
     start = start_task(task)
     worker, key, threads, memory_limit = start.worker, start.key, start.threads, start.memory
     worker_address, started, result = start.worker_address, start.started, start.result
@@ -472,6 +519,8 @@ def process_measurement_set(task: Task) -> TaskResult:
                     read_telescope_name(task.input),
                     tuple(read_station_names(task.input)),
                 )
+            if beside is not None:  # the previous MS's second stage (see process_group)
+                beside()
             return shape, grid, input_flags, described
 
         doing = "running DP3"
@@ -488,6 +537,7 @@ def process_measurement_set(task: Task) -> TaskResult:
                 reason += ": " + possibly_out_of_memory(share, host_limit, result.peak_memory_bytes)
                 return failed(result, started, log_path, reason, reason)
             return failed(result, started, log_path, reason)
+        yield  # DP3 is done: what follows needs no DP3 slot (see process_group)
         doing = "checking the output"
         with held_open(temporary, OUTPUT_SUBTABLES):
             shape_out = read_shape(str(temporary), with_flags=True)
