@@ -154,6 +154,8 @@ def test_a_frozen_worker_s_ms_runs_elsewhere_within_the_bound_and_its_late_resul
     names = [f"obs_{index}" for index in range(3)]
     make_inputs(workflow.directory / "inputs", 3, **SLOW_MS)
     dask_cluster.start(workers=2, threads=1)
+    # Asked before: asking takes seconds, in which the DP3 to freeze could end.
+    addresses = dask_cluster.worker_addresses()
     bound = 5
     workflow.config.update(scheduler=dask_cluster.address, worker_silence_seconds=bound)
     marker = str(workflow.directory)
@@ -164,16 +166,16 @@ def test_a_frozen_worker_s_ms_runs_elsewhere_within_the_bound_and_its_late_resul
         assert running, "no DP3 started"
         dp3 = running[0]
         worker = dp3.parent()
-        frozen_address = dask_cluster.worker_address(worker)
+        for process in (worker, dp3):  # as a paused VM or a stuck node: all of it
+            process.suspend()
+            frozen.append(process)
+        frozen_at = time.monotonic()
+        frozen_address = addresses[worker.pid]
         frozen_name = next(
             Path(argument.split("=", 1)[1]).name.removesuffix(".ms")
             for argument in dp3.cmdline()
             if argument.startswith("msin=")
         )
-        for process in (worker, dp3):  # as a paused VM or a stuck node: all of it
-            process.suspend()
-            frozen.append(process)
-        frozen_at = time.monotonic()
         # The retry commits while the frozen attempt sleeps; then the frozen one wakes up.
         assert wait_until(lambda: workflow.record(frozen_name), 120, 0.1)
         retried_after = time.monotonic() - frozen_at
