@@ -49,6 +49,27 @@ class StopRequest:
         return self._cause.get("cause")
 
 
+class DaskCancelRace(logging.Filter):
+    """Drops the traceback distributed's `sync` logs when an interrupt lands in a blocking
+    client call before that call's coroutine has begun: the call is abandoned anyway, but
+    its `cancel` callback reads a variable not yet set (NameError, "cannot access free
+    variable 'future'"), and tornado logs that as an error beside the batch's own line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, NameError) or "'future'" not in str(error):
+            return True
+        frame = error.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        code = frame.tb_frame.f_code if frame is not None else None
+        return not (
+            code is not None
+            and code.co_name == "cancel"
+            and code.co_filename.endswith(os.path.join("distributed", "utils.py"))
+        )
+
+
 @contextlib.contextmanager
 def interruptible() -> Iterator[StopRequest]:
     """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted` in the main thread, and yield the
@@ -83,6 +104,9 @@ def interruptible() -> Iterator[StopRequest]:
         previous_hook(hook_arguments)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in HANDLED_SIGNALS}
+    race = DaskCancelRace()
+    tornado_log = logging.getLogger("tornado.application")
+    tornado_log.addFilter(race)
     previous_hook = sys.unraisablehook
     sys.unraisablehook = unraisable
     watcher = threading.Thread(target=watch_parent, name="dp3batch-parent-watch", daemon=True)
@@ -94,6 +118,7 @@ def interruptible() -> Iterator[StopRequest]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.unraisablehook = previous_hook
+        tornado_log.removeFilter(race)
 
 
 def _first_call(calls: dict[str, object]) -> bool:
