@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import signal
 import stat
 import subprocess
 import threading
@@ -149,33 +150,67 @@ def test_a_full_disk_while_the_record_is_written_fails_that_ms_clearly(workflow)
         assert (results / "obs_0.ms" / "dp3_completion.json").is_file()
 
 
-def test_a_full_disk_while_the_batch_result_is_written_loses_no_ms(workflow):
+def _second_run_waits_wrapper(directory: Path) -> Path:
+    """A DP3 wrapper under which a task's second DP3 run waits for the file `go` (at most
+    170 s), having made the file `waiting`: a test can hold the batch there."""
+    wrapper = directory / "dp3-second-waits.sh"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        'if [[ "$*" == *".tmp-"* ]] && ! mkdir "'
+        + str(directory / "first-run")
+        + '" 2>/dev/null; then\n'
+        f'  touch "{directory}/waiting"\n'
+        "  for _ in $(seq 17000); do\n"
+        f'    [ -e "{directory}/go" ] && break\n'
+        "    sleep 0.01\n"
+        "  done\n"
+        "fi\n"
+        f'exec "{REAL_DP3}" "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return wrapper
+
+
+def test_a_full_disk_while_the_batch_result_is_written_loses_no_ms(workflow, dask_cluster):
+    """The disk fills after both MSs are committed and before the central job writes the
+    batch's result: the central job (a client of an external cluster; an embedded one runs
+    its worker inside it) is stopped while the last MS runs, and goes on once the disk is
+    full."""
     names = ["obs_0", "obs_1"]
     make_inputs(workflow.directory / "inputs", 2)
     disk = workflow.directory / "disk"
-    # Room for both outputs (0.75 MB each, DP3 needs more while it writes) and their logs;
-    # the rest is filled in milliseconds.
+    # Room for both outputs (0.75 MB each, DP3 needs more while it writes) and their logs.
     with tmpfs(disk, 8 << 20):
         results = disk / "results"
-        workflow.config.update(output_dir=str(results), steps=COPY)
-        workflow.config["local_cluster"] = {"n_workers": 1, "threads_per_worker": 1}
+        wrapper = _second_run_waits_wrapper(workflow.directory)
+        workflow.config.update(output_dir=str(results), steps=COPY, dp3_executable=str(wrapper))
+        workflow.config["scheduler"] = dask_cluster.start(workers=1)
         records = [results / f"{name}.ms" / "dp3_completion.json" for name in names]
         filled = threading.Event()
 
-        def fill_when_every_ms_is_committed() -> None:
+        def fill_once_every_ms_is_committed() -> None:
             deadline = time.monotonic() + 170
             while time.monotonic() < deadline:
-                if all(record.is_file() for record in records):
-                    # The central job removes its pid file before it writes its result:
-                    # held by a second link, its page is not given back to the result.
-                    for entry in (results / "logs" / "batches").glob("*.pid"):
-                        os.link(entry, disk / f"held-{entry.name}")
-                    _fill_all(disk)
-                    filled.set()
-                    return
-                time.sleep(0.0005)
+                if (workflow.directory / "waiting").exists():
+                    break
+                time.sleep(0.01)
+            pid_files = list((results / "logs" / "batches").glob("*.pid"))
+            central_job = int(pid_files[0].read_text())
+            os.kill(central_job, signal.SIGSTOP)
+            try:
+                (workflow.directory / "go").touch()
+                while time.monotonic() < deadline and not all(r.is_file() for r in records):
+                    time.sleep(0.01)
+                # The central job removes its pid file before it writes its result: held
+                # by a second link, its page is not given back to the result.
+                for entry in pid_files:
+                    os.link(entry, disk / f"held-{entry.name}")
+                _fill_all(disk)
+                filled.set()
+            finally:
+                os.kill(central_job, signal.SIGCONT)
 
-        filler = threading.Thread(target=fill_when_every_ms_is_committed, daemon=True)
+        filler = threading.Thread(target=fill_once_every_ms_is_committed, daemon=True)
         filler.start()
         result = workflow.run(timeout=180)
         filler.join(10)

@@ -283,7 +283,9 @@ def _held(marker: str) -> list[psutil.Process]:
     found = []
     for process in dp3_processes(marker):
         with contextlib.suppress(psutil.Error):
-            if process.cmdline()[0].startswith("DP3 "):
+            # A process between fork and exec, or just ended, has an empty command line.
+            arguments = process.cmdline()
+            if arguments and arguments[0].startswith("DP3 "):
                 found.append(process)
     return found
 
