@@ -181,7 +181,8 @@ def test_ms_whose_retries_run_out_is_reported_failed_and_the_others_finish(
     running = wait_until(lambda: dp3_processes(marker), timeout=60, interval=0.05)
     assert running, "no DP3 process started"
     victim = running[0]
-    lost = next(arg.split("=", 1)[1] for arg in victim.cmdline() if arg.startswith("msin="))
+    # Its command line as found (it may have ended since).
+    lost = next(arg.split("=", 1)[1] for arg in victim.info["cmdline"] if arg.startswith("msin="))
     os.kill(victim.parent().pid, signal.SIGKILL)
     assert snakemake.wait(timeout=240) != 0
     output = (workflow.directory / "snakemake.out").read_text()

@@ -180,7 +180,8 @@ def _running_dp3(marker: str) -> psutil.Process | None:
 
 
 def _ms_name(process: psutil.Process) -> str:
-    msin = next(arg for arg in process.cmdline() if arg.startswith("msin="))
+    # Its command line as `dp3_processes` found it (it may have ended since).
+    msin = next(arg for arg in process.info["cmdline"] if arg.startswith("msin="))
     return Path(msin.split("=", 1)[1]).name.removesuffix(".ms")
 
 
