@@ -401,6 +401,23 @@ def test_an_ms_a_silent_worker_committed_just_before_is_kept(tmp_path, monkeypat
     assert watch.take_from_silent({future: _task("obs_0")}) == ([future], [done])
 
 
+def test_a_silent_worker_s_group_names_every_ms_it_held(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(watchdog.time, "monotonic", lambda: clock[0])
+    client = FakeClient()
+    _join(client, "tcp://frozen:1", 1.0)
+    watch = ClusterWatch(client, "B1", "s:8786", "", 5.0, None)
+    watch.look()
+    future = Future("k0")
+    members = (_task("obs_0"), _task("obs_1"), _task("obs_2"))
+    client.held = {"tcp://frozen:1": ["k0"]}
+    clock[0] = 6.0
+    watch.look()
+    taken, _ = watch.take_from_silent({future: members[0]}, {future: members})
+    assert taken == [future]
+    assert "obs_0, obs_1, obs_2 run again elsewhere" in watch.excluded["tcp://frozen:1"]
+
+
 def test_a_worker_silent_without_a_task_gets_tasks_again_once_heard_from(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(watchdog.time, "monotonic", lambda: clock[0])

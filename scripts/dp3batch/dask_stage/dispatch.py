@@ -159,7 +159,7 @@ def fan_out(client, dispatch: Dispatch) -> None:
         if now >= next_check:
             watch.look()
             # Tasks of silent workers, and tasks whose allowed workers all left, run again.
-            taken, committed = watch.take_from_silent(in_flight)
+            taken, committed = watch.take_from_silent(in_flight, dispatch.groups)
             for result in committed:
                 dispatch.on_result(result)
             done_names = {result.name for result in committed}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -478,10 +478,13 @@ class ClusterWatch:
             if silence.seconds(now) > bound
         }
 
-    def take_from_silent(self, in_flight: dict[Any, Task]) -> tuple[list[Any], list[TaskResult]]:
+    def take_from_silent(
+        self, in_flight: dict[Any, Task], groups: Mapping[Any, tuple[Task, ...]] | None = None
+    ) -> tuple[list[Any], list[TaskResult]]:
         """The batch's futures held by silent workers, revoked and cancelled, each worker
         removed from the scheduler; returns those futures (their MSs run again) and the
-        results of MSs found committed before their attempt was revoked."""
+        results of MSs found committed before their attempt was revoked. `groups`: the
+        MSs of each future that runs several (`in_flight` has only the first)."""
         silent = self.silent_workers()
         if not silent or not in_flight:
             for address, seconds in silent.items():
@@ -510,7 +513,11 @@ class ClusterWatch:
                     continue
             self._cancel(held)
             self._remove_from_scheduler(address)
-            names = [in_flight[future].name for future in held]
+            names = [
+                member.name
+                for future in held
+                for member in (groups or {}).get(future, (in_flight[future],))
+            ]
             self._exclude_silent(address, seconds, names)
             for future in held:
                 done = self.committed(in_flight[future]) if self.committed else None
