@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import importlib.util
+import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any
 from dp3batch.config.errors import ConfigError
 from dp3batch.config.reference_format import is_reference_entry
 from dp3batch.config.steps import Chain, parse_steps
+from dp3batch.remembered import RememberedKeys
 
 # Package data: every key of the config, its default and its description.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.yaml"
@@ -115,11 +120,33 @@ def coerce_frequency(value: Any) -> Any:
     return value
 
 
-def validate_config(config: dict) -> tuple[str | None, Chain]:
+def schema_check_key(config: dict) -> str | None:
+    """What the schema check's verdict on `config` depends on: the config itself, the schema,
+    this module and the installed jsonschema (their files' sizes and times, which any edit or
+    reinstall changes); None for a config that is not plain JSON (a YAML date, say)."""
+    try:
+        parts = [json.dumps(config, sort_keys=True)]
+    except (TypeError, ValueError):
+        return None
+    spec = importlib.util.find_spec("jsonschema")
+    if spec is None or not spec.origin:
+        return None
+    for path in (SCHEMA_PATH, __file__, spec.origin):
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        parts.append(f"{path}:{status.st_size}:{status.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def validate_config(config: dict, passed: RememberedKeys | None = None) -> tuple[str | None, Chain]:
     """Check the whole config; return the normalised scheduler address and the parsed chain.
 
     The steps are checked structurally first so that their messages are specific, then the
-    whole config against the schema (parameter types and ranges, unknown keys).
+    whole config against the schema (parameter types and ranges, unknown keys). `passed`:
+    the configs that passed the schema check before (see schema_check_key), which are not
+    checked again: importing jsonschema costs every run 50-90 ms, a tenth of a no-op rerun.
     """
     schema = load_schema()
     make_plain(config)
@@ -128,7 +155,11 @@ def validate_config(config: dict) -> tuple[str | None, Chain]:
     config["frequency_chunk_hz"] = coerce_frequency(config.get("frequency_chunk_hz"))
     sdm_path = config.get("sdm_path")
     chain = parse_steps(config.get("steps"), sdm_path if isinstance(sdm_path, str) else None)
-    check_config_against_schema(config, schema)
+    key = schema_check_key(config) if passed is not None else None
+    if key is None or passed is None or key not in passed:
+        check_config_against_schema(config, schema)
+        if key is not None and passed is not None:
+            passed.add(key)
     return scheduler, chain
 
 

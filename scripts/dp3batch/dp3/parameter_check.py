@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,6 +28,7 @@ from dp3batch.dp3.install import (
 from dp3batch.dp3.parameters import DP3Parameters
 from dp3batch.dp3.parset import write_parset
 from dp3batch.dp3.translation import run_parameters
+from dp3batch.remembered import RememberedKeys
 
 CHECK_TIMEOUT_SECONDS = 30
 KILL_WAIT_SECONDS = 5
@@ -67,25 +66,8 @@ def _accepted_key(executable: str, parameters: DP3Parameters) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _accepted_file() -> Path:
-    return writable_directory(casarc_directories()) / ACCEPTED_FILE
-
-
-def _accepted() -> list[str]:
-    with contextlib.suppress(OSError, ValueError):
-        keys = json.loads(_accepted_file().read_text())
-        if isinstance(keys, list):
-            return [key for key in keys if isinstance(key, str)]
-    return []
-
-
-def _remember_accepted(key: str) -> None:
-    keys = [known for known in _accepted() if known != key][-(ACCEPTED_KEPT - 1) :] + [key]
-    path = _accepted_file()
-    with contextlib.suppress(OSError):
-        temporary = path.with_suffix(f".{os.getpid()}")
-        temporary.write_text(json.dumps(keys))
-        temporary.replace(path)
+def _accepted() -> RememberedKeys:
+    return RememberedKeys(writable_directory(casarc_directories()) / ACCEPTED_FILE, ACCEPTED_KEPT)
 
 
 class ParameterCheck:
@@ -138,7 +120,7 @@ class ParameterCheck:
                     f"{self.sample_input.name}, nothing was processed"
                 )
             if self._process.returncode == 0 and not keys and self._key is not None:
-                _remember_accepted(self._key)
+                _accepted().add(self._key)
         finally:
             self.cancel()
 

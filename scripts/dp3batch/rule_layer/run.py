@@ -33,7 +33,7 @@ from dp3batch.config.errors import ConfigError
 from dp3batch.config.validation import validate_config
 from dp3batch.dask_stage.interrupts import forward_interrupts_to_batch
 from dp3batch.dask_stage.memory import memory_limit
-from dp3batch.dp3.install import DP3Error
+from dp3batch.dp3.install import DP3Error, casarc_directories, writable_directory
 from dp3batch.dp3.wrapper import aoflagger_strategy_warning
 from dp3batch.inputs.demo_data import ensure_demo_data
 from dp3batch.planning.parallel import PlanningProcessLost
@@ -47,6 +47,7 @@ from dp3batch.planning.plan import (
     output_dir_path,
     qa_limits,
 )
+from dp3batch.remembered import RememberedKeys
 from dp3batch.report.batch_report import ReportFiles
 from dp3batch.report.summary import Summary, Verdict, records_digest
 from dp3batch.rule_layer.flags import (
@@ -59,6 +60,9 @@ from dp3batch.rule_layer.flags import (
 
 # What the batch wildcard matches when this run has no batch to make.
 NO_BATCH = "no batch to process"
+# The configs that passed the schema check (newest last, this many): see configs_passed.
+CONFIGS_PASSED_FILE = "config-schema-passed.json"
+CONFIGS_PASSED_KEPT = 50
 
 
 def _say(text: str) -> None:
@@ -331,10 +335,18 @@ def _refuse_scheduler_as_directory(flags: CommandLineFlags) -> None:
         )
 
 
+def configs_passed() -> RememberedKeys:
+    """The configs that passed the schema check before (beside the casarc, as DP3's own
+    checks: see dp3.parameter_check)."""
+    return RememberedKeys(
+        writable_directory(casarc_directories()) / CONFIGS_PASSED_FILE, CONFIGS_PASSED_KEPT
+    )
+
+
 def _plan_or_exit(config: dict[str, Any], flags: CommandLineFlags) -> Plan:
     try:
         # First: one message naming the offending key, before any work.
-        validated = validate_config(config)
+        validated = validate_config(config, configs_passed())
         writable_or_exit(config, flags)
         ensure_demo_data(config)
         return make_plan(
