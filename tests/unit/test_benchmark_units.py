@@ -1,5 +1,5 @@
-"""The benchmark's readings of a run (benchmarks/benchmark.py): DP3's own timer, and whether
-dask's performance report was rendered."""
+"""The benchmark's readings of a run (benchmarks/benchmark.py): DP3's own timer, whether
+dask's performance report was rendered, and the memory sampler's own cost."""
 
 from __future__ import annotations
 
@@ -44,3 +44,40 @@ def test_a_dask_report_counts_as_rendered_unless_it_is_the_page_standing_for_non
     assert not benchmark.dask_report_rendered(tmp_path)
     report.write_text("<!DOCTYPE html>\n<html><head><title>Dask Performance Report</title>")
     assert benchmark.dask_report_rendered(tmp_path)
+
+
+def test_the_memory_sampler_scans_the_process_table_only_until_it_knows_both(tmp_path, monkeypatch):
+    """Its scans cost the workflow it watches 5-6 ms of CPU each: once both processes are
+    known their memory is read alone; one that ended is looked for again."""
+    import subprocess
+    import sys
+
+    marker = str(tmp_path / "workflow")
+    sleeper = "import time; time.sleep(60)"
+    started = [
+        subprocess.Popen([sys.executable, "-c", sleeper, "process_batch.py", marker]),
+        subprocess.Popen([sys.executable, "-c", sleeper, "/venv/bin/snakemake", marker]),
+    ]
+    try:
+        sampler = benchmark.MemorySampler(marker)
+        sampler.sample()
+        assert {kind: process.pid for kind, process in sampler.known.items()} == {
+            "central_job": started[0].pid,
+            "snakemake": started[1].pid,
+        }
+        assert all(peak > 0 for peak in sampler.peaks.values())
+        scans = []
+        real_iter = benchmark.psutil.process_iter
+        monkeypatch.setattr(
+            benchmark.psutil, "process_iter", lambda *a, **k: scans.append(1) or real_iter(*a, **k)
+        )
+        sampler.sample()
+        assert scans == []
+        started[0].kill()
+        started[0].wait()
+        sampler.sample()  # the central job is gone: its kind is looked for again
+        assert "central_job" not in sampler.known and scans == [1]
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
