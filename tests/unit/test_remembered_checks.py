@@ -4,6 +4,7 @@ config's schema check, which a config that passed it before skips."""
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 import textwrap
@@ -109,7 +110,7 @@ def test_the_key_names_the_schema_and_the_config(tmp_path, monkeypatch):
 
 def test_a_config_that_is_not_plain_json_is_always_checked():
     dated = config()
-    dated["note"] = __import__("datetime").date(2026, 12, 6)  # a YAML date
+    dated["note"] = datetime.date(2026, 12, 6)  # a YAML date
     assert schema_check_key(dated) is None
 
 

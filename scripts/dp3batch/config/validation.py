@@ -155,11 +155,11 @@ def validate_config(config: dict, passed: RememberedKeys | None = None) -> tuple
     config["frequency_chunk_hz"] = coerce_frequency(config.get("frequency_chunk_hz"))
     sdm_path = config.get("sdm_path")
     chain = parse_steps(config.get("steps"), sdm_path if isinstance(sdm_path, str) else None)
-    key = schema_check_key(config) if passed is not None else None
-    if key is None or passed is None or key not in passed:
+    if passed is None or (key := schema_check_key(config)) is None:
         check_config_against_schema(config, schema)
-        if key is not None and passed is not None:
-            passed.add(key)
+    elif key not in passed:
+        check_config_against_schema(config, schema)
+        passed.add(key)
     return scheduler, chain
 
 
