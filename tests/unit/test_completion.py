@@ -156,6 +156,20 @@ def test_the_output_tree_leaves_out_the_record_and_parset(tmp_path):
     assert tree.fingerprint == output_fingerprint(ms)
 
 
+def test_a_tree_counts_the_bytes_of_every_file_the_fingerprint_leaves_out_included(tmp_path):
+    ms = fake_ms(tmp_path / "a.ms")
+    (ms / RECORD_NAME).write_text("{}")
+    (ms / "dp3.parset").write_text("msin=x")
+    (ms / "outside").write_bytes(b"x" * 1000)
+    (ms / "link").symlink_to(ms / "outside")  # a link's target is counted once, as du does
+    expected = sum(
+        path.lstat().st_size for path in ms.rglob("*") if path.is_file() and not path.is_symlink()
+    )
+    assert expected == 10 + 10 + 4 + 8 + 4 + 2 + 6 + 1000
+    assert output_tree(ms).total_bytes == expected
+    assert input_tree(ms).total_bytes == expected
+
+
 def _plain_fingerprint(path: Path, skipped: set[str]) -> str:
     """The fingerprint as the records written so far define it, computed the plain way."""
     import hashlib

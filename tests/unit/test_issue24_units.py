@@ -129,6 +129,23 @@ def test_the_limit_is_the_smallest_of_memory_cgroup_and_address_space(tmp_path, 
     assert memory.memory_limit(proc).source == "RLIMIT_AS (ulimit -v) of this process"
 
 
+def test_a_recent_limit_is_read_again_only_when_older_than_its_age(monkeypatch):
+    reads = []
+
+    def counted() -> MemoryLimit:
+        reads.append(1)
+        return MemoryLimit(len(reads) * 2**30, f"read {len(reads)}")
+
+    monkeypatch.setattr(memory, "memory_limit", counted)
+    monkeypatch.setattr(memory, "_recent", None)
+    first = memory.recent_memory_limit(max_age_seconds=60)
+    assert memory.recent_memory_limit(max_age_seconds=60) is first and len(reads) == 1
+    # Older than asked for (a negative age: always): read again, and remembered anew.
+    assert memory.recent_memory_limit(max_age_seconds=-1).source == "read 2"
+    assert memory.recent_memory_limit(max_age_seconds=60).source == "read 2"
+    assert len(reads) == 2
+
+
 def test_shares_and_aoflagger_s_bound():
     limit = MemoryLimit(4 * 2**30, "cgroup", in_use_bytes=2**30)
     assert worker_share(limit, 3) == 2**30

@@ -46,6 +46,9 @@ class TreeFingerprint:
 
     fingerprint: str
     files: tuple[str, ...]
+    # Bytes of every file in the tree, those the fingerprint leaves out included (an
+    # output's size, for its record: a second walk took 0.7 ms of a small MS's task).
+    total_bytes: int = 0
 
 
 def input_tree(path: Path) -> TreeFingerprint:
@@ -62,13 +65,15 @@ def _tree_fingerprint(path: Path, skipped_top_level: frozenset[str] | set[str]) 
     # a lookup of the whole path again.
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _collect_file_stats(descriptor, "", entries, skipped_top_level)
+        total_bytes = _collect_file_stats(descriptor, "", entries, skipped_top_level)
     finally:
         os.close(descriptor)
     # Sorted by line, as the records written so far were (`table.f10:` sorts before
     # `table.f1:`); the order depends on the names alone, so the files keep it.
     entries.sort(key=lambda entry: entry[1])
-    return TreeFingerprint(_digest(line for _, line in entries), tuple(name for name, _ in entries))
+    return TreeFingerprint(
+        _digest(line for _, line in entries), tuple(name for name, _ in entries), total_bytes
+    )
 
 
 def _digest(lines: Iterable[str]) -> str:
@@ -80,20 +85,30 @@ def _collect_file_stats(
     relative: str,
     entries: list[tuple[str, str]],
     skipped: frozenset[str] | set[str],
-) -> None:
+) -> int:
+    """Appends (path, line) for each file the fingerprint covers; returns the bytes of every
+    regular file under `directory` (as `du --apparent-size` counts them, links not followed)."""
+    total_bytes = 0
     with os.scandir(directory) as scan:
         for entry in scan:
             name = entry.name
             if entry.is_dir(follow_symlinks=False):
                 subdirectory = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=directory)
                 try:
-                    _collect_file_stats(subdirectory, f"{relative}{name}/", entries, frozenset())
+                    total_bytes += _collect_file_stats(
+                        subdirectory, f"{relative}{name}/", entries, frozenset()
+                    )
                 finally:
                     os.close(subdirectory)
-            elif name not in _VOLATILE_FILES and name not in skipped:
+                continue
+            if entry.is_file(follow_symlinks=False):
+                # For a regular file, the one lstat DirEntry caches serves `stat()` as well.
+                total_bytes += entry.stat(follow_symlinks=False).st_size
+            if name not in _VOLATILE_FILES and name not in skipped:
                 stat = entry.stat()
                 path = f"{relative}{name}"
                 entries.append((path, f"{path}:{stat.st_size}:{stat.st_mtime_ns}"))
+    return total_bytes
 
 
 def listed_fingerprint(path: Path | str, files: Iterable[str]) -> str | None:

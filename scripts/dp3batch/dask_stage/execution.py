@@ -34,9 +34,9 @@ from dp3batch.books.task_result import TaskResult
 from dp3batch.dask_stage.memory import (
     aoflagger_memory_gb,
     possibly_out_of_memory,
+    recent_memory_limit,
     task_memory_share,
 )
-from dp3batch.dask_stage.memory import memory_limit as host_memory_limit
 from dp3batch.dask_stage.output_check import (
     InputGrid,
     RowsOutOfTimeOrder,
@@ -474,7 +474,7 @@ def _stages(task: Task, beside: Callable[[], None] | None = None):
     temporary = temporary_path(output)
     # A worker's share of memory, capped by what this host's limits leave it (an external
     # worker's own limit is dask's guess, blind to a batch job's cgroup).
-    host_limit = host_memory_limit()
+    host_limit = recent_memory_limit()
     share = task_memory_share(memory_limit, host_limit)
     parameters = task.parameters
     # One spectral window per run: the item's band (an MS of several windows is several
@@ -598,7 +598,7 @@ def _stages(task: Task, beside: Callable[[], None] | None = None):
             shape_after=shape_out.as_dict(),
             shape_expected=expected.as_dict() if expected else None,
             required_files=tuple(required_files),
-            output_bytes=disk_usage(temporary),
+            output_bytes=output_state.total_bytes,
             step_seconds=parse_step_times(dp3_output),
             flags_by_step=parse_flag_counts(dp3_output),
             output_fingerprint=output_state.fingerprint,
@@ -722,18 +722,6 @@ def dp3_command(executable: str, run: list[tuple[str, str]], parset_path: Path) 
         return [executable, *arguments]
     write_parset(parset_path, run, "The DP3 run of this MS (too long for arguments).")
     return [executable, str(parset_path)]
-
-
-def disk_usage(path: Path | str) -> int:
-    """Bytes of the files under `path` (os.scandir: a tenth of pathlib's rglob's cost)."""
-    total = 0
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                total += disk_usage(entry.path)
-            elif entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
-    return total
 
 
 def failed(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,25 @@ def memory_limit(proc: Path = Path("/proc")) -> MemoryLimit:
         [physical_memory(proc), *cgroup_limits(proc), *address_space_limit()],
         key=lambda limit: limit.limit_bytes,
     )
+
+
+# The last limit `recent_memory_limit` read in this process, with its monotonic time.
+_recent: tuple[float, MemoryLimit] | None = None
+
+RECENT_LIMIT_SECONDS = 30.0
+
+
+def recent_memory_limit(max_age_seconds: float = RECENT_LIMIT_SECONDS) -> MemoryLimit:
+    """`memory_limit()` as this process read it at most `max_age_seconds` ago: a task reads
+    it before every DP3, and reading /proc and its cgroup's files took 1 ms of a small MS's
+    task (limits change by hand, not between two small MSs)."""
+    global _recent
+    known = _recent
+    if known is not None and 0 <= time.monotonic() - known[0] <= max_age_seconds:
+        return known[1]
+    limit = memory_limit()
+    _recent = (time.monotonic(), limit)
+    return limit
 
 
 def physical_memory(proc: Path = Path("/proc")) -> MemoryLimit:
