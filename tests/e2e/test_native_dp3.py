@@ -7,15 +7,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
+import pytest
 from casacore import tables
 from conftest import make_inputs
 from dp3batch.dp3.install import ask_dp3_version, dp3_environment, dp3_version, find_dp3_executable
-from dp3batch.dp3.native import build_launcher, launcher_path
-from dp3batch.testing.harness import damage_ms
+from dp3batch.dp3.native import (
+    DEATH_SIGNAL_VARIABLE,
+    build_launcher,
+    launcher_path,
+    sets_own_death_signal,
+)
+from dp3batch.testing.harness import damage_ms, wait_until
 
 WHEEL_DP3 = find_dp3_executable()
 STEPS = [{"PreFlagger": {}}, {"AOFlagger": {}}, {"Averager": {"timestep": 2, "freqstep": 4}}]
@@ -107,3 +116,59 @@ def test_the_launcher_builds_into_an_environment_and_answers_the_wheels_version(
     assert built == launcher_path(tmp_path)
     assert ask_dp3_version(str(built)) == dp3_version(WHEEL_DP3)
     assert [path.name for path in built.parent.iterdir()] == ["DP3"]  # no temporary left
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or killed and waiting for its parent (init, once orphaned) to reap it."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_the_launcher_dies_with_the_process_that_started_it(tmp_path):
+    """As a task starts it: a DP3 whose worker is killed must not run on (writing an output
+    nobody commits, holding a slot's cores). Its parset is a FIFO nobody writes: DP3 waits
+    reading it until it is killed."""
+    launcher = str(launcher_path())
+    assert sets_own_death_signal(launcher), "make setup builds the launcher from this source"
+    parset = tmp_path / "waits.parset"
+    os.mkfifo(parset)
+    pid_file = tmp_path / "pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, subprocess, sys, time\n"
+            f"environment = {{**os.environ, {DEATH_SIGNAL_VARIABLE!r}: str(os.getpid())}}\n"
+            f"child = subprocess.Popen([{launcher!r}, {str(parset)!r}], env=environment)\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(600)\n",
+        ],
+        env=dp3_environment(),
+    )
+    try:
+        assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30, 0.05)
+        child = int(pid_file.read_text())
+        # DP3 is running (waiting for its parset) while its parent lives.
+        assert not wait_until(lambda: _ended(child), 1, 0.05)
+        assert psutil.Process(child).cmdline()[:1] == [launcher]
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        assert wait_until(lambda: _ended(child), 10, 0.05), "DP3 outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if pid_file.exists() and pid_file.read_text() and not _ended(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_the_launcher_whose_parent_died_before_it_asked_for_the_signal_dies_at_once(tmp_path):
+    parset = tmp_path / "waits.parset"
+    os.mkfifo(parset)
+    environment = {**dp3_environment(), DEATH_SIGNAL_VARIABLE: "1"}  # not its parent: this is
+    done = subprocess.run([str(launcher_path()), str(parset)], env=environment, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    # Without the variable the same command waits for its parset (as the test above).
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([str(launcher_path()), str(parset)], env=dp3_environment(), timeout=2)

@@ -1,6 +1,7 @@
-"""How a task starts DP3 (dask_stage.execution): through util-linux's `setpriv --pdeathsig`
-where it exists (no Python code between fork and exec in a threaded worker), else with a
-`preexec_fn` that sets the same death signal."""
+"""How a task starts DP3 (dask_stage.execution): the launcher sets its own death signal
+(tests/e2e/test_native_dp3.py); another DP3 starts through util-linux's `setpriv
+--pdeathsig` where it exists (no Python code between fork and exec in a threaded worker),
+else with a `preexec_fn` that sets the same death signal."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 
 import pytest
 from dp3batch.dask_stage import execution
+from dp3batch.dp3 import native
 from dp3batch.testing.harness import wait_until
 
 
@@ -30,6 +32,28 @@ def test_setpriv_with_pdeathsig_is_used_where_it_exists(fresh_launcher):
 def test_without_setpriv_there_is_no_launcher(fresh_launcher, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no setpriv there
     assert fresh_launcher() is None
+
+
+@pytest.mark.parametrize(
+    ("content", "at_the_launcher_s_path", "expected"),
+    [
+        (b"\x7fELF ... DP3BATCH_PDEATHSIG_PARENT ...", True, True),
+        (b"\x7fELF ... built before the variable ...", True, False),  # started through setpriv
+        (b"\x7fELF ... DP3BATCH_PDEATHSIG_PARENT ...", False, False),  # a DP3 of the user's
+    ],
+)
+def test_only_this_environment_s_launcher_naming_the_variable_sets_its_own_death_signal(
+    tmp_path, monkeypatch, content, at_the_launcher_s_path, expected
+):
+    program = tmp_path / "DP3"
+    program.write_bytes(content)
+    launcher = program if at_the_launcher_s_path else tmp_path / "elsewhere" / "DP3"
+    monkeypatch.setattr(native, "launcher_path", lambda: launcher)
+    native.sets_own_death_signal.cache_clear()
+    try:
+        assert native.sets_own_death_signal(str(program)) is expected
+    finally:
+        native.sets_own_death_signal.cache_clear()
 
 
 def test_a_process_started_through_the_launcher_dies_with_the_thread_that_started_it(

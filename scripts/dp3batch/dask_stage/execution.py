@@ -54,7 +54,7 @@ from dp3batch.dask_stage.worker_faults import (
 from dp3batch.dp3.command import hand_rerun_command
 from dp3batch.dp3.install import dp3_environment
 from dp3batch.dp3.log import parse_flag_counts, parse_step_times
-from dp3batch.dp3.native import dp3_program
+from dp3batch.dp3.native import DEATH_SIGNAL_VARIABLE, dp3_program, sets_own_death_signal
 from dp3batch.dp3.parameters import DP3Parameters
 from dp3batch.dp3.parset import arguments_for_dp3, write_parset
 from dp3batch.dp3.translation import run_parameters
@@ -219,17 +219,26 @@ def run_dp3(
 ) -> tuple[DP3Exit, Read]:
     """How DP3 ended, and what `meanwhile` returned: it runs once DP3 has started (work of
     this task that need not wait for DP3); if it raises, DP3 is stopped."""
+    # DP3 dies with the worker thread that starts it: the launcher asks for that itself,
+    # else setpriv does, else (the slowest) Python between fork and exec.
     environment = dp3_environment()
-    launcher = _pdeathsig_launcher()
+    setpriv: tuple[str, ...] = ()
+    preexec = None
+    if sets_own_death_signal(arguments[0]):
+        environment[DEATH_SIGNAL_VARIABLE] = str(os.getpid())
+    elif (found := _pdeathsig_launcher()) is not None:
+        setpriv = found
+    else:
+        preexec = _die_with_parent
     with open(log_path, "a") as log:
         try:
             process = subprocess.Popen(
-                [*launcher, *arguments] if launcher else arguments,
+                [*setpriv, *arguments],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=environment,
-                preexec_fn=None if launcher else _die_with_parent,
+                preexec_fn=preexec,
                 # Its own process group: stopping it also stops what a wrapper script started.
                 start_new_session=True,
             )
