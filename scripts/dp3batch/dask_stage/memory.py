@@ -61,7 +61,7 @@ RECENT_LIMIT_SECONDS = 30.0
 
 def recent_memory_limit(max_age_seconds: float = RECENT_LIMIT_SECONDS) -> MemoryLimit:
     """`memory_limit()` as this process read it at most `max_age_seconds` ago: a task reads
-    it before every DP3, and reading /proc and its cgroup's files took 1 ms of a small MS's
+    it before every DP3, and reading /proc and its cgroup's files took 0.6 ms of a small MS's
     task (limits change by hand, not between two small MSs)."""
     global _recent
     known = _recent
