@@ -834,6 +834,11 @@ def many(
     with MemorySampler(str(workflow.directory)) as memory:
         seconds, output = run_workflow(workflow, timeout=count * 5 + 600)
     workflow_cpu = children_cpu_seconds() - cpu
+    # DP3's own CPU in the workflow, as each task's `wait4` counted it (its records): the
+    # rest of the workflow's CPU is exactly what it spent outside DP3.
+    dp3_cpu = sum(
+        record.get("dp3_cpu_seconds") or 0 for record in records(workflow.output_dir).values()
+    )
     # The no-op rerun right after the batch, as an operator checks it, and again after the
     # pools (thousands of DP3 outputs written and removed, which may push the outputs'
     # inodes out of the kernel's caches: that rerun then measures the disk as well).
@@ -885,7 +890,11 @@ def many(
         "dp3_py_pool_seconds": round(pools["dp3_py"][0], 2),
         "workflow_over_dp3_py_pool": round(seconds / pools["dp3_py"][0], 3),
         "central_job_seconds": central_job_seconds(output),
-        # Snakemake, the central job, the cluster and every task, beside DP3's own CPU.
+        # Snakemake, the central job, the cluster and every task, beside DP3's own CPU:
+        # outside DP3 exactly (DP3's CPU as the tasks counted it), and against the pool's
+        # DP3 (which also counts what DP3 itself spends more beside the workflow's work).
+        "cpu_outside_dp3_ms_per_ms": round(1000 * (workflow_cpu - dp3_cpu) / count, 1),
+        "dp3_cpu_in_workflow_ms_per_ms": round(1000 * dp3_cpu / count, 1),
         "cpu_beside_dp3_ms_per_ms": round(1000 * (workflow_cpu - pool_cpu) / count, 1),
         "dp3_cpu_ms_per_ms": round(1000 * pool_cpu / count, 1),
         "dp3_py_cpu_ms_per_ms": round(1000 * pools["dp3_py"][1] / count, 1),
@@ -894,8 +903,8 @@ def many(
         "noop_rerun_seconds": round(noop, 2),
         "noop_rerun_after_the_pools_seconds": round(noop_later, 2),
         "rerun_after_1pct_deleted": {"deleted": len(deleted), "seconds": round(partial, 2)},
-        "targets": "workflow / pool <= 1.10 (400 MSs); <= 10 ms CPU per MS beside DP3; "
-        "memory flat in the MS count; no-op rerun <= 3 s",
+        "targets": "workflow / pool <= 1.10 (400 MSs); <= 10 ms CPU per MS outside DP3 "
+        "(cpu_outside_dp3_ms_per_ms); memory flat in the MS count; no-op rerun <= 3 s",
     }
     if reference is not None:
         reference["reference_over_pool"] = round(reference["seconds"] / pool, 3)

@@ -99,6 +99,10 @@ def test_a_channel_local_chain_chunked_is_bit_identical_to_unchunked(workflow):
     ]
     assert all(chunk["output_fingerprint"] and chunk["worker"] for chunk in chunks)
     assert record["shape_after"]["channels"] == 8
+    # What the MS cost: every chunk's DP3 and the join's own.
+    chunk_cpu = sum(chunk["dp3_cpu_seconds"] for chunk in chunks)
+    assert all(chunk["dp3_cpu_seconds"] > 0 for chunk in chunks)
+    assert record["dp3_cpu_seconds"] > chunk_cpu
     summary = json.loads((workflow.output_dir / "summary.json").read_text())
     (row,) = summary["measurement_sets"]
     assert len(row["frequency_chunks"]["chunks"]) == 4

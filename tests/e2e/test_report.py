@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -83,6 +84,8 @@ def test_summary_lists_every_ms_with_its_status(own_run_with_one_failure):
         assert row["freq_resolution_after"] == 2 * row["freq_resolution_before"]
         assert row["output_bytes"] > 0 and row["dp3_version"] and row["worker"]
         assert row["duration_seconds"] > 0
+        # DP3's CPU: no more than every core for the whole task, which its run is within.
+        assert 0 < row["dp3_cpu_seconds"] <= (os.cpu_count() or 1) * row["duration_seconds"]
         # The dispatch's estimate: the bytes of the input's main table.
         main_table = Path(row["input"])
         expected = sum(f.stat().st_size for f in main_table.iterdir() if f.is_file())

@@ -30,7 +30,7 @@ from dp3batch.dask_stage.central_job import (
     write_batch_result,
 )
 from dp3batch.dp3.parameters import DP3Parameters, DP3Step
-from dp3batch.report.summary import iter_rows
+from dp3batch.report.summary import COLUMNS, iter_rows
 
 # --- round trips --------------------------------------------------------------------------
 
@@ -39,6 +39,26 @@ def test_a_completion_record_round_trips():
     record = make_record(band=1, telescope=None, required_files=("instrument",))
     assert CompletionRecord.from_json(record.to_json()) == record
     assert CompletionRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+
+
+def test_dp3s_cpu_time_is_written_after_its_peak_memory_and_reaches_the_summary(tmp_path):
+    """A record keeps DP3's CPU time (a record without it reads back unchanged); its
+    result and its summary row (JSON and TSV column) carry it."""
+    record = make_record(peak_memory_bytes=502534144, dp3_cpu_seconds=12.345)
+    data = record.to_json()
+    assert list(data)[-2:] == ["peak_memory_bytes", "dp3_cpu_seconds"]
+    assert CompletionRecord.from_json(json.loads(json.dumps(data))) == record
+    assert "dp3_cpu_seconds" not in make_record().to_json()
+    result = TaskResult.from_record(record, "a.log")
+    assert result.dp3_cpu_seconds == 12.345
+    assert TaskResult.from_json(json.loads(json.dumps(result.to_json()))) == result
+    output = tmp_path / "a.ms"
+    output.mkdir()
+    write_record(output, replace(record, name="a", output=str(output)))
+    paths = [MSPaths("a", record.input, str(output))]
+    (row,) = iter_rows(paths, [], tmp_path / "logs", set(), None)
+    assert row.to_json()["dp3_cpu_seconds"] == 12.345
+    assert COLUMNS[-1] == "dp3_cpu_seconds"  # after the older columns of summary.tsv
 
 
 def test_a_batch_specification_round_trips_through_json():

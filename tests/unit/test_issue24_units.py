@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +18,8 @@ from dp3batch.books.layout import output_dir_problem
 from dp3batch.books.write_errors import QuietFileHandler, write_problem
 from dp3batch.dask_stage import memory
 from dp3batch.dask_stage.dispatch import killed_worker_reason
-from dp3batch.dask_stage.execution import input_changed_since, input_gone
+from dp3batch.dask_stage.execution import input_changed_since, input_gone, run_dp3
+from dp3batch.dask_stage.join import sum_cpu_seconds
 from dp3batch.dask_stage.memory import (
     MemoryLimit,
     aoflagger_memory_gb,
@@ -153,6 +155,28 @@ def test_shares_and_aoflagger_s_bound():
     assert task_memory_share(8 * 2**30, limit) == 4 * 2**30  # dask's guess, capped
     assert task_memory_share(2**30, limit) == 2**30
     assert aoflagger_memory_gb(2_000_000_000) == 1.0
+
+
+def test_a_run_s_exit_carries_its_cpu_time_and_its_peak_memory(tmp_path):
+    """What `wait4` says of the process the run started: the CPU it spent (here a loop
+    that spins 0.3 s of CPU time, then sleeps 0.3 s, which costs none) and its peak."""
+    spin = (
+        "import time\n"
+        "end = time.process_time() + 0.3\n"
+        "while time.process_time() < end: pass\n"
+        "time.sleep(0.3)\n"
+    )
+    log = tmp_path / "run.log"
+    exited, read = run_dp3([sys.executable, "-c", spin], log, None, None, lambda: "read")
+    assert (exited.code, read) == (0, "read")
+    assert exited.cpu_seconds is not None and 0.3 <= exited.cpu_seconds < 0.55
+    assert exited.peak_memory_bytes is not None and exited.peak_memory_bytes > 2**20
+
+
+def test_the_cpu_of_a_joined_ms_is_every_run_s_or_unknown():
+    assert sum_cpu_seconds([1.25, 2.5, 0.125]) == 3.875
+    assert sum_cpu_seconds([1.25, None]) is None  # a chunk recorded by an older version
+    assert sum_cpu_seconds([]) == 0
 
 
 def test_a_kill_by_sigkill_names_the_peak_the_share_and_the_limit():

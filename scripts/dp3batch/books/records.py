@@ -102,6 +102,9 @@ class CompletionRecord:
     batch_id: str | None = field(default=None, metadata={"omit_none": True})
     # DP3's peak resident memory (its `ru_maxrss`), for sizing jobs.
     peak_memory_bytes: int | None = field(default=None, metadata={"omit_none": True})
+    # DP3's CPU time (user + system, of it and its children, as `wait4` counts): against
+    # `duration_seconds`, how busy its threads kept their cores.
+    dp3_cpu_seconds: float | None = field(default=None, metadata={"omit_none": True})
     # What the output's flagging report found (report.flagging.flag_statistics): flagged
     # percentages in the input, before averaging and in the output, per station and per
     # channel, and the report's files. Left out when there is none (older records).

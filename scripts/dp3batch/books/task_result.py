@@ -49,6 +49,8 @@ class TaskResult:
     dp3_version: str | None = None
     # DP3's peak resident memory, also of a DP3 that failed or was killed.
     peak_memory_bytes: int | None = None
+    # DP3's CPU time (user + system), also of a DP3 that failed or was killed.
+    dp3_cpu_seconds: float | None = None
     flag_statistics: Mapping[str, Any] | None = None
 
     @classmethod
@@ -74,6 +76,7 @@ class TaskResult:
             stations=record.stations,
             dp3_version=record.dp3_version,
             peak_memory_bytes=record.peak_memory_bytes,
+            dp3_cpu_seconds=record.dp3_cpu_seconds,
             flag_statistics=record.flag_statistics,
         )
 

@@ -207,11 +207,13 @@ class InputDescription:
 
 @dataclass(frozen=True)
 class DP3Exit:
-    """How DP3 ended: its exit code (negative: the signal that killed it) and its peak
-    resident memory (`ru_maxrss`, of it and the children it waited for), if known."""
+    """How DP3 ended: its exit code (negative: the signal that killed it), its peak
+    resident memory (`ru_maxrss`) and its CPU time (user + system), of it and the children
+    it waited for, if known."""
 
     code: int
     peak_memory_bytes: int | None = None
+    cpu_seconds: float | None = None
 
 
 def run_dp3(
@@ -286,13 +288,16 @@ def _wait_for_exit(process: subprocess.Popen, seconds: float) -> DP3Exit:
 
 
 def _reap(process: subprocess.Popen) -> DP3Exit:
-    """Reap the exited DP3 with `wait4`, which also says its peak memory (Linux: KiB)."""
+    """Reap the exited DP3 with `wait4`, which also says its peak memory (Linux: KiB) and
+    its CPU time."""
     try:
         _, status, usage = os.wait4(process.pid, 0)
     except ChildProcessError:  # reaped already
         return DP3Exit(process.wait())
     process.returncode = os.waitstatus_to_exitcode(status)  # as Popen.wait would set it
-    return DP3Exit(process.returncode, usage.ru_maxrss * 1024)
+    return DP3Exit(
+        process.returncode, usage.ru_maxrss * 1024, round(usage.ru_utime + usage.ru_stime, 3)
+    )
 
 
 def _log_tail(log_path: Path, size: int = 4096) -> str:
@@ -537,7 +542,11 @@ def _stages(task: Task, beside: Callable[[], None] | None = None):
         exited, (shape_in, grid, input_flags, described) = run_dp3(
             arguments, log_path, worker, key, read_input
         )
-        result = replace(result, peak_memory_bytes=exited.peak_memory_bytes)
+        result = replace(
+            result,
+            peak_memory_bytes=exited.peak_memory_bytes,
+            dp3_cpu_seconds=exited.cpu_seconds,
+        )
         if exited.code != 0 and (problem := dp3_start_problem(exited.code, _log_tail(log_path))):
             raise DP3DidNotStart(problem)
         if exited.code != 0:
@@ -615,6 +624,7 @@ def _stages(task: Task, beside: Callable[[], None] | None = None):
             output_files=output_state.files,
             batch_id=task.batch_id,
             peak_memory_bytes=exited.peak_memory_bytes,
+            dp3_cpu_seconds=exited.cpu_seconds,
             flag_statistics=flagging.statistics if flagging else None,
         )
         # Last, after every read of the input: what DP3 read is what the record describes.

@@ -126,8 +126,16 @@ def _chunk_entry(chunk: PlannedChunk, record: CompletionRecord) -> dict[str, Any
         "flagged_total_pct": (record.flag_statistics or {}).get("total_pct"),
         "flagged_output_pct": None if flagged is None else round(100 * flagged, 3),
         "peak_memory_bytes": record.peak_memory_bytes,
+        "dp3_cpu_seconds": record.dp3_cpu_seconds,
         "dp3_arguments": list(record.dp3_arguments),
     }
+
+
+def sum_cpu_seconds(seconds: list[float | None]) -> float | None:
+    """The CPU of several DP3 runs, or None when one of them is not known (a chunk's record
+    of an older version)."""
+    known = [value for value in seconds if value is not None]
+    return round(sum(known), 3) if len(known) == len(seconds) else None
 
 
 def _sum_step_seconds(records: list[CompletionRecord]) -> dict[str, float]:
@@ -262,6 +270,10 @@ def join_chunks(task: Task) -> TaskResult:
             output_files=output_state.files,
             batch_id=task.batch_id,
             peak_memory_bytes=max((record.peak_memory_bytes or 0) for record in done) or None,
+            # Every chunk's DP3 and the join's: what the MS cost.
+            dp3_cpu_seconds=sum_cpu_seconds(
+                [*(record.dp3_cpu_seconds for record in done), exited.cpu_seconds]
+            ),
             flag_statistics=statistics,
             frequency_chunks={
                 "width_hz": task.frequency_chunk_hz,

@@ -83,6 +83,8 @@ class SummaryRow:
     peak_memory_bytes: int | None = None
     # The PNG of the output's flagging report (its zarr dataset is beside it).
     flagging_report: str | None = None
+    # DP3's CPU time (user + system); after the older columns.
+    dp3_cpu_seconds: float | None = None
     # JSON only: DP3's time per step, its flag counts per step (the RFI spectrum and the
     # per-station plot), the stations by antenna index, the flagging report's statistics.
     step_seconds: Mapping[str, float] = field(default_factory=dict)
@@ -199,6 +201,7 @@ def _row_from(
         output=source.output,
         peak_memory_bytes=source.peak_memory_bytes,
         flagging_report=statistics.get("png"),
+        dp3_cpu_seconds=source.dp3_cpu_seconds,
         step_seconds=dict(source.step_seconds or {}),
         flags_by_step=dict(source.flags_by_step or {}),
         stations=tuple(source.stations or ()),
