@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dp3batch.books.layout import PARSET_NAME, RECORD_NAME
+from dp3batch.books.native_stat import native_stat_lines
 
 # casacore rewrites lock files when a table is merely opened: they say nothing about content.
 _VOLATILE_FILES = {"table.lock"}
@@ -129,6 +130,10 @@ def listed_fingerprint(path: Path | str, files: Iterable[str]) -> str | None:
     except OSError:
         return None
     try:
+        native = native_stat_lines()
+        if native is not None and _plain_names(wrapped):
+            text = native(descriptor, files)
+            return None if text is None else hashlib.sha256(text).hexdigest()
         # Through links, as the walk's `DirEntry.stat()`.
         lines = [
             f"{name}:{stat.st_size}:{stat.st_mtime_ns}"
@@ -140,6 +145,18 @@ def listed_fingerprint(path: Path | str, files: Iterable[str]) -> str | None:
     finally:
         os.close(descriptor)
     return _digest(lines)
+
+
+def _plain_names(joined: str) -> bool:
+    """Whether C can stat these names as Python would: no NUL (os.stat refuses it), and
+    text that is UTF-8 as it stands (no undecodable bytes kept as surrogates)."""
+    if "\0" in joined:
+        return False
+    try:
+        joined.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def input_unchanged(path: Path | str, fingerprint: str, files: Iterable[str] | None) -> bool:
