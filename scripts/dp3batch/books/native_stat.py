@@ -14,10 +14,11 @@ import ctypes
 import functools
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from dp3batch.native_build import NativeBuildError, build_atomically, setup_step
 
 SOURCE = Path(__file__).with_name("stat_lines.c")
 VERSION = 1  # dp3batch_stat_lines_version() of stat_lines.c
@@ -29,10 +30,6 @@ _NUMBERS = 2 * 22 + 1
 StatLines = Callable[[int, Sequence[str]], bytes | None]
 
 
-class HelperBuildError(RuntimeError):
-    """The helper cannot be built here; the message says why (Python makes the lines)."""
-
-
 def library_path(prefix: str | Path | None = None) -> Path:
     """Where this environment's helper lives."""
     return Path(prefix or sys.prefix) / "lib" / "dp3batch" / "libdp3batch_stat_lines.so"
@@ -40,25 +37,16 @@ def library_path(prefix: str | Path | None = None) -> Path:
 
 def build_helper(prefix: str | Path | None = None) -> Path:
     """Build the helper into this environment (atomically: a run loading it meanwhile sees
-    the old one or the new one). Raises HelperBuildError with the reason."""
+    the old one or the new one). Raises NativeBuildError with the reason."""
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
-        raise HelperBuildError("no C compiler (cc or gcc) on PATH")
-    target = library_path(prefix)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}")
-    command = [compiler, "-O2", "-shared", "-fPIC", "-o", str(temporary), str(SOURCE)]
-    try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_SECONDS)
-        if completed.returncode != 0:
-            said = (completed.stderr or completed.stdout).strip().splitlines()
-            raise HelperBuildError(f"{compiler} failed: {said[-1] if said else '(silent)'}")
-        temporary.replace(target)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise HelperBuildError(f"{compiler} did not run: {error}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
-    return target
+        raise NativeBuildError("no C compiler (cc or gcc) on PATH")
+    return build_atomically(
+        library_path(prefix),
+        lambda output: [compiler, "-O2", "-shared", "-fPIC", "-o", str(output), str(SOURCE)],
+        compiler,
+        BUILD_SECONDS,
+    )
 
 
 @functools.cache  # once per process (planning's forked children inherit it)
@@ -97,13 +85,7 @@ def native_stat_lines(library: str | None = None) -> StatLines | None:
 def main() -> int:
     """`python -m dp3batch.books.native_stat`: build the helper (make setup). Never fails
     the setup: without it, Python makes the lines."""
-    try:
-        path = build_helper()
-    except HelperBuildError as error:
-        print(f"stat helper not built ({error}); Python stats the listed files", file=sys.stderr)
-        return 0
-    print(f"stat helper built: {path}")
-    return 0
+    return setup_step(build_helper, "stat helper", "Python stats the listed files")
 
 
 if __name__ == "__main__":

@@ -19,22 +19,18 @@ import functools
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
 from dp3batch.dp3.install import DP3Error, ask_dp3_version
+from dp3batch.native_build import NativeBuildError, build_atomically, setup_step
 
 SOURCE = Path(__file__).with_name("dp3_launcher.cc")
 BUILD_SECONDS = 300.0
 # Set to the pid of the process starting the launcher: it then dies with the thread that
 # started it (see dp3_launcher.cc), as a task's DP3 must.
 DEATH_SIGNAL_VARIABLE = "DP3BATCH_PDEATHSIG_PARENT"
-
-
-class LauncherBuildError(RuntimeError):
-    """The launcher cannot be built here; the message says why (DP3.py is used instead)."""
 
 
 def launcher_path(prefix: str | Path | None = None) -> Path:
@@ -80,34 +76,21 @@ def build_command(compiler: str, output: Path, dp3_library: Path, python: Path) 
 
 def build_launcher(prefix: str | Path | None = None) -> Path:
     """Build the launcher into this environment (atomically: a run starting meanwhile sees
-    the old one or the new one). Raises LauncherBuildError with the reason."""
+    the old one or the new one). Raises NativeBuildError with the reason."""
     compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
     dp3_library, python = wheel_library(), python_library()
     if compiler is None:
-        raise LauncherBuildError("no C++ compiler (c++ or g++) on PATH")
+        raise NativeBuildError("no C++ compiler (c++ or g++) on PATH")
     if dp3_library is None:
-        raise LauncherBuildError("the dp3 wheel's libDP3 is not installed")
+        raise NativeBuildError("the dp3 wheel's libDP3 is not installed")
     if python is None:
-        raise LauncherBuildError(f"{sys.executable} has no shared libpython to link")
-    target = launcher_path(prefix)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}")
-    try:
-        completed = subprocess.run(
-            build_command(compiler, temporary, dp3_library, python),
-            capture_output=True,
-            text=True,
-            timeout=BUILD_SECONDS,
-        )
-        if completed.returncode != 0:
-            said = (completed.stderr or completed.stdout).strip().splitlines()
-            raise LauncherBuildError(f"{compiler} failed: {said[-1] if said else '(silent)'}")
-        temporary.replace(target)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise LauncherBuildError(f"{compiler} did not run: {error}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
-    return target
+        raise NativeBuildError(f"{sys.executable} has no shared libpython to link")
+    return build_atomically(
+        launcher_path(prefix),
+        lambda output: build_command(compiler, output, dp3_library, python),
+        compiler,
+        BUILD_SECONDS,
+    )
 
 
 def is_wheel_script(executable: str) -> bool:
@@ -159,13 +142,7 @@ def sets_own_death_signal(program: str) -> bool:
 def main() -> int:
     """`python -m dp3batch.dp3.native`: build the launcher (make setup). Never fails the
     setup: without it, DP3 starts through `DP3.py`."""
-    try:
-        path = build_launcher()
-    except LauncherBuildError as error:
-        print(f"DP3 launcher not built ({error}); DP3 starts through DP3.py", file=sys.stderr)
-        return 0
-    print(f"DP3 launcher built: {path}")
-    return 0
+    return setup_step(build_launcher, "DP3 launcher", "DP3 starts through DP3.py")
 
 
 if __name__ == "__main__":
