@@ -131,9 +131,8 @@ def listed_fingerprint(path: Path | str, files: Iterable[str]) -> str | None:
         return None
     try:
         native = native_stat_lines()
-        packed = None if native is None else _packed_names(files, wrapped)
-        if native is not None and packed is not None:
-            text = native(descriptor, packed, len(files))
+        if native is not None and _plain_names(wrapped):
+            text = native(descriptor, files)
             return None if text is None else hashlib.sha256(text).hexdigest()
         # Through links, as the walk's `DirEntry.stat()`.
         lines = [
@@ -148,16 +147,16 @@ def listed_fingerprint(path: Path | str, files: Iterable[str]) -> str | None:
     return _digest(lines)
 
 
-def _packed_names(files: list[str], joined: str) -> bytes | None:
-    """The names for C, each ended by a NUL; None where C cannot stat them as Python would:
-    a NUL in a name (os.stat refuses it), or text that is not UTF-8 as it stands
-    (undecodable bytes kept as surrogates). `joined`: the names joined by anything."""
+def _plain_names(joined: str) -> bool:
+    """Whether C can stat these names as Python would: no NUL (os.stat refuses it), and
+    text that is UTF-8 as it stands (no undecodable bytes kept as surrogates)."""
     if "\0" in joined:
-        return None
+        return False
     try:
-        return "\0".join(files).encode() + b"\0"
+        joined.encode()
     except UnicodeEncodeError:
-        return None
+        return False
+    return True
 
 
 def input_unchanged(path: Path | str, fingerprint: str, files: Iterable[str] | None) -> bool:
