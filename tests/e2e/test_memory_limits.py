@@ -2,7 +2,7 @@
 sizes its workers and AOFlagger from the cgroup's limit, not from the machine's memory; a DP3
 the kernel kills for memory, and a dask worker killed by SIGKILL, are reported as possibly
 out of memory with the limit that applied; each DP3's peak memory is in its completion record
-and the summary.
+and the summary; the kernel ranks every DP3 first for its OOM killer.
 
 Real snakemake, DP3, dask; a real cgroup with a memory limit, and the kernel's own OOM killer."""
 
@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 
+import psutil
 import pytest
 from conftest import dp3_processes, make_inputs, wait_until
 from memory_cgroup import joining, memory_cgroup, oom_kills, why_not
@@ -67,12 +68,19 @@ def test_a_run_in_a_memory_cgroup_is_sized_by_its_limit(workflow, small_cgroup):
         {"AOFlagger": {"memorymax": 20}},
         {"Averager": {"timestep": 2, "freqstep": 2}},
     ]
-    kills = oom_kills(small_cgroup)
-    started = time.monotonic()
-    killed = _run_in(small_cgroup, workflow)
-    assert time.monotonic() - started < 300
+    for _ in range(2):
+        kills = oom_kills(small_cgroup)
+        started = time.monotonic()
+        killed = _run_in(small_cgroup, workflow)
+        assert time.monotonic() - started < 300
+        # The kernel's race, not the workflow's: a process that allocates in the moment
+        # after DP3 is taken, before DP3's memory is freed, takes the next largest, one of
+        # the workflow's own (seen twice in CI on a loaded machine). That death is reported
+        # as its own tests show (a killed central job, a killed Snakemake); run again.
+        if oom_kills(small_cgroup) - kills < 2:
+            break
     assert killed.returncode != 0, killed.output
-    assert oom_kills(small_cgroup) > kills  # the kernel's OOM killer did it
+    assert oom_kills(small_cgroup) - kills == 1  # the kernel's OOM killer did it, to DP3
     assert "obs_0: FAILED" in killed.output
     assert "DP3 was killed by SIGKILL: possibly out of memory (DP3's peak" in killed.output
     assert limit_text in killed.output and str(small_cgroup) in killed.output
@@ -94,6 +102,47 @@ def test_a_run_in_a_memory_cgroup_is_sized_by_its_limit(workflow, small_cgroup):
     peak = record["peak_memory_bytes"]
     assert 50 * 2**20 < peak < CGROUP_LIMIT
     assert int(_summary(workflow)["obs_0"]["peak_memory_bytes"]) == peak
+
+
+def test_the_kernel_ranks_every_dp3_above_the_workflow_s_own_processes(workflow):
+    """The kernel's own OOM scores while DP3 runs: DP3's is above Snakemake's and the
+    central job's (which holds the embedded workers and may hold more memory than a small
+    MS's DP3), so running out of memory costs one MS, not the batch."""
+    make_inputs(workflow.directory / "inputs", 1, **SLOW_MS)
+    workflow.config["local_cluster"] = ONE_WORKER
+    snakemake = workflow.start()
+    try:
+        running = wait_until(lambda: dp3_processes(str(workflow.directory)), 120, 0.05)
+        assert running
+        dp3 = running[0]
+        ours = [p for p in dp3.parents() if p.pid == snakemake.pid or p in _children(snakemake)]
+        scores = {process.pid: _oom(process.pid) for process in [dp3, *ours]}
+        roles = {_role(process) for process in ours}
+        snakemake.wait(timeout=300)
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+            snakemake.wait()
+    assert snakemake.returncode == 0
+    assert {"process_batch", "snakemake"} <= roles
+    assert scores[dp3.pid] == ("1000", scores[dp3.pid][1])
+    assert all(scores[p.pid][0] == "0" for p in ours)
+    assert all(int(scores[dp3.pid][1]) > int(scores[p.pid][1]) for p in ours), scores
+
+
+def _children(process) -> list[psutil.Process]:
+    return psutil.Process(process.pid).children(recursive=True)
+
+
+def _oom(pid: int) -> tuple[str, str]:
+    """A process's (oom_score_adj, oom_score) as the kernel shows them."""
+    proc = f"/proc/{pid}"
+    return tuple(open(f"{proc}/{name}").read().strip() for name in ("oom_score_adj", "oom_score"))
+
+
+def _role(process) -> str:
+    command = " ".join(process.cmdline())
+    return "process_batch" if "process_batch" in command else "snakemake"
 
 
 def test_a_worker_killed_by_sigkill_is_named_with_its_memory_limit(workflow, dask_cluster):

@@ -173,6 +173,18 @@ def test_a_run_s_exit_carries_its_cpu_time_and_its_peak_memory(tmp_path):
     assert exited.peak_memory_bytes is not None and exited.peak_memory_bytes > 2**20
 
 
+def test_a_run_s_process_is_the_kernel_s_first_oom_victim(tmp_path):
+    """DP3 gets the largest OOM score adjustment at once (the child reads its own after a
+    moment); a process that is gone keeps nothing and raises nothing."""
+    show = "import time; time.sleep(0.3); print(open('/proc/self/oom_score_adj').read())"
+    log = tmp_path / "run.log"
+    exited, _ = run_dp3([sys.executable, "-c", show], log, None, None, lambda: None)
+    assert exited.code == 0
+    assert log.read_text().split() == [str(memory.OOM_SCORE_ADJ_FIRST)] == ["1000"]
+    assert memory.make_first_oom_victim(2**22 + 1) is False  # above any pid_max: no such process
+    assert memory.make_first_oom_victim(os.getpid(), proc=tmp_path) is False
+
+
 def test_the_cpu_of_a_joined_ms_is_every_run_s_or_unknown():
     assert sum_cpu_seconds([1.25, 2.5, 0.125]) == 3.875
     assert sum_cpu_seconds([1.25, None]) is None  # a chunk recorded by an older version

@@ -33,6 +33,7 @@ from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
 from dp3batch.dask_stage.memory import (
     aoflagger_memory_gb,
+    make_first_oom_victim,
     possibly_out_of_memory,
     recent_memory_limit,
     task_memory_share,
@@ -246,6 +247,8 @@ def run_dp3(
             )
         except OSError as error:  # not there, not executable: this worker's fault
             raise DP3DidNotStart(f"DP3 could not start: {error.strerror}: {arguments[0]}") from None
+    # Before DP3 has read its input; what a wrapper script forks from then on inherits it.
+    make_first_oom_victim(process.pid)
     lock_wait_seen = None
     try:
         read = meanwhile()

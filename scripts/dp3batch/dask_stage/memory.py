@@ -218,6 +218,27 @@ def aoflagger_memory_gb(share_bytes: int) -> float:
     return share_bytes / 2 / 1e9
 
 
+# The kernel's OOM killer takes the process of the highest score in the cgroup (or machine)
+# that ran out of memory; a score is the resident memory plus oom_score_adj thousandths of
+# the limit. At the largest adjustment every DP3 comes before every process of the workflow
+# itself (Snakemake, the central job, a dask worker), the largest DP3 first: running out
+# fails one MS, which a rerun redoes, and not the batch. The central job of a 10,000-MS
+# batch holds 228 MiB, more than a small MS's DP3.
+OOM_SCORE_ADJ_FIRST = 1000
+
+
+def make_first_oom_victim(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Give process `pid` the largest OOM score adjustment; whether that took. Raising it
+    needs no privilege (only lowering does); a process already gone, or not this user's,
+    keeps its own."""
+    try:
+        with open(proc / str(pid) / "oom_score_adj", "w") as adjustment:
+            adjustment.write(str(OOM_SCORE_ADJ_FIRST))
+    except OSError:
+        return False
+    return True
+
+
 def possibly_out_of_memory(
     share_bytes: int | None, limit: MemoryLimit | None, peak_bytes: int | None
 ) -> str:
