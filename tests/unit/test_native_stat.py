@@ -59,10 +59,14 @@ def test_make_setup_built_the_helper_and_it_loads():
 def test_the_helper_s_lines_are_python_s_byte_for_byte(tree):
     stat_lines = native_stat.native_stat_lines()
     descriptor = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+
+    def packed(names):
+        return b"".join(name.encode() + b"\0" for name in names)
+
     try:
-        assert stat_lines(descriptor, NAMES) == python_lines(tree, NAMES)
-        assert stat_lines(descriptor, []) == b""
-        assert stat_lines(descriptor, ["table.dat", "gone.f9"]) is None
+        assert stat_lines(descriptor, packed(NAMES), len(NAMES)) == python_lines(tree, NAMES)
+        assert stat_lines(descriptor, b"", 0) == b""
+        assert stat_lines(descriptor, packed(["table.dat", "gone.f9"]), 2) is None
     finally:
         os.close(descriptor)
 

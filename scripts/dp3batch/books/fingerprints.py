@@ -131,8 +131,9 @@ def listed_fingerprint(path: Path | str, files: Iterable[str]) -> str | None:
         return None
     try:
         native = native_stat_lines()
-        if native is not None and _plain_names(wrapped):
-            text = native(descriptor, files)
+        packed = None if native is None else _packed_names(files, wrapped)
+        if native is not None and packed is not None:
+            text = native(descriptor, packed, len(files))
             return None if text is None else hashlib.sha256(text).hexdigest()
         # Through links, as the walk's `DirEntry.stat()`.
         lines = [
@@ -147,16 +148,16 @@ def listed_fingerprint(path: Path | str, files: Iterable[str]) -> str | None:
     return _digest(lines)
 
 
-def _plain_names(joined: str) -> bool:
-    """Whether C can stat these names as Python would: no NUL (os.stat refuses it), and
-    text that is UTF-8 as it stands (no undecodable bytes kept as surrogates)."""
+def _packed_names(files: list[str], joined: str) -> bytes | None:
+    """The names for C, each ended by a NUL; None where C cannot stat them as Python would:
+    a NUL in a name (os.stat refuses it), or text that is not UTF-8 as it stands
+    (undecodable bytes kept as surrogates). `joined`: the names joined by anything."""
     if "\0" in joined:
-        return False
+        return None
     try:
-        joined.encode()
+        return "\0".join(files).encode() + b"\0"
     except UnicodeEncodeError:
-        return False
-    return True
+        return None
 
 
 def input_unchanged(path: Path | str, fingerprint: str, files: Iterable[str] | None) -> bool:

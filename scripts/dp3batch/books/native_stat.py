@@ -15,7 +15,7 @@ import functools
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from dp3batch.native_build import NativeBuildError, build_atomically, setup_step
@@ -27,7 +27,8 @@ BUILD_SECONDS = 120.0
 # and a sign at most).
 _NUMBERS = 2 * 22 + 1
 
-StatLines = Callable[[int, Sequence[str]], bytes | None]
+# An open directory, the names in it each ended by a NUL, how many: their lines, or None.
+StatLines = Callable[[int, bytes, int], bytes | None]
 
 
 def library_path(prefix: str | Path | None = None) -> Path:
@@ -52,9 +53,9 @@ def build_helper(prefix: str | Path | None = None) -> Path:
 @functools.cache  # once per process (planning's forked children inherit it)
 def native_stat_lines(library: str | None = None) -> StatLines | None:
     """The helper of this environment (or `library`) as a function of an open directory and
-    the names in it: their lines as bytes, or None when one cannot be stat-ed. None when
-    there is no usable helper, or where file names are not UTF-8 (the lines are hashed as
-    UTF-8 text)."""
+    the names in it (UTF-8, each ended by a NUL): their lines as bytes, or None when one
+    cannot be stat-ed. None when there is no usable helper, or where file names are not
+    UTF-8 (the lines are hashed as UTF-8 text)."""
     if sys.getfilesystemencoding() != "utf-8":
         return None
     try:
@@ -68,11 +69,10 @@ def native_stat_lines(library: str | None = None) -> StatLines | None:
     function.argtypes += [ctypes.c_long]
     function.restype = ctypes.c_long
 
-    def stat_lines(descriptor: int, names: Sequence[str]) -> bytes | None:
-        packed = b"".join(name.encode() + b"\0" for name in names)
-        size = len(packed) + _NUMBERS * len(names) + 1
+    def stat_lines(descriptor: int, packed: bytes, count: int) -> bytes | None:
+        size = len(packed) + _NUMBERS * count + 1
         out = ctypes.create_string_buffer(size)
-        used = function(descriptor, packed, len(names), out, size)
+        used = function(descriptor, packed, count, out, size)
         if used == -1:
             return None
         if used < 0:  # cannot happen: the buffer holds the longest lines
