@@ -177,3 +177,28 @@ def test_a_name_dp3_would_misread_is_refused_before_anything_runs(workflow, case
         before.pop("test_config.yaml", None)
         assert after == before
         assert _rows(directory / "important.ms") == rows
+
+
+def test_a_file_named_in_bytes_that_are_not_utf8_inside_an_input_is_accounted_for(workflow):
+    """A file another tool left inside an MS under a Latin-1 name (`café` as one byte é): the
+    MS is processed, a rerun finds it up to date, and a change of that file redoes it."""
+    path = make_ms(workflow.directory / "inputs" / "obs_0.ms")
+    stray = os.path.join(os.fsencode(path), b"notes caf\xe9.txt")
+    with open(stray, "wb") as handle:
+        handle.write(b"left here by another tool\n")
+    workflow.config["inputs"] = [str(path)]
+    first = workflow.run()
+    assert first.returncode == 0, first.output
+    assert "obs_0: done in " in first.output
+    assert os.fsdecode(b"notes caf\xe9.txt") in workflow.record("obs_0")["input_files"]
+
+    again = workflow.run()
+    assert again.returncode == 0, again.output
+    assert "All 1 MS(s)" in again.output and ": done in " not in again.output
+
+    with open(stray, "ab") as handle:
+        handle.write(b"and changed\n")
+    changed = workflow.run()
+    assert changed.returncode == 0, changed.output
+    assert "obs_0: input changed" in changed.output
+    assert "obs_0: done in " in changed.output

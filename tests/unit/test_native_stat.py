@@ -4,6 +4,7 @@ byte for byte the lines Python makes, and Python's where it cannot be used."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 
@@ -84,10 +85,23 @@ def test_the_listed_fingerprint_is_the_same_either_way(tree, either_way):
 
 
 def test_a_name_that_is_not_utf8_text_is_stat_by_python(tree):
+    """Python stats it (C is given UTF-8 text only), and its line holds the name's bytes as
+    they are on disk; the record that lists it keeps it through JSON."""
     undecodable = os.fsdecode(b"caf\xe9.f0")  # a byte kept as a surrogate
     (tree / undecodable).write_bytes(b"z")
-    with pytest.raises(UnicodeEncodeError):  # as before: such a name has no fingerprint line
-        listed_fingerprint(tree, ["table.dat", undecodable])
+    walked = input_tree(tree)
+    assert undecodable in walked.files
+    assert json.loads(json.dumps(walked.files)) == list(walked.files)
+    assert listed_fingerprint(tree, walked.files) == walked.fingerprint
+    listed = ["table.dat", undecodable]
+    lines = (
+        python_lines(tree, ["table.dat"])
+        + b"\ncaf\xe9.f0:1:"
+        + str(os.stat(tree / undecodable).st_mtime_ns).encode()
+    )
+    assert listed_fingerprint(tree, listed) == hashlib.sha256(lines).hexdigest()
+    os.utime(tree / undecodable, ns=(1, 1))
+    assert listed_fingerprint(tree, walked.files) not in (None, walked.fingerprint)
 
 
 def test_a_helper_of_another_version_is_not_used(tmp_path):

@@ -78,7 +78,9 @@ def _tree_fingerprint(path: Path, skipped_top_level: frozenset[str] | set[str]) 
 
 
 def _digest(lines: Iterable[str]) -> str:
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    # A name's bytes as they are on disk: one that is not UTF-8 text (a byte Python keeps as
+    # a surrogate) has a line too, where a plain `encode()` would refuse it.
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _collect_file_stats(
