@@ -179,6 +179,30 @@ def test_a_name_dp3_would_misread_is_refused_before_anything_runs(workflow, case
         assert _rows(directory / "important.ms") == rows
 
 
+def test_an_input_named_in_bytes_that_are_not_utf8_is_refused_before_anything_runs(workflow):
+    """A directory named in Latin-1 (`café` with one byte é), found by a glob: casacore
+    cannot open it, so the run says so at once, showing the byte, and changes nothing."""
+    directory = workflow.directory
+    make_ms(directory / "inputs" / "good" / "obs.ms", seed=1)
+    make_ms(directory / "made.ms", seed=2)
+    os.rename(directory / "made.ms", os.fsdecode(bytes(directory / "inputs") + b"/caf\xe9"))
+    workflow.config["inputs"] = ["inputs/*/*.ms", "inputs/caf*"]
+    rows, before = _important_ms(directory)
+    for dry_run in (True, False):
+        result = workflow.run(*(["-n"] if dry_run else []))
+        assert result.returncode != 0, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1, result.output
+        assert f"inputs: {directory}/inputs/caf\\xe9 is not UTF-8 text" in errors[0]
+        assert "cannot open; rename it" in errors[0]
+        assert "Traceback" not in result.output
+        after = _tree(directory)
+        after.pop("test_config.yaml", None)
+        before.pop("test_config.yaml", None)
+        assert after == before
+        assert _rows(directory / "important.ms") == rows
+
+
 def test_a_file_named_in_bytes_that_are_not_utf8_inside_an_input_is_accounted_for(workflow):
     """A file another tool left inside an MS under a Latin-1 name (`café` as one byte é): the
     MS is processed, a rerun finds it up to date, and a change of that file redoes it."""

@@ -48,6 +48,7 @@ def test_a_literal_is_quoted_only_when_dp3_would_misread_it(path, value):
         ('/data/it\'s "x"/a.ms', "both ' and \""),
         ("/data/$HOME/a.ms", "environment variable"),
         ("/data/${HOME}x/a.ms", "environment variable"),
+        (os.fsdecode(b"/data/caf\xe9/a.ms"), "not UTF-8 text"),
     ],
 )
 def test_a_path_no_quoting_can_carry_is_refused(path, words):
@@ -70,6 +71,16 @@ def test_a_refused_path_is_named_on_one_line_with_what_to_do():
     assert "\n" not in message
     assert message.startswith("inputs: /data/inj\\nmsout.name=important.ms/a.ms has a line")
     assert "rename it" in message
+
+
+def test_a_name_that_is_not_utf8_is_shown_with_its_byte_and_printable():
+    with pytest.raises(ConfigError) as error:
+        check_path("inputs", os.fsdecode(b"/data/caf\xe9 \xe9t\xe9/a.ms"))
+    message = str(error.value)
+    assert message.startswith("inputs: /data/caf\\xe9 \\xe9t\\xe9/a.ms is not UTF-8 text")
+    message.encode("utf-8")  # printable as it is: no surrogate left in it
+    assert shown("/data/café 観測/a.ms") == "/data/café 観測/a.ms"
+    assert shown(os.fsdecode(b"/d/\xe9\n")) == "/d/\\xe9\\n"
 
 
 def test_shown_escapes_control_characters_only():
