@@ -1,6 +1,7 @@
 """Inputs at the edges a filesystem allows: shorter than the averaging, channels the averaging
 does not divide, rows out of time order, every row flagged by FLAG_ROW, an input deleted
-before its task starts, and one replaced while its DP3 runs. Real snakemake, DP3 and dask."""
+before its task starts, one replaced while its DP3 runs, and inputs on read-only storage
+without lock files. Real snakemake, DP3 and dask."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 from casacore import tables
 from conftest import dp3_processes, make_inputs, make_ms, wait_until
 
@@ -164,3 +166,68 @@ def test_an_input_replaced_while_its_dp3_runs_is_not_counted_done(workflow):
     )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert workflow.record("obs_0") is not None  # made from the MS that is there now
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A read-only bind mount (an archive's storage) of a directory; unmounted at the end."""
+    source, mount = tmp_path / "archive-disk", tmp_path / "archive"
+    source.mkdir()
+    mount.mkdir()
+    yield source, mount
+    subprocess.run(["umount", str(mount)], capture_output=True, check=False)
+
+
+def _mount_read_only(source, mount) -> None:
+    steps = (["mount", "--bind", source, mount], ["mount", "-o", "remount,bind,ro", mount])
+    for step in steps:
+        completed = subprocess.run(step, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            problem = f"cannot make a read-only mount here: {completed.stderr.strip()}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI needs it (it runs as root): {problem}")
+            pytest.skip(problem)
+
+
+def test_inputs_on_read_only_storage_without_lock_files_are_processed(workflow, read_only_mount):
+    """MSs on a read-only filesystem, copied there without their `table.lock` files (casacore
+    cannot make them): processed into what the same MSs give on a writable disk, bit for bit,
+    and up to date on a rerun. The MSs are DP3's own outputs, as an archive holds them."""
+    source, mount = read_only_mount
+    make_inputs(workflow.directory / "inputs", 2)
+    workflow.config["steps"] = [{"PreFlagger": None}]
+    made = workflow.run()
+    assert made.returncode == 0, made.output
+    for name in ("obs_0", "obs_1"):
+        shutil.copytree(
+            workflow.output(name),
+            source / f"{name}.ms",
+            ignore=shutil.ignore_patterns("table.lock", "dp3_completion.json", "dp3.parset"),
+        )
+        shutil.copytree(source / f"{name}.ms", workflow.directory / "writable" / f"{name}.ms")
+    _mount_read_only(source, mount)
+    assert not list(mount.rglob("table.lock"))
+
+    workflow.config["steps"] = [{"PreFlagger": None}, {"Averager": {"timestep": 2}}]
+    results = {}
+    for where in ("archive", "writable"):
+        workflow.config["inputs"] = [f"{where}/*.ms"]
+        workflow.config["output_dir"] = f"from-{where}"
+        run = workflow.run()
+        assert run.returncode == 0, run.output
+        assert "2 of 2 MS(s) complete" in run.output
+        results[where] = {name: _columns(workflow.output(name)) for name in ("obs_0", "obs_1")}
+    for name, columns in results["archive"].items():
+        for column, values in columns.items():
+            assert np.array_equal(values, results["writable"][name][column]), (name, column)
+    assert not list(mount.rglob("table.lock"))
+
+    workflow.config["inputs"] = ["archive/*.ms"]
+    workflow.config["output_dir"] = "from-archive"
+    again = workflow.run()
+    assert again.returncode == 0 and "are complete and up to date" in again.output, again.output
+
+
+def _columns(path) -> dict[str, np.ndarray]:
+    with tables.table(str(path), ack=False) as table:
+        return {column: table.getcol(column) for column in ("DATA", "FLAG", "TIME", "UVW")}
