@@ -223,7 +223,8 @@ def aoflagger_memory_gb(share_bytes: int) -> float:
 # the limit. At the largest adjustment every DP3 comes before every process of the workflow
 # itself (Snakemake, the central job, a dask worker), the largest DP3 first: running out
 # fails one MS, which a rerun redoes, and not the batch. The central job of a 10,000-MS
-# batch holds 228 MiB, more than a small MS's DP3.
+# batch holds 228 MiB, more than a small MS's DP3. On a shared machine DP3 also goes before
+# other programs: its work is redone by the next run, theirs may be lost.
 OOM_SCORE_ADJ_FIRST = 1000
 
 
