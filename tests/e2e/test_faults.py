@@ -414,3 +414,46 @@ def test_an_empty_input_fails_alone_with_a_clear_reason(workflow):
     assert "obs_1" in result.output
     assert "obs_1" in result.output and "the input MS has no rows" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_output_dir_without_file_locks_is_named_and_runs_once_it_has_them(workflow):
+    """The output directory on a filesystem whose flock() fails (ENOSYS, as Lustre mounted
+    `noflock` answers; inflicted with LD_PRELOAD on every process of the run): one message
+    naming the lock file, the cause and what to do, no DP3 run, no traceback. The same
+    directory on a filesystem with locks then runs as usual."""
+    make_inputs(workflow.directory / "inputs", 2)
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:  # never a skip: the test environment has gcc (.ci/run)
+        pytest.fail("no C compiler (cc) to build the no-flock library: apt-get install gcc")
+    library = workflow.directory / "no_flock.so"
+    source = Path(__file__).resolve().parent / "no_flock.c"
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", library, source], check=True)
+    environment = {
+        **os.environ,
+        "LD_PRELOAD": str(library),
+        "NO_FLOCK_UNDER": str(workflow.output_dir),
+    }
+    refused = subprocess.run(
+        workflow.command(),
+        cwd=workflow.directory,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output
+    lock = workflow.output_dir / ".dp3batch.lock"
+    assert (
+        f"Error: {lock} cannot be locked (Function not implemented): its filesystem does not "
+        "support file locks" in output
+    )
+    assert "put output_dir on a filesystem with locks (Lustre mounted with -o flock" in output
+    assert "Traceback" not in output
+    assert not list(workflow.output_dir.glob("*.ms")) and not list(
+        workflow.output_dir.glob(".*.ms.tmp-*")
+    )
+
+    done = workflow.run()
+    assert done.returncode == 0, done.output
+    assert "2 of 2 MS(s) complete" in done.output

@@ -58,8 +58,13 @@ class LockTimeout(RuntimeError):
     """A file lock could not be taken in time."""
 
 
+class LocksUnsupported(RuntimeError):
+    """The filesystem refuses file locks at all (Lustre mounted `noflock`: ENOSYS; NFS
+    without its lock service: ENOLCK)."""
+
+
 def flock_with_deadline(handle, mode: int, seconds: float = GUARD_LOCK_SECONDS) -> None:
-    """`flock(handle, mode)`, or LockTimeout after `seconds`."""
+    """`flock(handle, mode)`, or LockTimeout after `seconds`, or LocksUnsupported."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -72,6 +77,14 @@ def flock_with_deadline(handle, mode: int, seconds: float = GUARD_LOCK_SECONDS) 
                     "shared filesystem?)"
                 ) from None
             time.sleep(0.01)
+        except OSError as error:
+            raise LocksUnsupported(
+                f"{handle.name} cannot be locked ({error.strerror}): its filesystem does not "
+                "support file locks, which the workflow needs to run one batch at a time in "
+                "an output directory and to commit each output safely; put output_dir on a "
+                "filesystem with locks (Lustre mounted with -o flock, NFS with its lock "
+                "service running)"
+            ) from None
 
 
 def commit(temporary: Path, output: Path, guard: str | None, attempt: str | None = None) -> None:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dp3batch.books.commit import LockTimeout, flock_with_deadline
+from dp3batch.books.commit import LocksUnsupported, LockTimeout, flock_with_deadline
 from dp3batch.books.layout import OutputLayout
 
 LOCK_WAIT_SECONDS = 30
@@ -39,6 +39,8 @@ def output_dir_lock(output_dir: Path, wait: float = LOCK_WAIT_SECONDS) -> Iterat
                 f"{output_dir} is being processed by another run ({holder}); wait for it to "
                 "finish or stop it, then run again"
             ) from None
+        except LocksUnsupported as error:
+            raise BatchError(str(error)) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
