@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import shutil
 import subprocess
 from dataclasses import replace
 
@@ -143,6 +144,19 @@ def test_uvw_is_physical(default_ms):
         expected = np.array(expected["xyz"].get_value("m"))
         # Nutation and UT1-UTC are not modelled: allow 1e-3 of the baseline length.
         np.testing.assert_allclose(uvw[row], expected, atol=1e-3 * lengths[row])
+
+
+def test_every_table_holds_its_rows_without_its_lock_file(tmp_path, default_ms):
+    """Copied without its `table.lock` files (as to an archive), the MS reads as before: the
+    row counts are in each table's own `table.dat`, as in an MS DP3 writes."""
+    copy = tmp_path / "copy.ms"
+    shutil.copytree(default_ms, copy, ignore=shutil.ignore_patterns("table.lock"))
+    for subtable in ("", *SUBTABLES):
+        with tables.table(str(default_ms / subtable), ack=False) as original:
+            with tables.table(str(copy / subtable), ack=False) as copied:
+                assert copied.nrows() == original.nrows(), subtable
+                assert "dp3batch_row_count" not in copied.getkeywords()
+    assert getcol(copy, "NAME", "ANTENNA") == getcol(default_ms, "NAME", "ANTENNA")
 
 
 def test_deterministic_per_seed(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import pathlib
 import shutil
 import sys
@@ -471,7 +472,20 @@ def generate_measurement_set(
     if spec.data_column != "DATA":
         with tables.table(str(path), readonly=False, ack=False) as ms:
             ms.renamecol("DATA", spec.data_column)
+    _write_row_counts(path)
     return path
+
+
+def _write_row_counts(path: pathlib.Path) -> None:
+    """Each table's row count into its `table.dat`, as DP3's outputs and other MSs written in
+    one go hold it. casacore keeps the rows added to a table reopened for writing (the
+    subtables `default_ms` made, filled above) in its `table.lock` until something rewrites
+    `table.dat`, as a keyword change does: copied without its lock files (to an archive, to
+    read-only storage) such an MS has empty subtables (20 ms for the 13 tables)."""
+    for name in ["", *sorted(entry.name for entry in os.scandir(path) if entry.is_dir())]:
+        with tables.table(str(path / name), readonly=False, ack=False) as table:
+            table.putkeyword("dp3batch_row_count", True)
+            table.removekeyword("dp3batch_row_count")
 
 
 def _add_corrected_data(path: pathlib.Path) -> None:
