@@ -6,6 +6,9 @@ which the benchmarks import too; it is re-exported here for the test modules."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from dp3batch.testing.harness import (  # noqa: F401  (re-exported for the test modules)
@@ -27,6 +30,22 @@ from dp3batch.testing.harness import (  # noqa: F401  (re-exported for the test 
     wait_for_dask_workers,
     wait_until,
 )
+
+
+def preload_library(source: Path, directory: Path) -> Path:
+    """`source` (a small C file of tests/e2e/ that changes one libc call) built into
+    `directory` as a library for LD_PRELOAD: a fault inflicted on the real processes of a run."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:  # never a skip: the test environment has gcc (.ci/run)
+        pytest.fail(f"no C compiler (cc) to build {source.name}: apt-get install gcc")
+    library = directory / f"{source.stem}.so"
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    return library
+
 
 # tests/e2e/ run the real snakemake, DP3, dask or Slurm processes; tests/unit/ only pure
 # functions (`make test-unit`). The marker follows the path, and a unit test may not take a

@@ -8,32 +8,16 @@ from __future__ import annotations
 
 import csv
 import datetime
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-from conftest import damage_ms, make_inputs
+from conftest import damage_ms, make_inputs, preload_library
 
 DAY = 86_400
 HERE = Path(__file__).resolve().parent
 
 
-def _skewed_clock_library(directory: Path) -> Path:
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:  # never a skip: the test environment has gcc (.ci/run)
-        pytest.fail("no C compiler (cc) to build the skewed-clock library: apt-get install gcc")
-    library = directory / "skewed_clock.so"
-    subprocess.run(
-        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(HERE / "skewed_clock.c")],
-        check=True,
-        capture_output=True,
-    )
-    return library
-
-
 def _start_skewed_cluster(dask_cluster, offset_seconds: int, workers: int = 1) -> str:
-    library = _skewed_clock_library(dask_cluster.directory)
+    library = preload_library(HERE / "skewed_clock.c", dask_cluster.directory)
     dask_cluster.start_scheduler()
     dask_cluster.environment.update(
         LD_PRELOAD=str(library), CLOCK_OFFSET_SECONDS=str(offset_seconds)

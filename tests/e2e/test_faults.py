@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import dp3_processes, make_inputs, wait_until
+from conftest import dp3_processes, make_inputs, preload_library, wait_until
 
 # DP3 takes a few seconds on each of these: long enough to inflict a fault mid-task.
 SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
@@ -422,12 +422,7 @@ def test_an_output_dir_without_file_locks_is_named_and_runs_once_it_has_them(wor
     naming the lock file, the cause and what to do, no DP3 run, no traceback. The same
     directory on a filesystem with locks then runs as usual."""
     make_inputs(workflow.directory / "inputs", 2)
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:  # never a skip: the test environment has gcc (.ci/run)
-        pytest.fail("no C compiler (cc) to build the no-flock library: apt-get install gcc")
-    library = workflow.directory / "no_flock.so"
-    source = Path(__file__).resolve().parent / "no_flock.c"
-    subprocess.run([compiler, "-shared", "-fPIC", "-o", library, source], check=True)
+    library = preload_library(Path(__file__).resolve().parent / "no_flock.c", workflow.directory)
     environment = {
         **os.environ,
         "LD_PRELOAD": str(library),

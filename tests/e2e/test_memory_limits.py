@@ -115,7 +115,8 @@ def test_the_kernel_ranks_every_dp3_above_the_workflow_s_own_processes(workflow)
         running = wait_until(lambda: dp3_processes(str(workflow.directory)), 120, 0.05)
         assert running
         dp3 = running[0]
-        ours = [p for p in dp3.parents() if p.pid == snakemake.pid or p in _children(snakemake)]
+        descendants = psutil.Process(snakemake.pid).children(recursive=True)
+        ours = [p for p in dp3.parents() if p.pid == snakemake.pid or p in descendants]
         scores = {process.pid: _oom(process.pid) for process in [dp3, *ours]}
         roles = {_role(process) for process in ours}
         snakemake.wait(timeout=300)
@@ -128,10 +129,6 @@ def test_the_kernel_ranks_every_dp3_above_the_workflow_s_own_processes(workflow)
     assert scores[dp3.pid] == ("1000", scores[dp3.pid][1])
     assert all(scores[p.pid][0] == "0" for p in ours)
     assert all(int(scores[dp3.pid][1]) > int(scores[p.pid][1]) for p in ours), scores
-
-
-def _children(process) -> list[psutil.Process]:
-    return psutil.Process(process.pid).children(recursive=True)
 
 
 def _oom(pid: int) -> tuple[str, str]:

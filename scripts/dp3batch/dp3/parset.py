@@ -42,7 +42,7 @@ class UnsafeParameter(ConfigError):
 def shown(text: str) -> str:
     """`text` for a message: control characters as escapes (`\\n`), so that a name with a
     line break is shown on one line, as it is; bytes that are not UTF-8 as `\\xNN`."""
-    if not text.isascii() and not _is_utf8(text):  # its other bytes as escapes (`\xe9`)
+    if not _is_utf8(text):  # its other bytes as escapes (`\xe9`)
         text = os.fsencode(text).decode("utf-8", "backslashreplace")
     if not _has_control(text):
         return text
@@ -54,6 +54,8 @@ def shown(text: str) -> str:
 def _is_utf8(text: str) -> bool:
     """Whether a name Python read from the filesystem is UTF-8 text: its bytes of another
     encoding (Latin-1's `é`, one byte) are kept as surrogates, which no UTF-8 text holds."""
+    if text.isascii():  # most paths: no encoding
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -77,7 +79,7 @@ def path_problem(path: str | Path) -> str | None:
     """Why DP3 (or casacore) would read `path` as another path or not open it at all, or
     None when a `literal` carries it unchanged."""
     text = str(path)
-    if not text.isascii() and not _is_utf8(text):
+    if not _is_utf8(text):
         return (
             "is not UTF-8 text (it has a byte of another encoding, shown as \\xNN), which "
             "casacore (DP3's and this workflow's table reader) cannot open"
