@@ -43,6 +43,7 @@ def preload_library(source: Path, directory: Path) -> Path:
         [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source)],
         check=True,
         capture_output=True,
+        timeout=120,
     )
     return library
 

@@ -175,13 +175,13 @@ def read_only_mount(tmp_path):
     source.mkdir()
     mount.mkdir()
     yield source, mount
-    subprocess.run(["umount", str(mount)], capture_output=True, check=False)
+    subprocess.run(["umount", str(mount)], capture_output=True, check=False, timeout=60)
 
 
 def _mount_read_only(source, mount) -> None:
     steps = (["mount", "--bind", source, mount], ["mount", "-o", "remount,bind,ro", mount])
     for step in steps:
-        completed = subprocess.run(step, capture_output=True, text=True, check=False)
+        completed = subprocess.run(step, capture_output=True, text=True, check=False, timeout=60)
         if completed.returncode != 0:
             problem = f"cannot make a read-only mount here: {completed.stderr.strip()}"
             if os.environ.get("CI") == "true":
