@@ -10,7 +10,7 @@ from dp3batch.rule_layer.run import Run
 end_snakemake_quickly()
 
 # Planned once, here: which MSs are pending and why (also for -n), and this run's batch.
-RUN = Run.start(config, sys.argv)
+RUN = Run.start(config, sys.argv, workflow.configfiles)
 
 
 wildcard_constraints:

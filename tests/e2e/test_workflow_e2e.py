@@ -133,6 +133,42 @@ def test_invalid_config_is_one_clear_message(workflow):
     assert not workflow.output_dir.exists()
 
 
+def test_a_key_given_twice_is_refused_naming_both_lines(workflow):
+    """YAML keeps the last of a repeated key without a word: an edited config with two
+    `output_dir:` lines would run into the second. Refused, for a file and for --config."""
+    make_inputs(workflow.directory / "inputs", 1)
+    config = workflow.directory / "edited.yaml"
+    config.write_text(
+        "inputs: [inputs/*.ms]\noutput_dir: first\nsteps:\n  - PreFlagger:\noutput_dir: second\n"
+    )
+    for extra in ([], ["-n"]):
+        result = subprocess.run(
+            snakemake_command(config, *extra),
+            cwd=workflow.directory,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert (
+            f"Error: {config}, line 5: output_dir is given twice (also on line 2); only the "
+            "last would be used, without a word: delete the one you do not mean"
+        ) in output
+        assert "Traceback" not in output
+        assert not (workflow.directory / "first").exists()
+        assert not (workflow.directory / "second").exists()
+
+    workflow.config["steps"] = [{"PreFlagger": None}]
+    result = workflow.run("--config", "output_dir=first", "output_dir=second")
+    assert result.returncode != 0, result.output
+    assert "Error: --config gives output_dir twice (output_dir=first and output_dir=second)" in (
+        result.output
+    )
+    assert not (workflow.directory / "first").exists()
+    assert not (workflow.directory / "second").exists()
+
+
 def test_missing_input_is_named(workflow):
     workflow.config["inputs"] = ["inputs/nothing_here.ms"]
     result = workflow.run()

@@ -49,6 +49,8 @@ class CommandLineFlags:
     # The arguments that say which workflow, directory and config a run used: a command
     # the user copies from our messages must name them again.
     workflow_arguments: tuple[str, ...] = ()
+    # `--config KEY=VALUE ...`, as given.
+    config_items: tuple[str, ...] = ()
 
     @property
     def processes_nothing(self) -> bool:
@@ -83,6 +85,7 @@ def command_line_flags(argv: Sequence[str]) -> CommandLineFlags:
         directory=str(args.directory) if getattr(args, "directory", None) else None,
         touch=bool(getattr(args, "touch", False)),
         workflow_arguments=_workflow_arguments(args),
+        config_items=tuple(str(item) for item in getattr(args, "config", None) or ()),
     )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,6 +31,7 @@ from dp3batch.books.layout import (
 )
 from dp3batch.books.task_result import TaskResult, results_from_json
 from dp3batch.config.errors import ConfigError
+from dp3batch.config.repeated_keys import refuse_repeated_keys
 from dp3batch.config.validation import validate_config
 from dp3batch.dask_stage.interrupts import forward_interrupts_to_batch
 from dp3batch.dask_stage.memory import memory_limit
@@ -84,11 +86,14 @@ class Run:
     run_files: RunFiles | None = None
 
     @classmethod
-    def start(cls, config: dict[str, Any], argv: list[str]) -> Run:
-        """Validate the config and plan; a problem ends the run here with one message."""
+    def start(
+        cls, config: dict[str, Any], argv: list[str], configfiles: Sequence[Path] = ()
+    ) -> Run:
+        """Validate the config (`configfiles`: the files it was read from) and plan; a
+        problem ends the run here with one message."""
         flags = command_line_flags(argv)
         _refuse_scheduler_as_directory(flags)
-        plan = _plan_or_exit(config, flags)
+        plan = _plan_or_exit(config, flags, configfiles)
         if flags.touch and plan.pending:
             _say(describe_pending(plan))
             _exit(touch_refusal(plan, flags))
@@ -343,9 +348,12 @@ def configs_passed() -> RememberedKeys:
     )
 
 
-def _plan_or_exit(config: dict[str, Any], flags: CommandLineFlags) -> Plan:
+def _plan_or_exit(
+    config: dict[str, Any], flags: CommandLineFlags, configfiles: Sequence[Path]
+) -> Plan:
     try:
         # First: one message naming the offending key, before any work.
+        refuse_repeated_keys(configfiles, flags.config_items)
         validated = validate_config(config, configs_passed())
         writable_or_exit(config, flags)
         ensure_demo_data(config)
