@@ -369,6 +369,69 @@ def _check_full_disk_run(workflow, result, small_tmpfs) -> None:
             assert table.nrows() == workflow.record(name)["shape_after"]["rows"]
 
 
+def _files_under(directory: Path) -> int:
+    return 1 + sum(1 for _ in directory.rglob("*"))
+
+
+def test_a_filesystem_out_of_inodes_is_named_and_costs_neither_the_report_nor_the_done(
+    workflow,
+):
+    """A filesystem that can hold no more files (HPC scratch has inode quotas; tmpfs and ext4
+    a fixed count) fails DP3 with `No space left on device` while `df -h` shows space. The
+    failed MSs say why; the batch's report, whose empty files it could no longer make at its
+    end, still exists (before: Snakemake's MissingOutputException, and the batch's marker
+    deleted as the output of a failed job); a rerun with room finishes the rest."""
+    names = [f"obs_{index}" for index in range(5)]
+    make_inputs(workflow.directory / "inputs", 5)
+    # What one run of one MS makes: its output and the run's books (logs, report, summary).
+    workflow.config.update(inputs=["inputs/obs_0.ms"], output_dir="probe")
+    assert workflow.run(timeout=120).returncode == 0
+    one_run = _files_under(workflow.directory / "probe")
+    one_output = _files_under(workflow.output("obs_0"))
+    shutil.rmtree(workflow.directory / "probe")
+    # Room for that and half an output more: at least one MS is done, not five.
+    small = workflow.directory / "few_inodes"
+    small.mkdir()
+    inodes = one_run + one_output // 2
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=256m,nr_inodes={inodes}", "tmpfs", str(small)],
+        check=True,
+        timeout=30,
+    )
+    try:
+        workflow.config.update(inputs=["inputs/*.ms"], output_dir=str(small / "results"))
+        workflow.config["local_cluster"] = {"n_workers": 1, "threads_per_worker": 1}
+        result = workflow.run(timeout=240)
+        output = result.output
+        complete = _complete(workflow, names)
+        assert result.returncode != 0
+        assert 0 < len(complete) < 5, output
+        assert shutil.disk_usage(small).free > 200 << 20  # space was never short
+        assert (
+            f"the filesystem of {small / 'results'} has no free inodes left (" in output
+            and "it can hold no more files, whatever space `df -h` shows" in output
+        ), output
+        assert "MissingOutputException" not in output
+        assert "Removing output files of failed job" not in output
+        assert "Traceback" not in output
+        [report] = (small / "results" / "report").iterdir()
+        assert (report / "summary.tsv").stat().st_size > 0
+        assert list((small / "results" / "logs" / "batches").glob("*.json"))  # the marker
+        summary = _summary(workflow)
+        assert {name for name, row in summary.items() if row["status"] == "done"} == set(complete)
+        assert not [path.name for path in (small / "results").iterdir() if ".tmp" in path.name]
+
+        subprocess.run(
+            ["mount", "-o", "remount,nr_inodes=20000", str(small)], check=True, timeout=30
+        )
+        rerun = workflow.run(timeout=240)
+        assert rerun.returncode == 0, rerun.output
+        assert f"{5 - len(complete)} of 5 MS(s) to process" in rerun.output
+        assert sorted(_complete(workflow, names)) == names
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False, timeout=30)
+
+
 def test_record_checks_on_a_full_disk_leave_no_partial_file_and_no_error(tmp_path):
     """The checks kept between runs are a cache: a full filesystem costs the next run time,
     not an error, and leaves no half-written copy taking space."""

@@ -294,6 +294,48 @@ def test_a_failed_write_is_one_line_naming_its_file():
     assert write_problem(OSError(13, "Permission denied", "/o/y")) == "/o/y: Permission denied"
 
 
+def _filesystem(files: int, free_files: int):
+    return lambda _: SimpleNamespace(f_files=files, f_favail=free_files)
+
+
+def test_a_write_that_finds_no_free_inode_says_so_and_not_that_the_disk_is_full(
+    tmp_path, monkeypatch
+):
+    """ENOSPC is also what a filesystem with space but no inodes left answers."""
+    from dp3batch.books.write_errors import inodes_left, out_of_inodes
+
+    asked = []
+    monkeypatch.setattr(os, "statvfs", lambda path: asked.append(path) or _filesystem(330, 2)(path))
+    full = OSError(28, "No space left on device")
+    assert write_problem(full, tmp_path / "new" / "x.json") == (
+        f"{tmp_path / 'new' / 'x.json'}: No space left on device: the filesystem has no free "
+        "inodes left (2): it can hold no more files, whatever space `df -h` shows (`df -i` "
+        "shows them); remove files, then run again"
+    )
+    assert asked == [tmp_path]  # the nearest directory that exists
+    monkeypatch.setattr(os, "statvfs", _filesystem(330, 200))
+    assert out_of_inodes(tmp_path) is None
+    assert "the filesystem is full; free space" in write_problem(full, tmp_path / "x")
+    monkeypatch.setattr(os, "statvfs", _filesystem(0, 0))  # no inode limit (btrfs)
+    assert inodes_left(tmp_path) is None and out_of_inodes(tmp_path) is None
+
+
+def test_the_report_s_files_are_reserved_empty_and_written_ones_kept(tmp_path):
+    from dp3batch.report.batch_report import ReportFiles, reserve_report_files
+
+    files = ReportFiles(tmp_path / "report" / "batch")
+    files.directory.mkdir(parents=True)
+    files.html.write_text("<html>kept</html>")
+    reserve_report_files(files)
+    assert files.html.read_text() == "<html>kept</html>"
+    for name, path in files.as_dict().items():
+        if name == "flagging":
+            assert os.path.isdir(path)
+        elif name != "html":
+            assert os.path.getsize(path) == 0, name
+    assert files.table_json.stat().st_size == 0
+
+
 def test_a_log_file_that_cannot_be_written_prints_no_traceback(tmp_path, capsys):
     handler = QuietFileHandler(tmp_path / "batch.log")
     handler.stream.close()  # every write now fails, as on a full disk

@@ -6,7 +6,37 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from pathlib import Path
+
+# Fewer free inodes than this on a filesystem that counts them: no output fits (a DP3 output
+# MS is about 100 files), and a failure there was for want of them.
+FEW_INODES = 128
+
+
+def inodes_left(path: str | Path) -> int | None:
+    """How many more files the filesystem of `path` (or of its nearest existing parent)
+    can hold, or None where it sets no such limit (btrfs, say) or cannot be asked."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        status = os.statvfs(existing)
+    except OSError:
+        return None
+    return status.f_favail if status.f_files else None
+
+
+def out_of_inodes(path: str | Path) -> str | None:
+    """`has no free inodes left (…)`, when the filesystem of `path` can hold no more files
+    whatever its free space (which `df -h` shows, and `df -i` does not), else None."""
+    left = inodes_left(path)
+    if left is None or left >= FEW_INODES:
+        return None
+    return (
+        f"has no free inodes left ({left}): it can hold no more files, whatever space "
+        "`df -h` shows (`df -i` shows them)"
+    )
 
 
 def write_problem(error: OSError, path: str | Path | None = None) -> str:
@@ -17,6 +47,8 @@ def write_problem(error: OSError, path: str | Path | None = None) -> str:
     where = f"{name}: " if name else ""
     cause = error.strerror or str(error)
     if error.errno == errno.ENOSPC:
+        if name and (inodes := out_of_inodes(name)):
+            return f"{where}{cause}: the filesystem {inodes}; remove files, then run again"
         return f"{where}{cause}: the filesystem is full; free space, then run again"
     return f"{where}{cause}"
 

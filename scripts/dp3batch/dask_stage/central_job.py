@@ -52,7 +52,7 @@ from dp3batch.dask_stage.task import Task
 from dp3batch.dask_stage.watchdog import DEFAULT_SILENCE_SECONDS, ClusterWatch
 from dp3batch.dask_stage.worker_checks import check_workers
 from dp3batch.dask_stage.worker_faults import own_package_identity
-from dp3batch.report.batch_report import ReportFiles, write_report_files
+from dp3batch.report.batch_report import ReportFiles, reserve_report_files, write_report_files
 from dp3batch.report.summary import NO_QA, Summary, SummaryFiles
 
 log = logging.getLogger("dp3batch")
@@ -290,6 +290,7 @@ class BatchRun:
                 ready=self.ready_joins,
             )
             log.info("%d DP3 task(s) to run, largest first", len(tasks))
+            reserve_report_files(self.report_files)
             self.dask_report = DaskPerformanceReport(
                 client,
                 self.report_files.dask,
@@ -430,7 +431,7 @@ class BatchRun:
             self.layout.record_checks, [ms.output for ms in self.batch.all_measurement_sets]
         )
         dask_problem = None
-        if not self.report_files.dask.exists():
+        if not _has_content(self.report_files.dask):  # absent, or reserved and never written
             try:
                 write_no_report(self.report_files.dask, "the batch ended before its tasks did")
             except OSError as error:
@@ -449,6 +450,13 @@ class BatchRun:
                 self.report_files.directory,
                 missing,
             )
+
+
+def _has_content(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def failure_report(

@@ -31,6 +31,7 @@ from dp3batch.books.qa import QALimits, qa_verdict
 from dp3batch.books.records import CompletionRecord, read_record, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
+from dp3batch.books.write_errors import out_of_inodes
 from dp3batch.dask_stage.memory import (
     aoflagger_memory_gb,
     make_first_oom_victim,
@@ -336,7 +337,8 @@ def exit_description(exit_code: int) -> str:
 
 
 def disk_full_problem(directory: Path) -> str | None:
-    """A failure with (almost) no space left where the output goes: say so plainly."""
+    """A failure with (almost) no space, or no free inodes, left where the output goes: say
+    so plainly."""
     try:
         usage = shutil.disk_usage(directory)
     except OSError:
@@ -345,6 +347,11 @@ def disk_full_problem(directory: Path) -> str | None:
         return (
             f"the filesystem of {directory} is full ({usage.free // 1024} KiB free): free "
             "space or choose another output_dir, then run again"
+        )
+    if inodes := out_of_inodes(directory):
+        return (
+            f"the filesystem of {directory} {inodes}: remove files or choose another "
+            "output_dir, then run again"
         )
     return None
 

@@ -36,6 +36,11 @@ class ReportFiles:
         return self.directory / "summary.tsv"
 
     @property
+    def table_json(self) -> Path:
+        """The summary as JSON: beside the table, not an output of the rule."""
+        return self.directory / "summary.json"
+
+    @property
     def html(self) -> Path:
         return self.directory / "summary.html"
 
@@ -94,15 +99,24 @@ def write_report_files(
         write_batch_report(rows, files, title, summary)
     except OSError as error:
         problem = write_problem(error)
-    for path in files.as_dict().values():
-        if not os.path.exists(path):
-            with contextlib.suppress(OSError):  # an empty file needs no room, only a name
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                if Path(path) == files.flagging:  # a directory() output of the rule
-                    Path(path).mkdir()
-                else:
-                    Path(path).touch()
+    reserve_report_files(files)
     return problem
+
+
+def reserve_report_files(files: ReportFiles) -> None:
+    """Make each file of the report that does not exist yet, empty. Done as the batch's tasks
+    start too, while the filesystem has names left: an empty file needs no room, but it needs
+    an inode, and a batch that uses up the last ones could not make them afterwards (the
+    files are then written over in place)."""
+    for path in [*files.as_dict().values(), str(files.table_json)]:
+        if os.path.exists(path):
+            continue
+        with contextlib.suppress(OSError):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if Path(path) == files.flagging:  # a directory() output of the rule
+                Path(path).mkdir()
+            else:
+                Path(path).touch()
 
 
 def write_batch_report(
@@ -112,7 +126,7 @@ def write_batch_report(
     `write_summary` returns them) and the summary written after the batch (`summary`):
     copied, and read again for the flag statistics."""
     files.directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(summary.json, files.table.with_suffix(".json"))
+    shutil.copyfile(summary.json, files.table_json)
     shutil.copyfile(summary.tsv, files.table)
     write_summary_html(rows, files.html, title)
     plot_flagged_fractions(rows, files.flagged)
