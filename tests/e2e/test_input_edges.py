@@ -1,7 +1,8 @@
 """Inputs at the edges a filesystem allows: shorter than the averaging, channels the averaging
 does not divide, rows out of time order, every row flagged by FLAG_ROW, an input deleted
-before its task starts, one replaced while its DP3 runs, and inputs on read-only storage
-without lock files. Real snakemake, DP3 and dask."""
+before its task starts, one replaced while its DP3 runs, inputs on read-only storage
+without lock files, and a TaQL selection saved as a reference table. Real snakemake, DP3
+and dask."""
 
 from __future__ import annotations
 
@@ -107,6 +108,33 @@ def _msin_of(process) -> str:
         if argument.startswith("msin="):
             return argument.split("=", 1)[1]
     return ""
+
+
+def test_a_reference_table_is_refused_before_anything_runs_and_its_plain_copy_runs(workflow):
+    """A TaQL selection saved with GIVING is a reference table: DP3 reads it, but its data
+    are in the parent MS, which its fingerprint and lock check do not cover. Before: its task
+    failed with `FileNotFoundError: … /DATA_DESCRIPTION` on every run."""
+    parent, _ = make_inputs(workflow.directory / "inputs", 2)
+    selection = workflow.directory / "inputs" / "selection.ms"
+    tables.taql(f"SELECT FROM '{parent}' WHERE ANTENNA1 != 0 GIVING '{selection}'").close()
+    before = {path: path.stat().st_mtime_ns for path in parent.rglob("*")}
+    result = workflow.run(timeout=120)
+    assert result.returncode != 0
+    assert f"Error: inputs: {selection} is a reference table" in result.output, result.output
+    assert "give that table as the input" in result.output
+    assert "Traceback" not in result.output
+    assert not workflow.output_dir.exists()  # nothing ran, the good MSs included
+    assert {path: path.stat().st_mtime_ns for path in parent.rglob("*")} == before
+
+    # The message's fix: a plain copy, processed as any MS.
+    with tables.table(str(selection), ack=False) as table:
+        table.copy(str(workflow.directory / "inputs" / "plain.ms"), deep=True).close()
+    shutil.rmtree(selection)
+    rerun = workflow.run(timeout=120)
+    assert rerun.returncode == 0, rerun.output
+    assert "3 of 3 MS(s) done" in rerun.output
+    with tables.table(str(workflow.output("plain")), ack=False) as table:
+        assert not (table.getcol("ANTENNA1") == 0).any()
 
 
 def test_an_input_deleted_before_its_task_starts_fails_alone_clearly(workflow):

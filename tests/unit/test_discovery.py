@@ -222,3 +222,43 @@ def test_resolve_all_agrees_with_path_resolve(tmp_path):
         tmp_path / "via" / "missing.ms",
     ]
     assert resolve_all(paths) == {path: path.resolve() for path in paths}
+
+
+def test_a_table_whose_data_are_in_other_tables_is_refused_and_its_plain_copy_is_not(
+    tmp_path,
+):
+    """DP3 reads a reference table (a TaQL selection saved with GIVING) or a concatenation,
+    but their data are in other tables, which the input's fingerprint and lock do not cover."""
+    from casacore import tables
+    from conftest import make_ms
+    from dp3batch.inputs.discovery import check_readable
+    from dp3batch.inputs.tables import table_kind
+
+    parent = make_ms(tmp_path / "parent.ms")
+    other = make_ms(tmp_path / "other.ms", seed=1)
+    selection = tmp_path / "selection.ms"
+    tables.taql(f"SELECT FROM '{parent}' WHERE ANTENNA1 != 0 GIVING '{selection}'").close()
+    joined = tmp_path / "joined.ms"
+    concatenation = tables.table([str(parent), str(other)], ack=False)
+    concatenation.rename(str(joined))
+    concatenation.close()
+    with tables.table(str(selection), ack=False) as table:  # the fix the message gives
+        table.copy(str(tmp_path / "plain.ms"), deep=True).close()
+
+    assert [table_kind(tmp_path / f"{name}.ms") for name in ("parent", "selection", "joined")] == [
+        "PlainTable",
+        "RefTable",
+        "ConcatTable",
+    ]
+    assert table_kind(tmp_path / "plain.ms") == "PlainTable"
+    assert table_kind(tmp_path / "nothing.ms") is None
+    with pytest.raises(ConfigError) as caught:
+        check_readable(selection)
+    assert str(caught.value).startswith(
+        f"inputs: {selection} is a reference table (rows selected from another table"
+    )
+    assert "give that table as the input" in str(caught.value)
+    with pytest.raises(ConfigError, match="is a concatenation of other tables"):
+        check_readable(joined)
+    check_readable(parent)
+    check_readable(tmp_path / "plain.ms")

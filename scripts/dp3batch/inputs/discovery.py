@@ -10,7 +10,7 @@ from pathlib import Path
 from dp3batch.books.layout import RECORD_NAME, check_output_names
 from dp3batch.config.errors import ConfigError
 from dp3batch.dp3.parset import check_path, input_path_problem
-from dp3batch.inputs.tables import open_subtable, read_table
+from dp3batch.inputs.tables import open_subtable, read_table, table_kind
 from dp3batch.inputs.windows import (
     Windows,
     window_name,
@@ -62,6 +62,33 @@ def check_is_measurement_set(path: Path | str) -> None:
         )
 
 
+# Tables whose data are in other tables: DP3 reads them, but the workflow's checks of an
+# input (its fingerprint, its lock, its windows) see only its own directory, and a change of
+# the other table would go unseen by every rerun.
+_NOT_SELF_CONTAINED = {
+    kind: (
+        f"{what}: its data are in {where}, whose changes this workflow could not see. "
+        "Make it a MeasurementSet of its own first (TaQL: `SELECT FROM … GIVING new.ms AS "
+        f"PLAIN`; python-casacore: `table.copy('new.ms', deep=True)`), or give {given}"
+    )
+    for kind, what, where, given in (
+        (
+            "RefTable",
+            "a reference table (rows selected from another table, as TaQL's GIVING or "
+            "table.select make it)",
+            "that table",
+            "that table as the input",
+        ),
+        (
+            "ConcatTable",
+            "a concatenation of other tables",
+            "those tables",
+            "those tables as the inputs",
+        ),
+    )
+}
+
+
 def check_readable(path: Path, data_column: str = "DATA") -> None:
     """Open the MS with casacore: the definitive check, for the MSs about to be processed.
 
@@ -80,6 +107,8 @@ def check_readable(path: Path, data_column: str = "DATA") -> None:
         raise ConfigError(
             f"inputs: {path} cannot be read as a MeasurementSet: {str(error).strip()}"
         ) from error
+    if (kind := table_kind(path)) in _NOT_SELF_CONTAINED:
+        raise ConfigError(f"inputs: {path} is {_NOT_SELF_CONTAINED[kind]}")
     if missing == {"DATA"} and data_column != "DATA":
         raise ConfigError(
             f"inputs: {path} has {data_column} but no DATA column, and DP3 refuses an MS "

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import os
+import re
 import struct
 import threading
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,24 @@ class Shape:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# The kinds of table casacore writes as the type in a table.dat's header; the first
+# found in its first bytes is the table's own.
+_TABLE_KINDS = re.compile(rb"(PlainTable|RefTable|ConcatTable|NullTable)")
+
+
+def table_kind(path: str | Path) -> str | None:
+    """What kind of casacore table `path` is, by its table.dat: `PlainTable` (its data in its
+    own files), `RefTable` (rows of another table: a TaQL `GIVING` or `select` result),
+    `ConcatTable`; None if it cannot be told."""
+    try:
+        with open(os.path.join(path, "table.dat"), "rb") as header:
+            head = header.read(96)
+    except OSError:
+        return None
+    found = _TABLE_KINDS.search(head)
+    return found.group(1).decode() if found else None
 
 
 # struct flock on Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid (pid_t).
