@@ -203,6 +203,41 @@ def test_an_input_named_in_bytes_that_are_not_utf8_is_refused_before_anything_ru
         assert "cannot open; rename it" in error
 
 
+ENVIRONMENT_VARIABLE_IN = {
+    "output_dir": ("output_dir", "$OBS_SCRATCH/results"),
+    "an input pattern": ("inputs", "${OBS_SCRATCH}/*.ms"),
+    "an input": ("inputs", "$OBS_SCRATCH/obs.ms"),
+}
+
+
+@pytest.mark.parametrize("case", ENVIRONMENT_VARIABLE_IN, ids=list(ENVIRONMENT_VARIABLE_IN))
+def test_an_environment_variable_in_a_config_path_is_named_with_its_value(
+    workflow, monkeypatch, case
+):
+    """`output_dir: $SCRATCH/results` in a config file is taken as written (YAML and Snakemake
+    replace no variables): the run once said that `…/$SCRATCH/results` has a '$' and to
+    rename it, or that `…/$SCRATCH/obs.ms` does not exist. It now says what the variable is
+    and how to have it replaced, and changes nothing."""
+    key, value = ENVIRONMENT_VARIABLE_IN[case]
+    scratch = workflow.directory / "scratch"
+    make_ms(scratch / "obs.ms", seed=1)
+    monkeypatch.setenv("OBS_SCRATCH", str(scratch))
+    workflow.config[key] = [value] if key == "inputs" else value
+    if key == "output_dir":
+        workflow.config["inputs"] = [str(scratch / "obs.ms")]
+    variable = value.split("/")[0]
+    shown = repr(value) if "*" in value else str(workflow.directory / value)
+    for error in _refused_before_anything_runs(workflow):
+        assert error.startswith(f"Error: {key}: ") and shown in error, error
+        assert (
+            f"has {variable} in it, taken as written: neither YAML nor Snakemake replaces "
+            f"environment variables in a config file. Write the path out ({variable} is "
+            f"{scratch} here), or give it on the command line, where the shell replaces it: "
+            f'--config "{key}='
+        ) in error
+    assert not (workflow.directory / variable).exists()
+
+
 def test_a_file_named_in_bytes_that_are_not_utf8_inside_an_input_is_accounted_for(workflow):
     """A file another tool left inside an MS under a Latin-1 name (`café` as one byte é): the
     MS is processed, a rerun finds it up to date, and a change of that file redoes it."""

@@ -12,6 +12,7 @@ from dp3batch.dp3.parset import (
     UnsafeParameter,
     arguments_for_dp3,
     check_path,
+    environment_variable_hint,
     input_path_problem,
     literal,
     parset_text,
@@ -71,6 +72,41 @@ def test_a_refused_path_is_named_on_one_line_with_what_to_do():
     assert "\n" not in message
     assert message.startswith("inputs: /data/inj\\nmsout.name=important.ms/a.ms has a line")
     assert "rename it" in message
+
+
+def test_a_set_environment_variable_in_a_path_is_named_with_its_value(monkeypatch):
+    monkeypatch.setenv("OBS_SCRATCH", "/scratch/u1")
+    monkeypatch.delenv("NOT_SET_HERE", raising=False)
+    assert environment_variable_hint("/w/$OBS_SCRATCH/out", "output_dir") == (
+        "has $OBS_SCRATCH in it, taken as written: neither YAML nor Snakemake replaces "
+        "environment variables in a config file. Write the path out ($OBS_SCRATCH is "
+        "/scratch/u1 here), or give it on the command line, where the shell replaces it: "
+        '--config "output_dir=$OBS_SCRATCH/…"'
+    )
+    assert environment_variable_hint("${OBS_SCRATCH}/*.ms", "inputs").endswith(
+        '--config "inputs=[${OBS_SCRATCH}/…]"'
+    )
+    # A step's file has no command-line form; an unset name is no variable the user meant.
+    assert environment_variable_hint("/c/$OBS_SCRATCH.h5", "steps: ApplyCal parmdb").endswith(
+        "($OBS_SCRATCH is /scratch/u1 here)"
+    )
+    assert environment_variable_hint("/w/$NOT_SET_HERE/out", "output_dir") is None
+    assert environment_variable_hint("/w/$NOT_SET_HERE/$OBS_SCRATCH", "output_dir").startswith(
+        "has $OBS_SCRATCH in it"
+    )
+    assert environment_variable_hint("/w/price$5/out", "output_dir") is None
+
+
+def test_a_dollar_path_that_exists_is_a_name_to_rename_and_one_that_does_not_a_variable(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("OBS_SCRATCH", "/scratch/u1")
+    existing = tmp_path / "$OBS_SCRATCH"
+    existing.mkdir()
+    with pytest.raises(ConfigError, match="has '\\$' in it, which casacore .* rename it"):
+        check_path("output_dir", existing)
+    with pytest.raises(ConfigError, match="has \\$OBS_SCRATCH in it, taken as written"):
+        check_path("output_dir", tmp_path / "other" / "$OBS_SCRATCH")
 
 
 def test_a_name_that_is_not_utf8_is_shown_with_its_byte_and_printable():

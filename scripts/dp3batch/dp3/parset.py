@@ -110,9 +110,51 @@ def input_path_problem(path: str | Path) -> str | None:
     return problem
 
 
+# `$NAME` or `${NAME}`: what a shell (and casacore) would replace by an environment variable.
+_VARIABLE = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+# The keys a `--config KEY=VALUE` gives as easily as a config file, as the shell expands them.
+_COMMAND_LINE_KEYS = ("inputs", "output_dir", "sdm_path", "extra_inputs_dir")
+
+
+def environment_variable_hint(text: str, key: str) -> str | None:
+    """For a path of the config key `key` that names a set environment variable
+    (`$SCRATCH/out` in a config file, meant as a shell reads it): `has $SCRATCH in it, …`
+    with what to do; else None."""
+    for found in _VARIABLE.finditer(text):
+        name = found.group("braced") or found.group("bare")
+        if name not in os.environ:
+            continue
+        variable = found.group(0)
+        hint = (
+            f"has {variable} in it, taken as written: neither YAML nor Snakemake replaces "
+            f"environment variables in a config file. Write the path out ({variable} is "
+            f"{shown(os.environ[name])} here)"
+        )
+        if key not in _COMMAND_LINE_KEYS:
+            return hint
+        value = f"[{variable}/…]" if key == "inputs" else f"{variable}/…"
+        command_line = f'--config "{key}={value}"'
+        return (
+            f"{hint}, or give it on the command line, where the shell replaces it: {command_line}"
+        )
+    return None
+
+
 def check_path(where: str, path: str | Path, problem: str | None = None) -> None:
     """Raise ConfigError `where: PATH <problem>; rename it` if DP3 would misread `path`."""
     problem = problem if problem is not None else path_problem(path)
+    # A `$NAME` path that exists is a name of its own (refused below); one that does not
+    # was meant as the shell would read it.
+    if (
+        problem is not None
+        and not os.path.lexists(path)
+        and (hint := environment_variable_hint(str(path), where))
+    ):
+        raise ConfigError(f"{where}: {shown(str(path))} {hint}")
     if problem is not None:
         raise ConfigError(
             f"{where}: {shown(str(path))} {problem}; rename it (or link it under a plain "

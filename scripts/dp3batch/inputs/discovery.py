@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dp3batch.books.layout import RECORD_NAME, check_output_names
 from dp3batch.config.errors import ConfigError
-from dp3batch.dp3.parset import check_path, input_path_problem
+from dp3batch.dp3.parset import check_path, environment_variable_hint, input_path_problem
 from dp3batch.inputs.tables import open_subtable, read_table, table_kind
 from dp3batch.inputs.windows import (
     Windows,
@@ -53,7 +53,9 @@ def check_is_measurement_set(path: Path | str) -> None:
         return  # the usual case, in one stat; the others are told apart below
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"inputs: {path} does not exist")
+        raise ConfigError(
+            f"inputs: {path} {environment_variable_hint(str(path), 'inputs') or 'does not exist'}"
+        )
     if not path.is_dir():
         raise ConfigError(f"inputs: {path} is a file, not a MeasurementSet directory")
     if not (path / "table.dat").is_file():
@@ -145,7 +147,12 @@ def _expand_inputs(patterns: list[str], base_dir: str, output_dir: str | None) -
                 if not _is_output(match, output_dir)
             ]
             if not matches:
-                raise ConfigError(f"inputs: the pattern {pattern!r} matches nothing")
+                hint = environment_variable_hint(pattern, "inputs")
+                raise ConfigError(
+                    f"inputs: the pattern {pattern!r} {hint}"
+                    if hint
+                    else f"inputs: the pattern {pattern!r} matches nothing"
+                )
             found.extend(matches)
         else:
             found.append(absolute_pattern)
