@@ -132,7 +132,7 @@ def test_checks_kept_between_reruns_still_see_a_damaged_output_and_a_changed_inp
 
 def test_dry_run_lists_pending_with_reasons_and_changes_nothing(completed):
     shutil.rmtree(completed.output("obs_0"))
-    (completed.output("obs_1") / "dp3_completion.json").unlink()
+    (completed.output("obs_1") / "dp3_completion.json").write_text("{damaged")
     dry = completed.run("-n")
     assert dry.returncode == 0, dry.output
     assert "2 of 3 MS(s) to process" in dry.output
@@ -140,15 +140,47 @@ def test_dry_run_lists_pending_with_reasons_and_changes_nothing(completed):
     assert "obs_1: incomplete" in dry.output
     assert "obs_2" not in dry.output.split("to process")[1].split("\n\n")[0]
     assert not completed.output("obs_0").exists()
-    assert completed.record("obs_1") is None
+    assert (completed.output("obs_1") / "dp3_completion.json").read_text() == "{damaged"
 
 
-def test_output_without_record_is_never_taken_for_done(workflow):
-    """DP3 creates its output before processing: an MS at the final path without a
-    completion record (a crash, a copy by hand) is redone."""
-    make_inputs(workflow.directory / "inputs", 1)
+def test_output_without_record_is_never_taken_for_done_nor_replaced(workflow):
+    """An MS at an output's path without a completion record (another tool's, in an
+    output_dir used before; a copy by hand) was not made by the workflow, which commits
+    every output with its record: it is never taken for done, and never replaced (before, it
+    was deleted as `incomplete`). Once it is moved away, its MS is processed."""
+    make_inputs(workflow.directory / "inputs", 2)
     workflow.output_dir.mkdir()
-    shutil.copytree(workflow.directory / "inputs" / "obs_0.ms", workflow.output("obs_0"))
+    theirs = workflow.output("obs_0")
+    shutil.copytree(workflow.directory / "inputs" / "obs_0.ms", theirs)
+    (theirs / "their notes.txt").write_text("made by another tool\n")
+    before = {path: path.read_bytes() for path in theirs.rglob("*") if path.is_file()}
+    for dry_run in (["-n"], []):
+        result = workflow.run(*dry_run)
+        assert result.returncode != 0, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+        assert errors == [
+            f"Error: output_dir: 1 output path(s) in {workflow.output_dir} already hold "
+            "something without a completion record, which this workflow did not make (or "
+            f"whose record was deleted), and processing would replace it: {theirs}. Nothing is "
+            "deleted that the workflow did not make: move them away (or delete them), or "
+            "choose another output_dir"
+        ], result.output
+        assert "Traceback" not in result.output
+        assert {path: path.read_bytes() for path in theirs.rglob("*") if path.is_file()} == before
+        assert not workflow.output("obs_1").exists()  # nothing ran
+
+    shutil.move(theirs, workflow.directory / "theirs.ms")
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    assert "obs_0: missing" in result.output
+    assert workflow.record("obs_0") is not None and workflow.record("obs_1") is not None
+
+
+def test_an_output_whose_record_is_damaged_is_redone_as_incomplete(workflow):
+    """A record that cannot be read is the workflow's own, damaged: the output is replaced."""
+    make_inputs(workflow.directory / "inputs", 1)
+    assert workflow.run().returncode == 0
+    (workflow.output("obs_0") / "dp3_completion.json").write_text("{not json")
     result = workflow.run()
     assert result.returncode == 0, result.output
     assert "obs_0: incomplete" in result.output

@@ -21,6 +21,7 @@ from dp3batch.books.fingerprints import (
 from dp3batch.books.layout import RECORD_CHECKS_NAME, RECORD_NAME
 from dp3batch.books.record_checks import file_identity
 from dp3batch.books.records import (
+    NOT_MADE_HERE,
     RECORD_FORMAT,
     Expectation,
     RecordStore,
@@ -378,10 +379,23 @@ def test_missing_output_is_pending(tmp_path, setup):
     assert pending_reason(input_ms, tmp_path / "results" / "b.ms", expected, store) == "missing"
 
 
-def test_output_without_record_is_incomplete(setup):
+def test_output_without_any_record_was_not_made_by_the_workflow(setup):
+    """Outputs are committed with their record: one without was made by something else."""
     input_ms, output, expected, store = setup
     (output / RECORD_NAME).unlink()
+    assert pending_reason(input_ms, output, expected, store) == NOT_MADE_HERE
+
+
+def test_an_empty_directory_at_the_output_path_is_only_incomplete(tmp_path, setup):
+    input_ms, _, expected, store = setup
+    output = tmp_path / "results" / "empty.ms"
+    output.mkdir()
     assert pending_reason(input_ms, output, expected, store) == "incomplete"
+    (tmp_path / "results" / "dangling.ms").symlink_to(tmp_path / "nowhere")
+    assert (
+        pending_reason(input_ms, tmp_path / "results" / "dangling.ms", expected, store)
+        == NOT_MADE_HERE
+    )
 
 
 @pytest.mark.parametrize(
@@ -420,11 +434,11 @@ def test_binary_garbage_record_is_incomplete(setup):
     assert pending_reason(input_ms, output, expected, store) == "incomplete"
 
 
-def test_output_that_is_a_file_is_incomplete(tmp_path, setup):
+def test_output_that_is_a_file_was_not_made_by_the_workflow(tmp_path, setup):
     input_ms, _, expected, store = setup
     output = tmp_path / "results" / "file.ms"
     output.write_text("")
-    assert pending_reason(input_ms, output, expected, store) == "incomplete"
+    assert pending_reason(input_ms, output, expected, store) == NOT_MADE_HERE
 
 
 def test_changed_steps_are_pending(setup):

@@ -9,14 +9,19 @@ import re
 from pathlib import Path
 
 import pytest
-from dp3batch.books.records import Expectation
+from dp3batch.books.records import NOT_MADE_HERE, Expectation
 from dp3batch.config.errors import ConfigError
 from dp3batch.config.steps import parse_steps
 from dp3batch.dask_stage.cluster import local_cluster_size, worker_command
 from dp3batch.dp3.parameters import DP3Parameters
 from dp3batch.inputs.discovery import WorkItem
 from dp3batch.inputs.step_files import check_extra_inputs
-from dp3batch.planning.plan import Plan, batch_id, describe_pending
+from dp3batch.planning.plan import (
+    Plan,
+    batch_id,
+    describe_pending,
+    refuse_replacing_what_the_workflow_did_not_make,
+)
 
 NOW = datetime.datetime(2025, 3, 4, 5, 6, 7, tzinfo=datetime.UTC)
 
@@ -175,3 +180,22 @@ def test_check_extra_inputs_names_an_unreadable_file(tmp_path, monkeypatch):
         check_extra_inputs([("applycal.parmdb", str(solutions))])
     assert "applycal parmdb" in str(caught.value)
     assert str(solutions) in str(caught.value)
+
+
+def test_outputs_the_workflow_did_not_make_are_named_and_never_replaced(tmp_path):
+    items = [
+        WorkItem(f"obs_{index}", tmp_path / f"obs_{index}.ms", tmp_path / "out" / f"obs_{index}.ms")
+        for index in range(8)
+    ]
+    reasons = ["missing", None, *[NOT_MADE_HERE] * 6]
+    with pytest.raises(ConfigError) as caught:
+        refuse_replacing_what_the_workflow_did_not_make(items, reasons, tmp_path / "out")
+    message = str(caught.value)
+    assert message.startswith(
+        f"output_dir: 6 output path(s) in {tmp_path / 'out'} already hold something without "
+        "a completion record"
+    )
+    named = ", ".join(str(tmp_path / "out" / f"obs_{index}.ms") for index in range(2, 7))
+    assert f"would replace it: {named} and 1 more. Nothing is deleted" in message
+    assert message.endswith("move them away (or delete them), or choose another output_dir")
+    refuse_replacing_what_the_workflow_did_not_make(items[:2], reasons[:2], tmp_path / "out")

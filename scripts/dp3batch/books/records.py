@@ -313,10 +313,28 @@ def write_record(output: Path, record: CompletionRecord) -> None:
     os.replace(temporary, output / RECORD_NAME)
 
 
+def _made_here_or_empty(output: Path) -> bool:
+    """Whether replacing what is at `output` loses nothing the workflow did not make: it has
+    a record, if a damaged one, or it is an empty directory."""
+    if os.path.lexists(os.path.join(output, RECORD_NAME)):
+        return True
+    try:
+        with os.scandir(output) as entries:
+            return next(entries, None) is None
+    except OSError:  # a file, a link to nowhere
+        return False
+
+
 def missing_required_files(output: Path, record: CompletionRecord | RecordCheck) -> list[str]:
     """Files the record says belong to the output (e.g. a demixer's instrument model) that are
     gone: an output without them is not complete."""
     return [name for name in record.required_files or () if not (output / name).exists()]
+
+
+# The pending reason of something at an output's path that has no completion record at all.
+# The workflow commits an output by renaming a directory that already holds its record, so
+# it did not make that (or its record was deleted): it is never replaced (see planning).
+NOT_MADE_HERE = "not made by this workflow"
 
 
 def pending_reason(
@@ -326,7 +344,9 @@ def pending_reason(
     check = store.check(output)
     if check is None:
         # Only now is the output's existence asked: up-to-date outputs need no extra stat.
-        return "incomplete" if os.path.exists(output) else "missing"
+        if not os.path.lexists(output):
+            return "missing"
+        return "incomplete" if _made_here_or_empty(output) else NOT_MADE_HERE
     if missing_required_files(output, check):
         return "incomplete"
     # The comparisons first, the stat walks of the output and the input last: a changed

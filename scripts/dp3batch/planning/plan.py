@@ -29,7 +29,13 @@ from dp3batch.books.fingerprints import extra_inputs_fingerprint
 from dp3batch.books.forced import FORCED, FORCED_EARLIER, read_forced_note
 from dp3batch.books.layout import OutputLayout, check_output_names
 from dp3batch.books.qa import QALimits
-from dp3batch.books.records import Expectation, RecordStore, pending_reason, record_origin
+from dp3batch.books.records import (
+    NOT_MADE_HERE,
+    Expectation,
+    RecordStore,
+    pending_reason,
+    record_origin,
+)
 from dp3batch.config.errors import ConfigError
 from dp3batch.config.steps import Chain
 from dp3batch.config.validation import validate_config
@@ -37,7 +43,7 @@ from dp3batch.dp3.averaging import channel_problem, msin_channels
 from dp3batch.dp3.install import dp3_version, find_dp3_executable
 from dp3batch.dp3.parameter_check import ParameterCheck
 from dp3batch.dp3.parameters import DP3Parameters, parameters_fingerprint
-from dp3batch.dp3.parset import check_path
+from dp3batch.dp3.parset import check_path, shown
 from dp3batch.dp3.telescope import MSParameters, PerMSParameters
 from dp3batch.dp3.translation import chain_parameters
 from dp3batch.inputs.calibration import check_calibration_inputs
@@ -142,6 +148,7 @@ def make_plan(
     # Before the pass forks: its processes inherit what the last run kept of the records.
     store = RecordStore.load(checks_file)
     items, reasons = pending_items(settings, config["inputs"], base, store)
+    refuse_replacing_what_the_workflow_did_not_make(items, reasons, settings.output_dir)
     plan = Plan(
         scheduler=settings.scheduler,
         chain=settings.chain,
@@ -262,6 +269,35 @@ def pending_items(
     if (band := settings.parameters.selected_band()) is not None:
         check_selected_band(items, band, settings.output_dir, store)
     return items, map_over_cores(reason_of, items)
+
+
+# How many of the outputs in the way a message names, before `and N more`.
+NAMED_IN_THE_WAY = 5
+
+
+def refuse_replacing_what_the_workflow_did_not_make(
+    items: list[WorkItem], reasons: list[str | None], output_dir: Path
+) -> None:
+    """Raise ConfigError when an output's path holds something without a completion record
+    (another tool's MS, say, in an output_dir used before): processing would replace it, and
+    the workflow deletes nothing it did not make."""
+    in_the_way = [
+        str(item.output)
+        for item, reason in zip(items, reasons, strict=True)
+        if reason == NOT_MADE_HERE
+    ]
+    if not in_the_way:
+        return
+    named = ", ".join(shown(path) for path in in_the_way[:NAMED_IN_THE_WAY])
+    more = len(in_the_way) - NAMED_IN_THE_WAY
+    raise ConfigError(
+        f"output_dir: {len(in_the_way)} output path(s) in {shown(str(output_dir))} already hold "
+        f"something without a completion record, which this workflow did not make (or whose "
+        f"record was deleted), and processing would replace it: {named}"
+        + (f" and {more} more" if more > 0 else "")
+        + ". Nothing is deleted that the workflow did not make: move them away (or delete "
+        "them), or choose another output_dir"
+    )
 
 
 def _only_chunking_changed(item: WorkItem, parameters: DP3Parameters, store: RecordStore) -> bool:
