@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from casacore import tables
 from conftest import dp3_processes, make_inputs, make_ms, wait_until
+from dp3batch.testing.harness import snakemake_command
 
 SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
 ONE_WORKER = {"n_workers": 1, "threads_per_worker": 1}
@@ -259,3 +260,42 @@ def test_inputs_on_read_only_storage_without_lock_files_are_processed(workflow, 
 def _columns(path) -> dict[str, np.ndarray]:
     with tables.table(str(path), ack=False) as table:
         return {column: table.getcol(column) for column in ("DATA", "FLAG", "TIME", "UVW")}
+
+
+def test_a_run_from_a_read_only_directory_is_refused_before_anything_runs(
+    workflow, read_only_mount
+):
+    """`cd` into an archive's read-only data directory and run there: Snakemake keeps its
+    state in `.snakemake/` of its working directory and used to end with a traceback
+    (`Read-only file system: '…/.snakemake'`) after the workflow had planned and made its
+    run's files. One line says where to run instead; nothing is made."""
+    source, mount = read_only_mount
+    make_ms(source / "obs_0.ms")
+    _mount_read_only(source, mount)
+    config = workflow.directory / "archive.yaml"
+    output_dir = workflow.directory / "results"
+    config.write_text(f"inputs: ['*.ms']\noutput_dir: '{output_dir}'\n")
+    result = subprocess.run(
+        snakemake_command(config), cwd=mount, capture_output=True, text=True, timeout=120
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    assert errors == [
+        f"Error: Snakemake's working directory {mount} (its state is kept in .snakemake/ "
+        "there) is on a read-only filesystem: run from a writable directory (cd to one "
+        "first), with inputs and output_dir as absolute paths or relative to it"
+    ], output
+    assert "Traceback" not in output
+    assert not output_dir.exists()
+
+    config.write_text(f"inputs: ['{mount}/*.ms']\noutput_dir: '{output_dir}'\n")
+    result = subprocess.run(
+        snakemake_command(config),
+        cwd=workflow.directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (output_dir / "obs_0.ms" / "dp3_completion.json").is_file()

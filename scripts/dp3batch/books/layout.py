@@ -104,21 +104,32 @@ def output_dir_problem(output_dir: Path) -> str | None:
     where = f"{output_dir}" if existing == output_dir else f"{output_dir} (made in {existing})"
     if not existing.is_dir():
         return f"output_dir: {where}: {existing} is not a directory"
+    unwritable = why_unwritable(existing)
+    if unwritable == READ_ONLY:
+        return (
+            f"output_dir: {where} {READ_ONLY}; the outputs, logs and summary are written "
+            "there: choose another output_dir (or remount it read-write)"
+        )
+    if unwritable:
+        return f"output_dir: {where} {unwritable}: choose another output_dir, or make it writable"
+    return None
+
+
+READ_ONLY = "is on a read-only filesystem"
+
+
+def why_unwritable(directory: Path) -> str | None:
+    """`is on a read-only filesystem` (READ_ONLY), `is not writable by this user (…)`, or
+    None for an existing directory this process can make entries in. Asked without writing."""
     try:
-        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
     except OSError:
         read_only = False
     if read_only:
-        return (
-            f"output_dir: {where} is on a read-only filesystem; the outputs, logs and summary "
-            "are written there: choose another output_dir (or remount it read-write)"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        mode = oct(existing.stat().st_mode & 0o777)
-        return (
-            f"output_dir: {where} is not writable by this user (uid {os.getuid()}; {existing} "
-            f"has mode {mode[2:]}): choose another output_dir, or make it writable"
-        )
+        return READ_ONLY
+    if not os.access(directory, os.W_OK | os.X_OK):
+        mode = oct(directory.stat().st_mode & 0o777)
+        return f"is not writable by this user (uid {os.getuid()}; {directory} has mode {mode[2:]})"
     return None
 
 

@@ -28,6 +28,7 @@ from dp3batch.books.layout import (
     RunFiles,
     make_run_directory,
     output_dir_problem,
+    why_unwritable,
 )
 from dp3batch.books.task_result import TaskResult, results_from_json
 from dp3batch.config.errors import ConfigError
@@ -36,6 +37,7 @@ from dp3batch.config.validation import validate_config
 from dp3batch.dask_stage.interrupts import forward_interrupts_to_batch
 from dp3batch.dask_stage.memory import memory_limit
 from dp3batch.dp3.install import DP3Error, casarc_directories, writable_directory
+from dp3batch.dp3.parset import shown
 from dp3batch.dp3.wrapper import aoflagger_strategy_warning
 from dp3batch.inputs.demo_data import ensure_demo_data
 from dp3batch.planning.parallel import PlanningProcessLost
@@ -93,6 +95,7 @@ class Run:
         problem ends the run here with one message."""
         flags = command_line_flags(argv)
         _refuse_scheduler_as_directory(flags)
+        _refuse_unwritable_working_directory()
         plan = _plan_or_exit(config, flags, configfiles)
         if flags.touch and plan.pending:
             _say(describe_pending(plan))
@@ -337,6 +340,20 @@ def _refuse_scheduler_as_directory(flags: CommandLineFlags) -> None:
             f"Error: -d is Snakemake's --directory; to use the dask scheduler at {address}, "
             f"run with --config scheduler={address} (or dp3batch run -d {address} ...). "
             f"Snakemake made the directory {Path.cwd()} for it: remove it."
+        )
+
+
+def _refuse_unwritable_working_directory() -> None:
+    """Snakemake keeps its state (`.snakemake/`: logs, locks, metadata) in its working
+    directory; in a read-only one (an archive's data directory, say) it ends with a traceback
+    after the workflow has planned: stop before anything runs, saying where to run."""
+    state = Path.cwd() / ".snakemake"
+    unwritable = why_unwritable(state if state.is_dir() else Path.cwd())
+    if unwritable:
+        _exit(
+            f"Error: Snakemake's working directory {shown(str(Path.cwd()))} (its state is kept "
+            f"in .snakemake/ there) {unwritable}: run from a writable directory (cd to one "
+            "first), with inputs and output_dir as absolute paths or relative to it"
         )
 
 
