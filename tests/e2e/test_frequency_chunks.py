@@ -315,6 +315,47 @@ def test_four_windows_are_each_chunked_and_a_narrow_ms_is_one_chunk(workflow):
     assert "frequency_chunks" not in workflow.record("narrow")
 
 
+def _descending(path: Path) -> Path:
+    """The MS with its channels from high to low frequency (a lower sideband, as some
+    correlators write it): CHAN_FREQ reversed, CHAN_WIDTH negative."""
+    with tables.table(f"{path}::SPECTRAL_WINDOW", readonly=False, ack=False) as spw:
+        spw.putcol("CHAN_FREQ", spw.getcol("CHAN_FREQ")[:, ::-1].copy())
+        spw.putcol("CHAN_WIDTH", -spw.getcol("CHAN_WIDTH"))
+    return path
+
+
+def test_a_window_whose_frequencies_descend_is_processed_whole_as_dp3_makes_it(workflow):
+    """DP3 joins chunk outputs in ascending order of frequency whatever order it is given
+    (its multi-MS reader sorts them): the chunks of a descending window were joined
+    scrambled, the join check failed the MS, and it failed on every run. Such a window is
+    processed whole, as it says, bit for bit what DP3 makes of it; an ascending one beside
+    it is still cut."""
+    inputs = workflow.directory / "inputs"
+    descending = _descending(make_ms(inputs / "lsb.ms"))
+    make_ms(inputs / "usb.ms", seed=1)
+    workflow.config.update(steps=CHANNEL_LOCAL, local_cluster=CLUSTER, frequency_chunk_hz=8 * WIDTH)
+    result = workflow.run()
+    assert result.returncode == 0, result.output
+    assert (
+        "lsb: missing (processed whole (119.9–123.0 MHz): its channels descend in frequency, "
+        "and DP3 joins chunks in ascending order of frequency, which would scramble them)"
+    ) in result.output
+    assert "usb: missing (2 frequency chunks: 2 to process, then joined)" in result.output
+    assert "frequency_chunks" not in workflow.record("lsb")
+    assert len(workflow.record("usb")["frequency_chunks"]["chunks"]) == 2
+    hand = workflow.directory / "hand.ms"
+    _dp3(
+        f"msin={descending}",
+        f"msout={hand}",
+        "steps=[preflagger,averager]",
+        "preflagger.freqrange=[120.3 .. 120.9 MHz]",
+        "averager.freqstep=2",
+    )
+    _assert_identical(workflow.output("lsb"), hand)
+    again = workflow.run()
+    assert again.returncode == 0 and "are complete and up to date" in again.output, again.output
+
+
 def test_a_demixers_solutions_are_kept_per_chunk_named_by_channel_range(workflow):
     """Each chunk's Demixer solutions (`instrument`) end up in the joined output, named by
     the chunk's channels, and the output is complete only with all of them."""

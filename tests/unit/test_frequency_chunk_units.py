@@ -364,7 +364,8 @@ def _plan_with_chunks(tmp_path, chunks_per_ms: dict[str, tuple[PlannedChunk, ...
         frequency_chunk_hz=4 * WIDTH,
     )
     plan.chunks.update(chunks_per_ms)
-    plan.single_chunk.update({name: "119.9–121.5 MHz" for name in single})
+    note = "one frequency chunk: 119.9–121.5 MHz fits in frequency_chunk_hz; no join"
+    plan.single_chunk.update({name: note for name in single})
     return plan
 
 
@@ -440,6 +441,35 @@ def test_planning_cuts_a_real_window_and_finds_each_chunk_missing(tmp_path):
         "missing",
     )
     assert refused.refused.endswith("a width that works: frequency_chunk_hz=390625")
+
+
+def test_a_window_whose_frequencies_descend_is_one_block_and_says_why(tmp_path):
+    from casacore import tables
+    from conftest import make_ms
+    from dp3batch.books.records import Expectation, RecordStore
+    from dp3batch.inputs.discovery import WorkItem
+    from dp3batch.planning.frequency_chunks import DESCENDING, item_chunks
+
+    source = make_ms(tmp_path / "lsb.ms", n_channels=16)
+    with tables.table(f"{source}::SPECTRAL_WINDOW", readonly=False, ack=False) as spw:
+        frequencies = spw.getcol("CHAN_FREQ")
+        spw.putcol("CHAN_FREQ", frequencies[:, ::-1].copy())
+        spw.putcol("CHAN_WIDTH", -spw.getcol("CHAN_WIDTH"))
+    found = item_chunks(
+        WorkItem("lsb", source, tmp_path / "out" / "lsb.ms"),
+        _parameters({"Averager": {"freqstep": 2}}),
+        "f",
+        4 * WIDTH,
+        Expectation("f", "e", "6.6.0"),
+        RecordStore(),
+        tmp_path / "out" / "logs",
+        "missing",
+    )
+    assert found.chunks == () and found.refused is None
+    assert found.whole_because == DESCENDING
+    assert (found.single.startchan, found.single.nchan) == (0, 16)
+    assert found.single.low_hz == frequencies.min() - WIDTH / 2
+    assert found.single.high_hz == frequencies.max() + WIDTH / 2
 
 
 def test_chunks_also_hold_whole_demixer_solution_intervals():

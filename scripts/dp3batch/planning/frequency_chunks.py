@@ -161,6 +161,18 @@ class ItemChunks:
     chunks: tuple[PlannedChunk, ...] = ()
     single: ChannelBlock | None = None
     refused: str | None = None
+    # Why a window wider than the width is processed whole all the same.
+    whole_because: str | None = None
+
+
+# DP3 reads the chunk outputs of a join in ascending order of frequency whatever the order
+# they are given in (its multi-MS reader sorts them), each chunk's channels as they are:
+# chunks of a window whose frequencies descend would be joined in a scrambled order (the join
+# check refuses it). Such a window is processed whole.
+DESCENDING = (
+    "its channels descend in frequency, and DP3 joins chunks in ascending order of "
+    "frequency, which would scramble them"
+)
 
 
 def item_chunks(
@@ -194,6 +206,9 @@ def item_chunks(
             refused="the chain's frequency averaging (freqstep) is an expression only DP3 "
             "evaluates: give it as a number to cut the MS into frequency chunks"
         )
+    if len(frequencies) > 1 and frequencies[1] < frequencies[0]:
+        whole = _block(frequencies, [abs(float(w)) for w in widths], 0, len(widths), first)
+        return ItemChunks(single=whole, whole_because=DESCENDING)
     try:
         blocks = cut_window(frequencies, widths, limit_hz, averaging, first)
     except CannotCut as error:

@@ -110,6 +110,7 @@ class Plan:
     # one block of those that fit in one (no chunk, no join).
     frequency_chunk_hz: float | None = None
     chunks: dict[str, tuple[PlannedChunk, ...]] = field(default_factory=dict)
+    # Pending items not cut into chunks, with why (they fit in one, or cannot be joined).
     single_chunk: dict[str, str] = field(default_factory=dict)
 
 
@@ -344,8 +345,12 @@ def plan_frequency_chunks(plan: Plan, settings: ChainSettings) -> None:
             check_output_names(chunk_directory(item.output), names)
             plan.chunks[item.name] = chunks.chunks
         elif chunks.single is not None:
-            single = chunks.single
-            plan.single_chunk[item.name] = frequency_span(single.low_hz, single.high_hz)
+            span = frequency_span(chunks.single.low_hz, chunks.single.high_hz)
+            plan.single_chunk[item.name] = (
+                f"processed whole ({span}): {chunks.whole_because}"
+                if chunks.whole_because
+                else f"one frequency chunk: {span} fits in frequency_chunk_hz; no join"
+            )
     if refused:
         shown = refused[:NAMED_IN_MESSAGE]
         if len(refused) > NAMED_IN_MESSAGE:
@@ -512,9 +517,7 @@ def _chunking_note(plan: Plan, name: str) -> str:
         kept = f", {done} done and kept" if done else ""
         return f" ({len(chunks)} frequency chunks: {owed} to process{kept}, then joined)"
     if name in plan.single_chunk:
-        return (
-            f" (one frequency chunk: {plan.single_chunk[name]} fits in frequency_chunk_hz; no join)"
-        )
+        return f" ({plan.single_chunk[name]})"
     return ""
 
 
