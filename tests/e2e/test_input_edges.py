@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from casacore import tables
 from conftest import dp3_processes, make_inputs, make_ms, wait_until
-from dp3batch.testing.harness import snakemake_command
+from dp3batch.testing.harness import run_snakemake
 
 SLOW_MS = {"n_antennas": 16, "n_times": 200, "n_channels": 64}
 ONE_WORKER = {"n_workers": 1, "threads_per_worker": 1}
@@ -275,10 +275,8 @@ def test_a_run_from_a_read_only_directory_is_refused_before_anything_runs(
     config = workflow.directory / "archive.yaml"
     output_dir = workflow.directory / "results"
     config.write_text(f"inputs: ['*.ms']\noutput_dir: '{output_dir}'\n")
-    result = subprocess.run(
-        snakemake_command(config), cwd=mount, capture_output=True, text=True, timeout=120
-    )
-    output = result.stdout + result.stderr
+    result = run_snakemake(config, mount, timeout=120)
+    output = result.output
     assert result.returncode != 0
     errors = [line for line in output.splitlines() if line.startswith("Error")]
     assert errors == [
@@ -290,12 +288,6 @@ def test_a_run_from_a_read_only_directory_is_refused_before_anything_runs(
     assert not output_dir.exists()
 
     config.write_text(f"inputs: ['{mount}/*.ms']\noutput_dir: '{output_dir}'\n")
-    result = subprocess.run(
-        snakemake_command(config),
-        cwd=workflow.directory,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_snakemake(config, workflow.directory, timeout=120)
+    assert result.returncode == 0, result.output
     assert (output_dir / "obs_0.ms" / "dp3_completion.json").is_file()

@@ -9,7 +9,7 @@ import numpy as np
 import yaml
 from casacore import tables
 from conftest import REPO, SMALL_MS, SNAKEMAKE, make_inputs
-from dp3batch.testing.harness import snakemake_command
+from dp3batch.testing.harness import run_snakemake
 
 
 def _flags(path) -> np.ndarray:
@@ -109,14 +109,8 @@ def test_a_json_configfile_runs_as_its_yaml_would(workflow):
     config_file = workflow.directory / "config.json"
     steps = [{"PreFlagger": {}}, {"Averager": {"timestep": 2, "freqstep": 2}}]
     config_file.write_text(json.dumps({"inputs": ["inputs/*.ms"], "steps": steps}))
-    result = subprocess.run(
-        snakemake_command(config_file),
-        cwd=workflow.directory,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    output = result.stdout + result.stderr
+    result = run_snakemake(config_file, workflow.directory)
+    output = result.output
     assert result.returncode == 0, output
     assert "1 of 1 MS(s) done" in output
     [run_config] = (workflow.output_dir / "runs").glob("*/config.yaml")
@@ -142,14 +136,8 @@ def test_a_key_given_twice_is_refused_naming_both_lines(workflow):
         "inputs: [inputs/*.ms]\noutput_dir: first\nsteps:\n  - PreFlagger:\noutput_dir: second\n"
     )
     for extra in ([], ["-n"]):
-        result = subprocess.run(
-            snakemake_command(config, *extra),
-            cwd=workflow.directory,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        output = result.stdout + result.stderr
+        result = run_snakemake(config, workflow.directory, *extra, timeout=120)
+        output = result.output
         assert result.returncode != 0, output
         assert (
             f"Error: {config}, line 5: output_dir is given twice (also on line 2); only the "

@@ -393,25 +393,23 @@ def test_list_changes_params_names_outputs_of_another_chunk_width(tmp_path):
     assert changed_outputs(plan, "params") == [str(tmp_path / "obs.ms")]
 
 
+def _cut(item, width: float, log_dir: Path):
+    """item_chunks of a chain that averages 2 channels into one, for a missing output."""
+    from dp3batch.books.records import Expectation, RecordStore
+    from dp3batch.planning.frequency_chunks import item_chunks
+
+    parameters = _parameters({"Averager": {"freqstep": 2}})
+    expected = Expectation("f", "e", "6.6.0")
+    return item_chunks(item, parameters, "f", width, expected, RecordStore(), log_dir, "missing")
+
+
 def test_planning_cuts_a_real_window_and_finds_each_chunk_missing(tmp_path):
     from conftest import make_ms
-    from dp3batch.books.records import Expectation, RecordStore
     from dp3batch.inputs.discovery import WorkItem
-    from dp3batch.planning.frequency_chunks import item_chunks
 
     source = make_ms(tmp_path / "obs.ms", n_channels=16)
     item = WorkItem("obs", source, tmp_path / "out" / "obs.ms")
-    parameters = _parameters({"Averager": {"freqstep": 2}})
-    found = item_chunks(
-        item,
-        parameters,
-        "f",
-        4 * WIDTH,
-        Expectation("f", "e", "6.6.0"),
-        RecordStore(),
-        tmp_path / "out" / "logs",
-        "missing",
-    )
+    found = _cut(item, 4 * WIDTH, tmp_path / "out" / "logs")
     assert [(chunk.startchan, chunk.nchan, chunk.reason) for chunk in found.chunks] == [
         (0, 4, "missing"),
         (4, 4, "missing"),
@@ -419,52 +417,24 @@ def test_planning_cuts_a_real_window_and_finds_each_chunk_missing(tmp_path):
         (12, 4, "missing"),
     ]
     assert found.chunks[1].output == str(tmp_path / "out" / ".obs.ms.chunks" / "obs_ch0004-0007.ms")
-    narrow = item_chunks(
-        item,
-        parameters,
-        "f",
-        16 * WIDTH,
-        Expectation("f", "e", "6.6.0"),
-        RecordStore(),
-        tmp_path,
-        "missing",
-    )
+    narrow = _cut(item, 16 * WIDTH, tmp_path)
     assert narrow.chunks == () and narrow.single is not None and narrow.single.nchan == 16
-    refused = item_chunks(
-        item,
-        parameters,
-        "f",
-        WIDTH,
-        Expectation("f", "e", "6.6.0"),
-        RecordStore(),
-        tmp_path,
-        "missing",
-    )
+    refused = _cut(item, WIDTH, tmp_path)
     assert refused.refused.endswith("a width that works: frequency_chunk_hz=390625")
 
 
 def test_a_window_whose_frequencies_descend_is_one_block_and_says_why(tmp_path):
     from casacore import tables
     from conftest import make_ms
-    from dp3batch.books.records import Expectation, RecordStore
     from dp3batch.inputs.discovery import WorkItem
-    from dp3batch.planning.frequency_chunks import DESCENDING, item_chunks
+    from dp3batch.planning.frequency_chunks import DESCENDING
 
     source = make_ms(tmp_path / "lsb.ms", n_channels=16)
     with tables.table(f"{source}::SPECTRAL_WINDOW", readonly=False, ack=False) as spw:
         frequencies = spw.getcol("CHAN_FREQ")
         spw.putcol("CHAN_FREQ", frequencies[:, ::-1].copy())
         spw.putcol("CHAN_WIDTH", -spw.getcol("CHAN_WIDTH"))
-    found = item_chunks(
-        WorkItem("lsb", source, tmp_path / "out" / "lsb.ms"),
-        _parameters({"Averager": {"freqstep": 2}}),
-        "f",
-        4 * WIDTH,
-        Expectation("f", "e", "6.6.0"),
-        RecordStore(),
-        tmp_path / "out" / "logs",
-        "missing",
-    )
+    found = _cut(WorkItem("lsb", source, tmp_path / "out" / "lsb.ms"), 4 * WIDTH, tmp_path)
     assert found.chunks == () and found.refused is None
     assert found.whole_because == DESCENDING
     assert (found.single.startchan, found.single.nchan) == (0, 16)

@@ -68,6 +68,22 @@ def snakemake_command(config_file: Path | str, *extra: str) -> list[str]:
     ]
 
 
+def run_snakemake(
+    config_file: Path | str, cwd: Path | str, *extra: str, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """The real `snakemake` command with a config file written as a user wrote it, run in
+    `cwd`; its stdout and stderr together as `.output`."""
+    completed = subprocess.run(
+        snakemake_command(config_file, *extra),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    completed.output = completed.stdout + completed.stderr
+    return completed
+
+
 class Workflow:
     """A working directory with its own config, and the real `snakemake` command run in it."""
 
