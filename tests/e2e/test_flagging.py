@@ -138,6 +138,9 @@ def test_zarr_dataset_sums_are_the_outputs_flag_counts(flagged_run):
         assert dataset.sizes["frequency"] == flags.shape[1]
         for coordinate in ("baseline_antenna1", "baseline_antenna2", "baseline_length", "time"):
             assert coordinate in dataset.coords
+        # The output as committed, not the temporary copy the report was read from.
+        assert dataset.attrs["ms"] == str(workflow.output(name))
+        assert dataset.attrs["title"] == f"Flagging report of {name}.ms"
         assert (dataset["baseline_length"] > 0).all()
         # The bad station and the RFI channel, as DP3 counted them per step (before averaging).
         bad = station_name(bad_station(stations))

@@ -127,6 +127,20 @@ def test_report_files_appear_only_when_published(bad_ms, tmp_path):
     assert int(xr.open_zarr(qa / "bad_flagging_report.zarr")["flagged"].sum()) > 0
 
 
+def test_a_report_read_from_a_temporary_copy_names_the_output_as_committed(bad_ms, tmp_path):
+    import shutil
+
+    import xarray as xr
+
+    temporary = tmp_path / ".bad.ms.tmp-0123456789ab"
+    shutil.copytree(bad_ms, temporary)
+    report = prepare_flagging_report(temporary, tmp_path / "qa", "bad", final=tmp_path / "bad.ms")
+    report.publish()
+    attributes = xr.open_zarr(tmp_path / "qa" / "bad_flagging_report.zarr").attrs
+    assert attributes["title"] == "Flagging report of bad.ms"
+    assert attributes["ms"] == str(tmp_path / "bad.ms")
+
+
 def test_an_output_without_report_files_removes_those_of_the_output_it_replaced(bad_ms, tmp_path):
     qa = tmp_path / "qa"
     make_flagging_report(bad_ms, qa, "bad")  # an earlier output of this MS had them

@@ -731,6 +731,7 @@ def flagging_report(
             dp3_output,
             input_flags,
             wants_flagging_files(task, dp3_seconds),
+            final=task.output,
         )
     except Exception as error:  # the report must never cost the MS its output
         with contextlib.suppress(OSError), open(log_path, "a") as log:

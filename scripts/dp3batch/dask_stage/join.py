@@ -327,7 +327,9 @@ def joined_flagging_report(
             chunks[0].startchan,
             sum(chunk.nchan for chunk in chunks),
         )
-        return prepare_flagging_report(joined, qa_dir, task.name, None, input_flags)
+        return prepare_flagging_report(
+            joined, qa_dir, task.name, None, input_flags, final=task.output
+        )
     except Exception as error:  # the report must never cost the MS its output
         with contextlib.suppress(OSError), open(log_path, "a") as log:
             log.write(f"# flagging report failed: {type(error).__name__}: {error}\n")

@@ -519,14 +519,18 @@ def prepare_flagging_report(
     dp3_log: str | None = None,
     input_flags: InputFlags | None = None,
     with_files: Callable[[Mapping[str, Any]], bool] = _always,
+    final: str | Path | None = None,
 ) -> FlaggingReport:
-    """The flagging report of one output: its statistics (see `flag_statistics`, with the
+    """The flagging report of one output (`final`: its path once committed, when `output` is
+    its temporary copy): its statistics (see `flag_statistics`, with the
     seconds it took) and, where `with_files(statistics)`, its files
     (`<qa_dir>/<name>_flagging_report.zarr` and `.png`) under temporary names, which the
     statistics name. Rendering the files costs about 0.7 s of CPU whatever the MS's size
     (most of a small MS's task), the statistics a read of the output's flags."""
     started = time.perf_counter()
     data = flagging_data(output, dp3_log, input_flags)
+    if final is not None:  # read from its temporary copy, named as it will be
+        data = replace(data, output=Path(final))
     zarr_path, png_path = report_paths(qa_dir, name)
     report = FlaggingReport(flag_statistics(data), [], (zarr_path, png_path))
     if with_files(report.statistics):
@@ -576,7 +580,8 @@ def plot_flagging_report(dataset: Any, path: str | Path, output_station: np.ndar
 
     figure = Figure(figsize=(13, 8.5), dpi=80)
     FigureCanvasAgg(figure)
-    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.92, hspace=0.3, wspace=0.2)
+    # Room at the top for the two lines of the title and the channel axis above the spectrum.
+    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.86, hspace=0.3, wspace=0.2)
     (waterfall, spectrum), (lengths, stations) = figure.subplots(2, 2)
     flagged = dataset["flagged"].values
     total = dataset["total"].values
@@ -621,7 +626,9 @@ def plot_flagging_report(dataset: Any, path: str | Path, output_station: np.ndar
     ticks = set(positions[::every].tolist())
     judged = before if before is not None else output_station
     if len(names) and np.isfinite(judged).any():
-        ticks.add(int(np.nanargmax(judged)))
+        most = int(np.nanargmax(judged))
+        # Its name in place of a neighbour's, which it would overlap.
+        ticks = {tick for tick in ticks if abs(tick - most) >= every} | {most}
     ticks = sorted(ticks)
     stations.set_xticks(ticks, [names[i] for i in ticks], rotation=90, fontsize="x-small")
     stations.set(title="Flagged per station", ylabel="flagged (%)", ylim=(0, 102))
@@ -635,7 +642,10 @@ def plot_flagging_report(dataset: Any, path: str | Path, output_station: np.ndar
         headline.append(f"worst station {worst[0]} ({worst[1]:.0f} %)")
     if worst_channel := _worst_channel(dataset):
         headline.append(f"worst channel {worst_channel}")
-    figure.suptitle(f"{dataset.attrs.get('title', 'Flagging report')}: " + ", ".join(headline))
+    # The name on a line of its own: with the numbers beside it, a long name ran off the page.
+    figure.suptitle(
+        f"{dataset.attrs.get('title', 'Flagging report')}\n" + ", ".join(headline), y=0.99, va="top"
+    )
     figure.savefig(path, format="png", pil_kwargs={"compress_level": 1})
 
 
