@@ -291,3 +291,46 @@ def test_report_as_a_person_sees_it_in_chromium(run_with_one_failure):
     links = [link for link in table["links"] if link["text"] in ("log", "parset")]
     assert len(links) == 3 + 2  # a log per MS, a parset per output
     assert all(0 < link["width"] and link["right"] <= frame_width for link in links)
+
+
+LEGEND_LAYOUT = r"""
+var found = [];
+var swatches = Array.from(document.querySelectorAll("svg rect[y='26']"));
+var names = Array.from(document.querySelectorAll("svg text[y='35']"));
+names.forEach(function (name, index) {
+  var box = name.getBBox();
+  found.push({
+    name: name.textContent,
+    right: box.x + box.width,
+    next: index + 1 < swatches.length ? Number(swatches[index + 1].getAttribute("x")) : null,
+  });
+});
+reportToTest(found);
+"""
+
+
+@pytest.mark.parametrize("kind", ["bar", "line"])
+def test_a_charts_legend_names_never_run_under_the_next_entry(tmp_path, kind):
+    """As Chromium draws them: each name of a legend ends before the next swatch (the
+    per-station chart's `before averaging (input + every step)` ran under `by preflagger`)."""
+    from browser import rendered
+    from dp3batch.report.svg_chart import Series, bar_chart, line_chart
+
+    series = [
+        Series("before averaging (input + every step)", [10.0, 20.0], "#cc3311"),
+        Series("by preflagger (DP3)", [1.0, 2.0], "#332288"),
+        Series("by aoflagger (DP3)", [5.0, 6.0], "#117733"),
+        Series("input", [3.0, 3.0], "#88ccee"),
+    ]
+    svg = tmp_path / "chart.svg"
+    if kind == "bar":
+        bar_chart(svg, "Flagged per station", ["CS001HBA0", "CS002HBA0"], series, "flagged (%)")
+    else:
+        line_chart(svg, "Flagged per channel", series, "channel", "flagged (%)")
+    page = tmp_path / "chart.html"
+    page.write_text(f"<!DOCTYPE html><html><body>{svg.read_text()}</body></html>")
+    entries = rendered(page, LEGEND_LAYOUT, width=900, height=400)
+    assert [entry["name"] for entry in entries] == [one.name for one in series]
+    for entry in entries:
+        if entry["next"] is not None:
+            assert entry["right"] + 4 <= entry["next"], entry

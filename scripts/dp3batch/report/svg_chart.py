@@ -31,6 +31,20 @@ class Series:
     colour: str | Sequence[str] = "#4477aa"
 
 
+# The width of a character of FONT, on average, for laying out text side by side.
+CHARACTER_WIDTH = 6.5
+
+
+def _legend(entries: Sequence[tuple[str, str]]) -> Iterator[str]:
+    """A swatch and a name per (name, colour), side by side below the title, each after the
+    one before it (a fixed spacing let a long name run under the next)."""
+    x = 20.0
+    for name, colour in entries:
+        yield f'<rect x="{x:.1f}" y="26" width="10" height="10" fill="{colour}"/>'
+        yield f'<text x="{x + 14:.1f}" y="35" {FONT}>{escape(name)}</text>'
+        x += 14 + len(name) * CHARACTER_WIDTH + 16
+
+
 def _nice_maximum(value: float) -> float:
     """A round upper end for the axis (1, 2, 2.5 or 5 times a power of ten)."""
     if value <= 0:
@@ -118,11 +132,10 @@ def _bar_chart_lines(
                 f'width="{width:.1f}" height="{bar_height:.1f}" fill="{colour}">'
                 f"<title>{escape(label)} {escape(one.name)}: {value:g}</title></rect>"
             )
-    for index, one in enumerate(series):
-        if len(series) > 1 and isinstance(one.colour, str):
-            x = 20 + index * 180
-            yield f'<rect x="{x}" y="26" width="10" height="10" fill="{one.colour}"/>'
-            yield f'<text x="{x + 14}" y="35" {FONT}>{escape(one.name)}</text>'
+    if len(series) > 1:
+        yield from _legend(
+            [(one.name, one.colour) for one in series if isinstance(one.colour, str)]
+        )
     yield "</svg>"
 
 
@@ -173,7 +186,7 @@ def line_chart(
         f'<text x="14" y="{top_margin + plot_height / 2}" text-anchor="middle" {FONT} '
         f'transform="rotate(-90 14 {top_margin + plot_height / 2})">{escape(value_label)}</text>'
     )
-    for index, one in enumerate(series):
+    for one in series:
         colour = one.colour if isinstance(one.colour, str) else "#4477aa"
         coordinates = " ".join(
             f"{x_of(i):.1f},{y_of(value):.1f}"
@@ -184,8 +197,9 @@ def line_chart(
             f'<polyline points="{coordinates}" fill="none" stroke="{colour}" '
             f'stroke-width="1.5"><title>{escape(one.name)}</title></polyline>'
         )
-        x = 20 + index * 180
-        parts.append(f'<rect x="{x}" y="26" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{x + 14}" y="35" {FONT}>{escape(one.name)}</text>')
+    legend = [
+        (one.name, one.colour if isinstance(one.colour, str) else "#4477aa") for one in series
+    ]
+    parts += _legend(legend)
     parts.append("</svg>")
     Path(path).write_text("\n".join(parts) + "\n")
