@@ -272,10 +272,6 @@ def pending_items(
     return items, map_over_cores(reason_of, items)
 
 
-# How many of the outputs in the way a message names, before `and N more`.
-NAMED_IN_THE_WAY = 5
-
-
 def refuse_replacing_what_the_workflow_did_not_make(
     items: list[WorkItem], reasons: list[str | None], output_dir: Path
 ) -> None:
@@ -289,8 +285,8 @@ def refuse_replacing_what_the_workflow_did_not_make(
     ]
     if not in_the_way:
         return
-    named = ", ".join(shown(path) for path in in_the_way[:NAMED_IN_THE_WAY])
-    more = len(in_the_way) - NAMED_IN_THE_WAY
+    named = ", ".join(shown(path) for path in in_the_way[:NAMED_IN_MESSAGE])
+    more = len(in_the_way) - NAMED_IN_MESSAGE
     raise ConfigError(
         f"output_dir: {len(in_the_way)} output path(s) in {shown(str(output_dir))} already hold "
         f"something without a completion record, which this workflow did not make (or whose "
