@@ -39,11 +39,14 @@ def repeated_key_problem(path: Path) -> str | None:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    found = _repeated_in_yaml(text)
+    import yaml
+
+    try:
+        found = _repeated_in_yaml(text)
+    except yaml.YAMLError:  # a JSON file PyYAML cannot read
+        return _repeated_in_json(text, path)
     if found is None:
         return None
-    if found == "unparsed":
-        return _repeated_in_json(text, path)
     location, key, first_line, second_line = found
     return (
         f"{path}, line {second_line}: {_named(location, key)} is given twice (also on line "
@@ -76,16 +79,13 @@ def _named(location: list[Any], key: str) -> str:
     return text
 
 
-def _repeated_in_yaml(text: str) -> tuple[list[Any], str, int, int] | str | None:
-    """(where, key, first line, second line) of the first repeated key; "unparsed" when the
-    text is not YAML (a JSON file PyYAML cannot read); None when no key repeats."""
+def _repeated_in_yaml(text: str) -> tuple[list[Any], str, int, int] | None:
+    """(where, key, first line, second line) of the first repeated key, or None; raises
+    yaml.YAMLError for text that is not YAML."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        root = yaml.compose(text, Loader=loader)
-    except yaml.YAMLError:
-        return "unparsed"
+    root = yaml.compose(text, Loader=loader)
     if root is None or _uses_yte(root):
         return None
     pending: list[tuple[list[Any], yaml.Node]] = [([], root)]
