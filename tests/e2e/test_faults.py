@@ -432,6 +432,55 @@ def test_a_filesystem_out_of_inodes_is_named_and_costs_neither_the_report_nor_th
         subprocess.run(["umount", "-l", str(small)], check=False, timeout=30)
 
 
+def test_a_used_up_disk_quota_is_named_with_what_to_do_and_loses_nothing(workflow):
+    """HPC scratch fails a write over the user's quota with EDQUOT while the filesystem has
+    room: inflicted with an LD_PRELOAD library (tests/e2e/disk_quota.c) that fails the
+    creation of files under the output directory whose path holds a mark, in every process
+    of a real run. First DP3's own output (the MS said only `DP3 exited with code 1`), then
+    the completion record (it said `OSError: [Errno 122] …`); then a run with room finishes."""
+    names = ["obs_0", "obs_1"]
+    make_inputs(workflow.directory / "inputs", 2)
+    library = preload_library(Path(__file__).resolve().parent / "disk_quota.c", workflow.directory)
+    advice = (
+        "Disk quota exceeded: your disk quota there is used up (see `quota -s`, on Lustre "
+        "`lfs quota -h -u $USER MOUNT`): free space or ask for more, then run again"
+    )
+    for mark, said in (
+        (".tmp-", f"writing under {workflow.output_dir}: {advice}"),
+        (
+            ".dp3_completion.json.tmp",
+            f"while writing the completion record: {workflow.output_dir}/",
+        ),
+    ):
+        environment = {
+            **os.environ,
+            "LD_PRELOAD": str(library),
+            "QUOTA_UNDER": str(workflow.output_dir),
+            "QUOTA_MARK": mark,
+        }
+        result = subprocess.run(
+            workflow.command(),
+            cwd=workflow.directory,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=environment,
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert "2 of 2 MS(s) failed" in output, output
+        for name in names:
+            assert f"  {name} ({workflow.directory}/inputs/{name}.ms): {said}" in output, output
+        assert advice in output
+        assert "Traceback" not in output and "OSError" not in output
+        assert not _complete(workflow, names)
+        assert not list(workflow.output_dir.glob(".*.ms.tmp-*"))
+
+    done = workflow.run()
+    assert done.returncode == 0, done.output
+    assert "2 of 2 MS(s) complete" in done.output
+
+
 def test_record_checks_on_a_full_disk_leave_no_partial_file_and_no_error(tmp_path):
     """The checks kept between runs are a cache: a full filesystem costs the next run time,
     not an error, and leaves no half-written copy taking space."""

@@ -320,6 +320,20 @@ def test_a_write_that_finds_no_free_inode_says_so_and_not_that_the_disk_is_full(
     assert inodes_left(tmp_path) is None and out_of_inodes(tmp_path) is None
 
 
+def test_a_used_up_quota_is_named_with_what_to_do():
+    from dp3batch.books.write_errors import QUOTA_ADVICE, quota_problem
+
+    assert write_problem(OSError(122, "Disk quota exceeded", "/o/x.json")) == (
+        f"/o/x.json: Disk quota exceeded: {QUOTA_ADVICE}"
+    )
+    assert "`quota -s`" in QUOTA_ADVICE and "lfs quota" in QUOTA_ADVICE
+    tail = "std exception detected: FiledesIO: file /o/.a.ms.tmp-1/table.lock could not be "
+    assert quota_problem(tail + "created: Disk quota exceeded\n", "/o") == (
+        f"writing under /o: Disk quota exceeded: {QUOTA_ADVICE}"
+    )
+    assert quota_problem(tail + "created: Permission denied\n", "/o") is None
+
+
 def test_the_report_s_files_are_reserved_empty_and_written_ones_kept(tmp_path):
     from dp3batch.report.batch_report import ReportFiles, reserve_report_files
 

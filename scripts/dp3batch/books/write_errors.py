@@ -39,6 +39,23 @@ def out_of_inodes(path: str | Path) -> str | None:
     )
 
 
+# How the OS words a used-up quota (strerror(EDQUOT)), also in DP3's messages.
+QUOTA_WORDS = os.strerror(errno.EDQUOT)
+# What to do, after the cause: a quota, unlike a full disk, is the user's own.
+QUOTA_ADVICE = (
+    "your disk quota there is used up (see `quota -s`, on Lustre `lfs quota -h -u $USER "
+    "MOUNT`): free space or ask for more, then run again"
+)
+
+
+def quota_problem(text: str, directory: str | Path) -> str | None:
+    """When `text` (the tail of DP3's log) says a write failed for the quota: which
+    filesystem, and what to do; else None."""
+    if QUOTA_WORDS not in text:
+        return None
+    return f"writing under {directory}: {QUOTA_WORDS}: {QUOTA_ADVICE}"
+
+
 def write_problem(error: OSError, path: str | Path | None = None) -> str:
     """`<file>: No space left on device: the filesystem is full; free space, then run again`.
     `path`: the file being written, for an error that does not name it (a write or close
@@ -46,6 +63,8 @@ def write_problem(error: OSError, path: str | Path | None = None) -> str:
     name = error.filename or path
     where = f"{name}: " if name else ""
     cause = error.strerror or str(error)
+    if error.errno == errno.EDQUOT:
+        return f"{where}{cause}: {QUOTA_ADVICE}"
     if error.errno == errno.ENOSPC:
         if name and (inodes := out_of_inodes(name)):
             return f"{where}{cause}: the filesystem {inodes}; remove files, then run again"

@@ -31,7 +31,7 @@ from dp3batch.books.qa import QALimits, qa_verdict
 from dp3batch.books.records import CompletionRecord, read_record, write_record
 from dp3batch.books.status import Status
 from dp3batch.books.task_result import TaskResult
-from dp3batch.books.write_errors import out_of_inodes
+from dp3batch.books.write_errors import out_of_inodes, quota_problem, write_problem
 from dp3batch.dask_stage.memory import (
     aoflagger_memory_gb,
     make_first_oom_victim,
@@ -336,6 +336,26 @@ def exit_description(exit_code: int) -> str:
     return f"DP3 exited with code {exit_code}"
 
 
+def dp3_failure(code: int, directory: Path, log_path: Path) -> str:
+    """Why DP3 failed, as its user can act on it: the filesystem where its output goes is
+    full, out of inodes or over the user's quota; else how DP3 ended."""
+    return (
+        disk_full_problem(directory)
+        or quota_problem(_log_tail(log_path), directory)
+        or exit_description(code)
+    )
+
+
+def unexpected_problem(error: Exception, directory: Path) -> str:
+    """A task's own failure (not DP3's) in words: a full filesystem where the output goes,
+    a failed write as `write_problem` words it (a quota, no inodes), else the error."""
+    if problem := disk_full_problem(directory):
+        return problem
+    if isinstance(error, OSError):
+        return write_problem(error)
+    return f"{type(error).__name__}: {error}"
+
+
 def disk_full_problem(directory: Path) -> str | None:
     """A failure with (almost) no space, or no free inodes, left where the output goes: say
     so plainly."""
@@ -560,7 +580,7 @@ def _stages(task: Task, beside: Callable[[], None] | None = None):
         if exited.code != 0 and (problem := dp3_start_problem(exited.code, _log_tail(log_path))):
             raise DP3DidNotStart(problem)
         if exited.code != 0:
-            reason = disk_full_problem(output.parent) or exit_description(exited.code)
+            reason = dp3_failure(exited.code, output.parent, log_path)
             if exited.code == -signal.SIGKILL:  # DP3 had no say: its last line is progress
                 reason += ": " + possibly_out_of_memory(share, host_limit, result.peak_memory_bytes)
                 return failed(result, started, log_path, reason, reason)
@@ -660,7 +680,7 @@ def _stages(task: Task, beside: Callable[[], None] | None = None):
         reason = lock_message(task.input, write_lock_holder(task.input) or 0)
         return failed(result, started, log_path, reason, str(error))
     except Exception as error:  # not DP3's failure: DP3's last line would mislead
-        problem = disk_full_problem(output.parent) or f"{type(error).__name__}: {error}"
+        problem = unexpected_problem(error, output.parent)
         reason = f"while {doing}: {problem}"
         return failed(result, started, log_path, reason, reason)
     finally:

@@ -27,15 +27,15 @@ from dp3batch.books.task_result import TaskResult
 from dp3batch.dask_stage.execution import (
     DP3DidNotStart,
     TaskCancelled,
-    disk_full_problem,
     dp3_command,
-    exit_description,
+    dp3_failure,
     failed,
     new_log,
     now,
     remove_own_leftovers,
     run_dp3,
     start_task,
+    unexpected_problem,
     wants_flagging_files,
 )
 from dp3batch.dask_stage.join_check import averaged_grid, join_problems
@@ -195,7 +195,7 @@ def join_chunks(task: Task) -> TaskResult:
         doing = "running DP3 (the join)"
         exited, _ = run_dp3(arguments, log_path, worker, key, lambda: None)
         if exited.code != 0:
-            reason = "join: " + (disk_full_problem(output.parent) or exit_description(exited.code))
+            reason = "join: " + dp3_failure(exited.code, output.parent, log_path)
             return failed(result, started, log_path, reason)
         doing = "checking the join"
         problems = join_problems(chunk_outputs, str(temporary), _expected_grid(task))
@@ -293,7 +293,7 @@ def join_chunks(task: Task) -> TaskResult:
     except DP3DidNotStart as error:
         raise WorkerCannotRun(worker_address, str(error)) from None
     except Exception as error:  # not DP3's failure: DP3's last line would mislead
-        problem = disk_full_problem(output.parent) or f"{type(error).__name__}: {error}"
+        problem = unexpected_problem(error, output.parent)
         reason = f"while {doing}: {problem}"
         return failed(result, started, log_path, reason, reason)
     finally:
