@@ -262,3 +262,25 @@ def test_a_table_whose_data_are_in_other_tables_is_refused_and_its_plain_copy_is
         check_readable(joined)
     check_readable(parent)
     check_readable(tmp_path / "plain.ms")
+
+
+def test_a_directory_of_measurement_sets_given_as_an_input_says_the_pattern(tmp_path):
+    """The reference pipeline's users name MSs; one who names their directory is told how."""
+    fake_ms(tmp_path / "obs42" / "b.ms")
+    fake_ms(tmp_path / "obs42" / "a.ms")
+    (tmp_path / "obs42" / "notes").mkdir()
+    with pytest.raises(ConfigError) as caught:
+        check_is_measurement_set(tmp_path / "obs42")
+    assert str(caught.value) == (
+        f"inputs: {tmp_path / 'obs42'} is a directory but not a MeasurementSet (it has no "
+        "table.dat); it holds 2 MeasurementSet(s) (a.ms, …): to process them, give the "
+        f"pattern '{tmp_path / 'obs42' / '*.ms'}'"
+    )
+    fake_ms(tmp_path / "mixed" / "a.MS")
+    fake_ms(tmp_path / "mixed" / "b.ms")
+    with pytest.raises(ConfigError, match=r"2 MeasurementSet\(s\) .*mixed/\*'$"):
+        check_is_measurement_set(tmp_path / "mixed")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError) as caught:
+        check_is_measurement_set(tmp_path / "empty")
+    assert str(caught.value).endswith("(it has no table.dat)")

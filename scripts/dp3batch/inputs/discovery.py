@@ -61,6 +61,7 @@ def check_is_measurement_set(path: Path | str) -> None:
     if not (path / "table.dat").is_file():
         raise ConfigError(
             f"inputs: {path} is a directory but not a MeasurementSet (it has no table.dat)"
+            + _holding_hint(path)
         )
 
 
@@ -89,6 +90,28 @@ _NOT_SELF_CONTAINED = {
         ),
     )
 }
+
+
+def _holding_hint(directory: Path) -> str:
+    """`; it holds N MeasurementSets: give DIR/*.ms ...` for a directory of MSs given as an
+    input (as if the workflow would look inside); else nothing."""
+    try:
+        with os.scandir(directory) as entries:
+            held = sorted(
+                entry.name
+                for entry in entries
+                if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "table.dat"))
+            )
+    except OSError:
+        return ""
+    if not held:
+        return ""
+    suffixes = {os.path.splitext(name)[1] for name in held}
+    pattern = f"*{suffixes.pop()}" if len(suffixes) == 1 and "" not in suffixes else "*"
+    return (
+        f"; it holds {len(held)} MeasurementSet(s) ({held[0]}{', …' if len(held) > 1 else ''}): "
+        f"to process them, give the pattern {os.path.join(directory, pattern)!r}"
+    )
 
 
 def check_readable(path: Path, data_column: str = "DATA") -> None:
