@@ -453,20 +453,12 @@ def test_a_used_up_disk_quota_is_named_with_what_to_do_and_loses_nothing(workflo
         ),
     ):
         environment = {
-            **os.environ,
             "LD_PRELOAD": str(library),
             "QUOTA_UNDER": str(workflow.output_dir),
             "QUOTA_MARK": mark,
         }
-        result = subprocess.run(
-            workflow.command(),
-            cwd=workflow.directory,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=environment,
-        )
-        output = result.stdout + result.stderr
+        result = workflow.run(environment=environment)
+        output = result.output
         assert result.returncode != 0, output
         assert "2 of 2 MS(s) failed" in output, output
         for name in names:
@@ -535,20 +527,9 @@ def test_an_output_dir_without_file_locks_is_named_and_runs_once_it_has_them(wor
     directory on a filesystem with locks then runs as usual."""
     make_inputs(workflow.directory / "inputs", 2)
     library = preload_library(Path(__file__).resolve().parent / "no_flock.c", workflow.directory)
-    environment = {
-        **os.environ,
-        "LD_PRELOAD": str(library),
-        "NO_FLOCK_UNDER": str(workflow.output_dir),
-    }
-    refused = subprocess.run(
-        workflow.command(),
-        cwd=workflow.directory,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=environment,
-    )
-    output = refused.stdout + refused.stderr
+    environment = {"LD_PRELOAD": str(library), "NO_FLOCK_UNDER": str(workflow.output_dir)}
+    refused = workflow.run(environment=environment)
+    output = refused.output
     assert refused.returncode != 0, output
     lock = workflow.output_dir / ".dp3batch.lock"
     assert (

@@ -107,13 +107,18 @@ class Workflow:
         config_file.write_text(yaml.safe_dump(self.config))
         return snakemake_command(config_file, *extra)
 
-    def run(self, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(
+        self, *extra: str, timeout: float = 300, environment: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        """The command, to its end; `environment`: variables added to this process's (an
+        LD_PRELOAD library that inflicts a fault on every process of the run, say)."""
         completed = subprocess.run(
             self.command(*extra),
             cwd=self.directory,
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=None if environment is None else {**os.environ, **environment},
         )
         completed.output = completed.stdout + completed.stderr
         return completed
