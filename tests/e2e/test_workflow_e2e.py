@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -64,6 +65,34 @@ def test_external_cluster_is_used_when_a_scheduler_is_given(workflow, dask_clust
     workers = {workflow.record(f"obs_{index}")["worker"] for index in range(2)}
     assert all(worker.startswith("tcp://127.0.0.1:") for worker in workers)
     assert dask_cluster.address not in workers  # a worker, not the scheduler, did the work
+
+
+def test_a_run_and_workers_started_without_home_process_every_ms(workflow, dask_cluster):
+    """casacore opens no table without HOME ("The HOME environment variable has not been
+    set"), and a batch job, a cron job or `env -i` may start Snakemake or a dask worker
+    without it: every input was refused as unreadable, or every task failed. The workflow
+    gives itself and its DP3s the user's home, as a login would."""
+    make_inputs(workflow.directory / "inputs", 2)
+    without_home = {key: value for key, value in os.environ.items() if key != "HOME"}
+    result = subprocess.run(
+        workflow.command(),
+        cwd=workflow.directory,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=without_home,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 of 2 MS(s) done" in result.stdout + result.stderr
+
+    workflow.config.update(output_dir="external")
+    dask_cluster.start_scheduler()
+    workflow.config["scheduler"] = dask_cluster.address
+    dask_cluster.start_workers(count=1, threads=1, HOME="")  # as unset, to casacore
+    dask_cluster.wait_for_workers(1)
+    external = workflow.run()
+    assert external.returncode == 0, external.output
+    assert workflow.record("obs_0")["worker"].startswith("tcp://")
 
 
 def test_batch_preprocessing_config_runs_unchanged_on_the_demo_data(workflow):

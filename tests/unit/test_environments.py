@@ -8,6 +8,7 @@ environment is Snakemake's own lint, `snakemake --lint`, run by `make lint`.)"""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import sys
 from pathlib import Path
@@ -117,3 +118,25 @@ def test_pins_meet_what_the_code_expects():
     pyproject = (REPO / "pyproject.toml").read_text()
     target = re.search(r'target-version\s*=\s*"py(\d)(\d+)"', pyproject).groups()
     assert (sys.version_info.major, sys.version_info.minor) == tuple(map(int, target))
+
+
+def test_a_process_without_home_is_given_the_users_as_a_login_would(monkeypatch):
+    import pwd
+    import tempfile
+
+    from dp3batch.dp3.install import ensure_home
+
+    monkeypatch.setenv("HOME", "/somewhere/else")
+    ensure_home()
+    assert os.environ["HOME"] == "/somewhere/else"  # one that is set is kept
+    monkeypatch.delenv("HOME")
+    ensure_home()
+    assert os.environ["HOME"] == pwd.getpwuid(os.getuid()).pw_dir
+    monkeypatch.setenv("HOME", "")  # empty is unset to casacore
+
+    def no_entry(uid):
+        raise KeyError(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    ensure_home()
+    assert os.environ["HOME"] == tempfile.gettempdir()

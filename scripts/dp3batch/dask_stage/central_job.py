@@ -52,6 +52,7 @@ from dp3batch.dask_stage.task import Task
 from dp3batch.dask_stage.watchdog import DEFAULT_SILENCE_SECONDS, ClusterWatch
 from dp3batch.dask_stage.worker_checks import check_workers
 from dp3batch.dask_stage.worker_faults import own_package_identity
+from dp3batch.dp3.install import ensure_home
 from dp3batch.report.batch_report import ReportFiles, reserve_report_files, write_report_files
 from dp3batch.report.summary import NO_QA, Summary, SummaryFiles
 
@@ -570,6 +571,7 @@ def main(specification: dict[str, Any], marker: str, log_file: str | None = None
     Failed MSs do not fail this job: their results go into the marker with the others, so
     that the report covers them; the workflow's `onsuccess` then fails the run."""
     _configure_logging(log_file)
+    ensure_home()  # the embedded cluster's workers are threads of this process
     try:
         batch = BatchSpec.from_json(specification)
         # Parsed: the JSON (about 3 KB per MS) need not be held for the whole batch.

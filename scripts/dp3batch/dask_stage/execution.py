@@ -54,7 +54,7 @@ from dp3batch.dask_stage.worker_faults import (
     package_problem,
 )
 from dp3batch.dp3.command import hand_rerun_command
-from dp3batch.dp3.install import dp3_environment
+from dp3batch.dp3.install import dp3_environment, ensure_home
 from dp3batch.dp3.log import parse_flag_counts, parse_step_times
 from dp3batch.dp3.native import DEATH_SIGNAL_VARIABLE, dp3_program, sets_own_death_signal
 from dp3batch.dp3.parameters import DP3Parameters
@@ -427,6 +427,7 @@ def start_task(task: Task) -> TaskStart:
     """The start of every task on a worker: which worker, and a refusal (WorkerCannotRun)
     where it runs other code than the batch."""
     worker, key, threads, memory_limit = current_dask_task()
+    ensure_home()  # an external worker started without one
     worker_address = getattr(worker, "address", None) or socket.gethostname()
     if worker is not None:  # a worker that dies from now on dies running it (worker_deaths)
         worker.log_event(STARTED_TOPIC, {"key": str(key), "worker": worker_address})

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -107,6 +108,20 @@ def _casarc_file(measures: Path) -> Path:
         temporary.write_text(text)
         temporary.replace(path)
     return path
+
+
+def ensure_home() -> None:
+    """Give this process a HOME if it has none, as a login would (from the user database,
+    else the temporary directory): casacore, DP3's and this workflow's table reader, opens
+    no table without one ("The HOME environment variable has not been set"), and a batch
+    job, a cron job or `env -i` may start the workflow or a dask worker without it. Its
+    children (DP3) inherit it."""
+    if os.environ.get("HOME"):
+        return
+    try:
+        os.environ["HOME"] = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # a uid without an entry (a container's)
+        os.environ["HOME"] = tempfile.gettempdir()
 
 
 def dp3_environment(base: dict[str, str] | None = None) -> dict[str, str]:

@@ -36,7 +36,12 @@ from dp3batch.config.repeated_keys import refuse_repeated_keys
 from dp3batch.config.validation import validate_config
 from dp3batch.dask_stage.interrupts import forward_interrupts_to_batch
 from dp3batch.dask_stage.memory import memory_limit
-from dp3batch.dp3.install import DP3Error, casarc_directories, writable_directory
+from dp3batch.dp3.install import (
+    DP3Error,
+    casarc_directories,
+    ensure_home,
+    writable_directory,
+)
 from dp3batch.dp3.parset import shown
 from dp3batch.dp3.wrapper import aoflagger_strategy_warning
 from dp3batch.inputs.demo_data import ensure_demo_data
@@ -93,6 +98,7 @@ class Run:
     ) -> Run:
         """Validate the config (`configfiles`: the files it was read from) and plan; a
         problem ends the run here with one message."""
+        ensure_home()
         flags = command_line_flags(argv)
         _refuse_scheduler_as_directory(flags)
         _refuse_unwritable_working_directory()
