@@ -414,3 +414,33 @@ def test_flag_row_counts_a_row_as_flagged_whole(tmp_path, flag_rows):
         table.putcol("FLAG_ROW", flags)
         assert not table.getcol("FLAG").any()
     assert read_shape(str(ms), with_flags=True).flagged_fraction == pytest.approx(flag_rows / rows)
+
+
+def test_an_output_dir_another_user_ran_in_is_refused_naming_what_is_theirs(tmp_path, monkeypatch):
+    """Verified as another user with setpriv (the run said only `the batch could not go on:
+    …/.dp3batch.lock: Permission denied`); here the OS's answers are given, for uid 1000."""
+    import pwd
+
+    output_dir = tmp_path / "shared"
+    (output_dir / "logs").mkdir(parents=True)
+    (output_dir / ".dp3batch.lock").write_text("pid 1 on host\n")
+    (output_dir / "summary.tsv").write_text("")
+    (output_dir / "obs.ms").mkdir()  # an output: not the run's shared books
+    for path in output_dir.iterdir():
+        os.chown(path, 0, 0)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    writable_by_group = {output_dir, output_dir / "summary.tsv"}
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) in writable_by_group)
+    monkeypatch.setattr(
+        pwd,
+        "getpwuid",
+        lambda uid: SimpleNamespace(pw_name={0: "root"}.get(uid, "alice")),
+    )
+    assert output_dir_problem(output_dir) == (
+        f"output_dir: {output_dir} was written by another user, root (uid 0): .dp3batch.lock, "
+        "logs there cannot be changed by this one, alice (uid 1000), and every run updates "
+        "them. Use an output_dir of your own, or share one through a group: a setgid "
+        "directory of that group, and umask 002 for every user of it"
+    )
+    writable_by_group.update({output_dir / ".dp3batch.lock", output_dir / "logs"})
+    assert output_dir_problem(output_dir) is None

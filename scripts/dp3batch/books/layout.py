@@ -112,7 +112,57 @@ def output_dir_problem(output_dir: Path) -> str | None:
         )
     if unwritable:
         return f"output_dir: {where} {unwritable}: choose another output_dir, or make it writable"
+    if existing == output_dir:
+        return others_books_problem(output_dir)
     return None
+
+
+# The entries of an output directory every run updates (files) or adds to (directories).
+SHARED_BOOKS = (
+    LOCK_NAME,
+    SUMMARY_TSV,
+    SUMMARY_JSON,
+    ".summary.digest",
+    RECORD_CHECKS_NAME,
+    "logs",
+    "logs/batches",
+    "report",
+    "qa",
+    RUNS_NAME,
+)
+
+
+def others_books_problem(output_dir: Path) -> str | None:
+    """Why this user cannot run in an output directory another user ran in: the entries
+    every run updates (its lock, summary, logs…) are theirs and not writable by this one
+    (a team's shared directory, each member's umask 022). Else None."""
+    blocked = []
+    for name in SHARED_BOOKS:
+        path = output_dir / name
+        try:
+            owner = path.lstat().st_uid
+        except OSError:
+            continue  # not made yet: this run makes it
+        if owner != os.getuid() and not os.access(path, os.W_OK):
+            blocked.append((name, owner))
+    if not blocked:
+        return None
+    import pwd
+
+    def user(uid: int) -> str:
+        try:
+            return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+        except KeyError:
+            return f"uid {uid}"
+
+    owners = ", ".join(sorted({user(uid) for _, uid in blocked}))
+    names = ", ".join(name for name, _ in blocked)
+    return (
+        f"output_dir: {output_dir} was written by another user, {owners}: {names} there "
+        f"cannot be changed by this one, {user(os.getuid())}, and every run updates them. "
+        "Use an output_dir of your own, or share one through a group: a setgid directory "
+        "of that group, and umask 002 for every user of it"
+    )
 
 
 READ_ONLY = "is on a read-only filesystem"
