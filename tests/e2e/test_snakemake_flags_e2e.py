@@ -32,3 +32,18 @@ def test_forceall_and_forcerun_reprocess_every_ms(workflow):
     listed = workflow.run("--lc", "params")
     assert listed.returncode == 0, listed.output
     assert listed.stdout.split() == [str(workflow.output("obs_0")), str(workflow.output("obs_1"))]
+
+
+def test_unlock_and_the_dag_with_pending_mss_run_nothing_and_make_no_run_directory(workflow):
+    """`snakemake --unlock`, which users type when a run went wrong, and `--dag` read the
+    workflow, which plans: each made a new run directory (`runs/NN-dp3batch`) for nothing."""
+    make_inputs(workflow.directory / "inputs", 1)
+    unlocked = workflow.run("--unlock")
+    assert unlocked.returncode == 0, unlocked.output
+    assert "Unlocked working directory" in unlocked.output
+    dag = workflow.run("--dag")
+    assert dag.returncode == 0, dag.output
+    assert dag.stdout.startswith("digraph") and "process_measurement_sets" in dag.stdout
+    assert "1 of 1 MS(s) to process" in dag.stderr  # the pending MSs, on stderr only
+    assert not (workflow.output_dir / "runs").exists()
+    assert workflow.record("obs_0") is None

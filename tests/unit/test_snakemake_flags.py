@@ -48,6 +48,17 @@ def test_flags_are_read_with_snakemakes_own_parser(arguments, expected):
 
 
 @pytest.mark.parametrize(
+    "arguments",
+    [["--unlock"], ["--dag"], ["--rulegraph"], ["--lint"], ["--summary"], ["-l"]],
+)
+def test_a_flag_with_which_snakemake_runs_no_job_processes_nothing(arguments):
+    """`--unlock`, `--dag`, …: the workflow plans, but makes no run's directory."""
+    flags = command_line_flags([SNAKEMAKE, "--cores", "1", *arguments])
+    assert flags.no_jobs and flags.processes_nothing
+    assert not command_line_flags([SNAKEMAKE, "--cores", "1"]).processes_nothing
+
+
+@pytest.mark.parametrize(
     "argv",
     [["pytest", "-x", "tests/"], [SNAKEMAKE, "--lc", "nonsense"], [SNAKEMAKE, "--cores"]],
 )

@@ -32,6 +32,34 @@ CHANGE_REASONS = {
 }
 
 
+# Snakemake's flags (their argparse names) with which it reads the workflow and runs no job:
+# the workflow plans (their output may show the batch's job) but makes no run directory.
+NO_JOB_FLAGS = (
+    "unlock",
+    "lint",
+    "dag",
+    "rulegraph",
+    "filegraph",
+    "d3dag",
+    "summary",
+    "detailed_summary",
+    "list_rules",
+    "list_target_rules",
+    "cleanup_metadata",
+    "containerize",
+    "print_compilation",
+    "archive",
+    "export_cwl",
+    "generate_unit_tests",
+    "cleanup_shadow",
+    "delete_all_output",
+    "delete_temp_output",
+    "list_conda_envs",
+    "conda_cleanup_envs",
+    "conda_create_envs_only",
+)
+
+
 @dataclass(frozen=True)
 class CommandLineFlags:
     forceall: bool = False
@@ -51,11 +79,20 @@ class CommandLineFlags:
     workflow_arguments: tuple[str, ...] = ()
     # `--config KEY=VALUE ...`, as given.
     config_items: tuple[str, ...] = ()
+    # A flag with which Snakemake runs no job at all (`--unlock`, `--dag`, `--lint`, ...).
+    no_jobs: bool = False
 
     @property
     def processes_nothing(self) -> bool:
-        """A dry run, a report, a list of changes or --touch: nothing will be submitted."""
-        return self.dryrun or self.report or self.touch or self.list_changes is not None
+        """A dry run, a report, a list of changes, --touch, or a flag with which Snakemake
+        runs no job: nothing will be submitted, and no run's files are made."""
+        return (
+            self.dryrun
+            or self.report
+            or self.touch
+            or self.no_jobs
+            or self.list_changes is not None
+        )
 
     def command(self, *extra: str) -> str:
         """`snakemake --cores 1` with this run's workflow arguments and `extra`."""
@@ -86,6 +123,7 @@ def command_line_flags(argv: Sequence[str]) -> CommandLineFlags:
         touch=bool(getattr(args, "touch", False)),
         workflow_arguments=_workflow_arguments(args),
         config_items=tuple(str(item) for item in getattr(args, "config", None) or ()),
+        no_jobs=any(getattr(args, name, None) for name in NO_JOB_FLAGS),
     )
 
 
